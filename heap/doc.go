@@ -1,0 +1,35 @@
+// Package heap owns kflex's shared heap: a file of size S = 2^k mapped by every
+// attached process at an address aligned to S, with guard regions on both sides,
+// and the allocator that all of them (and later extensions) use.
+//
+// # Views
+//
+// Each process maps the heap at its own S-aligned base, so a pointer p from any
+// view becomes a pointer into view B by (p & (S-1)) | baseB: one mask and one or,
+// which is also the SFI guard of extension code. Pointers stored inside the heap
+// use the canonical view (Header.CanonBase); package translate converts.
+//
+// # Layout
+//
+// Every region is page-aligned and follows from the creation Params alone
+// (Params.layout), so the header records both and a reader checks that they agree:
+//
+//	offset 0            header (one page): magic "KFLEXHP\0", version, S, canonical
+//	                    base, creation parameters, region offsets, CRC-32C
+//	Layout.OwnerOff     owner table: MaxProcs records of 64 bytes (package mcs)
+//	Layout.NodeOff      MCS queue nodes: MaxProcs × NodesPerProc × 64 bytes (mcs)
+//	Layout.AllocOff     allocator state: page lock, per-class pools
+//	Layout.CacheOff     allocator cache slots
+//	Layout.PageMapOff   one u32 per page: free, slab page, large run head, other
+//	Layout.ObjBitsOff   one bit per 8-byte granule: an allocated object starts here
+//	Layout.FreeBitsOff  one bit per page: the page is free
+//	Layout.PagesOff     pages handed out by the allocator, up to S
+//
+// The file is sparse: metadata pages that are never written cost nothing.
+//
+// # Lifetimes
+//
+// A Heap is one process's mapping. Close flushes this process's allocator
+// caches back to the shared pools and unmaps; the file lives on until it is
+// removed (or, for a memfd, until the last process holding it closes it).
+package heap

@@ -1,0 +1,255 @@
+package heap
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Heap is one process's view of a heap file. Its methods are safe for concurrent
+// use. Close unmaps the view; memory obtained from it must not be used after.
+type Heap struct {
+	name   string // path, or "memfd:NAME", for error messages
+	file   *os.File
+	m      *mapping
+	hdr    Header
+	closed atomic.Bool
+
+	allocOnce sync.Once
+	alloc     *allocator
+}
+
+// Options control how a heap is created or mapped.
+type Options struct {
+	// Params for a new heap; zero fields take DefaultParams(Size) values, and a
+	// zero Size means DefaultSize.
+	Params
+	// MapAt, if not zero, is the address (aligned to the heap size) at which this
+	// process maps the heap. Tests use it to force two processes onto different
+	// views; applications leave it zero.
+	MapAt uintptr
+}
+
+// FileError reports a problem with a named heap file.
+type FileError struct {
+	Name string
+	Err  error
+}
+
+func (e *FileError) Error() string { return "heap " + e.Name + ": " + e.Err.Error() }
+func (e *FileError) Unwrap() error { return e.Err }
+
+func fileErr(name string, err error) error { return &FileError{Name: name, Err: err} }
+
+func (o *Options) params() Params {
+	size := o.Size
+	if size == 0 {
+		size = DefaultSize
+	}
+	p := DefaultParams(size)
+	if o.MaxProcs != 0 {
+		p.MaxProcs = o.MaxProcs
+	}
+	if o.NodesPerProc != 0 {
+		p.NodesPerProc = o.NodesPerProc
+	}
+	if o.Caches != 0 {
+		p.Caches = o.Caches
+	}
+	return p
+}
+
+// Create makes a new heap file at path (which must not exist), sized sparsely to
+// opts.Size, and maps it. The creator's view becomes the canonical view.
+func Create(path string, opts *Options) (*Heap, error) {
+	if opts == nil {
+		opts = &Options{}
+	}
+	p := opts.params()
+	if err := p.validate(); err != nil {
+		return nil, fileErr(path, err)
+	}
+	f, err := os.OpenFile(path, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if err != nil {
+		return nil, fileErr(path, err)
+	}
+	h, err := create(f, path, p, opts.MapAt)
+	if err != nil {
+		f.Close()
+		os.Remove(path)
+		return nil, err
+	}
+	return h, nil
+}
+
+// CreateMemfd makes a new anonymous heap (a memfd named name), sealed against
+// resizing so that no process can truncate it under another's mapping.
+func CreateMemfd(name string, opts *Options) (*Heap, error) {
+	if opts == nil {
+		opts = &Options{}
+	}
+	label := "memfd:" + name
+	p := opts.params()
+	if err := p.validate(); err != nil {
+		return nil, fileErr(label, err)
+	}
+	fd, err := unix.MemfdCreate(name, unix.MFD_CLOEXEC|unix.MFD_ALLOW_SEALING)
+	if err != nil {
+		return nil, fileErr(label, fmt.Errorf("memfd_create: %w", err))
+	}
+	f := os.NewFile(uintptr(fd), label)
+	h, err := create(f, label, p, opts.MapAt)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return h, nil
+}
+
+func create(f *os.File, name string, p Params, mapAt uintptr) (*Heap, error) {
+	if err := f.Truncate(int64(p.Size)); err != nil {
+		return nil, fileErr(name, fmt.Errorf("size to %d bytes: %w", p.Size, err))
+	}
+	if isMemfd(name) {
+		seals := unix.F_SEAL_SHRINK | unix.F_SEAL_GROW | unix.F_SEAL_SEAL
+		if _, err := unix.FcntlInt(f.Fd(), unix.F_ADD_SEALS, seals); err != nil {
+			return nil, fileErr(name, fmt.Errorf("seal: %w", err))
+		}
+	}
+	m, err := mapAligned(int(f.Fd()), uintptr(p.Size), mapAt)
+	if err != nil {
+		return nil, fileErr(name, err)
+	}
+	h := &Heap{name: name, file: f, m: m}
+	h.hdr = newHeader(p, uint64(uintptr(m.base)), time.Now().UnixNano(), uint32(os.Getpid()))
+	initAllocator(h)
+	// The header goes last: a process that opens the file while it is being built
+	// sees no magic and is told it is not a heap, never a half-made one.
+	h.hdr.encode(unsafe.Slice((*byte)(m.base), HeaderSize))
+	return h, nil
+}
+
+func isMemfd(name string) bool { return len(name) > 6 && name[:6] == "memfd:" }
+
+// Open maps an existing heap file.
+func Open(path string, opts *Options) (*Heap, error) {
+	f, err := os.OpenFile(path, os.O_RDWR, 0)
+	if err != nil {
+		return nil, fileErr(path, err)
+	}
+	h, err := open(f, path, opts)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return h, nil
+}
+
+// OpenFD maps the heap behind fd (for example a memfd received from another
+// process). The Heap takes a duplicate of fd; the caller keeps its own.
+func OpenFD(fd int, opts *Options) (*Heap, error) {
+	name := fmt.Sprintf("fd %d", fd)
+	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fileErr(name, fmt.Errorf("dup: %w", err))
+	}
+	f := os.NewFile(uintptr(nfd), name)
+	h, err := open(f, name, opts)
+	if err != nil {
+		f.Close()
+		return nil, err
+	}
+	return h, nil
+}
+
+func open(f *os.File, name string, opts *Options) (*Heap, error) {
+	if opts == nil {
+		opts = &Options{}
+	}
+	st, err := f.Stat()
+	if err != nil {
+		return nil, fileErr(name, err)
+	}
+	if !st.Mode().IsRegular() {
+		return nil, fileErr(name, fmt.Errorf("%w: not a regular file (%s)", ErrNotHeap, st.Mode().Type()))
+	}
+	// Read and check the header before mapping anything: a wrong or truncated file
+	// must give an error, never a SIGBUS on a page past its end.
+	buf := make([]byte, hdrEnd)
+	n, err := f.ReadAt(buf, 0)
+	if err != nil && !errors.Is(err, io.EOF) {
+		return nil, fileErr(name, fmt.Errorf("read header: %w", err))
+	}
+	hdr, err := ParseHeader(buf[:n], st.Size())
+	if err != nil {
+		return nil, fileErr(name, err)
+	}
+	m, err := mapAligned(int(f.Fd()), uintptr(hdr.Size), opts.MapAt)
+	if err != nil {
+		return nil, fileErr(name, err)
+	}
+	return &Heap{name: name, file: f, m: m, hdr: hdr}, nil
+}
+
+// Close unmaps this view and closes the file. It is safe to call more than once.
+func (h *Heap) Close() error {
+	if h.closed.Swap(true) {
+		return nil
+	}
+	if h.alloc != nil {
+		h.alloc.release()
+	}
+	err := h.m.unmap()
+	if cerr := h.file.Close(); err == nil {
+		err = cerr
+	}
+	if err != nil {
+		return fileErr(h.name, fmt.Errorf("close: %w", err))
+	}
+	return nil
+}
+
+// Name is the file's path, or "memfd:NAME".
+func (h *Heap) Name() string { return h.name }
+
+// Fd is the heap file's descriptor, for passing to another process.
+func (h *Heap) Fd() int { return int(h.file.Fd()) }
+
+// Header returns the heap's decoded header.
+func (h *Heap) Header() Header { return h.hdr }
+
+// Size is the heap size S, a power of two.
+func (h *Heap) Size() uint64 { return h.hdr.Size }
+
+// Mask is S-1: the bits of a pointer that are its offset in the heap.
+func (h *Heap) Mask() uint64 { return h.hdr.Size - 1 }
+
+// Base is the address of the heap in this process's view.
+func (h *Heap) Base() uint64 { return uint64(uintptr(h.m.base)) }
+
+// CanonBase is the base of the canonical view: pointers stored in the heap use it.
+func (h *Heap) CanonBase() uint64 { return h.hdr.CanonBase }
+
+// At returns the address of byte off of the heap in this view. The offset is
+// masked into the heap, so At never yields an address outside the mapping.
+func (h *Heap) At(off uint64) unsafe.Pointer { return unsafe.Add(h.m.base, off&h.Mask()) }
+
+// Uint32 and Uint64 return typed pointers to heap words, for atomic access.
+func (h *Heap) Uint32(off uint64) *uint32 { return (*uint32)(h.At(off)) }
+func (h *Heap) Uint64(off uint64) *uint64 { return (*uint64)(h.At(off)) }
+
+// Bytes returns n bytes of the heap at off as a slice. off+n must not pass the
+// end of the heap.
+func (h *Heap) Bytes(off, n uint64) []byte {
+	if off > h.hdr.Size || n > h.hdr.Size-off {
+		panic(fmt.Sprintf("heap: bytes [%#x, +%#x) outside a heap of %#x", off, n, h.hdr.Size))
+	}
+	return unsafe.Slice((*byte)(unsafe.Add(h.m.base, off)), n)
+}

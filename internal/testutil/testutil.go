@@ -1,0 +1,50 @@
+// Package testutil holds what kflex's tests share: the TestMain that checks for
+// leaked goroutines, re-executing the test binary as a child process, and skips
+// that name what is missing.
+package testutil
+
+import (
+	"os"
+	"os/exec"
+	"testing"
+
+	"go.uber.org/goleak"
+)
+
+// childEnv marks a process started by Child: its value is the role the test
+// function should play instead of its parent part.
+const childEnv = "KFLEX_TEST_CHILD"
+
+// Main is the TestMain of every kflex package: it runs the tests, then fails the
+// run if any goroutine is left behind. Child processes skip the leak check: they
+// are killed or exit on purpose.
+func Main(m *testing.M, opts ...goleak.Option) {
+	if Role() != "" {
+		os.Exit(m.Run())
+	}
+	goleak.VerifyTestMain(m, opts...)
+}
+
+// Role returns the role this process was started with by Child, or "" in the
+// parent test process.
+func Role() string { return os.Getenv(childEnv) }
+
+// Child returns a command that re-runs the current test binary limited to the test
+// named test, with role set so that the test plays the child's part. extraEnv
+// entries ("K=V") are added to the environment. The caller starts and waits for it.
+func Child(t testing.TB, test, role string, extraEnv ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(os.Args[0], "-test.run=^"+test+"$", "-test.count=1", "-test.v=false")
+	cmd.Env = append(os.Environ(), childEnv+"="+role)
+	cmd.Env = append(cmd.Env, extraEnv...)
+	cmd.Stderr = os.Stderr
+	return cmd
+}
+
+// RequireRoot skips the test unless it runs as root, naming what needs it.
+func RequireRoot(t testing.TB, what string) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skipf("requires root (for %s)", what)
+	}
+}
