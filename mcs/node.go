@@ -1,0 +1,27 @@
+package mcs
+
+// A queue node is 64 bytes (a cache line, so waiters spinning on their own nodes
+// do not share lines) in the heap's node table. Process slot s owns nodes
+// [s*NodesPerProc, (s+1)*NodesPerProc); a waiter uses one of its process's nodes
+// only while it is queued, never while it holds the lock, so NodesPerProc bounds
+// the goroutines of one process waiting at once, not the locks held.
+//
+//	offset 0   next   u32  index + 1 of the successor (0 until it links itself)
+//	offset 4   state  u32  futex word, one of the node states below
+//	offset 8   owner  u32  process slot + 1 of the waiter
+//	offset 16  lock   u64  heap offset of the lock word it queues on
+const (
+	nodeNext  = 0
+	nodeState = 4
+	nodeOwner = 8
+	nodeLock  = 16
+)
+
+// Node states. A node goes waiting -> (parked ->) head -> free.
+const (
+	nodeFree      = 0 // not queued
+	nodeWaiting   = 1 // queued behind a predecessor, running (spinning)
+	nodeParked    = 2 // queued and asleep on the state word
+	nodeHead      = 3 // the predecessor took the lock: this waiter now watches the lock word
+	nodeAbandoned = 4 // reserved: the waiter gave up or died; release skips it
+)

@@ -1,0 +1,221 @@
+package mcs
+
+import (
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/kflex-go/kflex/heap"
+	"github.com/kflex-go/kflex/internal/futex"
+)
+
+// The owner table has one 64-byte record per attached process:
+//
+//	offset 0   robust  u64  robust-list entry: next pointer, in the owner's own view
+//	offset 8   live    u32  liveness word, a robust futex: the TID of the process's
+//	                        designated thread; the kernel sets FUTEX_OWNER_DIED
+//	                        (0x40000000) in it when that process dies
+//	offset 12  pid     u32
+//	offset 16  gen     u32  bumped on every attach to the slot
+//	offset 24  since   u64  attach time, Unix nanoseconds
+//
+// A free slot has live == 0. A slot whose live word has OWNER_DIED set belongs
+// to a dead process: it stays reserved until its locks are recovered.
+const (
+	ownerRobust = 0
+	ownerLive   = 8
+	ownerPID    = 12
+	ownerGen    = 16
+	ownerSince  = 24
+
+	// robustFutexOffset is where the kernel finds the futex word from a robust
+	// list entry: entry + offset.
+	robustFutexOffset = ownerLive - ownerRobust
+)
+
+// Errors from attaching to the owner table.
+var (
+	ErrNoSlot   = errors.New("mcs: owner table full")
+	ErrDetached = errors.New("mcs: process detached")
+)
+
+// Process is this process's membership of a heap's lock world: its owner slot,
+// its liveness word registered with the kernel, and its queue nodes.
+type Process struct {
+	h     *heap.Heap
+	slot  uint32
+	nodes chan uint32 // free node indices of this process's range
+
+	stop chan struct{}
+	done chan struct{}
+	gone atomic.Bool
+}
+
+// Attach claims an owner slot in h for this process and registers its liveness
+// word on the robust futex list of a dedicated OS thread, so that the kernel
+// reports this process's death in the heap, whatever the cause. Detach gives the
+// slot back.
+func Attach(h *heap.Heap) (*Process, error) {
+	p := &Process{h: h, stop: make(chan struct{}), done: make(chan struct{})}
+	ready := make(chan error, 1)
+	go p.liveness(ready)
+	if err := <-ready; err != nil {
+		<-p.done
+		return nil, fmt.Errorf("attach to heap %s: %w", h.Name(), err)
+	}
+	n := h.Header().NodesPerProc
+	p.nodes = make(chan uint32, n)
+	for i := range n {
+		p.nodes <- p.slot*n + i
+	}
+	return p, nil
+}
+
+func (p *Process) record(field uint64) uint64 {
+	return p.h.Header().OwnerOff + uint64(p.slot)*heap.OwnerRecordSize + field
+}
+
+// robustHead is the kernel's struct robust_list_head.
+type robustHead struct {
+	next          uint64 // first entry (circular: the last points back here)
+	futexOffset   int64
+	listOpPending uint64
+}
+
+// liveness is the designated thread. It claims the slot with its TID, registers
+// the robust list, and then stays locked to its thread until Detach: if it
+// returned early, its thread would exit and the kernel would declare the process
+// dead while it lives.
+func (p *Process) liveness(ready chan<- error) {
+	defer close(p.done)
+	runtime.LockOSThread()
+	// Never unlocked: when this goroutine returns, its thread exits, taking the
+	// robust-list registration with it instead of handing it to other goroutines.
+
+	// The list head must not move or be collected: keep it in mmap'd memory.
+	mem, err := unix.Mmap(-1, 0, os.Getpagesize(), unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		ready <- fmt.Errorf("map robust list head: %w", err)
+		return
+	}
+	defer unix.Munmap(mem)
+	head := (*robustHead)(unsafe.Pointer(&mem[0]))
+	headAddr := uint64(uintptr(unsafe.Pointer(head)))
+
+	tid := uint32(unix.Gettid())
+	hdr := p.h.Header()
+	found := false
+	for s := range hdr.MaxProcs {
+		if atomic.CompareAndSwapUint32(p.h.Uint32(hdr.OwnerOff+uint64(s)*heap.OwnerRecordSize+ownerLive), 0, tid) {
+			p.slot, found = s, true
+			break
+		}
+	}
+	if !found {
+		ready <- fmt.Errorf("%w: %d slots in use", ErrNoSlot, hdr.MaxProcs)
+		return
+	}
+	entry := p.h.At(p.record(ownerRobust))
+	*(*uint64)(entry) = headAddr // circular list of one entry
+	atomic.StoreUint32(p.h.Uint32(p.record(ownerPID)), uint32(os.Getpid()))
+	atomic.AddUint32(p.h.Uint32(p.record(ownerGen)), 1)
+	atomic.StoreUint64(p.h.Uint64(p.record(ownerSince)), uint64(time.Now().UnixNano()))
+	head.next = uint64(uintptr(entry))
+	head.futexOffset = robustFutexOffset
+	if err := setRobustList(head); err != nil {
+		atomic.StoreUint32(p.h.Uint32(p.record(ownerLive)), 0)
+		ready <- err
+		return
+	}
+	ready <- nil
+
+	<-p.stop
+	// Detach: empty the list first, so that this thread's exit marks nothing,
+	// then free the slot.
+	head.next = headAddr
+	atomic.StoreUint32(p.h.Uint32(p.record(ownerLive)), 0)
+}
+
+func setRobustList(head *robustHead) error {
+	_, _, e := unix.RawSyscall(unix.SYS_SET_ROBUST_LIST, uintptr(unsafe.Pointer(head)), unsafe.Sizeof(*head), 0)
+	if e != 0 {
+		return fmt.Errorf("set_robust_list: %w", e)
+	}
+	return nil
+}
+
+// Slot is this process's index in the owner table.
+func (p *Process) Slot() uint32 { return p.slot }
+
+// Heap is the heap this process is attached to.
+func (p *Process) Heap() *heap.Heap { return p.h }
+
+// Detach gives the owner slot back. The caller must hold no lock and have no
+// goroutine waiting for one.
+func (p *Process) Detach() error {
+	if p.gone.Swap(true) {
+		return nil
+	}
+	close(p.stop)
+	<-p.done
+	return nil
+}
+
+// OwnerState describes one owner-table slot.
+type OwnerState struct {
+	Slot uint32
+	PID  uint32
+	TID  uint32 // of the designated thread
+	Dead bool   // the kernel reported the process's death
+	Gen  uint32
+}
+
+// Owners lists the occupied slots of h's owner table.
+func Owners(h *heap.Heap) []OwnerState {
+	hdr := h.Header()
+	var out []OwnerState
+	for s := range hdr.MaxProcs {
+		rec := hdr.OwnerOff + uint64(s)*heap.OwnerRecordSize
+		live := atomic.LoadUint32(h.Uint32(rec + ownerLive))
+		if live == 0 {
+			continue
+		}
+		out = append(out, OwnerState{Slot: s, PID: atomic.LoadUint32(h.Uint32(rec + ownerPID)),
+			TID: live & futex.TIDMask, Dead: live&futex.OwnerDied != 0,
+			Gen: atomic.LoadUint32(h.Uint32(rec + ownerGen))})
+	}
+	return out
+}
+
+// WaitDeath blocks until the kernel marks slot's process dead or the timeout
+// passes, and reports whether it died. It sleeps on the liveness word itself
+// (setting FUTEX_WAITERS, without which the kernel marks the word but wakes
+// nobody), so it returns within the kernel's exit path of the death.
+func WaitDeath(h *heap.Heap, slot uint32, timeout time.Duration) bool {
+	w := h.Uint32(h.Header().OwnerOff + uint64(slot)*heap.OwnerRecordSize + ownerLive)
+	deadline := time.Now().Add(timeout)
+	for {
+		v := atomic.LoadUint32(w)
+		if v&futex.OwnerDied != 0 {
+			return true
+		}
+		if v == 0 {
+			return false // detached, or never attached
+		}
+		left := time.Until(deadline)
+		if left <= 0 {
+			return false
+		}
+		if v&futex.Waiters == 0 && !atomic.CompareAndSwapUint32(w, v, v|futex.Waiters) {
+			continue
+		}
+		futex.Wait(w, v|futex.Waiters, left)
+	}
+}

@@ -1,0 +1,8 @@
+//go:build !amd64
+
+package mcs
+
+func pause(n uint32) {
+	for range n {
+	}
+}
