@@ -57,14 +57,14 @@ const (
 	asLargePages = 32 // u64
 	asClasses    = 64 // numClasses × classStateSize
 
-	csLock        = 0  // u32 word mutex
-	csFreeHead    = 8  // u64: offset of the first free object, 0 if none
-	csFreeCount   = 16 // u64
-	csCarved      = 24 // u64: objects ever carved from slabs
-	csCarveNext   = 32 // u64: next object to carve in the current slab
-	csCarveEnd    = 40 // u64: end of the current slab's objects
-	csSlabs       = 48 // u64
-	classStateSz  = 64
+	csLock         = 0  // u32 word mutex
+	csFreeHead     = 8  // u64: offset of the first free object, 0 if none
+	csFreeCount    = 16 // u64
+	csCarved       = 24 // u64: objects ever carved from slabs
+	csCarveNext    = 32 // u64: next object to carve in the current slab
+	csCarveEnd     = 40 // u64: end of the current slab's objects
+	csSlabs        = 48 // u64
+	classStateSz   = 64
 	allocStateSize = asClasses + numClasses*classStateSz
 )
 
