@@ -15,7 +15,8 @@
 // (Params.layout), so the header records both and a reader checks that they agree:
 //
 //	offset 0            header (one page): magic "KFLEXHP\0", version, S, canonical
-//	                    base, creation parameters, region offsets, CRC-32C
+//	                    base, creation parameters, region offsets, CRC-32C;
+//	                    at 512, NumRoots mutable root words for applications
 //	Layout.OwnerOff     owner table: MaxProcs records of 64 bytes (package mcs)
 //	Layout.NodeOff      MCS queue nodes: MaxProcs × NodesPerProc × 64 bytes (mcs)
 //	Layout.AllocOff     allocator state: page lock, per-class pools

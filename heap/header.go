@@ -49,6 +49,11 @@ const (
 	hdrPagesOff     = 120 // u64: first page the allocator hands out
 	hdrChecksum     = 128 // u32: CRC-32C of bytes [0, hdrChecksum)
 	hdrEnd          = 132
+
+	// Root words: mutable, outside the checksum. Applications keep the canonical
+	// pointers to their top-level structures here, so another process can find them.
+	hdrRoots = 512 // [NumRoots]u64
+	NumRoots = 16
 )
 
 // Params are the creation parameters of a heap; Layout derives every offset

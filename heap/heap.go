@@ -245,6 +245,15 @@ func (h *Heap) At(off uint64) unsafe.Pointer { return unsafe.Add(h.m.base, off&h
 func (h *Heap) Uint32(off uint64) *uint32 { return (*uint32)(h.At(off)) }
 func (h *Heap) Uint64(off uint64) *uint64 { return (*uint64)(h.At(off)) }
 
+// Root returns root word i (0 <= i < NumRoots) of the header page, where
+// applications keep pointers to their top-level structures.
+func (h *Heap) Root(i int) *uint64 {
+	if i < 0 || i >= NumRoots {
+		panic(fmt.Sprintf("heap: root %d outside [0, %d)", i, NumRoots))
+	}
+	return h.Uint64(hdrRoots + uint64(i)*8)
+}
+
 // Bytes returns n bytes of the heap at off as a slice. off+n must not pass the
 // end of the heap.
 func (h *Heap) Bytes(off, n uint64) []byte {

@@ -48,9 +48,11 @@ func (m *Mutex) Offset() uint64 { return m.off }
 func (m *Mutex) Lock() {
 	// Fast path: free and nobody queued. Kept tiny so that it inlines.
 	if atomic.CompareAndSwapUint64(m.word, 0, m.held) {
+		raceAcquire(m)
 		return
 	}
 	m.lockSlow()
+	raceAcquire(m)
 }
 
 // TryLock acquires the lock if that needs no waiting, and reports whether it did.
@@ -61,6 +63,7 @@ func (m *Mutex) TryLock() bool {
 			return false
 		}
 		if atomic.CompareAndSwapUint64(m.word, w, w|m.held) {
+			raceAcquire(m)
 			return true
 		}
 	}
@@ -69,6 +72,7 @@ func (m *Mutex) TryLock() bool {
 // Unlock releases the lock. It is a fatal misuse to unlock a free lock or one
 // held by another process.
 func (m *Mutex) Unlock() {
+	raceRelease(m)
 	if atomic.CompareAndSwapUint64(m.word, m.held, 0) {
 		return
 	}

@@ -1,0 +1,57 @@
+# kflex — see README.md. `make demo` runs the main job, `make test` the tests.
+
+GO          ?= go
+STATICCHECK := honnef.co/go/tools/cmd/staticcheck@v0.8.2
+BIN         := bin
+# Packages whose tests run under the race detector: all of them (it needs cgo,
+# which the race runtime uses; kflex itself has none).
+RACE_PKGS   := ./...
+FUZZTIME    ?= 30s
+STRESS_COUNT ?= 20
+
+.PHONY: all build demo test bench fuzz stress lint clean
+
+all: build
+
+build:
+	$(GO) build -o $(BIN)/kflex ./cmd/kflex
+
+demo: build
+	$(BIN)/kflex demo
+
+# The tests: vet and format first, then every package with the race detector.
+# Kernel tests run as root and skip, saying what is missing, elsewhere.
+test: lint
+	CGO_ENABLED=1 $(GO) test -race -timeout 10m $(RACE_PKGS)
+
+lint:
+	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
+	$(GO) vet ./...
+	$(GO) run $(STATICCHECK) ./...
+
+# Benchmarks, with the robust pthread mutex baseline built from C and run in the
+# same invocation: absolute times vary with the machine; compare the ratios.
+bench: $(BIN)/robust-pthread
+	$(BIN)/robust-pthread uncontended 20000000
+	$(BIN)/robust-pthread procs 2 2
+	$(BIN)/robust-pthread threads 2 2
+	$(BIN)/robust-pthread threads 16 2
+	$(GO) test -run '^$$' -bench . -count 3 ./mcs ./heap
+
+$(BIN)/robust-pthread: bench/robustmutex/robust.c
+	@mkdir -p $(BIN)
+	cc -O2 -Wall -pthread -o $@ $<
+
+# Each fuzz target for FUZZTIME (go test fuzzes one target per run).
+fuzz:
+	$(GO) test -run '^$$' -fuzz '^FuzzParseHeader$$' -fuzztime $(FUZZTIME) ./heap
+	$(GO) test -run '^$$' -fuzz '^FuzzTranslate$$' -fuzztime $(FUZZTIME) ./translate
+
+# Longer runs of the multi-process and hammer tests.
+stress:
+	CGO_ENABLED=1 $(GO) test -race -count $(STRESS_COUNT) -timeout 60m \
+		-run 'TestMultiProcess|TestHammer|TestFIFO|TestKernelMarksDeath|TestAllocHammer|TestListAcrossViews' \
+		./mcs ./heap ./userspace
+
+clean:
+	rm -rf $(BIN)

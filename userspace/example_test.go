@@ -1,0 +1,59 @@
+package userspace_test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+
+	"github.com/kflex-go/kflex/userspace"
+)
+
+// A list node in the heap: next (canonical pointer) at 0, value at 8.
+const nodeNext, nodeValue = 0, 8
+
+// Example builds a small linked list under a heap lock and walks it back from a
+// second attachment at another base, as another process would.
+func Example() {
+	dir, _ := os.MkdirTemp("", "kflex-example")
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "heap")
+
+	a, err := userspace.Create(path, 1<<20, nil)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer a.Close()
+	mu, lockPtr, _ := a.NewMutex()
+	a.SetRoot(0, lockPtr)
+
+	mu.Lock()
+	var head userspace.Ptr
+	for v := uint64(3); v > 0; v-- {
+		n, _ := a.Alloc(16)
+		a.StorePtr(n+nodeNext, head)
+		*a.Uint64(n + nodeValue) = v * 10
+		head = n
+	}
+	a.SetRoot(1, head)
+	mu.Unlock()
+
+	b, err := userspace.Attach(path, nil) // a second view, as in another process
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer b.Close()
+	fmt.Println("different bases:", a.Base() != b.Base())
+	bmu, _ := b.Mutex(b.Root(0))
+	bmu.Lock()
+	for n := b.Root(1); n != 0; n = b.LoadPtr(n + nodeNext) {
+		fmt.Println(*b.Uint64(n + nodeValue))
+	}
+	bmu.Unlock()
+	// Output:
+	// different bases: true
+	// 10
+	// 20
+	// 30
+}
