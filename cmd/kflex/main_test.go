@@ -1,0 +1,113 @@
+package main
+
+import (
+	"bytes"
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kflex-go/kflex/internal/testutil"
+)
+
+// TestMain lets the test binary stand in for kflex when the demo re-executes
+// itself as a worker.
+func TestMain(m *testing.M) {
+	if len(os.Args) > 1 && os.Args[1] == "demo-worker" {
+		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+	}
+	testutil.Main(m)
+}
+
+func kflex(args ...string) (code int, stdout, stderr string) {
+	var out, errOut bytes.Buffer
+	code = run(args, &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+func TestUsage(t *testing.T) {
+	code, _, stderr := kflex()
+	assert.Equal(t, 2, code)
+	assert.Contains(t, stderr, "usage: kflex <command>")
+	code, stdout, _ := kflex("help")
+	assert.Equal(t, 0, code)
+	assert.Contains(t, stdout, "heap ")
+	assert.Contains(t, stdout, "demo ")
+	assert.NotContains(t, stdout, "demo-worker")
+	code, _, stderr = kflex("frobnicate")
+	assert.Equal(t, 2, code)
+	assert.Contains(t, stderr, `unknown command "frobnicate"`)
+	code, stdout, _ = kflex("help", "demo")
+	assert.Equal(t, 0, code)
+	assert.Contains(t, stdout, "usage: kflex demo")
+	code, _, stderr = kflex("heap", "shrink")
+	assert.Equal(t, 2, code)
+	assert.Contains(t, stderr, `unknown subcommand "shrink"`)
+}
+
+func TestHeapCreateInfo(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "h")
+	code, stdout, stderr := kflex("heap", "create", "--size", "2M", path)
+	require.Equal(t, 0, code, stderr)
+	assert.Contains(t, stdout, "created "+path+": 2 MiB")
+
+	code, stdout, stderr = kflex("heap", "info", path)
+	require.Equal(t, 0, code, stderr)
+	assert.Contains(t, stdout, "size 2 MiB (2^21)")
+	assert.Contains(t, stdout, "attached processes: 0")
+
+	code, stdout, _ = kflex("heap", "info", "--json", path)
+	require.Equal(t, 0, code)
+	var in info
+	require.NoError(t, json.Unmarshal([]byte(stdout), &in))
+	assert.Equal(t, uint64(2<<20), in.Size)
+	assert.Equal(t, in.Alloc.Pages, in.Alloc.FreePages)
+
+	code, _, stderr = kflex("heap", "create", path)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr, "heap "+path+": open")
+	assert.Contains(t, stderr, "file exists")
+}
+
+func TestHeapBadInput(t *testing.T) {
+	dir := t.TempDir()
+	notHeap := filepath.Join(dir, "passwd")
+	require.NoError(t, os.WriteFile(notHeap, bytes.Repeat([]byte{1}, 8192), 0o600))
+	for _, tc := range []struct {
+		args []string
+		code int
+		msg  string
+	}{
+		{[]string{"heap", "create", "--size", "3M", filepath.Join(dir, "a")}, 1, "size 3145728 is not a power of two"},
+		{[]string{"heap", "create", "--size", "lots", filepath.Join(dir, "a")}, 2, `bad size "lots"`},
+		{[]string{"heap", "create", "--size", "0", filepath.Join(dir, "a")}, 2, `bad size "0"`},
+		{[]string{"heap", "create"}, 2, "want 1 argument(s), got 0"},
+		{[]string{"heap", "create", "--bogus", "x"}, 2, "flag provided but not defined: -bogus"},
+		{[]string{"heap", "info", notHeap}, 1, "heap " + notHeap + ": not a kflex heap (bad magic)"},
+		{[]string{"heap", "info", filepath.Join(dir, "missing")}, 1, "no such file or directory"},
+		{[]string{"heap"}, 2, "missing subcommand"},
+	} {
+		code, _, stderr := kflex(tc.args...)
+		assert.Equal(t, tc.code, code, "%v: %s", tc.args, stderr)
+		assert.Contains(t, stderr, tc.msg, "%v", tc.args)
+	}
+	_, err := os.Stat(filepath.Join(dir, "a"))
+	assert.ErrorIs(t, err, os.ErrNotExist, "a failed create leaves no file")
+}
+
+func TestDemo(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "demo.heap")
+	code, stdout, stderr := kflex("demo", "--heap", path)
+	require.Equal(t, 0, code, "stdout:\n%s\nstderr:\n%s", stdout, stderr)
+	assert.Contains(t, stdout, "counter 400000 (expected 400000)")
+	assert.Contains(t, stdout, "list: 400 entries walked from this view (expected 400)")
+	assert.Contains(t, stdout, "kernel marked it dead")
+	assert.NotContains(t, stdout, "MISMATCH")
+	// The kept heap shows the dead victim in its owner table.
+	code, stdout, _ = kflex("heap", "info", path)
+	require.Equal(t, 0, code)
+	assert.Contains(t, stdout, "DEAD (reported by the kernel)")
+}

@@ -1,0 +1,50 @@
+package futex
+
+import (
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kflex-go/kflex/internal/testutil"
+)
+
+func TestMain(m *testing.M) { testutil.Main(m) }
+
+func TestWaitValueChanged(t *testing.T) {
+	var w uint32 = 1
+	start := time.Now()
+	require.NoError(t, Wait(&w, 2, time.Second)) // *w != 2: returns at once
+	assert.Less(t, time.Since(start), 500*time.Millisecond)
+}
+
+func TestWaitTimeout(t *testing.T) {
+	var w uint32
+	start := time.Now()
+	require.NoError(t, Wait(&w, 0, 20*time.Millisecond))
+	assert.GreaterOrEqual(t, time.Since(start), 20*time.Millisecond)
+}
+
+func TestWake(t *testing.T) {
+	var w uint32
+	done := make(chan struct{})
+	go func() {
+		for atomic.LoadUint32(&w) == 0 {
+			Wait(&w, 0, -1)
+		}
+		close(done)
+	}()
+	// Wake until the sleeper is gone: it may not be asleep yet on the first try.
+	atomic.StoreUint32(&w, 1)
+	for {
+		_, err := Wake(&w, 1)
+		require.NoError(t, err)
+		select {
+		case <-done:
+			return
+		case <-time.After(time.Millisecond):
+		}
+	}
+}
