@@ -1,0 +1,612 @@
+package interp
+
+import (
+	"errors"
+	"fmt"
+	"math/bits"
+	"sync/atomic"
+	"unsafe"
+)
+
+// Limits of one execution.
+const (
+	StackSize = 512 // bytes per frame
+	MaxFrames = 8   // the main program and up to seven nested calls
+	// DefaultMayGoto is how many may_goto instructions fall through before one
+	// is taken: the bound the kernel used before it became timed (BPF_MAX_LOOPS).
+	DefaultMayGoto = 8 << 20
+)
+
+// Errors a program can stop with, wrapped in a *RuntimeError.
+var (
+	ErrOutOfBounds  = errors.New("memory access outside the program's regions")
+	ErrReadOnly     = errors.New("store to read-only memory")
+	ErrMisaligned   = errors.New("misaligned atomic access")
+	ErrCallDepth    = errors.New("call depth exceeds 8 frames")
+	ErrNoHelper     = errors.New("call to unknown helper")
+	ErrInsnLimit    = errors.New("instruction budget exhausted")
+	ErrFellOff      = errors.New("execution fell off the end of the program")
+	ErrNoHeap       = errors.New("addr_space_cast without an attached heap")
+	ErrHelperFailed = errors.New("helper failed")
+)
+
+// RuntimeError stops a program: which instruction, and why.
+type RuntimeError struct {
+	Insn   int
+	Err    error
+	Detail string
+}
+
+func (e *RuntimeError) Error() string {
+	if e.Detail == "" {
+		return fmt.Sprintf("instruction %d: %v", e.Insn, e.Err)
+	}
+	return fmt.Sprintf("instruction %d: %v: %s", e.Insn, e.Err, e.Detail)
+}
+
+func (e *RuntimeError) Unwrap() error { return e.Err }
+
+// Helper is a function a program calls by number, with r1-r5 as arguments; its
+// result goes to r0. An error stops the program.
+type Helper func(m *Machine, r1, r2, r3, r4, r5 uint64) (uint64, error)
+
+// region is memory a program may access: [start, start+size), at base in Go.
+type region struct {
+	start, size uint64
+	base        unsafe.Pointer
+	writable    bool
+}
+
+const (
+	regStack = iota
+	regCtx
+	regHeap
+	numRegions
+)
+
+// Machine runs programs on one goroutine at a time. It keeps its stack between
+// runs; the memory it is given stays the caller's.
+type Machine struct {
+	// Helpers by number. Nil means none.
+	Helpers map[int32]Helper
+	// MaxInsns stops a run after this many instructions (0: no limit).
+	MaxInsns uint64
+	// MayGoto is the number of may_goto instructions that fall through in one
+	// run before one jumps (0: DefaultMayGoto).
+	MayGoto uint64
+	// Executed counts instructions run by the last Run.
+	Executed uint64
+
+	stack   []byte
+	regions [numRegions]region
+	// heapMask and heapCanon serve addr_space_cast: the heap's size-1 and the
+	// base of the canonical ("user") view.
+	heapMask, heapCanon uint64
+}
+
+// NewMachine returns a Machine with its own stack frames.
+func NewMachine() *Machine {
+	m := &Machine{stack: make([]byte, StackSize*MaxFrames)}
+	m.regions[regStack] = region{start: uint64(uintptr(unsafe.Pointer(&m.stack[0]))),
+		size: uint64(len(m.stack)), base: unsafe.Pointer(&m.stack[0]), writable: true}
+	return m
+}
+
+// AttachHeap lets programs access size bytes at base (a heap mapping in this
+// process, size a power of two). canonBase is the heap's canonical view, which
+// addr_space_cast to the user view produces.
+func (m *Machine) AttachHeap(base unsafe.Pointer, size, canonBase uint64) {
+	m.regions[regHeap] = region{start: uint64(uintptr(base)), size: size, base: base, writable: true}
+	m.heapMask, m.heapCanon = size-1, canonBase
+}
+
+// access returns the Go address of [addr, addr+size) if the program may touch it.
+func (m *Machine) access(addr, size uint64, write bool) (unsafe.Pointer, error) {
+	for i := range m.regions {
+		r := &m.regions[i]
+		if d := addr - r.start; d < r.size && size <= r.size-d {
+			if write && !r.writable {
+				return nil, ErrReadOnly
+			}
+			return unsafe.Add(r.base, d), nil
+		}
+	}
+	return nil, ErrOutOfBounds
+}
+
+// Bytes returns the n bytes of program memory at addr, for helpers.
+func (m *Machine) Bytes(addr, n uint64, write bool) ([]byte, error) {
+	if n == 0 {
+		return nil, nil
+	}
+	p, err := m.access(addr, n, write)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %d bytes at %#x", err, n, addr)
+	}
+	return unsafe.Slice((*byte)(p), n), nil
+}
+
+type frame struct {
+	ret   int
+	saved [4]uint64 // r6-r9
+	fp    uint64
+}
+
+// Run executes p with r1 pointing to ctx (nil: r1 = 0) and r2 = len(ctx). ctx
+// is read and written in place. It returns r0.
+func (m *Machine) Run(p *Program, ctx []byte) (uint64, error) {
+	var r [11]uint64
+	if len(ctx) > 0 {
+		base := unsafe.Pointer(&ctx[0])
+		m.regions[regCtx] = region{start: uint64(uintptr(base)), size: uint64(len(ctx)), base: base, writable: true}
+		r[1], r[2] = uint64(uintptr(base)), uint64(len(ctx))
+	}
+	defer func() { m.regions[regCtx] = region{} }()
+	r[10] = m.regions[regStack].start + m.regions[regStack].size
+	return m.run(p, &r)
+}
+
+func (m *Machine) run(p *Program, r *[11]uint64) (uint64, error) {
+	var frames [MaxFrames]frame
+	depth := 0
+	code := p.code
+	limit := m.MaxInsns
+	mayGoto := m.MayGoto
+	if mayGoto == 0 {
+		mayGoto = DefaultMayGoto
+	}
+	n := uint64(0)
+	pc := 0
+	fail := func(err error, detail string) (uint64, error) {
+		m.Executed = n
+		return 0, &RuntimeError{Insn: pc, Err: err, Detail: detail}
+	}
+	for {
+		if pc >= len(code) {
+			return fail(ErrFellOff, "")
+		}
+		n++
+		if limit != 0 && n > limit {
+			return fail(ErrInsnLimit, fmt.Sprintf("%d instructions", limit))
+		}
+		in := &code[pc]
+		op := in.op
+		switch op & 7 {
+		case clsALU64:
+			src := in.k
+			if op&0x08 != 0 {
+				src = r[in.src]
+			}
+			d := &r[in.dst]
+			switch op & 0xf0 {
+			case 0x00:
+				*d += src
+			case 0x10:
+				*d -= src
+			case 0x20:
+				*d *= src
+			case 0x30:
+				*d = div64(*d, src, in.off == 1)
+			case 0x40:
+				*d |= src
+			case 0x50:
+				*d &= src
+			case 0x60:
+				*d <<= src & 63
+			case 0x70:
+				*d >>= src & 63
+			case 0x80:
+				*d = -*d
+			case 0x90:
+				*d = mod64(*d, src, in.off == 1)
+			case 0xa0:
+				*d ^= src
+			case 0xb0:
+				switch in.off {
+				case 0:
+					*d = src
+				case 1:
+					v, err := m.cast(src, in.imm)
+					if err != nil {
+						return fail(err, "")
+					}
+					*d = v
+				case 8:
+					*d = uint64(int64(int8(src)))
+				case 16:
+					*d = uint64(int64(int16(src)))
+				case 32:
+					*d = uint64(int64(int32(src)))
+				}
+			case 0xc0:
+				*d = uint64(int64(*d) >> (src & 63))
+			case 0xd0: // bswap
+				*d = swap(*d, in.imm)
+			}
+		case clsALU:
+			src := uint32(in.imm)
+			if op&0x08 != 0 && op&0xf0 != 0xd0 {
+				src = uint32(r[in.src])
+			}
+			d32 := uint32(r[in.dst])
+			switch op & 0xf0 {
+			case 0x00:
+				d32 += src
+			case 0x10:
+				d32 -= src
+			case 0x20:
+				d32 *= src
+			case 0x30:
+				d32 = div32(d32, src, in.off == 1)
+			case 0x40:
+				d32 |= src
+			case 0x50:
+				d32 &= src
+			case 0x60:
+				d32 <<= src & 31
+			case 0x70:
+				d32 >>= src & 31
+			case 0x80:
+				d32 = -d32
+			case 0x90:
+				d32 = mod32(d32, src, in.off == 1)
+			case 0xa0:
+				d32 ^= src
+			case 0xb0:
+				switch in.off {
+				case 0:
+					d32 = src
+				case 8:
+					d32 = uint32(int32(int8(src)))
+				case 16:
+					d32 = uint32(int32(int16(src)))
+				}
+			case 0xc0:
+				d32 = uint32(int32(d32) >> (src & 31))
+			case 0xd0: // to little endian (a no-op but for truncation) or big endian
+				if op&0x08 == 0 {
+					r[in.dst] = truncate(r[in.dst], in.imm)
+				} else {
+					r[in.dst] = swap(r[in.dst], in.imm)
+				}
+				pc++
+				continue
+			}
+			r[in.dst] = uint64(d32)
+		case clsJMP, clsJMP32:
+			switch op {
+			case 0x05:
+				pc = int(in.target)
+				continue
+			case 0x06: // ja32 (gotol)
+				pc = int(in.target)
+				continue
+			case 0xe5: // may_goto: falls through until the budget is spent
+				if mayGoto == 0 {
+					pc = int(in.target)
+					continue
+				}
+				mayGoto--
+				pc++
+				continue
+			case opCall, 0x8d:
+				if op == opCall && in.src == 1 { // bpf-to-bpf call
+					if depth+1 >= MaxFrames {
+						return fail(ErrCallDepth, "")
+					}
+					frames[depth] = frame{ret: pc + 1, saved: [4]uint64{r[6], r[7], r[8], r[9]}, fp: r[10]}
+					depth++
+					r[10] -= StackSize
+					pc = int(in.target)
+					continue
+				}
+				id := in.imm
+				if op == 0x8d { // callx: helper number in dst
+					id = int32(r[in.dst])
+				}
+				h := m.Helpers[id]
+				if h == nil {
+					return fail(ErrNoHelper, fmt.Sprintf("helper %d", id))
+				}
+				v, err := h(m, r[1], r[2], r[3], r[4], r[5])
+				if err != nil {
+					return fail(ErrHelperFailed, fmt.Sprintf("helper %d: %v", id, err))
+				}
+				r[0] = v
+				pc++
+				continue
+			case 0x95: // exit
+				if depth == 0 {
+					m.Executed = n
+					return r[0], nil
+				}
+				depth--
+				f := &frames[depth]
+				r[6], r[7], r[8], r[9], r[10] = f.saved[0], f.saved[1], f.saved[2], f.saved[3], f.fp
+				pc = f.ret
+				continue
+			}
+			a, b := r[in.dst], in.k
+			if op&0x08 != 0 {
+				b = r[in.src]
+			}
+			if op&7 == clsJMP32 {
+				a, b = uint64(uint32(a)), uint64(uint32(b))
+			}
+			if cond(op, a, b) {
+				pc = int(in.target)
+				continue
+			}
+		case clsLDX:
+			p, err := m.access(r[in.src]+uint64(int64(in.off)), uint64(in.size), false)
+			if err != nil {
+				return fail(err, fmt.Sprintf("read of %d bytes at %#x", in.size, r[in.src]+uint64(int64(in.off))))
+			}
+			v := load(p, in.size)
+			if op&0xe0 == modeMemSX {
+				v = signExtend(v, in.size)
+			}
+			r[in.dst] = v
+		case clsST, clsSTX:
+			addr := r[in.dst] + uint64(int64(in.off))
+			if op&0xe0 == modeAtomic {
+				if err := m.atomic(in, r, addr); err != nil {
+					return fail(err, fmt.Sprintf("%d bytes at %#x", in.size, addr))
+				}
+				break
+			}
+			p, err := m.access(addr, uint64(in.size), true)
+			if err != nil {
+				return fail(err, fmt.Sprintf("write of %d bytes at %#x", in.size, addr))
+			}
+			v := in.k
+			if op&7 == clsSTX {
+				v = r[in.src]
+			}
+			store(p, in.size, v)
+		case clsLD: // lddw; Validate admits nothing else in this class
+			r[in.dst] = in.k
+			pc += 2
+			continue
+		}
+		pc++
+	}
+}
+
+// cond evaluates a conditional jump of either width on operands already
+// truncated for JMP32.
+func cond(op uint8, a, b uint64) bool {
+	is32 := op&7 == clsJMP32
+	sa, sb := int64(a), int64(b)
+	if is32 {
+		sa, sb = int64(int32(a)), int64(int32(b))
+	}
+	switch op & 0xf0 {
+	case 0x10:
+		return a == b
+	case 0x20:
+		return a > b
+	case 0x30:
+		return a >= b
+	case 0x40:
+		return a&b != 0
+	case 0x50:
+		return a != b
+	case 0x60:
+		return sa > sb
+	case 0x70:
+		return sa >= sb
+	case 0xa0:
+		return a < b
+	case 0xb0:
+		return a <= b
+	case 0xc0:
+		return sa < sb
+	case 0xd0:
+		return sa <= sb
+	}
+	return false
+}
+
+func div64(a, b uint64, signed bool) uint64 {
+	if b == 0 {
+		return 0
+	}
+	if signed {
+		return uint64(int64(a) / int64(b)) // MinInt64 / -1 == MinInt64 in Go
+	}
+	return a / b
+}
+
+func mod64(a, b uint64, signed bool) uint64 {
+	if b == 0 {
+		return a
+	}
+	if signed {
+		return uint64(int64(a) % int64(b)) // MinInt64 % -1 == 0 in Go
+	}
+	return a % b
+}
+
+func div32(a, b uint32, signed bool) uint32 {
+	if b == 0 {
+		return 0
+	}
+	if signed {
+		return uint32(int32(a) / int32(b))
+	}
+	return a / b
+}
+
+func mod32(a, b uint32, signed bool) uint32 {
+	if b == 0 {
+		return a
+	}
+	if signed {
+		return uint32(int32(a) % int32(b))
+	}
+	return a % b
+}
+
+func swap(v uint64, width int32) uint64 {
+	switch width {
+	case 16:
+		return uint64(bits.ReverseBytes16(uint16(v)))
+	case 32:
+		return uint64(bits.ReverseBytes32(uint32(v)))
+	}
+	return bits.ReverseBytes64(v)
+}
+
+func truncate(v uint64, width int32) uint64 {
+	switch width {
+	case 16:
+		return uint64(uint16(v))
+	case 32:
+		return uint64(uint32(v))
+	}
+	return v
+}
+
+func signExtend(v uint64, size uint8) uint64 {
+	switch size {
+	case 1:
+		return uint64(int64(int8(v)))
+	case 2:
+		return uint64(int64(int16(v)))
+	}
+	return uint64(int64(int32(v)))
+}
+
+// load and store are little-endian and may be unaligned (amd64 and arm64
+// allow it for plain accesses).
+func load(p unsafe.Pointer, size uint8) uint64 {
+	switch size {
+	case 1:
+		return uint64(*(*uint8)(p))
+	case 2:
+		return uint64(*(*uint16)(p))
+	case 4:
+		return uint64(*(*uint32)(p))
+	}
+	return *(*uint64)(p)
+}
+
+func store(p unsafe.Pointer, size uint8, v uint64) {
+	switch size {
+	case 1:
+		*(*uint8)(p) = uint8(v)
+	case 2:
+		*(*uint16)(p) = uint16(v)
+	case 4:
+		*(*uint32)(p) = uint32(v)
+	default:
+		*(*uint64)(p) = v
+	}
+}
+
+// atomic runs an atomic instruction at addr.
+func (m *Machine) atomic(in *insn, r *[11]uint64, addr uint64) error {
+	write := in.atomic != 0x100 // load-acquire only reads
+	p, err := m.access(addr, uint64(in.size), write)
+	if err != nil {
+		return err
+	}
+	if addr%uint64(in.size) != 0 {
+		return ErrMisaligned
+	}
+	src := &r[in.src]
+	switch in.atomic {
+	case 0x100: // load-acquire
+		switch in.size {
+		case 4:
+			r[in.dst] = uint64(atomic.LoadUint32((*uint32)(p)))
+		case 8:
+			r[in.dst] = atomic.LoadUint64((*uint64)(p))
+		default: // byte and half loads are single-copy atomic and acquire on amd64/arm64 TSO-or-ldar paths
+			r[in.dst] = load(p, in.size)
+		}
+		return nil
+	case 0x110: // store-release
+		switch in.size {
+		case 4:
+			atomic.StoreUint32((*uint32)(p), uint32(*src))
+		case 8:
+			atomic.StoreUint64((*uint64)(p), *src)
+		default:
+			store(p, in.size, *src)
+		}
+		return nil
+	}
+	if in.size == 4 {
+		w := (*uint32)(p)
+		s := uint32(*src)
+		var old uint32
+		switch in.atomic &^ 1 {
+		case 0x00:
+			old = atomic.AddUint32(w, s) - s
+		case 0x40:
+			old = atomic.OrUint32(w, s)
+		case 0x50:
+			old = atomic.AndUint32(w, s)
+		case 0xa0:
+			for old = atomic.LoadUint32(w); !atomic.CompareAndSwapUint32(w, old, old^s); old = atomic.LoadUint32(w) {
+			}
+		case 0xe0:
+			old = atomic.SwapUint32(w, s)
+		case 0xf0:
+			want := uint32(r[0])
+			for old = atomic.LoadUint32(w); old == want && !atomic.CompareAndSwapUint32(w, old, s); old = atomic.LoadUint32(w) {
+			}
+			r[0] = uint64(old)
+			return nil
+		}
+		if in.atomic&1 != 0 {
+			*src = uint64(old)
+		}
+		return nil
+	}
+	w := (*uint64)(p)
+	s := *src
+	var old uint64
+	switch in.atomic &^ 1 {
+	case 0x00:
+		old = atomic.AddUint64(w, s) - s
+	case 0x40:
+		old = atomic.OrUint64(w, s)
+	case 0x50:
+		old = atomic.AndUint64(w, s)
+	case 0xa0:
+		for old = atomic.LoadUint64(w); !atomic.CompareAndSwapUint64(w, old, old^s); old = atomic.LoadUint64(w) {
+		}
+	case 0xe0:
+		old = atomic.SwapUint64(w, s)
+	case 0xf0:
+		want := r[0]
+		for old = atomic.LoadUint64(w); old == want && !atomic.CompareAndSwapUint64(w, old, s); old = atomic.LoadUint64(w) {
+		}
+		r[0] = old
+		return nil
+	}
+	if in.atomic&1 != 0 {
+		*src = old
+	}
+	return nil
+}
+
+// cast implements addr_space_cast against the attached heap: imm 1 moves a
+// pointer into this machine's view, imm 1<<16 into the canonical view stored in
+// the heap. NULL stays NULL.
+func (m *Machine) cast(p uint64, imm int32) (uint64, error) {
+	h := &m.regions[regHeap]
+	if h.size == 0 {
+		return 0, ErrNoHeap
+	}
+	if p == 0 {
+		return 0, nil
+	}
+	if imm == 1 {
+		return p&m.heapMask | h.start, nil
+	}
+	return p&m.heapMask | m.heapCanon, nil
+}

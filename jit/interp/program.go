@@ -1,0 +1,115 @@
+package interp
+
+import (
+	"encoding/binary"
+	"fmt"
+
+	"github.com/cilium/ebpf/asm"
+
+	"github.com/kflex-go/kflex/bytecode"
+)
+
+// insn is one pre-decoded instruction slot.
+type insn struct {
+	op     uint8  // the raw opcode byte
+	dst    uint8  // register numbers
+	src    uint8  //
+	size   uint8  // bytes accessed by a load, store or atomic
+	off    int16  // memory offset
+	atomic uint16 // atomic operation (immediate of an atomic instruction)
+	imm    int32  // raw immediate
+	k      uint64 // immediate sign-extended to 64 bits, or lddw's 64-bit value
+	target int32  // slot a jump or local call goes to
+}
+
+// Program is validated bytecode, pre-decoded for the interpreter. It is
+// immutable and may be run by many Machines at once.
+type Program struct {
+	code  []insn
+	insns asm.Instructions
+}
+
+// Load validates insns and prepares them for execution. Errors name the
+// instruction.
+func Load(insns asm.Instructions) (*Program, error) {
+	if err := bytecode.Validate(insns); err != nil {
+		return nil, err
+	}
+	raw, err := bytecode.Encode(insns)
+	if err != nil {
+		return nil, err
+	}
+	return prepare(raw, insns)
+}
+
+// LoadBytes decodes, validates and prepares raw bytecode.
+func LoadBytes(raw []byte) (*Program, error) {
+	insns, err := bytecode.Decode(raw)
+	if err != nil {
+		return nil, err
+	}
+	if err := bytecode.Validate(insns); err != nil {
+		return nil, err
+	}
+	return prepare(raw, insns)
+}
+
+func prepare(raw []byte, insns asm.Instructions) (*Program, error) {
+	p := &Program{code: make([]insn, len(raw)/bytecode.SlotSize), insns: insns}
+	for slot := 0; slot < len(p.code); slot++ {
+		b := raw[slot*bytecode.SlotSize:]
+		in := &p.code[slot]
+		in.op, in.dst, in.src = b[0], b[1]&0xf, b[1]>>4
+		in.off = int16(binary.LittleEndian.Uint16(b[2:]))
+		in.imm = int32(binary.LittleEndian.Uint32(b[4:]))
+		in.k = uint64(int64(in.imm))
+		in.size = sizeBytes[b[0]>>3&3]
+		switch cls := in.op & 7; {
+		case in.op == opLdDW:
+			if in.src != 0 {
+				return nil, &bytecode.Error{Insn: slot, Reason: fmt.Sprintf(
+					"lddw with pseudo source %d needs a loader that resolves it (maps, functions); the interpreter runs plain constants only", in.src)}
+			}
+			in.k = uint64(uint32(in.imm)) | uint64(binary.LittleEndian.Uint32(b[12:]))<<32
+			slot++ // the second half is never executed: Validate keeps jumps off it
+		case cls == clsSTX && in.op&0xe0 == modeAtomic:
+			in.atomic = uint16(in.imm)
+		case cls == clsJMP || cls == clsJMP32:
+			ins := asm.Instruction{OpCode: asm.OpCode(in.op), Src: asm.Register(in.src), Offset: in.off, Constant: int64(in.imm)}
+			if t, ok := bytecode.Target(ins, slot); ok {
+				in.target = int32(t)
+			}
+			if in.op == opCall && in.src == bytecode.CallKfunc {
+				return nil, &bytecode.Error{Insn: slot, Reason: fmt.Sprintf("call to kernel function (BTF id %d) is not supported", in.imm)}
+			}
+		}
+	}
+	return p, nil
+}
+
+// Instructions returns the program's instructions.
+func (p *Program) Instructions() asm.Instructions { return p.insns }
+
+// Len is the number of instruction slots.
+func (p *Program) Len() int { return len(p.code) }
+
+var sizeBytes = [4]uint8{4, 2, 1, 8} // BPF_W, BPF_H, BPF_B, BPF_DW (bits 3-4)
+
+// Opcode parts (RFC 9669 §3).
+const (
+	clsLD    = 0x00
+	clsLDX   = 0x01
+	clsST    = 0x02
+	clsSTX   = 0x03
+	clsALU   = 0x04
+	clsJMP   = 0x05
+	clsJMP32 = 0x06
+	clsALU64 = 0x07
+
+	modeMem    = 0x60
+	modeMemSX  = 0x80
+	modeAtomic = 0xc0
+
+	opLdDW = 0x18
+	opCall = 0x85
+)
