@@ -1,0 +1,101 @@
+package main
+
+import (
+	"bytes"
+	"encoding/hex"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kflex-go/kflex/internal/isatest"
+	"github.com/kflex-go/kflex/internal/testutil"
+)
+
+func TestMain(m *testing.M) { testutil.Main(m) }
+
+// spaced writes bytes the way the bpf_conformance runner does: two spaces after
+// each byte.
+func spaced(b []byte) string {
+	var s strings.Builder
+	for _, c := range b {
+		s.WriteString(hex.EncodeToString([]byte{c}) + "  ")
+	}
+	return s.String()
+}
+
+func plugin(args []string, program []byte) (code int, stdout, stderr string) {
+	var out, errOut bytes.Buffer
+	code = run(args, strings.NewReader(spaced(program)+"\n"), &out, &errOut)
+	return code, out.String(), errOut.String()
+}
+
+// TestISAThroughProtocol runs every ISA test file through the plugin protocol,
+// as the bpf_conformance runner would.
+func TestISAThroughProtocol(t *testing.T) {
+	cases, err := isatest.Load("../../testdata/isa")
+	require.NoError(t, err)
+	for _, c := range cases {
+		t.Run(c.Name, func(t *testing.T) {
+			var args []string
+			if len(c.Mem) > 0 {
+				args = append(args, spaced(c.Mem))
+			}
+			code, stdout, stderr := plugin(append(args, "--interp"), c.Raw)
+			if c.Error != "" {
+				assert.Equal(t, 1, code)
+				assert.Empty(t, stdout)
+				assert.Contains(t, stderr, c.Error)
+				return
+			}
+			require.Equal(t, 0, code, stderr)
+			require.True(t, strings.HasPrefix(stdout, "0x"), stdout)
+			r0, err := strconv.ParseUint(strings.TrimSpace(stdout), 0, 64)
+			require.NoError(t, err)
+			assert.Equal(t, c.Result, r0)
+		})
+	}
+}
+
+func TestBadInput(t *testing.T) {
+	exit := []byte{0x95, 0, 0, 0, 0, 0, 0, 0}
+	for _, tc := range []struct {
+		args    []string
+		program []byte
+		code    int
+		msg     string
+	}{
+		{[]string{"zz"}, exit, 2, "memory: bad hex"},
+		{[]string{"--frobnicate"}, exit, 2, `unknown option "--frobnicate"`},
+		{nil, exit[:5], 1, "bytecode length 5 is not a multiple of 8"},
+		{[]string{"--jit"}, exit, 1, "the JIT is not built yet"},
+		{[]string{"--elf"}, exit, 1, "read ELF"},
+		{nil, []byte{0xff, 0, 0, 0, 0, 0, 0, 0}, 1, "instruction 0"},
+	} {
+		code, stdout, stderr := plugin(tc.args, tc.program)
+		assert.Equal(t, tc.code, code, "%v", tc.args)
+		assert.Empty(t, stdout)
+		assert.Contains(t, stderr, tc.msg)
+	}
+	var out, errOut bytes.Buffer
+	assert.Equal(t, 1, run(nil, strings.NewReader("95 zz 00\n"), &out, &errOut))
+	assert.Contains(t, errOut.String(), "bad hex")
+}
+
+// TestBinary builds the plugin and runs one program through a real process.
+func TestBinary(t *testing.T) {
+	bin := filepath.Join(t.TempDir(), "kflex-bpf-conformance")
+	build := exec.Command("go", "build", "-o", bin, ".")
+	out, err := build.CombinedOutput()
+	require.NoError(t, err, string(out))
+	cmd := exec.Command(bin, spaced([]byte{1, 2, 3}))
+	// ldxb r0, [r1+2]; exit
+	cmd.Stdin = strings.NewReader(spaced([]byte{0x71, 0x10, 2, 0, 0, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0}) + "\n")
+	got, err := cmd.Output()
+	require.NoError(t, err)
+	assert.Equal(t, "0x3\n", string(got))
+}
