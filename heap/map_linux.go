@@ -5,6 +5,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kflex-go/kflex/internal/vm"
 )
 
 // GuardSize is the scratch memory mapped on each side of the heap. eBPF offsets
@@ -22,48 +24,12 @@ type mapping struct {
 	size uintptr
 }
 
-// lo is the start of the whole mapped range (the lower guard).
-func (m *mapping) lo() unsafe.Pointer { return unsafe.Add(m.base, -GuardSize) }
-
 // mapAligned maps size bytes of fd at an address aligned to size. If at is not
-// zero it is the address to use (it must be aligned and free); otherwise the
-// kernel picks a range that is carved down to an aligned window.
+// zero it is the address to use (it must be aligned and free).
 func mapAligned(fd int, size uintptr, at uintptr) (*mapping, error) {
-	span := size + 2*GuardSize
-	var base unsafe.Pointer
-	if at != 0 {
-		if at%size != 0 || at < GuardSize {
-			return nil, fmt.Errorf("map at %#x: not aligned to heap size %#x", at, size)
-		}
-		want := unsafe.Add(nil, at-GuardSize) // an address outside the Go heap
-		got, err := unix.MmapPtr(-1, 0, want, span, unix.PROT_NONE,
-			unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE|unix.MAP_FIXED_NOREPLACE)
-		if err != nil {
-			return nil, fmt.Errorf("map at %#x: address range in use or invalid: %w", at, err)
-		}
-		if got != want { // kernels before 4.17 ignore MAP_FIXED_NOREPLACE
-			unix.MunmapPtr(got, span)
-			return nil, fmt.Errorf("map at %#x: kernel placed the reservation at %p", at, got)
-		}
-		base = unsafe.Add(got, GuardSize)
-	} else {
-		// Reserve S + S + 2 guards: an S-aligned window with a guard on each side
-		// always fits, and the rest is given back.
-		resLen := 2*size + 2*GuardSize
-		res, err := unix.MmapPtr(-1, 0, nil, resLen, unix.PROT_NONE,
-			unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_NORESERVE)
-		if err != nil {
-			return nil, fmt.Errorf("reserve %d bytes of address space: %w", resLen, err)
-		}
-		r := uintptr(res)
-		b := (r + GuardSize + size - 1) &^ (size - 1)
-		base = unsafe.Add(res, b-r)
-		if head := b - GuardSize - r; head > 0 {
-			unix.MunmapPtr(res, head)
-		}
-		if tail := r + resLen - (b + size + GuardSize); tail > 0 {
-			unix.MunmapPtr(unsafe.Add(base, size+GuardSize), tail)
-		}
+	base, err := vm.Reserve(size, GuardSize, at)
+	if err != nil {
+		return nil, err
 	}
 	m := &mapping{base: base, size: size}
 	if _, err := unix.MmapPtr(fd, 0, base, size, unix.PROT_READ|unix.PROT_WRITE,
@@ -71,9 +37,8 @@ func mapAligned(fd int, size uintptr, at uintptr) (*mapping, error) {
 		m.unmap()
 		return nil, fmt.Errorf("map heap file: %w", err)
 	}
-	for _, g := range []unsafe.Pointer{m.lo(), unsafe.Add(base, size)} {
-		if _, err := unix.MmapPtr(-1, 0, g, GuardSize, unix.PROT_READ|unix.PROT_WRITE,
-			unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED); err != nil {
+	for _, g := range []unsafe.Pointer{unsafe.Add(base, -GuardSize), unsafe.Add(base, size)} {
+		if err := vm.MapScratch(g, GuardSize); err != nil {
 			m.unmap()
 			return nil, fmt.Errorf("map guard region: %w", err)
 		}
@@ -81,6 +46,4 @@ func mapAligned(fd int, size uintptr, at uintptr) (*mapping, error) {
 	return m, nil
 }
 
-func (m *mapping) unmap() error {
-	return unix.MunmapPtr(m.lo(), m.size+2*GuardSize)
-}
+func (m *mapping) unmap() error { return vm.Release(m.base, m.size, GuardSize) }

@@ -1,0 +1,93 @@
+package kernel
+
+import (
+	"fmt"
+	"math/bits"
+	"unsafe"
+
+	"github.com/cilium/ebpf"
+	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
+
+	"github.com/kflex-go/kflex/bytecode"
+	"github.com/kflex-go/kflex/internal/vm"
+)
+
+const (
+	bpfFMmapable = 1 << 10
+	pageSize     = 4096
+	// MaxArenaSize is the kernel's limit on an arena.
+	MaxArenaSize = 1 << 32
+)
+
+// Arena is a BPF arena mapped into this process at its user address (the map's
+// map_extra), which is aligned to the arena's size, with every page populated.
+type Arena struct {
+	m    *ebpf.Map
+	base unsafe.Pointer
+	size uint64
+}
+
+// NewArena creates an arena of size bytes (a power of two, a whole number of
+// pages, at most 4 GiB), maps it and touches every page so that kernel programs
+// see real memory everywhere.
+func NewArena(size uint64) (*Arena, error) {
+	if size < pageSize || size > MaxArenaSize || bits.OnesCount64(size) != 1 {
+		return nil, fmt.Errorf("arena size %d: want a power of two from %d to %d", size, pageSize, uint64(MaxArenaSize))
+	}
+	base, err := vm.Reserve(uintptr(size), 0, 0)
+	if err != nil {
+		return nil, fmt.Errorf("arena: %w", err)
+	}
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "kflex_arena", Type: ebpf.Arena, Flags: bpfFMmapable,
+		MaxEntries: uint32(size / pageSize), MapExtra: uint64(uintptr(base))})
+	if err != nil {
+		vm.Release(base, uintptr(size), 0)
+		return nil, fmt.Errorf("create arena: %w", err)
+	}
+	// The kernel accepts only its user address and the whole length; MAP_FIXED
+	// replaces our own reservation there.
+	if _, err := unix.MmapPtr(m.FD(), 0, base, uintptr(size), unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_SHARED|unix.MAP_FIXED); err != nil {
+		m.Close()
+		vm.Release(base, uintptr(size), 0)
+		return nil, fmt.Errorf("map arena at %p: %w", base, err)
+	}
+	a := &Arena{m: m, base: base, size: size}
+	// Populate: a user-space write faults each page in for the kernel too.
+	for off := uint64(0); off < size; off += pageSize {
+		*(*byte)(unsafe.Add(base, off)) = 0
+	}
+	return a, nil
+}
+
+// Map is the arena's map.
+func (a *Arena) Map() *ebpf.Map { return a.m }
+
+// Base is the arena's user address (map_extra), aligned to Size.
+func (a *Arena) Base() uint64 { return uint64(uintptr(a.base)) }
+
+// Size is the arena's size in bytes.
+func (a *Arena) Size() uint64 { return a.size }
+
+// Pointer is the arena's memory in this process.
+func (a *Arena) Pointer() unsafe.Pointer { return a.base }
+
+// Bytes is the arena's memory as a slice.
+func (a *Arena) Bytes() []byte { return unsafe.Slice((*byte)(a.base), a.size) }
+
+// Ref is the instruction that makes a program use this arena (an lddw of the
+// map's file descriptor into dst). A program must contain it before the kernel
+// lets it use addr_space_cast.
+func (a *Arena) Ref(dst asm.Register) asm.Instruction {
+	return asm.Instruction{OpCode: asm.LoadImmOp(asm.DWord), Dst: dst, Src: bytecode.PseudoMapFD, Constant: int64(a.m.FD())}
+}
+
+// Close unmaps and releases the arena.
+func (a *Arena) Close() error {
+	err := vm.Release(a.base, uintptr(a.size), 0)
+	if cerr := a.m.Close(); err == nil {
+		err = cerr
+	}
+	return err
+}
