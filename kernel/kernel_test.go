@@ -13,15 +13,8 @@ import (
 
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/internal/isatest"
-	"github.com/kflex-go/kflex/internal/testutil"
 	"github.com/kflex-go/kflex/jit/interp"
 )
-
-func TestMain(m *testing.M) { testutil.Main(m) }
-
-func requireKernel(t testing.TB) { testutil.RequireFeature(t, Supported()) }
-
-func requireArena(t testing.TB) { testutil.RequireFeature(t, HaveArena()) }
 
 func assemble(t testing.TB, src string) asm.Instructions {
 	t.Helper()
@@ -71,7 +64,7 @@ func TestAtomicsReachTheKernel(t *testing.T) {
 	insns := asm.Instructions{
 		asm.Mov.Imm(asm.R0, 10), // expected
 		asm.StoreMem(asm.R10, -8, asm.R0, asm.DWord),
-		asm.Mov.Imm(asm.R1, 20),                     // new
+		asm.Mov.Imm(asm.R1, 20),                         // new
 		asm.CmpXchg.Mem(asm.R10, asm.R1, asm.DWord, -8), // 10 -> 20, r0 = 10
 		asm.Mov.Imm(asm.R2, 5),
 		asm.FetchAdd.Mem(asm.R10, asm.R2, asm.DWord, -8), // 20 -> 25, r2 = 20
