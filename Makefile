@@ -15,14 +15,17 @@ all: build
 
 build:
 	$(GO) build -o $(BIN)/kflex ./cmd/kflex
+	$(GO) build -o $(BIN)/kflex-bpf-conformance ./cmd/kflex-bpf-conformance
 
 demo: build
 	$(BIN)/kflex demo
 
 # The tests: vet and format first, then every package with the race detector.
-# Kernel tests run as root and skip, saying what is missing, elsewhere.
+# Kernel tests run as root and skip, saying what is missing, elsewhere; as root
+# a missing kernel feature fails them (KFLEX_REQUIRE_KERNEL=1).
+REQUIRE_KERNEL := $(shell [ "$$(id -u)" = 0 ] && echo 1)
 test: lint
-	CGO_ENABLED=1 $(GO) test -race -timeout 10m $(RACE_PKGS)
+	KFLEX_REQUIRE_KERNEL=$(REQUIRE_KERNEL) CGO_ENABLED=1 $(GO) test -race -timeout 10m $(RACE_PKGS)
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
@@ -36,16 +39,20 @@ bench: $(BIN)/robust-pthread
 	$(BIN)/robust-pthread procs 2 2
 	$(BIN)/robust-pthread threads 2 2
 	$(BIN)/robust-pthread threads 16 2
-	$(GO) test -run '^$$' -bench . -count 3 ./mcs ./heap
+	$(GO) test -run '^$$' -bench . -count 3 ./mcs ./heap ./jit/interp ./kernel
 
 $(BIN)/robust-pthread: bench/robustmutex/robust.c
 	@mkdir -p $(BIN)
 	cc -O2 -Wall -pthread -o $@ $<
 
-# Each fuzz target for FUZZTIME (go test fuzzes one target per run).
+# Each fuzz target for FUZZTIME (go test fuzzes one target per run). The kernel
+# differential target paces its program loads (see kernel/diff_test.go).
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseHeader$$' -fuzztime $(FUZZTIME) ./heap
 	$(GO) test -run '^$$' -fuzz '^FuzzTranslate$$' -fuzztime $(FUZZTIME) ./translate
+	$(GO) test -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime $(FUZZTIME) ./bytecode
+	$(GO) test -run '^$$' -fuzz '^FuzzInterp$$' -fuzztime $(FUZZTIME) ./jit/interp
+	$(GO) test -run '^$$' -fuzz '^FuzzKernelDiff$$' -fuzztime $(FUZZTIME) -parallel 1 ./kernel
 
 # Longer runs of the multi-process and hammer tests.
 stress:

@@ -387,8 +387,9 @@ func immediate(s string, bits int) (int64, error) {
 
 // memOperand parses [%rN], [%rN+off] or [%rN-off].
 func memOperand(s string) (asm.Register, int16, error) {
-	inner, ok := strings.CutPrefix(s, "[")
-	if inner, ok = strings.CutSuffix(inner, "]"); !ok {
+	inner, open := strings.CutPrefix(s, "[")
+	inner, closed := strings.CutSuffix(inner, "]")
+	if !open || !closed {
 		return 0, 0, fmt.Errorf("bad memory operand %q", s)
 	}
 	regPart, offPart := inner, ""

@@ -1,7 +1,6 @@
 package kernel
 
 import (
-	"encoding/binary"
 	"fmt"
 	"testing"
 	"time"
@@ -10,78 +9,9 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kflex-go/kflex/bytecode"
+	"github.com/kflex-go/kflex/internal/benchprog"
 	"github.com/kflex-go/kflex/jit/interp"
 )
-
-// The benchmark programs, as text. loopProgram is compute-bound: a
-// linear-congruential generator mixed into r0 for 1000 rounds.
-const loopProgram = `
-	mov %r0, 0
-	mov %r1, 1000
-	mov %r2, 12345
-loop:
-	mul %r2, 1103515245
-	add %r2, 12345
-	mov %r3, %r2
-	rsh %r3, 16
-	xor %r0, %r3
-	sub %r1, 1
-	jne %r1, 0, loop
-	exit`
-
-// hashProgram looks up 16 keys in an open-addressing hash table of 1024
-// 16-byte buckets {key, value} at the start of the heap (r6), probing up to 8
-// buckets per key, and returns the sum of the values found.
-const hashProgram = `
-	mov %r0, 0
-	mov %r7, 0
-outer:
-	mov %r2, %r7
-	mul %r2, 7
-	add %r2, 1
-	mov32 %r3, %r2
-	mul32 %r3, 0x9e3779b1
-	rsh32 %r3, 22
-	mov %r8, 0
-probe:
-	mov %r4, %r3
-	lsh %r4, 4
-	add %r4, %r6
-	ldxdw %r5, [%r4+0]
-	jeq %r5, %r2, found
-	add %r3, 1
-	and %r3, 1023
-	add %r8, 1
-	jlt %r8, 8, probe
-	ja next
-found:
-	ldxdw %r5, [%r4+8]
-	add %r0, %r5
-next:
-	add %r7, 1
-	jlt %r7, 16, outer
-	exit`
-
-const hashBuckets = 1024
-
-// fillHashTable puts keys 1, 8, 15, ... (those the program looks up) and as many
-// other keys in the table, so that probes collide.
-func fillHashTable(mem []byte) (want uint64) {
-	put := func(key, val uint64) {
-		b := uint64(uint32(key)*0x9e3779b1) >> 22
-		for binary.LittleEndian.Uint64(mem[b*16:]) != 0 {
-			b = (b + 1) % hashBuckets
-		}
-		binary.LittleEndian.PutUint64(mem[b*16:], key)
-		binary.LittleEndian.PutUint64(mem[b*16+8:], val)
-	}
-	for i := uint64(0); i < 16; i++ {
-		put(1000+i*3, 1)
-		put(i*7+1, i+100)
-		want += i + 100
-	}
-	return want
-}
 
 // heapPrologue points r6 at the heap: the arena's user address cast to the
 // kernel view. refArena makes the kernel associate the arena (the interpreter
@@ -103,15 +33,15 @@ func BenchmarkInterpVsKernel(b *testing.B) {
 	a, err := NewArena(1 << 20)
 	require.NoError(b, err)
 	defer a.Close()
-	want := fillHashTable(a.Bytes())
+	want := benchprog.FillHashTable(a.Bytes())
 	for _, bc := range []struct {
 		name  string
 		text  string
 		heap  bool
 		check uint64
 	}{
-		{"loop", loopProgram, false, 0},
-		{"hash-lookup", hashProgram, true, want},
+		{"loop", benchprog.Loop, false, 0},
+		{"hash-lookup", benchprog.HashLookup, true, want},
 	} {
 		b.Run(bc.name, func(b *testing.B) {
 			body, err := bytecode.Assemble(bc.text)
@@ -167,8 +97,8 @@ func TestBenchProgramsAgree(t *testing.T) {
 	a, err := NewArena(1 << 20)
 	require.NoError(t, err)
 	defer a.Close()
-	want := fillHashTable(a.Bytes())
-	body, err := bytecode.Assemble(hashProgram)
+	want := benchprog.FillHashTable(a.Bytes())
+	body, err := bytecode.Assemble(benchprog.HashLookup)
 	require.NoError(t, err)
 	kp, err := Load(append(heapPrologue(a, true), body...), XDP, nil)
 	require.NoError(t, err, "the kernel accepts the hash-table program")

@@ -155,19 +155,18 @@ func (m *Machine) run(p *Program, r *[11]uint64) (uint64, error) {
 	if mayGoto == 0 {
 		mayGoto = DefaultMayGoto
 	}
+	if limit == 0 {
+		limit = ^uint64(0)
+	}
 	n := uint64(0)
 	pc := 0
-	fail := func(err error, detail string) (uint64, error) {
-		m.Executed = n
-		return 0, &RuntimeError{Insn: pc, Err: err, Detail: detail}
-	}
 	for {
 		if pc >= len(code) {
-			return fail(ErrFellOff, "")
+			return m.fail(pc, n, ErrFellOff, "")
 		}
 		n++
-		if limit != 0 && n > limit {
-			return fail(ErrInsnLimit, fmt.Sprintf("%d instructions", limit))
+		if n > limit {
+			return m.fail(pc, n, ErrInsnLimit, fmt.Sprintf("%d instructions", limit))
 		}
 		in := &code[pc]
 		op := in.op
@@ -208,7 +207,7 @@ func (m *Machine) run(p *Program, r *[11]uint64) (uint64, error) {
 				case 1:
 					v, err := m.cast(src, in.imm)
 					if err != nil {
-						return fail(err, "")
+						return m.fail(pc, n, err, "")
 					}
 					*d = v
 				case 8:
@@ -292,7 +291,7 @@ func (m *Machine) run(p *Program, r *[11]uint64) (uint64, error) {
 			case opCall, 0x8d:
 				if op == opCall && in.src == 1 { // bpf-to-bpf call
 					if depth+1 >= MaxFrames {
-						return fail(ErrCallDepth, "")
+						return m.fail(pc, n, ErrCallDepth, "")
 					}
 					frames[depth] = frame{ret: pc + 1, saved: [4]uint64{r[6], r[7], r[8], r[9]}, fp: r[10]}
 					depth++
@@ -306,11 +305,11 @@ func (m *Machine) run(p *Program, r *[11]uint64) (uint64, error) {
 				}
 				h := m.Helpers[id]
 				if h == nil {
-					return fail(ErrNoHelper, fmt.Sprintf("helper %d", id))
+					return m.fail(pc, n, ErrNoHelper, fmt.Sprintf("helper %d", id))
 				}
 				v, err := h(m, r[1], r[2], r[3], r[4], r[5])
 				if err != nil {
-					return fail(ErrHelperFailed, fmt.Sprintf("helper %d: %v", id, err))
+					return m.fail(pc, n, ErrHelperFailed, fmt.Sprintf("helper %d: %v", id, err))
 				}
 				r[0] = v
 				pc++
@@ -340,7 +339,7 @@ func (m *Machine) run(p *Program, r *[11]uint64) (uint64, error) {
 		case clsLDX:
 			p, err := m.access(r[in.src]+uint64(int64(in.off)), uint64(in.size), false)
 			if err != nil {
-				return fail(err, fmt.Sprintf("read of %d bytes at %#x", in.size, r[in.src]+uint64(int64(in.off))))
+				return m.fail(pc, n, err, fmt.Sprintf("read of %d bytes at %#x", in.size, r[in.src]+uint64(int64(in.off))))
 			}
 			v := load(p, in.size)
 			if op&0xe0 == modeMemSX {
@@ -351,13 +350,13 @@ func (m *Machine) run(p *Program, r *[11]uint64) (uint64, error) {
 			addr := r[in.dst] + uint64(int64(in.off))
 			if op&0xe0 == modeAtomic {
 				if err := m.atomic(in, r, addr); err != nil {
-					return fail(err, fmt.Sprintf("%d bytes at %#x", in.size, addr))
+					return m.fail(pc, n, err, fmt.Sprintf("%d bytes at %#x", in.size, addr))
 				}
 				break
 			}
 			p, err := m.access(addr, uint64(in.size), true)
 			if err != nil {
-				return fail(err, fmt.Sprintf("write of %d bytes at %#x", in.size, addr))
+				return m.fail(pc, n, err, fmt.Sprintf("write of %d bytes at %#x", in.size, addr))
 			}
 			v := in.k
 			if op&7 == clsSTX {
@@ -371,6 +370,13 @@ func (m *Machine) run(p *Program, r *[11]uint64) (uint64, error) {
 		}
 		pc++
 	}
+}
+
+// fail ends a run with a RuntimeError at pc. It is out of line, and takes pc and
+// n by value, so that the dispatch loop keeps them in registers.
+func (m *Machine) fail(pc int, n uint64, err error, detail string) (uint64, error) {
+	m.Executed = n
+	return 0, &RuntimeError{Insn: pc, Err: err, Detail: detail}
 }
 
 // cond evaluates a conditional jump of either width on operands already
