@@ -18,6 +18,9 @@ import (
 //	lock fetch add32 [%r10-4], %r1           lock cmpxchg [%r1], %r2
 //	jeq %r1, 5, label   jslt32 %r1, %r2, +3  ja -2    ja32 label  may_goto +1
 //	call 5    call local fn    call %r2    call runtime 7    exit
+//
+// A jump to the label "exit", where no such label is defined, goes to the first
+// exit instruction.
 func Assemble(src string) (asm.Instructions, error) {
 	var insns asm.Instructions
 	type fixup struct {
@@ -27,6 +30,7 @@ func Assemble(src string) (asm.Instructions, error) {
 	}
 	var fixups []fixup
 	labels := map[string]int{} // label -> instruction index
+	firstExit := -1
 	for n, line := range strings.Split(src, "\n") {
 		if i := strings.IndexAny(line, "#;"); i >= 0 {
 			line = line[:i]
@@ -53,12 +57,19 @@ func Assemble(src string) (asm.Instructions, error) {
 		if label != "" {
 			fixups = append(fixups, fixup{len(insns), label, n + 1})
 		}
+		if firstExit < 0 && ins.OpCode.JumpOp() == asm.Exit {
+			firstExit = len(insns)
+		}
 		insns = append(insns, ins)
 	}
 	start, total := Slots(insns)
 	start = append(start, total) // a label after the last instruction
 	for _, f := range fixups {
 		at, ok := labels[f.label]
+		if !ok && f.label == "exit" && firstExit >= 0 {
+			// As in bpf_conformance's files: "exit" names the first exit.
+			at, ok = firstExit, true
+		}
 		if !ok {
 			return nil, fmt.Errorf("line %d: undefined label %q", f.line, f.label)
 		}

@@ -191,6 +191,10 @@ func TestAssemble(t *testing.T) {
 	assert.Equal(t, want, hex.EncodeToString(raw))
 	assert.NoError(t, Validate(insns))
 
+	dflt, err := Assemble("mov %r0, 1\njeq %r0, 1, exit\nmov %r0, 2\nexit\nmov %r0, 3\nexit")
+	require.NoError(t, err)
+	assert.Equal(t, int16(1), dflt[1].Offset, `"exit" is the first exit`)
+
 	for src, msg := range map[string]string{
 		"frob %r0":             `unknown mnemonic "frob"`,
 		"mov %r0":              "mov takes 2 operand(s), got 1",
