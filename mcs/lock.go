@@ -79,6 +79,28 @@ func (m *Mutex) Unlock() {
 	m.unlockSlow()
 }
 
+// SliceRequester asks the scheduler not to preempt the calling thread while it
+// holds a lock; rseq.Thread implements it with the time-slice extension.
+type SliceRequester interface {
+	RequestSlice()
+	ReleaseSlice()
+}
+
+// LockExtended requests a time-slice extension for the calling thread, then
+// locks: the holder of a contended lock is then rarely descheduled with waiters
+// spinning behind it.
+func (m *Mutex) LockExtended(s SliceRequester) {
+	s.RequestSlice()
+	m.Lock()
+}
+
+// UnlockExtended unlocks, then ends the extension (yielding the CPU if the
+// kernel extended the slice).
+func (m *Mutex) UnlockExtended(s SliceRequester) {
+	m.Unlock()
+	s.ReleaseSlice()
+}
+
 // Spin budgets. Waiting is spin, then park on a futex with a timeout: a waiter
 // that is not woken (its waker was a kernel BPF program, or died) re-checks after
 // parkTimeout, so a lost wake-up costs latency, never progress.

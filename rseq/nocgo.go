@@ -1,0 +1,5 @@
+//go:build !cgo
+
+package rseq
+
+const cgoEnabled = false
