@@ -34,12 +34,14 @@ lint:
 
 # Benchmarks, with the robust pthread mutex baseline built from C and run in the
 # same invocation: absolute times vary with the machine; compare the ratios.
+# glibc's rseq is turned off so that the test binary's threads (cgo, through
+# testify) can register kflex's rseq areas.
 bench: $(BIN)/robust-pthread
 	$(BIN)/robust-pthread uncontended 20000000
 	$(BIN)/robust-pthread procs 2 2
 	$(BIN)/robust-pthread threads 2 2
 	$(BIN)/robust-pthread threads 16 2
-	$(GO) test -run '^$$' -bench . -count 3 ./mcs ./heap ./jit/interp ./kernel
+	GLIBC_TUNABLES=glibc.pthread.rseq=0 $(GO) test -run '^$$' -bench . -count 3 ./mcs ./heap ./jit/interp ./kernel
 
 $(BIN)/robust-pthread: bench/robustmutex/robust.c
 	@mkdir -p $(BIN)

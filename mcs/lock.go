@@ -9,6 +9,7 @@ import (
 
 	"github.com/kflex-go/kflex/heap"
 	"github.com/kflex-go/kflex/internal/futex"
+	"github.com/kflex-go/kflex/rseq"
 )
 
 // Mutex is an MCS queue lock on a 64-bit word in the heap, shared with every
@@ -79,26 +80,20 @@ func (m *Mutex) Unlock() {
 	m.unlockSlow()
 }
 
-// SliceRequester asks the scheduler not to preempt the calling thread while it
-// holds a lock; rseq.Thread implements it with the time-slice extension.
-type SliceRequester interface {
-	RequestSlice()
-	ReleaseSlice()
-}
-
-// LockExtended requests a time-slice extension for the calling thread, then
-// locks: the holder of a contended lock is then rarely descheduled with waiters
-// spinning behind it.
-func (m *Mutex) LockExtended(s SliceRequester) {
-	s.RequestSlice()
+// LockExtended requests a time-slice extension for the calling thread (t is
+// that thread's rseq registration), then locks: the holder of a contended lock
+// is then rarely descheduled with waiters spinning behind it. The request is a
+// byte store; there is no system call.
+func (m *Mutex) LockExtended(t *rseq.Thread) {
+	t.Request()
 	m.Lock()
 }
 
-// UnlockExtended unlocks, then ends the extension (yielding the CPU if the
-// kernel extended the slice).
-func (m *Mutex) UnlockExtended(s SliceRequester) {
+// UnlockExtended unlocks, then ends the extension, yielding the CPU only if the
+// kernel extended the slice.
+func (m *Mutex) UnlockExtended(t *rseq.Thread) {
 	m.Unlock()
-	s.ReleaseSlice()
+	t.Release()
 }
 
 // Spin budgets. Waiting is spin, then park on a futex with a timeout: a waiter

@@ -76,9 +76,15 @@ func (t *Thread) yieldGranted() {
 	t.yield()
 }
 
-// RequestSlice and ReleaseSlice let a Thread serve as mcs.SliceRequester.
-func (t *Thread) RequestSlice() { t.Request() }
-func (t *Thread) ReleaseSlice() { t.Release() }
+// State reads the slice-control bytes: whether the request is still set (the
+// kernel did not need to act) and whether the kernel granted an extension.
+// Call it between Request and Release.
+func (t *Thread) State() (requested, granted bool) {
+	if t.area == nil {
+		return false, false
+	}
+	return *t.byteAt(offSliceReq) != 0, *t.byteAt(offSliceGrant) != 0
+}
 
 // CPU returns the CPU the thread is running on: from the rseq area when
 // registered (a load), else from getcpu (a system call).

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -110,4 +111,20 @@ func TestDemo(t *testing.T) {
 	code, stdout, _ = kflex("heap", "info", path)
 	require.Equal(t, 0, code)
 	assert.Contains(t, stdout, "DEAD (reported by the kernel)")
+}
+
+func TestRseqCheck(t *testing.T) {
+	code, stdout, stderr := kflex("rseq-check", "--duration", "50ms")
+	require.Equal(t, 0, code, stderr)
+	assert.Contains(t, stdout, "rseq system call:")
+	assert.Contains(t, stdout, "slice extension:")
+	assert.Contains(t, stdout, "this thread:")
+	if !strings.Contains(stdout, "slice extension:         yes") {
+		assert.Contains(t, stdout, "test: not run")
+	} else {
+		assert.Contains(t, stdout, "extended and yielded")
+	}
+	code, _, stderr = kflex("rseq-check", "--duration", "forever")
+	assert.Equal(t, 2, code)
+	assert.Contains(t, stderr, "invalid value")
 }
