@@ -225,9 +225,16 @@ func checkALU(ins asm.Instruction) string {
 	default:
 		return "unknown opcode"
 	}
-	switch {
-	case ins.Offset != 0:
+	if ins.Offset != 0 {
 		return "reserved field (offset) is not zero"
+	}
+	return checkSource(ins, reg)
+}
+
+// checkSource checks that the operand not used is zero: the immediate when the
+// source is a register, the source register when it is the immediate.
+func checkSource(ins asm.Instruction, reg bool) string {
+	switch {
 	case reg && ins.Constant != 0:
 		return "reserved field (immediate) is not zero"
 	case !reg && ins.Src != 0:
@@ -269,13 +276,7 @@ func checkJump(ins asm.Instruction) string {
 		return ""
 	case asm.JEq, asm.JGT, asm.JGE, asm.JSet, asm.JNE, asm.JSGT, asm.JSGE,
 		asm.JLT, asm.JLE, asm.JSLT, asm.JSLE:
-		if reg && ins.Constant != 0 {
-			return "reserved field (immediate) is not zero"
-		}
-		if !reg && ins.Src != 0 {
-			return "reserved field (source register) is not zero"
-		}
-		return ""
+		return checkSource(ins, reg)
 	}
 	return "unknown opcode"
 }

@@ -34,20 +34,12 @@ func BenchmarkInterpVsKernel(b *testing.B) {
 	require.NoError(b, err)
 	defer a.Close()
 	want := benchprog.FillHashTable(a.Bytes())
-	for _, bc := range []struct {
-		name  string
-		text  string
-		heap  bool
-		check uint64
-	}{
-		{"loop", benchprog.Loop, false, 0},
-		{"hash-lookup", benchprog.HashLookup, true, want},
-	} {
-		b.Run(bc.name, func(b *testing.B) {
-			body, err := bytecode.Assemble(bc.text)
+	for _, bc := range benchprog.Corpus(want) {
+		b.Run(bc.Name, func(b *testing.B) {
+			body, err := bytecode.Assemble(bc.Text)
 			require.NoError(b, err)
 			kins, iins := body, body
-			if bc.heap {
+			if bc.Heap {
 				kins = append(heapPrologue(a, true), body...)
 				iins = append(heapPrologue(a, false), body...)
 			}
@@ -57,8 +49,8 @@ func BenchmarkInterpVsKernel(b *testing.B) {
 			m.AttachHeap(a.Pointer(), a.Size(), a.Base())
 			r0, err := m.Run(ip, nil)
 			require.NoError(b, err)
-			if bc.check != 0 {
-				require.Equal(b, bc.check, r0, "interpreter result")
+			if bc.Want != 0 {
+				require.Equal(b, bc.Want, r0, "interpreter result")
 			}
 			executed := m.Executed
 

@@ -76,12 +76,7 @@ func TestAtomicsReachTheKernel(t *testing.T) {
 		asm.Add.Reg(asm.R0, asm.R3),
 		asm.Return(),
 	}
-	p, err := Load(insns, Syscall, nil)
-	require.NoError(t, err)
-	defer p.Close()
-	r0, _, err := p.Run(nil)
-	require.NoError(t, err)
-	assert.Equal(t, uint32(10_020_025), r0)
+	assert.Equal(t, uint32(10_020_025), runOnce(t, insns))
 }
 
 // TestArena runs a program that reads and writes the arena through
@@ -110,18 +105,25 @@ func TestArena(t *testing.T) {
 		asm.StoreMem(asm.R3, 8, asm.R4, asm.DWord),     // mem[last+8] = 99
 		asm.Return(),
 	}
-	p, err := Load(insns, Syscall, nil)
-	require.NoError(t, err)
-	defer p.Close()
-	r0, _, err := p.Run(nil)
-	require.NoError(t, err)
-	assert.Equal(t, uint32(1234), r0)
+	assert.Equal(t, uint32(1234), runOnce(t, insns))
 	assert.Equal(t, uint64(1234), binary.LittleEndian.Uint64(mem[8:]))
 	assert.Equal(t, uint64(100), binary.LittleEndian.Uint64(mem[last:]))
 	assert.Equal(t, uint64(99), binary.LittleEndian.Uint64(mem[last+8:]), "the last page is populated")
 
 	_, err = NewArena(3 << 20)
 	assert.ErrorContains(t, err, "want a power of two")
+}
+
+// runOnce loads insns as a syscall program, runs it once without a context and
+// returns r0.
+func runOnce(t *testing.T, insns asm.Instructions) uint32 {
+	t.Helper()
+	p, err := Load(insns, Syscall, nil)
+	require.NoError(t, err)
+	defer p.Close()
+	r0, _, err := p.Run(nil)
+	require.NoError(t, err)
+	return r0
 }
 
 func castKern(r asm.Register) asm.Instruction {

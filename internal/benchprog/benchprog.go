@@ -76,3 +76,22 @@ func FillHashTable(mem []byte) (want uint64) {
 	}
 	return want
 }
+
+// Program is one benchmark program.
+type Program struct {
+	Name string
+	Text string
+	// Heap: the program expects r6 to point at a heap filled by FillHashTable.
+	Heap bool
+	// Want is its result, when it is known in advance (0: not checked).
+	Want uint64
+}
+
+// Corpus returns the benchmark programs; want is FillHashTable's result for
+// the heap they will run on.
+func Corpus(want uint64) []Program {
+	return []Program{
+		{Name: "loop", Text: Loop},
+		{Name: "hash-lookup", Text: HashLookup, Heap: true, Want: want},
+	}
+}

@@ -19,19 +19,11 @@ func BenchmarkPrograms(b *testing.B) {
 	heapMem := make([]byte, 1<<20) // stands in for the heap: 1 MiB, as the kernel's arena
 	want := benchprog.FillHashTable(heapMem)
 	base := unsafe.Pointer(&heapMem[0])
-	for _, bc := range []struct {
-		name  string
-		text  string
-		heap  bool
-		check uint64
-	}{
-		{"loop", benchprog.Loop, false, 0},
-		{"hash-lookup", benchprog.HashLookup, true, want},
-	} {
-		b.Run(bc.name, func(b *testing.B) {
-			insns, err := bytecode.Assemble(bc.text)
+	for _, bc := range benchprog.Corpus(want) {
+		b.Run(bc.Name, func(b *testing.B) {
+			insns, err := bytecode.Assemble(bc.Text)
 			require.NoError(b, err)
-			if bc.heap {
+			if bc.Heap {
 				insns = append(asm.Instructions{asm.LoadImm(asm.R6, int64(uintptr(base)), asm.DWord)}, insns...)
 			}
 			p, err := interp.Load(insns)
@@ -40,8 +32,8 @@ func BenchmarkPrograms(b *testing.B) {
 			m.AttachHeap(base, uint64(len(heapMem)), uint64(uintptr(base)))
 			r0, err := m.Run(p, nil)
 			require.NoError(b, err)
-			if bc.check != 0 {
-				require.Equal(b, bc.check, r0)
+			if bc.Want != 0 {
+				require.Equal(b, bc.Want, r0)
 			}
 			executed := m.Executed
 			for b.Loop() {

@@ -544,60 +544,64 @@ func (m *Machine) atomic(in *insn, r *[11]uint64, addr uint64) error {
 		}
 		return nil
 	}
-	if in.size == 4 {
-		w := (*uint32)(p)
-		s := uint32(*src)
-		var old uint32
-		switch in.atomic &^ 1 {
-		case 0x00:
-			old = atomic.AddUint32(w, s) - s
-		case 0x40:
-			old = atomic.OrUint32(w, s)
-		case 0x50:
-			old = atomic.AndUint32(w, s)
-		case 0xa0:
-			for old = atomic.LoadUint32(w); !atomic.CompareAndSwapUint32(w, old, old^s); old = atomic.LoadUint32(w) {
-			}
-		case 0xe0:
-			old = atomic.SwapUint32(w, s)
-		case 0xf0:
-			want := uint32(r[0])
-			for old = atomic.LoadUint32(w); old == want && !atomic.CompareAndSwapUint32(w, old, s); old = atomic.LoadUint32(w) {
-			}
-			r[0] = uint64(old)
-			return nil
-		}
-		if in.atomic&1 != 0 {
-			*src = uint64(old)
-		}
-		return nil
-	}
-	w := (*uint64)(p)
-	s := *src
 	var old uint64
-	switch in.atomic &^ 1 {
-	case 0x00:
-		old = atomic.AddUint64(w, s) - s
-	case 0x40:
-		old = atomic.OrUint64(w, s)
-	case 0x50:
-		old = atomic.AndUint64(w, s)
-	case 0xa0:
-		for old = atomic.LoadUint64(w); !atomic.CompareAndSwapUint64(w, old, old^s); old = atomic.LoadUint64(w) {
-		}
-	case 0xe0:
-		old = atomic.SwapUint64(w, s)
-	case 0xf0:
-		want := r[0]
-		for old = atomic.LoadUint64(w); old == want && !atomic.CompareAndSwapUint64(w, old, s); old = atomic.LoadUint64(w) {
-		}
-		r[0] = old
-		return nil
+	if in.size == 4 {
+		old = uint64(rmw(&atomics32, (*uint32)(p), in.atomic, uint32(*src), uint32(r[0])))
+	} else {
+		old = rmw(&atomics64, (*uint64)(p), in.atomic, *src, r[0])
 	}
-	if in.atomic&1 != 0 {
+	switch {
+	case in.atomic&^1 == 0xf0: // cmpxchg returns the old value in r0
+		r[0] = old
+	case in.atomic&1 != 0: // fetch variants return it in src
 		*src = old
 	}
 	return nil
+}
+
+// atomics are sync/atomic's operations for one word size.
+type atomics[T uint32 | uint64] struct {
+	load    func(*T) T
+	cas     func(*T, T, T) bool
+	swap    func(*T, T) T
+	add     func(*T, T) T // returns the new value
+	or, and func(*T, T) T // return the old value
+}
+
+var (
+	atomics32 = atomics[uint32]{atomic.LoadUint32, atomic.CompareAndSwapUint32, atomic.SwapUint32,
+		atomic.AddUint32, atomic.OrUint32, atomic.AndUint32}
+	atomics64 = atomics[uint64]{atomic.LoadUint64, atomic.CompareAndSwapUint64, atomic.SwapUint64,
+		atomic.AddUint64, atomic.OrUint64, atomic.AndUint64}
+)
+
+// rmw applies read-modify-write operation op (an atomic instruction's
+// immediate) with operand s to *w and returns the old value; expected is r0 for
+// cmpxchg.
+func rmw[T uint32 | uint64](a *atomics[T], w *T, op uint16, s, expected T) T {
+	switch op &^ 1 {
+	case 0x00:
+		return a.add(w, s) - s
+	case 0x40:
+		return a.or(w, s)
+	case 0x50:
+		return a.and(w, s)
+	case 0xa0:
+		for {
+			if old := a.load(w); a.cas(w, old, old^s) {
+				return old
+			}
+		}
+	case 0xe0:
+		return a.swap(w, s)
+	case 0xf0:
+		for {
+			if old := a.load(w); old != expected || a.cas(w, old, s) {
+				return old
+			}
+		}
+	}
+	panic(fmt.Sprintf("interp: atomic operation %#x passed validation", op))
 }
 
 // cast implements addr_space_cast against the attached heap: imm 1 moves a
