@@ -210,3 +210,14 @@ func TestAssemble(t *testing.T) {
 		assert.ErrorContains(t, err, "line ", src)
 	}
 }
+
+func TestDecodeSlots(t *testing.T) {
+	raw := unhex(t, "18010000443322110000000088776655 bf120100010000009500000000000000")
+	s := DecodeSlots(raw)
+	require.Len(t, s, 4)
+	assert.Equal(t, Slot{Op: OpLdDW, Dst: 1, Imm: 0x11223344, Imm64: 0x5566778811223344}, s[0])
+	assert.Equal(t, Slot{}, s[1], "an lddw's second slot is empty")
+	assert.Equal(t, Slot{Op: 0xbf, Dst: 2, Src: 1, Off: 1, Imm: 1, Imm64: 1}, s[2])
+	assert.Equal(t, 8, MemSize(0x7b))
+	assert.Equal(t, 1, MemSize(0x71))
+}

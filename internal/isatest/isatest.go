@@ -142,7 +142,7 @@ const EchoHelper = 5
 // Helpers are the helpers ISA tests may call.
 func Helpers() map[int32]interp.Helper {
 	return map[int32]interp.Helper{
-		EchoHelper: func(_ *interp.Machine, r1, _, _, _, _ uint64) (uint64, error) { return r1, nil },
+		EchoHelper: func(_ interp.Memory, r1, _, _, _, _ uint64) (uint64, error) { return r1, nil },
 	}
 }
 

@@ -73,7 +73,7 @@ func TestRuntimeErrors(t *testing.T) {
 	require.ErrorAs(t, err, &re)
 	assert.Equal(t, 0, re.Insn)
 
-	m.Helpers = map[int32]interp.Helper{1: func(*interp.Machine, uint64, uint64, uint64, uint64, uint64) (uint64, error) {
+	m.Helpers = map[int32]interp.Helper{1: func(interp.Memory, uint64, uint64, uint64, uint64, uint64) (uint64, error) {
 		return 0, errors.New("boom")
 	}}
 	_, err = m.Run(load(t, "mov %r0, 0\ncall 1\nexit"), nil)
@@ -90,7 +90,7 @@ func TestRuntimeErrors(t *testing.T) {
 // machine's regions.
 func TestHelperMemory(t *testing.T) {
 	m := interp.NewMachine()
-	m.Helpers = map[int32]interp.Helper{1: func(m *interp.Machine, r1, r2, _, _, _ uint64) (uint64, error) {
+	m.Helpers = map[int32]interp.Helper{1: func(m interp.Memory, r1, r2, _, _, _ uint64) (uint64, error) {
 		b, err := m.Bytes(r1, r2, true)
 		if err != nil {
 			return 0, err

@@ -46,9 +46,16 @@ func (e *RuntimeError) Error() string {
 
 func (e *RuntimeError) Unwrap() error { return e.Err }
 
+// Memory is a program's memory as its helpers see it: n bytes at a program
+// address, if the program may access them.
+type Memory interface {
+	Bytes(addr, n uint64, write bool) ([]byte, error)
+}
+
 // Helper is a function a program calls by number, with r1-r5 as arguments; its
-// result goes to r0. An error stops the program.
-type Helper func(m *Machine, r1, r2, r3, r4, r5 uint64) (uint64, error)
+// result goes to r0. An error stops the program. The interpreter and the JIT
+// call the same helpers.
+type Helper func(mem Memory, r1, r2, r3, r4, r5 uint64) (uint64, error)
 
 // region is memory a program may access: [start, start+size), at base in Go.
 type region struct {

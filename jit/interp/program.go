@@ -1,7 +1,6 @@
 package interp
 
 import (
-	"encoding/binary"
 	"fmt"
 
 	"github.com/cilium/ebpf/asm"
@@ -55,23 +54,16 @@ func LoadBytes(raw []byte) (*Program, error) {
 }
 
 func prepare(raw []byte, insns asm.Instructions) (*Program, error) {
-	p := &Program{code: make([]insn, len(raw)/bytecode.SlotSize), insns: insns}
-	for slot := 0; slot < len(p.code); slot++ {
-		b := raw[slot*bytecode.SlotSize:]
+	slots := bytecode.DecodeSlots(raw)
+	p := &Program{code: make([]insn, len(slots)), insns: insns}
+	for slot, sl := range slots {
 		in := &p.code[slot]
-		in.op, in.dst, in.src = b[0], b[1]&0xf, b[1]>>4
-		in.off = int16(binary.LittleEndian.Uint16(b[2:]))
-		in.imm = int32(binary.LittleEndian.Uint32(b[4:]))
-		in.k = uint64(int64(in.imm))
-		in.size = sizeBytes[b[0]>>3&3]
+		in.op, in.dst, in.src, in.off, in.imm, in.k = sl.Op, sl.Dst, sl.Src, sl.Off, sl.Imm, sl.Imm64
+		in.size = uint8(bytecode.MemSize(sl.Op))
 		switch cls := in.op & 7; {
-		case in.op == opLdDW:
-			if in.src != 0 {
-				return nil, &bytecode.Error{Insn: slot, Reason: fmt.Sprintf(
-					"lddw with pseudo source %d needs a loader that resolves it (maps, functions); the interpreter runs plain constants only", in.src)}
-			}
-			in.k = uint64(uint32(in.imm)) | uint64(binary.LittleEndian.Uint32(b[12:]))<<32
-			slot++ // the second half is never executed: Validate keeps jumps off it
+		case in.op == opLdDW && in.src != 0:
+			return nil, &bytecode.Error{Insn: slot, Reason: fmt.Sprintf(
+				"lddw with pseudo source %d needs a loader that resolves it (maps, functions); the interpreter runs plain constants only", in.src)}
 		case cls == clsSTX && in.op&0xe0 == modeAtomic:
 			in.atomic = uint16(in.imm)
 		case cls == clsJMP || cls == clsJMP32:
@@ -92,8 +84,6 @@ func (p *Program) Instructions() asm.Instructions { return p.insns }
 
 // Len is the number of instruction slots.
 func (p *Program) Len() int { return len(p.code) }
-
-var sizeBytes = [4]uint8{4, 2, 1, 8} // BPF_W, BPF_H, BPF_B, BPF_DW (bits 3-4)
 
 // Opcode parts (RFC 9669 §3).
 const (
