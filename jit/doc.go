@@ -1,0 +1,28 @@
+// Package jit compiles eBPF programs to amd64 machine code and runs them inside
+// a Go process; on other architectures it is unavailable (Supported says why)
+// and callers use jit/interp, the oracle it is tested against.
+//
+// # Memory
+//
+// A Machine owns a sandbox: a region of 2^k bytes at an address aligned to its
+// size, with 64 KiB of scratch memory on both sides. The program's stack (eight
+// 512-byte frames) and a copy of its context live in the sandbox, and every
+// load, store and atomic is guarded: the address is masked into the sandbox
+// (and with size-1, add the base) before the access, so no address a program
+// computes can fault or reach Go's memory. Until the verifier proves accesses in
+// bounds, every access is guarded. A stray access reads or writes somewhere in
+// the sandbox, where the interpreter would stop with an error.
+//
+// # Running native code from Go
+//
+// Generated code never calls Go. It runs between two points of the assembly
+// trampoline (trampoline_amd64.s): entry loads the eBPF registers from the
+// execution context (mmap'd memory, invisible to the garbage collector) and
+// calls the resume address; every exit stores them back with an exit code and
+// returns. The Go loop in Run serves the exit — a helper call, an exhausted
+// budget, a cancellation, the program's end — and re-enters. Back-edges count
+// down a budget, so native code returns to Go at least every budgetPeriod loop
+// iterations and never holds up the scheduler or the garbage collector for
+// long; back-edges and helper calls also test the terminate word, which any
+// thread may set.
+package jit

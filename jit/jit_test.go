@@ -1,0 +1,213 @@
+package jit_test
+
+import (
+	"bytes"
+	"fmt"
+	"math/rand/v2"
+	"runtime"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf/asm"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kflex-go/kflex/bytecode"
+	"github.com/kflex-go/kflex/internal/isatest"
+	"github.com/kflex-go/kflex/internal/progen"
+	"github.com/kflex-go/kflex/internal/testutil"
+	"github.com/kflex-go/kflex/jit"
+	"github.com/kflex-go/kflex/jit/interp"
+)
+
+func TestMain(m *testing.M) { testutil.Main(m) }
+
+func machine(t testing.TB) *jit.Machine {
+	t.Helper()
+	if err := jit.Supported(); err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	m, err := jit.NewMachine(1 << 20)
+	require.NoError(t, err)
+	t.Cleanup(func() { m.Close() })
+	m.Helpers = isatest.Helpers()
+	return m
+}
+
+func compile(t testing.TB, insns asm.Instructions) *jit.Program {
+	t.Helper()
+	p, err := jit.Compile(insns)
+	require.NoError(t, err)
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// guardedAway are ISA files whose point is a trapping access: the JIT's guard
+// turns the access into one inside the sandbox instead.
+var guardedAway = map[string]bool{"oob-stack": true, "oob-null": true}
+
+// TestISA runs every ISA file on the JIT: same result (or error) as expected.
+func TestISA(t *testing.T) {
+	m := machine(t)
+	cases, err := isatest.Load("../testdata/isa")
+	require.NoError(t, err)
+	for _, c := range cases {
+		if guardedAway[c.Name] {
+			continue
+		}
+		t.Run(c.Name, func(t *testing.T) {
+			insns, err := c.Instructions()
+			require.NoError(t, err)
+			p := compile(t, insns)
+			r0, err := m.Run(p, bytes.Clone(c.Mem))
+			require.NoError(t, c.Check(r0, err))
+		})
+	}
+}
+
+// runBoth runs insns on the interpreter and the JIT with the same context and
+// reports any difference in r0, error or context.
+func runBoth(m *jit.Machine, insns asm.Instructions, ctx []byte) error {
+	ip, err := interp.Load(insns)
+	if err != nil {
+		return err
+	}
+	jp, err := jit.Compile(insns)
+	if err != nil {
+		return err
+	}
+	defer jp.Close()
+	im := interp.NewMachine()
+	im.Helpers = isatest.Helpers()
+	ictx, jctx := bytes.Clone(ctx), bytes.Clone(ctx)
+	ir0, ierr := im.Run(ip, ictx)
+	jr0, jerr := m.Run(jp, jctx)
+	switch {
+	case (ierr == nil) != (jerr == nil):
+		return fmt.Errorf("interpreter error %v, JIT error %v\n%v", ierr, jerr, insns)
+	case ir0 != jr0 || !bytes.Equal(ictx, jctx):
+		return fmt.Errorf("r0 interpreter %#x, JIT %#x\nctx interpreter %x\nctx JIT         %x\n%v", ir0, jr0, ictx, jctx, insns)
+	}
+	return nil
+}
+
+// TestDifferential compares the JIT with the interpreter on generated programs:
+// every ALU operation of both widths, swaps, sign extensions, 64-bit constants,
+// stack and context memory, atomics and branches.
+func TestDifferential(t *testing.T) {
+	m := machine(t)
+	rng := rand.New(rand.NewPCG(3, 4))
+	n := 3000
+	if testing.Short() {
+		n = 500
+	}
+	for i := range n {
+		data := make([]byte, 600)
+		for j := range data {
+			data[j] = byte(rng.Uint32())
+		}
+		src := progen.NewSource(data)
+		ctx := progen.Context(src)
+		require.NoError(t, runBoth(m, progen.Generate(src, 64), ctx), "seed %d", i)
+	}
+}
+
+func FuzzDifferential(f *testing.F) {
+	m := machine(f)
+	f.Add(make([]byte, 32))
+	f.Add(bytes.Repeat([]byte{0x91, 0x22, 0x07, 0xf3}, 150))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		src := progen.NewSource(data)
+		ctx := progen.Context(src)
+		if err := runBoth(m, progen.Generate(src, 64), ctx); err != nil {
+			t.Fatal(err)
+		}
+	})
+}
+
+// TestGCWhileLooping runs a program that never ends while another goroutine
+// collects garbage: every collection completes (the code returns to Go
+// regularly), and Cancel stops the program at a back-edge.
+func TestGCWhileLooping(t *testing.T) {
+	m := machine(t)
+	insns, err := bytecode.Assemble("mov %r0, 0\nloop:\nadd %r0, 1\nja loop\nexit")
+	require.NoError(t, err)
+	p := compile(t, insns)
+	done := make(chan error)
+	go func() {
+		_, err := m.Run(p, nil)
+		done <- err
+	}()
+	time.Sleep(20 * time.Millisecond)
+	var worst time.Duration
+	for range 5 {
+		start := time.Now()
+		runtime.GC()
+		worst = max(worst, time.Since(start))
+	}
+	t.Logf("slowest GC while the program loops: %v", worst)
+	assert.Less(t, worst, 500*time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("the program ended by itself: %v", err)
+	default:
+	}
+	m.Cancel()
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, jit.ErrCancelled)
+		var re *interp.RuntimeError
+		require.ErrorAs(t, err, &re)
+		assert.Equal(t, 2, re.Insn, "the back-edge (ja) is the cancellation point")
+	case <-time.After(5 * time.Second):
+		t.Fatal("Cancel did not stop the program")
+	}
+}
+
+// TestGuards writes through wild pointers and just outside both ends of the
+// sandbox: the process survives and the sandbox's edges are unchanged.
+func TestGuards(t *testing.T) {
+	m := machine(t)
+	sb := m.Sandbox()
+	size := uint64(len(sb))
+	last := bytes.Clone(sb[size-4096:])
+	first := bytes.Clone(sb[:8])
+	src := fmt.Sprintf(`
+		lddw %%r1, %d
+		stdw [%%r1-32768], 7
+		lddw %%r1, %d
+		stdw [%%r1+32760], 7
+		lddw %%r1, 0xdeadbeefcafef00d
+		ldxdw %%r0, [%%r1+0]
+		mov %%r0, 1
+		exit`, m.Base(), m.Base()+size-8)
+	insns, err := bytecode.Assemble(src)
+	require.NoError(t, err)
+	r0, err := m.Run(compile(t, insns), nil)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(1), r0)
+	assert.Equal(t, first, sb[:8], "the write below the sandbox went to the guard region")
+	assert.Equal(t, last, sb[size-4096:], "and the write above it too")
+}
+
+func TestCompileErrors(t *testing.T) {
+	if err := jit.Supported(); err != nil {
+		t.Skip(err)
+	}
+	for src, want := range map[string]string{
+		"mov %r0, 1":           "falls off the end",
+		"call runtime 3\nexit": "call to kernel function (BTF id 3) is not supported",
+	} {
+		insns, err := bytecode.Assemble(src)
+		require.NoError(t, err)
+		_, err = jit.Compile(insns)
+		assert.ErrorContains(t, err, want, src)
+	}
+	_, err := jit.NewMachine(3 << 20)
+	assert.ErrorContains(t, err, "want a power of two")
+	m := machine(t)
+	_, err = m.Run(compile(t, asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}), make([]byte, jit.MaxCtxSize+1))
+	assert.ErrorContains(t, err, "exceeds")
+	assert.True(t, strings.HasPrefix(err.Error(), "jit: "))
+}

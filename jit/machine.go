@@ -1,0 +1,235 @@
+package jit
+
+import (
+	"errors"
+	"fmt"
+	"math/bits"
+	"os"
+	"runtime"
+	"sync/atomic"
+	"unsafe"
+
+	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
+
+	"github.com/kflex-go/kflex/bytecode"
+	"github.com/kflex-go/kflex/internal/vm"
+	"github.com/kflex-go/kflex/jit/interp"
+)
+
+// ErrCancelled stops a program whose terminate word was set; the
+// *interp.RuntimeError wrapping it names the cancellation point.
+var ErrCancelled = errors.New("cancelled")
+
+// ErrMisaligned and the other run-time errors are the interpreter's.
+var ErrMisaligned = interp.ErrMisaligned
+
+// Layout of a sandbox: the stack frames, then the context copy, then free
+// memory for programs that use the sandbox as their heap.
+const (
+	stackTop    = interp.StackSize * interp.MaxFrames
+	ctxOffset   = stackTop
+	MaxCtxSize  = 64 << 10 // largest context a run can copy in
+	guardSize   = 64 << 10
+	budgetEvery = 1 << 16 // back-edges between returns to Go
+	// MinSandbox is the smallest sandbox: stack and context.
+	MinSandbox = 128 << 10
+)
+
+// Program is compiled machine code, read-only and executable. Many Machines
+// may run it at once.
+type Program struct {
+	code []byte // mmap'd read+execute
+}
+
+// Compile validates insns and generates machine code for them.
+func Compile(insns asm.Instructions) (*Program, error) {
+	if err := Supported(); err != nil {
+		return nil, err
+	}
+	if err := bytecode.Validate(insns); err != nil {
+		return nil, err
+	}
+	raw, err := bytecode.Encode(insns)
+	if err != nil {
+		return nil, err
+	}
+	text, err := compile(raw)
+	if err != nil {
+		return nil, err
+	}
+	n := (len(text) + os.Getpagesize() - 1) &^ (os.Getpagesize() - 1)
+	mem, err := unix.Mmap(-1, 0, n, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return nil, fmt.Errorf("jit: map code: %w", err)
+	}
+	copy(mem, text)
+	// Written, then executable: never both.
+	if err := unix.Mprotect(mem, unix.PROT_READ|unix.PROT_EXEC); err != nil {
+		unix.Munmap(mem)
+		return nil, fmt.Errorf("jit: protect code: %w", err)
+	}
+	return &Program{code: mem}, nil
+}
+
+// Close frees the code. No Machine may be running it.
+func (p *Program) Close() error {
+	if p.code == nil {
+		return nil
+	}
+	err := unix.Munmap(p.code)
+	p.code = nil
+	return err
+}
+
+// Size is the machine code's length in bytes (page-rounded).
+func (p *Program) Size() int { return len(p.code) }
+
+func (p *Program) entry() uint64 { return uint64(uintptr(unsafe.Pointer(&p.code[0]))) }
+
+// Machine runs compiled programs on one goroutine at a time, in its sandbox.
+type Machine struct {
+	Helpers map[int32]interp.Helper
+	// MayGoto is the number of may_goto instructions that fall through in one
+	// run (0: interp.DefaultMayGoto).
+	MayGoto uint64
+
+	ctx     *execContext // in ctxMem
+	ctxMem  []byte
+	term    *uint32 // the terminate word generated code tests
+	sandbox unsafe.Pointer
+	size    uint64
+}
+
+// NewMachine makes a Machine with a sandbox of size bytes (a power of two, at
+// least MinSandbox).
+func NewMachine(size uint64) (*Machine, error) {
+	if err := Supported(); err != nil {
+		return nil, err
+	}
+	if size < MinSandbox || bits.OnesCount64(size) != 1 {
+		return nil, fmt.Errorf("jit: sandbox size %d: want a power of two of at least %d", size, MinSandbox)
+	}
+	base, err := vm.Reserve(uintptr(size), guardSize, 0)
+	if err != nil {
+		return nil, fmt.Errorf("jit: sandbox: %w", err)
+	}
+	if err := vm.MapScratch(unsafe.Add(base, -guardSize), uintptr(size)+2*guardSize); err != nil {
+		vm.Release(base, uintptr(size), guardSize)
+		return nil, fmt.Errorf("jit: sandbox: %w", err)
+	}
+	mem, err := unix.Mmap(-1, 0, os.Getpagesize(), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		vm.Release(base, uintptr(size), guardSize)
+		return nil, fmt.Errorf("jit: context: %w", err)
+	}
+	m := &Machine{ctx: (*execContext)(unsafe.Pointer(&mem[0])), ctxMem: mem, sandbox: base, size: size}
+	m.ctx.heapBase, m.ctx.heapMask = uint64(uintptr(base)), size-1
+	m.SetTerminateWord(&m.ctx.termWord)
+	return m, nil
+}
+
+// Close releases the sandbox and the execution context.
+func (m *Machine) Close() error {
+	if m.ctxMem == nil {
+		return nil
+	}
+	err := vm.Release(m.sandbox, uintptr(m.size), guardSize)
+	if uerr := unix.Munmap(m.ctxMem); err == nil {
+		err = uerr
+	}
+	m.ctxMem, m.ctx = nil, nil
+	return err
+}
+
+// Cancel asks the running program to stop at its next cancellation point. Any
+// goroutine may call it; every Run starts by clearing the word.
+func (m *Machine) Cancel() { atomic.StoreUint32(m.term, 1) }
+
+// SetTerminateWord makes the program watch the 32-bit word at w (for example
+// in memory shared with another process) instead of the Machine's own. w must
+// stay valid while the Machine runs programs.
+func (m *Machine) SetTerminateWord(w *uint32) {
+	m.term = w
+	m.ctx.terminate = uint64(uintptr(unsafe.Pointer(w)))
+}
+
+// Sandbox is the sandbox's memory.
+func (m *Machine) Sandbox() []byte { return unsafe.Slice((*byte)(m.sandbox), m.size) }
+
+// Base is the sandbox's address, the programs' view of it.
+func (m *Machine) Base() uint64 { return uint64(uintptr(m.sandbox)) }
+
+// Bytes returns n bytes of the sandbox at program address addr, for helpers.
+func (m *Machine) Bytes(addr, n uint64, _ bool) ([]byte, error) {
+	if n == 0 {
+		return nil, nil
+	}
+	if d := addr - m.Base(); d >= m.size || n > m.size-d {
+		return nil, fmt.Errorf("%w: %d bytes at %#x", interp.ErrOutOfBounds, n, addr)
+	}
+	return unsafe.Slice((*byte)(unsafe.Add(m.sandbox, addr-m.Base())), n), nil
+}
+
+// Run executes p with r1 pointing to a copy of ctx in the sandbox (0 if ctx
+// is empty), r2 = len(ctx) and r10 at the top of the stack; the copy is
+// written back into ctx when the program ends. It returns r0.
+func (m *Machine) Run(p *Program, ctx []byte) (uint64, error) {
+	if len(ctx) > MaxCtxSize {
+		return 0, fmt.Errorf("jit: context of %d bytes exceeds %d", len(ctx), MaxCtxSize)
+	}
+	sb := m.Sandbox()
+	copy(sb[ctxOffset:], ctx)
+	defer copy(ctx, sb[ctxOffset:])
+	c := m.ctx
+	c.regs = [11]uint64{}
+	if len(ctx) > 0 {
+		c.regs[1], c.regs[2] = m.Base()+ctxOffset, uint64(len(ctx))
+	}
+	c.regs[10] = m.Base() + stackTop
+	c.resume, c.depth, c.budget = p.entry(), 0, budgetEvery
+	c.mayGoto = m.MayGoto
+	if c.mayGoto == 0 {
+		c.mayGoto = interp.DefaultMayGoto
+	}
+	atomic.StoreUint32(m.term, 0)
+	for {
+		enter(uintptr(unsafe.Pointer(c)))
+		runtime.KeepAlive(p)
+		pc := int(c.exitPC)
+		switch c.exitCode {
+		case exitReturn:
+			return c.regs[0], nil
+		case exitBudget:
+			// Back in Go, but nothing in this loop is a safe point (enter has no
+			// stack check): yield, so that a stop-the-world or a preemption the
+			// runtime asked for happens now rather than never.
+			runtime.Gosched()
+			c.budget = budgetEvery
+		case exitHelper:
+			if m.terminated() {
+				return 0, &interp.RuntimeError{Insn: pc, Err: ErrCancelled, Detail: "at a helper call"}
+			}
+			id := int32(c.exitArg)
+			h := m.Helpers[id]
+			if h == nil {
+				return 0, &interp.RuntimeError{Insn: pc, Err: interp.ErrNoHelper, Detail: fmt.Sprintf("helper %d", id)}
+			}
+			v, err := h(m, c.regs[1], c.regs[2], c.regs[3], c.regs[4], c.regs[5])
+			if err != nil {
+				return 0, &interp.RuntimeError{Insn: pc, Err: interp.ErrHelperFailed, Detail: fmt.Sprintf("helper %d: %v", id, err)}
+			}
+			c.regs[0] = v
+		case exitCancel:
+			return 0, &interp.RuntimeError{Insn: pc, Err: ErrCancelled, Detail: "at a back-edge"}
+		case exitCallDepth:
+			return 0, &interp.RuntimeError{Insn: pc, Err: interp.ErrCallDepth}
+		case exitMisalign:
+			return 0, &interp.RuntimeError{Insn: pc, Err: interp.ErrMisaligned}
+		default:
+			return 0, fmt.Errorf("jit: unknown exit code %d at instruction %d", c.exitCode, pc)
+		}
+	}
+}
+
+func (m *Machine) terminated() bool { return atomic.LoadUint32(m.term) != 0 }

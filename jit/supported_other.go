@@ -1,0 +1,17 @@
+//go:build !amd64
+
+package jit
+
+import (
+	"errors"
+	"runtime"
+)
+
+// Supported reports whether this platform has the JIT.
+func Supported() error {
+	return errors.New("jit: no code generator for " + runtime.GOARCH + "; use jit/interp")
+}
+
+func compile([]byte) ([]byte, error) { return nil, Supported() }
+
+func enter(uintptr) { panic("jit: unsupported") }
