@@ -41,7 +41,7 @@ bench: $(BIN)/robust-pthread
 	$(BIN)/robust-pthread procs 2 2
 	$(BIN)/robust-pthread threads 2 2
 	$(BIN)/robust-pthread threads 16 2
-	GLIBC_TUNABLES=glibc.pthread.rseq=0 $(GO) test -run '^$$' -bench . -count 3 ./mcs ./heap ./jit/interp ./kernel
+	GLIBC_TUNABLES=glibc.pthread.rseq=0 $(GO) test -run '^$$' -bench . -count 3 ./mcs ./heap ./jit/interp ./jit ./kernel
 
 $(BIN)/robust-pthread: bench/robustmutex/robust.c
 	@mkdir -p $(BIN)
@@ -54,6 +54,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzTranslate$$' -fuzztime $(FUZZTIME) ./translate
 	$(GO) test -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime $(FUZZTIME) ./bytecode
 	$(GO) test -run '^$$' -fuzz '^FuzzInterp$$' -fuzztime $(FUZZTIME) ./jit/interp
+	$(GO) test -run '^$$' -fuzz '^FuzzDifferential$$' -fuzztime $(FUZZTIME) ./jit
 	$(GO) test -run '^$$' -fuzz '^FuzzKernelDiff$$' -fuzztime $(FUZZTIME) -parallel 1 ./kernel
 
 # Longer runs of the multi-process and hammer tests.

@@ -1,3 +1,5 @@
+//lint:file-ignore ST1001 the assembler reads best unqualified
+
 package jit
 
 import (
@@ -40,13 +42,20 @@ type ripFixup struct {
 
 // compile generates code for validated raw bytecode.
 func compile(raw []byte) ([]byte, error) {
+	text, _, err := compileWithMap(raw)
+	return text, err
+}
+
+// compileWithMap also returns the native offset where each slot's code starts
+// (one more entry: where the out-of-line stubs start).
+func compileWithMap(raw []byte) ([]byte, []int, error) {
 	c := &compiler{slots: bytecode.DecodeSlots(raw)}
 	c.starts = make([]int, len(c.slots)+1)
 	for pc := 0; pc < len(c.slots); pc++ {
 		c.starts[pc] = c.a.Len()
 		s := c.slots[pc]
 		if err := c.insn(pc, s); err != nil {
-			return nil, &bytecode.Error{Insn: pc, Reason: err.Error()}
+			return nil, nil, &bytecode.Error{Insn: pc, Reason: err.Error()}
 		}
 		if s.Op == bytecode.OpLdDW {
 			pc++
@@ -68,7 +77,7 @@ func compile(raw []byte) ([]byte, error) {
 	for _, l := range c.leas {
 		c.a.Patch(l.at, *l.target)
 	}
-	return c.a.Buf, nil
+	return c.a.Buf, c.starts, nil
 }
 
 // exitTail stores every eBPF register into the context and returns to the

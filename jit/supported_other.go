@@ -4,7 +4,10 @@ package jit
 
 import (
 	"errors"
+	"io"
 	"runtime"
+
+	"github.com/cilium/ebpf/asm"
 )
 
 // Supported reports whether this platform has the JIT.
@@ -15,3 +18,6 @@ func Supported() error {
 func compile([]byte) ([]byte, error) { return nil, Supported() }
 
 func enter(uintptr) { panic("jit: unsupported") }
+
+// Listing is unavailable without a code generator.
+func Listing(io.Writer, asm.Instructions) error { return Supported() }

@@ -9,7 +9,9 @@
 // a copy of it and r2 holds its length (both 0 without it). r10 is the top of a
 // 512-byte stack frame. On success it prints r0 as 0x-prefixed hex and exits 0;
 // on any error it prints the error to stderr and exits 1 (2 for a bad command
-// line). Helper 5 returns its first argument.
+// line). Helper 5 returns its first argument. --jit runs the program as amd64
+// machine code, where every memory access is confined to the sandbox: an access
+// the interpreter reports as out of bounds lands in the sandbox instead.
 package main
 
 import (
@@ -26,6 +28,7 @@ import (
 
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/internal/isatest"
+	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/jit/interp"
 )
 
@@ -72,9 +75,6 @@ func execute(args []string, stdin io.Reader) (uint64, error) {
 			return 0, fmt.Errorf("%w: unexpected argument %q", errUsage, a)
 		}
 	}
-	if engine == "jit" {
-		return 0, errors.New("--jit: the JIT is not built yet; use --interp")
-	}
 	line, err := bufio.NewReader(stdin).ReadString('\n')
 	if err != nil && !errors.Is(err, io.EOF) {
 		return 0, fmt.Errorf("read program: %w", err)
@@ -88,11 +88,34 @@ func execute(args []string, stdin io.Reader) (uint64, error) {
 			return 0, err
 		}
 	}
+	if engine == "jit" {
+		return runJIT(raw, mem)
+	}
 	p, err := interp.LoadBytes(raw)
 	if err != nil {
 		return 0, err
 	}
 	m := interp.NewMachine()
+	m.Helpers = isatest.Helpers()
+	return m.Run(p, mem)
+}
+
+// runJIT compiles and runs the program natively, in a 1 MiB sandbox.
+func runJIT(raw, mem []byte) (uint64, error) {
+	insns, err := bytecode.Decode(raw)
+	if err != nil {
+		return 0, err
+	}
+	p, err := jit.Compile(insns)
+	if err != nil {
+		return 0, err
+	}
+	defer p.Close()
+	m, err := jit.NewMachine(1 << 20)
+	if err != nil {
+		return 0, err
+	}
+	defer m.Close()
 	m.Helpers = isatest.Helpers()
 	return m.Run(p, mem)
 }

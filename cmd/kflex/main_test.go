@@ -128,3 +128,34 @@ func TestRseqCheck(t *testing.T) {
 	assert.Equal(t, 2, code)
 	assert.Contains(t, stderr, "invalid value")
 }
+
+func TestJITDisasm(t *testing.T) {
+	dir := t.TempDir()
+	text := filepath.Join(dir, "p.s")
+	require.NoError(t, os.WriteFile(text, []byte("mov %r0, 7\nexit\n"), 0o600))
+	code, stdout, stderr := kflex("jit", "--disasm", text)
+	require.Equal(t, 0, code, stderr)
+	assert.Contains(t, stdout, "0: MovImm dst: r0 imm: 7")
+	assert.Contains(t, stdout, "mov eax, 0x7")
+	assert.Contains(t, stdout, "exits and the shared exit path")
+
+	raw := filepath.Join(dir, "p.bin")
+	require.NoError(t, os.WriteFile(raw, []byte{0xb7, 0, 0, 0, 7, 0, 0, 0, 0x95, 0, 0, 0, 0, 0, 0, 0}, 0o600))
+	code, stdout2, _ := kflex("jit", "--disasm", raw)
+	require.Equal(t, 0, code)
+	assert.Equal(t, stdout, stdout2, "raw bytecode and its text give the same listing")
+
+	bad := filepath.Join(dir, "bad.s")
+	require.NoError(t, os.WriteFile(bad, []byte("mov %r0, 1\n"), 0o600))
+	code, _, stderr = kflex("jit", "--disasm", bad)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr, "instruction 0: MovImm: last instruction falls off the end")
+	fake := filepath.Join(dir, "fake.o")
+	require.NoError(t, os.WriteFile(fake, []byte("\x7fELF junk"), 0o600))
+	code, _, stderr = kflex("jit", "--disasm", fake)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr, fake+": read ELF")
+	code, _, stderr = kflex("jit")
+	assert.Equal(t, 2, code)
+	assert.Contains(t, stderr, "want 1 argument(s)")
+}

@@ -1,0 +1,26 @@
+package main
+
+import (
+	"io"
+
+	"github.com/kflex-go/kflex/jit"
+)
+
+func init() {
+	commands["jit"] = command{summary: "show the amd64 code the JIT generates for a program", run: runJIT}
+}
+
+func runJIT(args []string, out io.Writer) error {
+	fs := newFlags("jit", "--disasm PROG", `Compile PROG (an ELF object, kflex assembler text, or raw bytecode) and
+print each eBPF instruction with the machine code generated for it.`, out)
+	disasm := fs.Bool("disasm", false, "print the listing (the only mode for now)")
+	if err := parse(fs, args, 1); err != nil {
+		return err
+	}
+	_ = disasm
+	insns, err := loadProgram(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	return jit.Listing(out, insns)
+}

@@ -1,0 +1,78 @@
+package jit_test
+
+import (
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf/asm"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kflex-go/kflex/bytecode"
+	"github.com/kflex-go/kflex/internal/benchprog"
+	"github.com/kflex-go/kflex/jit/interp"
+)
+
+// BenchmarkJITvsInterp runs the benchmark corpus on the JIT and on the
+// interpreter in one benchmark and reports both times and the speedup (goal:
+// at least 10×). The heap programs use the JIT's sandbox as their heap, and
+// the interpreter the same memory.
+func BenchmarkJITvsInterp(b *testing.B) {
+	m := machine(b)
+	const tableOff = 256 << 10
+	sb := m.Sandbox()
+	want := benchprog.FillHashTable(sb[tableOff:])
+	im := interp.NewMachine()
+	im.AttachHeap(unsafe.Pointer(&sb[0]), uint64(len(sb)), m.Base())
+	for _, bc := range benchprog.Corpus(want) {
+		b.Run(bc.Name, func(b *testing.B) {
+			insns, err := bytecode.Assemble(bc.Text)
+			require.NoError(b, err)
+			if bc.Heap {
+				insns = append(asm.Instructions{asm.LoadImm(asm.R6, int64(m.Base()+tableOff), asm.DWord)}, insns...)
+			}
+			jp := compile(b, insns)
+			ip, err := interp.Load(insns)
+			require.NoError(b, err)
+			jr0, err := m.Run(jp, nil)
+			require.NoError(b, err)
+			ir0, err := im.Run(ip, nil)
+			require.NoError(b, err)
+			require.Equal(b, ir0, jr0)
+			if bc.Want != 0 {
+				require.Equal(b, bc.Want, jr0)
+			}
+			var interpTime time.Duration
+			start := time.Now()
+			for b.Loop() {
+				if _, err := m.Run(jp, nil); err != nil {
+					b.Fatal(err)
+				}
+			}
+			jitNs := float64(time.Since(start).Nanoseconds()) / float64(b.N)
+			// The interpreter: as many runs as fit in a similar time.
+			runs := 0
+			t0 := time.Now()
+			for time.Since(t0) < 200*time.Millisecond {
+				im.Run(ip, nil)
+				runs++
+			}
+			interpTime = time.Since(t0)
+			interpNs := float64(interpTime.Nanoseconds()) / float64(runs)
+			b.ReportMetric(jitNs, "jit-ns/run")
+			b.ReportMetric(interpNs, "interp-ns/run")
+			b.ReportMetric(interpNs/jitNs, "speedup")
+			b.ReportMetric(jitNs/float64(im.Executed), "jit-ns/insn")
+		})
+	}
+}
+
+// BenchmarkEmpty is the fixed cost of one run: entry, exit and the Go loop.
+func BenchmarkEmpty(b *testing.B) {
+	m := machine(b)
+	p := compile(b, asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()})
+	for b.Loop() {
+		m.Run(p, nil)
+	}
+}
+

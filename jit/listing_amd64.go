@@ -1,0 +1,50 @@
+package jit
+
+import (
+	"fmt"
+	"io"
+
+	"github.com/cilium/ebpf/asm"
+	"golang.org/x/arch/x86/x86asm"
+
+	"github.com/kflex-go/kflex/bytecode"
+)
+
+// Listing writes the machine code generated for insns, each eBPF instruction
+// followed by its amd64 instructions, then the out-of-line exits.
+func Listing(w io.Writer, insns asm.Instructions) error {
+	if err := bytecode.Validate(insns); err != nil {
+		return err
+	}
+	raw, err := bytecode.Encode(insns)
+	if err != nil {
+		return err
+	}
+	text, starts, err := compileWithMap(raw)
+	if err != nil {
+		return err
+	}
+	slot := 0
+	for _, ins := range insns {
+		fmt.Fprintf(w, "%4d: %v\n", slot, ins)
+		next := slot + int(ins.Width())
+		if err := disasm(w, text, starts[slot], starts[next]); err != nil {
+			return err
+		}
+		slot = next
+	}
+	fmt.Fprintln(w, "      ; exits and the shared exit path")
+	return disasm(w, text, starts[slot], len(text))
+}
+
+func disasm(w io.Writer, text []byte, from, to int) error {
+	for pc := from; pc < to; {
+		inst, err := x86asm.Decode(text[pc:to], 64)
+		if err != nil {
+			return fmt.Errorf("disassemble at %#x: %w", pc, err)
+		}
+		fmt.Fprintf(w, "      %06x  %-24x  %s\n", pc, text[pc:pc+inst.Len], x86asm.IntelSyntax(inst, uint64(pc), nil))
+		pc += inst.Len
+	}
+	return nil
+}
