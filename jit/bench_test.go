@@ -10,6 +10,7 @@ import (
 
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/internal/benchprog"
+	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/jit/interp"
 )
 
@@ -76,3 +77,46 @@ func BenchmarkEmpty(b *testing.B) {
 	}
 }
 
+
+// BenchmarkGuards measures what the memory guards cost: the corpus compiled
+// with every access guarded, with loads unguarded (performance mode) and with
+// no guards, run alternately in one benchmark (goal: guarded within 5% of
+// unguarded).
+func BenchmarkGuards(b *testing.B) {
+	m := machine(b)
+	const tableOff = 256 << 10
+	want := benchprog.FillHashTable(m.Sandbox()[tableOff:])
+	for _, bc := range benchprog.Corpus(want) {
+		b.Run(bc.Name, func(b *testing.B) {
+			insns, err := bytecode.Assemble(bc.Text)
+			require.NoError(b, err)
+			if bc.Heap {
+				insns = append(asm.Instructions{asm.LoadImm(asm.R6, int64(m.Base()+tableOff), asm.DWord)}, insns...)
+			}
+			var progs [3]*jit.Program
+			for g := range progs {
+				p, err := jit.CompileGuarded(insns, jit.Guard(g))
+				require.NoError(b, err)
+				defer p.Close()
+				progs[g] = p
+			}
+			var spent [3]time.Duration
+			const batch = 256
+			for b.Loop() {
+				for g, p := range progs {
+					t0 := time.Now()
+					for range batch {
+						m.Run(p, nil)
+					}
+					spent[g] += time.Since(t0)
+				}
+			}
+			runs := float64(b.N * batch)
+			b.ReportMetric(float64(spent[jit.GuardAll].Nanoseconds())/runs, "guarded-ns/run")
+			b.ReportMetric(float64(spent[jit.GuardStores].Nanoseconds())/runs, "perfmode-ns/run")
+			b.ReportMetric(float64(spent[jit.GuardNone].Nanoseconds())/runs, "unguarded-ns/run")
+			b.ReportMetric(100*(float64(spent[jit.GuardAll])/float64(spent[jit.GuardNone])-1), "overhead-%")
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}

@@ -23,6 +23,8 @@ const (
 
 // compiler lowers one program.
 type compiler struct {
+	guardLoads, guardStores bool
+
 	a      Asm
 	slots  []bytecode.Slot
 	starts []int        // native offset of each slot
@@ -41,15 +43,15 @@ type ripFixup struct {
 }
 
 // compile generates code for validated raw bytecode.
-func compile(raw []byte) ([]byte, error) {
-	text, _, err := compileWithMap(raw)
+func compile(raw []byte, g Guard) ([]byte, error) {
+	text, _, err := compileWithMap(raw, g)
 	return text, err
 }
 
 // compileWithMap also returns the native offset where each slot's code starts
 // (one more entry: where the out-of-line stubs start).
-func compileWithMap(raw []byte) ([]byte, []int, error) {
-	c := &compiler{slots: bytecode.DecodeSlots(raw)}
+func compileWithMap(raw []byte, g Guard) ([]byte, []int, error) {
+	c := &compiler{slots: bytecode.DecodeSlots(raw), guardLoads: g == GuardAll, guardStores: g != GuardNone}
 	c.starts = make([]int, len(c.slots)+1)
 	for pc := 0; pc < len(c.slots); pc++ {
 		c.starts[pc] = c.a.Len()
@@ -138,12 +140,17 @@ func (c *compiler) jumpTo(slot int) { c.fixups = append(c.fixups, fixup{c.a.Jmp(
 
 func (c *compiler) jccTo(cc Cond, slot int) { c.fixups = append(c.fixups, fixup{c.a.Jcc(cc), slot}) }
 
-// guard masks eBPF register base into the sandbox as tmp: the access is then
-// MI(baseReg, tmp, off). With the offset added after the mask, the address can
-// land up to 32 KiB outside the sandbox, in its scratch guard regions.
-func (c *compiler) guard(base uint8) {
+// mem returns the operand of an access through eBPF register base at off. A
+// guarded access masks base into the sandbox as tmp first: the operand is then
+// [sandbox + tmp + off], and with the offset added after the mask the address
+// lands at most 32 KiB outside the sandbox, in its scratch guard regions.
+func (c *compiler) mem(guarded bool, base uint8, off int16) Mem {
+	if !guarded {
+		return M(regs[base], int32(off))
+	}
 	c.a.RR(MOV, true, tmp, regs[base])
 	c.a.RR(AND, true, tmp, maskReg)
+	return MI(baseReg, tmp, int32(off))
 }
 
 func (c *compiler) insn(pc int, s bytecode.Slot) error {
@@ -160,8 +167,7 @@ func (c *compiler) insn(pc int, s bytecode.Slot) error {
 		c.a.MovImm(regs[s.Dst], s.Imm64)
 		return nil
 	case cls == 0x01: // ldx
-		c.guard(s.Src)
-		m := MI(baseReg, tmp, int32(s.Off))
+		m := c.mem(c.guardLoads, s.Src, s.Off)
 		if s.Op&0xe0 == 0x80 {
 			c.a.LoadSX(bytecode.MemSize(s.Op), regs[s.Dst], m)
 		} else {
@@ -169,12 +175,10 @@ func (c *compiler) insn(pc int, s bytecode.Slot) error {
 		}
 		return nil
 	case cls == 0x02: // st
-		c.guard(s.Dst)
-		c.a.StoreImm(bytecode.MemSize(s.Op), MI(baseReg, tmp, int32(s.Off)), s.Imm)
+		c.a.StoreImm(bytecode.MemSize(s.Op), c.mem(c.guardStores, s.Dst, s.Off), s.Imm)
 		return nil
 	case cls == 0x03 && s.Op&0xe0 == 0x60: // stx
-		c.guard(s.Dst)
-		c.a.Store(bytecode.MemSize(s.Op), MI(baseReg, tmp, int32(s.Off)), regs[s.Src])
+		c.a.Store(bytecode.MemSize(s.Op), c.mem(c.guardStores, s.Dst, s.Off), regs[s.Src])
 		return nil
 	case cls == 0x03: // atomic
 		return c.atomic(pc, s)
@@ -241,8 +245,8 @@ func (c *compiler) alu(s bytecode.Slot, w bool) error {
 			if !w && s.Off == 32 {
 				return fmt.Errorf("32-bit movsx from 32 bits")
 			}
-		default:
-			return fmt.Errorf("addr_space_cast is not supported by the JIT yet")
+		default: // addr_space_cast: validated, so offset 1, imm 1 or 1<<16
+			c.cast(d, src, s.Imm == 1)
 		}
 	case 0xd0:
 		c.swap(d, s)
@@ -250,6 +254,24 @@ func (c *compiler) alu(s bytecode.Slot, w bool) error {
 		return fmt.Errorf("ALU operation %#02x is not supported by the JIT", s.Op)
 	}
 	return nil
+}
+
+// cast moves pointer src into the sandbox's own view (toSandbox) or the
+// canonical view stored in the heap, keeping NULL as NULL.
+func (c *compiler) cast(d, src Reg, toSandbox bool) {
+	a := &c.a
+	a.RR(MOV, true, tmp, src)
+	a.RR(AND, true, tmp, maskReg)
+	if toSandbox {
+		a.RR(OR, true, tmp, baseReg)
+	} else {
+		a.RM(OR, true, tmp, M(ctxReg, ctxCanonBase))
+	}
+	a.RR(TEST, true, src, src)
+	nonNull := a.Jcc(CondNE)
+	a.RR(XOR, false, tmp, tmp)
+	a.Patch(nonNull, a.Len())
+	a.RR(MOV, true, d, tmp)
 }
 
 // swap lowers le/be (ALU class) and bswap (ALU64 class).
@@ -463,16 +485,13 @@ func (c *compiler) atomic(pc int, s bytecode.Slot) error {
 	w := size == 8
 	switch s.Imm {
 	case bytecode.LoadAcquire:
-		c.guard(s.Src)
-		a.Load(size, regs[s.Dst], MI(baseReg, tmp, int32(s.Off))) // x86 loads are acquire loads
+		a.Load(size, regs[s.Dst], c.mem(c.guardLoads, s.Src, s.Off)) // x86 loads are acquire loads
 		return nil
 	case bytecode.StoreRelease:
-		c.guard(s.Dst)
-		a.Store(size, MI(baseReg, tmp, int32(s.Off)), regs[s.Src]) // and stores release stores
+		a.Store(size, c.mem(c.guardStores, s.Dst, s.Off), regs[s.Src]) // and stores release stores
 		return nil
 	}
-	c.guard(s.Dst)
-	a.Lea(tmp, MI(baseReg, tmp, int32(s.Off)))
+	a.Lea(tmp, c.mem(c.guardStores, s.Dst, s.Off))
 	a.RI(TEST, false, tmp, int32(size-1))
 	c.stubExit(a.Jcc(CondNE), exitMisalign, pc, false)
 	m := M(tmp, 0)

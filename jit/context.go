@@ -17,6 +17,7 @@ type execContext struct {
 	mayGoto   uint64     // may_goto instructions left that fall through
 	terminate uint64     // address of the terminate word
 	depth     uint64     // call depth (0 in the main program)
+	canonBase uint64     // base of the canonical view (addr_space_cast to user)
 	save      [4]uint64  // scratch for instruction sequences that need registers
 	frames    [interp.MaxFrames]frame
 	termWord  uint32 // the default terminate word
@@ -41,8 +42,9 @@ const (
 	ctxMayGoto   = 144
 	ctxTerminate = 152
 	ctxDepth     = 160
-	ctxSave      = 168
-	ctxFrames    = 200
+	ctxCanonBase = 168
+	ctxSave      = 176
+	ctxFrames    = 208
 	frameSize    = 48
 	frameRet     = 0
 	frameR6      = 8

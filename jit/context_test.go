@@ -23,6 +23,7 @@ func TestContextOffsets(t *testing.T) {
 		"mayGoto":   {ctxMayGoto, unsafe.Offsetof(c.mayGoto)},
 		"terminate": {ctxTerminate, unsafe.Offsetof(c.terminate)},
 		"depth":     {ctxDepth, unsafe.Offsetof(c.depth)},
+		"canonBase": {ctxCanonBase, unsafe.Offsetof(c.canonBase)},
 		"save":      {ctxSave, unsafe.Offsetof(c.save)},
 		"frames":    {ctxFrames, unsafe.Offsetof(c.frames)},
 		"frame.ret": {frameRet, unsafe.Offsetof(f.ret)},

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf/asm"
 	"github.com/stretchr/testify/assert"
@@ -69,11 +70,15 @@ func TestISA(t *testing.T) {
 // runBoth runs insns on the interpreter and the JIT with the same context and
 // reports any difference in r0, error or context.
 func runBoth(m *jit.Machine, insns asm.Instructions, ctx []byte) error {
+	return runBothGuarded(m, insns, ctx, jit.GuardAll)
+}
+
+func runBothGuarded(m *jit.Machine, insns asm.Instructions, ctx []byte, g jit.Guard) error {
 	ip, err := interp.Load(insns)
 	if err != nil {
 		return err
 	}
-	jp, err := jit.Compile(insns)
+	jp, err := jit.CompileGuarded(insns, g)
 	if err != nil {
 		return err
 	}
@@ -110,6 +115,24 @@ func TestDifferential(t *testing.T) {
 		src := progen.NewSource(data)
 		ctx := progen.Context(src)
 		require.NoError(t, runBoth(m, progen.Generate(src, 64), ctx), "seed %d", i)
+	}
+}
+
+// TestDifferentialGuards: programs whose accesses are all in bounds give the
+// same results whichever guards are compiled in.
+func TestDifferentialGuards(t *testing.T) {
+	m := machine(t)
+	rng := rand.New(rand.NewPCG(5, 6))
+	for _, g := range []jit.Guard{jit.GuardStores, jit.GuardNone} {
+		for i := range 300 {
+			data := make([]byte, 600)
+			for j := range data {
+				data[j] = byte(rng.Uint32())
+			}
+			src := progen.NewSource(data)
+			ctx := progen.Context(src)
+			require.NoError(t, runBothGuarded(m, progen.Generate(src, 64), ctx, g), "guard %d seed %d", g, i)
+		}
 	}
 }
 
@@ -210,4 +233,37 @@ func TestCompileErrors(t *testing.T) {
 	_, err = m.Run(compile(t, asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()}), make([]byte, jit.MaxCtxSize+1))
 	assert.ErrorContains(t, err, "exceeds")
 	assert.True(t, strings.HasPrefix(err.Error(), "jit: "))
+}
+
+// TestAddrSpaceCast compares the JIT's casts with the interpreter's on the
+// same memory: a pointer from another view comes into the sandbox, NULL stays.
+func TestAddrSpaceCast(t *testing.T) {
+	m := machine(t)
+	sb := m.Sandbox()
+	im := interp.NewMachine()
+	im.AttachHeap(unsafe.Pointer(&sb[0]), uint64(len(sb)), m.Base())
+	cast := func(dst, src asm.Register, imm int64) asm.Instruction {
+		return asm.Instruction{OpCode: asm.Mov.Op(asm.RegSource), Dst: dst, Src: src, Offset: 1, Constant: imm}
+	}
+	foreign := uint64(0x7000_0000_0000) + 0x1238 // offset 0x1238 in some other view
+	insns := asm.Instructions{
+		asm.LoadImm(asm.R1, int64(foreign), asm.DWord),
+		cast(asm.R2, asm.R1, 1),
+		cast(asm.R3, asm.R1, 1<<16),
+		asm.Mov.Imm(asm.R4, 0),
+		cast(asm.R4, asm.R4, 1),
+		asm.Mov.Reg(asm.R0, asm.R2),
+		asm.Add.Reg(asm.R0, asm.R3),
+		asm.Add.Reg(asm.R0, asm.R4),
+		asm.Return(),
+	}
+	want := 2 * (m.Base() + 0x1238)
+	r0, err := m.Run(compile(t, insns), nil)
+	require.NoError(t, err)
+	assert.Equal(t, want, r0)
+	ip, err := interp.Load(insns)
+	require.NoError(t, err)
+	ir0, err := im.Run(ip, nil)
+	require.NoError(t, err)
+	assert.Equal(t, want, ir0)
 }

@@ -12,7 +12,7 @@ import (
 
 // Listing writes the machine code generated for insns, each eBPF instruction
 // followed by its amd64 instructions, then the out-of-line exits.
-func Listing(w io.Writer, insns asm.Instructions) error {
+func Listing(w io.Writer, insns asm.Instructions, g Guard) error {
 	if err := bytecode.Validate(insns); err != nil {
 		return err
 	}
@@ -20,7 +20,7 @@ func Listing(w io.Writer, insns asm.Instructions) error {
 	if err != nil {
 		return err
 	}
-	text, starts, err := compileWithMap(raw)
+	text, starts, err := compileWithMap(raw, g)
 	if err != nil {
 		return err
 	}

@@ -15,9 +15,9 @@ func Supported() error {
 	return errors.New("jit: no code generator for " + runtime.GOARCH + "; use jit/interp")
 }
 
-func compile([]byte) ([]byte, error) { return nil, Supported() }
+func compile([]byte, Guard) ([]byte, error) { return nil, Supported() }
 
 func enter(uintptr) { panic("jit: unsupported") }
 
 // Listing is unavailable without a code generator.
-func Listing(io.Writer, asm.Instructions) error { return Supported() }
+func Listing(io.Writer, asm.Instructions, Guard) error { return Supported() }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"fmt"
 	"io"
 
 	"github.com/kflex-go/kflex/jit"
@@ -14,6 +15,7 @@ func runJIT(args []string, out io.Writer) error {
 	fs := newFlags("jit", "--disasm PROG", `Compile PROG (an ELF object, kflex assembler text, or raw bytecode) and
 print each eBPF instruction with the machine code generated for it.`, out)
 	disasm := fs.Bool("disasm", false, "print the listing (the only mode for now)")
+	guard := fs.String("guard", "all", "memory guards: all, stores (performance mode), none")
 	if err := parse(fs, args, 1); err != nil {
 		return err
 	}
@@ -22,5 +24,9 @@ print each eBPF instruction with the machine code generated for it.`, out)
 	if err != nil {
 		return err
 	}
-	return jit.Listing(out, insns)
+	g, ok := map[string]jit.Guard{"all": jit.GuardAll, "stores": jit.GuardStores, "none": jit.GuardNone}[*guard]
+	if !ok {
+		return fmt.Errorf("jit: %w: --guard %q: want all, stores or none", errUsage, *guard)
+	}
+	return jit.Listing(out, insns, g)
 }
