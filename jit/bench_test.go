@@ -77,7 +77,6 @@ func BenchmarkEmpty(b *testing.B) {
 	}
 }
 
-
 // BenchmarkGuards measures what the memory guards cost: the corpus compiled
 // with every access guarded, with loads unguarded (performance mode) and with
 // no guards, run alternately in one benchmark (goal: guarded within 5% of

@@ -27,12 +27,12 @@ type compiler struct {
 
 	a      Asm
 	slots  []bytecode.Slot
-	starts []int        // native offset of each slot
-	fixups []fixup      // jumps to slots, patched once every slot has an offset
-	stubs  []func()     // out-of-line exits, emitted after the body
-	exit   int          // offset of the shared exit tail
-	tails  []int        // jumps to the shared exit tail
-	leas   []ripFixup   // lea rip-relative to a native offset known later
+	starts []int      // native offset of each slot
+	fixups []fixup    // jumps to slots, patched once every slot has an offset
+	stubs  []func()   // out-of-line exits, emitted after the body
+	exit   int        // offset of the shared exit tail
+	tails  []int      // jumps to the shared exit tail
+	leas   []ripFixup // lea rip-relative to a native offset known later
 }
 
 type fixup struct{ at, slot int }

@@ -1,5 +1,4 @@
 package jit
 
 // enter runs generated code from the execution context at ctx until it exits.
-//
 func enter(ctx uintptr)
