@@ -20,18 +20,12 @@ import (
 // the interpreter the same memory.
 func BenchmarkJITvsInterp(b *testing.B) {
 	m := machine(b)
-	const tableOff = 256 << 10
 	sb := m.Sandbox()
-	want := benchprog.FillHashTable(sb[tableOff:])
 	im := interp.NewMachine()
 	im.AttachHeap(unsafe.Pointer(&sb[0]), uint64(len(sb)), m.Base())
-	for _, bc := range benchprog.Corpus(want) {
+	for _, bc := range benchprog.Corpus {
 		b.Run(bc.Name, func(b *testing.B) {
-			insns, err := bytecode.Assemble(bc.Text)
-			require.NoError(b, err)
-			if bc.Heap {
-				insns = append(asm.Instructions{asm.LoadImm(asm.R6, int64(m.Base()+tableOff), asm.DWord)}, insns...)
-			}
+			insns, want := corpusProgram(b, m, bc)
 			jp := compile(b, insns)
 			ip, err := interp.Load(insns)
 			require.NoError(b, err)
@@ -40,8 +34,8 @@ func BenchmarkJITvsInterp(b *testing.B) {
 			ir0, err := im.Run(ip, nil)
 			require.NoError(b, err)
 			require.Equal(b, ir0, jr0)
-			if bc.Want != 0 {
-				require.Equal(b, bc.Want, jr0)
+			if bc.Setup != nil {
+				require.Equal(b, want, jr0)
 			}
 			var interpTime time.Duration
 			start := time.Now()
@@ -68,6 +62,22 @@ func BenchmarkJITvsInterp(b *testing.B) {
 	}
 }
 
+// dataOff is where benchmark data goes in a sandbox: past the stack and
+// context.
+const dataOff = 256 << 10
+
+// corpusProgram assembles a corpus program and sets up its data in m's sandbox,
+// prefixing the program with the load of r6. It returns the expected result.
+func corpusProgram(b *testing.B, m *jit.Machine, bc benchprog.Program) (asm.Instructions, uint64) {
+	insns, err := bytecode.Assemble(bc.Text)
+	require.NoError(b, err)
+	if bc.Setup == nil {
+		return insns, 0
+	}
+	r6, want := bc.Setup(m.Sandbox()[dataOff:dataOff+benchprog.Size], m.Base()+dataOff)
+	return append(asm.Instructions{asm.LoadImm(asm.R6, int64(r6), asm.DWord)}, insns...), want
+}
+
 // BenchmarkEmpty is the fixed cost of one run: entry, exit and the Go loop.
 func BenchmarkEmpty(b *testing.B) {
 	m := machine(b)
@@ -83,15 +93,9 @@ func BenchmarkEmpty(b *testing.B) {
 // unguarded).
 func BenchmarkGuards(b *testing.B) {
 	m := machine(b)
-	const tableOff = 256 << 10
-	want := benchprog.FillHashTable(m.Sandbox()[tableOff:])
-	for _, bc := range benchprog.Corpus(want) {
+	for _, bc := range benchprog.Corpus {
 		b.Run(bc.Name, func(b *testing.B) {
-			insns, err := bytecode.Assemble(bc.Text)
-			require.NoError(b, err)
-			if bc.Heap {
-				insns = append(asm.Instructions{asm.LoadImm(asm.R6, int64(m.Base()+tableOff), asm.DWord)}, insns...)
-			}
+			insns, _ := corpusProgram(b, m, bc)
 			var progs [3]*jit.Program
 			for g := range progs {
 				p, err := jit.CompileGuarded(insns, jit.Guard(g))

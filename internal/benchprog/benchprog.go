@@ -1,9 +1,49 @@
 // Package benchprog holds the extension programs kflex benchmarks every executor
 // with (interpreter, JIT, kernel), as text for bytecode.Assemble, and the data
-// they run on.
+// they run on: a counter loop, a hash table's lookup and insert, a linked-list
+// walk and a skip-list search.
+//
+// A program that works on the heap expects r6 to hold the address of its data,
+// which Setup lays out. Every loop has a constant bound, so the kernel's
+// verifier can prove that the programs end.
 package benchprog
 
-import "encoding/binary"
+import (
+	"encoding/binary"
+	"math/bits"
+)
+
+// Program is one benchmark program.
+type Program struct {
+	Name string
+	Text string
+	// Setup, for heap programs, writes the program's data into mem, which the
+	// program sees at address base, and returns r6 and the expected result.
+	// Running the program again gives the same result.
+	Setup func(mem []byte, base uint64) (r6, want uint64)
+	// Pointers: the data holds pointers the program follows. In the kernel
+	// such a program needs an addr_space_cast after every pointer load.
+	Pointers bool
+}
+
+// Data offsets within the heap region given to Setup (64 KiB in all).
+const (
+	lookupOff = 0
+	insertOff = 16 << 10
+	listOff   = 32 << 10
+	skipOff   = 40 << 10
+	// Size is how much heap the corpus needs.
+	Size = 64 << 10
+)
+
+// Corpus is the benchmark programs.
+var Corpus = []Program{
+	{Name: "loop", Text: Loop},
+	{Name: "hash-lookup", Text: HashLookup, Setup: setupLookup},
+	{Name: "hash-insert", Text: HashInsert, Setup: setupInsert},
+	{Name: "list-walk", Text: ListWalk, Setup: setupList, Pointers: true},
+	{Name: "skiplist-search", Text: SkipListSearch, Setup: setupSkipList, Pointers: true},
+}
 
 // Loop is compute-bound: a linear-congruential generator mixed into r0 for
 // 1000 rounds.
@@ -21,9 +61,14 @@ loop:
 	jne %r1, 0, loop
 	exit`
 
-// HashLookup looks up 16 keys in an open-addressing hash table of 1024
-// 16-byte buckets {key, value} at the start of the heap (r6, which the caller
-// sets), probing up to 8 buckets per key, and returns the sum of the values found.
+// HashBuckets is the size of both hash tables.
+const HashBuckets = 1024
+
+func bucket(key uint64) uint64 { return uint64(uint32(key)*0x9e3779b1) >> 22 }
+
+// HashLookup looks up 16 keys in an open-addressing table of 1024 16-byte
+// buckets {key, value} at r6, probing up to 8 buckets per key, and returns the
+// sum of the values found.
 const HashLookup = `
 	mov %r0, 0
 	mov %r7, 0
@@ -54,44 +99,185 @@ next:
 	jlt %r7, 16, outer
 	exit`
 
-// HashBuckets is the table size HashLookup assumes.
-const HashBuckets = 1024
+// put inserts key into the table in mem (open addressing, linear probing).
+func put(mem []byte, key, val uint64) {
+	b := bucket(key)
+	for binary.LittleEndian.Uint64(mem[b*16:]) != 0 {
+		b = (b + 1) % HashBuckets
+	}
+	binary.LittleEndian.PutUint64(mem[b*16:], key)
+	binary.LittleEndian.PutUint64(mem[b*16+8:], val)
+}
 
-// FillHashTable puts keys 1, 8, 15, ... (those the program looks up) and as many
-// other keys in the table, so that probes collide, and returns the sum
+// FillHashTable puts the keys HashLookup looks up (1, 8, 15, ...) and as many
+// others in the table at mem, so that probes collide, and returns the sum
 // HashLookup must return.
 func FillHashTable(mem []byte) (want uint64) {
-	put := func(key, val uint64) {
-		b := uint64(uint32(key)*0x9e3779b1) >> 22
-		for binary.LittleEndian.Uint64(mem[b*16:]) != 0 {
-			b = (b + 1) % HashBuckets
-		}
-		binary.LittleEndian.PutUint64(mem[b*16:], key)
-		binary.LittleEndian.PutUint64(mem[b*16+8:], val)
-	}
 	for i := uint64(0); i < 16; i++ {
-		put(1000+i*3, 1)
-		put(i*7+1, i+100)
+		put(mem, 1000+i*3, 1)
+		put(mem, i*7+1, i+100)
 		want += i + 100
 	}
 	return want
 }
 
-// Program is one benchmark program.
-type Program struct {
-	Name string
-	Text string
-	// Heap: the program expects r6 to point at a heap filled by FillHashTable.
-	Heap bool
-	// Want is its result, when it is known in advance (0: not checked).
-	Want uint64
+func setupLookup(mem []byte, base uint64) (uint64, uint64) {
+	return base + lookupOff, FillHashTable(mem[lookupOff:])
 }
 
-// Corpus returns the benchmark programs; want is FillHashTable's result for
-// the heap they will run on.
-func Corpus(want uint64) []Program {
-	return []Program{
-		{Name: "loop", Text: Loop},
-		{Name: "hash-lookup", Text: HashLookup, Heap: true, Want: want},
+// HashInsert inserts or updates 16 keys (5000, 5013, ...) in a second table at
+// r6 and returns the number of buckets it probed.
+const HashInsert = `
+	mov %r0, 0
+	mov %r7, 0
+outer:
+	mov %r2, %r7
+	mul %r2, 13
+	add %r2, 5000
+	mov32 %r3, %r2
+	mul32 %r3, 0x9e3779b1
+	rsh32 %r3, 22
+	mov %r8, 0
+probe:
+	mov %r4, %r3
+	lsh %r4, 4
+	add %r4, %r6
+	ldxdw %r5, [%r4+0]
+	add %r0, 1
+	jeq %r5, %r2, store
+	jeq %r5, 0, store
+	add %r3, 1
+	and %r3, 1023
+	add %r8, 1
+	jlt %r8, 1024, probe
+	ja next
+store:
+	stxdw [%r4+0], %r2
+	stxdw [%r4+8], %r7
+next:
+	add %r7, 1
+	jlt %r7, 16, outer
+	exit`
+
+func setupInsert(mem []byte, base uint64) (uint64, uint64) {
+	t := mem[insertOff : insertOff+HashBuckets*16]
+	clear(t)
+	for i := uint64(0); i < 48; i++ { // residents the probes must step over
+		put(t, 5000+i*13+HashBuckets*16, 1)
 	}
+	want := uint64(0)
+	sim := append([]byte(nil), t...)
+	for i := uint64(0); i < 16; i++ {
+		key := 5000 + i*13
+		for b, n := bucket(key), 0; n < 1024; b, n = (b+1)%HashBuckets, n+1 {
+			want++
+			k := binary.LittleEndian.Uint64(sim[b*16:])
+			if k == key || k == 0 {
+				binary.LittleEndian.PutUint64(sim[b*16:], key)
+				break
+			}
+		}
+	}
+	return base + insertOff, want
+}
+
+// ListWalk follows a linked list of 256 nodes {next, value} from the head
+// pointer at r6 and returns the sum of the values.
+const ListWalk = `
+	ldxdw %r1, [%r6+0]
+	mov %r0, 0
+	mov %r2, 0
+walk:
+	jeq %r1, 0, done
+	ldxdw %r3, [%r1+8]
+	add %r0, %r3
+	ldxdw %r1, [%r1+0]
+	add %r2, 1
+	jlt %r2, 4096, walk
+done:
+	exit`
+
+func setupList(mem []byte, base uint64) (uint64, uint64) {
+	const n = 256
+	region := mem[listOff:]
+	node := func(i int) uint64 { return uint64(16 + 16*((i*97)%n)) } // scattered order
+	want := uint64(0)
+	binary.LittleEndian.PutUint64(region[0:], base+listOff+node(0))
+	for i := range n {
+		next := uint64(0)
+		if i+1 < n {
+			next = base + listOff + node(i+1)
+		}
+		binary.LittleEndian.PutUint64(region[node(i):], next)
+		binary.LittleEndian.PutUint64(region[node(i)+8:], uint64(i)*3)
+		want += uint64(i) * 3
+	}
+	return base + listOff, want
+}
+
+// SkipListSearch searches 16 keys in a skip list of 256 nodes {key, value,
+// next[4]} whose head node is at r6, and returns the sum of the values found.
+const SkipListSearch = `
+	mov %r0, 0
+	mov %r7, 0
+search:
+	mov %r2, %r7
+	mul %r2, 37
+	and %r2, 255
+	add %r2, 1
+	mul %r2, 10
+	mov %r1, %r6
+	mov %r8, 3
+level:
+	mov %r4, %r8
+	lsh %r4, 3
+	add %r4, %r1
+	mov %r9, 0
+step:
+	ldxdw %r3, [%r4+16]
+	jeq %r3, 0, down
+	ldxdw %r5, [%r3+0]
+	jge %r5, %r2, down
+	mov %r1, %r3
+	mov %r4, %r8
+	lsh %r4, 3
+	add %r4, %r1
+	add %r9, 1
+	jlt %r9, 512, step
+down:
+	jeq %r8, 0, check
+	sub %r8, 1
+	ja level
+check:
+	ldxdw %r3, [%r1+16]
+	jeq %r3, 0, next
+	ldxdw %r5, [%r3+0]
+	jne %r5, %r2, next
+	ldxdw %r5, [%r3+8]
+	add %r0, %r5
+next:
+	add %r7, 1
+	jlt %r7, 16, search
+	exit`
+
+func setupSkipList(mem []byte, base uint64) (uint64, uint64) {
+	const n, nodeSize = 256, 48
+	region := mem[skipOff:]
+	clear(region[:(n+1)*nodeSize])
+	addr := func(i int) uint64 { return base + skipOff + uint64(i*nodeSize) } // node 0 is the head
+	last := [4]int{}                                                          // the last node linked at each level
+	for i := 1; i <= n; i++ {
+		off := i * nodeSize
+		binary.LittleEndian.PutUint64(region[off:], uint64(i*10))
+		binary.LittleEndian.PutUint64(region[off+8:], uint64(i))
+		for l := range min(bits.TrailingZeros(uint(i))+1, 4) {
+			binary.LittleEndian.PutUint64(region[last[l]*nodeSize+16+8*l:], addr(i))
+			last[l] = i
+		}
+	}
+	want := uint64(0)
+	for j := uint64(0); j < 16; j++ {
+		want += (j*37)%256 + 1 // node (j*37 % 256)+1 holds that value
+	}
+	return base + skipOff, want
 }
