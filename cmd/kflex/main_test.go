@@ -159,3 +159,18 @@ func TestJITDisasm(t *testing.T) {
 	assert.Equal(t, 2, code)
 	assert.Contains(t, stderr, "want 1 argument(s)")
 }
+
+func TestBenchJSON(t *testing.T) {
+	code, stdout, stderr := kflex("bench", "--json", "--time", "5ms", "jit")
+	require.Equal(t, 0, code, stderr)
+	var figures map[string]float64
+	require.NoError(t, json.Unmarshal([]byte(stdout), &figures))
+	for _, k := range []string{"loop.jit_ns", "loop.interp_ns", "loop.speedup", "hash-lookup.guard_overhead_pct",
+		"skiplist-search.jit_perfmode_ns", "list-walk.insns"} {
+		assert.Contains(t, figures, k)
+	}
+	assert.Greater(t, figures["loop.speedup"], 1.0, "the JIT beats the interpreter")
+	code, _, stderr = kflex("bench", "lock")
+	assert.Equal(t, 2, code)
+	assert.Contains(t, stderr, `unknown suite "lock"`)
+}

@@ -1,0 +1,120 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"sort"
+	"time"
+	"unsafe"
+
+	"github.com/cilium/ebpf/asm"
+
+	"github.com/kflex-go/kflex/bytecode"
+	"github.com/kflex-go/kflex/internal/benchprog"
+	"github.com/kflex-go/kflex/jit"
+	"github.com/kflex-go/kflex/jit/interp"
+)
+
+func init() {
+	commands["bench"] = command{summary: "measure the executors on the benchmark programs", run: runBench}
+}
+
+func runBench(args []string, out io.Writer) error {
+	fs := newFlags("bench", "[--json] [--time D] jit", `Run kflex's benchmark programs (a counter loop, hash-table lookup and insert,
+a linked-list walk, a skip-list search) on the JIT, with every memory access
+guarded, with loads unguarded (performance mode) and unguarded, and on the
+interpreter. Reports ns per run, the JIT's speedup over the interpreter and the
+guards' overhead. With --json the figures are one flat JSON object.`, out)
+	asJSON := fs.Bool("json", false, "print one flat JSON object")
+	per := fs.Duration("time", 200*time.Millisecond, "time spent on each measurement")
+	if err := parse(fs, args, 1); err != nil {
+		return err
+	}
+	if fs.Arg(0) != "jit" {
+		return fmt.Errorf("bench: %w: unknown suite %q (want jit)", errUsage, fs.Arg(0))
+	}
+	figures, err := benchJIT(*per)
+	if err != nil {
+		return err
+	}
+	if *asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(figures)
+	}
+	keys := make([]string, 0, len(figures))
+	for k := range figures {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	for _, k := range keys {
+		fmt.Fprintf(out, "%-40s %12.2f\n", k, figures[k])
+	}
+	return nil
+}
+
+// benchJIT measures every corpus program; keys are "PROGRAM.FIGURE".
+func benchJIT(per time.Duration) (map[string]float64, error) {
+	m, err := jit.NewMachine(1 << 20)
+	if err != nil {
+		return nil, err
+	}
+	defer m.Close()
+	const dataOff = 256 << 10
+	sb := m.Sandbox()
+	im := interp.NewMachine()
+	im.AttachHeap(unsafe.Pointer(&sb[0]), uint64(len(sb)), m.Base())
+	figures := map[string]float64{}
+	for _, bc := range benchprog.Corpus {
+		insns, err := bytecode.Assemble(bc.Text)
+		if err != nil {
+			return nil, err
+		}
+		if bc.Setup != nil {
+			r6, _ := bc.Setup(sb[dataOff:dataOff+benchprog.Size], m.Base()+dataOff)
+			insns = append(asm.Instructions{asm.LoadImm(asm.R6, int64(r6), asm.DWord)}, insns...)
+		}
+		ns := map[string]float64{}
+		for name, g := range map[string]jit.Guard{"jit_ns": jit.GuardAll, "jit_perfmode_ns": jit.GuardStores, "jit_unguarded_ns": jit.GuardNone} {
+			p, err := jit.CompileGuarded(insns, g)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", bc.Name, err)
+			}
+			ns[name], err = timeRuns(per, func() error { _, err := m.Run(p, nil); return err })
+			p.Close()
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", bc.Name, err)
+			}
+		}
+		ip, err := interp.Load(insns)
+		if err != nil {
+			return nil, err
+		}
+		if ns["interp_ns"], err = timeRuns(per, func() error { _, err := im.Run(ip, nil); return err }); err != nil {
+			return nil, fmt.Errorf("%s: %w", bc.Name, err)
+		}
+		for k, v := range ns {
+			figures[bc.Name+"."+k] = v
+		}
+		figures[bc.Name+".speedup"] = ns["interp_ns"] / ns["jit_ns"]
+		figures[bc.Name+".guard_overhead_pct"] = 100 * (ns["jit_ns"]/ns["jit_unguarded_ns"] - 1)
+		figures[bc.Name+".insns"] = float64(im.Executed)
+	}
+	return figures, nil
+}
+
+// timeRuns calls run repeatedly for about d and returns nanoseconds per call.
+func timeRuns(d time.Duration, run func() error) (float64, error) {
+	n := 0
+	start := time.Now()
+	for time.Since(start) < d {
+		for range 64 {
+			if err := run(); err != nil {
+				return 0, err
+			}
+		}
+		n += 64
+	}
+	return float64(time.Since(start).Nanoseconds()) / float64(n), nil
+}
