@@ -114,7 +114,7 @@ func TestDifferential(t *testing.T) {
 		}
 		src := progen.NewSource(data)
 		ctx := progen.Context(src)
-		require.NoError(t, runBoth(m, progen.Generate(src, 64), ctx), "seed %d", i)
+		require.NoError(t, runBoth(m, progen.GenerateWith(src, 64, progen.Options{Calls: true}), ctx), "seed %d", i)
 	}
 }
 
@@ -143,7 +143,7 @@ func FuzzDifferential(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) {
 		src := progen.NewSource(data)
 		ctx := progen.Context(src)
-		if err := runBoth(m, progen.Generate(src, 64), ctx); err != nil {
+		if err := runBoth(m, progen.GenerateWith(src, 64, progen.Options{Calls: true}), ctx); err != nil {
 			t.Fatal(err)
 		}
 	})

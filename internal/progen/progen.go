@@ -82,8 +82,20 @@ func Context(src *Source) []byte {
 	return ctx
 }
 
+// Options add instruction kinds to what Generate makes.
+type Options struct {
+	// Calls adds bpf-to-bpf calls to a subprogram that computes on r0-r5;
+	// after each call the body sets r1-r5 afresh, as a verifier demands.
+	Calls bool
+}
+
 // Generate makes one program of at most bodyLen body instructions.
 func Generate(src *Source, bodyLen int) asm.Instructions {
+	return GenerateWith(src, bodyLen, Options{})
+}
+
+// GenerateWith is Generate with more kinds of instructions.
+func GenerateWith(src *Source, bodyLen int, opts Options) asm.Instructions {
 	var prog asm.Instructions
 	prog = append(prog, asm.Mov.Reg(ctxReg, asm.R1))
 	for r := asm.R0; r <= asm.R8; r++ {
@@ -95,23 +107,45 @@ func Generate(src *Source, bodyLen int) asm.Instructions {
 	n := 1 + src.intn(bodyLen)
 	body := make([]item, 0, n)
 	for len(body) < n {
+		if opts.Calls && src.intn(16) == 0 && len(body)+6 <= n {
+			body = append(body, item{ins: asm.Instruction{OpCode: asm.Call.Op(asm.ImmSource), Src: 1}, jumpTo: -2})
+			for r := asm.R1; r <= asm.R5; r++ {
+				body = append(body, item{ins: asm.Mov.Imm(r, src.imm()), jumpTo: -1})
+			}
+			continue
+		}
 		body = append(body, genItem(src, len(body), n))
+	}
+	var sub asm.Instructions
+	if opts.Calls {
+		sub = append(sub, asm.Mov.Reg(asm.R0, asm.R1))
+		for range 1 + src.intn(6) {
+			op := aluOps[src.intn(len(aluOps))]
+			sub = append(sub, op.Reg(asm.Register(src.intn(6)), asm.Register(1+src.intn(5))))
+		}
+		sub = append(sub, asm.Return())
 	}
 	// Lay out: jump offsets count slots, and lddw takes two.
 	slot := make([]int, n+1)
 	for i, it := range body {
 		slot[i+1] = slot[i] + int(it.ins.Width())
 	}
+	// The subprogram follows the epilogue: 9 stores and an exit.
+	subAt := slot[n] + 10
 	for i := range body {
-		if t := body[i].jumpTo; t >= 0 {
+		switch t := body[i].jumpTo; {
+		case t >= 0:
 			body[i].ins.Offset = int16(slot[t] - slot[i] - 1)
+		case t == -2:
+			body[i].ins.Constant = int64(subAt - slot[i] - 1)
 		}
 		prog = append(prog, body[i].ins)
 	}
 	for r := asm.R0; r <= asm.R8; r++ {
 		prog = append(prog, asm.StoreMem(ctxReg, int16(RegDump+8*int(r)), r, asm.DWord))
 	}
-	return append(prog, asm.Return())
+	prog = append(prog, asm.Return())
+	return append(prog, sub...)
 }
 
 var (
