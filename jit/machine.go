@@ -117,6 +117,53 @@ type Machine struct {
 	term    *uint32 // the terminate word generated code tests
 	sandbox unsafe.Pointer
 	size    uint64
+	scratch uint64 // sandbox offset of the stack frames, then the context copy
+	owned   bool   // the sandbox is this Machine's to unmap
+}
+
+// Region is memory a Machine runs programs in, mapped by someone else (a kflex
+// heap): Size bytes at Base, a power of two and aligned to it, with 64 KiB of
+// scratch guard memory mapped on both sides; Canon is the base of the canonical
+// view. The Machine uses ScratchSize bytes at offset Scratch for its stack frames
+// and context copy.
+type Region struct {
+	Base    unsafe.Pointer
+	Size    uint64
+	Canon   uint64
+	Scratch uint64
+}
+
+// ScratchSize is the room a Machine needs in a Region.
+const ScratchSize = stackTop + MaxCtxSize
+
+// NewMachineIn makes a Machine whose sandbox is r, which must stay mapped until
+// the Machine is closed.
+func NewMachineIn(r Region) (*Machine, error) {
+	if err := Supported(); err != nil {
+		return nil, err
+	}
+	if bits.OnesCount64(r.Size) != 1 || uint64(uintptr(r.Base))%r.Size != 0 || r.Scratch+ScratchSize > r.Size {
+		return nil, fmt.Errorf("jit: region of %d bytes at %p (scratch at %#x): want a power of two, aligned, with %d bytes of scratch inside",
+			r.Size, r.Base, r.Scratch, ScratchSize)
+	}
+	m, err := newMachine(r.Base, r.Size, r.Scratch)
+	if err != nil {
+		return nil, err
+	}
+	m.ctx.canonBase = r.Canon
+	return m, nil
+}
+
+func newMachine(base unsafe.Pointer, size, scratch uint64) (*Machine, error) {
+	mem, err := unix.Mmap(-1, 0, os.Getpagesize(), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	if err != nil {
+		return nil, fmt.Errorf("jit: context: %w", err)
+	}
+	m := &Machine{ctx: (*execContext)(unsafe.Pointer(&mem[0])), ctxMem: mem, sandbox: base, size: size, scratch: scratch}
+	m.ctx.heapBase, m.ctx.heapMask = uint64(uintptr(base)), size-1
+	m.ctx.canonBase = m.ctx.heapBase // a standalone sandbox is its own canonical view
+	m.SetTerminateWord(&m.ctx.termWord)
+	return m, nil
 }
 
 // NewMachine makes a Machine with a sandbox of size bytes (a power of two, at
@@ -136,15 +183,12 @@ func NewMachine(size uint64) (*Machine, error) {
 		vm.Release(base, uintptr(size), guardSize)
 		return nil, fmt.Errorf("jit: sandbox: %w", err)
 	}
-	mem, err := unix.Mmap(-1, 0, os.Getpagesize(), unix.PROT_READ|unix.PROT_WRITE, unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
+	m, err := newMachine(base, size, 0)
 	if err != nil {
 		vm.Release(base, uintptr(size), guardSize)
-		return nil, fmt.Errorf("jit: context: %w", err)
+		return nil, err
 	}
-	m := &Machine{ctx: (*execContext)(unsafe.Pointer(&mem[0])), ctxMem: mem, sandbox: base, size: size}
-	m.ctx.heapBase, m.ctx.heapMask = uint64(uintptr(base)), size-1
-	m.ctx.canonBase = m.ctx.heapBase // a standalone sandbox is its own canonical view
-	m.SetTerminateWord(&m.ctx.termWord)
+	m.owned = true
 	return m, nil
 }
 
@@ -153,7 +197,10 @@ func (m *Machine) Close() error {
 	if m.ctxMem == nil {
 		return nil
 	}
-	err := vm.Release(m.sandbox, uintptr(m.size), guardSize)
+	var err error
+	if m.owned {
+		err = vm.Release(m.sandbox, uintptr(m.size), guardSize)
+	}
 	if uerr := unix.Munmap(m.ctxMem); err == nil {
 		err = uerr
 	}
@@ -197,15 +244,16 @@ func (m *Machine) Run(p *Program, ctx []byte) (uint64, error) {
 	if len(ctx) > MaxCtxSize {
 		return 0, fmt.Errorf("jit: context of %d bytes exceeds %d", len(ctx), MaxCtxSize)
 	}
+	ctxAt := m.scratch + ctxOffset
 	sb := m.Sandbox()
-	copy(sb[ctxOffset:], ctx)
-	defer copy(ctx, sb[ctxOffset:])
+	copy(sb[ctxAt:], ctx)
+	defer copy(ctx, sb[ctxAt:])
 	c := m.ctx
 	c.regs = [11]uint64{}
 	if len(ctx) > 0 {
-		c.regs[1], c.regs[2] = m.Base()+ctxOffset, uint64(len(ctx))
+		c.regs[1], c.regs[2] = m.Base()+ctxAt, uint64(len(ctx))
 	}
-	c.regs[10] = m.Base() + stackTop
+	c.regs[10] = m.Base() + m.scratch + stackTop
 	c.resume, c.depth, c.budget = p.entry(), 0, budgetEvery
 	c.mayGoto = m.MayGoto
 	if c.mayGoto == 0 {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -134,4 +135,27 @@ func FuzzInterp(f *testing.F) {
 			require.ErrorAs(t, err, &re)
 		}
 	})
+}
+
+// TestCancel stops a program that loops forever; a goroutine that spins in the
+// interpreter also yields, so other goroutines keep running on a single P.
+func TestCancel(t *testing.T) {
+	m := interp.NewMachine()
+	p := load(t, "mov %r0, 0\nloop:\nadd %r0, 1\nja loop\nexit")
+	done := make(chan error)
+	go func() {
+		_, err := m.Run(p, nil)
+		done <- err
+	}()
+	time.Sleep(10 * time.Millisecond)
+	m.Cancel()
+	select {
+	case err := <-done:
+		require.ErrorIs(t, err, interp.ErrCancelled)
+		var re *interp.RuntimeError
+		require.ErrorAs(t, err, &re)
+		assert.Equal(t, 2, re.Insn)
+	case <-time.After(10 * time.Second):
+		t.Fatal("Cancel did not stop the program")
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"math/bits"
+	"runtime"
 	"sync/atomic"
 	"unsafe"
 )
@@ -28,7 +29,13 @@ var (
 	ErrFellOff      = errors.New("execution fell off the end of the program")
 	ErrNoHeap       = errors.New("addr_space_cast without an attached heap")
 	ErrHelperFailed = errors.New("helper failed")
+	ErrCancelled    = errors.New("cancelled")
 )
+
+// BackEdgesPerYield is how many backward jumps a run takes between yields to
+// the Go scheduler (and checks of the terminate word): a program spinning on a
+// lock must leave the CPU to the goroutine that holds it.
+const BackEdgesPerYield = 1 << 16
 
 // RuntimeError stops a program: which instruction, and why.
 type RuntimeError struct {
@@ -86,6 +93,7 @@ type Machine struct {
 
 	stack   []byte
 	regions [numRegions]region
+	term    uint32 // set by Cancel
 	// heapMask and heapCanon serve addr_space_cast: the heap's size-1 and the
 	// base of the canonical ("user") view.
 	heapMask, heapCanon uint64
@@ -98,6 +106,10 @@ func NewMachine() *Machine {
 		size: uint64(len(m.stack)), base: unsafe.Pointer(&m.stack[0]), writable: true}
 	return m
 }
+
+// Cancel asks the running program to stop at its next backward jump; it then
+// returns ErrCancelled. Any goroutine may call it; every Run clears it.
+func (m *Machine) Cancel() { atomic.StoreUint32(&m.term, 1) }
 
 // AttachHeap lets programs access size bytes at base (a heap mapping in this
 // process, size a power of two). canonBase is the heap's canonical view, which
@@ -165,6 +177,8 @@ func (m *Machine) run(p *Program, r *[11]uint64) (uint64, error) {
 	if limit == 0 {
 		limit = ^uint64(0)
 	}
+	atomic.StoreUint32(&m.term, 0)
+	backEdges := BackEdgesPerYield
 	n := uint64(0)
 	pc := 0
 	for {
@@ -280,6 +294,17 @@ func (m *Machine) run(p *Program, r *[11]uint64) (uint64, error) {
 			}
 			r[in.dst] = uint64(d32)
 		case clsJMP, clsJMP32:
+			if int(in.target) <= pc && op != opCall && op != 0x8d && op != 0x95 {
+				// A backward jump (taken or not): a cancellation point, and
+				// now and then a yield.
+				if backEdges--; backEdges == 0 {
+					backEdges = BackEdgesPerYield
+					runtime.Gosched()
+					if atomic.LoadUint32(&m.term) != 0 {
+						return m.fail(pc, n, ErrCancelled, "at a back-edge")
+					}
+				}
+			}
 			switch op {
 			case 0x05:
 				pc = int(in.target)

@@ -1,0 +1,122 @@
+package mcs
+
+import (
+	"encoding/binary"
+	"fmt"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kflex-go/kflex/bytecode"
+	"github.com/kflex-go/kflex/jit"
+	"github.com/kflex-go/kflex/jit/interp"
+)
+
+// counterProgram takes the lock at ctx[0] for ctx[40] rounds and increments
+// the counter beside the lock word each time, through the bytecode lock.
+const counterProgram = `
+	mov %r9, %r1
+	ldxdw %r6, [%r9+40]
+loop:
+	ldxdw %r1, [%r9+0]
+	ldxdw %r2, [%r9+8]
+	ldxdw %r3, [%r9+16]
+	ldxdw %r4, [%r9+24]
+	ldxdw %r5, [%r9+32]
+	call local mcs_lock
+	ldxdw %r1, [%r9+0]
+	ldxdw %r7, [%r1+8]
+	add %r7, 1
+	stxdw [%r1+8], %r7
+	ldxdw %r1, [%r9+0]
+	ldxdw %r2, [%r9+24]
+	call local mcs_unlock
+	sub %r6, 1
+	jne %r6, 0, loop
+	mov %r0, 0
+	exit
+` + BytecodeLock
+
+var wakeHelpers = map[int32]interp.Helper{
+	HelperWake: func(_ interp.Memory, addr, _, _, _, _ uint64) (uint64, error) { return 0, WakeHelper(addr) },
+}
+
+// TestBytecodeLockMixed has goroutines (Go lock), JIT-compiled extensions and an
+// interpreted one increment one counter under one lock word: the bytecode lock
+// and the Go lock must exclude each other exactly.
+func TestBytecodeLockMixed(t *testing.T) {
+	if err := jit.Supported(); err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	w := newWorld(t, 4<<20)
+	off := w.locks(t, 1)[0]
+	insns, err := bytecode.Assemble(counterProgram)
+	require.NoError(t, err)
+	jp, err := jit.Compile(insns)
+	require.NoError(t, err)
+	defer jp.Close()
+	ip, err := interp.Load(insns)
+	require.NoError(t, err)
+
+	const goroutines, goRounds, jitExecs, jitRounds, interpRounds = 4, 10000, 2, 20000, 5000
+	ctxFor := func(n Node, rounds uint64) []byte {
+		ctx := make([]byte, 48)
+		for i, v := range []uint64{w.h.Base() + off, w.h.Base() + n.Off, uint64(n.Index) + 1, Held(w.p.Slot()),
+			w.h.Base() + w.h.Header().NodeOff, rounds} {
+			binary.LittleEndian.PutUint64(ctx[8*i:], v)
+		}
+		return ctx
+	}
+	errs := make(chan error, goroutines+jitExecs+1)
+	var wg sync.WaitGroup
+	for range jitExecs {
+		scratch, err := w.h.Alloc(jit.ScratchSize)
+		require.NoError(t, err)
+		m, err := jit.NewMachineIn(jit.Region{Base: w.h.At(0), Size: w.h.Size(), Canon: w.h.CanonBase(), Scratch: scratch})
+		require.NoError(t, err)
+		defer m.Close()
+		m.Helpers = wakeHelpers
+		n := w.p.TakeNode()
+		defer w.p.GiveNode(n)
+		wg.Go(func() {
+			_, err := m.Run(jp, ctxFor(n, jitRounds))
+			errs <- err
+		})
+	}
+	n := w.p.TakeNode()
+	defer w.p.GiveNode(n)
+	im := interp.NewMachine()
+	im.AttachHeap(w.h.At(0), w.h.Size(), w.h.CanonBase())
+	im.Helpers = wakeHelpers
+	im.MaxInsns = 4e9 // a hang becomes an error, eventually
+	wg.Go(func() {
+		_, err := im.Run(ip, ctxFor(n, interpRounds))
+		errs <- err
+	})
+	hammer(t, w.p, []uint64{off}, goroutines, goRounds)
+	done := make(chan struct{})
+	go func() { wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(2 * time.Minute):
+		t.Fatal("executors did not finish: the lock is stuck")
+	}
+	close(errs)
+	for err := range errs {
+		require.NoError(t, err)
+	}
+	want := uint64(goroutines*goRounds + jitExecs*jitRounds + interpRounds)
+	assert.Equal(t, want, *w.h.Uint64(off + 8), "every increment happened exactly once")
+	assert.Zero(t, *w.h.Uint64(off), "lock word free at the end")
+	t.Logf("%d acquisitions: %d Go, %d JIT, %d interpreted", want, goroutines*goRounds, jitExecs*jitRounds, interpRounds)
+}
+
+func TestBytecodeLockAssembles(t *testing.T) {
+	insns, err := bytecode.Assemble("call local mcs_lock\ncall local mcs_unlock\nexit\n" + BytecodeLock)
+	require.NoError(t, err)
+	require.NoError(t, bytecode.Validate(insns))
+	assert.Equal(t, fmt.Sprint(Held(3)), fmt.Sprint(uint64(1|4<<16)))
+}
