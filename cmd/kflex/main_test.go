@@ -4,20 +4,25 @@ import (
 	"bytes"
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/kflex-go/kflex/internal/testutil"
+	"github.com/kflex-go/kflex/serve"
+	"github.com/kflex-go/kflex/userspace"
 )
 
 // TestMain lets the test binary stand in for kflex when the demo re-executes
 // itself as a worker.
 func TestMain(m *testing.M) {
-	if len(os.Args) > 1 && os.Args[1] == "demo-worker" {
+	if (len(os.Args) > 1 && os.Args[1] == "demo-worker") || os.Getenv("KFLEX_CLI") == "1" {
 		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 	}
 	testutil.Main(m)
@@ -173,4 +178,39 @@ func TestBenchJSON(t *testing.T) {
 	code, _, stderr = kflex("bench", "lock")
 	assert.Equal(t, 2, code)
 	assert.Contains(t, stderr, `unknown suite "lock"`)
+}
+
+// TestServe runs "kflex serve" as a process, attaches to it, invokes an
+// extension, and stops it with SIGTERM.
+func TestServe(t *testing.T) {
+	dir := t.TempDir()
+	prog := filepath.Join(dir, "add1.s")
+	require.NoError(t, os.WriteFile(prog, []byte("ldxdw %r0, [%r1+0]\nadd %r0, 1\nexit\n"), 0o600))
+	sock := filepath.Join(dir, "sock")
+	cmd := exec.Command(os.Args[0], "serve", "--socket", sock, "--size", "16M", "--threads", "1", prog)
+	cmd.Env = append(os.Environ(), "KFLEX_CLI=1")
+	var out bytes.Buffer
+	cmd.Stdout, cmd.Stderr = &out, &out
+	require.NoError(t, cmd.Start())
+	var c *userspace.Client
+	require.Eventually(t, func() bool {
+		var err error
+		c, err = userspace.Dial(sock, nil)
+		return err == nil
+	}, 10*time.Second, 10*time.Millisecond, "runtime never listened: %s", &out)
+	r0, err := c.Invoke("add1", 41)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(42), r0)
+	_, err = c.Invoke("nope", 0)
+	var ie *serve.InvokeError
+	assert.ErrorAs(t, err, &ie)
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	require.NoError(t, cmd.Wait(), "%s", &out)
+	assert.Contains(t, out.String(), "extensions [add1]")
+	_, err = c.Invoke("add1", 1)
+	assert.ErrorIs(t, err, userspace.ErrRuntimeGone)
+	c.Close()
+	code, _, stderr := kflex("serve", prog)
+	assert.Equal(t, 2, code)
+	assert.Contains(t, stderr, "need --socket")
 }

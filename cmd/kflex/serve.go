@@ -1,0 +1,101 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/cilium/ebpf/asm"
+
+	"github.com/kflex-go/kflex/heap"
+	"github.com/kflex-go/kflex/serve"
+)
+
+func init() {
+	commands["serve"] = command{summary: "run the extension runtime: a heap, extensions, and a socket for processes", run: runServe}
+}
+
+func runServe(args []string, out io.Writer) error {
+	fs := newFlags("serve", "--socket PATH [--heap PATH] [--size SIZE] [--threads N] PROG...", `Run the extension runtime. It opens the heap file at --heap (creating it with
+--size if it does not exist; without --heap, an anonymous heap), compiles each
+PROG (ELF object, kflex assembler text or raw bytecode; its name is the file name
+without extension) and serves processes that attach at --socket
+(userspace.Dial): they receive the heap and invoke the extensions by name.
+Stops on SIGINT or SIGTERM.`, out)
+	socket := fs.String("socket", "", "unix socket to listen on (required)")
+	heapPath := fs.String("heap", "", "heap file (default: an anonymous memfd heap)")
+	sizeFlag := fs.String("size", "256M", "size of a new heap")
+	threads := fs.Int("threads", 2, "executor threads")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return err
+		}
+		return fmt.Errorf("serve: %w: %v", errUsage, err)
+	}
+	if *socket == "" || fs.NArg() == 0 {
+		return fmt.Errorf("serve: %w: need --socket and at least one program (see 'kflex serve -h')", errUsage)
+	}
+	progs := map[string]asm.Instructions{}
+	for _, path := range fs.Args() {
+		insns, err := loadProgram(path)
+		if err != nil {
+			return err
+		}
+		name := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
+		if _, dup := progs[name]; dup {
+			return fmt.Errorf("serve: two programs named %q", name)
+		}
+		progs[name] = insns
+	}
+	size, err := parseSize(*sizeFlag)
+	if err != nil {
+		return fmt.Errorf("serve: %w: %v", errUsage, err)
+	}
+	h, err := openOrCreateHeap(*heapPath, size)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	rt, err := serve.New(h, progs, *threads, out)
+	if err != nil {
+		return err
+	}
+	defer rt.Close()
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: *socket, Net: "unixpacket"})
+	if err != nil {
+		return fmt.Errorf("serve: listen on %s: %w", *socket, err)
+	}
+	defer os.Remove(*socket)
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sig)
+	go func() {
+		<-sig
+		ln.Close()
+	}()
+	names := make([]string, 0, len(progs))
+	for n := range progs {
+		names = append(names, n)
+	}
+	fmt.Fprintf(out, "kflex runtime: heap %s (%d MiB), %d executors, extensions %v, listening on %s\n",
+		h.Name(), h.Size()>>20, *threads, names, *socket)
+	return rt.Serve(ln)
+}
+
+func openOrCreateHeap(path string, size uint64) (*heap.Heap, error) {
+	opts := &heap.Options{Params: heap.Params{Size: size}}
+	if path == "" {
+		return heap.CreateMemfd("kflex-serve", opts)
+	}
+	if _, err := os.Stat(path); err == nil {
+		return heap.Open(path, nil)
+	}
+	return heap.Create(path, opts)
+}

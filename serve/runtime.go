@@ -1,0 +1,228 @@
+// Package serve is kflex's extension runtime: a process that owns a heap, loads
+// extension programs, compiles them and runs them on a pool of executors for
+// the processes attached to it over a unix socket (see protocol.go; userspace.Dial
+// is the client side).
+package serve
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/cilium/ebpf/asm"
+	"golang.org/x/sys/unix"
+
+	"github.com/kflex-go/kflex/heap"
+	"github.com/kflex-go/kflex/jit"
+	"github.com/kflex-go/kflex/jit/interp"
+	"github.com/kflex-go/kflex/mcs"
+)
+
+// Helpers every extension may call, by number.
+const (
+	HelperAlloc = 0x4b460010 // r1 = size → r0 = pointer (runtime view) or 0
+	HelperFree  = 0x4b460011 // r1 = pointer → r0 = 0, or 1 if not the allocator's
+	HelperTime  = 0x4b460012 // → r0 = monotonic nanoseconds
+	HelperCPU   = 0x4b460013 // → r0 = the executor's CPU
+	HelperTrace = 0x4b460014 // r1 = value: written to the runtime's trace output
+	HelperWake  = mcs.HelperWake
+)
+
+// Runtime runs extensions on a heap it is attached to.
+type Runtime struct {
+	h     *heap.Heap
+	proc  *mcs.Process
+	progs map[string]*jit.Program
+	execs chan *executor
+	all   []*executor
+	trace io.Writer
+	traceMu sync.Mutex
+
+	mu    sync.Mutex
+	conns map[net.Conn]bool
+	wg    sync.WaitGroup
+}
+
+// executor is one JIT machine with its own stack in the heap, its queue node
+// for the bytecode lock, and its counters.
+type executor struct {
+	m       *jit.Machine
+	node    mcs.Node
+	scratch uint64
+}
+
+// New attaches a runtime to h, compiles progs (name → program) and prepares
+// threads executors. Trace output from HelperTrace goes to trace.
+func New(h *heap.Heap, progs map[string]asm.Instructions, threads int, trace io.Writer) (*Runtime, error) {
+	if threads < 1 {
+		return nil, fmt.Errorf("serve: %d executor threads", threads)
+	}
+	proc, err := mcs.Attach(h)
+	if err != nil {
+		return nil, err
+	}
+	rt := &Runtime{h: h, proc: proc, progs: map[string]*jit.Program{}, execs: make(chan *executor, threads),
+		trace: trace, conns: map[net.Conn]bool{}}
+	for name, insns := range progs {
+		p, err := jit.Compile(insns)
+		if err != nil {
+			rt.Close()
+			return nil, fmt.Errorf("serve: program %s: %w", name, err)
+		}
+		rt.progs[name] = p
+	}
+	for range threads {
+		scratch, err := h.Alloc(jit.ScratchSize)
+		if err != nil {
+			rt.Close()
+			return nil, fmt.Errorf("serve: executor stack: %w", err)
+		}
+		m, err := jit.NewMachineIn(jit.Region{Base: h.At(0), Size: h.Size(), Canon: h.CanonBase(), Scratch: scratch})
+		if err != nil {
+			h.Free(scratch)
+			rt.Close()
+			return nil, err
+		}
+		e := &executor{m: m, node: proc.TakeNode(), scratch: scratch}
+		m.Helpers = rt.helpers()
+		rt.all = append(rt.all, e)
+		rt.execs <- e
+	}
+	return rt, nil
+}
+
+func (rt *Runtime) helpers() map[int32]interp.Helper {
+	h := rt.h
+	return map[int32]interp.Helper{
+		HelperAlloc: func(_ interp.Memory, size, _, _, _, _ uint64) (uint64, error) {
+			off, err := h.Alloc(size)
+			if err != nil {
+				return 0, nil // the extension sees NULL and handles it
+			}
+			return h.Base() + off, nil
+		},
+		HelperFree: func(_ interp.Memory, p, _, _, _, _ uint64) (uint64, error) {
+			if h.Free(p&h.Mask()) != nil {
+				return 1, nil
+			}
+			return 0, nil
+		},
+		HelperTime: func(interp.Memory, uint64, uint64, uint64, uint64, uint64) (uint64, error) {
+			return uint64(time.Since(start).Nanoseconds()), nil
+		},
+		HelperCPU: func(interp.Memory, uint64, uint64, uint64, uint64, uint64) (uint64, error) {
+			var cpu uint32
+			unix.RawSyscall(unix.SYS_GETCPU, uintptr(unsafePointer(&cpu)), 0, 0)
+			return uint64(cpu), nil
+		},
+		HelperTrace: func(_ interp.Memory, v, _, _, _, _ uint64) (uint64, error) {
+			rt.traceMu.Lock()
+			fmt.Fprintf(rt.trace, "trace: %#x\n", v)
+			rt.traceMu.Unlock()
+			return 0, nil
+		},
+		HelperWake: func(_ interp.Memory, addr, _, _, _, _ uint64) (uint64, error) {
+			return 0, mcs.WakeHelper(addr)
+		},
+	}
+}
+
+var start = time.Now()
+
+// The context an extension gets in r1 (r2 = its length): the caller's
+// argument, then what the bytecode lock (mcs.BytecodeLock) needs, all
+// addresses in the runtime's view.
+const (
+	CtxArg       = 0  // u64: the invoker's argument
+	CtxNode      = 8  // u64: this executor's queue node
+	CtxNodeIndex = 16 // u64: its index + 1 (mcs_lock's r3)
+	CtxHeld      = 24 // u64: the held bits for mcs_lock and mcs_unlock
+	CtxNodeTable = 32 // u64: the node table
+	CtxSize      = 40
+)
+
+// Invoke runs program name on a free executor with arg in its context and
+// returns r0. It is what a client's request does, callable in-process too.
+func (rt *Runtime) Invoke(name string, arg uint64) (uint64, error) {
+	p := rt.progs[name]
+	if p == nil {
+		return 0, fmt.Errorf("no program %q", name)
+	}
+	e := <-rt.execs
+	defer func() { rt.execs <- e }()
+	ctx := make([]byte, CtxSize)
+	hb := rt.h.Base()
+	putU64(ctx[CtxArg:], arg)
+	putU64(ctx[CtxNode:], hb+e.node.Off)
+	putU64(ctx[CtxNodeIndex:], uint64(e.node.Index)+1)
+	putU64(ctx[CtxHeld:], mcs.Held(rt.proc.Slot()))
+	putU64(ctx[CtxNodeTable:], hb+rt.h.Header().NodeOff)
+	return e.m.Run(p, ctx)
+}
+
+// Serve accepts attached processes on ln until it is closed.
+func (rt *Runtime) Serve(ln *net.UnixListener) error {
+	for {
+		c, err := ln.AcceptUnix()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return err
+		}
+		rt.mu.Lock()
+		rt.conns[c] = true
+		rt.mu.Unlock()
+		rt.wg.Go(func() { rt.serveConn(c) })
+	}
+}
+
+func (rt *Runtime) serveConn(c *net.UnixConn) {
+	defer func() {
+		rt.mu.Lock()
+		delete(rt.conns, c)
+		rt.mu.Unlock()
+		c.Close()
+	}()
+	if _, _, err := c.WriteMsgUnix(encodeHello(rt.h.Size()), unix.UnixRights(rt.h.Fd()), nil); err != nil {
+		return
+	}
+	buf := make([]byte, 12+maxNameLen+1)
+	for {
+		n, err := c.Read(buf)
+		if err != nil {
+			return
+		}
+		name, arg, err := decodeInvoke(buf[:n])
+		var r0 uint64
+		if err == nil {
+			r0, err = rt.Invoke(name, arg)
+		}
+		if _, err := c.Write(encodeResult(r0, err)); err != nil {
+			return
+		}
+	}
+}
+
+// Close disconnects every process, frees the executors and detaches.
+func (rt *Runtime) Close() error {
+	rt.mu.Lock()
+	for c := range rt.conns {
+		c.Close()
+	}
+	rt.mu.Unlock()
+	rt.wg.Wait()
+	for _, e := range rt.all {
+		e.m.Close()
+		rt.h.Free(e.scratch)
+		rt.proc.GiveNode(e.node)
+	}
+	rt.all = nil
+	for _, p := range rt.progs {
+		p.Close()
+	}
+	return rt.proc.Detach()
+}

@@ -1,0 +1,218 @@
+package serve_test
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"testing"
+
+	"github.com/cilium/ebpf/asm"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kflex-go/kflex/bytecode"
+	"github.com/kflex-go/kflex/heap"
+	"github.com/kflex-go/kflex/internal/testutil"
+	"github.com/kflex-go/kflex/jit"
+	"github.com/kflex-go/kflex/mcs"
+	"github.com/kflex-go/kflex/serve"
+	"github.com/kflex-go/kflex/userspace"
+)
+
+func TestMain(m *testing.M) { testutil.Main(m) }
+
+// counter takes the lock whose address is the argument and increments the
+// counter beside it, through the bytecode lock; it returns the new count.
+const counter = `
+	mov %r9, %r1
+	ldxdw %r1, [%r9+0]
+	ldxdw %r2, [%r9+8]
+	ldxdw %r3, [%r9+16]
+	ldxdw %r4, [%r9+24]
+	ldxdw %r5, [%r9+32]
+	call local mcs_lock
+	ldxdw %r1, [%r9+0]
+	ldxdw %r7, [%r1+8]
+	add %r7, 1
+	stxdw [%r1+8], %r7
+	ldxdw %r2, [%r9+24]
+	call local mcs_unlock
+	mov %r0, %r7
+	exit
+` + mcs.BytecodeLock
+
+func programs(t testing.TB) map[string]asm.Instructions {
+	progs := map[string]asm.Instructions{}
+	for name, src := range map[string]string{
+		"add1":    "ldxdw %r0, [%r1+0]\nadd %r0, 1\nexit",
+		"empty":   "mov %r0, 0\nexit",
+		"counter": counter,
+		"alloc":   fmt.Sprintf("ldxdw %%r1, [%%r1+0]\ncall %d\nexit", serve.HelperAlloc),
+	} {
+		insns, err := bytecode.Assemble(src)
+		require.NoError(t, err, name)
+		progs[name] = insns
+	}
+	return progs
+}
+
+type fixture struct {
+	h      *heap.Heap
+	rt     *serve.Runtime
+	socket string
+	lock   uint64 // heap offset of a lock word with a counter beside it
+	done   chan error
+}
+
+func start(t testing.TB) *fixture {
+	if err := jit.Supported(); err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	dir := t.TempDir()
+	h, err := heap.Create(filepath.Join(dir, "heap"), &heap.Options{Params: heap.Params{Size: 8 << 20}})
+	require.NoError(t, err)
+	rt, err := serve.New(h, programs(t), 2, io.Discard)
+	require.NoError(t, err)
+	lock, err := h.Alloc(16)
+	require.NoError(t, err)
+	*h.Uint64(lock), *h.Uint64(lock + 8) = 0, 0
+	f := &fixture{h: h, rt: rt, socket: filepath.Join(dir, "sock"), lock: lock, done: make(chan error, 1)}
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: f.socket, Net: "unixpacket"})
+	require.NoError(t, err)
+	go func() { f.done <- rt.Serve(ln) }()
+	t.Cleanup(func() {
+		ln.Close()
+		<-f.done
+		rt.Close()
+		h.Close()
+	})
+	return f
+}
+
+func TestInvokeInProcess(t *testing.T) {
+	f := start(t)
+	r0, err := f.rt.Invoke("add1", 41)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(42), r0)
+	_, err = f.rt.Invoke("nope", 0)
+	assert.EqualError(t, err, `no program "nope"`)
+	p, err := f.rt.Invoke("alloc", 100)
+	require.NoError(t, err)
+	assert.Equal(t, f.h.Base(), p&^f.h.Mask(), "the helper's pointer is in the runtime's view")
+	require.NoError(t, f.h.Free(p&f.h.Mask()))
+}
+
+const roleClient = "serve-client"
+
+// TestClientsAcrossProcesses: two child processes dial the runtime, invoke the
+// counter extension and take the same lock with the Go lock, at their own
+// heap bases; the total is exact.
+func TestClientsAcrossProcesses(t *testing.T) {
+	if testutil.Role() == roleClient {
+		clientChild(t)
+		return
+	}
+	f := start(t)
+	const children, rounds = 2, 2000
+	var wg sync.WaitGroup
+	for range children {
+		cmd := testutil.Child(t, "TestClientsAcrossProcesses", roleClient, "KFLEX_SOCKET="+f.socket,
+			fmt.Sprintf("KFLEX_LOCK=%d", f.lock), fmt.Sprintf("KFLEX_ROUNDS=%d", rounds))
+		wg.Go(func() {
+			out, err := cmd.Output()
+			assert.NoError(t, err, "%s", out)
+		})
+	}
+	wg.Wait()
+	// Each child: rounds invocations and rounds Go acquisitions.
+	assert.Equal(t, uint64(children*rounds*2), *f.h.Uint64(f.lock + 8))
+	assert.Zero(t, *f.h.Uint64(f.lock))
+}
+
+func clientChild(t *testing.T) {
+	c, err := userspace.Dial(os.Getenv("KFLEX_SOCKET"), nil)
+	require.NoError(t, err)
+	defer c.Close()
+	lockOff, _ := strconv.ParseUint(os.Getenv("KFLEX_LOCK"), 10, 64)
+	rounds, _ := strconv.Atoi(os.Getenv("KFLEX_ROUNDS"))
+	r0, err := c.Invoke("add1", 1)
+	require.NoError(t, err)
+	require.Equal(t, uint64(2), r0)
+	lockPtr := c.Base() + userspace.Ptr(lockOff)
+	mu, err := c.Mutex(lockPtr)
+	require.NoError(t, err)
+	arg := c.Canonical(lockPtr) // the runtime's view
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for range rounds {
+			mu.Lock()
+			*c.Uint64(lockPtr + 8)++
+			mu.Unlock()
+		}
+	})
+	for range rounds {
+		if _, err := c.Invoke("counter", arg); err != nil {
+			t.Error(err)
+			break
+		}
+	}
+	wg.Wait()
+}
+
+func TestDialErrors(t *testing.T) {
+	dir := t.TempDir()
+	_, err := userspace.Dial(filepath.Join(dir, "nobody"), nil)
+	assert.ErrorIs(t, err, userspace.ErrNoRuntime)
+
+	// Something that is not a kflex runtime, or another version of one.
+	for name, greeting := range map[string][]byte{
+		"garbage":       []byte("HTTP/1.1 200 OK"),
+		"other version": append([]byte(serve.Magic), 9, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0),
+	} {
+		sock := filepath.Join(dir, "fake-"+strconv.Itoa(len(greeting)))
+		ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: sock, Net: "unixpacket"})
+		require.NoError(t, err)
+		go func() {
+			c, err := ln.AcceptUnix()
+			if err == nil {
+				c.Write(greeting)
+				c.Close()
+			}
+		}()
+		_, err = userspace.Dial(sock, nil)
+		assert.ErrorIs(t, err, serve.ErrVersion, name)
+		ln.Close()
+	}
+}
+
+func TestRuntimeGone(t *testing.T) {
+	f := start(t)
+	c, err := userspace.Dial(f.socket, nil)
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = c.Invoke("empty", 0)
+	require.NoError(t, err)
+	// The runtime shuts down while the client is attached.
+	f.rt.Close()
+	_, err = c.Invoke("empty", 0)
+	assert.ErrorIs(t, err, userspace.ErrRuntimeGone)
+}
+
+// BenchmarkInvoke is a round trip from a client to the runtime and back for an
+// empty extension.
+func BenchmarkInvoke(b *testing.B) {
+	f := start(b)
+	c, err := userspace.Dial(f.socket, nil)
+	require.NoError(b, err)
+	defer c.Close()
+	for b.Loop() {
+		if _, err := c.Invoke("empty", 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/invoke")
+}
