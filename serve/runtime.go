@@ -33,12 +33,12 @@ const (
 
 // Runtime runs extensions on a heap it is attached to.
 type Runtime struct {
-	h     *heap.Heap
-	proc  *mcs.Process
-	progs map[string]*jit.Program
-	execs chan *executor
-	all   []*executor
-	trace io.Writer
+	h       *heap.Heap
+	proc    *mcs.Process
+	progs   map[string]*jit.Program
+	execs   chan *executor
+	all     []*executor
+	trace   io.Writer
 	traceMu sync.Mutex
 
 	mu    sync.Mutex
