@@ -14,6 +14,8 @@ import (
 	"github.com/kflex-go/kflex/internal/benchprog"
 	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/jit/interp"
+	"github.com/kflex-go/kflex/serve"
+	"github.com/kflex-go/kflex/userspace"
 )
 
 func init() {
@@ -21,20 +23,31 @@ func init() {
 }
 
 func runBench(args []string, out io.Writer) error {
-	fs := newFlags("bench", "[--json] [--time D] jit", `Run kflex's benchmark programs (a counter loop, hash-table lookup and insert,
-a linked-list walk, a skip-list search) on the JIT, with every memory access
-guarded, with loads unguarded (performance mode) and unguarded, and on the
+	fs := newFlags("bench", "[--json] [--time D] [--rounds N] jit|lock", `jit: run kflex's benchmark programs (a counter loop, hash-table lookup and
+insert, a linked-list walk, a skip-list search) on the JIT, with every memory
+access guarded, with loads unguarded (performance mode) and unguarded, and on the
 interpreter. Reports ns per run, the JIT's speedup over the interpreter and the
-guards' overhead. With --json the figures are one flat JSON object.`, out)
+guards' overhead.
+lock: the handoff latency of one lock between a goroutine and an extension, an
+extension's uncontended lock+unlock, and the cost of invoking an empty extension
+from an attached process.
+With --json the figures are one flat JSON object.`, out)
 	asJSON := fs.Bool("json", false, "print one flat JSON object")
-	per := fs.Duration("time", 200*time.Millisecond, "time spent on each measurement")
+	per := fs.Duration("time", 200*time.Millisecond, "time spent on each measurement (jit)")
+	rounds := fs.Int("rounds", 100000, "handoffs and lock rounds (lock)")
 	if err := parse(fs, args, 1); err != nil {
 		return err
 	}
-	if fs.Arg(0) != "jit" {
-		return fmt.Errorf("bench: %w: unknown suite %q (want jit)", errUsage, fs.Arg(0))
+	var figures map[string]float64
+	var err error
+	switch fs.Arg(0) {
+	case "jit":
+		figures, err = benchJIT(*per)
+	case "lock":
+		figures, err = serve.MeasureLock(*rounds, func(s string) (serve.Invoker, error) { return userspace.Dial(s, nil) })
+	default:
+		return fmt.Errorf("bench: %w: unknown suite %q (want jit or lock)", errUsage, fs.Arg(0))
 	}
-	figures, err := benchJIT(*per)
 	if err != nil {
 		return err
 	}

@@ -175,9 +175,17 @@ func TestBenchJSON(t *testing.T) {
 		assert.Contains(t, figures, k)
 	}
 	assert.Greater(t, figures["loop.speedup"], 1.0, "the JIT beats the interpreter")
-	code, _, stderr = kflex("bench", "lock")
+	code, _, stderr = kflex("bench", "locks")
 	assert.Equal(t, 2, code)
-	assert.Contains(t, stderr, `unknown suite "lock"`)
+	assert.Contains(t, stderr, `unknown suite "locks"`)
+
+	code, stdout, stderr = kflex("bench", "--json", "--rounds", "2000", "lock")
+	require.Equal(t, 0, code, stderr)
+	figures = nil
+	require.NoError(t, json.Unmarshal([]byte(stdout), &figures))
+	for _, k := range []string{"handoff_ns", "extension_lock_unlock_ns", "invoke_us"} {
+		assert.Greater(t, figures[k], 0.0, k)
+	}
 }
 
 // TestServe runs "kflex serve" as a process, attaches to it, invokes an
