@@ -14,13 +14,25 @@ import (
 // no such helper (the kernel) leave the waiter to its parking timeout.
 const HelperWake = 0x4b460001 // "KF" 0001
 
+// HelperSliceYield is the helper the bytecode lock calls after unlocking when
+// the kernel extended its thread's time slice: it must give the CPU back
+// (rseq_slice_yield), which bytecode cannot do itself.
+const HelperSliceYield = 0x4b460002
+
 // BytecodeLock is the MCS lock of word.go and node.go as eBPF subprograms in
 // bytecode.Assemble syntax, to be appended to a program that calls them:
 //
 //	mcs_lock:   r1 = lock word address, r2 = this executor's node address,
 //	            r3 = that node's index + 1, r4 = the held bits (Held), r5 = the
 //	            node table's address. Returns r0 = 0 with the lock held.
-//	mcs_unlock: r1 = lock word address, r2 = the held bits. Returns r0 = 0.
+//	mcs_unlock: r1 = lock word address, r2 = the held bits, r3 = the node
+//	            address. Returns r0 = 0.
+//
+// A node's word at offset 24 (nodeSliceReq) may hold the address of the
+// executor thread's rseq slice-request byte: mcs_lock then sets it before
+// taking the lock and mcs_unlock clears it after releasing, calling
+// HelperSliceYield if the kernel granted an extension meanwhile. The Go lock's
+// equivalent is LockExtended.
 //
 // Addresses are in the executor's view. Both follow the Go side step for step:
 // the same fast paths, the tail swap, the link to the predecessor, the head
@@ -30,6 +42,10 @@ const HelperWake = 0x4b460001 // "KF" 0001
 // r0-r9 and keep the caller's r6-r9, as any eBPF call does.
 const BytecodeLock = `
 mcs_lock:
+	ldxdw %r0, [%r2+24]
+	jeq %r0, 0, mcs_lock_fast
+	stb [%r0+0], 1
+mcs_lock_fast:
 	mov %r0, 0
 	lock cmpxchg [%r1+0], %r4
 	jne %r0, 0, mcs_lock_slow
@@ -104,10 +120,11 @@ mcs_lock_done:
 	exit
 
 mcs_unlock:
+	mov %r8, %r3
 	mov %r0, %r2
 	mov %r3, 0
 	lock cmpxchg [%r1+0], %r3
-	jeq %r0, %r2, mcs_unlock_done
+	jeq %r0, %r2, mcs_unlock_slice
 	lddw %r4, 0xffffffff0000fffe
 mcs_unlock_slow:
 	ldxdw %r6, [%r1+0]
@@ -122,8 +139,15 @@ mcs_unlock_cas:
 	lock cmpxchg [%r1+0], %r3
 	jne %r0, %r6, mcs_unlock_slow
 	and %r6, 12
-	jne %r6, 4, mcs_unlock_done
+	jne %r6, 4, mcs_unlock_slice
 	call 0x4b460001
+mcs_unlock_slice:
+	ldxdw %r6, [%r8+24]
+	jeq %r6, 0, mcs_unlock_done
+	stb [%r6+0], 0
+	ldxb %r7, [%r6+1]
+	jeq %r7, 0, mcs_unlock_done
+	call 0x4b460002
 mcs_unlock_done:
 	mov %r0, 0
 	exit
@@ -139,10 +163,15 @@ type Node struct {
 	Off   uint64 // heap offset of the node
 }
 
+// NodeSliceReq is the offset in a node of the executor's rseq slice-request
+// byte address (0: the executor has none).
+const NodeSliceReq = nodeSliceReq
+
 // TakeNode lends one of this process's queue nodes to a bytecode executor
 // (one per executing thread) until GiveNode.
 func (p *Process) TakeNode() Node {
 	idx := <-p.nodes
+	atomic.StoreUint64((*uint64)(unsafe.Add(p.node(idx).p, nodeSliceReq)), 0)
 	return Node{Index: idx, Off: p.h.Header().NodeOff + uint64(idx)*heap.NodeSize}
 }
 

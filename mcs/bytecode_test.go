@@ -33,6 +33,7 @@ loop:
 	stxdw [%r1+8], %r7
 	ldxdw %r1, [%r9+0]
 	ldxdw %r2, [%r9+24]
+	ldxdw %r3, [%r9+8]
 	call local mcs_unlock
 	sub %r6, 1
 	jne %r6, 0, loop

@@ -10,11 +10,14 @@ package mcs
 //	offset 4   state  u32  futex word, one of the node states below
 //	offset 8   owner  u32  process slot + 1 of the waiter
 //	offset 16  lock   u64  heap offset of the lock word it queues on
+//	offset 24  slice  u64  bytecode executors: address of their thread's rseq
+//	                       slice-request byte, or 0 (see BytecodeLock)
 const (
-	nodeNext  = 0
-	nodeState = 4
-	nodeOwner = 8
-	nodeLock  = 16
+	nodeNext     = 0
+	nodeState    = 4
+	nodeOwner    = 8
+	nodeLock     = 16
+	nodeSliceReq = 24
 )
 
 // Node states. A node goes waiting -> (parked ->) head -> free.

@@ -87,30 +87,56 @@ func probe() Features {
 func Register() *Thread { return register(Probe()) }
 
 func register(f Features) *Thread {
-	t := &Thread{yield: sliceYield}
 	if !f.Rseq {
-		t.status, t.reason = NoRseq, "no rseq system call"
-		return t
+		return &Thread{yield: sliceYield, status: NoRseq, reason: "no rseq system call"}
 	}
-	size := uint32(max(f.FeatureSize, origSize))
-	align := max(f.Align, minAlign)
-	_ = align // the area is page-aligned, which satisfies any alignment the kernel asks
 	mem, err := unix.MmapPtr(-1, 0, nil, uintptr(os.Getpagesize()), unix.PROT_READ|unix.PROT_WRITE,
 		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS)
 	if err != nil {
-		t.status, t.reason = NoRseq, fmt.Sprintf("map rseq area: %v", err)
-		return t
+		return &Thread{yield: sliceYield, status: NoRseq, reason: fmt.Sprintf("map rseq area: %v", err)}
 	}
+	t := registerAt(f, mem)
+	if t.area == nil {
+		unix.MunmapPtr(mem, uintptr(os.Getpagesize()))
+	} else {
+		t.owned = true
+	}
+	return t
+}
+
+// AreaSize and AreaAlign are what RegisterAt needs of its memory.
+const (
+	AreaSize  = 64
+	AreaAlign = 64
+)
+
+// RegisterAt is Register with an area the caller provides: AreaSize bytes at
+// an address aligned to AreaAlign, zeroed, that stays mapped until Unregister.
+// Extension executors put it in the heap, so that extension code can write the
+// slice-request byte with an ordinary (guarded) store.
+func RegisterAt(area unsafe.Pointer) *Thread {
+	f := Probe()
+	if !f.Rseq {
+		return &Thread{yield: sliceYield, status: NoRseq, reason: "no rseq system call"}
+	}
+	if uintptr(area)%AreaAlign != 0 || max(f.FeatureSize, origSize) > AreaSize || max(f.Align, minAlign) > AreaAlign {
+		return &Thread{yield: sliceYield, status: NoRseq, reason: fmt.Sprintf(
+			"rseq area %p: the kernel wants %d bytes aligned to %d", area, f.FeatureSize, f.Align)}
+	}
+	return registerAt(f, area)
+}
+
+func registerAt(f Features, mem unsafe.Pointer) *Thread {
+	t := &Thread{yield: sliceYield}
+	size := uint32(max(f.FeatureSize, origSize))
 	*(*uint32)(unsafe.Add(mem, offCPUID)) = ^uint32(0) // RSEQ_CPU_ID_UNINITIALIZED
 	_, _, e := unix.RawSyscall6(unix.SYS_RSEQ, uintptr(mem), uintptr(size), 0, signature, 0, 0)
 	switch e {
 	case 0:
 	case unix.EINVAL, unix.EBUSY, unix.EPERM:
-		unix.MunmapPtr(mem, uintptr(os.Getpagesize()))
 		t.status, t.reason = Foreign, fmt.Sprintf("this thread's rseq is already registered elsewhere (%v)", e)
 		return t
 	default:
-		unix.MunmapPtr(mem, uintptr(os.Getpagesize()))
 		t.status, t.reason = NoRseq, fmt.Sprintf("rseq: %v", e)
 		return t
 	}
@@ -146,9 +172,25 @@ func (t *Thread) Unregister() error {
 	if e != 0 {
 		return fmt.Errorf("unregister rseq: %w", e)
 	}
-	err := unix.MunmapPtr(t.area, uintptr(os.Getpagesize()))
+	var err error
+	if t.owned {
+		err = unix.MunmapPtr(t.area, uintptr(os.Getpagesize()))
+	}
 	t.area, t.status = nil, NoRseq
 	return err
+}
+
+// Yield is rseq_slice_yield(2): the call a thread makes when it finds its
+// time slice was extended. Extension executors call it for bytecode.
+func Yield() { sliceYield() }
+
+// RequestByte is the address of the area's slice-request byte (0 when not
+// registered); the granted byte follows it.
+func (t *Thread) RequestByte() uintptr {
+	if t.area == nil {
+		return 0
+	}
+	return uintptr(t.area) + offSliceReq
 }
 
 // Flags returns the area's read-only status flags (0 when not registered).

@@ -30,6 +30,7 @@ func (s Status) String() string {
 type Thread struct {
 	area   unsafe.Pointer // struct rseq, in mmap'd memory; nil unless registered
 	size   uint32         // registered length
+	owned  bool           // the area is ours to unmap
 	status Status
 	reason string // why status is not SliceExtension
 	// yield is rseq_slice_yield(2); tests replace it.

@@ -40,6 +40,7 @@ loop:` + lockArgs + `
 skip:
 	ldxdw %r1, [%r9+0]
 	ldxdw %r2, [%r9+24]
+	ldxdw %r3, [%r9+8]
 	call local mcs_unlock
 	ldxdw %r1, [%r9+0]
 	ldxdw %r7, [%r1+16]
@@ -57,6 +58,7 @@ loop:` + lockArgs + `
 	call local mcs_lock
 	ldxdw %r1, [%r9+0]
 	ldxdw %r2, [%r9+24]
+	ldxdw %r3, [%r9+8]
 	call local mcs_unlock
 	sub %r6, 1
 	jne %r6, 0, loop

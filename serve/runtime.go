@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf/asm"
@@ -19,6 +21,7 @@ import (
 	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/jit/interp"
 	"github.com/kflex-go/kflex/mcs"
+	"github.com/kflex-go/kflex/rseq"
 )
 
 // Helpers every extension may call, by number.
@@ -41,17 +44,33 @@ type Runtime struct {
 	trace   io.Writer
 	traceMu sync.Mutex
 
-	mu    sync.Mutex
-	conns map[net.Conn]bool
-	wg    sync.WaitGroup
+	mu     sync.Mutex
+	conns  map[net.Conn]bool
+	wg     sync.WaitGroup
+	yields atomic.Uint64
 }
 
-// executor is one JIT machine with its own stack in the heap, its queue node
-// for the bytecode lock, and its counters.
+// executor is one JIT machine with its own stack in the heap and its queue
+// node for the bytecode lock, run by a goroutine locked to its OS thread. The
+// thread's rseq area is in the heap too, and the node points at its
+// slice-request byte, so that the bytecode lock asks the scheduler not to
+// preempt the thread while an extension holds a heap lock.
 type executor struct {
 	m       *jit.Machine
 	node    mcs.Node
 	scratch uint64
+	area    uint64 // heap offset of the thread's rseq area
+	status  rseq.Status
+	jobs    chan *job
+	done    chan struct{}
+}
+
+type job struct {
+	p     *jit.Program
+	ctx   []byte
+	r0    uint64
+	err   error
+	reply chan *job
 }
 
 // New attaches a runtime to h, compiles progs (name → program) and prepares
@@ -75,23 +94,61 @@ func New(h *heap.Heap, progs map[string]asm.Instructions, threads int, trace io.
 		rt.progs[name] = p
 	}
 	for range threads {
-		scratch, err := h.Alloc(jit.ScratchSize)
+		e, err := rt.newExecutor()
 		if err != nil {
-			rt.Close()
-			return nil, fmt.Errorf("serve: executor stack: %w", err)
-		}
-		m, err := jit.NewMachineIn(jit.Region{Base: h.At(0), Size: h.Size(), Canon: h.CanonBase(), Scratch: scratch})
-		if err != nil {
-			h.Free(scratch)
 			rt.Close()
 			return nil, err
 		}
-		e := &executor{m: m, node: proc.TakeNode(), scratch: scratch}
-		m.Helpers = rt.helpers()
 		rt.all = append(rt.all, e)
 		rt.execs <- e
 	}
 	return rt, nil
+}
+
+func (rt *Runtime) newExecutor() (*executor, error) {
+	h := rt.h
+	scratch, err := h.Alloc(jit.ScratchSize)
+	if err != nil {
+		return nil, fmt.Errorf("serve: executor stack: %w", err)
+	}
+	area, err := h.Alloc(rseq.AreaSize)
+	if err != nil {
+		h.Free(scratch)
+		return nil, fmt.Errorf("serve: executor rseq area: %w", err)
+	}
+	clear(h.Bytes(area, rseq.AreaSize))
+	m, err := jit.NewMachineIn(jit.Region{Base: h.At(0), Size: h.Size(), Canon: h.CanonBase(), Scratch: scratch})
+	if err != nil {
+		h.Free(scratch)
+		h.Free(area)
+		return nil, err
+	}
+	m.Helpers = rt.helpers()
+	e := &executor{m: m, node: rt.proc.TakeNode(), scratch: scratch, area: area,
+		jobs: make(chan *job), done: make(chan struct{})}
+	ready := make(chan struct{})
+	go e.run(rt, ready)
+	<-ready
+	return e, nil
+}
+
+// run is the executor's thread. It stays locked: when it returns, the thread
+// exits with its rseq registration instead of going back to Go's pool.
+func (e *executor) run(rt *Runtime, ready chan<- struct{}) {
+	defer close(e.done)
+	runtime.LockOSThread()
+	th := rseq.RegisterAt(rt.h.At(e.area))
+	e.status = th.Status()
+	if req := th.RequestByte(); req != 0 {
+		*rt.h.Uint64(e.node.Off + mcs.NodeSliceReq) = rt.h.Base() + e.area + uint64(req-uintptr(rt.h.At(e.area)))
+	}
+	close(ready)
+	for j := range e.jobs {
+		j.r0, j.err = e.m.Run(j.p, j.ctx)
+		j.reply <- j
+	}
+	*rt.h.Uint64(e.node.Off + mcs.NodeSliceReq) = 0
+	th.Unregister()
 }
 
 func (rt *Runtime) helpers() map[int32]interp.Helper {
@@ -127,6 +184,11 @@ func (rt *Runtime) helpers() map[int32]interp.Helper {
 		HelperWake: func(_ interp.Memory, addr, _, _, _, _ uint64) (uint64, error) {
 			return 0, mcs.WakeHelper(addr)
 		},
+		mcs.HelperSliceYield: func(interp.Memory, uint64, uint64, uint64, uint64, uint64) (uint64, error) {
+			rt.yields.Add(1)
+			rseq.Yield()
+			return 0, nil
+		},
 	}
 }
 
@@ -160,8 +222,23 @@ func (rt *Runtime) Invoke(name string, arg uint64) (uint64, error) {
 	putU64(ctx[CtxNodeIndex:], uint64(e.node.Index)+1)
 	putU64(ctx[CtxHeld:], mcs.Held(rt.proc.Slot()))
 	putU64(ctx[CtxNodeTable:], hb+rt.h.Header().NodeOff)
-	return e.m.Run(p, ctx)
+	j := &job{p: p, ctx: ctx, reply: make(chan *job, 1)}
+	e.jobs <- j
+	<-j.reply
+	return j.r0, j.err
 }
+
+// SliceStatus is what the executor threads got from rseq: whether the bytecode
+// lock's time-slice requests can reach the kernel.
+func (rt *Runtime) SliceStatus() rseq.Status {
+	if len(rt.all) == 0 {
+		return rseq.NoRseq
+	}
+	return rt.all[0].status
+}
+
+// SliceYields counts how often extensions gave back an extended time slice.
+func (rt *Runtime) SliceYields() uint64 { return rt.yields.Load() }
 
 // Serve accepts attached processes on ln until it is closed.
 func (rt *Runtime) Serve(ln *net.UnixListener) error {
@@ -216,8 +293,11 @@ func (rt *Runtime) Close() error {
 	rt.mu.Unlock()
 	rt.wg.Wait()
 	for _, e := range rt.all {
+		close(e.jobs)
+		<-e.done
 		e.m.Close()
 		rt.h.Free(e.scratch)
+		rt.h.Free(e.area)
 		rt.proc.GiveNode(e.node)
 	}
 	rt.all = nil

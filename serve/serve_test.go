@@ -19,6 +19,7 @@ import (
 	"github.com/kflex-go/kflex/internal/testutil"
 	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/mcs"
+	"github.com/kflex-go/kflex/rseq"
 	"github.com/kflex-go/kflex/serve"
 	"github.com/kflex-go/kflex/userspace"
 )
@@ -40,6 +41,7 @@ const counter = `
 	add %r7, 1
 	stxdw [%r1+8], %r7
 	ldxdw %r2, [%r9+24]
+	ldxdw %r3, [%r9+8]
 	call local mcs_unlock
 	mov %r0, %r7
 	exit
@@ -215,4 +217,72 @@ func BenchmarkInvoke(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/invoke")
+}
+
+// sliceProbe takes the lock whose address is its argument and reports its
+// executor's slice-request byte: bits 8-15 inside the critical section, bits
+// 0-7 after unlocking (2 when the executor has no rseq area). While holding
+// the lock it also plays the kernel and marks the slice granted, so that the
+// unlock must yield it back.
+const sliceProbe = `
+	mov %r9, %r1
+	ldxdw %r1, [%r9+0]
+	ldxdw %r2, [%r9+8]
+	ldxdw %r3, [%r9+16]
+	ldxdw %r4, [%r9+24]
+	ldxdw %r5, [%r9+32]
+	call local mcs_lock
+	ldxdw %r1, [%r9+8]
+	ldxdw %r6, [%r1+24]
+	mov %r7, 0
+	jeq %r6, 0, unlock
+	ldxb %r7, [%r6+0]
+	stb [%r6+0], 0
+	stb [%r6+1], 1
+unlock:
+	ldxdw %r1, [%r9+0]
+	ldxdw %r2, [%r9+24]
+	ldxdw %r3, [%r9+8]
+	call local mcs_unlock
+	ldxdw %r1, [%r9+8]
+	ldxdw %r6, [%r1+24]
+	mov %r8, 2
+	jeq %r6, 0, out
+	ldxb %r8, [%r6+0]
+	stb [%r6+1], 0
+out:
+	mov %r0, %r7
+	lsh %r0, 8
+	or %r0, %r8
+	exit
+` + mcs.BytecodeLock
+
+const roleSlice = "serve-slice"
+
+// TestExtensionRequestsSlice: an executor thread registers rseq in the heap,
+// and the bytecode lock sets the request while the extension holds the lock,
+// clears it after, and yields a granted slice back. It runs in a child process
+// with glibc's rseq off (this test binary is cgo, so glibc owns rseq here).
+func TestExtensionRequestsSlice(t *testing.T) {
+	if testutil.Role() != roleSlice {
+		child := testutil.Child(t, "TestExtensionRequestsSlice", roleSlice, "GLIBC_TUNABLES=glibc.pthread.rseq=0")
+		child.Stderr = nil
+		out, err := child.CombinedOutput()
+		require.NoError(t, err, "%s", out)
+		return
+	}
+	if !rseq.Probe().Rseq {
+		t.Skip("skipped: no rseq system call")
+	}
+	f := start(t)
+	insns, err := bytecode.Assemble(sliceProbe)
+	require.NoError(t, err)
+	rt, err := serve.New(f.h, map[string]asm.Instructions{"probe": insns}, 1, io.Discard)
+	require.NoError(t, err)
+	defer rt.Close()
+	require.GreaterOrEqual(t, rt.SliceStatus(), rseq.Registered, "executor thread status %v", rt.SliceStatus())
+	r0, err := rt.Invoke("probe", f.h.Base()+f.lock)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(0x100), r0, "request set inside the critical section, clear after")
+	assert.Equal(t, uint64(1), rt.SliceYields(), "the granted slice was yielded back")
 }

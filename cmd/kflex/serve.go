@@ -84,8 +84,8 @@ Stops on SIGINT or SIGTERM.`, out)
 	for n := range progs {
 		names = append(names, n)
 	}
-	fmt.Fprintf(out, "kflex runtime: heap %s (%d MiB), %d executors, extensions %v, listening on %s\n",
-		h.Name(), h.Size()>>20, *threads, names, *socket)
+	fmt.Fprintf(out, "kflex runtime: heap %s (%d MiB), %d executors (%v), extensions %v, listening on %s\n",
+		h.Name(), h.Size()>>20, *threads, rt.SliceStatus(), names, *socket)
 	return rt.Serve(ln)
 }
 
