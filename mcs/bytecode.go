@@ -19,6 +19,14 @@ const HelperWake = 0x4b460001 // "KF" 0001
 // (rseq_slice_yield), which bytecode cannot do itself.
 const HelperSliceYield = 0x4b460002
 
+// HelperRelax is called by the bytecode lock every RelaxEvery spins: the
+// executor gives its CPU to others (in kflex's runtime, a goroutine holding the
+// lock may be waiting for it). An executor without it spins on.
+const (
+	HelperRelax = 0x4b460003
+	RelaxEvery  = 256
+)
+
 // BytecodeLock is the MCS lock of word.go and node.go as eBPF subprograms in
 // bytecode.Assemble syntax, to be appended to a program that calls them:
 //
@@ -38,8 +46,9 @@ const HelperSliceYield = 0x4b460002
 // the same fast paths, the tail swap, the link to the predecessor, the head
 // waiting for the word's locked bit, the grant to the successor (waking it
 // through HelperWake when it is parked). Bytecode never parks: its waits are
-// spin loops, which are cancellation points in kflex's executors. They use
-// r0-r9 and keep the caller's r6-r9, as any eBPF call does.
+// spin loops, which are cancellation points in kflex's executors, and which
+// call HelperRelax every RelaxEvery rounds. They use r0-r9 and keep the
+// caller's r6-r9, as any eBPF call does.
 const BytecodeLock = `
 mcs_lock:
 	ldxdw %r0, [%r2+24]
@@ -51,6 +60,7 @@ mcs_lock_fast:
 	jne %r0, 0, mcs_lock_slow
 	exit
 mcs_lock_slow:
+	mov %r7, 0
 	stw [%r2+0], 0
 	stw [%r2+4], 1
 	mov %r6, %r4
@@ -76,12 +86,25 @@ mcs_lock_swap:
 	stxw [%r9+0], %r3
 mcs_lock_wait:
 	ldxw %r0, [%r2+4]
-	jne %r0, 3, mcs_lock_wait
+	jeq %r0, 3, mcs_lock_head
+	add %r7, 1
+	mov %r6, %r7
+	and %r6, 255
+	jne %r6, 0, mcs_lock_wait
+	call local mcs_relax
+	ja mcs_lock_wait
 mcs_lock_head:
 	ldxdw %r9, [%r1+0]
 	mov %r6, %r9
 	and %r6, 1
+	jeq %r6, 0, mcs_lock_free
+	add %r7, 1
+	mov %r6, %r7
+	and %r6, 255
 	jne %r6, 0, mcs_lock_head
+	call local mcs_relax
+	ja mcs_lock_head
+mcs_lock_free:
 	mov %r8, %r9
 	and %r8, -13
 	or %r8, %r4
@@ -117,6 +140,20 @@ mcs_lock_next:
 mcs_lock_done:
 	stw [%r2+4], 0
 	mov %r0, 0
+	exit
+
+mcs_relax:
+	stxdw [%r10-8], %r1
+	stxdw [%r10-16], %r2
+	stxdw [%r10-24], %r3
+	stxdw [%r10-32], %r4
+	stxdw [%r10-40], %r5
+	call 0x4b460003
+	ldxdw %r1, [%r10-8]
+	ldxdw %r2, [%r10-16]
+	ldxdw %r3, [%r10-24]
+	ldxdw %r4, [%r10-32]
+	ldxdw %r5, [%r10-40]
 	exit
 
 mcs_unlock:

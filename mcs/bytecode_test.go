@@ -3,6 +3,7 @@ package mcs
 import (
 	"encoding/binary"
 	"fmt"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -43,6 +44,10 @@ loop:
 
 var wakeHelpers = map[int32]interp.Helper{
 	HelperWake: func(_ interp.Memory, addr, _, _, _, _ uint64) (uint64, error) { return 0, WakeHelper(addr) },
+	HelperRelax: func(interp.Memory, uint64, uint64, uint64, uint64, uint64) (uint64, error) {
+		runtime.Gosched()
+		return 0, nil
+	},
 }
 
 // TestBytecodeLockMixed has goroutines (Go lock), JIT-compiled extensions and an

@@ -184,6 +184,10 @@ func (rt *Runtime) helpers() map[int32]interp.Helper {
 		HelperWake: func(_ interp.Memory, addr, _, _, _, _ uint64) (uint64, error) {
 			return 0, mcs.WakeHelper(addr)
 		},
+		mcs.HelperRelax: func(interp.Memory, uint64, uint64, uint64, uint64, uint64) (uint64, error) {
+			runtime.Gosched()
+			return 0, nil
+		},
 		mcs.HelperSliceYield: func(interp.Memory, uint64, uint64, uint64, uint64, uint64) (uint64, error) {
 			rt.yields.Add(1)
 			rseq.Yield()
