@@ -50,27 +50,18 @@ type Runtime struct {
 	yields atomic.Uint64
 }
 
-// executor is one JIT machine with its own stack in the heap and its queue
-// node for the bytecode lock, run by a goroutine locked to its OS thread. The
-// thread's rseq area is in the heap too, and the node points at its
-// slice-request byte, so that the bytecode lock asks the scheduler not to
-// preempt the thread while an extension holds a heap lock.
+// executor is one JIT machine with its own stack in the heap, its queue node
+// for the bytecode lock, and room in the heap for an rseq area. An invocation
+// binds it to the calling goroutine's OS thread: the thread registers the area,
+// and the node points at its slice-request byte, so that the bytecode lock asks
+// the scheduler not to preempt the thread while an extension holds a heap lock.
 type executor struct {
 	m       *jit.Machine
 	node    mcs.Node
 	scratch uint64
-	area    uint64 // heap offset of the thread's rseq area
-	status  rseq.Status
-	jobs    chan *job
-	done    chan struct{}
-}
-
-type job struct {
-	p     *jit.Program
-	ctx   []byte
-	r0    uint64
-	err   error
-	reply chan *job
+	area    uint64 // heap offset of the rseq area
+	th      *rseq.Thread
+	status  rseq.Status // of the last binding
 }
 
 // New attaches a runtime to h, compiles progs (name → program) and prepares
@@ -116,7 +107,6 @@ func (rt *Runtime) newExecutor() (*executor, error) {
 		h.Free(scratch)
 		return nil, fmt.Errorf("serve: executor rseq area: %w", err)
 	}
-	clear(h.Bytes(area, rseq.AreaSize))
 	m, err := jit.NewMachineIn(jit.Region{Base: h.At(0), Size: h.Size(), Canon: h.CanonBase(), Scratch: scratch})
 	if err != nil {
 		h.Free(scratch)
@@ -124,31 +114,37 @@ func (rt *Runtime) newExecutor() (*executor, error) {
 		return nil, err
 	}
 	m.Helpers = rt.helpers()
-	e := &executor{m: m, node: rt.proc.TakeNode(), scratch: scratch, area: area,
-		jobs: make(chan *job), done: make(chan struct{})}
-	ready := make(chan struct{})
-	go e.run(rt, ready)
-	<-ready
-	return e, nil
+	return &executor{m: m, node: rt.proc.TakeNode(), scratch: scratch, area: area}, nil
 }
 
-// run is the executor's thread. It stays locked: when it returns, the thread
-// exits with its rseq registration instead of going back to Go's pool.
-func (e *executor) run(rt *Runtime, ready chan<- struct{}) {
-	defer close(e.done)
+// bind locks the calling goroutine to its thread and registers the thread's
+// rseq area in the heap.
+func (e *executor) bind(h *heap.Heap) {
 	runtime.LockOSThread()
-	th := rseq.RegisterAt(rt.h.At(e.area))
-	e.status = th.Status()
-	if req := th.RequestByte(); req != 0 {
-		*rt.h.Uint64(e.node.Off + mcs.NodeSliceReq) = rt.h.Base() + e.area + uint64(req-uintptr(rt.h.At(e.area)))
+	clear(h.Bytes(e.area, rseq.AreaSize))
+	e.th = rseq.RegisterAt(h.At(e.area))
+	e.status = e.th.Status()
+	if req := e.th.RequestByte(); req != 0 {
+		*h.Uint64(e.node.Off + mcs.NodeSliceReq) = h.Base() + e.area + uint64(req-uintptr(h.At(e.area)))
 	}
-	close(ready)
-	for j := range e.jobs {
-		j.r0, j.err = e.m.Run(j.p, j.ctx)
-		j.reply <- j
-	}
-	*rt.h.Uint64(e.node.Off + mcs.NodeSliceReq) = 0
-	th.Unregister()
+}
+
+func (e *executor) unbind(h *heap.Heap) {
+	*h.Uint64(e.node.Off + mcs.NodeSliceReq) = 0
+	e.th.Unregister()
+	runtime.UnlockOSThread()
+}
+
+// acquire takes a free executor and binds it to the calling goroutine.
+func (rt *Runtime) acquire() *executor {
+	e := <-rt.execs
+	e.bind(rt.h)
+	return e
+}
+
+func (rt *Runtime) release(e *executor) {
+	e.unbind(rt.h)
+	rt.execs <- e
 }
 
 func (rt *Runtime) helpers() map[int32]interp.Helper {
@@ -211,14 +207,20 @@ const (
 )
 
 // Invoke runs program name on a free executor with arg in its context and
-// returns r0. It is what a client's request does, callable in-process too.
+// returns r0. The executor is bound to the calling thread for the call only: a
+// goroutine locked to its thread while it waits for the next request would
+// need that very thread woken for it, which costs tens of microseconds here.
 func (rt *Runtime) Invoke(name string, arg uint64) (uint64, error) {
+	e := rt.acquire()
+	defer rt.release(e)
+	return rt.invoke(e, name, arg)
+}
+
+func (rt *Runtime) invoke(e *executor, name string, arg uint64) (uint64, error) {
 	p := rt.progs[name]
 	if p == nil {
 		return 0, fmt.Errorf("no program %q", name)
 	}
-	e := <-rt.execs
-	defer func() { rt.execs <- e }()
 	ctx := make([]byte, CtxSize)
 	hb := rt.h.Base()
 	putU64(ctx[CtxArg:], arg)
@@ -226,19 +228,15 @@ func (rt *Runtime) Invoke(name string, arg uint64) (uint64, error) {
 	putU64(ctx[CtxNodeIndex:], uint64(e.node.Index)+1)
 	putU64(ctx[CtxHeld:], mcs.Held(rt.proc.Slot()))
 	putU64(ctx[CtxNodeTable:], hb+rt.h.Header().NodeOff)
-	j := &job{p: p, ctx: ctx, reply: make(chan *job, 1)}
-	e.jobs <- j
-	<-j.reply
-	return j.r0, j.err
+	return e.m.Run(p, ctx)
 }
 
-// SliceStatus is what the executor threads got from rseq: whether the bytecode
+// SliceStatus is what an executor thread gets from rseq: whether the bytecode
 // lock's time-slice requests can reach the kernel.
 func (rt *Runtime) SliceStatus() rseq.Status {
-	if len(rt.all) == 0 {
-		return rseq.NoRseq
-	}
-	return rt.all[0].status
+	e := rt.acquire()
+	defer rt.release(e)
+	return e.status
 }
 
 // SliceYields counts how often extensions gave back an extended time slice.
@@ -297,8 +295,6 @@ func (rt *Runtime) Close() error {
 	rt.mu.Unlock()
 	rt.wg.Wait()
 	for _, e := range rt.all {
-		close(e.jobs)
-		<-e.done
 		e.m.Close()
 		rt.h.Free(e.scratch)
 		rt.h.Free(e.area)
