@@ -1,0 +1,31 @@
+// Package mcs is kflex's lock: an MCS queue lock whose word and queue nodes live
+// in the shared heap, so that Go code in any attached process, extensions in
+// kflex's interpreter and JIT, and (through a BPF arena) kernel programs take
+// the same lock.
+//
+// # The contract every executor follows
+//
+// word.go gives the 64-bit lock word bit by bit (locked, owner died, head
+// sleeping, wake pending, the holder's owner slot, the tail as node index + 1);
+// node.go the 64-byte queue node (next, state, owner, lock, slice request);
+// owner.go the owner table and the liveness word the kernel marks when a
+// process dies. lock.go is the Go side; bytecode.go the same protocol as eBPF
+// subprograms (BytecodeLock), tested together on one word in
+// TestBytecodeLockMixed.
+//
+// # The protocol in short
+//
+// Locking is one CAS from zero to the held bits. Otherwise the waiter takes a
+// node of its process, swaps itself in as the tail, links itself behind its
+// predecessor and waits until that predecessor, having taken the lock, makes it
+// the head; the head waits for the locked bit to clear and takes the lock, and
+// then hands the head position to its successor. Unlocking is one CAS from the
+// held bits to zero, or, with a queue, clearing the locked bit and owner.
+// Go waiters spin briefly and then sleep on a shared futex with a timeout;
+// bytecode waiters spin (their loops are cancellation points and relax through
+// a helper). While the head is off CPU a newcomer may take a free lock ahead of
+// the queue (RATIONALE.md says why); queued waiters are never reordered.
+//
+// Recovery of locks held by dead processes, and of queues with dead waiters,
+// uses the owner-died bit and the liveness words; it is not implemented yet.
+package mcs
