@@ -39,6 +39,7 @@ type Runtime struct {
 	h       *heap.Heap
 	proc    *mcs.Process
 	progs   map[string]*jit.Program
+	iprogs  map[string]*interp.Program // for interpreting executors
 	execs   chan *executor
 	all     []*executor
 	trace   io.Writer
@@ -57,6 +58,7 @@ type Runtime struct {
 // the scheduler not to preempt the thread while an extension holds a heap lock.
 type executor struct {
 	m       *jit.Machine
+	im      *interp.Machine // instead of m: an interpreting executor
 	node    mcs.Node
 	scratch uint64
 	area    uint64 // heap offset of the rseq area
@@ -65,27 +67,53 @@ type executor struct {
 }
 
 // New attaches a runtime to h, compiles progs (name → program) and prepares
-// threads executors. Trace output from HelperTrace goes to trace.
+// threads JIT executors. Trace output from HelperTrace goes to trace.
 func New(h *heap.Heap, progs map[string]asm.Instructions, threads int, trace io.Writer) (*Runtime, error) {
-	if threads < 1 {
-		return nil, fmt.Errorf("serve: %d executor threads", threads)
+	return NewWith(h, progs, Options{JIT: threads, Trace: trace})
+}
+
+// Options size a Runtime.
+type Options struct {
+	JIT         int       // executors running compiled code
+	Interpreted int       // executors running the interpreter (the JIT's oracle)
+	Trace       io.Writer // HelperTrace's output (nil: discarded)
+}
+
+// NewWith is New with every option.
+func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runtime, error) {
+	n := o.JIT + o.Interpreted
+	if n < 1 || o.JIT < 0 || o.Interpreted < 0 {
+		return nil, fmt.Errorf("serve: %d JIT and %d interpreting executors", o.JIT, o.Interpreted)
+	}
+	if o.Trace == nil {
+		o.Trace = io.Discard
 	}
 	proc, err := mcs.Attach(h)
 	if err != nil {
 		return nil, err
 	}
-	rt := &Runtime{h: h, proc: proc, progs: map[string]*jit.Program{}, execs: make(chan *executor, threads),
-		trace: trace, conns: map[net.Conn]bool{}}
+	rt := &Runtime{h: h, proc: proc, progs: map[string]*jit.Program{}, iprogs: map[string]*interp.Program{},
+		execs: make(chan *executor, n), trace: o.Trace, conns: map[net.Conn]bool{}}
 	for name, insns := range progs {
-		p, err := jit.Compile(insns)
-		if err != nil {
-			rt.Close()
-			return nil, fmt.Errorf("serve: program %s: %w", name, err)
+		if o.JIT > 0 {
+			p, err := jit.Compile(insns)
+			if err != nil {
+				rt.Close()
+				return nil, fmt.Errorf("serve: program %s: %w", name, err)
+			}
+			rt.progs[name] = p
 		}
-		rt.progs[name] = p
+		if o.Interpreted > 0 {
+			p, err := interp.Load(insns)
+			if err != nil {
+				rt.Close()
+				return nil, fmt.Errorf("serve: program %s: %w", name, err)
+			}
+			rt.iprogs[name] = p
+		}
 	}
-	for range threads {
-		e, err := rt.newExecutor()
+	for i := range n {
+		e, err := rt.newExecutor(i >= o.JIT)
 		if err != nil {
 			rt.Close()
 			return nil, err
@@ -96,8 +124,18 @@ func New(h *heap.Heap, progs map[string]asm.Instructions, threads int, trace io.
 	return rt, nil
 }
 
-func (rt *Runtime) newExecutor() (*executor, error) {
+func (rt *Runtime) newExecutor(interpreted bool) (*executor, error) {
 	h := rt.h
+	if interpreted {
+		area, err := h.Alloc(rseq.AreaSize)
+		if err != nil {
+			return nil, fmt.Errorf("serve: executor rseq area: %w", err)
+		}
+		im := interp.NewMachine()
+		im.AttachHeap(h.At(0), h.Size(), h.CanonBase())
+		im.Helpers = rt.helpers()
+		return &executor{im: im, node: rt.proc.TakeNode(), area: area}, nil
+	}
 	scratch, err := h.Alloc(jit.ScratchSize)
 	if err != nil {
 		return nil, fmt.Errorf("serve: executor stack: %w", err)
@@ -217,8 +255,8 @@ func (rt *Runtime) Invoke(name string, arg uint64) (uint64, error) {
 }
 
 func (rt *Runtime) invoke(e *executor, name string, arg uint64) (uint64, error) {
-	p := rt.progs[name]
-	if p == nil {
+	p, ip := rt.progs[name], rt.iprogs[name]
+	if p == nil && ip == nil {
 		return 0, fmt.Errorf("no program %q", name)
 	}
 	ctx := make([]byte, CtxSize)
@@ -228,6 +266,9 @@ func (rt *Runtime) invoke(e *executor, name string, arg uint64) (uint64, error) 
 	putU64(ctx[CtxNodeIndex:], uint64(e.node.Index)+1)
 	putU64(ctx[CtxHeld:], mcs.Held(rt.proc.Slot()))
 	putU64(ctx[CtxNodeTable:], hb+rt.h.Header().NodeOff)
+	if e.im != nil {
+		return e.im.Run(ip, ctx)
+	}
 	return e.m.Run(p, ctx)
 }
 
@@ -295,8 +336,10 @@ func (rt *Runtime) Close() error {
 	rt.mu.Unlock()
 	rt.wg.Wait()
 	for _, e := range rt.all {
-		e.m.Close()
-		rt.h.Free(e.scratch)
+		if e.m != nil {
+			e.m.Close()
+			rt.h.Free(e.scratch)
+		}
 		rt.h.Free(e.area)
 		rt.proc.GiveNode(e.node)
 	}
