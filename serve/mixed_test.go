@@ -100,7 +100,7 @@ func TestMixedContention(t *testing.T) {
 	total := uint64(0)
 	for i := range 8 {
 		total += *f.h.Uint64(locks + uint64(16*i) + 8)
-		assert.Zero(t, *f.h.Uint64(locks+uint64(16*i)), "lock %d left held", i)
+		assert.Zero(t, *f.h.Uint64(locks + uint64(16*i)), "lock %d left held", i)
 	}
 	want := uint64(children*goroutines*goRounds + invokers*invocations*100)
 	assert.Equal(t, want, total)
