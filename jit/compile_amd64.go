@@ -24,6 +24,7 @@ const (
 // compiler lowers one program.
 type compiler struct {
 	guardLoads, guardStores bool
+	guards, elided          int // memory accesses guarded, and left unguarded as provably safe
 
 	a      Asm
 	slots  []bytecode.Slot
@@ -42,22 +43,35 @@ type ripFixup struct {
 	target *int
 }
 
-// compile generates code for validated raw bytecode.
-func compile(raw []byte, g Guard) ([]byte, error) {
-	text, _, err := compileWithMap(raw, g)
-	return text, err
+// compile generates code for validated raw bytecode and counts its guards.
+func compile(raw []byte, g Guard) ([]byte, guardCounts, error) {
+	c, err := lower(raw, g)
+	if err != nil {
+		return nil, guardCounts{}, err
+	}
+	return c.a.Buf, guardCounts{c.guards, c.elided}, nil
 }
+
+type guardCounts struct{ kept, elided int }
 
 // compileWithMap also returns the native offset where each slot's code starts
 // (one more entry: where the out-of-line stubs start).
 func compileWithMap(raw []byte, g Guard) ([]byte, []int, error) {
+	c, err := lower(raw, g)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c.a.Buf, c.starts, nil
+}
+
+func lower(raw []byte, g Guard) (*compiler, error) {
 	c := &compiler{slots: bytecode.DecodeSlots(raw), guardLoads: g == GuardAll, guardStores: g != GuardNone}
 	c.starts = make([]int, len(c.slots)+1)
 	for pc := 0; pc < len(c.slots); pc++ {
 		c.starts[pc] = c.a.Len()
 		s := c.slots[pc]
 		if err := c.insn(pc, s); err != nil {
-			return nil, nil, &bytecode.Error{Insn: pc, Reason: err.Error()}
+			return nil, &bytecode.Error{Insn: pc, Reason: err.Error()}
 		}
 		if s.Op == bytecode.OpLdDW {
 			pc++
@@ -79,7 +93,7 @@ func compileWithMap(raw []byte, g Guard) ([]byte, []int, error) {
 	for _, l := range c.leas {
 		c.a.Patch(l.at, *l.target)
 	}
-	return c.a.Buf, c.starts, nil
+	return c, nil
 }
 
 // exitTail stores every eBPF register into the context and returns to the
@@ -145,9 +159,18 @@ func (c *compiler) jccTo(cc Cond, slot int) { c.fixups = append(c.fixups, fixup{
 // [sandbox + tmp + off], and with the offset added after the mask the address
 // lands at most 32 KiB outside the sandbox, in its scratch guard regions.
 func (c *compiler) mem(guarded bool, base uint8, off int16) Mem {
+	if base == 10 {
+		// r10 is read-only and always points into the stack frames, which lie
+		// inside the sandbox at least 32 KiB from either end or next to its
+		// guard regions: any signed 16-bit offset stays in mapped memory that
+		// belongs to the sandbox. No guard needed.
+		c.elided++
+		return M(RBP, int32(off))
+	}
 	if !guarded {
 		return M(regs[base], int32(off))
 	}
+	c.guards++
 	c.a.RR(MOV, true, tmp, regs[base])
 	c.a.RR(AND, true, tmp, maskReg)
 	return MI(baseReg, tmp, int32(off))

@@ -10,8 +10,10 @@
 // load, store and atomic is guarded: the address is masked into the sandbox
 // (and with size-1, add the base) before the access, so no address a program
 // computes can fault or reach Go's memory. Until the verifier proves accesses in
-// bounds, every access is guarded. A stray access reads or writes somewhere in
-// the sandbox, where the interpreter would stop with an error.
+// bounds, every access is guarded, except those through r10: it is read-only
+// and its frames lie inside the sandbox, within 32 KiB of nothing but sandbox
+// and guard memory. A stray access reads or writes somewhere in the sandbox,
+// where the interpreter would stop with an error.
 //
 // # Running native code from Go
 //

@@ -267,3 +267,23 @@ func TestAddrSpaceCast(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, want, ir0)
 }
+
+// TestStackAccessesUnguarded: accesses through r10 need no guard (r10 is
+// read-only and its frames sit inside the sandbox with guard regions within
+// reach of any offset); the others keep theirs.
+func TestStackAccessesUnguarded(t *testing.T) {
+	machine(t)
+	insns, err := bytecode.Assemble("stdw [%r10-8], 1\nldxdw %r0, [%r10-8]\nldxdw %r2, [%r1+0]\nexit")
+	require.NoError(t, err)
+	p := compile(t, insns)
+	kept, elided := p.Guards()
+	assert.Equal(t, 1, kept, "the context access")
+	assert.Equal(t, 2, elided, "the stack accesses")
+	// The farthest offsets from the stack land in sandbox or guard memory.
+	m := machine(t)
+	insns, err = bytecode.Assemble("stdw [%r10-32768], 7\nstdw [%r10+32760], 7\nldxdw %r0, [%r10-32768]\nexit")
+	require.NoError(t, err)
+	r0, err := m.Run(compile(t, insns), nil)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(7), r0)
+}

@@ -39,8 +39,13 @@ const (
 // Program is compiled machine code, read-only and executable. Many Machines
 // may run it at once.
 type Program struct {
-	code []byte // mmap'd read+execute
+	code   []byte // mmap'd read+execute
+	guards guardCounts
 }
+
+// Guards reports how many memory accesses the code guards and how many it
+// leaves unguarded because they are provably inside the sandbox.
+func (p *Program) Guards() (kept, elided int) { return p.guards.kept, p.guards.elided }
 
 // Guard says which memory accesses compiled code confines to the sandbox.
 type Guard int
@@ -72,7 +77,7 @@ func CompileGuarded(insns asm.Instructions, g Guard) (*Program, error) {
 	if err != nil {
 		return nil, err
 	}
-	text, err := compile(raw, g)
+	text, counts, err := compile(raw, g)
 	if err != nil {
 		return nil, err
 	}
@@ -87,7 +92,7 @@ func CompileGuarded(insns asm.Instructions, g Guard) (*Program, error) {
 		unix.Munmap(mem)
 		return nil, fmt.Errorf("jit: protect code: %w", err)
 	}
-	return &Program{code: mem}, nil
+	return &Program{code: mem, guards: counts}, nil
 }
 
 // Close frees the code. No Machine may be running it.
