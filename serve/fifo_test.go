@@ -20,11 +20,7 @@ import (
 const fifo = `
 	mov %r9, %r1
 	ldxdw %r1, [%r9+0]
-	ldxdw %r2, [%r9+8]
-	ldxdw %r3, [%r9+16]
-	ldxdw %r4, [%r9+24]
-	ldxdw %r5, [%r9+32]
-	call local mcs_lock
+` + serve.LockCall + `
 	ldxdw %r1, [%r9+0]
 	ldxdw %r6, [%r1+8]
 	mov %r7, %r6
@@ -34,9 +30,7 @@ const fifo = `
 	stxdw [%r7+16], %r8
 	add %r6, 1
 	stxdw [%r1+8], %r6
-	ldxdw %r2, [%r9+24]
-	ldxdw %r3, [%r9+8]
-	call local mcs_unlock
+` + serve.UnlockCall + `
 	mov %r0, 0
 	exit
 ` + mcs.BytecodeLock

@@ -15,23 +15,14 @@ import (
 	"github.com/kflex-go/kflex/mcs"
 )
 
-// lockArgs loads mcs_lock's arguments from the runtime context (r9) and the
-// lock address (the invocation argument).
-const lockArgs = `
-	ldxdw %r1, [%r9+0]
-	ldxdw %r2, [%r9+8]
-	ldxdw %r3, [%r9+16]
-	ldxdw %r4, [%r9+24]
-	ldxdw %r5, [%r9+32]`
-
 // pingPong passes the turn word beside the lock (lock+8) back to Go until it
 // has done so lock+16 times; the lock word's counterpart in Go does the same
 // in the other direction.
 const pingPong = `
 	mov %r9, %r1
 	mov %r6, 0
-loop:` + lockArgs + `
-	call local mcs_lock
+loop:
+	ldxdw %r1, [%r9+0]` + LockCall + `
 	ldxdw %r1, [%r9+0]
 	ldxdw %r7, [%r1+8]
 	jne %r7, 1, skip
@@ -39,9 +30,7 @@ loop:` + lockArgs + `
 	add %r6, 1
 skip:
 	ldxdw %r1, [%r9+0]
-	ldxdw %r2, [%r9+24]
-	ldxdw %r3, [%r9+8]
-	call local mcs_unlock
+` + UnlockCall + `
 	ldxdw %r1, [%r9+0]
 	ldxdw %r7, [%r1+16]
 	jlt %r6, %r7, loop
@@ -54,12 +43,10 @@ const lockLoop = `
 	mov %r9, %r1
 	ldxdw %r1, [%r9+0]
 	ldxdw %r6, [%r1+16]
-loop:` + lockArgs + `
-	call local mcs_lock
+loop:
+	ldxdw %r1, [%r9+0]` + LockCall + `
 	ldxdw %r1, [%r9+0]
-	ldxdw %r2, [%r9+24]
-	ldxdw %r3, [%r9+8]
-	call local mcs_unlock
+` + UnlockCall + `
 	sub %r6, 1
 	jne %r6, 0, loop
 	mov %r0, 0

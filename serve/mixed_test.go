@@ -31,18 +31,12 @@ loop:
 	lsh %r7, 4
 	add %r1, %r7
 	stxdw [%r10-8], %r1
-	ldxdw %r2, [%r9+8]
-	ldxdw %r3, [%r9+16]
-	ldxdw %r4, [%r9+24]
-	ldxdw %r5, [%r9+32]
-	call local mcs_lock
+` + serve.LockCall + `
 	ldxdw %r1, [%r10-8]
 	ldxdw %r7, [%r1+8]
 	add %r7, 1
 	stxdw [%r1+8], %r7
-	ldxdw %r2, [%r9+24]
-	ldxdw %r3, [%r9+8]
-	call local mcs_unlock
+` + serve.UnlockCall + `
 	add %r6, 1
 	jlt %r6, 100, loop
 	mov %r0, 0

@@ -244,6 +244,22 @@ const (
 	CtxSize      = 40
 )
 
+// LockCall and UnlockCall are the bytecode an extension uses to call the
+// bytecode lock (mcs.BytecodeLock, appended to its program) on the lock whose
+// address is in r1, with the runtime context kept in r9. They clobber r0-r5.
+const (
+	LockCall = `
+	ldxdw %r2, [%r9+8]
+	ldxdw %r3, [%r9+16]
+	ldxdw %r4, [%r9+24]
+	ldxdw %r5, [%r9+32]
+	call local mcs_lock`
+	UnlockCall = `
+	ldxdw %r2, [%r9+24]
+	ldxdw %r3, [%r9+8]
+	call local mcs_unlock`
+)
+
 // Invoke runs program name on a free executor with arg in its context and
 // returns r0. The executor is bound to the calling thread for the call only: a
 // goroutine locked to its thread while it waits for the next request would

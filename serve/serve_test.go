@@ -31,18 +31,12 @@ func TestMain(m *testing.M) { testutil.Main(m) }
 const counter = `
 	mov %r9, %r1
 	ldxdw %r1, [%r9+0]
-	ldxdw %r2, [%r9+8]
-	ldxdw %r3, [%r9+16]
-	ldxdw %r4, [%r9+24]
-	ldxdw %r5, [%r9+32]
-	call local mcs_lock
+` + serve.LockCall + `
 	ldxdw %r1, [%r9+0]
 	ldxdw %r7, [%r1+8]
 	add %r7, 1
 	stxdw [%r1+8], %r7
-	ldxdw %r2, [%r9+24]
-	ldxdw %r3, [%r9+8]
-	call local mcs_unlock
+` + serve.UnlockCall + `
 	mov %r0, %r7
 	exit
 ` + mcs.BytecodeLock
@@ -227,11 +221,7 @@ func BenchmarkInvoke(b *testing.B) {
 const sliceProbe = `
 	mov %r9, %r1
 	ldxdw %r1, [%r9+0]
-	ldxdw %r2, [%r9+8]
-	ldxdw %r3, [%r9+16]
-	ldxdw %r4, [%r9+24]
-	ldxdw %r5, [%r9+32]
-	call local mcs_lock
+` + serve.LockCall + `
 	ldxdw %r1, [%r9+8]
 	ldxdw %r6, [%r1+24]
 	mov %r7, 0
@@ -241,9 +231,7 @@ const sliceProbe = `
 	stb [%r6+1], 1
 unlock:
 	ldxdw %r1, [%r9+0]
-	ldxdw %r2, [%r9+24]
-	ldxdw %r3, [%r9+8]
-	call local mcs_unlock
+` + serve.UnlockCall + `
 	ldxdw %r1, [%r9+8]
 	ldxdw %r6, [%r1+24]
 	mov %r8, 2
