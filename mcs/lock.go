@@ -53,7 +53,6 @@ func (m *Mutex) Lock() {
 		return
 	}
 	m.lockSlow()
-	raceAcquire(m)
 }
 
 // TryLock acquires the lock if that needs no waiting, and reports whether it did.
@@ -106,6 +105,11 @@ const (
 )
 
 func (m *Mutex) lockSlow() {
+	m.lockQueued()
+	raceAcquire(m)
+}
+
+func (m *Mutex) lockQueued() {
 	if m.TryLock() {
 		return
 	}

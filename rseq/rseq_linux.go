@@ -140,7 +140,8 @@ func registerAt(f Features, mem unsafe.Pointer) *Thread {
 		t.status, t.reason = NoRseq, fmt.Sprintf("rseq: %v", e)
 		return t
 	}
-	t.area, t.status = mem, Registered
+	t.setArea(mem)
+	t.status = Registered
 	t.size = size
 	_, _, e = unix.RawSyscall6(unix.SYS_PRCTL, unix.PR_RSEQ_SLICE_EXTENSION, unix.PR_RSEQ_SLICE_EXTENSION_SET,
 		unix.PR_RSEQ_SLICE_EXT_ENABLE, 0, 0, 0)
@@ -176,7 +177,8 @@ func (t *Thread) Unregister() error {
 	if t.owned {
 		err = unix.MunmapPtr(t.area, uintptr(os.Getpagesize()))
 	}
-	t.area, t.status = nil, NoRseq
+	t.setArea(nil)
+	t.status = NoRseq
 	return err
 }
 

@@ -117,7 +117,8 @@ func newFakeThread(t *testing.T) (*Thread, *fakeKernel) {
 	require.NoError(t, err)
 	t.Cleanup(func() { unix.Munmap(mem) })
 	k := &fakeKernel{area: mem}
-	th := &Thread{area: unsafe.Pointer(&mem[0]), size: origSize, status: SliceExtension}
+	th := &Thread{size: origSize, status: SliceExtension}
+	th.setArea(unsafe.Pointer(&mem[0]))
 	th.yield = func() {
 		k.yields++
 		k.area[offSliceGrant] = 0 // the kernel ends the grant on yield

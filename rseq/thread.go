@@ -29,6 +29,8 @@ func (s Status) String() string {
 // that thread (the goroutine that registered it, still locked to it).
 type Thread struct {
 	area   unsafe.Pointer // struct rseq, in mmap'd memory; nil unless registered
+	req    *uint8         // slice_ctrl.request in the area (nil unless registered)
+	grant  *uint8         // slice_ctrl.granted
 	size   uint32         // registered length
 	owned  bool           // the area is ours to unmap
 	status Status
@@ -49,11 +51,19 @@ func (t *Thread) Reason() string { return t.reason }
 // compiler does not move memory accesses across the lock's atomic operations.
 func (t *Thread) byteAt(off uintptr) *uint8 { return (*uint8)(unsafe.Add(t.area, off)) }
 
+// setArea records a registered area (nil: none).
+func (t *Thread) setArea(a unsafe.Pointer) {
+	t.area, t.req, t.grant = a, nil, nil
+	if a != nil {
+		t.req, t.grant = t.byteAt(offSliceReq), t.byteAt(offSliceGrant)
+	}
+}
+
 // Request asks the kernel not to preempt this thread until Release: call it
 // before taking a lock. It is a single byte store.
 func (t *Thread) Request() {
-	if t.area != nil {
-		*t.byteAt(offSliceReq) = 1
+	if t.req != nil {
+		*t.req = 1
 	}
 }
 
@@ -62,16 +72,17 @@ func (t *Thread) Request() {
 // protocol requires giving the CPU back with rseq_slice_yield; otherwise it is
 // a byte store and a byte load.
 func (t *Thread) Release() {
-	if t.area == nil {
-		return
-	}
-	*t.byteAt(offSliceReq) = 0
-	if *t.byteAt(offSliceGrant) != 0 {
-		t.yieldGranted()
+	if t.req != nil {
+		*t.req = 0
+		if *t.grant != 0 {
+			t.yieldGranted()
+		}
 	}
 }
 
 // yieldGranted is out of line so that Release inlines.
+//
+//go:noinline
 func (t *Thread) yieldGranted() {
 	t.Granted++
 	t.yield()
