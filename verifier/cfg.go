@@ -12,10 +12,12 @@ import (
 // ErrRejected is wrapped by every *Error: the program does not verify.
 var ErrRejected = errors.New("program rejected")
 
-// Error is a rejection: the instruction (first slot) and the reason.
+// Error is a rejection: the instruction (first slot), the reason, and the
+// abstract registers at that instruction, when the analysis got that far.
 type Error struct {
 	Insn   int
 	Reason string
+	Log    []string
 }
 
 func (e *Error) Error() string { return fmt.Sprintf("insn %d: %s", e.Insn, e.Reason) }

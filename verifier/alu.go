@@ -1,0 +1,212 @@
+package verifier
+
+import (
+	"math/bits"
+
+	"github.com/kflex-go/kflex/bytecode"
+)
+
+// alu applies an ALU instruction (64-bit if w).
+func (a *analysis) alu(pc int, s *State, in bytecode.Slot, w bool) error {
+	op := in.Op & 0xf0
+	var src Reg
+	if in.Op&0x08 != 0 && op != 0xd0 {
+		r, err := a.read(pc, s, in.Src)
+		if err != nil {
+			return err
+		}
+		src = r
+	} else {
+		src = scalar(Const(uint64(int64(in.Imm))))
+		if !w {
+			src = scalar(Const(uint64(uint32(in.Imm))))
+		}
+	}
+	if op == 0xb0 && in.Off == 0 { // mov
+		if w {
+			s.Regs[in.Dst] = src
+		} else {
+			s.Regs[in.Dst] = truncate(src)
+		}
+		return nil
+	}
+	if op == 0xb0 && in.Off == 1 { // addr_space_cast: a heap pointer, as a number
+		s.Regs[in.Dst] = unknownScalar()
+		return nil
+	}
+	var dst Reg
+	if op == 0xb0 { // movsx reads only its source
+		dst = src
+	} else {
+		d, err := a.read(pc, s, in.Dst)
+		if err != nil {
+			return err
+		}
+		dst = d
+	}
+	// Pointer arithmetic: a constant moves a pointer; two pointers of one kind
+	// subtract to a number; anything else makes a number of a pointer.
+	if dst.Kind >= PtrCtx || src.Kind >= PtrCtx {
+		s.Regs[in.Dst] = pointerALU(op, w, dst, src)
+		return nil
+	}
+	s.Regs[in.Dst] = scalar(scalarALU(in, w, dst.Val, src.Val))
+	return nil
+}
+
+func truncate(r Reg) Reg {
+	if r.Kind != Scalar {
+		return unknownScalar().truncated()
+	}
+	return scalar(r.Val.Truncate(4))
+}
+
+func (r Reg) truncated() Reg { return scalar(r.Val.Truncate(4)) }
+
+func pointerALU(op uint8, w bool, dst, src Reg) Reg {
+	c, isConst := constOf(src)
+	switch {
+	case !w:
+	case op == 0x00 && dst.Kind >= PtrCtx && isConst && fitsOffset(dst.Off+c):
+		return Reg{Kind: dst.Kind, Off: dst.Off + c}
+	case op == 0x00 && src.Kind >= PtrCtx && dst.Kind == Scalar:
+		if d, ok := constOf(dst); ok && fitsOffset(src.Off+d) {
+			return Reg{Kind: src.Kind, Off: src.Off + d}
+		}
+		return Reg{Kind: PtrMixed}
+	case op == 0x10 && dst.Kind >= PtrCtx && isConst && fitsOffset(dst.Off-c):
+		return Reg{Kind: dst.Kind, Off: dst.Off - c}
+	case op == 0x10 && dst.Kind == src.Kind && dst.Kind != PtrMixed:
+		return scalar(Const(uint64(dst.Off - src.Off)))
+	case (op == 0x00 || op == 0x10) && dst.Kind >= PtrCtx:
+		return Reg{Kind: PtrMixed} // a pointer moved by an unknown amount
+	}
+	return unknownScalar()
+}
+
+// scalarALU is the tnum of a scalar ALU operation.
+func scalarALU(in bytecode.Slot, w bool, d, s Tnum) Tnum {
+	if !w {
+		d, s = d.Truncate(4), s.Truncate(4)
+	}
+	width := uint(64)
+	if !w {
+		width = 32
+	}
+	var r Tnum
+	switch in.Op & 0xf0 {
+	case 0x00:
+		r = d.Add(s)
+	case 0x10:
+		r = d.Sub(s)
+	case 0x20:
+		r = d.Mul(s)
+	case 0x40:
+		r = d.Or(s)
+	case 0x50:
+		r = d.And(s)
+	case 0xa0:
+		r = d.Xor(s)
+	case 0x80:
+		r = Const(0).Sub(d)
+	case 0x60, 0x70, 0xc0:
+		if !s.IsConst() {
+			r = Unknown
+			break
+		}
+		n := uint(s.Value) & (width - 1)
+		switch in.Op & 0xf0 {
+		case 0x60:
+			r = d.Lsh(n)
+		case 0x70:
+			r = d.Rsh(n)
+		default:
+			if w {
+				r = d.Arsh(n)
+			} else {
+				r = d.Lsh(32).Arsh(32 + n).Truncate(4)
+			}
+		}
+	default: // div, mod, swaps, movsx: exact only on constants
+		if d.IsConst() && s.IsConst() {
+			r = Const(fold(in, w, d.Value, s.Value))
+		} else {
+			r = Unknown
+		}
+	}
+	if !w {
+		r = r.Truncate(4)
+	}
+	return r
+}
+
+// fold computes the operations scalarALU does not track bit by bit, on
+// constants, exactly as the ISA defines them.
+func fold(in bytecode.Slot, w bool, d, s uint64) uint64 {
+	signed := in.Off == 1
+	switch in.Op & 0xf0 {
+	case 0x30, 0x90:
+		mod := in.Op&0xf0 == 0x90
+		if !w {
+			d, s = uint64(uint32(d)), uint64(uint32(s))
+		}
+		switch {
+		case s == 0 && mod:
+			return d
+		case s == 0:
+			return 0
+		case signed && w && mod:
+			if int64(s) == -1 {
+				return 0
+			}
+			return uint64(int64(d) % int64(s))
+		case signed && w:
+			if int64(s) == -1 {
+				return -d
+			}
+			return uint64(int64(d) / int64(s))
+		case signed && mod:
+			if int32(s) == -1 {
+				return 0
+			}
+			return uint64(uint32(int32(d) % int32(s)))
+		case signed:
+			if int32(s) == -1 {
+				return uint64(uint32(-int32(d)))
+			}
+			return uint64(uint32(int32(d) / int32(s)))
+		case mod:
+			return d % s
+		}
+		return d / s
+	case 0xb0: // movsx
+		switch in.Off {
+		case 8:
+			d = uint64(int64(int8(s)))
+		case 16:
+			d = uint64(int64(int16(s)))
+		default:
+			d = uint64(int64(int32(s)))
+		}
+		return d
+	case 0xd0: // byte swaps
+		toBE := in.Op == 0xdc || in.Op == 0xd7
+		switch in.Imm {
+		case 16:
+			if toBE {
+				return uint64(bits.ReverseBytes16(uint16(d)))
+			}
+			return uint64(uint16(d))
+		case 32:
+			if toBE {
+				return uint64(bits.ReverseBytes32(uint32(d)))
+			}
+			return uint64(uint32(d))
+		}
+		if toBE {
+			return bits.ReverseBytes64(d)
+		}
+		return d
+	}
+	return 0
+}

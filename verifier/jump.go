@@ -1,0 +1,103 @@
+package verifier
+
+import (
+	"github.com/kflex-go/kflex/bytecode"
+)
+
+func (a *analysis) jump(pc int, s *State, in bytecode.Slot) error {
+	succ := a.g.Succ[pc]
+	switch in.Op {
+	case 0x95: // exit
+		r0, err := a.read(pc, s, 0)
+		if err != nil {
+			return err
+		}
+		if r0.Kind != Scalar {
+			return reject(pc, "exit with a %v pointer in R0", r0.Kind)
+		}
+		return nil
+	case 0x85: // call
+		if in.Src == bytecode.CallLocal {
+			return a.localCall(pc, s, in)
+		}
+		h, ok := a.cfg.Helpers[in.Imm]
+		if !ok {
+			return reject(pc, "call to unknown helper %d", in.Imm)
+		}
+		for r := uint8(1); r <= uint8(h.Args); r++ {
+			if _, err := a.read(pc, s, r); err != nil {
+				return reject(pc, "helper %s reads R%d, which is not set", h.Name, r)
+			}
+		}
+		afterCall(s)
+		a.flow(succ[0], s)
+		return nil
+	case 0x05, 0x06, 0xe5: // ja, ja32, may_goto
+		for _, t := range succ {
+			a.flow(t, s)
+		}
+		return nil
+	}
+	d, err := a.read(pc, s, in.Dst)
+	if err != nil {
+		return err
+	}
+	var src Reg
+	if in.Op&0x08 != 0 {
+		if src, err = a.read(pc, s, in.Src); err != nil {
+			return err
+		}
+	}
+	fall, taken := *s, *s
+	// Refinement: an equality test with a constant fixes the register on the
+	// side where it holds.
+	if in.Op&0x08 == 0 && in.Op&7 == 0x05 && d.Kind == Scalar {
+		k := scalar(Const(uint64(int64(in.Imm))))
+		switch in.Op & 0xf0 {
+		case 0x10: // jeq
+			taken.Regs[in.Dst] = k
+		case 0x50: // jne
+			fall.Regs[in.Dst] = k
+		}
+	}
+	_ = src
+	a.flow(succ[0], &fall)
+	a.flow(succ[1], &taken)
+	return nil
+}
+
+// afterCall: r0 holds the result, r1-r5 are clobbered.
+func afterCall(s *State) {
+	s.Regs[0] = unknownScalar()
+	for r := 1; r <= 5; r++ {
+		s.Regs[r] = Reg{}
+	}
+}
+
+// localCall enters the subprogram with the caller's r1-r5 and a fresh frame,
+// and continues after the call with the callee's result unknown. Stack
+// pointers passed to the callee may have changed the caller's spilled values.
+func (a *analysis) localCall(pc int, s *State, in bytecode.Slot) error {
+	callee := a.g.Calls[pc]
+	var e State
+	passesStack := false
+	for r := 1; r <= 5; r++ {
+		e.Regs[r] = s.Regs[r]
+		if s.Regs[r].Kind == PtrStack {
+			// The callee sees the caller's frame at an offset it cannot
+			// know; as a number, its accesses are guarded.
+			e.Regs[r] = unknownScalar()
+			passesStack = true
+		}
+	}
+	e.Regs[10] = Reg{Kind: PtrStack}
+	a.flow(callee, &e)
+	afterCall(s)
+	if passesStack {
+		for i := range s.Spill {
+			s.Spill[i] = unknownScalar()
+		}
+	}
+	a.flow(a.g.Succ[pc][0], s)
+	return nil
+}

@@ -1,0 +1,130 @@
+package verifier
+
+import (
+	"fmt"
+	"math"
+)
+
+// Kind is what a register or stack slot holds, as far as the analysis knows.
+type Kind uint8
+
+const (
+	NotInit  Kind = iota // never written on some path: reading it is an error
+	Scalar               // a number (heap pointers are numbers too: they are guarded)
+	PtrCtx               // the context pointer plus Off
+	PtrStack             // the current frame's top (r10) plus Off
+	PtrMixed             // pointers of different kinds or offsets met at a join
+)
+
+func (k Kind) String() string {
+	return [...]string{"uninit", "scalar", "ctx", "fp", "mixed"}[k]
+}
+
+// Reg is the abstract value of a register.
+type Reg struct {
+	Kind Kind
+	Off  int64 // PtrCtx, PtrStack: constant offset from the region's base
+	Val  Tnum  // Scalar: its possible bits
+}
+
+func (r Reg) String() string {
+	switch r.Kind {
+	case Scalar:
+		if r.Val.IsConst() {
+			return fmt.Sprintf("%d", int64(r.Val.Value))
+		}
+		return fmt.Sprintf("scalar(%#x/%#x)", r.Val.Value, r.Val.Mask)
+	case PtrCtx, PtrStack:
+		return fmt.Sprintf("%v%+d", r.Kind, r.Off)
+	}
+	return r.Kind.String()
+}
+
+func scalar(t Tnum) Reg    { return Reg{Kind: Scalar, Val: t} }
+func unknownScalar() Reg { return scalar(Unknown) }
+
+// join is the least value covering both: what a register holds where paths meet.
+func join(a, b Reg) Reg {
+	switch {
+	case a == b:
+		return a
+	case a.Kind == NotInit || b.Kind == NotInit:
+		return Reg{}
+	case a.Kind == Scalar && b.Kind == Scalar:
+		return scalar(a.Val.Union(b.Val))
+	}
+	return Reg{Kind: PtrMixed}
+}
+
+// frameSize is the eBPF stack frame.
+const frameSize = 512
+
+// State is the abstract machine at one instruction: registers and the current
+// frame's stack, byte by byte initialised or not, with the values of 8-byte
+// aligned spills.
+type State struct {
+	Regs  [11]Reg
+	Init  [frameSize / 64]uint64 // bit i: byte (frame top - 512 + i) written
+	Spill [frameSize / 8]Reg     // 8-byte aligned slots written whole
+}
+
+func (s *State) initialised(off, size int64) bool {
+	for i := off; i < off+size; i++ {
+		b := i + frameSize
+		if s.Init[b/64]&(1<<(b%64)) == 0 {
+			return false
+		}
+	}
+	return true
+}
+
+func (s *State) markInit(off, size int64) {
+	for i := off; i < off+size; i++ {
+		b := i + frameSize
+		s.Init[b/64] |= 1 << (b % 64)
+	}
+}
+
+// joinInto merges o into s and reports whether s changed.
+func (s *State) joinInto(o *State) bool {
+	changed := false
+	for i := range s.Regs {
+		if j := join(s.Regs[i], o.Regs[i]); j != s.Regs[i] {
+			s.Regs[i], changed = j, true
+		}
+	}
+	for i := range s.Init {
+		if j := s.Init[i] & o.Init[i]; j != s.Init[i] {
+			s.Init[i], changed = j, true
+		}
+	}
+	for i := range s.Spill {
+		if j := join(s.Spill[i], o.Spill[i]); j != s.Spill[i] {
+			s.Spill[i], changed = j, true
+		}
+	}
+	return changed
+}
+
+// entry is the state at a subprogram's start: r1 the context (main) or the
+// caller's arguments, r10 the frame top, nothing else.
+func entry(main bool, ctxSize int) State {
+	var s State
+	s.Regs[10] = Reg{Kind: PtrStack}
+	if main {
+		s.Regs[1] = Reg{Kind: PtrCtx}
+		s.Regs[2] = scalar(Const(uint64(ctxSize)))
+	}
+	return s
+}
+
+// constOf returns r's value if it is a known scalar.
+func constOf(r Reg) (int64, bool) {
+	if r.Kind == Scalar && r.Val.IsConst() {
+		return int64(r.Val.Value), true
+	}
+	return 0, false
+}
+
+// fitsOffset reports whether off stays far from overflow in pointer arithmetic.
+func fitsOffset(off int64) bool { return off > math.MinInt32 && off < math.MaxInt32 }

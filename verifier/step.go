@@ -1,0 +1,141 @@
+package verifier
+
+import (
+	"github.com/kflex-go/kflex/bytecode"
+)
+
+// step applies instruction pc to s and passes the result to its successors.
+func (a *analysis) step(pc int, s *State) error {
+	in := a.slots[pc]
+	switch cls := in.Op & 7; {
+	case in.Op == bytecode.OpLdDW:
+		if in.Src != 0 {
+			return reject(pc, "lddw with pseudo source %d is not part of kflex's interface", in.Src)
+		}
+		s.Regs[in.Dst] = scalar(Const(in.Imm64))
+	case cls == 0x04 || cls == 0x07:
+		if err := a.alu(pc, s, in, cls == 0x07); err != nil {
+			return err
+		}
+	case cls == 0x01:
+		if err := a.load(pc, s, in.Src, in.Off, bytecode.MemSize(in.Op), in.Dst); err != nil {
+			return err
+		}
+	case cls == 0x02 || cls == 0x03:
+		return a.storeOrAtomic(pc, s, in)
+	case cls == 0x05 || cls == 0x06:
+		return a.jump(pc, s, in)
+	}
+	a.flow(a.g.Succ[pc][0], s)
+	return nil
+}
+
+// pointerAt resolves the memory operand [base+off] of size bytes: its kind
+// and, for the stack, its offset from the frame top. It rejects what can never
+// be valid.
+func (a *analysis) pointerAt(pc int, s *State, base uint8, off int16, size int) (Access, int64, error) {
+	r, err := a.read(pc, s, base)
+	if err != nil {
+		return 0, 0, err
+	}
+	o := r.Off + int64(off)
+	switch r.Kind {
+	case PtrStack:
+		if o < -frameSize || o+int64(size) > 0 {
+			return 0, 0, reject(pc, "invalid stack access off=%d size=%d", o, size)
+		}
+		return StackAccess, o, nil
+	case PtrCtx:
+		if o < 0 || o+int64(size) > int64(a.cfg.CtxSize) {
+			return 0, 0, reject(pc, "invalid context access off=%d size=%d (context is %d bytes)", o, size, a.cfg.CtxSize)
+		}
+		return CtxAccess, o, nil
+	case PtrMixed:
+		return 0, 0, reject(pc, "R%d dereferenced: a pointer of different kinds or offsets on different paths", base)
+	}
+	return HeapAccess, 0, nil
+}
+
+func (a *analysis) load(pc int, s *State, base uint8, off int16, size int, dst uint8) error {
+	acc, o, err := a.pointerAt(pc, s, base, off, size)
+	if err != nil {
+		return err
+	}
+	a.note(pc, acc)
+	v := scalar(Unknown.Truncate(size))
+	if acc == StackAccess {
+		if !s.initialised(o, int64(size)) {
+			return reject(pc, "invalid read from stack off %d size %d: not all bytes written", o, size)
+		}
+		if size == 8 && o%8 == 0 {
+			v = s.Spill[(o+frameSize)/8]
+		}
+	}
+	s.Regs[dst] = v
+	return nil
+}
+
+// write records a store of v (size bytes) at stack offset o.
+func (s *State) write(o int64, size int, v Reg) {
+	s.markInit(o, int64(size))
+	first, last := (o+frameSize)/8, (o+int64(size)-1+frameSize)/8
+	for i := first; i <= last; i++ {
+		s.Spill[i] = unknownScalar()
+	}
+	if size == 8 && o%8 == 0 {
+		s.Spill[first] = v
+	}
+}
+
+func (a *analysis) storeOrAtomic(pc int, s *State, in bytecode.Slot) error {
+	size := bytecode.MemSize(in.Op)
+	var v Reg
+	switch {
+	case in.Op&7 == 0x02: // st: an immediate
+		v = scalar(Const(uint64(int64(in.Imm))).Truncate(size))
+	default:
+		r, err := a.read(pc, s, in.Src)
+		if err != nil {
+			return err
+		}
+		v = r
+		if size < 8 {
+			v = unknownScalar()
+		}
+	}
+	atomic := in.Op&7 == 0x03 && in.Op&0xe0 == 0xc0
+	if atomic && in.Imm == bytecode.LoadAcquire {
+		if err := a.load(pc, s, in.Src, in.Off, size, in.Dst); err != nil {
+			return err
+		}
+		a.flow(a.g.Succ[pc][0], s)
+		return nil
+	}
+	acc, o, err := a.pointerAt(pc, s, in.Dst, in.Off, size)
+	if err != nil {
+		return err
+	}
+	a.note(pc, acc)
+	if atomic && in.Imm != bytecode.StoreRelease {
+		// A read-modify-write: the old value must exist, and the result is
+		// unknown; the fetching forms write a register.
+		if acc == StackAccess && !s.initialised(o, int64(size)) {
+			return reject(pc, "atomic operation on stack off %d size %d: not all bytes written", o, size)
+		}
+		v = scalar(Unknown.Truncate(size))
+		switch {
+		case in.Imm == bytecode.AtomicCmpXchg:
+			if _, err := a.read(pc, s, 0); err != nil {
+				return err
+			}
+			s.Regs[0] = scalar(Unknown.Truncate(size))
+		case in.Imm&bytecode.AtomicFetch != 0:
+			s.Regs[in.Src] = scalar(Unknown.Truncate(size))
+		}
+	}
+	if acc == StackAccess {
+		s.write(o, size, v)
+	}
+	a.flow(a.g.Succ[pc][0], s)
+	return nil
+}

@@ -1,0 +1,157 @@
+package verifier
+
+import (
+	"fmt"
+	"strings"
+
+	"github.com/cilium/ebpf/asm"
+
+	"github.com/kflex-go/kflex/bytecode"
+)
+
+// Helper is what the verifier knows of a helper: how many argument registers
+// (r1 upwards) it reads.
+type Helper struct {
+	Name string
+	Args int
+}
+
+// Config is the environment a program is verified for.
+type Config struct {
+	CtxSize  int              // bytes r1 points to at entry
+	Helpers  map[int32]Helper // the helpers the program may call
+	MaxInsns int              // instructions the analysis may process (0: 1,000,000)
+}
+
+// Access says how a memory instruction reaches memory, on every path.
+type Access uint8
+
+const (
+	NoAccess    Access = iota
+	StackAccess        // through the frame pointer, in bounds: needs no guard
+	CtxAccess          // into the context, in bounds: needs no guard
+	HeapAccess         // through a number: guarded
+)
+
+// Result is a verified program's analysis.
+type Result struct {
+	CFG            *CFG
+	Access         []Access // per slot, for memory instructions
+	InsnsProcessed int      // instruction visits until the fixpoint
+	States         int      // instructions with a stored state
+	GuardsTotal    int      // memory instructions
+	GuardsElided   int      // of which provably in bounds
+	CancelPoints   []int    // back-edges and helper calls, by slot
+}
+
+// Verify checks insns for cfg and returns its analysis, or an *Error naming the
+// first instruction found at fault, with the abstract registers there in its
+// Log.
+func Verify(insns asm.Instructions, cfg Config) (*Result, error) {
+	g, err := BuildCFG(insns)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := bytecode.Encode(insns)
+	if err != nil {
+		return nil, err
+	}
+	a := &analysis{cfg: cfg, g: g, slots: bytecode.DecodeSlots(raw)}
+	if a.cfg.MaxInsns == 0 {
+		a.cfg.MaxInsns = 1_000_000
+	}
+	return a.run()
+}
+
+type analysis struct {
+	cfg      Config
+	g        *CFG
+	slots    []bytecode.Slot
+	in       []*State // state at each slot's entry (nil: not reached yet)
+	access   []Access
+	work     []int
+	queued   []bool
+}
+
+func (a *analysis) run() (*Result, error) {
+	n := len(a.slots)
+	a.in = make([]*State, n)
+	a.access = make([]Access, n)
+	a.queued = make([]bool, n)
+	main := entry(true, a.cfg.CtxSize)
+	a.flow(0, &main)
+	processed := 0
+	for len(a.work) > 0 {
+		pc := a.work[len(a.work)-1]
+		a.work = a.work[:len(a.work)-1]
+		a.queued[pc] = false
+		processed++
+		if processed > a.cfg.MaxInsns {
+			return nil, reject(pc, "program too complex: %d instructions processed", processed)
+		}
+		st := *a.in[pc]
+		if err := a.step(pc, &st); err != nil {
+			if e, ok := err.(*Error); ok {
+				return nil, &Error{Insn: e.Insn, Reason: e.Reason, Log: []string{regsLog(a.in[pc])}}
+			}
+			return nil, err
+		}
+	}
+	r := &Result{CFG: a.g, Access: a.access, InsnsProcessed: processed}
+	for pc, s := range a.in {
+		if s != nil {
+			r.States++
+		}
+		if a.access[pc] != NoAccess {
+			r.GuardsTotal++
+			if a.access[pc] != HeapAccess {
+				r.GuardsElided++
+			}
+		}
+	}
+	r.CancelPoints = append(append([]int{}, a.g.BackEdges...), a.g.HelperCalls...)
+	sortInts(r.CancelPoints)
+	return r, nil
+}
+
+// flow merges s into the state at pc and queues pc if it changed.
+func (a *analysis) flow(pc int, s *State) {
+	if a.in[pc] == nil {
+		c := *s
+		a.in[pc] = &c
+	} else if !a.in[pc].joinInto(s) {
+		return
+	}
+	if !a.queued[pc] {
+		a.queued[pc] = true
+		a.work = append(a.work, pc)
+	}
+}
+
+func regsLog(s *State) string {
+	var b strings.Builder
+	for i, r := range s.Regs {
+		if r.Kind != NotInit {
+			fmt.Fprintf(&b, "R%d=%v ", i, r)
+		}
+	}
+	return strings.TrimSpace(b.String())
+}
+
+func (a *analysis) read(pc int, s *State, r uint8) (Reg, error) {
+	if s.Regs[r].Kind == NotInit {
+		return Reg{}, reject(pc, "R%d !read_ok", r)
+	}
+	return s.Regs[r], nil
+}
+
+// note records how instruction pc reaches memory; paths that disagree make it
+// a guarded heap access.
+func (a *analysis) note(pc int, acc Access) {
+	switch prev := a.access[pc]; {
+	case prev == NoAccess:
+		a.access[pc] = acc
+	case prev != acc:
+		a.access[pc] = HeapAccess
+	}
+}

@@ -1,0 +1,179 @@
+package verifier
+
+import (
+	"bytes"
+	"errors"
+	"math/rand/v2"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kflex-go/kflex/bytecode"
+	"github.com/kflex-go/kflex/internal/isatest"
+	"github.com/kflex-go/kflex/internal/progen"
+	"github.com/kflex-go/kflex/jit/interp"
+)
+
+var testConfig = Config{CtxSize: 64, Helpers: map[int32]Helper{5: {Name: "echo", Args: 1}, 7: {Name: "now"}}}
+
+func verify(t *testing.T, src string) (*Result, error) {
+	t.Helper()
+	insns, err := bytecode.Assemble(src)
+	require.NoError(t, err, src)
+	return Verify(insns, testConfig)
+}
+
+// TestVerdicts is the corpus of small programs with the expected verdict.
+func TestVerdicts(t *testing.T) {
+	cases := []struct {
+		name, src, reject string // reject: "" to accept, else the reason's text
+	}{
+		{"minimal", "mov %r0, 0\nexit", ""},
+		{"exit without r0", "exit", "insn 0: R0 !read_ok"},
+		{"uninit register", "mov %r0, %r3\nexit", "insn 0: R3 !read_ok"},
+		{"r2 is the context size", "mov %r0, %r2\nexit", ""},
+		{"stack write then read", "stdw [%r10-8], 7\nldxdw %r0, [%r10-8]\nexit", ""},
+		{"stack read of nothing", "ldxdw %r0, [%r10-8]\nexit", "insn 0: invalid read from stack off -8 size 8: not all bytes written"},
+		{"partly written", "stw [%r10-8], 7\nldxdw %r0, [%r10-8]\nexit", "insn 1: invalid read from stack off -8 size 8"},
+		{"below the frame", "stdw [%r10-520], 7\nmov %r0, 0\nexit", "insn 0: invalid stack access off=-520 size=8"},
+		{"above the frame", "stb [%r10+0], 7\nmov %r0, 0\nexit", "insn 0: invalid stack access off=0 size=1"},
+		{"stack pointer moved", "mov %r1, %r10\nadd %r1, -16\nstdw [%r1+8], 1\nldxdw %r0, [%r10-8]\nexit", ""},
+		{"context in bounds", "ldxdw %r0, [%r1+56]\nexit", ""},
+		{"context past its end", "ldxdw %r0, [%r1+60]\nexit", "insn 0: invalid context access off=60 size=8 (context is 64 bytes)"},
+		{"context before it", "mov %r1, %r1\nsub %r1, 8\nldxdw %r0, [%r1+0]\nexit", "insn 2: invalid context access off=-8 size=8"},
+		{"heap access never rejected", "lddw %r3, 0x123456789\nldxdw %r0, [%r3+100]\nstdw [%r3-32768], 1\nexit", ""},
+		{"unknown helper", "call 99\nexit", "insn 0: call to unknown helper 99"},
+		{"helper argument unset", "call 7\ncall 5\nexit", "insn 1: helper echo reads R1, which is not set"},
+		{"helper clobbers r1-r5", "mov %r1, 1\ncall 5\nmov %r0, %r1\nexit", "insn 2: R1 !read_ok"},
+		{"helper keeps r6", "mov %r6, 1\nmov %r1, 1\ncall 5\nmov %r0, %r6\nexit", ""},
+		{"loop", "mov %r0, 0\nloop:\nadd %r0, 1\njlt %r0, 100, loop\nexit", ""},
+		{"loop moving a pointer", "mov %r0, 0\nmov %r6, %r10\nloop:\nadd %r6, -8\nstdw [%r6+0], 1\nadd %r0, 1\njlt %r0, 4, loop\nexit",
+			"dereferenced: a pointer of different kinds or offsets"},
+		{"one path leaves r0 unset", "jeq %r2, 0, +1\nmov %r0, 1\nexit", "insn 2: R0 !read_ok"},
+		{"refined by jeq", "ldxdw %r3, [%r1+0]\njeq %r3, 8, +2\nmov %r0, 0\nexit\nmov %r2, %r10\nadd %r2, %r3\nstdw [%r2-16], 1\nmov %r0, 0\nexit", ""},
+		{"subprogram", "mov %r1, 2\ncall local f\nexit\nf:\nmov %r0, %r1\nadd %r0, 1\nexit", ""},
+		{"subprogram's r6 unset", "mov %r6, 2\ncall local f\nexit\nf:\nmov %r0, %r6\nexit", "insn 3: R6 !read_ok"},
+		{"return a pointer", "mov %r0, %r10\nexit", "insn 1: exit with a fp pointer in R0"},
+		{"atomic on unwritten stack", "mov %r1, 1\nlock add [%r10-8], %r1\nmov %r0, 0\nexit", "insn 1: atomic operation on stack off -8 size 8"},
+		{"atomic fetch", "stdw [%r10-8], 1\nmov %r1, 1\nlock fetch add [%r10-8], %r1\nmov %r0, %r1\nexit", ""},
+		{"cmpxchg needs r0", "stdw [%r10-8], 1\nmov %r1, 1\nlock cmpxchg [%r10-8], %r1\nmov %r0, 0\nexit", "insn 2: R0 !read_ok"},
+		{"unreachable", "mov %r0, 0\nexit\nmov %r0, 1\nexit", "insn 2: unreachable instruction"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			r, err := verify(t, tc.src)
+			if tc.reject == "" {
+				require.NoError(t, err)
+				assert.NotZero(t, r.InsnsProcessed)
+				return
+			}
+			require.Error(t, err)
+			assert.Contains(t, err.Error(), tc.reject)
+			assert.ErrorIs(t, err, ErrRejected)
+			var e *Error
+			require.True(t, errors.As(err, &e))
+		})
+	}
+}
+
+func TestGuardCounts(t *testing.T) {
+	r, err := verify(t, `
+		stdw [%r10-8], 1
+		ldxdw %r3, [%r1+0]
+		ldxdw %r0, [%r3+0]
+		ldxdw %r0, [%r10-8]
+		exit`)
+	require.NoError(t, err)
+	assert.Equal(t, 4, r.GuardsTotal)
+	assert.Equal(t, 3, r.GuardsElided, "stack, stack, context; the heap load keeps its guard")
+	assert.Equal(t, []Access{StackAccess, CtxAccess, HeapAccess, StackAccess, NoAccess}, r.Access)
+}
+
+func TestRejectionLog(t *testing.T) {
+	_, err := verify(t, "mov %r6, %r10\nadd %r6, -8\nldxdw %r0, [%r6-8]\nexit")
+	var e *Error
+	require.True(t, errors.As(err, &e))
+	assert.Equal(t, 2, e.Insn)
+	require.Len(t, e.Log, 1)
+	assert.Contains(t, e.Log[0], "R6=fp-8")
+	assert.Contains(t, e.Log[0], "R10=fp+0")
+}
+
+// TestISACorpus: the ISA files the verifier accepts run on the interpreter
+// without a stack or context access going out of bounds, and the error files
+// that fault on purpose are rejected.
+func TestISACorpus(t *testing.T) {
+	cases, err := isatest.Load("../testdata/isa")
+	require.NoError(t, err)
+	accepted := 0
+	for _, c := range cases {
+		insns, err := c.Instructions()
+		require.NoError(t, err)
+		_, verr := Verify(insns, Config{CtxSize: len(c.Mem), Helpers: testConfig.Helpers})
+		if c.Name == "oob-stack" {
+			assert.ErrorContains(t, verr, "invalid stack access", c.Name)
+		}
+		if verr == nil {
+			accepted++
+		}
+	}
+	t.Logf("%d of %d ISA files verify", accepted, len(cases))
+	assert.Greater(t, accepted, len(cases)/2)
+}
+
+// soundness runs an accepted program on the interpreter, without a heap: a
+// memory fault at an instruction the verifier called a stack or context
+// access is a verifier bug.
+func soundness(t *testing.T, data []byte) (accepted bool) {
+	src := progen.NewSource(data)
+	ctx := progen.Context(src)
+	insns := progen.GenerateWith(src, 48, progen.Options{Calls: true})
+	if len(data) > 0 && data[0]&1 == 1 { // sometimes: raw bytes as the program
+		if raw, err := bytecode.Decode(data[:len(data)&^7]); err == nil {
+			insns = raw
+		}
+	}
+	r, err := Verify(insns, Config{CtxSize: len(ctx), Helpers: testConfig.Helpers})
+	if err != nil {
+		return false
+	}
+	p, err := interp.Load(insns)
+	if err != nil {
+		return true // the interpreter has its own limits (lddw pseudo sources)
+	}
+	m := interp.NewMachine()
+	m.MaxInsns, m.MayGoto = 200000, 100
+	m.Helpers = isatest.Helpers()
+	_, err = m.Run(p, bytes.Clone(ctx))
+	var re *interp.RuntimeError
+	if errors.As(err, &re) && errors.Is(err, interp.ErrOutOfBounds) {
+		if acc := r.Access[re.Insn]; acc == StackAccess || acc == CtxAccess {
+			t.Fatalf("verified %v access faulted: %v\n%v", acc, err, insns)
+		}
+	}
+	return true
+}
+
+func TestSoundnessGenerated(t *testing.T) {
+	rng := rand.New(rand.NewPCG(9, 9))
+	accepted := 0
+	for range 2000 {
+		data := make([]byte, 400)
+		for j := range data {
+			data[j] = byte(rng.Uint32())
+		}
+		data[0] &^= 1
+		if soundness(t, data) {
+			accepted++
+		}
+	}
+	t.Logf("%d of 2000 generated programs verified and ran", accepted)
+	assert.Greater(t, accepted, 1000, "the oracle must see accepted programs")
+}
+
+func FuzzVerifier(f *testing.F) {
+	f.Add([]byte{0})
+	f.Add(bytes.Repeat([]byte{0x17, 0x92, 0x01}, 100))
+	f.Fuzz(func(t *testing.T, data []byte) { soundness(t, data) })
+}
