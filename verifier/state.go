@@ -40,7 +40,7 @@ func (r Reg) String() string {
 	return r.Kind.String()
 }
 
-func scalar(t Tnum) Reg    { return Reg{Kind: Scalar, Val: t} }
+func scalar(t Tnum) Reg  { return Reg{Kind: Scalar, Val: t} }
 func unknownScalar() Reg { return scalar(Unknown) }
 
 // join is the least value covering both: what a register holds where paths meet.

@@ -64,13 +64,13 @@ func Verify(insns asm.Instructions, cfg Config) (*Result, error) {
 }
 
 type analysis struct {
-	cfg      Config
-	g        *CFG
-	slots    []bytecode.Slot
-	in       []*State // state at each slot's entry (nil: not reached yet)
-	access   []Access
-	work     []int
-	queued   []bool
+	cfg    Config
+	g      *CFG
+	slots  []bytecode.Slot
+	in     []*State // state at each slot's entry (nil: not reached yet)
+	access []Access
+	work   []int
+	queued []bool
 }
 
 func (a *analysis) run() (*Result, error) {
