@@ -24,7 +24,9 @@ const (
 // compiler lowers one program.
 type compiler struct {
 	guardLoads, guardStores bool
-	guards, elided          int // memory accesses guarded, and left unguarded as provably safe
+	safe                    []bool // by slot: accesses proved in bounds by the verifier
+	guards, elided          int    // memory accesses guarded, and left unguarded as provably safe
+	pc                      int    // the slot being lowered
 
 	a      Asm
 	slots  []bytecode.Slot
@@ -44,8 +46,8 @@ type ripFixup struct {
 }
 
 // compile generates code for validated raw bytecode and counts its guards.
-func compile(raw []byte, g Guard) ([]byte, guardCounts, error) {
-	c, err := lower(raw, g)
+func compile(raw []byte, g Guard, safe []bool) ([]byte, guardCounts, error) {
+	c, err := lower(raw, g, safe)
 	if err != nil {
 		return nil, guardCounts{}, err
 	}
@@ -57,19 +59,20 @@ type guardCounts struct{ kept, elided int }
 // compileWithMap also returns the native offset where each slot's code starts
 // (one more entry: where the out-of-line stubs start).
 func compileWithMap(raw []byte, g Guard) ([]byte, []int, error) {
-	c, err := lower(raw, g)
+	c, err := lower(raw, g, nil)
 	if err != nil {
 		return nil, nil, err
 	}
 	return c.a.Buf, c.starts, nil
 }
 
-func lower(raw []byte, g Guard) (*compiler, error) {
-	c := &compiler{slots: bytecode.DecodeSlots(raw), guardLoads: g == GuardAll, guardStores: g != GuardNone}
+func lower(raw []byte, g Guard, safe []bool) (*compiler, error) {
+	c := &compiler{slots: bytecode.DecodeSlots(raw), guardLoads: g == GuardAll, guardStores: g != GuardNone, safe: safe}
 	c.starts = make([]int, len(c.slots)+1)
 	for pc := 0; pc < len(c.slots); pc++ {
 		c.starts[pc] = c.a.Len()
 		s := c.slots[pc]
+		c.pc = pc
 		if err := c.insn(pc, s); err != nil {
 			return nil, &bytecode.Error{Insn: pc, Reason: err.Error()}
 		}
@@ -159,6 +162,10 @@ func (c *compiler) jccTo(cc Cond, slot int) { c.fixups = append(c.fixups, fixup{
 // [sandbox + tmp + off], and with the offset added after the mask the address
 // lands at most 32 KiB outside the sandbox, in its scratch guard regions.
 func (c *compiler) mem(guarded bool, base uint8, off int16) Mem {
+	if pc := c.pc; pc < len(c.safe) && c.safe[pc] {
+		c.elided++ // the verifier proved it inside the stack or the context
+		return M(regs[base], int32(off))
+	}
 	if base == 10 {
 		// r10 is read-only and always points into the stack frames, which lie
 		// inside the sandbox at least 32 KiB from either end or next to its

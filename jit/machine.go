@@ -67,6 +67,20 @@ func Compile(insns asm.Instructions) (*Program, error) { return CompileGuarded(i
 
 // CompileGuarded is Compile with a choice of guards.
 func CompileGuarded(insns asm.Instructions, g Guard) (*Program, error) {
+	return CompileWith(insns, Options{Guard: g})
+}
+
+// Options control code generation.
+type Options struct {
+	Guard Guard
+	// Safe marks, by slot, memory instructions a verifier proved in bounds of
+	// the stack or the context: they need no guard.
+	Safe []bool
+}
+
+// CompileWith is Compile with options.
+func CompileWith(insns asm.Instructions, o Options) (*Program, error) {
+	g := o.Guard
 	if err := Supported(); err != nil {
 		return nil, err
 	}
@@ -77,7 +91,7 @@ func CompileGuarded(insns asm.Instructions, g Guard) (*Program, error) {
 	if err != nil {
 		return nil, err
 	}
-	text, counts, err := compile(raw, g)
+	text, counts, err := compile(raw, g, o.Safe)
 	if err != nil {
 		return nil, err
 	}

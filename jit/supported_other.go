@@ -15,7 +15,9 @@ func Supported() error {
 	return errors.New("jit: no code generator for " + runtime.GOARCH + "; use jit/interp")
 }
 
-func compile([]byte, Guard) ([]byte, guardCounts, error) { return nil, guardCounts{}, Supported() }
+func compile([]byte, Guard, []bool) ([]byte, guardCounts, error) {
+	return nil, guardCounts{}, Supported()
+}
 
 type guardCounts struct{ kept, elided int }
 

@@ -91,7 +91,7 @@ mcs_lock_wait:
 	mov %r6, %r7
 	and %r6, 255
 	jne %r6, 0, mcs_lock_wait
-	call local mcs_relax
+` + relax + `
 	ja mcs_lock_wait
 mcs_lock_head:
 	ldxdw %r9, [%r1+0]
@@ -102,7 +102,7 @@ mcs_lock_head:
 	mov %r6, %r7
 	and %r6, 255
 	jne %r6, 0, mcs_lock_head
-	call local mcs_relax
+` + relax + `
 	ja mcs_lock_head
 mcs_lock_free:
 	mov %r8, %r9
@@ -142,20 +142,6 @@ mcs_lock_done:
 	mov %r0, 0
 	exit
 
-mcs_relax:
-	stxdw [%r10-8], %r1
-	stxdw [%r10-16], %r2
-	stxdw [%r10-24], %r3
-	stxdw [%r10-32], %r4
-	stxdw [%r10-40], %r5
-	call 0x4b460003
-	ldxdw %r1, [%r10-8]
-	ldxdw %r2, [%r10-16]
-	ldxdw %r3, [%r10-24]
-	ldxdw %r4, [%r10-32]
-	ldxdw %r5, [%r10-40]
-	exit
-
 mcs_unlock:
 	mov %r8, %r3
 	mov %r0, %r2
@@ -189,6 +175,21 @@ mcs_unlock_done:
 	mov %r0, 0
 	exit
 `
+
+// relax calls HelperRelax from a spin loop of mcs_lock, keeping mcs_lock's
+// arguments r1-r5 (which a call clobbers) in its stack frame.
+const relax = `
+	stxdw [%r10-8], %r1
+	stxdw [%r10-16], %r2
+	stxdw [%r10-24], %r3
+	stxdw [%r10-32], %r4
+	stxdw [%r10-40], %r5
+	call 0x4b460003
+	ldxdw %r1, [%r10-8]
+	ldxdw %r2, [%r10-16]
+	ldxdw %r3, [%r10-24]
+	ldxdw %r4, [%r10-32]
+	ldxdw %r5, [%r10-40]`
 
 // Held is the held bits an executor of process slot slot passes to mcs_lock
 // and mcs_unlock.

@@ -1,5 +1,7 @@
 // Package serve is kflex's extension runtime: a process that owns a heap, loads
-// extension programs, compiles them and runs them on a pool of executors for
+// extension programs, verifies and compiles them (guards stay only on accesses
+// the verifier cannot place in the stack or the context) and runs them on a
+// pool of executors for
 // the processes attached to it over a unix socket (see protocol.go; userspace.Dial
 // is the client side).
 package serve
@@ -22,6 +24,7 @@ import (
 	"github.com/kflex-go/kflex/jit/interp"
 	"github.com/kflex-go/kflex/mcs"
 	"github.com/kflex-go/kflex/rseq"
+	"github.com/kflex-go/kflex/verifier"
 )
 
 // Helpers every extension may call, by number.
@@ -33,6 +36,21 @@ const (
 	HelperTrace = 0x4b460014 // r1 = value: written to the runtime's trace output
 	HelperWake  = mcs.HelperWake
 )
+
+// Prototypes are the helpers an extension may call, as the verifier checks
+// them.
+func Prototypes() map[int32]verifier.Helper {
+	return map[int32]verifier.Helper{
+		HelperAlloc:          {Name: "alloc", Args: 1},
+		HelperFree:           {Name: "free", Args: 1},
+		HelperTime:           {Name: "time"},
+		HelperCPU:            {Name: "cpu"},
+		HelperTrace:          {Name: "trace", Args: 1},
+		HelperWake:           {Name: "wake", Args: 1},
+		mcs.HelperSliceYield: {Name: "slice_yield"},
+		mcs.HelperRelax:      {Name: "relax"},
+	}
+}
 
 // Runtime runs extensions on a heap it is attached to.
 type Runtime struct {
@@ -95,8 +113,17 @@ func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runti
 	rt := &Runtime{h: h, proc: proc, progs: map[string]*jit.Program{}, iprogs: map[string]*interp.Program{},
 		execs: make(chan *executor, n), trace: o.Trace, conns: map[net.Conn]bool{}}
 	for name, insns := range progs {
+		res, err := verifier.Verify(insns, verifier.Config{CtxSize: CtxSize, Helpers: Prototypes()})
+		if err != nil {
+			rt.Close()
+			return nil, fmt.Errorf("serve: program %s: %w", name, err)
+		}
 		if o.JIT > 0 {
-			p, err := jit.Compile(insns)
+			safe := make([]bool, len(res.Access))
+			for i, acc := range res.Access {
+				safe[i] = acc == verifier.StackAccess || acc == verifier.CtxAccess
+			}
+			p, err := jit.CompileWith(insns, jit.Options{Safe: safe})
 			if err != nil {
 				rt.Close()
 				return nil, fmt.Errorf("serve: program %s: %w", name, err)

@@ -22,6 +22,7 @@ import (
 	"github.com/kflex-go/kflex/rseq"
 	"github.com/kflex-go/kflex/serve"
 	"github.com/kflex-go/kflex/userspace"
+	"github.com/kflex-go/kflex/verifier"
 )
 
 func TestMain(m *testing.M) { testutil.Main(m) }
@@ -273,4 +274,17 @@ func TestExtensionRequestsSlice(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, uint64(0x100), r0, "request set inside the critical section, clear after")
 	assert.Equal(t, uint64(1), rt.SliceYields(), "the granted slice was yielded back")
+}
+
+func TestVerifiedAtLoad(t *testing.T) {
+	f := start(t)
+	bad, err := bytecode.Assemble("ldxdw %r0, [%r10-8]\nexit")
+	require.NoError(t, err)
+	_, err = serve.New(f.h, map[string]asm.Instructions{"bad": bad}, 1, io.Discard)
+	assert.ErrorContains(t, err, "serve: program bad: insn 0: invalid read from stack off -8 size 8")
+	assert.ErrorIs(t, err, verifier.ErrRejected)
+	unknown, err := bytecode.Assemble("call 12345\nexit")
+	require.NoError(t, err)
+	_, err = serve.New(f.h, map[string]asm.Instructions{"unknown": unknown}, 1, io.Discard)
+	assert.ErrorContains(t, err, "call to unknown helper 12345")
 }

@@ -222,3 +222,34 @@ func TestServe(t *testing.T) {
 	assert.Equal(t, 2, code)
 	assert.Contains(t, stderr, "need --socket")
 }
+
+func TestVerify(t *testing.T) {
+	dir := t.TempDir()
+	good := filepath.Join(dir, "good.s")
+	require.NoError(t, os.WriteFile(good, []byte("stdw [%r10-8], 1\nldxdw %r0, [%r1+0]\nloop:\nadd %r0, 1\njlt %r0, 9, loop\nexit\n"), 0o600))
+	code, stdout, stderr := kflex("verify", good)
+	require.Equal(t, 0, code, stderr)
+	assert.Contains(t, stdout, "accepted")
+	assert.Contains(t, stdout, "2 memory accesses, 2 need no guard")
+	code, stdout, _ = kflex("verify", "--json", good)
+	require.Equal(t, 0, code)
+	var rep map[string]any
+	require.NoError(t, json.Unmarshal([]byte(stdout), &rep))
+	for _, k := range []string{"accepted", "insns_processed", "guards_total", "guards_elided", "cancel_points"} {
+		assert.Contains(t, rep, k)
+	}
+	assert.Equal(t, []any{3.0}, rep["cancel_points"])
+
+	bad := filepath.Join(dir, "bad.s")
+	require.NoError(t, os.WriteFile(bad, []byte("mov %r6, %r10\nldxdw %r0, [%r6-8]\nexit\n"), 0o600))
+	code, stdout, stderr = kflex("verify", "--json", bad)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr, "rejected")
+	require.NoError(t, json.Unmarshal([]byte(stdout), &rep))
+	assert.Equal(t, false, rep["accepted"])
+	assert.Equal(t, map[string]any{"insn": 1.0, "reason": "invalid read from stack off -8 size 8: not all bytes written"}, rep["error"])
+	code, stdout, _ = kflex("verify", bad)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stdout, "rejected at instruction 1")
+	assert.Contains(t, stdout, "R6=fp+0")
+}

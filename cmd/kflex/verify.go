@@ -1,0 +1,81 @@
+package main
+
+import (
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/kflex-go/kflex/serve"
+	"github.com/kflex-go/kflex/verifier"
+)
+
+func init() {
+	commands["verify"] = command{summary: "verify a program for the extension runtime", run: runVerify}
+}
+
+// verifyReport is kflex verify's JSON output.
+type verifyReport struct {
+	Accepted       bool         `json:"accepted"`
+	Error          *verifyError `json:"error,omitempty"`
+	Log            []string     `json:"log,omitempty"`
+	InsnsProcessed int          `json:"insns_processed"`
+	States         int          `json:"states"`
+	GuardsTotal    int          `json:"guards_total"`
+	GuardsElided   int          `json:"guards_elided"`
+	CancelPoints   []int        `json:"cancel_points"`
+}
+
+type verifyError struct {
+	Insn   int    `json:"insn"`
+	Reason string `json:"reason"`
+}
+
+func runVerify(args []string, out io.Writer) error {
+	fs := newFlags("verify", "[--json] [--ctx-size N] PROG", `Verify PROG (ELF object, kflex assembler text or raw bytecode) as the extension
+runtime would: the context and helpers of kflex serve. Prints the verdict; on
+rejection the instruction, the reason and the registers there; then statistics:
+instructions processed, states, memory accesses (guards) and how many need no
+guard, and the cancellation points. Exits 1 when the program is rejected.`, out)
+	asJSON := fs.Bool("json", false, "print one JSON object")
+	ctxSize := fs.Int("ctx-size", serve.CtxSize, "bytes of context r1 points to")
+	if err := parse(fs, args, 1); err != nil {
+		return err
+	}
+	insns, err := loadProgram(fs.Arg(0))
+	if err != nil {
+		return err
+	}
+	res, verr := verifier.Verify(insns, verifier.Config{CtxSize: *ctxSize, Helpers: serve.Prototypes()})
+	rep := verifyReport{Accepted: verr == nil, CancelPoints: []int{}}
+	var ve *verifier.Error
+	switch {
+	case verr == nil:
+		rep.InsnsProcessed, rep.States = res.InsnsProcessed, res.States
+		rep.GuardsTotal, rep.GuardsElided = res.GuardsTotal, res.GuardsElided
+		rep.CancelPoints = res.CancelPoints
+	case errors.As(verr, &ve):
+		rep.Error, rep.Log = &verifyError{Insn: ve.Insn, Reason: ve.Reason}, ve.Log
+	default:
+		return verr
+	}
+	if *asJSON {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		if err := enc.Encode(rep); err != nil {
+			return err
+		}
+	} else if rep.Accepted {
+		fmt.Fprintf(out, "%s: accepted\n  %d instructions processed, %d states\n  %d memory accesses, %d need no guard\n  cancellation points at %v\n",
+			fs.Arg(0), rep.InsnsProcessed, rep.States, rep.GuardsTotal, rep.GuardsElided, rep.CancelPoints)
+	} else {
+		fmt.Fprintf(out, "%s: rejected at instruction %d: %s\n", fs.Arg(0), rep.Error.Insn, rep.Error.Reason)
+		for _, l := range rep.Log {
+			fmt.Fprintf(out, "  %s\n", l)
+		}
+	}
+	if !rep.Accepted {
+		return fmt.Errorf("verify: %s rejected", fs.Arg(0))
+	}
+	return nil
+}
