@@ -24,9 +24,9 @@ const (
 // compiler lowers one program.
 type compiler struct {
 	guardLoads, guardStores bool
-	safe                    []bool // by slot: accesses proved in bounds by the verifier
-	guards, elided          int    // memory accesses guarded, and left unguarded as provably safe
-	pc                      int    // the slot being lowered
+	modes                   []AccessMode // by slot: what the verifier found
+	guards, elided          int          // memory accesses guarded, and left unguarded as provably safe
+	pc                      int          // the slot being lowered
 
 	a      Asm
 	slots  []bytecode.Slot
@@ -46,8 +46,8 @@ type ripFixup struct {
 }
 
 // compile generates code for validated raw bytecode and counts its guards.
-func compile(raw []byte, g Guard, safe []bool) ([]byte, guardCounts, error) {
-	c, err := lower(raw, g, safe)
+func compile(raw []byte, g Guard, modes []AccessMode) ([]byte, guardCounts, error) {
+	c, err := lower(raw, g, modes)
 	if err != nil {
 		return nil, guardCounts{}, err
 	}
@@ -66,8 +66,8 @@ func compileWithMap(raw []byte, g Guard) ([]byte, []int, error) {
 	return c.a.Buf, c.starts, nil
 }
 
-func lower(raw []byte, g Guard, safe []bool) (*compiler, error) {
-	c := &compiler{slots: bytecode.DecodeSlots(raw), guardLoads: g == GuardAll, guardStores: g != GuardNone, safe: safe}
+func lower(raw []byte, g Guard, modes []AccessMode) (*compiler, error) {
+	c := &compiler{slots: bytecode.DecodeSlots(raw), guardLoads: g == GuardAll, guardStores: g != GuardNone, modes: modes}
 	c.starts = make([]int, len(c.slots)+1)
 	for pc := 0; pc < len(c.slots); pc++ {
 		c.starts[pc] = c.a.Len()
@@ -162,9 +162,23 @@ func (c *compiler) jccTo(cc Cond, slot int) { c.fixups = append(c.fixups, fixup{
 // [sandbox + tmp + off], and with the offset added after the mask the address
 // lands at most 32 KiB outside the sandbox, in its scratch guard regions.
 func (c *compiler) mem(guarded bool, base uint8, off int16) Mem {
-	if pc := c.pc; pc < len(c.safe) && c.safe[pc] {
-		c.elided++ // the verifier proved it inside the stack or the context
-		return M(regs[base], int32(off))
+	if c.pc < len(c.modes) {
+		switch c.modes[c.pc] {
+		case NoGuard: // the verifier proved it in bounds
+			c.elided++
+			return M(regs[base], int32(off))
+		case SanitizeInPlace:
+			if base != 10 {
+				// Guard as usual, and also leave the sanitized pointer in the
+				// register for the accesses after this one: the lea is off
+				// this access's critical path.
+				c.guards++
+				c.a.RR(MOV, true, tmp, regs[base])
+				c.a.RR(AND, true, tmp, maskReg)
+				c.a.Lea(regs[base], MI(baseReg, tmp, 0))
+				return MI(baseReg, tmp, int32(off))
+			}
+		}
 	}
 	if base == 10 {
 		// r10 is read-only and always points into the stack frames, which lie

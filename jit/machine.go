@@ -73,10 +73,24 @@ func CompileGuarded(insns asm.Instructions, g Guard) (*Program, error) {
 // Options control code generation.
 type Options struct {
 	Guard Guard
-	// Safe marks, by slot, memory instructions a verifier proved in bounds of
-	// the stack or the context: they need no guard.
-	Safe []bool
+	// Access gives, by slot, what a verifier found about each memory
+	// instruction (missing or GuardAccess: guarded as Guard says).
+	Access []AccessMode
 }
+
+// AccessMode is how one memory instruction is to be confined.
+type AccessMode uint8
+
+const (
+	// GuardAccess masks the address into a scratch register (the default).
+	GuardAccess AccessMode = iota
+	// NoGuard: proved inside the stack or context, or within guard reach of a
+	// pointer an earlier access sanitized.
+	NoGuard
+	// SanitizeInPlace masks and rebases the base register itself, so that
+	// later accesses through it can go unguarded.
+	SanitizeInPlace
+)
 
 // CompileWith is Compile with options.
 func CompileWith(insns asm.Instructions, o Options) (*Program, error) {
@@ -91,7 +105,7 @@ func CompileWith(insns asm.Instructions, o Options) (*Program, error) {
 	if err != nil {
 		return nil, err
 	}
-	text, counts, err := compile(raw, g, o.Safe)
+	text, counts, err := compile(raw, g, o.Access)
 	if err != nil {
 		return nil, err
 	}

@@ -15,7 +15,7 @@ func Supported() error {
 	return errors.New("jit: no code generator for " + runtime.GOARCH + "; use jit/interp")
 }
 
-func compile([]byte, Guard, []bool) ([]byte, guardCounts, error) {
+func compile([]byte, Guard, []AccessMode) ([]byte, guardCounts, error) {
 	return nil, guardCounts{}, Supported()
 }
 

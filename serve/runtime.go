@@ -37,6 +37,20 @@ const (
 	HelperWake  = mcs.HelperWake
 )
 
+// AccessModes turns the verifier's findings into the JIT's guard choices.
+func AccessModes(res *verifier.Result) []jit.AccessMode {
+	modes := make([]jit.AccessMode, len(res.Access))
+	for i, acc := range res.Access {
+		switch acc {
+		case verifier.StackAccess, verifier.CtxAccess, verifier.HeapChecked:
+			modes[i] = jit.NoGuard
+		case verifier.HeapSanitize:
+			modes[i] = jit.SanitizeInPlace
+		}
+	}
+	return modes
+}
+
 // Prototypes are the helpers an extension may call, as the verifier checks
 // them.
 func Prototypes() map[int32]verifier.Helper {
@@ -119,11 +133,7 @@ func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runti
 			return nil, fmt.Errorf("serve: program %s: %w", name, err)
 		}
 		if o.JIT > 0 {
-			safe := make([]bool, len(res.Access))
-			for i, acc := range res.Access {
-				safe[i] = acc == verifier.StackAccess || acc == verifier.CtxAccess
-			}
-			p, err := jit.CompileWith(insns, jit.Options{Safe: safe})
+			p, err := jit.CompileWith(insns, jit.Options{Access: AccessModes(res)})
 			if err != nil {
 				rt.Close()
 				return nil, fmt.Errorf("serve: program %s: %w", name, err)

@@ -50,7 +50,17 @@ func (a *analysis) alu(pc int, s *State, in bytecode.Slot, w bool) error {
 		s.Regs[in.Dst] = pointerALU(op, w, dst, src)
 		return nil
 	}
-	s.Regs[in.Dst] = scalar(scalarALU(in, w, dst.Val, src.Val))
+	r := scalar(scalarALU(in, w, dst.Val, src.Val))
+	// A checked pointer moved by a small constant stays checked.
+	if c, ok := constOf(src); ok && dst.Checked && w && (op == 0x00 || op == 0x10) {
+		if op == 0x10 {
+			c = -c
+		}
+		if off := dst.Off + c; off > -guardReach && off < guardReach {
+			r.Checked, r.Off, r.SanPC = true, off, dst.SanPC
+		}
+	}
+	s.Regs[in.Dst] = r
 	return nil
 }
 

@@ -23,8 +23,13 @@ func (k Kind) String() string {
 // Reg is the abstract value of a register.
 type Reg struct {
 	Kind Kind
-	Off  int64 // PtrCtx, PtrStack: constant offset from the region's base
+	Off  int64 // PtrCtx, PtrStack: constant offset from the region's base; checked Scalar: from the sanitized value
 	Val  Tnum  // Scalar: its possible bits
+	// Checked: a Scalar that an earlier access sanitized into the sandbox in
+	// place (masked and rebased), plus Off. Accesses through it within reach
+	// of the guard regions need no guard.
+	Checked bool
+	SanPC   int // checked: 1 + the slot of the access that sanitized it
 }
 
 func (r Reg) String() string {
@@ -36,6 +41,9 @@ func (r Reg) String() string {
 		return fmt.Sprintf("scalar(%#x/%#x)", r.Val.Value, r.Val.Mask)
 	case PtrCtx, PtrStack:
 		return fmt.Sprintf("%v%+d", r.Kind, r.Off)
+	}
+	if r.Checked {
+		return fmt.Sprintf("heap%+d", r.Off)
 	}
 	return r.Kind.String()
 }
@@ -51,7 +59,11 @@ func join(a, b Reg) Reg {
 	case a.Kind == NotInit || b.Kind == NotInit:
 		return Reg{}
 	case a.Kind == Scalar && b.Kind == Scalar:
-		return scalar(a.Val.Union(b.Val))
+		j := scalar(a.Val.Union(b.Val))
+		if a.Checked && b.Checked && a.Off == b.Off && a.SanPC == b.SanPC {
+			j.Checked, j.Off, j.SanPC = true, a.Off, a.SanPC
+		}
+		return j
 	}
 	return Reg{Kind: PtrMixed}
 }
@@ -125,6 +137,10 @@ func constOf(r Reg) (int64, bool) {
 	}
 	return 0, false
 }
+
+// guardReach is how far from a sanitized pointer an access may land and still
+// be inside the sandbox or its 64 KiB guard regions (with room for the access).
+const guardReach = 32 << 10
 
 // fitsOffset reports whether off stays far from overflow in pointer arithmetic.
 func fitsOffset(off int64) bool { return off > math.MinInt32 && off < math.MaxInt32 }

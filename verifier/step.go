@@ -53,7 +53,13 @@ func (a *analysis) pointerAt(pc int, s *State, base uint8, off int16, size int) 
 	case PtrMixed:
 		return 0, 0, reject(pc, "R%d dereferenced: a pointer of different kinds or offsets on different paths", base)
 	}
-	return HeapAccess, 0, nil
+	if r.Checked && o > -guardReach && o+int64(size) < guardReach {
+		a.useful[r.SanPC-1] = true
+		return HeapChecked, 0, nil
+	}
+	// The access sanitizes the register in place: afterwards it is checked.
+	s.Regs[base] = Reg{Kind: Scalar, Val: Unknown, Checked: true, SanPC: pc + 1}
+	return HeapSanitize, 0, nil
 }
 
 func (a *analysis) load(pc int, s *State, base uint8, off int16, size int, dst uint8) error {

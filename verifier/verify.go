@@ -30,7 +30,14 @@ const (
 	NoAccess    Access = iota
 	StackAccess        // through the frame pointer, in bounds: needs no guard
 	CtxAccess          // into the context, in bounds: needs no guard
-	HeapAccess         // through a number: guarded
+	HeapAccess         // through a number: guarded (into a scratch register)
+	// HeapSanitize: through a number, which the access first sanitizes in
+	// place (masked into the sandbox and rebased), so that later accesses
+	// through the same register need no guard.
+	HeapSanitize
+	// HeapChecked: through a register an earlier access sanitized, within
+	// reach of the guard regions: no guard.
+	HeapChecked
 )
 
 // Result is a verified program's analysis.
@@ -71,6 +78,7 @@ type analysis struct {
 	access []Access
 	work   []int
 	queued []bool
+	useful []bool // by slot: a sanitizing access whose result a later access used unguarded
 }
 
 func (a *analysis) run() (*Result, error) {
@@ -78,6 +86,7 @@ func (a *analysis) run() (*Result, error) {
 	a.in = make([]*State, n)
 	a.access = make([]Access, n)
 	a.queued = make([]bool, n)
+	a.useful = make([]bool, n)
 	main := entry(true, a.cfg.CtxSize)
 	a.flow(0, &main)
 	processed := 0
@@ -97,6 +106,13 @@ func (a *analysis) run() (*Result, error) {
 			return nil, err
 		}
 	}
+	// Sanitizing in place costs more than a plain guard on a pointer-chasing
+	// path; do it only where a later access profits.
+	for pc, acc := range a.access {
+		if acc == HeapSanitize && !a.useful[pc] {
+			a.access[pc] = HeapAccess
+		}
+	}
 	r := &Result{CFG: a.g, Access: a.access, InsnsProcessed: processed}
 	for pc, s := range a.in {
 		if s != nil {
@@ -104,7 +120,7 @@ func (a *analysis) run() (*Result, error) {
 		}
 		if a.access[pc] != NoAccess {
 			r.GuardsTotal++
-			if a.access[pc] != HeapAccess {
+			if a.access[pc] != HeapAccess && a.access[pc] != HeapSanitize {
 				r.GuardsElided++
 			}
 		}
@@ -147,11 +163,15 @@ func (a *analysis) read(pc int, s *State, r uint8) (Reg, error) {
 
 // note records how instruction pc reaches memory; paths that disagree make it
 // a guarded heap access.
+//
+// A sanitizing access is idempotent on pointers already in the sandbox's view
+// (the stack, the context, a checked pointer), so where paths disagree the
+// access sanitizes.
 func (a *analysis) note(pc int, acc Access) {
 	switch prev := a.access[pc]; {
 	case prev == NoAccess:
 		a.access[pc] = acc
 	case prev != acc:
-		a.access[pc] = HeapAccess
+		a.access[pc] = HeapSanitize
 	}
 }

@@ -87,7 +87,43 @@ func TestGuardCounts(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, 4, r.GuardsTotal)
 	assert.Equal(t, 3, r.GuardsElided, "stack, stack, context; the heap load keeps its guard")
-	assert.Equal(t, []Access{StackAccess, CtxAccess, HeapAccess, StackAccess, NoAccess}, r.Access)
+	assert.Equal(t, []Access{StackAccess, CtxAccess, HeapAccess, StackAccess, NoAccess}, r.Access,
+		"nothing uses the sanitized pointer later: a plain guard")
+}
+
+// TestCheckedPointers: the first access through a heap pointer sanitizes it in
+// place; later ones, within reach of the guard regions, need no guard, until
+// the register is written with something else.
+func TestCheckedPointers(t *testing.T) {
+	r, err := verify(t, `
+		ldxdw %r3, [%r1+0]
+		ldxdw %r0, [%r3+0]
+		ldxdw %r0, [%r3+8]
+		add %r3, 16
+		ldxdw %r0, [%r3+0]
+		add %r3, 40000
+		ldxdw %r0, [%r3+0]
+		ldxdw %r3, [%r3+0]
+		ldxdw %r0, [%r3+0]
+		exit`)
+	require.NoError(t, err)
+	assert.Equal(t, []Access{CtxAccess, HeapSanitize, HeapChecked, NoAccess, HeapChecked, NoAccess, HeapSanitize,
+		HeapChecked, HeapAccess, NoAccess}, r.Access)
+	assert.Equal(t, 7, r.GuardsTotal)
+	assert.Equal(t, 3+1, r.GuardsElided)
+	// A loop: the pointer is checked on the way round too.
+	r, err = verify(t, `
+		ldxdw %r3, [%r1+0]
+		mov %r0, 0
+	loop:
+		ldxdw %r4, [%r3+0]
+		ldxdw %r5, [%r3+8]
+		add %r0, 1
+		jlt %r0, 8, loop
+		exit`)
+	require.NoError(t, err)
+	assert.Equal(t, HeapSanitize, r.Access[2])
+	assert.Equal(t, HeapChecked, r.Access[3])
 }
 
 func TestRejectionLog(t *testing.T) {

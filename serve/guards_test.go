@@ -1,0 +1,102 @@
+package serve_test
+
+import (
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf/asm"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kflex-go/kflex/bytecode"
+	"github.com/kflex-go/kflex/internal/benchprog"
+	"github.com/kflex-go/kflex/jit"
+	"github.com/kflex-go/kflex/serve"
+	"github.com/kflex-go/kflex/verifier"
+)
+
+const dataOff = 256 << 10
+
+// corpus compiles each benchmark program three ways: every access guarded,
+// with the verifier's findings (sanitize once, then unguarded), and with no
+// guards; all three must compute the expected result.
+func corpus(t testing.TB, m *jit.Machine, bc benchprog.Program) (progs [3]*jit.Program, elided, total int) {
+	insns, err := bytecode.Assemble(bc.Text)
+	require.NoError(t, err)
+	var want uint64
+	if bc.Setup != nil {
+		var r6 uint64
+		r6, want = bc.Setup(m.Sandbox()[dataOff:dataOff+benchprog.Size], m.Base()+dataOff)
+		insns = append(asm.Instructions{asm.LoadImm(asm.R6, int64(r6), asm.DWord)}, insns...)
+	}
+	res, err := verifier.Verify(insns, verifier.Config{})
+	require.NoError(t, err, bc.Name)
+	for i, o := range []jit.Options{{Guard: jit.GuardAll}, {Access: serve.AccessModes(res)}, {Guard: jit.GuardNone}} {
+		p, err := jit.CompileWith(insns, o)
+		require.NoError(t, err)
+		progs[i] = p
+		r0, err := m.Run(p, nil)
+		require.NoError(t, err)
+		if bc.Setup != nil {
+			require.Equal(t, want, r0, "%s, options %d", bc.Name, i)
+		}
+	}
+	return progs, res.GuardsElided, res.GuardsTotal
+}
+
+func jitMachine(t testing.TB) *jit.Machine {
+	if err := jit.Supported(); err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	m, err := jit.NewMachine(1 << 20)
+	require.NoError(t, err)
+	t.Cleanup(func() { m.Close() })
+	return m
+}
+
+func TestVerifiedGuardsCorrect(t *testing.T) {
+	m := jitMachine(t)
+	for _, bc := range benchprog.Corpus {
+		progs, elided, total := corpus(t, m, bc)
+		for _, p := range progs {
+			p.Close()
+		}
+		t.Logf("%-16s %d of %d accesses unguarded after the verifier", bc.Name, elided, total)
+	}
+}
+
+// BenchmarkVerifiedGuards: the guards' cost once the verifier has placed them
+// (sanitize a pointer once, then access it unguarded), against every access
+// guarded and no guards, alternating in one run.
+func BenchmarkVerifiedGuards(b *testing.B) {
+	m := jitMachine(b)
+	for _, bc := range benchprog.Corpus {
+		b.Run(bc.Name, func(b *testing.B) {
+			progs, elided, total := corpus(b, m, bc)
+			defer func() {
+				for _, p := range progs {
+					p.Close()
+				}
+			}()
+			var spent [3]time.Duration
+			const batch = 256
+			for b.Loop() {
+				for i, p := range progs {
+					t0 := time.Now()
+					for range batch {
+						m.Run(p, nil)
+					}
+					spent[i] += time.Since(t0)
+				}
+			}
+			ns := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / float64(b.N*batch) }
+			b.ReportMetric(ns(spent[0]), "all-guarded-ns")
+			b.ReportMetric(ns(spent[1]), "verified-ns")
+			b.ReportMetric(ns(spent[2]), "unguarded-ns")
+			b.ReportMetric(100*(float64(spent[1])/float64(spent[2])-1), "verified-overhead-%")
+			if total > 0 {
+				b.ReportMetric(100*float64(elided)/float64(total), "elided-%")
+			}
+			b.ReportMetric(0, "ns/op")
+		})
+	}
+}
