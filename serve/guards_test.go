@@ -1,8 +1,11 @@
 package serve_test
 
 import (
+	"fmt"
+	"runtime"
 	"testing"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf/asm"
 	"github.com/stretchr/testify/require"
@@ -99,4 +102,39 @@ func BenchmarkVerifiedGuards(b *testing.B) {
 			b.ReportMetric(0, "ns/op")
 		})
 	}
+}
+
+// TestForgedSpillStaysInSandbox runs, with the verifier's placement of guards,
+// a program that spills a stack pointer, overwrites the slot through a heap
+// alias of its frame (frames live in the sandbox) with the address of memory
+// outside it, and dereferences what it reads back. The read must land in the
+// sandbox, not on the secret.
+func TestForgedSpillStaysInSandbox(t *testing.T) {
+	m := jitMachine(t)
+	secret := new(uint64)
+	*secret = 0x5ec2e7_5ec2e7
+	addr := uint64(uintptr(unsafe.Pointer(secret)))
+	require.False(t, addr >= m.Base() && addr < m.Base()+uint64(len(m.Sandbox())), "the secret is outside the sandbox")
+	insns, err := bytecode.Assemble(fmt.Sprintf(`
+		stdw [%%r10-16], 0
+		mov %%r2, %%r10
+		add %%r2, -16
+		stxdw [%%r10-8], %%r2
+		mov %%r4, %%r10
+		and %%r4, -1
+		lddw %%r5, %#x
+		stxdw [%%r4-8], %%r5
+		ldxdw %%r2, [%%r10-8]
+		ldxdw %%r0, [%%r2+0]
+		exit`, addr))
+	require.NoError(t, err)
+	res, err := verifier.Verify(insns, verifier.Config{})
+	require.NoError(t, err)
+	p, err := jit.CompileWith(insns, jit.Options{Access: serve.AccessModes(res)})
+	require.NoError(t, err)
+	defer p.Close()
+	r0, err := m.Run(p, nil)
+	require.NoError(t, err)
+	require.NotEqual(t, *secret, r0, "the extension read memory outside its sandbox")
+	runtime.KeepAlive(secret)
 }

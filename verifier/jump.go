@@ -75,29 +75,21 @@ func afterCall(s *State) {
 }
 
 // localCall enters the subprogram with the caller's r1-r5 and a fresh frame,
-// and continues after the call with the callee's result unknown. Stack
-// pointers passed to the callee may have changed the caller's spilled values.
+// and continues after the call with the callee's result unknown.
 func (a *analysis) localCall(pc int, s *State, in bytecode.Slot) error {
 	callee := a.g.Calls[pc]
 	var e State
-	passesStack := false
 	for r := 1; r <= 5; r++ {
 		e.Regs[r] = s.Regs[r]
 		if s.Regs[r].Kind == PtrStack {
 			// The callee sees the caller's frame at an offset it cannot
 			// know; as a number, its accesses are guarded.
 			e.Regs[r] = unknownScalar()
-			passesStack = true
 		}
 	}
 	e.Regs[10] = Reg{Kind: PtrStack}
 	a.flow(callee, &e)
 	afterCall(s)
-	if passesStack {
-		for i := range s.Spill {
-			s.Spill[i] = unknownScalar()
-		}
-	}
 	a.flow(a.g.Succ[pc][0], s)
 	return nil
 }

@@ -72,12 +72,18 @@ func join(a, b Reg) Reg {
 const frameSize = 512
 
 // State is the abstract machine at one instruction: registers and the current
-// frame's stack, byte by byte initialised or not, with the values of 8-byte
-// aligned spills.
+// frame's stack, byte by byte initialised or not.
+//
+// It keeps no values for the stack. Frames live in the heap (the sandbox
+// reaches them, so that a stack pointer used as a number still finds its
+// frame), where a heap store of the program, a helper or another process may
+// change a spilled value between its store and its reload. A value read back
+// from the stack is therefore a number: a spilled pointer comes back as one
+// whose accesses are guarded, and a spilled constant as an unknown, so that a
+// forged slot can never steer an unguarded access.
 type State struct {
-	Regs  [11]Reg
-	Init  [frameSize / 64]uint64 // bit i: byte (frame top - 512 + i) written
-	Spill [frameSize / 8]Reg     // 8-byte aligned slots written whole
+	Regs [11]Reg
+	Init [frameSize / 64]uint64 // bit i: byte (frame top - 512 + i) written
 }
 
 func (s *State) initialised(off, size int64) bool {
@@ -108,11 +114,6 @@ func (s *State) joinInto(o *State) bool {
 	for i := range s.Init {
 		if j := s.Init[i] & o.Init[i]; j != s.Init[i] {
 			s.Init[i], changed = j, true
-		}
-	}
-	for i := range s.Spill {
-		if j := join(s.Spill[i], o.Spill[i]); j != s.Spill[i] {
-			s.Spill[i], changed = j, true
 		}
 	}
 	return changed

@@ -68,45 +68,19 @@ func (a *analysis) load(pc int, s *State, base uint8, off int16, size int, dst u
 		return err
 	}
 	a.note(pc, acc)
-	v := scalar(Unknown.Truncate(size))
-	if acc == StackAccess {
-		if !s.initialised(o, int64(size)) {
-			return reject(pc, "invalid read from stack off %d size %d: not all bytes written", o, size)
-		}
-		if size == 8 && o%8 == 0 {
-			v = s.Spill[(o+frameSize)/8]
-		}
+	if acc == StackAccess && !s.initialised(o, int64(size)) {
+		return reject(pc, "invalid read from stack off %d size %d: not all bytes written", o, size)
 	}
-	s.Regs[dst] = v
+	// Whatever was stored there, the slot may have changed since (see State).
+	s.Regs[dst] = scalar(Unknown.Truncate(size))
 	return nil
-}
-
-// write records a store of v (size bytes) at stack offset o.
-func (s *State) write(o int64, size int, v Reg) {
-	s.markInit(o, int64(size))
-	first, last := (o+frameSize)/8, (o+int64(size)-1+frameSize)/8
-	for i := first; i <= last; i++ {
-		s.Spill[i] = unknownScalar()
-	}
-	if size == 8 && o%8 == 0 {
-		s.Spill[first] = v
-	}
 }
 
 func (a *analysis) storeOrAtomic(pc int, s *State, in bytecode.Slot) error {
 	size := bytecode.MemSize(in.Op)
-	var v Reg
-	switch {
-	case in.Op&7 == 0x02: // st: an immediate
-		v = scalar(Const(uint64(int64(in.Imm))).Truncate(size))
-	default:
-		r, err := a.read(pc, s, in.Src)
-		if err != nil {
+	if in.Op&7 != 0x02 { // stx and atomics store a register, st an immediate
+		if _, err := a.read(pc, s, in.Src); err != nil {
 			return err
-		}
-		v = r
-		if size < 8 {
-			v = unknownScalar()
 		}
 	}
 	atomic := in.Op&7 == 0x03 && in.Op&0xe0 == 0xc0
@@ -128,7 +102,6 @@ func (a *analysis) storeOrAtomic(pc int, s *State, in bytecode.Slot) error {
 		if acc == StackAccess && !s.initialised(o, int64(size)) {
 			return reject(pc, "atomic operation on stack off %d size %d: not all bytes written", o, size)
 		}
-		v = scalar(Unknown.Truncate(size))
 		switch {
 		case in.Imm == bytecode.AtomicCmpXchg:
 			if _, err := a.read(pc, s, 0); err != nil {
@@ -140,7 +113,7 @@ func (a *analysis) storeOrAtomic(pc int, s *State, in bytecode.Slot) error {
 		}
 	}
 	if acc == StackAccess {
-		s.write(o, size, v)
+		s.markInit(o, int64(size))
 	}
 	a.flow(a.g.Succ[pc][0], s)
 	return nil

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"math/rand/v2"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -124,6 +125,65 @@ func TestCheckedPointers(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, HeapSanitize, r.Access[2])
 	assert.Equal(t, HeapChecked, r.Access[3])
+}
+
+// ForgedSpills are programs that store a value on the stack, overwrite it
+// through a heap alias of the frame (frames live in the sandbox, and another
+// process may write there too) and use what they read back: as a pointer, as a
+// stack offset, as a checked heap pointer. The verifier must not take the
+// reloaded value for what was stored: the last access of each stays guarded,
+// or the program is rejected.
+// Forged is the address the overwrite writes, ready to be patched in.
+var ForgedSpills = map[string]string{
+	"stack pointer": `
+		stdw [%r10-16], 0
+		mov %r2, %r10
+		add %r2, -16
+		stxdw [%r10-8], %r2
+		mov %r4, %r10
+		and %r4, -1
+		lddw %r5, FORGED
+		stxdw [%r4-8], %r5
+		ldxdw %r2, [%r10-8]
+		ldxdw %r0, [%r2+0]
+		exit`,
+	"stack offset": `
+		stdw [%r10-16], 0
+		stdw [%r10-8], -16
+		mov %r4, %r10
+		and %r4, -1
+		lddw %r5, FORGED
+		stxdw [%r4-8], %r5
+		ldxdw %r2, [%r10-8]
+		mov %r3, %r10
+		add %r3, %r2
+		ldxdw %r0, [%r3+0]
+		exit`,
+	"checked heap pointer": `
+		ldxdw %r2, [%r1+0]
+		ldxdw %r0, [%r2+0]
+		stxdw [%r10-8], %r2
+		mov %r4, %r10
+		and %r4, -1
+		lddw %r5, FORGED
+		stxdw [%r4-8], %r5
+		ldxdw %r2, [%r10-8]
+		ldxdw %r0, [%r2+0]
+		exit`,
+}
+
+func TestForgedSpills(t *testing.T) {
+	for name, src := range ForgedSpills {
+		t.Run(name, func(t *testing.T) {
+			r, err := verify(t, strings.ReplaceAll(src, "FORGED", "0x1000"))
+			if err != nil {
+				assert.ErrorIs(t, err, ErrRejected)
+				return
+			}
+			last := len(r.Access) - 2 // the access before exit
+			assert.Equal(t, HeapAccess, r.Access[last], "the reloaded value's access is guarded")
+		})
+	}
 }
 
 func TestRejectionLog(t *testing.T) {
