@@ -56,6 +56,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime $(FUZZTIME) ./bytecode
 	$(GO) test -run '^$$' -fuzz '^FuzzInterp$$' -fuzztime $(FUZZTIME) ./jit/interp
 	$(GO) test -run '^$$' -fuzz '^FuzzDifferential$$' -fuzztime $(FUZZTIME) ./jit
+	$(GO) test -run '^$$' -fuzz '^FuzzVerifier$$' -fuzztime $(FUZZTIME) ./verifier
+	$(GO) test -run '^$$' -fuzz '^FuzzSandboxGames$$' -fuzztime $(FUZZTIME) ./serve
 	$(GO) test -run '^$$' -fuzz '^FuzzKernelDiff$$' -fuzztime $(FUZZTIME) -parallel 1 ./kernel
 
 # Longer runs of the multi-process and hammer tests.
