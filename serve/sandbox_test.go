@@ -51,11 +51,13 @@ func pointerGame(data []byte, canary uint64) string {
 	for k := 1; k <= 8; k++ {
 		fmt.Fprintf(&b, "\tstdw [%%r10-%d], 0\n", 8*k)
 	}
+	b.WriteString("\tstxdw [%r10-64], %r1\n") // the context, for after calls
 	dsts := []int{0, 2, 3, 4, 5, 6, 7}
 	bases := []int{0, 2, 3, 4, 5, 6, 7, 8, 9, 10}
 	offs := []int{-16, -8, 0, 8, 16, 24}
+	calls := false
 	for len(data) >= 3 && b.Len() < 4096 {
-		op, x, y := data[0]%10, int(data[1]), int(data[2])
+		op, x, y := data[0]%13, int(data[1]), int(data[2])
 		data = data[3:]
 		a, r := dsts[x%len(dsts)], bases[(x/len(dsts))%len(bases)]
 		slot, off := 8*(1+y%2), offs[y%len(offs)] // two slots: spills and forgeries meet
@@ -80,9 +82,34 @@ func pointerGame(data []byte, canary uint64) string {
 			fmt.Fprintf(&b, "\tmov %%r%d, %%r10\n\tadd %%r%d, -%d\n", a, a, slot)
 		case 9:
 			fmt.Fprintf(&b, "\tldxdw %%r%d, [%%r1+0]\n", a)
+		case 10: // writes its source register
+			fmt.Fprintf(&b, "\tlock fetch add [%%r%d%+d], %%r%d\n", r, off, a)
+		case 11: // compares with and writes r0
+			fmt.Fprintf(&b, "\tlock cmpxchg [%%r%d%+d], %%r%d\n", r, off, a)
+		case 12: // a subprogram with the registers as arguments; r1-r5 are lost
+			b.WriteString("\tcall local game\n\tldxdw %r1, [%r10-64]\n")
+			for _, r := range []int{2, 3, 4, 5} { // from what the call kept
+				fmt.Fprintf(&b, "\tmov %%r%d, %%r%d\n", r, []int{0, 6, 7}[(x+r)%3])
+			}
+			calls = true
 		}
 	}
 	fmt.Fprintf(&b, "\tmov %%r0, %%r%d\n\tand %%r0, -1\n\texit\n", dsts[len(data)%len(dsts)])
+	if !calls {
+		return b.String()
+	}
+	// The subprogram spills its argument r2 and forges the slot with r3
+	// through r4 taken as its frame's alias, then reads through the reload.
+	b.WriteString(`game:
+	stxdw [%r10-8], %r2
+	mov %r4, %r10
+	and %r4, -1
+	stxdw [%r4-8], %r3
+	ldxdw %r2, [%r10-8]
+	ldxdw %r0, [%r2+0]
+	stxdw [%r2+8], %r5
+	exit
+`)
 	return b.String()
 }
 
