@@ -57,7 +57,7 @@ func pointerGame(data []byte, canary uint64) string {
 	offs := []int{-16, -8, 0, 8, 16, 24}
 	calls := false
 	for len(data) >= 3 && b.Len() < 4096 {
-		op, x, y := data[0]%13, int(data[1]), int(data[2])
+		op, x, y := data[0]%15, int(data[1]), int(data[2])
 		data = data[3:]
 		a, r := dsts[x%len(dsts)], bases[(x/len(dsts))%len(bases)]
 		slot, off := 8*(1+y%2), offs[y%len(offs)] // two slots: spills and forgeries meet
@@ -86,6 +86,10 @@ func pointerGame(data []byte, canary uint64) string {
 			fmt.Fprintf(&b, "\tlock fetch add [%%r%d%+d], %%r%d\n", r, off, a)
 		case 11: // compares with and writes r0
 			fmt.Fprintf(&b, "\tlock cmpxchg [%%r%d%+d], %%r%d\n", r, off, a)
+		case 13: // an index: bounded, or not
+			fmt.Fprintf(&b, "\tand %%r%d, %d\n\tlsh %%r%d, %d\n", a, []int{7, 63, 1023, -1}[y%4], a, y%5)
+		case 14:
+			fmt.Fprintf(&b, "\tadd %%r%d, %%r%d\n", a, r)
 		case 12: // a subprogram with the registers as arguments; r1-r5 are lost
 			b.WriteString("\tcall local game\n\tldxdw %r1, [%r10-64]\n")
 			for _, r := range []int{2, 3, 4, 5} { // from what the call kept

@@ -51,17 +51,50 @@ func (a *analysis) alu(pc int, s *State, in bytecode.Slot, w bool) error {
 		return nil
 	}
 	r := scalar(scalarALU(in, w, dst.Val, src.Val))
-	// A checked pointer moved by a small constant stays checked.
-	if c, ok := constOf(src); ok && dst.Checked && w && (op == 0x00 || op == 0x10) {
-		if op == 0x10 {
-			c = -c
-		}
-		if off := dst.Off + c; off > -guardReach && off < guardReach {
-			r.Checked, r.Off, r.SanPC = true, off, dst.SanPC
-		}
+	if w {
+		r = aluBounds(op, dst, src, r)
+	}
+	if w && (op == 0x00 || op == 0x10) {
+		r = movedChecked(op, dst, src, r)
 	}
 	s.Regs[in.Dst] = r
 	return nil
+}
+
+// movedChecked: a checked pointer plus or minus a number whose unsigned
+// range is small (a constant, an index shifted into place) stays checked, its
+// offsets moved by that range, while they stay within reach of the guard
+// regions. r is the sum as a number.
+func movedChecked(op uint8, dst, src, r Reg) Reg {
+	if op == 0x00 && src.Checked && !dst.Checked {
+		dst, src = src, dst // addition commutes
+	}
+	if !dst.Checked || src.Checked {
+		return r
+	}
+	lo, hi := src.Bounds()
+	if c, ok := constOf(src); ok {
+		lo, hi = uint64(c), uint64(c)
+		if c < 0 { // a negative constant, as the program wrote it
+			if op == 0x00 {
+				op, c = 0x10, -c
+			} else {
+				op, c = 0x00, -c
+			}
+			lo, hi = uint64(c), uint64(c)
+		}
+	}
+	if hi >= guardReach {
+		return r
+	}
+	off, span := dst.Off+int64(lo), dst.Span+int64(hi-lo)
+	if op == 0x10 {
+		off = dst.Off - int64(hi)
+	}
+	if off > -guardReach && off+span < guardReach {
+		r.Checked, r.Off, r.Span, r.SanPC = true, off, span, dst.SanPC
+	}
+	return r
 }
 
 func truncate(r Reg) Reg {

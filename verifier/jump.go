@@ -49,20 +49,24 @@ func (a *analysis) jump(pc int, s *State, in bytecode.Slot) error {
 		}
 	}
 	fall, taken := *s, *s
-	// Refinement: an equality test with a constant fixes the register on the
-	// side where it holds.
-	if in.Op&0x08 == 0 && in.Op&7 == 0x05 && d.Kind == Scalar {
-		k := scalar(Const(uint64(int64(in.Imm))))
-		switch in.Op & 0xf0 {
-		case 0x10: // jeq
-			taken.Regs[in.Dst] = k
-		case 0x50: // jne
-			fall.Regs[in.Dst] = k
-		}
+	fallOK, takenOK := true, true
+	// Refinement: a 64-bit comparison of a number with a constant narrows it
+	// on both sides; a side no value can take is not followed.
+	k, isConst := uint64(int64(in.Imm)), true
+	if in.Op&0x08 != 0 {
+		var c int64
+		c, isConst = constOf(src)
+		k = uint64(c)
 	}
-	_ = src
-	a.flow(succ[0], &fall)
-	a.flow(succ[1], &taken)
+	if in.Op&7 == 0x05 && d.Kind == Scalar && isConst {
+		taken.Regs[in.Dst], fall.Regs[in.Dst], takenOK, fallOK = refine(in.Op&0xf0, d, k)
+	}
+	if fallOK {
+		a.flow(succ[0], &fall)
+	}
+	if takenOK {
+		a.flow(succ[1], &taken)
+	}
 	return nil
 }
 

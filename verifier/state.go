@@ -3,6 +3,7 @@ package verifier
 import (
 	"fmt"
 	"math"
+	"math/bits"
 )
 
 // Kind is what a register or stack slot holds, as far as the analysis knows.
@@ -23,27 +24,36 @@ func (k Kind) String() string {
 // Reg is the abstract value of a register.
 type Reg struct {
 	Kind Kind
-	Off  int64 // PtrCtx, PtrStack: constant offset from the region's base; checked Scalar: from the sanitized value
+	Off  int64 // PtrCtx, PtrStack: constant offset from the region's base; checked Scalar: see Checked
 	Val  Tnum  // Scalar: its possible bits
-	// Checked: a Scalar that an earlier access sanitized into the sandbox in
-	// place (masked and rebased), plus Off. Accesses through it within reach
-	// of the guard regions need no guard.
+	// Checked: a Scalar that lies in the sandbox, moved by Off to Off+Span
+	// bytes. It got there by an earlier access that sanitized it in place
+	// (masked and rebased), or from the runtime, which never hands out
+	// anything else (SanPC 0). Accesses through it within reach of the
+	// guard regions need no guard.
 	Checked bool
-	SanPC   int // checked: 1 + the slot of the access that sanitized it
+	Span    int64
+	SanPC   int // checked: 1 + the slot of the access that sanitized it, or 0
+	// Scalar: unsigned bounds beyond what Val says (see bounds.go); the
+	// zero values admit everything.
+	UMin, UMaxNot uint64
 }
 
 func (r Reg) String() string {
-	switch r.Kind {
-	case Scalar:
-		if r.Val.IsConst() {
-			return fmt.Sprintf("%d", int64(r.Val.Value))
-		}
-		return fmt.Sprintf("scalar(%#x/%#x)", r.Val.Value, r.Val.Mask)
-	case PtrCtx, PtrStack:
-		return fmt.Sprintf("%v%+d", r.Kind, r.Off)
-	}
-	if r.Checked {
+	switch {
+	case r.Checked && r.Span != 0:
+		return fmt.Sprintf("heap%+d..%+d", r.Off, r.Off+r.Span)
+	case r.Checked:
 		return fmt.Sprintf("heap%+d", r.Off)
+	case r.Kind == Scalar && r.Val.IsConst():
+		return fmt.Sprintf("%d", int64(r.Val.Value))
+	case r.Kind == Scalar && (r.UMin != 0 || r.UMaxNot != 0):
+		lo, hi := r.Bounds()
+		return fmt.Sprintf("scalar(%#x/%#x,%#x..%#x)", r.Val.Value, r.Val.Mask, lo, hi)
+	case r.Kind == Scalar:
+		return fmt.Sprintf("scalar(%#x/%#x)", r.Val.Value, r.Val.Mask)
+	case r.Kind == PtrCtx, r.Kind == PtrStack:
+		return fmt.Sprintf("%v%+d", r.Kind, r.Off)
 	}
 	return r.Kind.String()
 }
@@ -51,21 +61,59 @@ func (r Reg) String() string {
 func scalar(t Tnum) Reg  { return Reg{Kind: Scalar, Val: t} }
 func unknownScalar() Reg { return scalar(Unknown) }
 
-// join is the least value covering both: what a register holds where paths meet.
-func join(a, b Reg) Reg {
+// join is the least value covering both: what a register holds where paths
+// meet. Where paths bring checked pointers, the result is checked over both
+// ranges of offsets; where sanitizing accesses differ, both are useful (see
+// analysis.useful).
+func join(a, b Reg, useful []bool) Reg {
 	switch {
 	case a == b:
 		return a
 	case a.Kind == NotInit || b.Kind == NotInit:
 		return Reg{}
 	case a.Kind == Scalar && b.Kind == Scalar:
-		j := scalar(a.Val.Union(b.Val))
-		if a.Checked && b.Checked && a.Off == b.Off && a.SanPC == b.SanPC {
-			j.Checked, j.Off, j.SanPC = true, a.Off, a.SanPC
+		j := joinBounds(scalar(a.Val.Union(b.Val)), a, b)
+		if !a.Checked || !b.Checked {
+			return j
+		}
+		lo, hi := min(a.Off, b.Off), max(a.Off+a.Span, b.Off+b.Span)
+		if (lo != a.Off || hi != a.Off+a.Span) && (lo != b.Off || hi != b.Off+b.Span) {
+			lo, hi = widen(lo, hi)
+		}
+		if lo <= -guardReach || hi >= guardReach {
+			return j
+		}
+		j.Checked, j.Off, j.Span, j.SanPC = true, lo, hi-lo, a.SanPC
+		if a.SanPC != b.SanPC {
+			for _, pc := range []int{a.SanPC, b.SanPC} {
+				if pc > 0 {
+					useful[pc-1] = true
+				}
+			}
 		}
 		return j
 	}
 	return Reg{Kind: PtrMixed}
+}
+
+// widen rounds a range of offsets that grew past both ranges it joins out to
+// powers of two (0 inwards), so that a pointer moved round a loop reaches its
+// fixpoint, or leaves the guard regions' reach, in a few passes rather than
+// one per step.
+func widen(lo, hi int64) (int64, int64) {
+	pow2 := func(v int64) int64 { return int64(1) << bits.Len64(uint64(v-1)) }
+	switch {
+	case lo >= 0:
+		lo = 0
+	default:
+		lo = -pow2(-lo)
+	}
+	if hi > 0 {
+		hi = pow2(hi)
+	} else {
+		hi = 0
+	}
+	return lo, hi
 }
 
 // frameSize is the eBPF stack frame.
@@ -104,10 +152,10 @@ func (s *State) markInit(off, size int64) {
 }
 
 // joinInto merges o into s and reports whether s changed.
-func (s *State) joinInto(o *State) bool {
+func (s *State) joinInto(o *State, useful []bool) bool {
 	changed := false
 	for i := range s.Regs {
-		if j := join(s.Regs[i], o.Regs[i]); j != s.Regs[i] {
+		if j := join(s.Regs[i], o.Regs[i], useful); j != s.Regs[i] {
 			s.Regs[i], changed = j, true
 		}
 	}

@@ -53,8 +53,10 @@ func (a *analysis) pointerAt(pc int, s *State, base uint8, off int16, size int) 
 	case PtrMixed:
 		return 0, 0, reject(pc, "R%d dereferenced: a pointer of different kinds or offsets on different paths", base)
 	}
-	if r.Checked && o > -guardReach && o+int64(size) < guardReach {
-		a.useful[r.SanPC-1] = true
+	if r.Checked && o > -guardReach && o+r.Span+int64(size) < guardReach {
+		if r.SanPC > 0 {
+			a.useful[r.SanPC-1] = true
+		}
 		return HeapChecked, 0, nil
 	}
 	// The access sanitizes the register in place: afterwards it is checked.

@@ -135,7 +135,7 @@ func (a *analysis) flow(pc int, s *State) {
 	if a.in[pc] == nil {
 		c := *s
 		a.in[pc] = &c
-	} else if !a.in[pc].joinInto(s) {
+	} else if !a.in[pc].joinInto(s, a.useful) {
 		return
 	}
 	if !a.queued[pc] {

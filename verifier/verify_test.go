@@ -51,7 +51,8 @@ func TestVerdicts(t *testing.T) {
 		{"loop", "mov %r0, 0\nloop:\nadd %r0, 1\njlt %r0, 100, loop\nexit", ""},
 		{"loop moving a pointer", "mov %r0, 0\nmov %r6, %r10\nloop:\nadd %r6, -8\nstdw [%r6+0], 1\nadd %r0, 1\njlt %r0, 4, loop\nexit",
 			"dereferenced: a pointer of different kinds or offsets"},
-		{"one path leaves r0 unset", "jeq %r2, 0, +1\nmov %r0, 1\nexit", "insn 2: R0 !read_ok"},
+		{"one path leaves r0 unset", "ldxdw %r3, [%r1+0]\njeq %r3, 0, +1\nmov %r0, 1\nexit", "insn 3: R0 !read_ok"},
+		{"a path no value takes", "jeq %r2, 0, +1\nmov %r0, 1\nexit", ""},
 		{"refined by jeq", "ldxdw %r3, [%r1+0]\njeq %r3, 8, +2\nmov %r0, 0\nexit\nmov %r2, %r10\nadd %r2, %r3\nstdw [%r2-16], 1\nmov %r0, 0\nexit", ""},
 		{"subprogram", "mov %r1, 2\ncall local f\nexit\nf:\nmov %r0, %r1\nadd %r0, 1\nexit", ""},
 		{"subprogram's r6 unset", "mov %r6, 2\ncall local f\nexit\nf:\nmov %r0, %r6\nexit", "insn 3: R6 !read_ok"},
@@ -125,6 +126,65 @@ func TestCheckedPointers(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, HeapSanitize, r.Access[2])
 	assert.Equal(t, HeapChecked, r.Access[3])
+}
+
+// TestCheckedRanges: a checked pointer plus a bounded index (a masked
+// number shifted into place) is checked over the index's range, however the
+// sum is written; an unbounded index, or a range past the guard regions'
+// reach, makes a number the next access sanitizes.
+func TestCheckedRanges(t *testing.T) {
+	r, err := verify(t, `
+		ldxdw %r3, [%r1+0]
+		ldxdw %r0, [%r3+0]
+		ldxdw %r5, [%r1+8]
+		and %r5, 1023
+		lsh %r5, 4
+		mov %r4, %r5
+		add %r4, %r3
+		ldxdw %r0, [%r4+8]
+		mov %r4, %r3
+		add %r4, %r5
+		ldxdw %r0, [%r4+16376]
+		mov %r4, %r3
+		sub %r4, %r5
+		ldxdw %r0, [%r4-8]
+		mov %r4, %r3
+		add %r4, %r5
+		ldxdw %r0, [%r4+16400]
+		ldxdw %r5, [%r1+8]
+		mov %r4, %r3
+		add %r4, %r5
+		ldxdw %r0, [%r4+0]
+		exit`)
+	require.NoError(t, err)
+	assert.Equal(t, []Access{CtxAccess, HeapSanitize, CtxAccess, NoAccess, NoAccess, NoAccess, NoAccess, HeapChecked,
+		NoAccess, NoAccess, HeapChecked, NoAccess, NoAccess, HeapChecked,
+		NoAccess, NoAccess, HeapAccess, CtxAccess, NoAccess, NoAccess, HeapAccess, NoAccess}, r.Access)
+
+	// Round a loop: a constant offset on the way in, the index's range on
+	// the way round; the join covers both. Two sanitizers meeting at a join
+	// are both kept.
+	r, err = verify(t, `
+		ldxdw %r6, [%r1+0]
+		ldxdw %r0, [%r6+0]
+		mov %r8, 3
+	level:
+		mov %r4, %r8
+		lsh %r4, 3
+		add %r4, %r6
+		ldxdw %r0, [%r4+16]
+		jeq %r8, 0, out
+		sub %r8, 1
+		jeq %r0, 0, level
+		ldxdw %r7, [%r0+0]
+		mov %r6, %r0
+		ja level
+	out:
+		exit`)
+	require.NoError(t, err)
+	assert.Equal(t, HeapSanitize, r.Access[1], "the first pointer's sanitizer")
+	assert.Equal(t, HeapChecked, r.Access[6], "indexed from either pointer")
+	assert.Equal(t, HeapSanitize, r.Access[10], "the second pointer's sanitizer, kept though its result is used past a join")
 }
 
 // ForgedSpills are programs that store a value on the stack, overwrite it

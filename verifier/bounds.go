@@ -1,0 +1,167 @@
+package verifier
+
+import (
+	"math"
+	"math/bits"
+)
+
+// Unsigned bounds. A scalar's tnum knows its bits; it cannot say "between 1
+// and 3" or keep "below 4096" through a subtraction. A scalar also carries an
+// unsigned interval, kept by addition, subtraction and shifts and narrowed by
+// the comparisons a program branches on, as the kernel's umin/umax are. The
+// two describe one value: each narrows the other (see withBounds).
+//
+// The interval is stored so that the zero value admits everything: every
+// scalar made without bounds (a load, a helper's result) is unbounded but for
+// its tnum.
+
+// Bounds returns the unsigned range r's value lies in.
+func (r Reg) Bounds() (lo, hi uint64) {
+	return max(r.UMin, r.Val.Min()), min(^r.UMaxNot, r.Val.Max())
+}
+
+// withBounds narrows r to [lo, hi] and its tnum to match; ok is false when no
+// value remains (the path cannot be taken).
+func (r Reg) withBounds(lo, hi uint64) (Reg, bool) {
+	clo, chi := r.Bounds()
+	lo, hi = max(lo, clo), min(hi, chi)
+	if lo > hi {
+		return r, false
+	}
+	r.Val = r.Val.Intersect(Range(lo, hi))
+	// Keep only what the tnum does not say, so that equal values compare
+	// equal.
+	r.UMin, r.UMaxNot = 0, 0
+	if lo > r.Val.Min() {
+		r.UMin = lo
+	}
+	if hi < r.Val.Max() {
+		r.UMaxNot = ^hi
+	}
+	return r, true
+}
+
+// aluBounds is the interval of a 64-bit ALU result r = d op s (r already holds
+// the tnum); where the operation could wrap, r keeps its tnum alone.
+func aluBounds(op uint8, d, s, r Reg) Reg {
+	dlo, dhi := d.Bounds()
+	slo, shi := s.Bounds()
+	var lo, hi uint64
+	switch op {
+	case 0x00: // add
+		var c1, c2 uint64
+		lo, c1 = bits.Add64(dlo, slo, 0)
+		hi, c2 = bits.Add64(dhi, shi, 0)
+		if c1 != 0 || c2 != 0 {
+			return r
+		}
+	case 0x10: // sub
+		if dlo < shi {
+			return r
+		}
+		lo, hi = dlo-shi, dhi-slo
+	case 0x50: // and: no larger than either side
+		lo, hi = 0, min(dhi, shi)
+	case 0x60, 0x70: // shifts by a constant
+		k, ok := constOf(s)
+		if !ok || k < 0 || k > 63 {
+			return r
+		}
+		if op == 0x70 {
+			lo, hi = dlo>>k, dhi>>k
+		} else if dhi > math.MaxUint64>>k {
+			return r
+		} else {
+			lo, hi = dlo<<k, dhi<<k
+		}
+	default:
+		return r
+	}
+	nr, ok := r.withBounds(lo, hi)
+	if !ok { // cannot happen for sound inputs; stay with the tnum
+		return r
+	}
+	return nr
+}
+
+// joinBounds is the interval where a (the state so far) and b (arriving) meet:
+// both ranges' hull, where an end that moves is widened to a power of two (the
+// low end down to one or to 0, the high end up to one less), so that a counter
+// round a loop reaches its fixpoint in a few dozen passes at most, not one
+// pass per step. The comparison that bounds the loop then trims the widened
+// end back.
+func joinBounds(j, a, b Reg) Reg {
+	alo, ahi := a.Bounds()
+	blo, bhi := b.Bounds()
+	lo, hi := alo, ahi
+	if blo < alo {
+		lo = 0
+		if blo > 0 {
+			lo = 1 << (bits.Len64(blo) - 1)
+		}
+	}
+	if bhi > ahi {
+		hi = math.MaxUint64 >> bits.LeadingZeros64(bhi)
+	}
+	if nj, ok := j.withBounds(lo, hi); ok {
+		return nj
+	}
+	return j
+}
+
+// refine narrows the scalar x on both sides of the 64-bit unsigned comparison
+// "x op k": the bounds where the branch is taken, and where it falls through;
+// a false ok says that side cannot happen.
+func refine(op uint8, x Reg, k uint64) (taken, fall Reg, takenOK, fallOK bool) {
+	// lt, le: x in [0, k-1] or [0, k]; gt, ge likewise upwards. The opposite
+	// side is the complement.
+	below := func(hi uint64) (Reg, bool) { return x.withBounds(0, hi) }
+	above := func(lo uint64) (Reg, bool) { return x.withBounds(lo, math.MaxUint64) }
+	switch op {
+	case 0x20: // jgt
+		if k == math.MaxUint64 {
+			f, ok := below(k)
+			return x, f, false, ok
+		}
+		taken, takenOK = above(k + 1)
+		fall, fallOK = below(k)
+	case 0x30: // jge
+		if k == 0 {
+			return x, x, true, false
+		}
+		taken, takenOK = above(k)
+		fall, fallOK = below(k - 1)
+	case 0xa0: // jlt
+		if k == 0 {
+			return x, x, false, true
+		}
+		taken, takenOK = below(k - 1)
+		fall, fallOK = above(k)
+	case 0xb0: // jle
+		if k == math.MaxUint64 {
+			return x, x, true, false
+		}
+		taken, takenOK = below(k)
+		fall, fallOK = above(k + 1)
+	case 0x10, 0x50: // jeq, jne: x = k on one side; off an end of its range on the other
+		eq, eqOK := x.withBounds(k, k)
+		if eqOK {
+			eq = scalar(Const(k))
+		}
+		ne, neOK := x, true
+		if lo, hi := x.Bounds(); lo == k && hi == k {
+			neOK = false
+		} else if lo == k {
+			ne, neOK = x.withBounds(k+1, hi)
+		} else if hi == k {
+			ne, neOK = x.withBounds(lo, k-1)
+		}
+		if op == 0x10 {
+			return eq, ne, eqOK, neOK
+		}
+		return ne, eq, neOK, eqOK
+	default:
+		return x, x, true, true
+	}
+	return
+}
