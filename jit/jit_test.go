@@ -2,6 +2,7 @@ package jit_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"math/rand/v2"
 	"runtime"
@@ -286,4 +287,19 @@ func TestStackAccessesUnguarded(t *testing.T) {
 	r0, err := m.Run(compile(t, insns), nil)
 	require.NoError(t, err)
 	assert.Equal(t, uint64(7), r0)
+}
+
+// TestEntryArgument: r3 at entry is the context's first word masked into the
+// sandbox, whatever the word is (interp.TestEntryArgument: the same there).
+func TestEntryArgument(t *testing.T) {
+	m := machine(t)
+	p := compile(t, asm.Instructions{asm.Mov.Reg(asm.R0, asm.R3), asm.Return()})
+	ctx := make([]byte, 8)
+	binary.LittleEndian.PutUint64(ctx, 0xdead_0000_0123)
+	r0, err := m.Run(p, ctx)
+	require.NoError(t, err)
+	assert.Equal(t, m.Base()+0x123, r0)
+	r0, err = m.Run(p, nil)
+	require.NoError(t, err)
+	assert.Zero(t, r0, "no context: r3 is not set")
 }

@@ -1,6 +1,7 @@
 package jit
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/bits"
@@ -271,8 +272,10 @@ func (m *Machine) Bytes(addr, n uint64, _ bool) ([]byte, error) {
 }
 
 // Run executes p with r1 pointing to a copy of ctx in the sandbox (0 if ctx
-// is empty), r2 = len(ctx) and r10 at the top of the stack; the copy is
-// written back into ctx when the program ends. It returns r0.
+// is empty), r2 = len(ctx), r3 the context's first word masked into the
+// sandbox (when it has one: a pointer argument no program can forge, which
+// the verifier may take as checked) and r10 at the top of the stack; the copy
+// is written back into ctx when the program ends. It returns r0.
 func (m *Machine) Run(p *Program, ctx []byte) (uint64, error) {
 	if len(ctx) > MaxCtxSize {
 		return 0, fmt.Errorf("jit: context of %d bytes exceeds %d", len(ctx), MaxCtxSize)
@@ -285,6 +288,9 @@ func (m *Machine) Run(p *Program, ctx []byte) (uint64, error) {
 	c.regs = [11]uint64{}
 	if len(ctx) > 0 {
 		c.regs[1], c.regs[2] = m.Base()+ctxAt, uint64(len(ctx))
+	}
+	if len(ctx) >= 8 {
+		c.regs[3] = m.Base() + binary.LittleEndian.Uint64(ctx)&(m.size-1)
 	}
 	c.regs[10] = m.Base() + m.scratch + stackTop
 	c.resume, c.depth, c.budget = p.entry(), 0, budgetEvery

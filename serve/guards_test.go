@@ -1,6 +1,7 @@
 package serve_test
 
 import (
+	"encoding/binary"
 	"fmt"
 	"runtime"
 	"testing"
@@ -21,29 +22,33 @@ const dataOff = 256 << 10
 
 // corpus compiles each benchmark program three ways: every access guarded,
 // with the verifier's findings (sanitize once, then unguarded), and with no
-// guards; all three must compute the expected result.
-func corpus(t testing.TB, m *jit.Machine, bc benchprog.Program) (progs [3]*jit.Program, elided, total int) {
+// guards; all three must compute the expected result. The data structure's
+// address comes as the runtime passes a pointer argument: the context's first
+// word, which the engine puts in r3 masked into the sandbox (serve.VerifierConfig).
+func corpus(t testing.TB, m *jit.Machine, bc benchprog.Program) (progs [3]*jit.Program, ctx []byte, elided, total int) {
 	insns, err := bytecode.Assemble(bc.Text)
 	require.NoError(t, err)
 	var want uint64
+	ctx = make([]byte, 8)
 	if bc.Setup != nil {
 		var r6 uint64
 		r6, want = bc.Setup(m.Sandbox()[dataOff:dataOff+benchprog.Size], m.Base()+dataOff)
-		insns = append(asm.Instructions{asm.LoadImm(asm.R6, int64(r6), asm.DWord)}, insns...)
+		binary.LittleEndian.PutUint64(ctx, r6)
+		insns = append(asm.Instructions{asm.Mov.Reg(asm.R6, asm.R3)}, insns...)
 	}
-	res, err := verifier.Verify(insns, verifier.Config{})
+	res, err := verifier.Verify(insns, verifier.Config{CtxSize: len(ctx), EntryArg: true})
 	require.NoError(t, err, bc.Name)
 	for i, o := range []jit.Options{{Guard: jit.GuardAll}, {Access: serve.AccessModes(res)}, {Guard: jit.GuardNone}} {
 		p, err := jit.CompileWith(insns, o)
 		require.NoError(t, err)
 		progs[i] = p
-		r0, err := m.Run(p, nil)
+		r0, err := m.Run(p, ctx)
 		require.NoError(t, err)
 		if bc.Setup != nil {
 			require.Equal(t, want, r0, "%s, options %d", bc.Name, i)
 		}
 	}
-	return progs, res.GuardsElided, res.GuardsTotal
+	return progs, ctx, res.GuardsElided, res.GuardsTotal
 }
 
 func jitMachine(t testing.TB) *jit.Machine {
@@ -59,7 +64,7 @@ func jitMachine(t testing.TB) *jit.Machine {
 func TestVerifiedGuardsCorrect(t *testing.T) {
 	m := jitMachine(t)
 	for _, bc := range benchprog.Corpus {
-		progs, elided, total := corpus(t, m, bc)
+		progs, _, elided, total := corpus(t, m, bc)
 		for _, p := range progs {
 			p.Close()
 		}
@@ -74,7 +79,7 @@ func BenchmarkVerifiedGuards(b *testing.B) {
 	m := jitMachine(b)
 	for _, bc := range benchprog.Corpus {
 		b.Run(bc.Name, func(b *testing.B) {
-			progs, elided, total := corpus(b, m, bc)
+			progs, ctx, elided, total := corpus(b, m, bc)
 			defer func() {
 				for _, p := range progs {
 					p.Close()
@@ -86,7 +91,7 @@ func BenchmarkVerifiedGuards(b *testing.B) {
 				for i, p := range progs {
 					t0 := time.Now()
 					for range batch {
-						m.Run(p, nil)
+						m.Run(p, ctx)
 					}
 					spent[i] += time.Since(t0)
 				}

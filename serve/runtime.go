@@ -127,7 +127,7 @@ func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runti
 	rt := &Runtime{h: h, proc: proc, progs: map[string]*jit.Program{}, iprogs: map[string]*interp.Program{},
 		execs: make(chan *executor, n), trace: o.Trace, conns: map[net.Conn]bool{}}
 	for name, insns := range progs {
-		res, err := verifier.Verify(insns, verifier.Config{CtxSize: CtxSize, Helpers: Prototypes()})
+		res, err := verifier.Verify(insns, VerifierConfig())
 		if err != nil {
 			rt.Close()
 			return nil, fmt.Errorf("serve: program %s: %w", name, err)
@@ -271,7 +271,10 @@ var start = time.Now()
 
 // The context an extension gets in r1 (r2 = its length): the caller's
 // argument, then what the bytecode lock (mcs.BytecodeLock) needs, all
-// addresses in the runtime's view.
+// addresses in the runtime's view. r3 holds the argument as an address in
+// the heap (masked into it by the engine): an extension that takes a pointer
+// argument uses r3, whose accesses need no guard within reach of the guard
+// regions, rather than loading the word and having it sanitized.
 const (
 	CtxArg       = 0  // u64: the invoker's argument
 	CtxNode      = 8  // u64: this executor's queue node
@@ -280,6 +283,12 @@ const (
 	CtxNodeTable = 32 // u64: the node table
 	CtxSize      = 40
 )
+
+// VerifierConfig is the environment the runtime verifies extensions for: its
+// context, its helpers and the pointer argument in r3.
+func VerifierConfig() verifier.Config {
+	return verifier.Config{CtxSize: CtxSize, Helpers: Prototypes(), EntryArg: true}
+}
 
 // LockCall and UnlockCall are the bytecode an extension uses to call the
 // bytecode lock (mcs.BytecodeLock, appended to its program) on the lock whose

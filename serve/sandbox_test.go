@@ -30,9 +30,10 @@ const canaryWords = 4
 func canaryValue(i int) uint64 { return 0xc0ffee00_00000000 | uint64(i) }
 
 // pointerGame turns data into a program, three bytes per instruction: an
-// operation, a register and an operand. r1 stays the context (whose first word
-// is a pointer into the sandbox), r8 is the frame top as a number, r9 the
-// canary's address.
+// operation, a register and an operand. r1 stays the context, whose first word
+// is the canary's address: the pointer argument, which the engine passes in r3
+// masked into the sandbox, and r6 as it is. r8 is the frame top as a number,
+// r9 the canary's address too.
 func pointerGame(data []byte, canary uint64) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, `
@@ -43,10 +44,9 @@ func pointerGame(data []byte, canary uint64) string {
 	and %%r8, -1
 	lddw %%r9, %#x
 	mov %%r0, %%r6
-	mov %%r2, %%r6
-	mov %%r3, %%r6
+	mov %%r2, %%r3
 	mov %%r4, %%r6
-	mov %%r5, %%r6
+	mov %%r5, %%r3
 `, canary)
 	for k := 1; k <= 8; k++ {
 		fmt.Fprintf(&b, "\tstdw [%%r10-%d], 0\n", 8*k)
@@ -127,7 +127,6 @@ type sandboxOracle struct {
 func newSandboxOracle(t testing.TB) *sandboxOracle {
 	m := jitMachine(t)
 	o := &sandboxOracle{m: m, canary: make([]uint64, canaryWords), ctx: make([]byte, 64)}
-	binary.LittleEndian.PutUint64(o.ctx, m.Base()+uint64(len(m.Sandbox())/2))
 	// Every sandbox word points into the sandbox, so that only the canary's
 	// addresses lead out of it.
 	base, size := m.Base(), uint64(len(m.Sandbox()))
@@ -142,10 +141,11 @@ func newSandboxOracle(t testing.TB) *sandboxOracle {
 // the verifier accepted it.
 func (o *sandboxOracle) check(t testing.TB, data []byte) bool {
 	canaryAddr := uint64(uintptr(unsafe.Pointer(&o.canary[0])))
+	binary.LittleEndian.PutUint64(o.ctx, canaryAddr)
 	src := pointerGame(data, canaryAddr)
 	insns, err := bytecode.Assemble(src)
 	require.NoError(t, err, src)
-	res, err := verifier.Verify(insns, verifier.Config{CtxSize: len(o.ctx)})
+	res, err := verifier.Verify(insns, verifier.Config{CtxSize: len(o.ctx), EntryArg: true})
 	if err != nil {
 		require.ErrorIs(t, err, verifier.ErrRejected)
 		return false

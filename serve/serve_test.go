@@ -288,3 +288,26 @@ func TestVerifiedAtLoad(t *testing.T) {
 	_, err = serve.New(f.h, map[string]asm.Instructions{"unknown": unknown}, 1, io.Discard)
 	assert.ErrorContains(t, err, "call to unknown helper 12345")
 }
+
+// TestPointerArgument: an extension reads through r3, the argument as a heap
+// address, with no guard; any view's address of the object (this process's,
+// or its bare offset) reaches it, on compiled and interpreting executors.
+func TestPointerArgument(t *testing.T) {
+	f := start(t)
+	insns, err := bytecode.Assemble("ldxdw %r0, [%r3+8]\nexit")
+	require.NoError(t, err)
+	res, err := verifier.Verify(insns, serve.VerifierConfig())
+	require.NoError(t, err)
+	require.Equal(t, verifier.HeapChecked, res.Access[0], "the argument needs no guard")
+	*f.h.Uint64(f.lock + 8) = 77
+	for _, o := range []serve.Options{{JIT: 1}, {Interpreted: 1}} {
+		rt, err := serve.NewWith(f.h, map[string]asm.Instructions{"arg": insns}, o)
+		require.NoError(t, err)
+		for _, arg := range []uint64{f.h.Base() + f.lock, f.lock, f.h.CanonBase() + f.lock} {
+			r0, err := rt.Invoke("arg", arg)
+			require.NoError(t, err)
+			assert.Equal(t, uint64(77), r0, "%+v, argument %#x", o, arg)
+		}
+		rt.Close()
+	}
+}

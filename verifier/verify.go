@@ -21,6 +21,10 @@ type Config struct {
 	CtxSize  int              // bytes r1 points to at entry
 	Helpers  map[int32]Helper // the helpers the program may call
 	MaxInsns int              // instructions the analysis may process (0: 1,000,000)
+	// EntryArg: at entry r3 holds the context's first word masked into the
+	// sandbox by the engine (jit.Machine.Run, interp with a heap), so it is a
+	// checked pointer no access had to sanitize.
+	EntryArg bool
 }
 
 // Access says how a memory instruction reaches memory, on every path.
@@ -88,6 +92,9 @@ func (a *analysis) run() (*Result, error) {
 	a.queued = make([]bool, n)
 	a.useful = make([]bool, n)
 	main := entry(true, a.cfg.CtxSize)
+	if a.cfg.EntryArg && a.cfg.CtxSize >= 8 {
+		main.Regs[3] = Reg{Kind: Scalar, Val: Unknown, Checked: true}
+	}
 	a.flow(0, &main)
 	processed := 0
 	for len(a.work) > 0 {

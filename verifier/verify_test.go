@@ -187,6 +187,23 @@ func TestCheckedRanges(t *testing.T) {
 	assert.Equal(t, HeapSanitize, r.Access[10], "the second pointer's sanitizer, kept though its result is used past a join")
 }
 
+// TestEntryArg: the engine's pointer argument in r3 is checked from the start;
+// without the convention r3 is not set.
+func TestEntryArg(t *testing.T) {
+	insns, err := bytecode.Assemble("ldxdw %r0, [%r3+8]\nexit")
+	require.NoError(t, err)
+	cfg := testConfig
+	cfg.EntryArg = true
+	r, err := Verify(insns, cfg)
+	require.NoError(t, err)
+	assert.Equal(t, HeapChecked, r.Access[0])
+	_, err = Verify(insns, testConfig)
+	require.ErrorContains(t, err, "R3 !read_ok")
+	cfg.CtxSize = 4
+	_, err = Verify(insns, cfg)
+	require.ErrorContains(t, err, "R3 !read_ok", "no word in the context, no argument")
+}
+
 // ForgedSpills are programs that store a value on the stack, overwrite it
 // through a heap alias of the frame (frames live in the sandbox, and another
 // process may write there too) and use what they read back: as a pointer, as a

@@ -33,7 +33,8 @@ type verifyError struct {
 
 func runVerify(args []string, out io.Writer) error {
 	fs := newFlags("verify", "[--json] [--ctx-size N] PROG", `Verify PROG (ELF object, kflex assembler text or raw bytecode) as the extension
-runtime would: the context and helpers of kflex serve. Prints the verdict; on
+runtime would: the context and helpers of kflex serve, and r3 at entry the
+argument as a heap address (checked). Prints the verdict; on
 rejection the instruction, the reason and the registers there; then statistics:
 instructions processed, states, memory accesses (guards) and how many need no
 guard, and the cancellation points. Exits 1 when the program is rejected.`, out)
@@ -46,7 +47,9 @@ guard, and the cancellation points. Exits 1 when the program is rejected.`, out)
 	if err != nil {
 		return err
 	}
-	res, verr := verifier.Verify(insns, verifier.Config{CtxSize: *ctxSize, Helpers: serve.Prototypes()})
+	cfg := serve.VerifierConfig()
+	cfg.CtxSize = *ctxSize
+	res, verr := verifier.Verify(insns, cfg)
 	rep := verifyReport{Accepted: verr == nil, CancelPoints: []int{}}
 	var ve *verifier.Error
 	switch {

@@ -2,10 +2,14 @@ package interp_test
 
 import (
 	"bytes"
+	"encoding/binary"
 	"errors"
+	"runtime"
 	"testing"
 	"time"
+	"unsafe"
 
+	"github.com/cilium/ebpf/asm"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -158,4 +162,27 @@ func TestCancel(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Cancel did not stop the program")
 	}
+}
+
+// TestEntryArgument: with a heap attached, r3 at entry is the context's first
+// word masked into the heap, whatever the word is.
+func TestEntryArgument(t *testing.T) {
+	heap := make([]byte, 4096)
+	base := uintptr(unsafe.Pointer(&heap[0]))
+	p, err := interp.Load(asm.Instructions{asm.Mov.Reg(asm.R0, asm.R3), asm.Return()})
+	require.NoError(t, err)
+	m := interp.NewMachine()
+	ctx := make([]byte, 8)
+	binary.LittleEndian.PutUint64(ctx, 0xdead_0000_0123)
+	r0, err := m.Run(p, ctx)
+	require.NoError(t, err)
+	assert.Zero(t, r0, "no heap: r3 is not set")
+	m.AttachHeap(unsafe.Pointer(&heap[0]), uint64(len(heap)), uint64(base))
+	r0, err = m.Run(p, ctx)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(base)+0x123, r0)
+	r0, err = m.Run(p, ctx[:4])
+	require.NoError(t, err)
+	assert.Zero(t, r0, "a context shorter than a word: r3 is not set")
+	runtime.KeepAlive(heap)
 }

@@ -1,6 +1,7 @@
 package interp
 
 import (
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"math/bits"
@@ -151,7 +152,9 @@ type frame struct {
 	fp    uint64
 }
 
-// Run executes p with r1 pointing to ctx (nil: r1 = 0) and r2 = len(ctx). ctx
+// Run executes p with r1 pointing to ctx (nil: r1 = 0) and r2 = len(ctx).
+// With a heap attached and a context of at least 8 bytes, r3 is the context's
+// first word as an address in the heap (masked into it, as the JIT does). ctx
 // is read and written in place. It returns r0.
 func (m *Machine) Run(p *Program, ctx []byte) (uint64, error) {
 	var r [11]uint64
@@ -159,6 +162,9 @@ func (m *Machine) Run(p *Program, ctx []byte) (uint64, error) {
 		base := unsafe.Pointer(&ctx[0])
 		m.regions[regCtx] = region{start: uint64(uintptr(base)), size: uint64(len(ctx)), base: base, writable: true}
 		r[1], r[2] = uint64(uintptr(base)), uint64(len(ctx))
+	}
+	if h := m.regions[regHeap]; h.size != 0 && len(ctx) >= 8 {
+		r[3] = h.start + binary.LittleEndian.Uint64(ctx)&m.heapMask
 	}
 	defer func() { m.regions[regCtx] = region{} }()
 	r[10] = m.regions[regStack].start + m.regions[regStack].size
