@@ -204,33 +204,26 @@ func TestEntryArg(t *testing.T) {
 	require.ErrorContains(t, err, "R3 !read_ok", "no word in the context, no argument")
 }
 
-// ForgedSpills are programs that store a value on the stack, overwrite it
+// forgedSpills are programs that store a value on the stack, overwrite it
 // through a heap alias of the frame (frames live in the sandbox, and another
 // process may write there too) and use what they read back: as a pointer, as a
 // stack offset, as a checked heap pointer. The verifier must not take the
 // reloaded value for what was stored: the last access of each stays guarded,
 // or the program is rejected.
-// Forged is the address the overwrite writes, ready to be patched in.
-var ForgedSpills = map[string]string{
+var forgedSpills = map[string]string{
 	"stack pointer": `
 		stdw [%r10-16], 0
 		mov %r2, %r10
 		add %r2, -16
 		stxdw [%r10-8], %r2
-		mov %r4, %r10
-		and %r4, -1
-		lddw %r5, FORGED
-		stxdw [%r4-8], %r5
+	` + forgeSlot + `
 		ldxdw %r2, [%r10-8]
 		ldxdw %r0, [%r2+0]
 		exit`,
 	"stack offset": `
 		stdw [%r10-16], 0
 		stdw [%r10-8], -16
-		mov %r4, %r10
-		and %r4, -1
-		lddw %r5, FORGED
-		stxdw [%r4-8], %r5
+	` + forgeSlot + `
 		ldxdw %r2, [%r10-8]
 		mov %r3, %r10
 		add %r3, %r2
@@ -240,17 +233,22 @@ var ForgedSpills = map[string]string{
 		ldxdw %r2, [%r1+0]
 		ldxdw %r0, [%r2+0]
 		stxdw [%r10-8], %r2
-		mov %r4, %r10
-		and %r4, -1
-		lddw %r5, FORGED
-		stxdw [%r4-8], %r5
+	` + forgeSlot + `
 		ldxdw %r2, [%r10-8]
 		ldxdw %r0, [%r2+0]
 		exit`,
 }
 
+// forgeSlot overwrites the slot at r10-8 with FORGED (patched in) through r4,
+// the frame top taken as a number.
+const forgeSlot = `
+		mov %r4, %r10
+		and %r4, -1
+		lddw %r5, FORGED
+		stxdw [%r4-8], %r5`
+
 func TestForgedSpills(t *testing.T) {
-	for name, src := range ForgedSpills {
+	for name, src := range forgedSpills {
 		t.Run(name, func(t *testing.T) {
 			r, err := verify(t, strings.ReplaceAll(src, "FORGED", "0x1000"))
 			if err != nil {
