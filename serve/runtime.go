@@ -55,7 +55,7 @@ func AccessModes(res *verifier.Result) []jit.AccessMode {
 // them.
 func Prototypes() map[int32]verifier.Helper {
 	return map[int32]verifier.Helper{
-		HelperAlloc:          {Name: "alloc", Args: 1},
+		HelperAlloc:          {Name: "alloc", Args: 1, HeapOrNull: true},
 		HelperFree:           {Name: "free", Args: 1},
 		HelperTime:           {Name: "time"},
 		HelperCPU:            {Name: "cpu"},

@@ -14,6 +14,7 @@ import (
 
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/jit"
+	"github.com/kflex-go/kflex/jit/interp"
 	"github.com/kflex-go/kflex/serve"
 	"github.com/kflex-go/kflex/verifier"
 )
@@ -57,7 +58,7 @@ func pointerGame(data []byte, canary uint64) string {
 	offs := []int{-16, -8, 0, 8, 16, 24}
 	calls := false
 	for len(data) >= 3 && b.Len() < 4096 {
-		op, x, y := data[0]%15, int(data[1]), int(data[2])
+		op, x, y := data[0]%16, int(data[1]), int(data[2])
 		data = data[3:]
 		a, r := dsts[x%len(dsts)], bases[(x/len(dsts))%len(bases)]
 		slot, off := 8*(1+y%2), offs[y%len(offs)] // two slots: spills and forgeries meet
@@ -90,6 +91,18 @@ func pointerGame(data []byte, canary uint64) string {
 			fmt.Fprintf(&b, "\tand %%r%d, %d\n\tlsh %%r%d, %d\n", a, []int{7, 63, 1023, -1}[y%4], a, y%5)
 		case 14:
 			fmt.Fprintf(&b, "\tadd %%r%d, %%r%d\n", a, r)
+		case 15: // an object or NULL, tested or not
+			fmt.Fprintf(&b, "\tmov %%r1, %d\n\tcall 1\n", y)
+			switch y % 4 {
+			case 0, 1:
+				b.WriteString("\tjne %r0, 0, +1\n\tmov %r0, %r6\n")
+			case 2: // moved, then tested: NULL+8 passes the test
+				b.WriteString("\tadd %r0, 8\n\tjne %r0, 0, +1\n\tmov %r0, %r6\n")
+			}
+			b.WriteString("\tldxdw %r1, [%r10-64]\n")
+			for _, r := range []int{2, 3, 4, 5} {
+				fmt.Fprintf(&b, "\tmov %%r%d, %%r%d\n", r, []int{0, 6, 7}[(x+r)%3])
+			}
 		case 12: // a subprogram with the registers as arguments; r1-r5 are lost
 			b.WriteString("\tcall local game\n\tldxdw %r1, [%r10-64]\n")
 			for _, r := range []int{2, 3, 4, 5} { // from what the call kept
@@ -126,6 +139,14 @@ type sandboxOracle struct {
 
 func newSandboxOracle(t testing.TB) *sandboxOracle {
 	m := jitMachine(t)
+	// Helper 1 allocates: an address in the sandbox for an odd argument,
+	// NULL for an even one.
+	m.Helpers = map[int32]interp.Helper{1: func(_ interp.Memory, r1, _, _, _, _ uint64) (uint64, error) {
+		if r1%2 == 0 {
+			return 0, nil
+		}
+		return m.Base() + uint64(len(m.Sandbox())/2) + r1*8, nil
+	}}
 	o := &sandboxOracle{m: m, canary: make([]uint64, canaryWords), ctx: make([]byte, 64)}
 	// Every sandbox word points into the sandbox, so that only the canary's
 	// addresses lead out of it.
@@ -145,7 +166,8 @@ func (o *sandboxOracle) check(t testing.TB, data []byte) bool {
 	src := pointerGame(data, canaryAddr)
 	insns, err := bytecode.Assemble(src)
 	require.NoError(t, err, src)
-	res, err := verifier.Verify(insns, verifier.Config{CtxSize: len(o.ctx), EntryArg: true})
+	res, err := verifier.Verify(insns, verifier.Config{CtxSize: len(o.ctx), EntryArg: true,
+		Helpers: map[int32]verifier.Helper{1: {Name: "alloc", Args: 1, HeapOrNull: true}}})
 	if err != nil {
 		require.ErrorIs(t, err, verifier.ErrRejected)
 		return false

@@ -311,3 +311,35 @@ func TestPointerArgument(t *testing.T) {
 		rt.Close()
 	}
 }
+
+// TestAllocatedObject: past its test against NULL, the object alloc returned
+// is written with no guard; a failed allocation takes the NULL path.
+func TestAllocatedObject(t *testing.T) {
+	f := start(t)
+	insns, err := bytecode.Assemble(fmt.Sprintf(`
+		ldxdw %%r1, [%%r1+0]
+		call %d
+		jeq %%r0, 0, out
+		stdw [%%r0+0], 11
+		stdw [%%r0+8], 22
+	out:
+		exit`, serve.HelperAlloc))
+	require.NoError(t, err)
+	res, err := verifier.Verify(insns, serve.VerifierConfig())
+	require.NoError(t, err)
+	assert.Equal(t, [2]verifier.Access{verifier.HeapChecked, verifier.HeapChecked}, [2]verifier.Access(res.Access[3:5]))
+	for _, o := range []serve.Options{{JIT: 1}, {Interpreted: 1}} {
+		rt, err := serve.NewWith(f.h, map[string]asm.Instructions{"new": insns}, o)
+		require.NoError(t, err)
+		p, err := rt.Invoke("new", 16)
+		require.NoError(t, err)
+		require.NotZero(t, p)
+		off := p & f.h.Mask()
+		assert.Equal(t, [2]uint64{11, 22}, [2]uint64{*f.h.Uint64(off), *f.h.Uint64(off + 8)}, "%+v", o)
+		require.NoError(t, f.h.Free(off))
+		p, err = rt.Invoke("new", 1<<40)
+		require.NoError(t, err)
+		assert.Zero(t, p, "%+v: the allocation fails, the program takes the NULL path", o)
+		rt.Close()
+	}
+}

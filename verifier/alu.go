@@ -92,7 +92,7 @@ func movedChecked(op uint8, dst, src, r Reg) Reg {
 		off = dst.Off - int64(hi)
 	}
 	if off > -guardReach && off+span < guardReach {
-		r.Checked, r.Off, r.Span, r.SanPC = true, off, span, dst.SanPC
+		r.Checked, r.Off, r.Span, r.SanPC, r.MaybeNull = true, off, span, dst.SanPC, dst.MaybeNull
 	}
 	return r
 }

@@ -149,12 +149,17 @@ func refine(op uint8, x Reg, k uint64) (taken, fall Reg, takenOK, fallOK bool) {
 			eq = scalar(Const(k))
 		}
 		ne, neOK := x, true
-		if lo, hi := x.Bounds(); lo == k && hi == k {
+		if k == 0 && x.Off == 0 && x.Span == 0 {
+			// Not 0, so the address the helper returned (moved, NULL
+			// would not be 0 any more: that test proves nothing).
+			ne.MaybeNull = false
+		}
+		if lo, hi := ne.Bounds(); lo == k && hi == k {
 			neOK = false
 		} else if lo == k {
-			ne, neOK = x.withBounds(k+1, hi)
+			ne, neOK = ne.withBounds(k+1, hi)
 		} else if hi == k {
-			ne, neOK = x.withBounds(lo, k-1)
+			ne, neOK = ne.withBounds(lo, k-1)
 		}
 		if op == 0x10 {
 			return eq, ne, eqOK, neOK

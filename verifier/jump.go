@@ -30,6 +30,9 @@ func (a *analysis) jump(pc int, s *State, in bytecode.Slot) error {
 			}
 		}
 		afterCall(s)
+		if h.HeapOrNull {
+			s.Regs[0] = Reg{Kind: Scalar, Val: Unknown, Checked: true, MaybeNull: true}
+		}
 		a.flow(succ[0], s)
 		return nil
 	case 0x05, 0x06, 0xe5: // ja, ja32, may_goto

@@ -32,7 +32,10 @@ type Reg struct {
 	// anything else (SanPC 0). Accesses through it within reach of the
 	// guard regions need no guard.
 	Checked bool
-	Span    int64
+	// MaybeNull: a checked value that may instead be 0 (a helper's result
+	// not yet tested): its accesses are guarded.
+	MaybeNull bool
+	Span      int64
 	SanPC   int // checked: 1 + the slot of the access that sanitized it, or 0
 	// Scalar: unsigned bounds beyond what Val says (see bounds.go); the
 	// zero values admit everything.
@@ -41,6 +44,8 @@ type Reg struct {
 
 func (r Reg) String() string {
 	switch {
+	case r.Checked && r.MaybeNull:
+		return fmt.Sprintf("heap_or_null%+d..%+d", r.Off, r.Off+r.Span)
 	case r.Checked && r.Span != 0:
 		return fmt.Sprintf("heap%+d..%+d", r.Off, r.Off+r.Span)
 	case r.Checked:
@@ -84,6 +89,7 @@ func join(a, b Reg, useful []bool) Reg {
 			return j
 		}
 		j.Checked, j.Off, j.Span, j.SanPC = true, lo, hi-lo, a.SanPC
+		j.MaybeNull = a.MaybeNull || b.MaybeNull
 		if a.SanPC != b.SanPC {
 			for _, pc := range []int{a.SanPC, b.SanPC} {
 				if pc > 0 {

@@ -53,7 +53,7 @@ func (a *analysis) pointerAt(pc int, s *State, base uint8, off int16, size int) 
 	case PtrMixed:
 		return 0, 0, reject(pc, "R%d dereferenced: a pointer of different kinds or offsets on different paths", base)
 	}
-	if r.Checked && o > -guardReach && o+r.Span+int64(size) < guardReach {
+	if r.Checked && !r.MaybeNull && o > -guardReach && o+r.Span+int64(size) < guardReach {
 		if r.SanPC > 0 {
 			a.useful[r.SanPC-1] = true
 		}

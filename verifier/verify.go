@@ -14,6 +14,11 @@ import (
 type Helper struct {
 	Name string
 	Args int
+	// HeapOrNull: the helper returns an address in the sandbox (the engine's
+	// view of the heap) or 0. Past a test against 0 the result needs no
+	// guard within reach of the guard regions; before, its first access
+	// sanitizes it.
+	HeapOrNull bool
 }
 
 // Config is the environment a program is verified for.

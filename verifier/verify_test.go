@@ -204,6 +204,34 @@ func TestEntryArg(t *testing.T) {
 	require.ErrorContains(t, err, "R3 !read_ok", "no word in the context, no argument")
 }
 
+// TestHeapOrNull: a helper's heap-or-NULL result needs no guard past a test
+// against 0, and a guard before it, or when the test came after moving it.
+func TestHeapOrNull(t *testing.T) {
+	cfg := testConfig
+	cfg.Helpers = map[int32]Helper{1: {Name: "alloc", Args: 1, HeapOrNull: true}}
+	for _, tc := range []struct {
+		src  string
+		want Access
+	}{
+		{"mov %r1, 16\ncall 1\njeq %r0, 0, +1\nstdw [%r0+8], 1\nmov %r0, 0\nexit", HeapChecked},
+		{"mov %r1, 16\ncall 1\njne %r0, 0, +1\nja +1\nstdw [%r0+8], 1\nmov %r0, 0\nexit", HeapChecked},
+		{"mov %r1, 16\ncall 1\nstdw [%r0+8], 1\nmov %r0, 0\nexit", HeapAccess},
+		{"mov %r1, 16\ncall 1\nadd %r0, 8\njeq %r0, 0, +1\nstdw [%r0+0], 1\nmov %r0, 0\nexit", HeapAccess},
+	} {
+		insns, err := bytecode.Assemble(tc.src)
+		require.NoError(t, err)
+		r, err := Verify(insns, cfg)
+		require.NoError(t, err, tc.src)
+		var got []Access
+		for _, a := range r.Access {
+			if a != NoAccess {
+				got = append(got, a)
+			}
+		}
+		assert.Equal(t, []Access{tc.want}, got, tc.src)
+	}
+}
+
 // forgedSpills are programs that store a value on the stack, overwrite it
 // through a heap alias of the frame (frames live in the sandbox, and another
 // process may write there too) and use what they read back: as a pointer, as a
