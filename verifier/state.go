@@ -36,7 +36,7 @@ type Reg struct {
 	// not yet tested): its accesses are guarded.
 	MaybeNull bool
 	Span      int64
-	SanPC   int // checked: 1 + the slot of the access that sanitized it, or 0
+	SanPC     int // checked: 1 + the slot of the access that sanitized it, or 0
 	// Scalar: unsigned bounds beyond what Val says (see bounds.go); the
 	// zero values admit everything.
 	UMin, UMaxNot uint64
