@@ -2,6 +2,7 @@ package verifier
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/cilium/ebpf/asm"
@@ -72,7 +73,7 @@ func Verify(insns asm.Instructions, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &analysis{cfg: cfg, g: g, slots: bytecode.DecodeSlots(raw)}
+	a := &analysis{cfg: cfg, g: g, slots: bytecode.DecodeSlots(raw), insns: insns}
 	if a.cfg.MaxInsns == 0 {
 		a.cfg.MaxInsns = 1_000_000
 	}
@@ -88,6 +89,9 @@ type analysis struct {
 	work   []int
 	queued []bool
 	useful []bool // by slot: a sanitizing access whose result a later access used unguarded
+	insns  asm.Instructions
+	from   []int // by slot: the instruction that first reached it (-1: entry); a tree, so acyclic
+	cur    int   // the instruction being stepped
 }
 
 func (a *analysis) run() (*Result, error) {
@@ -96,6 +100,8 @@ func (a *analysis) run() (*Result, error) {
 	a.access = make([]Access, n)
 	a.queued = make([]bool, n)
 	a.useful = make([]bool, n)
+	a.from = make([]int, n)
+	a.cur = -1
 	main := entry(true, a.cfg.CtxSize)
 	if a.cfg.EntryArg && a.cfg.CtxSize >= 8 {
 		main.Regs[3] = Reg{Kind: Scalar, Val: Unknown, Checked: true}
@@ -111,9 +117,10 @@ func (a *analysis) run() (*Result, error) {
 			return nil, reject(pc, "program too complex: %d instructions processed", processed)
 		}
 		st := *a.in[pc]
+		a.cur = pc
 		if err := a.step(pc, &st); err != nil {
 			if e, ok := err.(*Error); ok {
-				return nil, &Error{Insn: e.Insn, Reason: e.Reason, Log: []string{regsLog(a.in[pc])}}
+				return nil, &Error{Insn: e.Insn, Reason: e.Reason, Log: a.pathLog(pc)}
 			}
 			return nil, err
 		}
@@ -147,6 +154,7 @@ func (a *analysis) flow(pc int, s *State) {
 	if a.in[pc] == nil {
 		c := *s
 		a.in[pc] = &c
+		a.from[pc] = a.cur
 	} else if !a.in[pc].joinInto(s, a.useful) {
 		return
 	}
@@ -154,6 +162,28 @@ func (a *analysis) flow(pc int, s *State) {
 		a.queued[pc] = true
 		a.work = append(a.work, pc)
 	}
+}
+
+// pathLogLines is how far back a rejection's log follows the path.
+const pathLogLines = 24
+
+// pathLog is the log of a rejection at pc: the instructions of the path by
+// which the analysis first reached pc (its last pathLogLines), each with the
+// registers before it over all paths, as the kernel's log shows the failing
+// path; the last line is pc itself.
+func (a *analysis) pathLog(pc int) []string {
+	var path []int
+	for p := pc; p >= 0 && len(path) < pathLogLines; p = a.from[p] {
+		path = append(path, p)
+	}
+	slices.Reverse(path)
+	start, _ := bytecode.Slots(a.insns)
+	log := make([]string, 0, len(path))
+	for _, p := range path {
+		i, _ := slices.BinarySearch(start, p)
+		log = append(log, fmt.Sprintf("%d: %v ; %s", p, a.insns[i], regsLog(a.in[p])))
+	}
+	return log
 }
 
 func regsLog(s *State) string {

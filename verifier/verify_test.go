@@ -294,9 +294,21 @@ func TestRejectionLog(t *testing.T) {
 	var e *Error
 	require.True(t, errors.As(err, &e))
 	assert.Equal(t, 2, e.Insn)
-	require.Len(t, e.Log, 1)
-	assert.Contains(t, e.Log[0], "R6=fp-8")
-	assert.Contains(t, e.Log[0], "R10=fp+0")
+	require.Len(t, e.Log, 3, "the path from the entry")
+	assert.True(t, strings.HasPrefix(e.Log[0], "0: MovReg dst: r6 src: rfp ; "), e.Log[0])
+	assert.Contains(t, e.Log[1], "R6=fp+0")
+	assert.True(t, strings.HasPrefix(e.Log[2], "2: LdXMemDW"), e.Log[2])
+	assert.Contains(t, e.Log[2], "R6=fp-8")
+	assert.Contains(t, e.Log[2], "R10=fp+0")
+	// Round a loop, the path is the one that first got there; an lddw
+	// takes two slots.
+	_, err = verify(t, "lddw %r7, 0x100000000\nmov %r0, 0\nloop:\nadd %r0, 1\njlt %r0, 4, loop\nldxdw %r0, [%r10-8]\nexit")
+	require.True(t, errors.As(err, &e))
+	assert.Equal(t, 5, e.Insn)
+	require.Len(t, e.Log, 5)
+	assert.True(t, strings.HasPrefix(e.Log[0], "0: LdImmDW"), e.Log[0])
+	assert.True(t, strings.HasPrefix(e.Log[1], "2: MovImm"), e.Log[1])
+	assert.True(t, strings.HasPrefix(e.Log[4], "5: LdXMemDW"), e.Log[4])
 }
 
 // TestISACorpus: the ISA files the verifier accepts run on the interpreter

@@ -34,10 +34,10 @@ type verifyError struct {
 func runVerify(args []string, out io.Writer) error {
 	fs := newFlags("verify", "[--json] [--ctx-size N] PROG", `Verify PROG (ELF object, kflex assembler text or raw bytecode) as the extension
 runtime would: the context and helpers of kflex serve, and r3 at entry the
-argument as a heap address (checked). Prints the verdict; on
-rejection the instruction, the reason and the registers there; then statistics:
-instructions processed, states, memory accesses (guards) and how many need no
-guard, and the cancellation points. Exits 1 when the program is rejected.`, out)
+argument as a heap address (checked). Prints the verdict; on rejection the
+instruction, the reason and the path to it, each instruction with the
+registers before it; then statistics: instructions processed, states, memory
+accesses (guards) and how many need no guard, and the cancellation points. Exits 1 when the program is rejected.`, out)
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	ctxSize := fs.Int("ctx-size", serve.CtxSize, "bytes of context r1 points to")
 	if err := parse(fs, args, 1); err != nil {
