@@ -77,10 +77,12 @@ type Runtime struct {
 	trace   io.Writer
 	traceMu sync.Mutex
 
-	mu     sync.Mutex
-	conns  map[net.Conn]bool
-	wg     sync.WaitGroup
-	yields atomic.Uint64
+	mu      sync.Mutex
+	conns   map[net.Conn]bool
+	closing bool     // Close has begun: no new event sources
+	stops   []func() // stop the event sources (timers, UDP sockets)
+	wg      sync.WaitGroup
+	yields  atomic.Uint64
 }
 
 // executor is one JIT machine with its own stack in the heap, its queue node
@@ -281,7 +283,8 @@ const (
 	CtxNodeIndex = 16 // u64: its index + 1 (mcs_lock's r3)
 	CtxHeld      = 24 // u64: the held bits for mcs_lock and mcs_unlock
 	CtxNodeTable = 32 // u64: the node table
-	CtxSize      = 40
+	CtxDataLen   = 40 // u64: bytes of data at the argument (a datagram, ServeUDP), else 0
+	CtxSize      = 48
 )
 
 // VerifierConfig is the environment the runtime verifies extensions for: its
@@ -311,12 +314,17 @@ const (
 // goroutine locked to its thread while it waits for the next request would
 // need that very thread woken for it, which costs tens of microseconds here.
 func (rt *Runtime) Invoke(name string, arg uint64) (uint64, error) {
-	e := rt.acquire()
-	defer rt.release(e)
-	return rt.invoke(e, name, arg)
+	return rt.invokeData(name, arg, 0)
 }
 
-func (rt *Runtime) invoke(e *executor, name string, arg uint64) (uint64, error) {
+// invokeData is Invoke for an argument that addresses dataLen bytes.
+func (rt *Runtime) invokeData(name string, arg, dataLen uint64) (uint64, error) {
+	e := rt.acquire()
+	defer rt.release(e)
+	return rt.invoke(e, name, arg, dataLen)
+}
+
+func (rt *Runtime) invoke(e *executor, name string, arg, dataLen uint64) (uint64, error) {
 	p, ip := rt.progs[name], rt.iprogs[name]
 	if p == nil && ip == nil {
 		return 0, fmt.Errorf("no program %q", name)
@@ -328,6 +336,7 @@ func (rt *Runtime) invoke(e *executor, name string, arg uint64) (uint64, error) 
 	putU64(ctx[CtxNodeIndex:], uint64(e.node.Index)+1)
 	putU64(ctx[CtxHeld:], mcs.Held(rt.proc.Slot()))
 	putU64(ctx[CtxNodeTable:], hb+rt.h.Header().NodeOff)
+	putU64(ctx[CtxDataLen:], dataLen)
 	if e.im != nil {
 		return e.im.Run(ip, ctx)
 	}
@@ -389,13 +398,23 @@ func (rt *Runtime) serveConn(c *net.UnixConn) {
 	}
 }
 
-// Close disconnects every process, frees the executors and detaches.
+// Close stops the timers and UDP sockets, disconnects every process, frees
+// the executors and detaches. Closing again does nothing.
 func (rt *Runtime) Close() error {
 	rt.mu.Lock()
+	if rt.closing {
+		rt.mu.Unlock()
+		return nil // closed already, or closing in another goroutine
+	}
+	rt.closing = true
+	stops := rt.stops
 	for c := range rt.conns {
 		c.Close()
 	}
 	rt.mu.Unlock()
+	for _, stop := range stops {
+		stop()
+	}
 	rt.wg.Wait()
 	for _, e := range rt.all {
 		if e.m != nil {

@@ -3,10 +3,12 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -252,4 +254,67 @@ func TestVerify(t *testing.T) {
 	assert.Equal(t, 1, code)
 	assert.Contains(t, stdout, "rejected at instruction 1")
 	assert.Contains(t, stdout, "R6=fp+0")
+}
+
+// TestServeEvents: "kflex serve --every --udp" runs extensions on a timer
+// and on datagrams.
+func TestServeEvents(t *testing.T) {
+	dir := t.TempDir()
+	sum := filepath.Join(dir, "first.s") // the datagram's first byte plus its length
+	require.NoError(t, os.WriteFile(sum, []byte("ldxb %r0, [%r3+0]\nldxdw %r2, [%r1+40]\nadd %r0, %r2\nexit\n"), 0o600))
+	tick := filepath.Join(dir, "tick.s")
+	require.NoError(t, os.WriteFile(tick, []byte("mov %r0, 0\nexit\n"), 0o600))
+	sock := filepath.Join(dir, "sock")
+	cmd := exec.Command(os.Args[0], "serve", "--socket", sock, "--size", "16M", "--threads", "1",
+		"--every", "tick@1ms", "--udp", "first@127.0.0.1:0", sum, tick)
+	cmd.Env = append(os.Environ(), "KFLEX_CLI=1")
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	require.NoError(t, cmd.Start())
+	var addr string
+	require.Eventually(t, func() bool {
+		_, rest, ok := strings.Cut(out.String(), "first on datagrams to ")
+		addr, _, _ = strings.Cut(rest, "\n")
+		return ok && strings.Contains(rest, "\n")
+	}, 10*time.Second, 10*time.Millisecond, "no UDP address: %s", out)
+	c, err := net.Dial("udp", addr)
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = c.Write([]byte{40, 1, 2})
+	require.NoError(t, err)
+	require.NoError(t, c.SetReadDeadline(time.Now().Add(10*time.Second)))
+	reply := make([]byte, 64)
+	n, err := c.Read(reply)
+	require.NoError(t, err)
+	require.Equal(t, 9, n)
+	assert.Equal(t, []byte{0, 43, 0, 0, 0, 0, 0, 0, 0}, reply[:n])
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	require.NoError(t, cmd.Wait(), "%s", out)
+
+	for _, bad := range []string{"--every=tick", "--every=tick@0s", "--udp=first"} {
+		code, _, stderr := kflex("serve", "--socket", sock, bad, tick)
+		assert.Equal(t, 2, code, bad)
+		assert.Contains(t, stderr, "want NAME@", bad)
+	}
+	code, _, stderr := kflex("serve", "--socket", sock, "--every", "nope@1ms", tick)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr, `no program "nope"`)
+}
+
+// syncBuffer is a bytes.Buffer a child's output and the test may share.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }

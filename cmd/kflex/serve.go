@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/cilium/ebpf/asm"
 
@@ -23,16 +24,40 @@ func init() {
 }
 
 func runServe(args []string, out io.Writer) error {
-	fs := newFlags("serve", "--socket PATH [--heap PATH] [--size SIZE] [--threads N] PROG...", `Run the extension runtime. It opens the heap file at --heap (creating it with
+	fs := newFlags("serve", "--socket PATH [--heap PATH] [--size SIZE] [--threads N] [--every NAME@INTERVAL]... [--udp NAME@ADDR]... PROG...", `Run the extension runtime. It opens the heap file at --heap (creating it with
 --size if it does not exist; without --heap, an anonymous heap), compiles each
 PROG (ELF object, kflex assembler text or raw bytecode; its name is the file name
 without extension) and serves processes that attach at --socket
 (userspace.Dial): they receive the heap and invoke the extensions by name.
-Stops on SIGINT or SIGTERM.`, out)
+The runtime's own events run extensions too: --every runs NAME every INTERVAL
+(a Go duration, e.g. 100ms) with argument 0; --udp runs NAME on every datagram
+to ADDR (host:port), the datagram in the heap at the argument (r3) and its
+length in the context, and replies with a zero byte and r0 (8 bytes, little-
+endian) or a one byte and the error. Stops on SIGINT or SIGTERM.`, out)
 	socket := fs.String("socket", "", "unix socket to listen on (required)")
 	heapPath := fs.String("heap", "", "heap file (default: an anonymous memfd heap)")
 	sizeFlag := fs.String("size", "256M", "size of a new heap")
 	threads := fs.Int("threads", 2, "executor threads")
+	var timers []timerFlag
+	var udps []udpFlag
+	fs.Func("every", "run extension NAME every INTERVAL: NAME@INTERVAL (repeatable)", func(v string) error {
+		name, d, ok := strings.Cut(v, "@")
+		interval, err := time.ParseDuration(d)
+		if !ok || name == "" || err != nil || interval <= 0 {
+			return fmt.Errorf("%q: want NAME@INTERVAL with a positive duration such as 100ms", v)
+		}
+		timers = append(timers, timerFlag{name, interval})
+		return nil
+	})
+	fs.Func("udp", "run extension NAME on datagrams to ADDR: NAME@HOST:PORT (repeatable)", func(v string) error {
+		name, addr, ok := strings.Cut(v, "@")
+		ua, err := net.ResolveUDPAddr("udp", addr)
+		if !ok || name == "" || err != nil {
+			return fmt.Errorf("%q: want NAME@HOST:PORT", v)
+		}
+		udps = append(udps, udpFlag{name, ua})
+		return nil
+	})
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return err
@@ -68,6 +93,34 @@ Stops on SIGINT or SIGTERM.`, out)
 		return err
 	}
 	defer rt.Close()
+	// The events, before the socket: a bad one ends the command at once.
+	for _, tf := range timers {
+		if _, err := rt.Every(tf.name, tf.interval, 0); err != nil {
+			return err
+		}
+	}
+	udpErrs, started := make(chan error, len(udps)), 0
+	defer func() {
+		rt.Close() // ends ServeUDP
+		for range started {
+			if err := <-udpErrs; err != nil {
+				fmt.Fprintf(out, "kflex runtime: %v\n", err)
+			}
+		}
+	}()
+	for _, uf := range udps {
+		conn, err := net.ListenUDP("udp", uf.addr)
+		if err != nil {
+			return fmt.Errorf("serve: udp %s: %w", uf.addr, err)
+		}
+		fmt.Fprintf(out, "kflex runtime: %s on datagrams to %s\n", uf.name, conn.LocalAddr())
+		started++
+		go func() {
+			err := rt.ServeUDP(conn, uf.name)
+			conn.Close()
+			udpErrs <- err
+		}()
+	}
 	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: *socket, Net: "unixpacket"})
 	if err != nil {
 		return fmt.Errorf("serve: listen on %s: %w", *socket, err)
@@ -87,6 +140,16 @@ Stops on SIGINT or SIGTERM.`, out)
 	fmt.Fprintf(out, "kflex runtime: heap %s (%d MiB), %d executors (%v), extensions %v, listening on %s\n",
 		h.Name(), h.Size()>>20, *threads, rt.SliceStatus(), names, *socket)
 	return rt.Serve(ln)
+}
+
+type timerFlag struct {
+	name     string
+	interval time.Duration
+}
+
+type udpFlag struct {
+	name string
+	addr *net.UDPAddr
 }
 
 func openOrCreateHeap(path string, size uint64) (*heap.Heap, error) {
