@@ -42,7 +42,7 @@ bench: $(BIN)/robust-pthread
 	$(BIN)/robust-pthread procs 2 2
 	$(BIN)/robust-pthread threads 2 2
 	$(BIN)/robust-pthread threads 16 2
-	GLIBC_TUNABLES=glibc.pthread.rseq=0 $(GO) test -run '^$$' -bench . -count 3 ./mcs ./heap ./jit/interp ./jit ./kernel
+	GLIBC_TUNABLES=glibc.pthread.rseq=0 $(GO) test -run '^$$' -bench . -count 3 ./mcs ./heap ./jit/interp ./jit ./verifier ./serve ./kernel
 
 $(BIN)/robust-pthread: bench/robustmutex/robust.c
 	@mkdir -p $(BIN)
