@@ -165,8 +165,50 @@ func refine(op uint8, x Reg, k uint64) (taken, fall Reg, takenOK, fallOK bool) {
 			return eq, ne, eqOK, neOK
 		}
 		return ne, eq, neOK, eqOK
+	case 0x60, 0x70, 0xc0, 0xd0: // jsgt, jsge, jslt, jsle
+		return refineSigned(op, x, k)
 	default:
 		return x, x, true, true
+	}
+	return
+}
+
+// refineSigned narrows x for a signed comparison with a constant k >= 0, where
+// the unsigned bounds can say something: x >= k (signed) puts x in [k,
+// MaxInt64]; x < k (signed) puts it below k only if x cannot be negative.
+func refineSigned(op uint8, x Reg, k uint64) (taken, fall Reg, takenOK, fallOK bool) {
+	if int64(k) < 0 {
+		return x, x, true, true
+	}
+	// Express each side as x >= lo (signed) or x <= hi (signed).
+	atLeast := func(lo uint64) (Reg, bool) { return x.withBounds(lo, math.MaxInt64) }
+	atMost := func(hi int64) (Reg, bool) {
+		if _, xhi := x.Bounds(); xhi > math.MaxInt64 || hi < 0 {
+			return x, true // x may be negative: nothing to say in unsigned terms
+		}
+		return x.withBounds(0, uint64(hi))
+	}
+	s := int64(k)
+	switch op {
+	case 0x60: // jsgt: x > k, else x <= k
+		if s == math.MaxInt64 {
+			f, ok := atMost(s)
+			return x, f, false, ok
+		}
+		taken, takenOK = atLeast(k + 1)
+		fall, fallOK = atMost(s)
+	case 0x70: // jsge: x >= k, else x <= k-1
+		taken, takenOK = atLeast(k)
+		fall, fallOK = atMost(s - 1)
+	case 0xc0: // jslt: x <= k-1, else x >= k
+		taken, takenOK = atMost(s - 1)
+		fall, fallOK = atLeast(k)
+	case 0xd0: // jsle: x <= k, else x > k
+		taken, takenOK = atMost(s)
+		if s == math.MaxInt64 {
+			return taken, x, takenOK, false
+		}
+		fall, fallOK = atLeast(k + 1)
 	}
 	return
 }

@@ -1,0 +1,143 @@
+package verifier
+
+import (
+	"math"
+	"testing"
+
+	"github.com/kflex-go/kflex/bytecode"
+)
+
+// TestRefineSound: for every comparison the refinement handles, every value
+// the register may hold lands on the side the comparison sends it to, inside
+// that side's bounds (and that side is not called impossible).
+func TestRefineSound(t *testing.T) {
+	values := []uint64{0, 1, 2, 3, 5, 7, 99, 100, 101, 200, 1000, math.MaxInt64 - 1, math.MaxInt64,
+		1 << 63, 1<<63 + 1, math.MaxUint64 - 1, math.MaxUint64}
+	consts := []uint64{0, 1, 5, 100, 200, math.MaxInt64, 1 << 63, math.MaxUint64}
+	ranges := [][2]uint64{{0, math.MaxUint64}, {0, 200}, {5, 100}, {1, 1 << 63}, {100, 100}}
+	holds := map[uint8]func(v, k uint64) bool{
+		0x10: func(v, k uint64) bool { return v == k },
+		0x50: func(v, k uint64) bool { return v != k },
+		0x20: func(v, k uint64) bool { return v > k },
+		0x30: func(v, k uint64) bool { return v >= k },
+		0xa0: func(v, k uint64) bool { return v < k },
+		0xb0: func(v, k uint64) bool { return v <= k },
+		0x60: func(v, k uint64) bool { return int64(v) > int64(k) },
+		0x70: func(v, k uint64) bool { return int64(v) >= int64(k) },
+		0xc0: func(v, k uint64) bool { return int64(v) < int64(k) },
+		0xd0: func(v, k uint64) bool { return int64(v) <= int64(k) },
+	}
+	within := func(r Reg, v uint64) bool {
+		lo, hi := r.Bounds()
+		return r.Val.Contains(v) && lo <= v && v <= hi
+	}
+	checked := 0
+	for _, rg := range ranges {
+		x, ok := unknownScalar().withBounds(rg[0], rg[1])
+		if !ok {
+			t.Fatalf("range %v", rg)
+		}
+		for op, cond := range holds {
+			for _, k := range consts {
+				taken, fall, takenOK, fallOK := refine(op, x, k)
+				for _, v := range values {
+					if !within(x, v) {
+						continue
+					}
+					side, sideOK, name := fall, fallOK, "fall"
+					if cond(v, k) {
+						side, sideOK, name = taken, takenOK, "taken"
+					}
+					if !sideOK || !within(side, v) {
+						t.Errorf("op %#x k %#x x in %v: value %#x goes %s, which is %v (ok %v)", op, k, rg, v, name, side, sideOK)
+					}
+					checked++
+				}
+			}
+		}
+	}
+	t.Logf("%d cases", checked)
+}
+
+// TestALUBoundsSound: every pair of values in the operands' ranges gives a
+// result inside the result's bounds and tnum.
+func TestALUBoundsSound(t *testing.T) {
+	ranges := [][2]uint64{{0, 0}, {0, 3}, {1, 3}, {5, 100}, {0, 1023}, {1 << 62, 1<<62 + 9}, {math.MaxUint64 - 3, math.MaxUint64}}
+	ops := map[uint8]func(a, b uint64) uint64{
+		0x00: func(a, b uint64) uint64 { return a + b },
+		0x10: func(a, b uint64) uint64 { return a - b },
+		0x50: func(a, b uint64) uint64 { return a & b },
+		0x60: func(a, b uint64) uint64 { return a << (b & 63) },
+		0x70: func(a, b uint64) uint64 { return a >> (b & 63) },
+	}
+	samples := func(rg [2]uint64) []uint64 {
+		out := []uint64{rg[0], rg[1]}
+		for v := rg[0]; v < rg[1] && v-rg[0] < 40; v++ {
+			out = append(out, v)
+		}
+		return out
+	}
+	for op, f := range ops {
+		for _, dr := range ranges {
+			for _, sr := range ranges {
+				d, _ := unknownScalar().withBounds(dr[0], dr[1])
+				s, _ := unknownScalar().withBounds(sr[0], sr[1])
+				if op >= 0x60 { // shifts by a constant only
+					if sr[0] != sr[1] || sr[0] > 63 {
+						continue
+					}
+					s = scalar(Const(sr[0]))
+				}
+				r := aluBounds(op, d, s, scalar(scalarALU(slotOf(op), true, d.Val, s.Val)))
+				lo, hi := r.Bounds()
+				for _, a := range samples(dr) {
+					for _, b := range samples(sr) {
+						v := f(a, b)
+						if v < lo || v > hi || !r.Val.Contains(v) {
+							t.Fatalf("op %#x %#x, %#x = %#x outside %v (%#x..%#x) for %v, %v", op, a, b, v, r, lo, hi, dr, sr)
+						}
+					}
+				}
+			}
+		}
+	}
+}
+
+func slotOf(op uint8) bytecode.Slot { return bytecode.Slot{Op: 0x07 | op | 0x08} }
+
+// TestSignedBoundsIndex: an index tested non-negative, then below a bound,
+// with signed comparisons indexes a checked pointer with no guard. Only
+// unsigned bounds are kept: the other order (below a bound while possibly
+// negative, then non-negative) and one test alone leave it guarded.
+func TestSignedBoundsIndex(t *testing.T) {
+	cfg := testConfig
+	cfg.EntryArg = true
+	for _, tc := range []struct {
+		tests string
+		want  Access
+	}{
+		{"jslt %r5, 0, +4\njsgt %r5, 1000, +3", HeapChecked},
+		{"jsge %r5, 0, +1\nja +4\njsge %r5, 1001, +3", HeapChecked},
+		{"jsge %r5, 1001, +4\njslt %r5, 0, +3", HeapAccess},
+		{"jsgt %r5, 1000, +4\nmov %r0, 0", HeapAccess},
+	} {
+		src := "ldxdw %r5, [%r1+8]\n" + tc.tests + "\nlsh %r5, 3\nadd %r5, %r3\nldxdw %r0, [%r5+0]\nmov %r0, 0\nexit"
+		insns, err := bytecode.Assemble(src)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r, err := Verify(insns, cfg)
+		if err != nil {
+			t.Fatalf("%v\n%s", err, src)
+		}
+		var got Access
+		for _, a := range r.Access {
+			if a != NoAccess && a != CtxAccess {
+				got = a
+			}
+		}
+		if got != tc.want {
+			t.Errorf("access %v, want %v\n%s", got, tc.want, src)
+		}
+	}
+}
