@@ -1,6 +1,3 @@
-// Package verifier will prove that extensions use kflex's interface correctly
-// and find the memory accesses that need no guard. This first part holds its
-// abstract domains and its control-flow graph.
 package verifier
 
 import "math/bits"

@@ -1,0 +1,43 @@
+// Package verifier proves that an extension uses kflex's interface correctly
+// and finds the memory accesses that need no guard. As in the KFlex design, it
+// does not prove heap safety: heap accesses are never rejected for their
+// address, they are guarded (masked into the sandbox) unless the analysis
+// shows the guard is redundant.
+//
+// The analysis is abstract interpretation to a fixpoint over the CFG
+// (cfg.go), one joined state per instruction (state.go): each register is
+// uninitialised, a number (a tnum, tnum.go, and unsigned bounds, bounds.go),
+// the context or the frame pointer plus a constant, or a mix of pointers;
+// the frame's bytes are initialised or not. Numbers that are heap pointers
+// may be checked: known to lie in the sandbox, moved by a range of offsets,
+// because an earlier access sanitized them in place, because the engine put
+// them there (the pointer argument in r3, Config.EntryArg), or because a
+// helper returned them (Helper.HeapOrNull, past a test against 0). An access
+// through a checked pointer that stays within reach of the 64 KiB guard
+// regions needs no guard.
+//
+// Per memory instruction the Result says how it reaches memory (Access): the
+// stack or the context (in bounds, unguarded), the heap guarded, the heap
+// sanitizing its base register in place (only where a later access profits),
+// or the heap through a checked pointer (unguarded).
+//
+// Deliberate differences from the Linux verifier:
+//
+//	what                          Linux                        kflex
+//	heap (arena) access           checked by the JIT, faults   masked into the sandbox; never rejected
+//	                              handled by exception tables
+//	values reloaded from the      tracked per slot             unknown numbers: frames live in the
+//	stack                                                      sandbox, where heap stores and other
+//	                                                           processes can change them
+//	loops                         bounded, or may_goto, or     any back-edge, a cancellation
+//	                              bpf_loop                     point (the engines stop there on Cancel)
+//	paths                         explored one by one with     joined at every instruction (widening
+//	                              state pruning                by powers of two): one state each
+//	bounds                        signed and unsigned, 32 and  unsigned 64-bit; signed comparisons
+//	                              64 bits                      with non-negative constants only
+//	helpers, kfuncs               the kernel's prototypes      kflex's helpers (Config.Helpers); kfunc
+//	                                                           calls and callx rejected
+//	r3 at entry                   not set                      the pointer argument, when EntryArg
+//	a rejection's log             every state along the path   the first path that reached the
+//	                              that failed                  instruction, with the joined states
+package verifier
