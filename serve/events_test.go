@@ -40,7 +40,7 @@ loop:
 done:
 	exit`
 
-func eventRuntime(t *testing.T, f *fixture) *serve.Runtime {
+func eventRuntime(t testing.TB, f *fixture) *serve.Runtime {
 	progs := map[string]asm.Instructions{}
 	for name, src := range map[string]string{"tick": tick, "sum": sumBytes} {
 		insns, err := bytecode.Assemble(src)
@@ -135,4 +135,28 @@ func TestUDPError(t *testing.T) {
 	require.Greater(t, n, 1)
 	assert.Equal(t, byte(1), reply[0])
 	assert.Contains(t, string(reply[1:n]), "read of 8 bytes at 0x10")
+}
+
+// BenchmarkUDP is a round trip of a 64-byte datagram through an extension
+// that sums its bytes, beside BenchmarkInvoke's round trip over the socket.
+func BenchmarkUDP(b *testing.B) {
+	f := start(b)
+	rt := eventRuntime(b, f)
+	defer rt.Close()
+	conn, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	require.NoError(b, err)
+	go rt.ServeUDP(conn, "sum")
+	c, err := net.DialUDP("udp", nil, conn.LocalAddr().(*net.UDPAddr))
+	require.NoError(b, err)
+	defer c.Close()
+	msg, reply := make([]byte, 64), make([]byte, 16)
+	for b.Loop() {
+		if _, err := c.Write(msg); err != nil {
+			b.Fatal(err)
+		}
+		if n, err := c.Read(reply); err != nil || n != 9 || reply[0] != 0 {
+			b.Fatalf("reply %q, %v", reply[:n], err)
+		}
+	}
+	b.ReportMetric(float64(b.Elapsed().Microseconds())/float64(b.N), "µs/datagram")
 }
