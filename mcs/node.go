@@ -9,7 +9,11 @@ package mcs
 //	offset 0   next   u32  index + 1 of the successor (0 until it links itself)
 //	offset 4   state  u32  futex word, one of the node states below
 //	offset 8   owner  u32  process slot + 1 of the waiter
-//	offset 16  lock   u64  heap offset of the lock word it queues on
+//	offset 16  lock   u64  the lock word it queues on: its heap offset (Go) or
+//	                       its address in the executor's view (BytecodeLock,
+//	                       which is not given the heap's mask). Nothing reads
+//	                       it yet; recovery, its first reader, must settle one
+//	                       form.
 //	offset 24  slice  u64  bytecode executors: address of their thread's rseq
 //	                       slice-request byte, or 0 (see BytecodeLock)
 const (
