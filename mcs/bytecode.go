@@ -36,11 +36,12 @@ const (
 //	mcs_unlock: r1 = lock word address, r2 = the held bits, r3 = the node
 //	            address. Returns r0 = 0.
 //
-// A node's word at offset 24 (nodeSliceReq) may hold the address of the
-// executor thread's rseq slice-request byte: mcs_lock then sets it before
-// taking the lock and mcs_unlock clears it after releasing, calling
-// HelperSliceYield if the kernel granted an extension meanwhile. The Go lock's
-// equivalent is LockExtended.
+// A queued node records the lock's heap offset: the address masked with the
+// node's word at offset 32 (nodeMask, which TakeNode sets). The node's word at
+// offset 24 (nodeSliceReq) may hold the address of the executor thread's rseq
+// slice-request byte: mcs_lock then sets it before taking the lock and
+// mcs_unlock clears it after releasing, calling HelperSliceYield if the kernel
+// granted an extension meanwhile. The Go lock's equivalent is LockExtended.
 //
 // Addresses are in the executor's view. Both follow the Go side step for step:
 // the same fast paths, the tail swap, the link to the predecessor, the head
@@ -66,7 +67,9 @@ mcs_lock_slow:
 	mov %r6, %r4
 	rsh %r6, 16
 	stxw [%r2+8], %r6
-	stxdw [%r2+16], %r1
+	ldxdw %r0, [%r2+32]
+	and %r0, %r1
+	stxdw [%r2+16], %r0
 mcs_lock_swap:
 	ldxdw %r9, [%r1+0]
 	mov %r8, %r9
@@ -210,6 +213,7 @@ const NodeSliceReq = nodeSliceReq
 func (p *Process) TakeNode() Node {
 	idx := <-p.nodes
 	atomic.StoreUint64((*uint64)(unsafe.Add(p.node(idx).p, nodeSliceReq)), 0)
+	atomic.StoreUint64((*uint64)(unsafe.Add(p.node(idx).p, nodeMask)), p.h.Mask())
 	return Node{Index: idx, Off: p.h.Header().NodeOff + uint64(idx)*heap.NodeSize}
 }
 

@@ -137,6 +137,7 @@ func TestLayoutContract(t *testing.T) {
 				}
 				n := w.p.node(tail)
 				require.Equal(t, w.p.Slot()+1, atomic.LoadUint32(n.owner()), "the node names the waiter's process")
+				require.Equal(t, off, atomic.LoadUint64(n.lock()), "the node names the lock by its heap offset")
 				require.Contains(t, []uint32{nodeWaiting, nodeParked, nodeHead}, atomic.LoadUint32(n.state()))
 				require.Equal(t, held, word()&^wordTailMask&^(wordHeadSleeping|wordWakePending),
 					"the holder's bits survive the waiter's tail swap")

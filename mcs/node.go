@@ -9,19 +9,19 @@ package mcs
 //	offset 0   next   u32  index + 1 of the successor (0 until it links itself)
 //	offset 4   state  u32  futex word, one of the node states below
 //	offset 8   owner  u32  process slot + 1 of the waiter
-//	offset 16  lock   u64  the lock word it queues on: its heap offset (Go) or
-//	                       its address in the executor's view (BytecodeLock,
-//	                       which is not given the heap's mask). Nothing reads
-//	                       it yet; recovery, its first reader, must settle one
-//	                       form.
+//	offset 16  lock   u64  heap offset of the lock word it queues on
 //	offset 24  slice  u64  bytecode executors: address of their thread's rseq
 //	                       slice-request byte, or 0 (see BytecodeLock)
+//	offset 32  mask   u64  bytecode executors: the heap's size - 1, set by
+//	                       TakeNode, with which BytecodeLock turns the lock's
+//	                       address (in its view) into the offset above
 const (
 	nodeNext     = 0
 	nodeState    = 4
 	nodeOwner    = 8
 	nodeLock     = 16
 	nodeSliceReq = 24
+	nodeMask     = 32
 )
 
 // Node states. A node goes waiting -> (parked ->) head -> free.
