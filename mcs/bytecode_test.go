@@ -16,26 +16,67 @@ import (
 	"github.com/kflex-go/kflex/jit/interp"
 )
 
-// counterProgram takes the lock at ctx[0] for ctx[40] rounds and increments
-// the counter beside the lock word each time, through the bytecode lock.
-const counterProgram = `
-	mov %r9, %r1
-	ldxdw %r6, [%r9+40]
-loop:
+// lockCall and unlockCall call the bytecode lock with the arguments at r9:
+// the lock word, the node, its index + 1, the held bits and the node table
+// (lockCtx's layout).
+const (
+	lockCall = `
 	ldxdw %r1, [%r9+0]
 	ldxdw %r2, [%r9+8]
 	ldxdw %r3, [%r9+16]
 	ldxdw %r4, [%r9+24]
 	ldxdw %r5, [%r9+32]
-	call local mcs_lock
-	ldxdw %r1, [%r9+0]
-	ldxdw %r7, [%r1+8]
-	add %r7, 1
-	stxdw [%r1+8], %r7
+	call local mcs_lock`
+	unlockCall = `
 	ldxdw %r1, [%r9+0]
 	ldxdw %r2, [%r9+24]
 	ldxdw %r3, [%r9+8]
-	call local mcs_unlock
+	call local mcs_unlock`
+)
+
+// lockCtx is the context of programs using lockCall on the lock at off with
+// node n, then the extra words.
+func (w *world) lockCtx(off uint64, n Node, extra ...uint64) []byte {
+	words := append([]uint64{w.h.Base() + off, w.h.Base() + n.Off, uint64(n.Index) + 1, Held(w.p.Slot()),
+		w.h.Base() + w.h.Header().NodeOff}, extra...)
+	ctx := make([]byte, 8*len(words))
+	for i, v := range words {
+		binary.LittleEndian.PutUint64(ctx[8*i:], v)
+	}
+	return ctx
+}
+
+// jitMachine is a JIT sandbox over w's heap with the lock's helpers, closed
+// with the test.
+func (w *world) jitMachine(t testing.TB) *jit.Machine {
+	scratch, err := w.h.Alloc(jit.ScratchSize)
+	require.NoError(t, err)
+	m, err := jit.NewMachineIn(jit.Region{Base: w.h.At(0), Size: w.h.Size(), Canon: w.h.CanonBase(), Scratch: scratch})
+	require.NoError(t, err)
+	t.Cleanup(func() { m.Close() })
+	m.Helpers = wakeHelpers
+	return m
+}
+
+// interpMachine is an interpreter over w's heap with the lock's helpers.
+func (w *world) interpMachine() *interp.Machine {
+	im := interp.NewMachine()
+	im.AttachHeap(w.h.At(0), w.h.Size(), w.h.CanonBase())
+	im.Helpers = wakeHelpers
+	im.MaxInsns = 4e9 // a hang becomes an error, eventually
+	return im
+}
+
+// counterProgram takes the lock at ctx[0] for ctx[40] rounds and increments
+// the counter beside the lock word each time, through the bytecode lock.
+const counterProgram = `
+	mov %r9, %r1
+	ldxdw %r6, [%r9+40]
+loop:` + lockCall + `
+	ldxdw %r1, [%r9+0]
+	ldxdw %r7, [%r1+8]
+	add %r7, 1
+	stxdw [%r1+8], %r7` + unlockCall + `
 	sub %r6, 1
 	jne %r6, 0, loop
 	mov %r0, 0
@@ -68,23 +109,11 @@ func TestBytecodeLockMixed(t *testing.T) {
 	require.NoError(t, err)
 
 	const goroutines, goRounds, jitExecs, jitRounds, interpRounds = 4, 10000, 2, 20000, 5000
-	ctxFor := func(n Node, rounds uint64) []byte {
-		ctx := make([]byte, 48)
-		for i, v := range []uint64{w.h.Base() + off, w.h.Base() + n.Off, uint64(n.Index) + 1, Held(w.p.Slot()),
-			w.h.Base() + w.h.Header().NodeOff, rounds} {
-			binary.LittleEndian.PutUint64(ctx[8*i:], v)
-		}
-		return ctx
-	}
+	ctxFor := func(n Node, rounds uint64) []byte { return w.lockCtx(off, n, rounds) }
 	errs := make(chan error, goroutines+jitExecs+1)
 	var wg sync.WaitGroup
 	for range jitExecs {
-		scratch, err := w.h.Alloc(jit.ScratchSize)
-		require.NoError(t, err)
-		m, err := jit.NewMachineIn(jit.Region{Base: w.h.At(0), Size: w.h.Size(), Canon: w.h.CanonBase(), Scratch: scratch})
-		require.NoError(t, err)
-		defer m.Close()
-		m.Helpers = wakeHelpers
+		m := w.jitMachine(t)
 		n := w.p.TakeNode()
 		defer w.p.GiveNode(n)
 		wg.Go(func() {
@@ -94,10 +123,7 @@ func TestBytecodeLockMixed(t *testing.T) {
 	}
 	n := w.p.TakeNode()
 	defer w.p.GiveNode(n)
-	im := interp.NewMachine()
-	im.AttachHeap(w.h.At(0), w.h.Size(), w.h.CanonBase())
-	im.Helpers = wakeHelpers
-	im.MaxInsns = 4e9 // a hang becomes an error, eventually
+	im := w.interpMachine()
 	wg.Go(func() {
 		_, err := im.Run(ip, ctxFor(n, interpRounds))
 		errs <- err

@@ -1,7 +1,6 @@
 package mcs
 
 import (
-	"encoding/binary"
 	"fmt"
 	"sync/atomic"
 	"testing"
@@ -23,28 +22,11 @@ import (
 // node's fields), and the hand-off, which works only if the waiter reads the
 // grant where the holder writes it.
 
-// holdProgram takes the lock (mcs_lock's arguments in the context, as
-// TestBytecodeLockMixed passes them) and returns holding it; releaseProgram
-// releases it.
+// holdProgram takes the lock (lockCtx's context) and returns holding it;
+// releaseProgram releases it.
 const (
-	holdProgram = `
-	mov %r9, %r1
-	ldxdw %r1, [%r9+0]
-	ldxdw %r2, [%r9+8]
-	ldxdw %r3, [%r9+16]
-	ldxdw %r4, [%r9+24]
-	ldxdw %r5, [%r9+32]
-	call local mcs_lock
-	exit
-` + BytecodeLock
-	releaseProgram = `
-	mov %r9, %r1
-	ldxdw %r1, [%r9+0]
-	ldxdw %r2, [%r9+24]
-	ldxdw %r3, [%r9+8]
-	call local mcs_unlock
-	exit
-` + BytecodeLock
+	holdProgram    = "mov %r9, %r1" + lockCall + "\nexit\n" + BytecodeLock
+	releaseProgram = "mov %r9, %r1" + unlockCall + "\nexit\n" + BytecodeLock
 )
 
 // layoutExecutor is one way of taking and releasing the lock.
@@ -75,14 +57,7 @@ func TestLayoutContract(t *testing.T) {
 	}
 	holdJ, holdI := assemble(holdProgram)
 	releaseJ, releaseI := assemble(releaseProgram)
-	ctxFor := func(n Node) []byte {
-		ctx := make([]byte, 40)
-		for i, v := range []uint64{w.h.Base() + off, w.h.Base() + n.Off, uint64(n.Index) + 1, Held(w.p.Slot()),
-			w.h.Base() + w.h.Header().NodeOff} {
-			binary.LittleEndian.PutUint64(ctx[8*i:], v)
-		}
-		return ctx
-	}
+	ctxFor := func(n Node) []byte { return w.lockCtx(off, n) }
 	run := func(r0 uint64, err error) error {
 		if err == nil && r0 != 0 {
 			err = fmt.Errorf("r0 = %d", r0)
@@ -93,16 +68,7 @@ func TestLayoutContract(t *testing.T) {
 	jn, in := w.p.TakeNode(), w.p.TakeNode()
 	defer w.p.GiveNode(jn)
 	defer w.p.GiveNode(in)
-	scratch, err := w.h.Alloc(jit.ScratchSize)
-	require.NoError(t, err)
-	m, err := jit.NewMachineIn(jit.Region{Base: w.h.At(0), Size: w.h.Size(), Canon: w.h.CanonBase(), Scratch: scratch})
-	require.NoError(t, err)
-	defer m.Close()
-	m.Helpers = wakeHelpers
-	im := interp.NewMachine()
-	im.AttachHeap(w.h.At(0), w.h.Size(), w.h.CanonBase())
-	im.Helpers = wakeHelpers
-	im.MaxInsns = 4e9
+	m, im := w.jitMachine(t), w.interpMachine()
 
 	executors := []layoutExecutor{
 		{name: "go", node: -1,
