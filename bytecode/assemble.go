@@ -75,6 +75,11 @@ func Assemble(src string) (asm.Instructions, error) {
 		}
 		rel := start[at] - start[f.insn] - 1
 		ins := &insns[f.insn]
+		if ins.OpCode.JumpOp() == asm.Call && insns[at].Symbol() == "" {
+			// A subprogram keeps its label as its name, as an ELF
+			// object's functions do (the verifier knows some by name).
+			insns[at] = insns[at].WithSymbol(f.label)
+		}
 		if ins.OpCode.JumpOp() == asm.Call || ins.OpCode == ja32Op {
 			ins.Constant = int64(rel)
 		} else {

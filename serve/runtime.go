@@ -288,9 +288,11 @@ const (
 )
 
 // VerifierConfig is the environment the runtime verifies extensions for: its
-// context, its helpers and the pointer argument in r3.
+// context, its helpers, the pointer argument in r3 and the bytecode lock's
+// subprograms, whose locks must be released on every path.
 func VerifierConfig() verifier.Config {
-	return verifier.Config{CtxSize: CtxSize, Helpers: Prototypes(), EntryArg: true}
+	return verifier.Config{CtxSize: CtxSize, Helpers: Prototypes(), EntryArg: true,
+		LockFunc: "mcs_lock", UnlockFunc: "mcs_unlock"}
 }
 
 // LockCall and UnlockCall are the bytecode an extension uses to call the

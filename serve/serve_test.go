@@ -287,6 +287,21 @@ func TestVerifiedAtLoad(t *testing.T) {
 	require.NoError(t, err)
 	_, err = serve.New(f.h, map[string]asm.Instructions{"unknown": unknown}, 1, io.Discard)
 	assert.ErrorContains(t, err, "call to unknown helper 12345")
+	// An extension that releases the lock on one path only.
+	held, err := bytecode.Assemble("mov %r9, %r1\nldxdw %r1, [%r9+0]\n" + serve.LockCall +
+		"\nldxdw %r6, [%r9+0]\njeq %r6, 0, out\nldxdw %r1, [%r9+0]\n" + serve.UnlockCall + "\nout:\nmov %r0, 0\nexit\n" + mcs.BytecodeLock)
+	require.NoError(t, err)
+	_, err = serve.New(f.h, map[string]asm.Instructions{"held": held}, 1, io.Discard)
+	require.ErrorIs(t, err, verifier.ErrRejected)
+	assert.Regexp(t, `exit with 1 lock\(s\) held|different numbers of locks`, err.Error())
+	// The counter's critical section has no cancellation point; the lock's
+	// own spin loops do, holding nothing in their frame.
+	res, err := verifier.Verify(programs(t)["counter"], serve.VerifierConfig())
+	require.NoError(t, err)
+	require.NotEmpty(t, res.CancelTable)
+	for _, c := range res.CancelTable {
+		assert.Zero(t, c.Locks, "slot %d", c.Slot)
+	}
 }
 
 // TestPointerArgument: an extension reads through r3, the argument as a heap

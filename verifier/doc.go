@@ -21,6 +21,13 @@
 // sanitizing its base register in place (only where a later access profits),
 // or the heap through a checked pointer (unguarded).
 //
+// Locks taken through the lock subprogram (Config.LockFunc, kflex's
+// mcs_lock) are counted per frame: a subprogram returns holding what it took,
+// never releases more, and reaches each instruction holding the same number on
+// every path. Result.CancelTable says how many are held at each cancellation
+// point (back-edges and helper calls), for the runtime to release them when
+// it stops the program there.
+//
 // Deliberate differences from the Linux verifier:
 //
 //	what                          Linux                        kflex

@@ -15,6 +15,9 @@ func (a *analysis) jump(pc int, s *State, in bytecode.Slot) error {
 		if r0.Kind != Scalar {
 			return reject(pc, "exit with a %v pointer in R0", r0.Kind)
 		}
+		if s.Locks != 0 {
+			return reject(pc, "exit with %d lock(s) held, the last taken at insn %d", s.Locks, s.LockSite-1)
+		}
 		return nil
 	case 0x85: // call
 		if in.Src == bytecode.CallLocal {
@@ -97,6 +100,20 @@ func (a *analysis) localCall(pc int, s *State, in bytecode.Slot) error {
 	e.Regs[10] = Reg{Kind: PtrStack}
 	a.flow(callee, &e)
 	afterCall(s)
+	switch name := a.symbol(callee); {
+	case name == "":
+	case name == a.cfg.LockFunc:
+		if s.Locks >= 8 {
+			return reject(pc, "more than 8 locks held at once")
+		}
+		s.Locks++
+		s.LockSite = pc + 1
+	case name == a.cfg.UnlockFunc:
+		if s.Locks == 0 {
+			return reject(pc, "%s without a lock held", name)
+		}
+		s.Locks--
+	}
 	a.flow(a.g.Succ[pc][0], s)
 	return nil
 }

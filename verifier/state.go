@@ -138,7 +138,13 @@ const frameSize = 512
 type State struct {
 	Regs [11]Reg
 	Init [frameSize / 64]uint64 // bit i: byte (frame top - 512 + i) written
+	// Locks taken in this frame and not released (Config.LockFunc);
+	// locksDiffer where paths meet with different counts.
+	Locks    uint8
+	LockSite int // 1 + the slot of the last lock taken
 }
+
+const locksDiffer = 0xff
 
 func (s *State) initialised(off, size int64) bool {
 	for i := off; i < off+size; i++ {
@@ -169,6 +175,9 @@ func (s *State) joinInto(o *State, useful []bool) bool {
 		if j := s.Init[i] & o.Init[i]; j != s.Init[i] {
 			s.Init[i], changed = j, true
 		}
+	}
+	if s.Locks != o.Locks && s.Locks != locksDiffer {
+		s.Locks, changed = locksDiffer, true
 	}
 	return changed
 }

@@ -7,6 +7,9 @@ import (
 // step applies instruction pc to s and passes the result to its successors.
 func (a *analysis) step(pc int, s *State) error {
 	in := a.slots[pc]
+	if s.Locks == locksDiffer {
+		return reject(pc, "paths meet here holding different numbers of locks")
+	}
 	switch cls := in.Op & 7; {
 	case in.Op == bytecode.OpLdDW:
 		if in.Src != 0 {

@@ -27,6 +27,12 @@ type Config struct {
 	CtxSize  int              // bytes r1 points to at entry
 	Helpers  map[int32]Helper // the helpers the program may call
 	MaxInsns int              // instructions the analysis may process (0: 1,000,000)
+	// LockFunc and UnlockFunc name the subprograms that take and release a
+	// lock (kflex's mcs_lock and mcs_unlock): every subprogram must return
+	// holding as many locks as it took, never release more, and reach each
+	// instruction holding the same number on every path. The count at each
+	// cancellation point is in Result.CancelTable.
+	LockFunc, UnlockFunc string
 	// EntryArg: at entry r3 holds the context's first word masked into the
 	// sandbox by the engine (jit.Machine.Run, interp with a heap), so it is a
 	// checked pointer no access had to sanitize.
@@ -59,6 +65,16 @@ type Result struct {
 	GuardsTotal    int      // memory instructions
 	GuardsElided   int      // of which provably in bounds
 	CancelPoints   []int    // back-edges and helper calls, by slot
+	// CancelTable: what is held at each cancellation point, in
+	// CancelPoints' order, for the runtime to release when it stops the
+	// program there.
+	CancelTable []CancelPoint
+}
+
+// CancelPoint is what a program holds at one cancellation point.
+type CancelPoint struct {
+	Slot  int
+	Locks int // taken through Config.LockFunc and not released yet, in this frame
 }
 
 // Verify checks insns for cfg and returns its analysis, or an *Error naming the
@@ -73,7 +89,8 @@ func Verify(insns asm.Instructions, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	a := &analysis{cfg: cfg, g: g, slots: bytecode.DecodeSlots(raw), insns: insns}
+	start, _ := bytecode.Slots(insns)
+	a := &analysis{cfg: cfg, g: g, slots: bytecode.DecodeSlots(raw), insns: insns, start: start}
 	if a.cfg.MaxInsns == 0 {
 		a.cfg.MaxInsns = 1_000_000
 	}
@@ -90,6 +107,7 @@ type analysis struct {
 	queued []bool
 	useful []bool // by slot: a sanitizing access whose result a later access used unguarded
 	insns  asm.Instructions
+	start  []int // by instruction: its first slot
 	from   []int // by slot: the instruction that first reached it (-1: entry); a tree, so acyclic
 	cur    int   // the instruction being stepped
 }
@@ -146,6 +164,11 @@ func (a *analysis) run() (*Result, error) {
 	}
 	r.CancelPoints = append(append([]int{}, a.g.BackEdges...), a.g.HelperCalls...)
 	sortInts(r.CancelPoints)
+	for _, pc := range r.CancelPoints {
+		if s := a.in[pc]; s != nil {
+			r.CancelTable = append(r.CancelTable, CancelPoint{Slot: pc, Locks: int(s.Locks)})
+		}
+	}
 	return r, nil
 }
 
@@ -177,10 +200,9 @@ func (a *analysis) pathLog(pc int) []string {
 		path = append(path, p)
 	}
 	slices.Reverse(path)
-	start, _ := bytecode.Slots(a.insns)
 	log := make([]string, 0, len(path))
 	for _, p := range path {
-		i, _ := slices.BinarySearch(start, p)
+		i, _ := slices.BinarySearch(a.start, p)
 		log = append(log, fmt.Sprintf("%d: %v ; %s", p, a.insns[i], regsLog(a.in[p])))
 	}
 	return log
@@ -216,4 +238,12 @@ func (a *analysis) note(pc int, acc Access) {
 	case prev != acc:
 		a.access[pc] = HeapSanitize
 	}
+}
+
+// symbol is the name of the instruction at slot pc, if it has one.
+func (a *analysis) symbol(pc int) string {
+	if i, ok := slices.BinarySearch(a.start, pc); ok {
+		return a.insns[i].Symbol()
+	}
+	return ""
 }

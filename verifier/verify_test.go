@@ -232,6 +232,48 @@ func TestHeapOrNull(t *testing.T) {
 	}
 }
 
+// TestLocksHeld: locks taken through the lock subprogram are released on every
+// path before exit, never released twice, held alike where paths meet; the
+// cancellation table says how many are held at each cancellation point.
+func TestLocksHeld(t *testing.T) {
+	cfg := testConfig
+	cfg.LockFunc, cfg.UnlockFunc = "lock", "unlock"
+	subs := func(body string) string { // the subprograms body calls
+		s := "\nlock:\nmov %r0, 0\nexit"
+		if strings.Contains(body, "local unlock") {
+			s += "\nunlock:\nmov %r0, 0\nexit"
+		}
+		return s
+	}
+	for _, tc := range []struct{ name, body, reject string }{
+		{"balanced", "call local lock\ncall 7\ncall local unlock\nmov %r0, 0\nexit", ""},
+		{"nested", "call local lock\ncall local lock\ncall local unlock\ncall local unlock\nmov %r0, 0\nexit", ""},
+		{"held at exit", "call local lock\nmov %r0, 0\nexit", "insn 2: exit with 1 lock(s) held, the last taken at insn 0"},
+		{"released twice", "call local lock\ncall local unlock\ncall local unlock\nmov %r0, 0\nexit", "insn 2: unlock without a lock held"},
+		{"on one path only", "ldxdw %r6, [%r1+0]\njeq %r6, 0, +1\ncall local lock\nmov %r0, 0\nexit",
+			"insn 3: paths meet here holding different numbers of locks"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			insns, err := bytecode.Assemble(tc.body + subs(tc.body))
+			require.NoError(t, err)
+			r, err := Verify(insns, cfg)
+			if tc.reject != "" {
+				require.ErrorContains(t, err, tc.reject)
+				return
+			}
+			require.NoError(t, err)
+			if tc.name == "balanced" {
+				assert.Equal(t, []CancelPoint{{Slot: 1, Locks: 1}}, r.CancelTable, "the helper call runs holding the lock")
+			}
+		})
+	}
+	// Without the configuration, the calls are plain subprograms.
+	insns, err := bytecode.Assemble("call local lock\nmov %r0, 0\nexit" + subs(""))
+	require.NoError(t, err)
+	_, err = Verify(insns, testConfig)
+	require.NoError(t, err)
+}
+
 // forgedSpills are programs that store a value on the stack, overwrite it
 // through a heap alias of the frame (frames live in the sandbox, and another
 // process may write there too) and use what they read back: as a pointer, as a

@@ -24,6 +24,12 @@ type verifyReport struct {
 	GuardsTotal    int          `json:"guards_total"`
 	GuardsElided   int          `json:"guards_elided"`
 	CancelPoints   []int        `json:"cancel_points"`
+	CancelTable    []cancelRow  `json:"cancel_table"` // what is held at each cancellation point
+}
+
+type cancelRow struct {
+	Slot  int `json:"slot"`
+	Locks int `json:"locks"`
 }
 
 type verifyError struct {
@@ -37,7 +43,8 @@ runtime would: the context and helpers of kflex serve, and r3 at entry the
 argument as a heap address (checked). Prints the verdict; on rejection the
 instruction, the reason and the path to it, each instruction with the
 registers before it; then statistics: instructions processed, states, memory
-accesses (guards) and how many need no guard, and the cancellation points. Exits 1 when the program is rejected.`, out)
+accesses (guards) and how many need no guard, and the cancellation points
+with the locks (mcs_lock) held at each. Exits 1 when the program is rejected.`, out)
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	ctxSize := fs.Int("ctx-size", serve.CtxSize, "bytes of context r1 points to")
 	if err := parse(fs, args, 1); err != nil {
@@ -50,13 +57,16 @@ accesses (guards) and how many need no guard, and the cancellation points. Exits
 	cfg := serve.VerifierConfig()
 	cfg.CtxSize = *ctxSize
 	res, verr := verifier.Verify(insns, cfg)
-	rep := verifyReport{Accepted: verr == nil, CancelPoints: []int{}}
+	rep := verifyReport{Accepted: verr == nil, CancelPoints: []int{}, CancelTable: []cancelRow{}}
 	var ve *verifier.Error
 	switch {
 	case verr == nil:
 		rep.InsnsProcessed, rep.States = res.InsnsProcessed, res.States
 		rep.GuardsTotal, rep.GuardsElided = res.GuardsTotal, res.GuardsElided
 		rep.CancelPoints = res.CancelPoints
+		for _, c := range res.CancelTable {
+			rep.CancelTable = append(rep.CancelTable, cancelRow{c.Slot, c.Locks})
+		}
 	case errors.As(verr, &ve):
 		rep.Error, rep.Log = &verifyError{Insn: ve.Insn, Reason: ve.Reason}, ve.Log
 	default:
@@ -71,6 +81,11 @@ accesses (guards) and how many need no guard, and the cancellation points. Exits
 	} else if rep.Accepted {
 		fmt.Fprintf(out, "%s: accepted\n  %d instructions processed, %d states\n  %d memory accesses, %d need no guard\n  cancellation points at %v\n",
 			fs.Arg(0), rep.InsnsProcessed, rep.States, rep.GuardsTotal, rep.GuardsElided, rep.CancelPoints)
+		for _, c := range rep.CancelTable {
+			if c.Locks > 0 {
+				fmt.Fprintf(out, "    at %d: %d lock(s) held\n", c.Slot, c.Locks)
+			}
+		}
 	} else {
 		fmt.Fprintf(out, "%s: rejected at instruction %d: %s\n", fs.Arg(0), rep.Error.Insn, rep.Error.Reason)
 		for _, l := range rep.Log {
