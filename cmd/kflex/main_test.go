@@ -3,6 +3,7 @@ package main
 import (
 	"bytes"
 	"encoding/json"
+	"fmt"
 	"net"
 	"os"
 	"os/exec"
@@ -17,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kflex-go/kflex/internal/testutil"
+	"github.com/kflex-go/kflex/mcs"
 	"github.com/kflex-go/kflex/serve"
 	"github.com/kflex-go/kflex/userspace"
 )
@@ -254,6 +256,18 @@ func TestVerify(t *testing.T) {
 	assert.Equal(t, 1, code)
 	assert.Contains(t, stdout, "rejected at instruction 1")
 	assert.Contains(t, stdout, "R6=fp+0")
+
+	// A helper call inside a critical section: one lock held there.
+	locked := filepath.Join(dir, "locked.s")
+	require.NoError(t, os.WriteFile(locked, []byte("mov %r9, %r1\nldxdw %r1, [%r9+0]\n"+serve.LockCall+
+		fmt.Sprintf("\ncall %d\nldxdw %%r1, [%%r9+0]\n", serve.HelperTime)+serve.UnlockCall+"\nmov %r0, 0\nexit\n"+mcs.BytecodeLock), 0o600))
+	code, stdout, stderr = kflex("verify", "--json", locked)
+	require.Equal(t, 0, code, stderr)
+	require.NoError(t, json.Unmarshal([]byte(stdout), &rep))
+	assert.Contains(t, rep["cancel_table"], map[string]any{"slot": 7.0, "locks": 1.0})
+	code, stdout, _ = kflex("verify", locked)
+	require.Equal(t, 0, code)
+	assert.Contains(t, stdout, "at 7: 1 lock(s) held")
 }
 
 // TestServeEvents: "kflex serve --every --udp" runs extensions on a timer
