@@ -73,16 +73,11 @@ func movedChecked(op uint8, dst, src, r Reg) Reg {
 		return r
 	}
 	lo, hi := src.Bounds()
-	if c, ok := constOf(src); ok {
-		lo, hi = uint64(c), uint64(c)
-		if c < 0 { // a negative constant, as the program wrote it
-			if op == 0x00 {
-				op, c = 0x10, -c
-			} else {
-				op, c = 0x00, -c
-			}
-			lo, hi = uint64(c), uint64(c)
-		}
+	if c, ok := constOf(src); ok && c < 0 {
+		// A negative constant, as the program wrote it: the other way by -c
+		// (add 0x00 <-> sub 0x10).
+		op ^= 0x10
+		lo, hi = uint64(-c), uint64(-c)
 	}
 	if hi >= guardReach {
 		return r
@@ -99,9 +94,9 @@ func movedChecked(op uint8, dst, src, r Reg) Reg {
 
 func truncate(r Reg) Reg {
 	if r.Kind != Scalar {
-		return unknownScalar().truncated()
+		r = unknownScalar()
 	}
-	return scalar(r.Val.Truncate(4))
+	return r.truncated()
 }
 
 func (r Reg) truncated() Reg { return scalar(r.Val.Truncate(4)) }

@@ -109,40 +109,15 @@ func joinBounds(j, a, b Reg) Reg {
 	return j
 }
 
-// refine narrows the scalar x on both sides of the 64-bit unsigned comparison
-// "x op k": the bounds where the branch is taken, and where it falls through;
-// a false ok says that side cannot happen.
+// refine narrows the scalar x on both sides of the 64-bit comparison "x op
+// k": the bounds where the branch is taken, and where it falls through; a
+// false ok says that side cannot happen.
 func refine(op uint8, x Reg, k uint64) (taken, fall Reg, takenOK, fallOK bool) {
-	// lt, le: x in [0, k-1] or [0, k]; gt, ge likewise upwards. The opposite
-	// side is the complement.
-	below := func(hi uint64) (Reg, bool) { return x.withBounds(0, hi) }
-	above := func(lo uint64) (Reg, bool) { return x.withBounds(lo, math.MaxUint64) }
 	switch op {
-	case 0x20: // jgt
-		if k == math.MaxUint64 {
-			f, ok := below(k)
-			return x, f, false, ok
-		}
-		taken, takenOK = above(k + 1)
-		fall, fallOK = below(k)
-	case 0x30: // jge
-		if k == 0 {
-			return x, x, true, false
-		}
-		taken, takenOK = above(k)
-		fall, fallOK = below(k - 1)
-	case 0xa0: // jlt
-		if k == 0 {
-			return x, x, false, true
-		}
-		taken, takenOK = below(k - 1)
-		fall, fallOK = above(k)
-	case 0xb0: // jle
-		if k == math.MaxUint64 {
-			return x, x, true, false
-		}
-		taken, takenOK = below(k)
-		fall, fallOK = above(k + 1)
+	case 0x20, 0x30, 0xa0, 0xb0: // jgt, jge, jlt, jle
+		geq := func(lo uint64) (Reg, bool) { return x.withBounds(lo, math.MaxUint64) }
+		leq := func(hi uint64) (Reg, bool) { return x.withBounds(0, hi) }
+		return ordered(op, x, k, 0, math.MaxUint64, geq, leq)
 	case 0x10, 0x50: // jeq, jne: x = k on one side; off an end of its range on the other
 		eq, eqOK := x.withBounds(k, k)
 		if eqOK {
@@ -170,45 +145,53 @@ func refine(op uint8, x Reg, k uint64) (taken, fall Reg, takenOK, fallOK bool) {
 	default:
 		return x, x, true, true
 	}
-	return
 }
 
 // refineSigned narrows x for a signed comparison with a constant k >= 0, where
 // the unsigned bounds can say something: x >= k (signed) puts x in [k,
-// MaxInt64]; x < k (signed) puts it below k only if x cannot be negative.
+// MaxInt64]; x <= k (signed) puts it in [0, k] only if x cannot be negative.
 func refineSigned(op uint8, x Reg, k uint64) (taken, fall Reg, takenOK, fallOK bool) {
 	if int64(k) < 0 {
 		return x, x, true, true
 	}
-	// Express each side as x >= lo (signed) or x <= hi (signed).
-	atLeast := func(lo uint64) (Reg, bool) { return x.withBounds(lo, math.MaxInt64) }
-	atMost := func(hi int64) (Reg, bool) {
-		if _, xhi := x.Bounds(); xhi > math.MaxInt64 || hi < 0 {
+	geq := func(lo uint64) (Reg, bool) { return x.withBounds(lo, math.MaxInt64) }
+	leq := func(hi uint64) (Reg, bool) {
+		if _, xhi := x.Bounds(); xhi > math.MaxInt64 || int64(hi) < 0 {
 			return x, true // x may be negative: nothing to say in unsigned terms
 		}
-		return x.withBounds(0, uint64(hi))
+		return x.withBounds(0, hi)
 	}
-	s := int64(k)
+	// jsgt, jsge, jslt, jsle are jgt, jge, jlt, jle in the signed order.
+	unsigned := op - 0x40 // 0x60 -> 0x20, 0x70 -> 0x30
+	if op >= 0xc0 {
+		unsigned = op - 0x20 // 0xc0 -> 0xa0, 0xd0 -> 0xb0
+	}
+	return ordered(unsigned, x, k, 1<<63, math.MaxInt64, geq, leq)
+}
+
+// ordered gives both sides of "x op k" for op jgt, jge, jlt or jle of an
+// order whose ends are lowest and highest, from geq(v) and leq(v), which
+// narrow x to x >= v and x <= v. jlt and jle are jge and jgt with their
+// sides swapped; at an end of the order one side cannot happen.
+func ordered(op uint8, x Reg, k, lowest, highest uint64, geq, leq func(uint64) (Reg, bool)) (taken, fall Reg, takenOK, fallOK bool) {
+	var holds, fails Reg // x >= k (jge, jlt) or x > k (jgt, jle), and the complement
+	var holdsOK, failsOK bool
 	switch op {
-	case 0x60: // jsgt: x > k, else x <= k
-		if s == math.MaxInt64 {
-			f, ok := atMost(s)
-			return x, f, false, ok
+	case 0x30, 0xa0:
+		holds, holdsOK = geq(k)
+		fails, failsOK = x, false
+		if k != lowest {
+			fails, failsOK = leq(k - 1)
 		}
-		taken, takenOK = atLeast(k + 1)
-		fall, fallOK = atMost(s)
-	case 0x70: // jsge: x >= k, else x <= k-1
-		taken, takenOK = atLeast(k)
-		fall, fallOK = atMost(s - 1)
-	case 0xc0: // jslt: x <= k-1, else x >= k
-		taken, takenOK = atMost(s - 1)
-		fall, fallOK = atLeast(k)
-	case 0xd0: // jsle: x <= k, else x > k
-		taken, takenOK = atMost(s)
-		if s == math.MaxInt64 {
-			return taken, x, takenOK, false
+	case 0x20, 0xb0:
+		holds, holdsOK = x, false
+		if k != highest {
+			holds, holdsOK = geq(k + 1)
 		}
-		fall, fallOK = atLeast(k + 1)
+		fails, failsOK = leq(k)
 	}
-	return
+	if op == 0xa0 || op == 0xb0 {
+		return fails, holds, failsOK, holdsOK
+	}
+	return holds, fails, holdsOK, failsOK
 }
