@@ -327,10 +327,10 @@ func (rt *Runtime) invokeData(name string, arg, dataLen uint64) (uint64, error) 
 }
 
 func (rt *Runtime) invoke(e *executor, name string, arg, dataLen uint64) (uint64, error) {
-	p, ip := rt.progs[name], rt.iprogs[name]
-	if p == nil && ip == nil {
+	if !rt.has(name) {
 		return 0, fmt.Errorf("no program %q", name)
 	}
+	p, ip := rt.progs[name], rt.iprogs[name]
 	ctx := make([]byte, CtxSize)
 	hb := rt.h.Base()
 	putU64(ctx[CtxArg:], arg)
