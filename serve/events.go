@@ -102,10 +102,11 @@ func (rt *Runtime) ServeUDP(conn *net.UDPConn, name string) error {
 			}
 			return fmt.Errorf("serve: udp: %w", err)
 		}
-		r0, err := rt.onDatagram(name, buf[:n])
-		reply := binary.LittleEndian.AppendUint64([]byte{0}, r0)
-		if err != nil {
+		var reply []byte
+		if r0, err := rt.onDatagram(name, buf[:n]); err != nil {
 			reply = append([]byte{1}, err.Error()...)
+		} else {
+			reply = binary.LittleEndian.AppendUint64([]byte{0}, r0)
 		}
 		if _, err := conn.WriteToUDP(reply, from); err != nil && errors.Is(err, net.ErrClosed) {
 			return nil

@@ -92,22 +92,21 @@ endian) or a one byte and the error. Stops on SIGINT or SIGTERM.`, out)
 	if err != nil {
 		return err
 	}
-	defer rt.Close()
-	// The events, before the socket: a bad one ends the command at once.
-	for _, tf := range timers {
-		if _, err := rt.Every(tf.name, tf.interval, 0); err != nil {
-			return err
-		}
-	}
 	udpErrs, started := make(chan error, len(udps)), 0
 	defer func() {
-		rt.Close() // ends ServeUDP
+		rt.Close() // also ends ServeUDP
 		for range started {
 			if err := <-udpErrs; err != nil {
 				fmt.Fprintf(out, "kflex runtime: %v\n", err)
 			}
 		}
 	}()
+	// The events, before the socket: a bad one ends the command at once.
+	for _, tf := range timers {
+		if _, err := rt.Every(tf.name, tf.interval, 0); err != nil {
+			return err
+		}
+	}
 	for _, uf := range udps {
 		conn, err := net.ListenUDP("udp", uf.addr)
 		if err != nil {
