@@ -176,7 +176,7 @@ func TestSpinnerChild(t *testing.T) {
 	p, err := Attach(h)
 	require.NoError(t, err)
 	defer p.Detach()
-	off, stop := envInt(t, "KFLEX_LOCK"), envInt(t, "KFLEX_STOP")
+	off, stop := testutil.EnvUint(t, "KFLEX_LOCK"), testutil.EnvUint(t, "KFLEX_STOP")
 	m := mutex(t, p, off)
 	fmt.Println("ready")
 	for atomic.LoadUint64(h.Uint64(stop)) == spinnerWait {

@@ -229,26 +229,15 @@ type exec struct {
 	wait func() error
 }
 
-func envInt(t testing.TB, k string) uint64 {
-	v, err := strconv.ParseUint(os.Getenv(k), 10, 64)
-	require.NoError(t, err, k)
-	return v
-}
-
 func stressChild(t *testing.T) {
-	h, err := heap.Open(os.Getenv("KFLEX_HEAP"), &heap.Options{MapAt: uintptr(envInt(t, "KFLEX_BASE"))})
+	h, err := heap.Open(os.Getenv("KFLEX_HEAP"), &heap.Options{MapAt: uintptr(testutil.EnvUint(t, "KFLEX_BASE"))})
 	require.NoError(t, err)
 	defer h.Close()
 	p, err := Attach(h)
 	require.NoError(t, err)
 	defer p.Detach()
-	var offs []uint64
-	for _, s := range strings.Split(os.Getenv("KFLEX_LOCKS"), ",") {
-		o, err := strconv.ParseUint(s, 10, 64)
-		require.NoError(t, err)
-		offs = append(offs, o)
-	}
-	hammer(t, p, offs, int(envInt(t, "KFLEX_GOROUTINES")), int(envInt(t, "KFLEX_ROUNDS")))
+	offs := testutil.EnvUints(t, "KFLEX_LOCKS")
+	hammer(t, p, offs, int(testutil.EnvUint(t, "KFLEX_GOROUTINES")), int(testutil.EnvUint(t, "KFLEX_ROUNDS")))
 	fmt.Printf("base %#x\n", h.Base())
 }
 

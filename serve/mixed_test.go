@@ -105,14 +105,8 @@ func mixedChild(t *testing.T) {
 	h, err := userspace.Attach(os.Getenv("KFLEX_HEAP"), nil)
 	require.NoError(t, err)
 	defer h.Close()
-	var offs []uint64
-	for _, s := range strings.Split(os.Getenv("KFLEX_LOCKS"), ",") {
-		o, err := strconv.ParseUint(s, 10, 64)
-		require.NoError(t, err)
-		offs = append(offs, o)
-	}
-	rounds, _ := strconv.Atoi(os.Getenv("KFLEX_ROUNDS"))
-	goroutines, _ := strconv.Atoi(os.Getenv("KFLEX_GOROUTINES"))
+	offs := testutil.EnvUints(t, "KFLEX_LOCKS")
+	rounds, goroutines := int(testutil.EnvUint(t, "KFLEX_ROUNDS")), int(testutil.EnvUint(t, "KFLEX_GOROUTINES"))
 	var wg sync.WaitGroup
 	for g := range goroutines {
 		wg.Go(func() {

@@ -6,6 +6,8 @@ package testutil
 import (
 	"os"
 	"os/exec"
+	"strconv"
+	"strings"
 	"testing"
 
 	"go.uber.org/goleak"
@@ -62,4 +64,28 @@ func RequireFeature(t testing.TB, err error) {
 		t.Fatalf("KFLEX_REQUIRE_KERNEL=1 but: %v", err)
 	}
 	t.Skipf("skipped: %v", err)
+}
+
+// EnvUint is the number a parent passed a child in environment variable key.
+func EnvUint(t testing.TB, key string) uint64 {
+	t.Helper()
+	v, err := strconv.ParseUint(os.Getenv(key), 10, 64)
+	if err != nil {
+		t.Fatalf("%s: %v", key, err)
+	}
+	return v
+}
+
+// EnvUints is the comma-separated list of numbers in environment variable key.
+func EnvUints(t testing.TB, key string) []uint64 {
+	t.Helper()
+	var vs []uint64
+	for _, s := range strings.Split(os.Getenv(key), ",") {
+		v, err := strconv.ParseUint(s, 10, 64)
+		if err != nil {
+			t.Fatalf("%s: %v", key, err)
+		}
+		vs = append(vs, v)
+	}
+	return vs
 }
