@@ -8,7 +8,6 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/stretchr/testify/require"
 
-	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/internal/benchprog"
 	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/jit/interp"
@@ -69,13 +68,9 @@ const dataOff = 256 << 10
 // corpusProgram assembles a corpus program and sets up its data in m's sandbox,
 // prefixing the program with the load of r6. It returns the expected result.
 func corpusProgram(b *testing.B, m *jit.Machine, bc benchprog.Program) (asm.Instructions, uint64) {
-	insns, err := bytecode.Assemble(bc.Text)
+	insns, want, err := bc.Build(m.Sandbox()[dataOff:dataOff+benchprog.Size], m.Base()+dataOff)
 	require.NoError(b, err)
-	if bc.Setup == nil {
-		return insns, 0
-	}
-	r6, want := bc.Setup(m.Sandbox()[dataOff:dataOff+benchprog.Size], m.Base()+dataOff)
-	return append(asm.Instructions{asm.LoadImm(asm.R6, int64(r6), asm.DWord)}, insns...), want
+	return insns, want
 }
 
 // BenchmarkEmpty is the fixed cost of one run: entry, exit and the Go loop.

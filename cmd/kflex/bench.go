@@ -8,9 +8,6 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/cilium/ebpf/asm"
-
-	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/internal/benchprog"
 	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/jit/interp"
@@ -80,13 +77,9 @@ func benchJIT(per time.Duration) (map[string]float64, error) {
 	im.AttachHeap(unsafe.Pointer(&sb[0]), uint64(len(sb)), m.Base())
 	figures := map[string]float64{}
 	for _, bc := range benchprog.Corpus {
-		insns, err := bytecode.Assemble(bc.Text)
+		insns, _, err := bc.Build(sb[dataOff:dataOff+benchprog.Size], m.Base()+dataOff)
 		if err != nil {
 			return nil, err
-		}
-		if bc.Setup != nil {
-			r6, _ := bc.Setup(sb[dataOff:dataOff+benchprog.Size], m.Base()+dataOff)
-			insns = append(asm.Instructions{asm.LoadImm(asm.R6, int64(r6), asm.DWord)}, insns...)
 		}
 		ns := map[string]float64{}
 		for name, g := range map[string]jit.Guard{"jit_ns": jit.GuardAll, "jit_perfmode_ns": jit.GuardStores, "jit_unguarded_ns": jit.GuardNone} {

@@ -11,6 +11,10 @@ package benchprog
 import (
 	"encoding/binary"
 	"math/bits"
+
+	"github.com/cilium/ebpf/asm"
+
+	"github.com/kflex-go/kflex/bytecode"
 )
 
 // Program is one benchmark program.
@@ -280,4 +284,17 @@ func setupSkipList(mem []byte, base uint64) (uint64, uint64) {
 		want += (j*37)%256 + 1 // node (j*37 % 256)+1 holds that value
 	}
 	return base + skipOff, want
+}
+
+// Build assembles p for an engine that sees mem at address base: a heap
+// program gets its data laid out in mem and starts by loading r6 with its
+// address. It returns the program and the result it must compute (0 for one
+// without data).
+func (p Program) Build(mem []byte, base uint64) (asm.Instructions, uint64, error) {
+	insns, err := bytecode.Assemble(p.Text)
+	if err != nil || p.Setup == nil {
+		return insns, 0, err
+	}
+	r6, want := p.Setup(mem, base)
+	return append(asm.Instructions{asm.LoadImm(asm.R6, int64(r6), asm.DWord)}, insns...), want, nil
 }

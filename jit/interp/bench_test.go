@@ -4,10 +4,8 @@ import (
 	"testing"
 	"unsafe"
 
-	"github.com/cilium/ebpf/asm"
 	"github.com/stretchr/testify/require"
 
-	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/internal/benchprog"
 	"github.com/kflex-go/kflex/jit/interp"
 )
@@ -20,14 +18,8 @@ func BenchmarkPrograms(b *testing.B) {
 	base := unsafe.Pointer(&heapMem[0])
 	for _, bc := range benchprog.Corpus {
 		b.Run(bc.Name, func(b *testing.B) {
-			insns, err := bytecode.Assemble(bc.Text)
+			insns, want, err := bc.Build(heapMem, uint64(uintptr(base)))
 			require.NoError(b, err)
-			var want uint64
-			if bc.Setup != nil {
-				var r6 uint64
-				r6, want = bc.Setup(heapMem, uint64(uintptr(base)))
-				insns = append(asm.Instructions{asm.LoadImm(asm.R6, int64(r6), asm.DWord)}, insns...)
-			}
 			p, err := interp.Load(insns)
 			require.NoError(b, err)
 			m := interp.NewMachine()
