@@ -109,10 +109,7 @@ func TestDifferential(t *testing.T) {
 		n = 500
 	}
 	for i := range n {
-		data := make([]byte, 600)
-		for j := range data {
-			data[j] = byte(rng.Uint32())
-		}
+		data := testutil.RandomBytes(rng, 600)
 		src := progen.NewSource(data)
 		ctx := progen.Context(src)
 		require.NoError(t, runBoth(m, progen.GenerateWith(src, 64, progen.Options{Calls: true}), ctx), "seed %d", i)
@@ -126,10 +123,7 @@ func TestDifferentialGuards(t *testing.T) {
 	rng := rand.New(rand.NewPCG(5, 6))
 	for _, g := range []jit.Guard{jit.GuardStores, jit.GuardNone} {
 		for i := range 300 {
-			data := make([]byte, 600)
-			for j := range data {
-				data[j] = byte(rng.Uint32())
-			}
+			data := testutil.RandomBytes(rng, 600)
 			src := progen.NewSource(data)
 			ctx := progen.Context(src)
 			require.NoError(t, runBothGuarded(m, progen.Generate(src, 64), ctx, g), "guard %d seed %d", g, i)

@@ -8,6 +8,7 @@ import (
 	"github.com/stretchr/testify/assert"
 
 	"github.com/kflex-go/kflex/internal/progen"
+	"github.com/kflex-go/kflex/internal/testutil"
 )
 
 // TestGeneratedCalls checks that the differential tests really exercise
@@ -16,10 +17,7 @@ func TestGeneratedCalls(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
 	withCall := 0
 	for range 200 {
-		data := make([]byte, 600)
-		for j := range data {
-			data[j] = byte(rng.Uint32())
-		}
+		data := testutil.RandomBytes(rng, 600)
 		src := progen.NewSource(data)
 		progen.Context(src)
 		for _, ins := range progen.GenerateWith(src, 64, progen.Options{Calls: true}) {

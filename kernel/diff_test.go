@@ -12,6 +12,7 @@ import (
 
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/internal/progen"
+	"github.com/kflex-go/kflex/internal/testutil"
 	"github.com/kflex-go/kflex/jit/interp"
 )
 
@@ -83,10 +84,7 @@ func TestKernelDiff(t *testing.T) {
 	rng := rand.New(rand.NewPCG(42, 7))
 	rejected := 0
 	for i := range n {
-		data := make([]byte, 512)
-		for j := range data {
-			data[j] = byte(rng.Uint32())
-		}
+		data := testutil.RandomBytes(rng, 512)
 		rej, err := diff(data)
 		require.NoError(t, err, "seed %d", i)
 		if rej != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kflex-go/kflex/bytecode"
+	"github.com/kflex-go/kflex/internal/testutil"
 	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/jit/interp"
 	"github.com/kflex-go/kflex/serve"
@@ -219,10 +220,7 @@ func TestSandboxGames(t *testing.T) {
 	accepted := 0
 	const n = 1500
 	for range n {
-		data := make([]byte, 3*(4+rng.IntN(40)))
-		for i := range data {
-			data[i] = byte(rng.Uint32())
-		}
+		data := testutil.RandomBytes(rng, 3*(4+rng.IntN(40)))
 		if o.check(t, data) {
 			accepted++
 		}

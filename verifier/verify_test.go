@@ -13,6 +13,7 @@ import (
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/internal/isatest"
 	"github.com/kflex-go/kflex/internal/progen"
+	"github.com/kflex-go/kflex/internal/testutil"
 	"github.com/kflex-go/kflex/jit/interp"
 )
 
@@ -412,10 +413,7 @@ func TestSoundnessGenerated(t *testing.T) {
 	rng := rand.New(rand.NewPCG(9, 9))
 	accepted := 0
 	for range 2000 {
-		data := make([]byte, 400)
-		for j := range data {
-			data[j] = byte(rng.Uint32())
-		}
+		data := testutil.RandomBytes(rng, 400)
 		data[0] &^= 1
 		if soundness(t, data) {
 			accepted++

@@ -4,6 +4,7 @@
 package testutil
 
 import (
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"strconv"
@@ -88,4 +89,13 @@ func EnvUints(t testing.TB, key string) []uint64 {
 		vs = append(vs, v)
 	}
 	return vs
+}
+
+// RandomBytes is n bytes from rng: the input of a generated-program test.
+func RandomBytes(rng *rand.Rand, n int) []byte {
+	data := make([]byte, n)
+	for i := range data {
+		data[i] = byte(rng.Uint32())
+	}
+	return data
 }
