@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kflex-go/kflex/internal/benchprog"
+	"github.com/kflex-go/kflex/internal/testutil"
 	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/jit/interp"
 )
@@ -98,22 +99,12 @@ func BenchmarkGuards(b *testing.B) {
 				defer p.Close()
 				progs[g] = p
 			}
-			var spent [3]time.Duration
-			const batch = 256
-			for b.Loop() {
-				for g, p := range progs {
-					t0 := time.Now()
-					for range batch {
-						m.Run(p, nil)
-					}
-					spent[g] += time.Since(t0)
-				}
-			}
-			runs := float64(b.N * batch)
-			b.ReportMetric(float64(spent[jit.GuardAll].Nanoseconds())/runs, "guarded-ns/run")
-			b.ReportMetric(float64(spent[jit.GuardStores].Nanoseconds())/runs, "perfmode-ns/run")
-			b.ReportMetric(float64(spent[jit.GuardNone].Nanoseconds())/runs, "unguarded-ns/run")
-			b.ReportMetric(100*(float64(spent[jit.GuardAll])/float64(spent[jit.GuardNone])-1), "overhead-%")
+			run := func(p *jit.Program) func() { return func() { m.Run(p, nil) } }
+			ns := testutil.Alternate(b, 256, run(progs[0]), run(progs[1]), run(progs[2]))
+			b.ReportMetric(ns[jit.GuardAll], "guarded-ns/run")
+			b.ReportMetric(ns[jit.GuardStores], "perfmode-ns/run")
+			b.ReportMetric(ns[jit.GuardNone], "unguarded-ns/run")
+			b.ReportMetric(100*(ns[jit.GuardAll]/ns[jit.GuardNone]-1), "overhead-%")
 			b.ReportMetric(0, "ns/op")
 		})
 	}

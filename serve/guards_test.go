@@ -5,7 +5,6 @@ import (
 	"fmt"
 	"runtime"
 	"testing"
-	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf/asm"
@@ -13,6 +12,7 @@ import (
 
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/internal/benchprog"
+	"github.com/kflex-go/kflex/internal/testutil"
 	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/serve"
 	"github.com/kflex-go/kflex/verifier"
@@ -85,22 +85,12 @@ func BenchmarkVerifiedGuards(b *testing.B) {
 					p.Close()
 				}
 			}()
-			var spent [3]time.Duration
-			const batch = 256
-			for b.Loop() {
-				for i, p := range progs {
-					t0 := time.Now()
-					for range batch {
-						m.Run(p, ctx)
-					}
-					spent[i] += time.Since(t0)
-				}
-			}
-			ns := func(d time.Duration) float64 { return float64(d.Nanoseconds()) / float64(b.N*batch) }
-			b.ReportMetric(ns(spent[0]), "all-guarded-ns")
-			b.ReportMetric(ns(spent[1]), "verified-ns")
-			b.ReportMetric(ns(spent[2]), "unguarded-ns")
-			b.ReportMetric(100*(float64(spent[1])/float64(spent[2])-1), "verified-overhead-%")
+			run := func(p *jit.Program) func() { return func() { m.Run(p, ctx) } }
+			ns := testutil.Alternate(b, 256, run(progs[0]), run(progs[1]), run(progs[2]))
+			b.ReportMetric(ns[0], "all-guarded-ns")
+			b.ReportMetric(ns[1], "verified-ns")
+			b.ReportMetric(ns[2], "unguarded-ns")
+			b.ReportMetric(100*(ns[1]/ns[2]-1), "verified-overhead-%")
 			if total > 0 {
 				b.ReportMetric(100*float64(elided)/float64(total), "elided-%")
 			}

@@ -10,6 +10,7 @@ import (
 	"strconv"
 	"strings"
 	"testing"
+	"time"
 
 	"go.uber.org/goleak"
 )
@@ -98,4 +99,25 @@ func RandomBytes(rng *rand.Rand, n int) []byte {
 		data[i] = byte(rng.Uint32())
 	}
 	return data
+}
+
+// Alternate times runs side by side in one benchmark: each b.Loop round runs
+// every function batch times in turn, so that the machine's drift reaches
+// them all alike. It returns each function's nanoseconds per run.
+func Alternate(b *testing.B, batch int, runs ...func()) []float64 {
+	spent := make([]time.Duration, len(runs))
+	for b.Loop() {
+		for i, run := range runs {
+			t0 := time.Now()
+			for range batch {
+				run()
+			}
+			spent[i] += time.Since(t0)
+		}
+	}
+	ns := make([]float64, len(runs))
+	for i, d := range spent {
+		ns[i] = float64(d.Nanoseconds()) / float64(b.N*batch)
+	}
+	return ns
 }
