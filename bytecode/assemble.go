@@ -18,6 +18,7 @@ import (
 //	lock fetch add32 [%r10-4], %r1           lock cmpxchg [%r1], %r2
 //	jeq %r1, 5, label   jslt32 %r1, %r2, +3  ja -2    ja32 label  may_goto +1
 //	call 5    call local fn    call %r2    call runtime 7    exit
+//	addr_space_cast %r1, %r2, 1   (imm 1: to the executor's view; 65536: to the canonical/user view)
 //
 // A jump to the label "exit", where no such label is defined, goes to the first
 // exit instruction.
@@ -153,6 +154,21 @@ func assembleLine(f []string) (ins asm.Instruction, label string, err error) {
 		return ins, label, err
 	case m == "lock":
 		return assembleAtomic(ops)
+	case m == "addr_space_cast":
+		if err := want(3); err != nil {
+			return ins, "", err
+		}
+		ins = asm.Instruction{OpCode: asm.Mov.Op(asm.RegSource), Offset: 1}
+		if ins.Dst, err = register(ops[0]); err != nil {
+			return ins, "", err
+		}
+		if ins.Src, err = register(ops[1]); err != nil {
+			return ins, "", err
+		}
+		if ins.Constant, err = immediate(ops[2], 32); err == nil && ins.Constant != 1 && ins.Constant != 1<<16 {
+			err = fmt.Errorf("address space cast %d: want 1 (to the executor's view) or 65536 (to the user view)", ins.Constant)
+		}
+		return ins, "", err
 	case strings.HasPrefix(m, "movsx"):
 		// movsx<from><to>: movsx832, movsx864, movsx1632, movsx1664, movsx3264
 		variants := map[string]struct {

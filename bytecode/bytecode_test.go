@@ -177,6 +177,8 @@ func TestAssemble(t *testing.T) {
 		call local fn
 		ja32 end
 		call %r3
+		addr_space_cast %r2, %r1, 1
+		addr_space_cast %r2, %r2, 65536
 	fn:
 		exit
 	end:
@@ -186,8 +188,8 @@ func TestAssemble(t *testing.T) {
 	require.NoError(t, err)
 	want := "b700000010000000" + "1801000088776655" + "0000000044332211" +
 		"04000000ffffffff" + "5500feff00000000" + "db1af8ff01000000" + "6b21020000000000" +
-		"dc00000010000000" + "d700000040000000" + "8510000002000000" + "0600000002000000" +
-		"8d03000000000000" + "9500000000000000" + "9500000000000000"
+		"dc00000010000000" + "d700000040000000" + "8510000004000000" + "0600000004000000" +
+		"8d03000000000000" + "bf12010001000000" + "bf22010000000100" + "9500000000000000" + "9500000000000000"
 	assert.Equal(t, want, hex.EncodeToString(raw))
 	assert.NoError(t, Validate(insns))
 
@@ -196,14 +198,15 @@ func TestAssemble(t *testing.T) {
 	assert.Equal(t, int16(1), dflt[1].Offset, `"exit" is the first exit`)
 
 	for src, msg := range map[string]string{
-		"frob %r0":             `unknown mnemonic "frob"`,
-		"mov %r0":              "mov takes 2 operand(s), got 1",
-		"mov %r99, 1":          `bad register "%r99"`,
-		"ja nowhere\nexit":     `undefined label "nowhere"`,
-		"x:\nx:\nexit":         `label "x" defined twice`,
-		"mov %r0, 1zz":         `bad immediate "1zz"`,
-		"mov %r0, 0x1ffffffff": "does not fit 32 bits",
-		"ldxw %r0, %r1":        `bad memory operand "%r1"`,
+		"frob %r0":                    `unknown mnemonic "frob"`,
+		"mov %r0":                     "mov takes 2 operand(s), got 1",
+		"mov %r99, 1":                 `bad register "%r99"`,
+		"ja nowhere\nexit":            `undefined label "nowhere"`,
+		"x:\nx:\nexit":                `label "x" defined twice`,
+		"mov %r0, 1zz":                `bad immediate "1zz"`,
+		"mov %r0, 0x1ffffffff":        "does not fit 32 bits",
+		"ldxw %r0, %r1":               `bad memory operand "%r1"`,
+		"addr_space_cast %r0, %r1, 2": "address space cast 2: want 1",
 	} {
 		_, err := Assemble(src)
 		assert.ErrorContains(t, err, msg, src)

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kflex-go/kflex/bytecode"
+	"github.com/kflex-go/kflex/heap"
 	"github.com/kflex-go/kflex/internal/vm"
 )
 
@@ -20,8 +21,14 @@ const (
 	MaxArenaSize = 1 << 32
 )
 
+// GuardSize is the scratch memory mapped on each side of an arena in this
+// process, as around a heap file's view, so that kflex's executors can run with
+// the arena as their sandbox.
+const GuardSize = heap.GuardSize
+
 // Arena is a BPF arena mapped into this process at its user address (the map's
-// map_extra), which is aligned to the arena's size, with every page populated.
+// map_extra), which is aligned to the arena's size, with every page populated
+// and GuardSize bytes of scratch memory on each side.
 type Arena struct {
 	m    *ebpf.Map
 	base unsafe.Pointer
@@ -35,30 +42,42 @@ func NewArena(size uint64) (*Arena, error) {
 	if size < pageSize || size > MaxArenaSize || bits.OnesCount64(size) != 1 {
 		return nil, fmt.Errorf("arena size %d: want a power of two from %d to %d", size, pageSize, uint64(MaxArenaSize))
 	}
-	base, err := vm.Reserve(uintptr(size), 0, 0)
+	base, err := vm.Reserve(uintptr(size), GuardSize, 0)
 	if err != nil {
 		return nil, fmt.Errorf("arena: %w", err)
 	}
 	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "kflex_arena", Type: ebpf.Arena, Flags: bpfFMmapable,
 		MaxEntries: uint32(size / pageSize), MapExtra: uint64(uintptr(base))})
 	if err != nil {
-		vm.Release(base, uintptr(size), 0)
+		vm.Release(base, uintptr(size), GuardSize)
 		return nil, fmt.Errorf("create arena: %w", err)
 	}
-	// The kernel accepts only its user address and the whole length; MAP_FIXED
-	// replaces our own reservation there.
-	if _, err := unix.MmapPtr(m.FD(), 0, base, uintptr(size), unix.PROT_READ|unix.PROT_WRITE,
-		unix.MAP_SHARED|unix.MAP_FIXED); err != nil {
-		m.Close()
-		vm.Release(base, uintptr(size), 0)
-		return nil, fmt.Errorf("map arena at %p: %w", base, err)
-	}
 	a := &Arena{m: m, base: base, size: size}
+	if err := a.mapAt(); err != nil {
+		a.Close()
+		return nil, err
+	}
 	// Populate: a user-space write faults each page in for the kernel too.
 	for off := uint64(0); off < size; off += pageSize {
 		*(*byte)(unsafe.Add(base, off)) = 0
 	}
 	return a, nil
+}
+
+// mapAt maps the arena over its reservation at base: the kernel accepts only
+// its user address and the whole length, and MAP_FIXED replaces the
+// reservation there. The guards are scratch memory.
+func (a *Arena) mapAt() error {
+	if _, err := unix.MmapPtr(a.m.FD(), 0, a.base, uintptr(a.size), unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_SHARED|unix.MAP_FIXED); err != nil {
+		return fmt.Errorf("map arena at %p: %w", a.base, err)
+	}
+	for _, g := range []unsafe.Pointer{unsafe.Add(a.base, -GuardSize), unsafe.Add(a.base, a.size)} {
+		if err := vm.MapScratch(g, GuardSize); err != nil {
+			return fmt.Errorf("arena guard region: %w", err)
+		}
+	}
+	return nil
 }
 
 // Map is the arena's map.
@@ -85,7 +104,7 @@ func (a *Arena) Ref(dst asm.Register) asm.Instruction {
 
 // Close unmaps and releases the arena.
 func (a *Arena) Close() error {
-	err := vm.Release(a.base, uintptr(a.size), 0)
+	err := vm.Release(a.base, uintptr(a.size), GuardSize)
 	if cerr := a.m.Close(); err == nil {
 		err = cerr
 	}

@@ -26,7 +26,7 @@ const dataOff = 256 << 10
 // address comes as the runtime passes a pointer argument: the context's first
 // word, which the engine puts in r3 masked into the sandbox (serve.VerifierConfig).
 func corpus(t testing.TB, m *jit.Machine, bc benchprog.Program) (progs [3]*jit.Program, ctx []byte, elided, total int) {
-	insns, err := bytecode.Assemble(bc.Text)
+	insns, err := bytecode.Assemble(bc.Uncast())
 	require.NoError(t, err)
 	var want uint64
 	ctx = make([]byte, 8)

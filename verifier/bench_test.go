@@ -53,7 +53,7 @@ func BenchmarkVerify(b *testing.B) {
 func TestCorpusGuards(t *testing.T) {
 	var elided, total [2]int
 	for _, bc := range benchprog.Corpus {
-		insns, err := bytecode.Assemble(bc.Text)
+		insns, err := bytecode.Assemble(bc.Uncast())
 		require.NoError(t, err)
 		var counts [2]string
 		for i, prologue := range []asm.Instruction{asm.LoadImm(asm.R6, 1<<30, asm.DWord), asm.Mov.Reg(asm.R6, asm.R3)} {

@@ -4,13 +4,17 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
+	"os"
 	"sort"
 	"time"
 	"unsafe"
 
+	"github.com/cilium/ebpf/asm"
+
 	"github.com/kflex-go/kflex/internal/benchprog"
 	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/jit/interp"
+	"github.com/kflex-go/kflex/kernel"
 	"github.com/kflex-go/kflex/serve"
 	"github.com/kflex-go/kflex/userspace"
 )
@@ -24,7 +28,11 @@ func runBench(args []string, out io.Writer) error {
 insert, a linked-list walk, a skip-list search) on the JIT, with every memory
 access guarded, with loads unguarded (performance mode) and unguarded, and on the
 interpreter. Reports ns per run, the JIT's speedup over the interpreter and the
-guards' overhead.
+guards' overhead. Where this process can use BPF arenas (root, Linux 6.9+), the
+programs also run in the kernel (XDP test runs) and in kflex's JIT on the same
+arena, in the form the kernel accepts: PROGRAM.kernel_ns, PROGRAM.jit_arena_ns
+and their ratio PROGRAM.jit_vs_kernel (the kernel's time excludes the entry
+from user space; "empty" measures that entry for both).
 lock: the handoff latency of one lock between a goroutine and an extension, an
 extension's uncontended lock+unlock, and the cost of invoking an empty extension
 from an attached process.
@@ -39,7 +47,9 @@ With --json the figures are one flat JSON object.`, out)
 	var err error
 	switch fs.Arg(0) {
 	case "jit":
-		figures, err = benchJIT(*per)
+		if figures, err = benchJIT(*per); err == nil {
+			err = benchVsKernel(*per, figures, out)
+		}
 	case "lock":
 		figures, err = serve.MeasureLock(*rounds, func(s string) (serve.Invoker, error) { return userspace.Dial(s, nil) })
 	default:
@@ -108,6 +118,72 @@ func benchJIT(per time.Duration) (map[string]float64, error) {
 		figures[bc.Name+".insns"] = float64(im.Executed)
 	}
 	return figures, nil
+}
+
+// benchVsKernel adds the kernel comparison to figures, or says on out why it
+// cannot run here.
+func benchVsKernel(per time.Duration, figures map[string]float64, out io.Writer) error {
+	if err := kernel.HaveArena(); err != nil {
+		fmt.Fprintf(os.Stderr, "kflex bench: no kernel comparison: %v\n", err)
+		return nil
+	}
+	a, err := kernel.NewArena(1 << 20)
+	if err != nil {
+		return err
+	}
+	defer a.Close()
+	m, err := jit.NewMachineIn(jit.Region{Base: a.Pointer(), Size: a.Size(), Canon: a.Base(), Scratch: a.Size() / 2})
+	if err != nil {
+		return err
+	}
+	defer m.Close()
+	progs := append([]benchprog.Program{{Name: "empty", Text: "mov %r0, 0\nexit"}}, benchprog.Corpus...)
+	for _, bc := range progs {
+		mem := a.Bytes()[:benchprog.Size]
+		kins, want, err := bc.BuildArena(mem, a.Base(), a.Ref(asm.R1))
+		if err != nil {
+			return err
+		}
+		ours, _, err := bc.BuildArena(mem, a.Base(), asm.LoadImm(asm.R1, 0, asm.DWord))
+		if err != nil {
+			return err
+		}
+		kp, err := kernel.Load(kins, kernel.XDP, nil)
+		if err != nil {
+			return fmt.Errorf("%s in the kernel: %w", bc.Name, err)
+		}
+		defer kp.Close()
+		p, err := jit.Compile(ours)
+		if err != nil {
+			return fmt.Errorf("%s: %w", bc.Name, err)
+		}
+		defer p.Close()
+		r0, err := m.Run(p, nil)
+		if err != nil {
+			return fmt.Errorf("%s: %w", bc.Name, err)
+		}
+		kr0, _, err := kp.Bench(1)
+		if err != nil {
+			return fmt.Errorf("%s in the kernel: %w", bc.Name, err)
+		}
+		if uint32(r0) != kr0 || (bc.Setup != nil && r0 != want) {
+			return fmt.Errorf("%s: the JIT computed %#x, the kernel %#x, want %#x", bc.Name, r0, kr0, want)
+		}
+		jns, err := timeRuns(per, func() error { _, err := m.Run(p, nil); return err })
+		if err != nil {
+			return fmt.Errorf("%s: %w", bc.Name, err)
+		}
+		// The kernel times its own loop; ask for about as many runs as fit in per.
+		_, kd, err := kp.Bench(max(int(per.Nanoseconds()/int64(max(jns, 1))), 1000))
+		if err != nil {
+			return fmt.Errorf("%s in the kernel: %w", bc.Name, err)
+		}
+		kns := max(float64(kd.Nanoseconds()), 1) // the kernel's resolution is 1 ns
+		figures[bc.Name+".jit_arena_ns"] = jns
+		figures[bc.Name+".kernel_ns"] = kns
+		figures[bc.Name+".jit_vs_kernel"] = jns / kns
+	}
+	return nil
 }
 
 // timeRuns calls run repeatedly for about d and returns nanoseconds per call.

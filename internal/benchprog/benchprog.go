@@ -4,13 +4,18 @@
 // walk and a skip-list search.
 //
 // A program that works on the heap expects r6 to hold the address of its data,
-// which Setup lays out. Every loop has a constant bound, so the kernel's
-// verifier can prove that the programs end.
+// which Setup lays out. Every loop ends at a constant bound or at may_goto, so
+// the kernel's verifier accepts the programs. Pointers loaded from the data are
+// cast with addr_space_cast, as the kernel requires of arena pointers; Build
+// drops the casts (within one view of the heap they change nothing) and
+// BuildArena keeps them, so that kflex's executors and the kernel can run the
+// same bytecode.
 package benchprog
 
 import (
 	"encoding/binary"
 	"math/bits"
+	"strings"
 
 	"github.com/cilium/ebpf/asm"
 
@@ -25,9 +30,6 @@ type Program struct {
 	// program sees at address base, and returns r6 and the expected result.
 	// Running the program again gives the same result.
 	Setup func(mem []byte, base uint64) (r6, want uint64)
-	// Pointers: the data holds pointers the program follows. In the kernel
-	// such a program needs an addr_space_cast after every pointer load.
-	Pointers bool
 }
 
 // Data offsets within the heap region given to Setup (64 KiB in all).
@@ -45,8 +47,8 @@ var Corpus = []Program{
 	{Name: "loop", Text: Loop},
 	{Name: "hash-lookup", Text: HashLookup, Setup: setupLookup},
 	{Name: "hash-insert", Text: HashInsert, Setup: setupInsert},
-	{Name: "list-walk", Text: ListWalk, Setup: setupList, Pointers: true},
-	{Name: "skiplist-search", Text: SkipListSearch, Setup: setupSkipList, Pointers: true},
+	{Name: "list-walk", Text: ListWalk, Setup: setupList},
+	{Name: "skiplist-search", Text: SkipListSearch, Setup: setupSkipList},
 }
 
 // Loop is compute-bound: a linear-congruential generator mixed into r0 for
@@ -141,7 +143,6 @@ outer:
 	mov32 %r3, %r2
 	mul32 %r3, 0x9e3779b1
 	rsh32 %r3, 22
-	mov %r8, 0
 probe:
 	mov %r4, %r3
 	lsh %r4, 4
@@ -152,9 +153,8 @@ probe:
 	jeq %r5, 0, store
 	add %r3, 1
 	and %r3, 1023
-	add %r8, 1
-	jlt %r8, 1024, probe
-	ja next
+	may_goto next
+	ja probe
 store:
 	stxdw [%r4+0], %r2
 	stxdw [%r4+8], %r7
@@ -173,7 +173,7 @@ func setupInsert(mem []byte, base uint64) (uint64, uint64) {
 	sim := append([]byte(nil), t...)
 	for i := uint64(0); i < 16; i++ {
 		key := 5000 + i*13
-		for b, n := bucket(key), 0; n < 1024; b, n = (b+1)%HashBuckets, n+1 {
+		for b := bucket(key); ; b = (b + 1) % HashBuckets {
 			want++
 			k := binary.LittleEndian.Uint64(sim[b*16:])
 			if k == key || k == 0 {
@@ -189,15 +189,16 @@ func setupInsert(mem []byte, base uint64) (uint64, uint64) {
 // pointer at r6 and returns the sum of the values.
 const ListWalk = `
 	ldxdw %r1, [%r6+0]
+	addr_space_cast %r1, %r1, 1
 	mov %r0, 0
-	mov %r2, 0
 walk:
 	jeq %r1, 0, done
 	ldxdw %r3, [%r1+8]
 	add %r0, %r3
 	ldxdw %r1, [%r1+0]
-	add %r2, 1
-	jlt %r2, 4096, walk
+	addr_space_cast %r1, %r1, 1
+	may_goto done
+	ja walk
 done:
 	exit`
 
@@ -236,9 +237,9 @@ level:
 	mov %r4, %r8
 	lsh %r4, 3
 	add %r4, %r1
-	mov %r9, 0
 step:
 	ldxdw %r3, [%r4+16]
+	addr_space_cast %r3, %r3, 1
 	jeq %r3, 0, down
 	ldxdw %r5, [%r3+0]
 	jge %r5, %r2, down
@@ -246,14 +247,15 @@ step:
 	mov %r4, %r8
 	lsh %r4, 3
 	add %r4, %r1
-	add %r9, 1
-	jlt %r9, 512, step
+	may_goto down
+	ja step
 down:
 	jeq %r8, 0, check
 	sub %r8, 1
 	ja level
 check:
 	ldxdw %r3, [%r1+16]
+	addr_space_cast %r3, %r3, 1
 	jeq %r3, 0, next
 	ldxdw %r5, [%r3+0]
 	jne %r5, %r2, next
@@ -289,12 +291,37 @@ func setupSkipList(mem []byte, base uint64) (uint64, uint64) {
 // Build assembles p for an engine that sees mem at address base: a heap
 // program gets its data laid out in mem and starts by loading r6 with its
 // address. It returns the program and the result it must compute (0 for one
-// without data).
+// without data). The program's address-space casts are left out.
 func (p Program) Build(mem []byte, base uint64) (asm.Instructions, uint64, error) {
-	insns, err := bytecode.Assemble(p.Text)
+	return p.build(p.Uncast(), mem, base, nil)
+}
+
+// Uncast is p's text without its address-space casts.
+func (p Program) Uncast() string {
+	var text strings.Builder
+	for line := range strings.Lines(p.Text) {
+		if !strings.Contains(line, "addr_space_cast") {
+			text.WriteString(line)
+		}
+	}
+	return text.String()
+}
+
+// BuildArena is Build for a heap in a BPF arena, the form the kernel accepts:
+// the casts stay, and a heap program starts with ref (the lddw of the arena's
+// map into r1 for the kernel, anything harmless for kflex's executors) and a
+// cast of r6.
+func (p Program) BuildArena(mem []byte, base uint64, ref asm.Instruction) (asm.Instructions, uint64, error) {
+	cast := asm.Instruction{OpCode: asm.Mov.Op(asm.RegSource), Dst: asm.R6, Src: asm.R6, Offset: 1, Constant: 1}
+	return p.build(p.Text, mem, base, asm.Instructions{ref, cast})
+}
+
+func (p Program) build(text string, mem []byte, base uint64, after asm.Instructions) (asm.Instructions, uint64, error) {
+	insns, err := bytecode.Assemble(text)
 	if err != nil || p.Setup == nil {
 		return insns, 0, err
 	}
 	r6, want := p.Setup(mem, base)
-	return append(asm.Instructions{asm.LoadImm(asm.R6, int64(r6), asm.DWord)}, insns...), want, nil
+	head := append(asm.Instructions{asm.LoadImm(asm.R6, int64(r6), asm.DWord)}, after...)
+	return append(head, insns...), want, nil
 }
