@@ -113,6 +113,41 @@ func CreateMemfd(name string, opts *Options) (*Heap, error) {
 	return h, nil
 }
 
+// CreateIn formats a new heap in memory that someone else mapped, such as a
+// BPF arena: size bytes at base (a power of two, base aligned to it), with
+// GuardSize bytes of scratch memory on each side. name is for error messages.
+// The Heap does not own the memory: Close leaves it mapped. This view becomes
+// the canonical one.
+func CreateIn(base unsafe.Pointer, size uint64, name string, opts *Options) (*Heap, error) {
+	if opts == nil {
+		opts = &Options{}
+	}
+	o := *opts
+	o.Size = size
+	p := o.params()
+	if err := p.validate(); err != nil {
+		return nil, fileErr(name, err)
+	}
+	if uint64(uintptr(base))%size != 0 {
+		return nil, fileErr(name, fmt.Errorf("memory at %p is not aligned to its size %#x", base, size))
+	}
+	h := &Heap{name: name, m: &mapping{base: base, size: uintptr(size)}}
+	return h.format(p), nil
+}
+
+// OpenIn attaches to the heap that CreateIn (possibly in another process)
+// formatted in the memory at base, mapped as CreateIn requires.
+func OpenIn(base unsafe.Pointer, size uint64, name string) (*Heap, error) {
+	if uint64(uintptr(base))%size != 0 {
+		return nil, fileErr(name, fmt.Errorf("memory at %p is not aligned to its size %#x", base, size))
+	}
+	hdr, err := ParseHeader(unsafe.Slice((*byte)(base), min(hdrEnd, size)), int64(size))
+	if err != nil {
+		return nil, fileErr(name, err)
+	}
+	return &Heap{name: name, m: &mapping{base: base, size: uintptr(size)}, hdr: hdr}, nil
+}
+
 func create(f *os.File, name string, p Params, mapAt uintptr) (*Heap, error) {
 	if err := f.Truncate(int64(p.Size)); err != nil {
 		return nil, fileErr(name, fmt.Errorf("size to %d bytes: %w", p.Size, err))
@@ -128,12 +163,17 @@ func create(f *os.File, name string, p Params, mapAt uintptr) (*Heap, error) {
 		return nil, fileErr(name, err)
 	}
 	h := &Heap{name: name, file: f, m: m}
-	h.hdr = newHeader(p, uint64(uintptr(m.base)), time.Now().UnixNano(), uint32(os.Getpid()))
+	return h.format(p), nil
+}
+
+// format writes a new heap's allocator state and header into h's memory.
+func (h *Heap) format(p Params) *Heap {
+	h.hdr = newHeader(p, uint64(uintptr(h.m.base)), time.Now().UnixNano(), uint32(os.Getpid()))
 	initAllocator(h)
 	// The header goes last: a process that opens the file while it is being built
 	// sees no magic and is told it is not a heap, never a half-made one.
-	h.hdr.encode(unsafe.Slice((*byte)(m.base), HeaderSize))
-	return h, nil
+	h.hdr.encode(unsafe.Slice((*byte)(h.m.base), HeaderSize))
+	return h
 }
 
 func isMemfd(name string) bool { return len(name) > 6 && name[:6] == "memfd:" }
@@ -206,6 +246,9 @@ func (h *Heap) Close() error {
 	if h.alloc != nil {
 		h.alloc.release()
 	}
+	if h.file == nil { // memory lent by CreateIn or OpenIn
+		return nil
+	}
 	err := h.m.unmap()
 	if cerr := h.file.Close(); err == nil {
 		err = cerr
@@ -216,11 +259,23 @@ func (h *Heap) Close() error {
 	return nil
 }
 
+// SharedFutexes reports whether a futex wake on this heap's memory reaches
+// sleepers in other processes: true for heap files and memfds, false for
+// memory lent by CreateIn or OpenIn, such as a BPF arena, where the kernel
+// keys futexes per process only (internal/futex).
+func (h *Heap) SharedFutexes() bool { return h.file != nil }
+
 // Name is the file's path, or "memfd:NAME".
 func (h *Heap) Name() string { return h.name }
 
-// Fd is the heap file's descriptor, for passing to another process.
-func (h *Heap) Fd() int { return int(h.file.Fd()) }
+// Fd is the heap file's descriptor, for passing to another process, or -1 for
+// a heap in memory lent by CreateIn or OpenIn.
+func (h *Heap) Fd() int {
+	if h.file == nil {
+		return -1
+	}
+	return int(h.file.Fd())
+}
 
 // Header returns the heap's decoded header.
 func (h *Heap) Header() Header { return h.hdr }

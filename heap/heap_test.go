@@ -12,6 +12,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kflex-go/kflex/internal/testutil"
+	"github.com/kflex-go/kflex/internal/vm"
 )
 
 func TestMain(m *testing.M) { testutil.Main(m) }
@@ -192,4 +193,35 @@ func FuzzParseHeader(f *testing.F) {
 		assert.Equal(t, uint64(size), hdr.Size)
 		assert.Less(t, hdr.PagesOff, hdr.Size)
 	})
+}
+
+// TestCreateIn: a heap formatted in memory someone else mapped (as in a BPF
+// arena) is found by OpenIn, shares its words, and leaves the memory mapped on
+// Close; bad memory gets clear errors.
+func TestCreateIn(t *testing.T) {
+	const size = 4 << 20
+	base, err := vm.Reserve(size, GuardSize, 0)
+	require.NoError(t, err)
+	defer vm.Release(base, size, GuardSize)
+	require.NoError(t, vm.MapScratch(unsafe.Add(base, -GuardSize), size+2*GuardSize))
+
+	_, err = OpenIn(base, size, "lent")
+	assert.ErrorIs(t, err, ErrNotHeap, "zeroed memory is not a heap")
+	_, err = CreateIn(unsafe.Add(base, 4096), size, "lent", nil)
+	assert.ErrorContains(t, err, "not aligned")
+
+	h, err := CreateIn(base, size, "lent", nil)
+	require.NoError(t, err)
+	assert.False(t, h.SharedFutexes())
+	assert.Equal(t, -1, h.Fd())
+	off, err := h.Alloc(64)
+	require.NoError(t, err)
+	*h.Uint64(off) = 42
+	h2, err := OpenIn(base, size, "lent")
+	require.NoError(t, err)
+	assert.Equal(t, h.Header(), h2.Header())
+	assert.Equal(t, uint64(42), *h2.Uint64(off))
+	require.NoError(t, h2.Close())
+	require.NoError(t, h.Close())
+	assert.Equal(t, uint64(42), *(*uint64)(unsafe.Add(base, off)), "Close leaves lent memory mapped")
 }

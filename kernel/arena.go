@@ -110,3 +110,55 @@ func (a *Arena) Close() error {
 	}
 	return err
 }
+
+// OpenArena maps the arena behind fd, which another process created and
+// passed over, at its user address: every process shares that one view. The
+// Arena keeps a duplicate of fd. It fails with a clear error if this process
+// already uses that address range.
+func OpenArena(fd int) (*Arena, error) {
+	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
+	if err != nil {
+		return nil, fmt.Errorf("arena fd %d: %w", fd, err)
+	}
+	m, err := ebpf.NewMapFromFD(nfd)
+	if err != nil {
+		unix.Close(nfd)
+		return nil, fmt.Errorf("arena fd %d: %w", fd, err)
+	}
+	info, err := m.Info()
+	if err != nil {
+		m.Close()
+		return nil, fmt.Errorf("arena fd %d: %w", fd, err)
+	}
+	at, ok := info.MapExtra()
+	if info.Type != ebpf.Arena || !ok {
+		m.Close()
+		return nil, fmt.Errorf("arena fd %d: a %v map, not an arena with a user address", fd, info.Type)
+	}
+	size := uint64(info.MaxEntries) * pageSize
+	base, err := vm.Reserve(uintptr(size), GuardSize, uintptr(at))
+	if err != nil {
+		m.Close()
+		return nil, fmt.Errorf("arena fd %d: %w", fd, err)
+	}
+	a := &Arena{m: m, base: base, size: size}
+	if err := a.mapAt(); err != nil {
+		a.Close()
+		return nil, err
+	}
+	return a, nil
+}
+
+// FD is the arena map's file descriptor, to pass to another process.
+func (a *Arena) FD() int { return a.m.FD() }
+
+// NewHeap formats a kflex heap in the whole arena (heap.CreateIn). The heap
+// must be closed before the arena.
+func (a *Arena) NewHeap(opts *heap.Options) (*heap.Heap, error) {
+	return heap.CreateIn(a.base, a.size, a.name(), opts)
+}
+
+// OpenHeap attaches to the heap another process formatted in the arena.
+func (a *Arena) OpenHeap() (*heap.Heap, error) { return heap.OpenIn(a.base, a.size, a.name()) }
+
+func (a *Arena) name() string { return fmt.Sprintf("arena %d", a.m.FD()) }

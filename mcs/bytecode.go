@@ -2,7 +2,9 @@ package mcs
 
 import (
 	"fmt"
+	"strings"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"github.com/kflex-go/kflex/heap"
@@ -27,6 +29,48 @@ const (
 	RelaxEvery  = 256
 )
 
+// Target says where bytecode lock code will run, which decides what it may
+// call and how it waits.
+type Target int
+
+const (
+	// Runtime: kflex's executors (interpreter, JIT). Spins are cancellation
+	// points that call HelperRelax; parked Go waiters are woken through
+	// HelperWake; the executor thread's rseq slice request is honoured.
+	Runtime Target = iota
+	// Kernel: Linux, on a BPF arena. There are no kflex helpers: every wait is
+	// bounded by a deadline (bpf_ktime_get_ns, helper 5) and by may_goto, and
+	// ends with an error instead of a hang (see KernelLock).
+	Kernel
+)
+
+// KernelSpinTimeout is how long the kernel form of the lock waits in the
+// queue before it gives up. It is short: a kernel thread spinning in a BPF
+// program is not preempted for the user-space holder it waits for (unless the
+// kernel is fully preemptible), so on a machine with as many kernel spinners as
+// CPUs a long spin starves the holder. Measured on 2 CPUs
+// (TestMixedContentionKernel): a 20 ms deadline took 11-21 s with thousands of
+// timeouts; 1 ms takes 0.2-4 s. The caller retries from user space, where it
+// can be preempted.
+const KernelSpinTimeout = 1 * time.Millisecond
+
+// Errors the kernel form of mcs_lock returns in r0 (negated errno values, as
+// kernel code reports them).
+const (
+	// KernelTimedOut: the deadline passed while queued; the waiter left the
+	// queue (its node is marked abandoned and will be freed by whoever would
+	// have granted it) and does not hold the lock.
+	KernelTimedOut = -110 // ETIMEDOUT
+	// KernelNodeBusy: the node is still abandoned in a queue from an earlier
+	// timeout; try again later (or with another node).
+	KernelNodeBusy = -16 // EBUSY
+	// KernelStuck: may_goto's bound (about 250 ms in Linux) ran out while the
+	// lock was held and a successor had not linked itself, or a lock word kept
+	// changing. The lock is held and its queue is owed a hand-off: the
+	// recovery protocol's case.
+	KernelStuck = -35 // EDEADLK
+)
+
 // BytecodeLock is the MCS lock of word.go and node.go as eBPF subprograms in
 // bytecode.Assemble syntax, to be appended to a program that calls them:
 //
@@ -46,29 +90,109 @@ const (
 // Addresses are in the executor's view. Both follow the Go side step for step:
 // the same fast paths, the tail swap, the link to the predecessor, the head
 // waiting for the word's locked bit, the grant to the successor (waking it
-// through HelperWake when it is parked). Bytecode never parks: its waits are
-// spin loops, which are cancellation points in kflex's executors, and which
-// call HelperRelax every RelaxEvery rounds. They use r0-r9 and keep the
-// caller's r6-r9, as any eBPF call does.
-const BytecodeLock = `
+// through HelperWake when it is parked, skipping it when it abandoned its
+// place). Bytecode never parks: its waits are spin loops, which are
+// cancellation points in kflex's executors, and which call HelperRelax every
+// RelaxEvery rounds. They use r0-r9 and keep the caller's r6-r9, as any eBPF
+// call does.
+var BytecodeLock = LockText(Runtime)
+
+// KernelLock is BytecodeLock for Linux on a BPF arena: the same protocol and
+// layout, built by LockText(Kernel). The caller passes arena pointers (cast
+// with addr_space_cast). The kernel cannot wake a parked Go waiter: granting
+// one sets the head-sleeping bit so that others may use the lock until the
+// waiter's timed park ends. Each wait is bounded: on timeout a queued waiter
+// abandons its node (KernelTimedOut), and a head that times out passes the
+// head position on, or empties the queue, before leaving.
+var KernelLock = LockText(Kernel)
+
+// LockText builds the lock's subprograms for target t from the one definition
+// in lockTemplate.
+func LockText(t Target) string {
+	var b strings.Builder
+	keep := true
+	for line := range strings.Lines(lockTemplate) {
+		f := strings.Fields(line)
+		switch {
+		case len(f) == 2 && f[0] == "@only":
+			keep = f[1] == map[Target]string{Runtime: "runtime", Kernel: "kernel"}[t]
+		case len(f) == 1 && f[0] == "@end":
+			keep = true
+		case !keep:
+		case len(f) > 0 && f[0] == "@spin" && t == Runtime:
+			fmt.Fprintf(&b, "\tadd %%r7, 1\n\tmov %%r6, %%r7\n\tand %%r6, %d\n\tjne %%r6, 0, %s\n%s\n\tja %s\n",
+				RelaxEvery-1, f[1], saveArgs(fmt.Sprintf("\tcall %#x", HelperRelax)), f[1])
+		case len(f) > 0 && f[0] == "@spin":
+			fmt.Fprintf(&b, "%s\n\tldxdw %%r6, [%%r10-48]\n\tjgt %%r0, %%r6, %s\n\tmay_goto %s\n\tja %s\n",
+				saveArgs("\tcall 5"), f[2], f[2], f[1])
+		case len(f) > 0 && f[0] == "@retry" && t == Runtime:
+			fmt.Fprintf(&b, "\tja %s\n", f[1])
+		case len(f) > 0 && f[0] == "@retry":
+			fmt.Fprintf(&b, "\tmay_goto %s\n\tja %s\n", f[2], f[1])
+		case len(f) > 0 && f[0] == "@deadline":
+			fmt.Fprintf(&b, "%s\n\tadd %%r0, %d\n\tstxdw [%%r10-48], %%r0\n", saveArgs("\tcall 5"), KernelSpinTimeout.Nanoseconds())
+		default:
+			b.WriteString(line)
+		}
+	}
+	return b.String()
+}
+
+// saveArgs wraps a helper call made inside mcs_lock, keeping mcs_lock's
+// arguments r1-r5 (which a call clobbers) in its stack frame.
+func saveArgs(call string) string {
+	var b strings.Builder
+	for r := 1; r <= 5; r++ {
+		fmt.Fprintf(&b, "\tstxdw [%%r10-%d], %%r%d\n", 8*r, r)
+	}
+	b.WriteString(call + "\n")
+	for r := 1; r <= 5; r++ {
+		fmt.Fprintf(&b, "\tldxdw %%r%d, [%%r10-%d]\n", r, 8*r)
+	}
+	return strings.TrimSuffix(b.String(), "\n")
+}
+
+// lockTemplate is the lock in both forms. "@only runtime" ... "@end" and
+// "@only kernel" ... "@end" enclose lines of one form; "@spin LOOP TIMEOUT"
+// ends a wait loop (Runtime: relax every RelaxEvery rounds and go on; Kernel:
+// check the deadline and may_goto, to TIMEOUT when either runs out); "@retry
+// LOOP STUCK" goes back to a compare-and-swap loop (Kernel: bounded by
+// may_goto); "@deadline" sets the kernel form's deadline at [r10-48].
+//
+// Registers in mcs_lock after the fast path: r6-r9 and r0 are scratch; r4,
+// once the lock is taken, is the result to return (0, or KernelTimedOut for a
+// head that leaves); grants use r6 = the successor's index + 1 and r7 = its
+// node.
+const lockTemplate = `
 mcs_lock:
+@only runtime
 	ldxdw %r0, [%r2+24]
 	jeq %r0, 0, mcs_lock_fast
 	stb [%r0+0], 1
+@end
 mcs_lock_fast:
 	mov %r0, 0
 	lock cmpxchg [%r1+0], %r4
 	jne %r0, 0, mcs_lock_slow
 	exit
 mcs_lock_slow:
+@only kernel
+	ldxw %r0, [%r2+4]
+	jeq %r0, 0, mcs_lock_node_free
+	mov %r0, -16
+	exit
+mcs_lock_node_free:
+@deadline
+@end
 	mov %r7, 0
 	stw [%r2+0], 0
 	stw [%r2+4], 1
 	mov %r6, %r4
 	rsh %r6, 16
 	stxw [%r2+8], %r6
-	ldxdw %r0, [%r2+32]
-	and %r0, %r1
+	mov %r0, %r1
+	ldxdw %r6, [%r2+32]
+	and %r0, %r6
 	stxdw [%r2+16], %r0
 mcs_lock_swap:
 	ldxdw %r9, [%r1+0]
@@ -80,33 +204,26 @@ mcs_lock_swap:
 	or %r8, %r6
 	mov %r0, %r9
 	lock cmpxchg [%r1+0], %r8
-	jne %r0, %r9, mcs_lock_swap
+	jeq %r0, %r9, mcs_lock_queued
+@retry mcs_lock_swap mcs_lock_unqueued
+mcs_lock_queued:
 	rsh %r9, 32
 	jeq %r9, 0, mcs_lock_head
 	sub %r9, 1
 	lsh %r9, 6
-	add %r9, %r5
-	stxw [%r9+0], %r3
+	mov %r6, %r5
+	add %r6, %r9
+	stxw [%r6+0], %r3
 mcs_lock_wait:
 	ldxw %r0, [%r2+4]
 	jeq %r0, 3, mcs_lock_head
-	add %r7, 1
-	mov %r6, %r7
-	and %r6, 255
-	jne %r6, 0, mcs_lock_wait
-` + relax + `
-	ja mcs_lock_wait
+@spin mcs_lock_wait mcs_lock_abandon
 mcs_lock_head:
 	ldxdw %r9, [%r1+0]
 	mov %r6, %r9
 	and %r6, 1
 	jeq %r6, 0, mcs_lock_free
-	add %r7, 1
-	mov %r6, %r7
-	and %r6, 255
-	jne %r6, 0, mcs_lock_head
-` + relax + `
-	ja mcs_lock_head
+@spin mcs_lock_head mcs_lock_leave
 mcs_lock_free:
 	mov %r8, %r9
 	and %r8, -13
@@ -119,31 +236,103 @@ mcs_lock_free:
 mcs_lock_take:
 	mov %r0, %r9
 	lock cmpxchg [%r1+0], %r8
-	jne %r0, %r9, mcs_lock_head
+	jeq %r0, %r9, mcs_lock_taken
+@retry mcs_lock_head mcs_lock_leave
+mcs_lock_taken:
+	mov %r4, 0
 	rsh %r9, 32
 	jeq %r9, %r3, mcs_lock_done
 mcs_lock_next:
 	ldxw %r6, [%r2+0]
-	jeq %r6, 0, mcs_lock_next
-	sub %r6, 1
-	lsh %r6, 6
-	add %r6, %r5
+	jne %r6, 0, mcs_lock_grant
+@retry mcs_lock_next mcs_lock_stuck
+mcs_lock_grant:
+	mov %r8, %r6
+	sub %r8, 1
+	lsh %r8, 6
+	mov %r7, %r5
+	add %r7, %r8
 	mov %r0, 1
-	mov %r7, 3
-	lock cmpxchg32 [%r6+4], %r7
+	mov %r8, 3
+	lock cmpxchg32 [%r7+4], %r8
 	jeq %r0, 1, mcs_lock_done
-	mov %r7, 12
-	lock or [%r1+0], %r7
-	stw [%r6+4], 3
-	mov %r7, %r2
-	mov %r1, %r6
+	jeq %r0, 4, mcs_lock_skip
+@only runtime
+	mov %r8, 12
+	lock or [%r1+0], %r8
+	stw [%r7+4], 3
+	mov %r8, %r2
+	mov %r9, %r4
+	mov %r1, %r7
 	add %r1, 4
 	call 0x4b460001
-	mov %r2, %r7
+	mov %r2, %r8
+	mov %r4, %r9
+@end
+@only kernel
+	mov %r8, 4
+	lock or [%r1+0], %r8
+	stw [%r7+4], 3
+@end
+	ja mcs_lock_done
+mcs_lock_skip:
+	ldxdw %r9, [%r1+0]
+	mov %r8, %r9
+	rsh %r8, 32
+	jne %r8, %r6, mcs_lock_skip_next
+	mov %r8, %r9
+	lsh %r8, 32
+	rsh %r8, 32
+	mov %r0, %r9
+	lock cmpxchg [%r1+0], %r8
+	jne %r0, %r9, mcs_lock_skip_again
+	stw [%r7+4], 0
+	ja mcs_lock_done
+mcs_lock_skip_next:
+	ldxw %r8, [%r7+0]
+	jeq %r8, 0, mcs_lock_skip_again
+	stw [%r7+4], 0
+	mov %r6, %r8
+@retry mcs_lock_grant mcs_lock_stuck
+mcs_lock_skip_again:
+@retry mcs_lock_skip mcs_lock_stuck
 mcs_lock_done:
 	stw [%r2+4], 0
-	mov %r0, 0
+	mov %r0, %r4
 	exit
+@only kernel
+mcs_lock_unqueued:
+	stw [%r2+4], 0
+	mov %r0, -110
+	exit
+mcs_lock_abandon:
+	mov %r0, 1
+	mov %r8, 4
+	lock cmpxchg32 [%r2+4], %r8
+	jne %r0, 1, mcs_lock_leave
+	mov %r0, -110
+	exit
+mcs_lock_leave:
+	mov %r4, -110
+	ldxdw %r9, [%r1+0]
+	mov %r6, %r9
+	rsh %r6, 32
+	jne %r6, %r3, mcs_lock_leave_next
+	mov %r8, %r9
+	lsh %r8, 32
+	rsh %r8, 32
+	mov %r0, %r9
+	lock cmpxchg [%r1+0], %r8
+	jeq %r0, %r9, mcs_lock_done
+@retry mcs_lock_leave mcs_lock_stuck
+mcs_lock_leave_next:
+	ldxw %r6, [%r2+0]
+	jne %r6, 0, mcs_lock_grant
+@retry mcs_lock_leave mcs_lock_stuck
+mcs_lock_stuck:
+	mov %r0, -35
+	exit
+@end
 
 mcs_unlock:
 	mov %r8, %r3
@@ -156,43 +345,41 @@ mcs_unlock_slow:
 	ldxdw %r6, [%r1+0]
 	mov %r3, %r6
 	and %r3, %r4
+@only runtime
 	mov %r5, %r6
 	and %r5, 12
 	jne %r5, 4, mcs_unlock_cas
 	or %r3, 8
+@end
 mcs_unlock_cas:
 	mov %r0, %r6
 	lock cmpxchg [%r1+0], %r3
-	jne %r0, %r6, mcs_unlock_slow
+	jeq %r0, %r6, mcs_unlock_released
+@retry mcs_unlock_slow mcs_unlock_stuck
+mcs_unlock_released:
+@only runtime
 	and %r6, 12
 	jne %r6, 4, mcs_unlock_slice
 	call 0x4b460001
+@end
 mcs_unlock_slice:
+@only runtime
 	ldxdw %r6, [%r8+24]
 	jeq %r6, 0, mcs_unlock_done
 	stb [%r6+0], 0
 	ldxb %r7, [%r6+1]
 	jeq %r7, 0, mcs_unlock_done
 	call 0x4b460002
+@end
 mcs_unlock_done:
 	mov %r0, 0
 	exit
+@only kernel
+mcs_unlock_stuck:
+	mov %r0, -35
+	exit
+@end
 `
-
-// relax calls HelperRelax from a spin loop of mcs_lock, keeping mcs_lock's
-// arguments r1-r5 (which a call clobbers) in its stack frame.
-const relax = `
-	stxdw [%r10-8], %r1
-	stxdw [%r10-16], %r2
-	stxdw [%r10-24], %r3
-	stxdw [%r10-32], %r4
-	stxdw [%r10-40], %r5
-	call 0x4b460003
-	ldxdw %r1, [%r10-8]
-	ldxdw %r2, [%r10-16]
-	ldxdw %r3, [%r10-24]
-	ldxdw %r4, [%r10-32]
-	ldxdw %r5, [%r10-40]`
 
 // Held is the held bits an executor of process slot slot passes to mcs_lock
 // and mcs_unlock.

@@ -69,7 +69,7 @@ func (w *world) interpMachine() *interp.Machine {
 
 // counterProgram takes the lock at ctx[0] for ctx[40] rounds and increments
 // the counter beside the lock word each time, through the bytecode lock.
-const counterProgram = `
+var counterProgram = `
 	mov %r9, %r1
 	ldxdw %r6, [%r9+40]
 loop:` + lockCall + `

@@ -24,7 +24,7 @@ import (
 
 // holdProgram takes the lock (lockCtx's context) and returns holding it;
 // releaseProgram releases it.
-const (
+var (
 	holdProgram    = "mov %r9, %r1" + lockCall + "\nexit\n" + BytecodeLock
 	releaseProgram = "mov %r9, %r1" + unlockCall + "\nexit\n" + BytecodeLock
 )

@@ -97,11 +97,14 @@ func (m *Mutex) UnlockExtended(t *rseq.Thread) {
 
 // Spin budgets. Waiting is spin, then park on a futex with a timeout: a waiter
 // that is not woken (its waker was a kernel BPF program, or died) re-checks after
-// parkTimeout, so a lost wake-up costs latency, never progress.
+// parkTimeout, so a lost wake-up costs latency, never progress. On a heap whose
+// futexes do not reach other processes (a BPF arena: heap.SharedFutexes) every
+// wake from another process is lost, so parks there are short.
 const (
-	spinIters   = 1024 // lock-word or node polls before parking
-	pausePerTry = 1    // PAUSEs between polls
-	parkTimeout = 10 * time.Millisecond
+	spinIters        = 1024 // lock-word or node polls before parking
+	pausePerTry      = 1    // PAUSEs between polls
+	parkTimeout      = 10 * time.Millisecond
+	localParkTimeout = 200 * time.Microsecond
 )
 
 func (m *Mutex) lockSlow() {
@@ -168,7 +171,7 @@ func (m *Mutex) lockQueued() {
 		if w&wordHeadSleeping == 0 && !atomic.CompareAndSwapUint64(m.word, w, sw) {
 			continue
 		}
-		futex.Wait(lowHalf(m.word), uint32(sw), parkTimeout)
+		futex.Wait(lowHalf(m.word), uint32(sw), m.p.park)
 		// Running again: no more barging ahead of us.
 		atomic.AndUint64(m.word, ^uint64(wordHeadSleeping|wordWakePending))
 		spins = 0
@@ -197,7 +200,7 @@ func (m *Mutex) waitHead(n node) {
 		if s == nodeWaiting && !atomic.CompareAndSwapUint32(n.state(), nodeWaiting, nodeParked) {
 			continue
 		}
-		futex.Wait(n.state(), nodeParked, parkTimeout)
+		futex.Wait(n.state(), nodeParked, m.p.park)
 		if atomic.LoadUint32(n.state()) == nodeHead {
 			// We were granted while parked, and the granter let newcomers barge
 			// (wordHeadSleeping) until we run: we run now.
@@ -207,32 +210,74 @@ func (m *Mutex) waitHead(n node) {
 	}
 }
 
-// succ waits for the successor that swapped the tail after us to link itself.
-func (m *Mutex) succ(n node) node {
+// succ waits for the successor that swapped the tail after us to link itself,
+// and returns its index + 1.
+func (m *Mutex) succ(n node) uint32 {
 	for spins := 0; ; spins++ {
 		if next := atomic.LoadUint32(n.next()); next != 0 {
-			return m.p.node(next - 1)
+			return next
 		}
-		if spins < spinIters {
-			pause(pausePerTry)
-		} else {
-			runtime.Gosched() // the successor is between two instructions; let it run
-		}
+		backoff(spins) // the successor is between two instructions
 	}
 }
 
-// grant makes n the head of the queue. If its waiter is asleep, newcomers may
-// take the lock until it runs (wordHeadSleeping), and the wake is already issued
-// (wordWakePending); both bits are set before the node says head, so that the
-// waiter, which clears them when it sees head, never misses them.
-func (m *Mutex) grant(n node) {
-	if atomic.CompareAndSwapUint32(n.state(), nodeWaiting, nodeHead) {
+// grant makes the node with index+1 idx the head of the queue. If its waiter
+// is asleep, newcomers may take the lock until it runs (wordHeadSleeping), and
+// the wake is already issued (wordWakePending); both bits are set before the
+// node says head, so that the waiter, which clears them when it sees head,
+// never misses them. A node whose waiter abandoned it (a kernel waiter that
+// timed out) is skipped: its successor, if it has one, is granted instead, and
+// the node is freed for its owner.
+func (m *Mutex) grant(idx uint32) {
+	for {
+		n := m.p.node(idx - 1)
+		if atomic.CompareAndSwapUint32(n.state(), nodeWaiting, nodeHead) {
+			return
+		}
+		if atomic.LoadUint32(n.state()) == nodeAbandoned {
+			if idx = m.skip(n, idx); idx == 0 {
+				return
+			}
+			continue
+		}
+		// The node is parked (a waiting node only moves to parked, by its owner,
+		// or to abandoned, by a kernel owner, which never parks).
+		atomic.OrUint64(m.word, wordHeadSleeping|wordWakePending)
+		atomic.StoreUint32(n.state(), nodeHead)
+		futex.Wake(n.state(), 1)
 		return
 	}
-	// The node is parked (a waiting node only ever moves to parked, by its owner).
-	atomic.OrUint64(m.word, wordHeadSleeping|wordWakePending)
-	atomic.StoreUint32(n.state(), nodeHead)
-	futex.Wake(n.state(), 1)
+}
+
+// skip unlinks the abandoned node n (index+1 idx) from the queue: if it is the
+// tail, the queue ends before it and skip returns 0; otherwise it returns its
+// successor once that has linked itself. Either way n is freed.
+func (m *Mutex) skip(n node, idx uint32) uint32 {
+	for spins := 0; ; spins++ {
+		w := atomic.LoadUint64(m.word)
+		if wordTail(w) == idx {
+			if atomic.CompareAndSwapUint64(m.word, w, w&^wordTailMask) {
+				atomic.StoreUint32(n.state(), nodeFree)
+				return 0
+			}
+			continue
+		}
+		if next := atomic.LoadUint32(n.next()); next != 0 {
+			atomic.StoreUint32(n.state(), nodeFree)
+			return next
+		}
+		backoff(spins)
+	}
+}
+
+// backoff waits a little in a loop that waits for another thread to take a
+// step of a few instructions: spin, then let it run.
+func backoff(spins int) {
+	if spins < spinIters {
+		pause(pausePerTry)
+	} else {
+		runtime.Gosched()
+	}
 }
 
 func (m *Mutex) unlockSlow() {

@@ -24,11 +24,12 @@ const (
 	nodeMask     = 32
 )
 
-// Node states. A node goes waiting -> (parked ->) head -> free.
+// Node states. A node goes waiting -> (parked ->) head -> free, or, for a
+// kernel waiter that times out, waiting -> abandoned -> free (by its granter).
 const (
 	nodeFree      = 0 // not queued
 	nodeWaiting   = 1 // queued behind a predecessor, running (spinning)
 	nodeParked    = 2 // queued and asleep on the state word
 	nodeHead      = 3 // the predecessor took the lock: this waiter now watches the lock word
-	nodeAbandoned = 4 // reserved: the waiter gave up or died; release skips it
+	nodeAbandoned = 4 // the waiter gave up (kernel form's timeout); grants skip it and free it
 )

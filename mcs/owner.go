@@ -52,6 +52,8 @@ type Process struct {
 	slot  uint32
 	nodes chan uint32 // free node indices of this process's range
 
+	park time.Duration // how long a waiter parks before it re-checks
+
 	stop chan struct{}
 	done chan struct{}
 	gone atomic.Bool
@@ -62,7 +64,10 @@ type Process struct {
 // reports this process's death in the heap, whatever the cause. Detach gives the
 // slot back.
 func Attach(h *heap.Heap) (*Process, error) {
-	p := &Process{h: h, stop: make(chan struct{}), done: make(chan struct{})}
+	p := &Process{h: h, park: parkTimeout, stop: make(chan struct{}), done: make(chan struct{})}
+	if !h.SharedFutexes() {
+		p.park = localParkTimeout
+	}
 	ready := make(chan error, 1)
 	go p.liveness(ready)
 	if err := <-ready; err != nil {

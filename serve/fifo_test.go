@@ -17,7 +17,7 @@ import (
 
 // fifo appends its executor's node index + 1 to the trace beside the lock at
 // its argument (count at lock+8, entries from lock+16), under the lock.
-const fifo = `
+var fifo = `
 	mov %r9, %r1
 	ldxdw %r1, [%r9+0]
 ` + serve.LockCall + `

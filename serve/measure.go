@@ -18,7 +18,7 @@ import (
 // pingPong passes the turn word beside the lock (lock+8) back to Go until it
 // has done so lock+16 times; the lock word's counterpart in Go does the same
 // in the other direction.
-const pingPong = `
+var pingPong = `
 	mov %r9, %r1
 	mov %r6, 0
 loop:
@@ -39,7 +39,7 @@ skip:
 ` + mcs.BytecodeLock
 
 // lockLoop takes and releases the lock lock+16 times, uncontended.
-const lockLoop = `
+var lockLoop = `
 	mov %r9, %r1
 	ldxdw %r1, [%r9+0]
 	ldxdw %r6, [%r1+16]

@@ -3,17 +3,22 @@ package serve_test
 import (
 	"fmt"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf/asm"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/kflex-go/kflex/bytecode"
+	"github.com/kflex-go/kflex/heap"
 	"github.com/kflex-go/kflex/internal/testutil"
+	"github.com/kflex-go/kflex/jit"
+	"github.com/kflex-go/kflex/kernel"
 	"github.com/kflex-go/kflex/mcs"
 	"github.com/kflex-go/kflex/serve"
 	"github.com/kflex-go/kflex/userspace"
@@ -21,7 +26,7 @@ import (
 
 // counter8 increments, for 100 rounds, the counter of lock (round % 8) of the
 // array of eight {lock word, counter} pairs at its argument, under that lock.
-const counter8 = `
+var counter8 = `
 	mov %r9, %r1
 	mov %r6, 0
 loop:
@@ -48,33 +53,68 @@ const roleMixed = "serve-mixed"
 // TestMixedContention: two user processes of four goroutines each (Go lock),
 // and the runtime's four JIT executors and one interpreting executor (bytecode
 // lock), all increment counters under the same eight locks: 220,000
-// acquisitions, exact totals. (Kernel threads on a BPF arena join once the
-// kernel backend shares the heap layout.)
+// acquisitions, exact totals. TestMixedContentionKernel adds kernel threads.
 func TestMixedContention(t *testing.T) {
 	if testutil.Role() == roleMixed {
 		mixedChild(t)
 		return
 	}
 	f := start(t)
+	mixedContention(t, f.h, nil, "KFLEX_HEAP="+f.h.Name())
+}
+
+// TestMixedContentionKernel is TestMixedContention on a heap in a BPF arena,
+// with two more threads running the lock's kernel form in Linux (test runs of
+// kernel.LockCounter): 240,000 acquisitions under the same eight locks.
+func TestMixedContentionKernel(t *testing.T) {
+	if testutil.Role() == roleMixed {
+		mixedChild(t)
+		return
+	}
+	if err := jit.Supported(); err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	testutil.RequireFeature(t, kernel.HaveArena())
+	a, err := kernel.NewArena(16 << 20)
+	require.NoError(t, err)
+	defer a.Close()
+	h, err := a.NewHeap(nil)
+	require.NoError(t, err)
+	defer h.Close()
+	mixedContention(t, h, a, "KFLEX_ARENA_FD=3")
+}
+
+// mixedContention runs the contention test on h. If h is in arena a (not nil),
+// two kernel threads run kernel.LockCounter too, and the child processes get
+// the arena as file descriptor 3.
+func mixedContention(t *testing.T, h *heap.Heap, a *kernel.Arena, childEnv string) {
+	kernelThreads := 0
+	if a != nil {
+		kernelThreads = 2
+	}
 	insns, err := bytecode.Assemble(counter8)
 	require.NoError(t, err)
-	rt, err := serve.NewWith(f.h, map[string]asm.Instructions{"counter8": insns}, serve.Options{JIT: 4, Interpreted: 1})
+	rt, err := serve.NewWith(h, map[string]asm.Instructions{"counter8": insns}, serve.Options{JIT: 4, Interpreted: 1})
 	require.NoError(t, err)
 	defer rt.Close()
-	locks, err := f.h.Alloc(8 * 16)
+	locks, err := h.Alloc(8 * 16)
 	require.NoError(t, err)
-	clear(f.h.Bytes(locks, 8*16))
+	clear(h.Bytes(locks, 8*16))
 	const children, goroutines, goRounds = 2, 4, 15000
 	const invokers, invocations = 5, 200 // × 100 rounds each
+	const kernelRounds = 10000
 	var offs []string
 	for i := range 8 {
 		offs = append(offs, strconv.FormatUint(locks+uint64(16*i), 10))
 	}
 	var wg sync.WaitGroup
 	for range children {
-		cmd := testutil.Child(t, "TestMixedContention", roleMixed, "KFLEX_HEAP="+f.h.Name(),
+		cmd := testutil.Child(t, t.Name(), roleMixed, childEnv,
 			"KFLEX_LOCKS="+strings.Join(offs, ","), fmt.Sprintf("KFLEX_ROUNDS=%d", goRounds),
 			fmt.Sprintf("KFLEX_GOROUTINES=%d", goroutines))
+		if kernelThreads > 0 {
+			cmd.ExtraFiles = []*os.File{os.NewFile(uintptr(a.FD()), "arena")}
+		}
 		wg.Go(func() {
 			out, err := cmd.Output()
 			assert.NoError(t, err, "%s", out)
@@ -83,26 +123,89 @@ func TestMixedContention(t *testing.T) {
 	for range invokers {
 		wg.Go(func() {
 			for range invocations {
-				if _, err := rt.Invoke("counter8", f.h.Base()+locks); err != nil {
+				if _, err := rt.Invoke("counter8", h.Base()+locks); err != nil {
 					t.Error(err)
 					return
 				}
 			}
 		})
 	}
+	kernelDone := func() {}
+	if kernelThreads > 0 {
+		kernelDone = kernelContenders(t, &wg, a, h, locks, kernelThreads, kernelRounds)
+	}
 	wg.Wait()
+	kernelDone()
 	total := uint64(0)
 	for i := range 8 {
-		total += *f.h.Uint64(locks + uint64(16*i) + 8)
-		assert.Zero(t, *f.h.Uint64(locks + uint64(16*i)), "lock %d left held", i)
+		total += *h.Uint64(locks + uint64(16*i) + 8)
+		assert.Zero(t, *h.Uint64(locks + uint64(16*i)), "lock %d left held", i)
 	}
-	want := uint64(children*goroutines*goRounds + invokers*invocations*100)
+	want := uint64(children*goroutines*goRounds + invokers*invocations*100 + kernelThreads*kernelRounds)
 	assert.Equal(t, want, total)
 	t.Logf("%d acquisitions", total)
 }
 
+// kernelContenders starts threads that each take the locks at locks (eight
+// {word, counter} pairs) rounds times in turn through kernel.LockCounter, with
+// a queue node of their own, retrying a lock that timed out. The returned
+// function, called after wg's Wait, releases what they used.
+func kernelContenders(t *testing.T, wg *sync.WaitGroup, a *kernel.Arena, h *heap.Heap, locks uint64, threads, rounds int) func() {
+	lc, err := kernel.LoadLockCounter(a)
+	require.NoError(t, err)
+	p, err := mcs.Attach(h)
+	require.NoError(t, err)
+	for th := range threads {
+		n := p.TakeNode()
+		var ctxs [8][]byte
+		for i := range ctxs {
+			ctxs[i] = kernel.LockArgs{Lock: h.Base() + locks + uint64(16*i), Node: n, Held: mcs.Held(p.Slot()),
+				Base: h.Base(), Table: h.Header().NodeOff}.Context()
+		}
+		wg.Go(func() {
+			defer p.GiveNode(n)
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			timeouts, busy := 0, 0
+			for r := 0; r < rounds; {
+				switch res, err := lc.Lock(ctxs[(th+r)%8]); {
+				case err != nil:
+					t.Error(err)
+					return
+				case res == 0:
+					r++
+				case res == mcs.KernelTimedOut:
+					timeouts++
+				case res == mcs.KernelNodeBusy: // its abandoned node is not yet freed
+					busy++
+					time.Sleep(100 * time.Microsecond)
+				default:
+					t.Errorf("kernel lock: %d", res)
+					return
+				}
+			}
+			t.Logf("kernel thread %d: %d rounds; %d timed out and retried, %d found the node still abandoned", th, rounds, timeouts, busy)
+		})
+	}
+	return func() {
+		lc.Close()
+		p.Detach()
+	}
+}
+
 func mixedChild(t *testing.T) {
-	h, err := userspace.Attach(os.Getenv("KFLEX_HEAP"), nil)
+	var h *userspace.Heap
+	var err error
+	if os.Getenv("KFLEX_ARENA_FD") != "" {
+		a, aerr := kernel.OpenArena(int(testutil.EnvUint(t, "KFLEX_ARENA_FD")))
+		require.NoError(t, aerr)
+		defer a.Close()
+		raw, herr := a.OpenHeap()
+		require.NoError(t, herr)
+		h, err = userspace.AttachHeap(raw)
+	} else {
+		h, err = userspace.Attach(os.Getenv("KFLEX_HEAP"), nil)
+	}
 	require.NoError(t, err)
 	defer h.Close()
 	offs := testutil.EnvUints(t, "KFLEX_LOCKS")

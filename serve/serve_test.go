@@ -29,7 +29,7 @@ func TestMain(m *testing.M) { testutil.Main(m) }
 
 // counter takes the lock whose address is the argument and increments the
 // counter beside it, through the bytecode lock; it returns the new count.
-const counter = `
+var counter = `
 	mov %r9, %r1
 	ldxdw %r1, [%r9+0]
 ` + serve.LockCall + `
@@ -218,7 +218,7 @@ func BenchmarkInvoke(b *testing.B) {
 // 0-7 after unlocking (2 when the executor has no rseq area). While holding
 // the lock it also plays the kernel and marks the slice granted, so that the
 // unlock must yield it back.
-const sliceProbe = `
+var sliceProbe = `
 	mov %r9, %r1
 	ldxdw %r1, [%r9+0]
 ` + serve.LockCall + `

@@ -78,6 +78,11 @@ func AttachFD(fd int, opts *Options) (*Heap, error) {
 	return attach(h)
 }
 
+// AttachHeap attaches to a heap this process has already mapped, for example
+// one in a BPF arena (kernel.OpenArena, then its OpenHeap). The returned Heap
+// owns h: Close closes it.
+func AttachHeap(h *heap.Heap) (*Heap, error) { return attach(h) }
+
 func heapOptions(opts *Options) *heap.Options {
 	if opts == nil {
 		return nil

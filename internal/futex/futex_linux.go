@@ -15,9 +15,20 @@ import (
 )
 
 const (
-	opWait = 0 // FUTEX_WAIT
-	opWake = 1 // FUTEX_WAKE
+	opWait  = 0   // FUTEX_WAIT
+	opWake  = 1   // FUTEX_WAKE
+	private = 128 // FUTEX_PRIVATE_FLAG
 )
+
+// futex makes the call shared, then private if the kernel cannot key a shared
+// futex on the memory at addr (see the package comment).
+func futex(addr *uint32, op, val uintptr, ts unsafe.Pointer) (uintptr, unix.Errno) {
+	r, _, e := unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), op, val, uintptr(ts), 0, 0)
+	if e == unix.EFAULT {
+		r, _, e = unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), op|private, val, uintptr(ts), 0, 0)
+	}
+	return r, e
+}
 
 // Bits the kernel manages in a robust futex word (include/uapi/linux/futex.h).
 const (
@@ -37,8 +48,7 @@ func Wait(addr *uint32, val uint32, timeout time.Duration) error {
 		ts = unix.NsecToTimespec(int64(timeout))
 		tsp = unsafe.Pointer(&ts)
 	}
-	_, _, e := unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), opWait,
-		uintptr(val), uintptr(tsp), 0, 0)
+	_, e := futex(addr, opWait, uintptr(val), tsp)
 	switch e {
 	case 0, unix.EAGAIN, unix.EINTR, unix.ETIMEDOUT:
 		return nil
@@ -48,8 +58,7 @@ func Wait(addr *uint32, val uint32, timeout time.Duration) error {
 
 // Wake wakes at most n waiters sleeping on addr and returns how many it woke.
 func Wake(addr *uint32, n int) (int, error) {
-	r, _, e := unix.Syscall6(unix.SYS_FUTEX, uintptr(unsafe.Pointer(addr)), opWake,
-		uintptr(n), 0, 0, 0)
+	r, e := futex(addr, opWake, uintptr(n), nil)
 	if e != 0 {
 		return 0, errors.Join(errors.New("futex wake"), e)
 	}

@@ -1,0 +1,217 @@
+package kernel
+
+import (
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kflex-go/kflex/heap"
+	"github.com/kflex-go/kflex/internal/futex"
+	"github.com/kflex-go/kflex/mcs"
+)
+
+// lockWorld is a kflex heap in a BPF arena with this process attached.
+type lockWorld struct {
+	a *Arena
+	h *heap.Heap
+	p *mcs.Process
+}
+
+func newLockWorld(t *testing.T) *lockWorld {
+	requireArena(t)
+	a, err := NewArena(4 << 20)
+	require.NoError(t, err)
+	h, err := a.NewHeap(nil)
+	require.NoError(t, err)
+	p, err := mcs.Attach(h)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		p.Detach()
+		h.Close()
+		a.Close()
+	})
+	return &lockWorld{a, h, p}
+}
+
+// program loads LockCounter for w's arena.
+func (w *lockWorld) program(t *testing.T) *LockCounter {
+	p, err := LoadLockCounter(w.a)
+	require.NoError(t, err)
+	t.Cleanup(func() { p.Close() })
+	return p
+}
+
+// ctx is LockCounter's context for the lock at heap offset off and node n.
+func (w *lockWorld) ctx(off uint64, n mcs.Node) []byte {
+	return LockArgs{Lock: w.h.Base() + off, Node: n, Held: mcs.Held(w.p.Slot()), Base: w.h.Base(),
+		Table: w.h.Header().NodeOff}.Context()
+}
+
+// lockPair allocates a {lock word, counter} pair.
+func (w *lockWorld) lockPair(t *testing.T) (uint64, *mcs.Mutex) {
+	off, err := w.h.Alloc(16)
+	require.NoError(t, err)
+	clear(w.h.Bytes(off, 16))
+	mu, err := w.p.Mutex(off)
+	require.NoError(t, err)
+	return off, mu
+}
+
+func run(t *testing.T, p *LockCounter, ctx []byte) int32 {
+	r0, err := p.Lock(ctx)
+	require.NoError(t, err)
+	return r0
+}
+
+// TestKernelLockUncontended: the kernel accepts the lock's kernel form and
+// takes and releases a free lock, leaving the word as Go reads it.
+func TestKernelLockUncontended(t *testing.T) {
+	w := newLockWorld(t)
+	off, mu := w.lockPair(t)
+	prog := w.program(t)
+	n := w.p.TakeNode()
+	defer w.p.GiveNode(n)
+	for range 3 {
+		require.Zero(t, run(t, prog, w.ctx(off, n)))
+	}
+	assert.Equal(t, uint64(3), *w.h.Uint64(off + 8), "counter")
+	assert.Zero(t, *w.h.Uint64(off), "lock word free")
+	mu.Lock() // and Go can take it
+	mu.Unlock()
+}
+
+// TestKernelLockContended: two kernel threads (test runs from two locked OS
+// threads) and four goroutines increment one counter under one lock word.
+func TestKernelLockContended(t *testing.T) {
+	w := newLockWorld(t)
+	off, mu := w.lockPair(t)
+	prog := w.program(t)
+	const kernelThreads, goroutines, rounds = 2, 4, 5000
+	var timeouts atomic.Int64
+	var wg sync.WaitGroup
+	for range kernelThreads {
+		n := w.p.TakeNode()
+		defer w.p.GiveNode(n)
+		ctx := w.ctx(off, n)
+		wg.Go(func() {
+			runtime.LockOSThread()
+			defer runtime.UnlockOSThread()
+			for done := 0; done < rounds; {
+				switch r := run(t, prog, ctx); r {
+				case 0:
+					done++
+				case mcs.KernelTimedOut, mcs.KernelNodeBusy:
+					timeouts.Add(1)
+					time.Sleep(100 * time.Microsecond)
+				default:
+					t.Errorf("kernel lock: %d", r)
+					return
+				}
+			}
+		})
+	}
+	for range goroutines {
+		wg.Go(func() {
+			for range rounds {
+				mu.Lock()
+				*w.h.Uint64(off + 8)++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	assert.Equal(t, uint64((kernelThreads+goroutines)*rounds), *w.h.Uint64(off + 8), "exact total")
+	assert.Zero(t, *w.h.Uint64(off), "lock word free")
+	t.Logf("%d acquisitions, %d kernel timeouts retried", (kernelThreads+goroutines)*rounds, timeouts.Load())
+}
+
+// TestKernelLockTimeout: a kernel waiter gives up after mcs.KernelSpinTimeout
+// without the lock, in each queue position, and leaves the queue working: its
+// node is freed by the next grant, and a Go waiter behind it gets the lock.
+func TestKernelLockTimeout(t *testing.T) {
+	w := newLockWorld(t)
+	prog := w.program(t)
+	n := w.p.TakeNode()
+	defer w.p.GiveNode(n)
+	state := (*uint32)(unsafe.Add(w.h.At(n.Off), 4))
+	tail := func(off uint64) uint32 { return uint32(atomic.LoadUint64(w.h.Uint64(off)) >> 32) }
+
+	for _, c := range []struct {
+		name     string
+		waiters  int  // Go waiters queued ahead of the kernel waiter
+		follower bool // a Go waiter queues behind it
+	}{
+		{"head, alone", 0, false},
+		{"head, with a follower", 0, true},
+		{"queued", 1, false},
+		{"queued, with a follower", 1, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			off, mu := w.lockPair(t)
+			mu.Lock()
+			var wg sync.WaitGroup
+			for range c.waiters {
+				wg.Go(func() { mu.Lock(); mu.Unlock() })
+			}
+			require.Eventually(t, func() bool { return tail(off) != 0 || c.waiters == 0 }, 5*time.Second, time.Millisecond)
+			result := make(chan int32, 1)
+			start := time.Now()
+			go func() { result <- run(t, prog, w.ctx(off, n)) }()
+			require.Eventually(t, func() bool { return tail(off) == n.Index+1 }, 5*time.Second, 100*time.Microsecond,
+				"the kernel waiter queues")
+			if c.follower {
+				wg.Go(func() {
+					mu.Lock()
+					*w.h.Uint64(off + 8) += 100
+					mu.Unlock()
+				})
+				require.Eventually(t, func() bool { return tail(off) != n.Index+1 }, 5*time.Second, 100*time.Microsecond)
+			}
+			assert.Equal(t, int32(mcs.KernelTimedOut), <-result)
+			assert.GreaterOrEqual(t, time.Since(start), mcs.KernelSpinTimeout)
+			assert.Zero(t, *w.h.Uint64(off + 8), "the kernel waiter did not run its critical section")
+			mu.Unlock()
+			wg.Wait()
+			if c.follower {
+				assert.Equal(t, uint64(100), *w.h.Uint64(off + 8), "the follower ran")
+			}
+			assert.Zero(t, atomic.LoadUint64(w.h.Uint64(off)), "lock word free")
+			assert.Zero(t, atomic.LoadUint32(state), "the kernel waiter's node is free again")
+			require.Zero(t, run(t, prog, w.ctx(off, n)), "and usable")
+		})
+	}
+}
+
+// TestFutexOnArena: Linux refuses shared futexes on arena memory (EFAULT);
+// kflex's futex falls back to private ones, so a waiter in this process is
+// woken, and one in another process is not (its timed park covers that).
+func TestFutexOnArena(t *testing.T) {
+	requireArena(t)
+	a, err := NewArena(1 << 20)
+	require.NoError(t, err)
+	defer a.Close()
+	word := (*uint32)(a.Pointer())
+	woken := make(chan error, 1)
+	go func() {
+		for atomic.LoadUint32(word) == 0 {
+			if err := futex.Wait(word, 0, 10*time.Second); err != nil {
+				woken <- err
+				return
+			}
+		}
+		woken <- nil
+	}()
+	time.Sleep(20 * time.Millisecond) // let it sleep
+	start := time.Now()
+	atomic.StoreUint32(word, 1)
+	_, err = futex.Wake(word, 1)
+	require.NoError(t, err)
+	require.NoError(t, <-woken)
+	assert.Less(t, time.Since(start), 5*time.Second, "woken, not timed out")
+}
