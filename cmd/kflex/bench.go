@@ -35,7 +35,10 @@ and their ratio PROGRAM.jit_vs_kernel (the kernel's time excludes the entry
 from user space; "empty" measures that entry for both).
 lock: the handoff latency of one lock between a goroutine and an extension, an
 extension's uncontended lock+unlock, and the cost of invoking an empty extension
-from an attached process.
+from an attached process. Where this process can use BPF arenas, also one
+uncontended lock+unlock of the lock's kernel form, the same bytecode in the
+kernel and in kflex's JIT on one arena heap (kernel.* figures; jit_vs_kernel
+is the ratio net of each side's entry cost).
 With --json the figures are one flat JSON object.`, out)
 	asJSON := fs.Bool("json", false, "print one flat JSON object")
 	per := fs.Duration("time", 200*time.Millisecond, "time spent on each measurement (jit)")
@@ -52,6 +55,9 @@ With --json the figures are one flat JSON object.`, out)
 		}
 	case "lock":
 		figures, err = serve.MeasureLock(*rounds, func(s string) (serve.Invoker, error) { return userspace.Dial(s, nil) })
+		if err == nil {
+			err = benchLockVsKernel(*rounds, figures)
+		}
 	default:
 		return fmt.Errorf("bench: %w: unknown suite %q (want jit or lock)", errUsage, fs.Arg(0))
 	}
@@ -182,6 +188,23 @@ func benchVsKernel(per time.Duration, figures map[string]float64, out io.Writer)
 		figures[bc.Name+".jit_arena_ns"] = jns
 		figures[bc.Name+".kernel_ns"] = kns
 		figures[bc.Name+".jit_vs_kernel"] = jns / kns
+	}
+	return nil
+}
+
+// benchLockVsKernel adds kernel.MeasureLockUnlock's figures, prefixed
+// "kernel.", or says on stderr why it cannot run here.
+func benchLockVsKernel(rounds int, figures map[string]float64) error {
+	if err := kernel.HaveArena(); err != nil {
+		fmt.Fprintf(os.Stderr, "kflex bench: no kernel comparison: %v\n", err)
+		return nil
+	}
+	k, err := kernel.MeasureLockUnlock(max(rounds, 3000))
+	if err != nil {
+		return err
+	}
+	for name, v := range k {
+		figures["kernel."+name] = v
 	}
 	return nil
 }
