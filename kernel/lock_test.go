@@ -39,15 +39,15 @@ func newLockWorld(t *testing.T) *lockWorld {
 	return &lockWorld{a, h, p}
 }
 
-// program loads LockCounter for w's arena.
-func (w *lockWorld) program(t *testing.T) *LockCounter {
-	p, err := LoadLockCounter(w.a)
+// program loads LockCounter for w's arena, its waits bounded by d.
+func (w *lockWorld) program(t *testing.T, d time.Duration) *KernelLocker {
+	p, err := LoadLockProgram(w.a, LockCounter, d)
 	require.NoError(t, err)
 	t.Cleanup(func() { p.Close() })
 	return p
 }
 
-// ctx is LockCounter's context for the lock at heap offset off and node n.
+// ctx is a lock program's context for the lock at heap offset off and node n.
 func (w *lockWorld) ctx(off uint64, n mcs.Node) []byte {
 	return LockArgs{Lock: w.h.Base() + off, Node: n, Held: mcs.Held(w.p.Slot()), Base: w.h.Base(),
 		Table: w.h.Header().NodeOff}.Context()
@@ -63,7 +63,7 @@ func (w *lockWorld) lockPair(t *testing.T) (uint64, *mcs.Mutex) {
 	return off, mu
 }
 
-func run(t *testing.T, p *LockCounter, ctx []byte) int32 {
+func run(t *testing.T, p *KernelLocker, ctx []byte) int32 {
 	r0, err := p.Lock(ctx)
 	require.NoError(t, err)
 	return r0
@@ -74,7 +74,7 @@ func run(t *testing.T, p *LockCounter, ctx []byte) int32 {
 func TestKernelLockUncontended(t *testing.T) {
 	w := newLockWorld(t)
 	off, mu := w.lockPair(t)
-	prog := w.program(t)
+	prog := w.program(t, mcs.KernelSpinTimeout)
 	n := w.p.TakeNode()
 	defer w.p.GiveNode(n)
 	for range 3 {
@@ -91,7 +91,7 @@ func TestKernelLockUncontended(t *testing.T) {
 func TestKernelLockContended(t *testing.T) {
 	w := newLockWorld(t)
 	off, mu := w.lockPair(t)
-	prog := w.program(t)
+	prog := w.program(t, mcs.KernelSpinTimeout)
 	const kernelThreads, goroutines, rounds = 2, 4, 5000
 	var timeouts atomic.Int64
 	var wg sync.WaitGroup
@@ -131,12 +131,13 @@ func TestKernelLockContended(t *testing.T) {
 	t.Logf("%d acquisitions, %d kernel timeouts retried", (kernelThreads+goroutines)*rounds, timeouts.Load())
 }
 
-// TestKernelLockTimeout: a kernel waiter gives up after mcs.KernelSpinTimeout
-// without the lock, in each queue position, and leaves the queue working: its
-// node is freed by the next grant, and a Go waiter behind it gets the lock.
+// TestKernelLockTimeout: a kernel waiter gives up after its deadline without
+// the lock, in each queue position, and leaves the queue working: its node is
+// freed by the next grant, and a Go waiter behind it gets the lock.
 func TestKernelLockTimeout(t *testing.T) {
+	const timeout = 50 * time.Millisecond // long enough to watch it queue
 	w := newLockWorld(t)
-	prog := w.program(t)
+	prog := w.program(t, timeout)
 	n := w.p.TakeNode()
 	defer w.p.GiveNode(n)
 	state := (*uint32)(unsafe.Add(w.h.At(n.Off), 4))
@@ -174,7 +175,7 @@ func TestKernelLockTimeout(t *testing.T) {
 				require.Eventually(t, func() bool { return tail(off) != n.Index+1 }, 5*time.Second, 100*time.Microsecond)
 			}
 			assert.Equal(t, int32(mcs.KernelTimedOut), <-result)
-			assert.GreaterOrEqual(t, time.Since(start), mcs.KernelSpinTimeout)
+			assert.GreaterOrEqual(t, time.Since(start), timeout)
 			assert.Zero(t, *w.h.Uint64(off + 8), "the kernel waiter did not run its critical section")
 			mu.Unlock()
 			wg.Wait()

@@ -3,6 +3,7 @@ package kernel
 import (
 	"encoding/binary"
 	"fmt"
+	"time"
 
 	"github.com/cilium/ebpf/asm"
 
@@ -10,12 +11,11 @@ import (
 	"github.com/kflex-go/kflex/mcs"
 )
 
-// lockCounterText takes the lock at ctx[0] with the node at ctx[8] (index + 1
-// at ctx[16], held bits at ctx[24], node table at ctx[32]), increments the
-// 8-byte counter after the lock word and unlocks, all through mcs.KernelLock on
-// the arena. It returns mcs_lock's error, or 0. Arena pointers arrive in the
-// user view and are cast, as the kernel requires.
-const lockCounterText = `
+// lockArgs loads mcs_lock's arguments from the context: the lock at ctx[0],
+// the node at ctx[8] (index + 1 at ctx[16]), the held bits at ctx[24] and the
+// node table at ctx[32], casting the arena pointers, which arrive in the user
+// view, as the kernel requires. It keeps the context in r9.
+const lockArgs = `
 	mov %r9, %r1
 	ldxdw %r1, [%r9+0]
 	addr_space_cast %r1, %r1, 1
@@ -24,45 +24,84 @@ const lockCounterText = `
 	ldxdw %r3, [%r9+16]
 	ldxdw %r4, [%r9+24]
 	ldxdw %r5, [%r9+32]
-	addr_space_cast %r5, %r5, 1
+	addr_space_cast %r5, %r5, 1`
+
+// unlockArgs loads mcs_unlock's arguments from the context kept in r9.
+const unlockArgs = `
+	ldxdw %r1, [%r9+0]
+	addr_space_cast %r1, %r1, 1
+	ldxdw %r2, [%r9+8]
+	addr_space_cast %r3, %r2, 1
+	ldxdw %r2, [%r9+24]`
+
+// LockProgram is what a kernel lock program does with the lock named in its
+// context (LockArgs).
+type LockProgram int
+
+const (
+	// LockCounter takes the lock, increments the 8-byte counter stored after
+	// the lock word and releases the lock: a kernel thread's part in the tests
+	// where Go code, kflex's executors and the kernel share locks.
+	LockCounter LockProgram = iota
+	// LockHold takes the lock and returns holding it.
+	LockHold
+	// LockRelease releases a lock that LockHold took.
+	LockRelease
+)
+
+var lockPrograms = map[LockProgram]string{
+	LockCounter: lockArgs + `
 	stxdw [%r10-8], %r1
 	call local mcs_lock
 	jne %r0, 0, out
 	ldxdw %r1, [%r10-8]
 	ldxdw %r7, [%r1+8]
 	add %r7, 1
-	stxdw [%r1+8], %r7
-	ldxdw %r2, [%r9+8]
-	addr_space_cast %r3, %r2, 1
-	ldxdw %r2, [%r9+24]
+	stxdw [%r1+8], %r7` + unlockArgs + `
 	call local mcs_unlock
-	mov %r0, 0
 out:
 	exit
-`
+`,
+	LockHold:    lockArgs + "\n\tcall local mcs_lock\n\texit\n",
+	LockRelease: "\tmov %r9, %r1" + unlockArgs + "\n\tcall local mcs_unlock\n\texit\n",
+}
 
-// LockCounter is a syscall program in which a kernel thread takes one of the
-// heap's MCS locks with the bytecode lock's kernel form (mcs.KernelLock),
-// increments the counter stored after the lock word and releases the lock: the
-// kernel's part in the tests where Go code, kflex's executors and the kernel
-// share locks. Run it with LockArgs.Context; r0 is 0 or one of mcs's Kernel*
-// errors (the lock was not taken).
-type LockCounter struct{ *Program }
+// lockSubprograms is the part of lock text lt that program what calls.
+func lockSubprograms(what LockProgram, lt string) string {
+	switch what {
+	case LockHold:
+		return mcs.LockOnly(lt)
+	case LockRelease:
+		return mcs.UnlockOnly(lt)
+	}
+	return lt
+}
 
-// LoadLockCounter loads LockCounter for a heap in arena a.
-func LoadLockCounter(a *Arena) (*LockCounter, error) {
-	body, err := bytecode.Assemble(lockCounterText + mcs.KernelLock)
+// KernelLocker is a syscall program that works one of the heap's MCS locks
+// with the bytecode lock's kernel form (mcs.KernelLock). Run it with
+// LockArgs.Context; r0 is 0 or one of mcs's Kernel* errors (the lock was not
+// taken).
+type KernelLocker struct{ *Program }
+
+// LoadLockProgram loads program what for a heap in arena a, its waits bounded
+// by d (mcs.KernelLockWithin).
+func LoadLockProgram(a *Arena, what LockProgram, d time.Duration) (*KernelLocker, error) {
+	text, ok := lockPrograms[what]
+	if !ok {
+		return nil, fmt.Errorf("lock program %d: no such program", what)
+	}
+	body, err := bytecode.Assemble(text + lockSubprograms(what, mcs.KernelLockWithin(d)))
 	if err != nil {
-		return nil, fmt.Errorf("lock counter: %w", err)
+		return nil, fmt.Errorf("lock program %d: %w", what, err)
 	}
 	p, err := Load(append(asm.Instructions{a.Ref(asm.R0)}, body...), Syscall, nil)
 	if err != nil {
-		return nil, fmt.Errorf("lock counter: %w", err)
+		return nil, fmt.Errorf("lock program %d: %w", what, err)
 	}
-	return &LockCounter{p}, nil
+	return &KernelLocker{p}, nil
 }
 
-// LockArgs are LockCounter's inputs, addresses in the arena's user view.
+// LockArgs are a lock program's inputs, addresses in the arena's user view.
 type LockArgs struct {
 	Lock  uint64   // the lock word (the counter follows it)
 	Node  mcs.Node // the caller's queue node (one per thread)
@@ -71,7 +110,7 @@ type LockArgs struct {
 	Table uint64   // heap offset of the node table
 }
 
-// Context encodes a as LockCounter's context.
+// Context encodes a as a lock program's context.
 func (a LockArgs) Context() []byte {
 	words := []uint64{a.Lock, a.Base + a.Node.Off, uint64(a.Node.Index) + 1, a.Held, a.Base + a.Table}
 	ctx := make([]byte, 8*len(words))
@@ -82,7 +121,7 @@ func (a LockArgs) Context() []byte {
 }
 
 // Lock runs the program once on ctx and returns its result.
-func (l *LockCounter) Lock(ctx []byte) (int32, error) {
+func (l *KernelLocker) Lock(ctx []byte) (int32, error) {
 	r0, _, err := l.Run(ctx)
 	return int32(r0), err
 }

@@ -95,20 +95,24 @@ const (
 // cancellation points in kflex's executors, and which call HelperRelax every
 // RelaxEvery rounds. They use r0-r9 and keep the caller's r6-r9, as any eBPF
 // call does.
-var BytecodeLock = LockText(Runtime)
+var BytecodeLock = lockText(Runtime, 0)
 
 // KernelLock is BytecodeLock for Linux on a BPF arena: the same protocol and
-// layout, built by LockText(Kernel). The caller passes arena pointers (cast
+// layout, built from the same template. The caller passes arena pointers (cast
 // with addr_space_cast). The kernel cannot wake a parked Go waiter: granting
 // one sets the head-sleeping bit so that others may use the lock until the
 // waiter's timed park ends. Each wait is bounded: on timeout a queued waiter
 // abandons its node (KernelTimedOut), and a head that times out passes the
 // head position on, or empties the queue, before leaving.
-var KernelLock = LockText(Kernel)
+var KernelLock = KernelLockWithin(KernelSpinTimeout)
 
-// LockText builds the lock's subprograms for target t from the one definition
-// in lockTemplate.
-func LockText(t Target) string {
+// KernelLockWithin is KernelLock with waits bounded by d instead of
+// KernelSpinTimeout (at most about 2 s: the deadline is a 32-bit immediate).
+func KernelLockWithin(d time.Duration) string { return lockText(Kernel, d) }
+
+// lockText builds the lock's subprograms for target t (waits bounded by d, in
+// the kernel form) from the one definition in lockTemplate.
+func lockText(t Target, d time.Duration) string {
 	var b strings.Builder
 	keep := true
 	for line := range strings.Lines(lockTemplate) {
@@ -130,7 +134,7 @@ func LockText(t Target) string {
 		case len(f) > 0 && f[0] == "@retry":
 			fmt.Fprintf(&b, "\tmay_goto %s\n\tja %s\n", f[2], f[1])
 		case len(f) > 0 && f[0] == "@deadline":
-			fmt.Fprintf(&b, "%s\n\tadd %%r0, %d\n\tstxdw [%%r10-48], %%r0\n", saveArgs("\tcall 5"), KernelSpinTimeout.Nanoseconds())
+			fmt.Fprintf(&b, "%s\n\tadd %%r0, %d\n\tstxdw [%%r10-48], %%r0\n", saveArgs("\tcall 5"), min(d.Nanoseconds(), 1<<31-1))
 		default:
 			b.WriteString(line)
 		}
@@ -417,4 +421,18 @@ func (p *Process) GiveNode(n Node) {
 func WakeHelper(addr uint64) error {
 	_, err := futex.Wake((*uint32)(unsafe.Add(nil, uintptr(addr))), 1)
 	return err
+}
+
+// LockOnly and UnlockOnly cut a lock text (BytecodeLock, KernelLock) down to
+// one of its two subprograms, for a program that calls only that one: the
+// kernel rejects code that nothing reaches.
+func LockOnly(text string) string {
+	lock, _, _ := strings.Cut(text, "\nmcs_unlock:")
+	return lock
+}
+
+// UnlockOnly: see LockOnly.
+func UnlockOnly(text string) string {
+	_, unlock, _ := strings.Cut(text, "\nmcs_unlock:")
+	return "\nmcs_unlock:" + unlock
 }

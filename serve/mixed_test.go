@@ -151,7 +151,7 @@ func mixedContention(t *testing.T, h *heap.Heap, a *kernel.Arena, childEnv strin
 // a queue node of their own, retrying a lock that timed out. The returned
 // function, called after wg's Wait, releases what they used.
 func kernelContenders(t *testing.T, wg *sync.WaitGroup, a *kernel.Arena, h *heap.Heap, locks uint64, threads, rounds int) func() {
-	lc, err := kernel.LoadLockCounter(a)
+	lc, err := kernel.LoadLockProgram(a, kernel.LockCounter, mcs.KernelSpinTimeout)
 	require.NoError(t, err)
 	p, err := mcs.Attach(h)
 	require.NoError(t, err)
