@@ -28,7 +28,9 @@
 // point (back-edges and helper calls), for the runtime to release them when
 // it stops the program there.
 //
-// Deliberate differences from the Linux verifier:
+// Deliberate differences from the Linux verifier (kernel.TestVerifierVerdicts
+// compares the two on generated programs and on mutations that break one rule
+// each; every disagreement it sees is a row here):
 //
 //	what                          Linux                        kflex
 //	heap (arena) access           checked by the JIT, faults   masked into the sandbox; never rejected
@@ -44,7 +46,18 @@
 //	                              64 bits                      with non-negative constants only
 //	helpers, kfuncs               the kernel's prototypes      kflex's helpers (Config.Helpers); kfunc
 //	                                                           calls and callx rejected
+//	r2 at entry                   uninitialised                the context's length (the calling
+//	                              ("R2 !read_ok")              convention of the conformance protocol)
 //	r3 at entry                   not set                      the pointer argument, when EntryArg
+//	uninitialised stack reads     allowed for privileged       rejected: they read whatever an earlier
+//	                              programs (unknown values)    run or another process left there
+//	partial reload of a spilled   rejected ("invalid size of   a number, like every stack reload
+//	pointer                       register fill")
+//	context size                  syscall programs: offsets    Config.CtxSize, at load
+//	                              checked at run time against
+//	                              the context passed in
+//	division or modulo by a zero  rejected ("div by zero")     runs as RFC 9669 defines it (quotient
+//	immediate                                                  0, remainder the dividend)
 //	a rejection's log             every state along the path   the first path that reached the
 //	                              that failed                  instruction, with the joined states
 package verifier
