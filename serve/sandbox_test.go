@@ -76,8 +76,18 @@ func pointerGame(data []byte, canary uint64) string {
 			fmt.Fprintf(&b, "\tstxdw [%%r%d%+d], %%r%d\n", r, off, a)
 		case 5:
 			fmt.Fprintf(&b, "\tadd %%r%d, %d\n", a, off)
-		case 6:
-			fmt.Fprintf(&b, "\tmov %%r%d, %%r%d\n", a, r)
+		case 6: // a copy, or a cast into the engine's view or the canonical one
+			switch y % 4 {
+			case 2:
+				fmt.Fprintf(&b, "\taddr_space_cast %%r%d, %%r%d, 65536\n", a, r)
+			case 3: // NULL stays NULL: sometimes cast one
+				if y%8 == 7 {
+					fmt.Fprintf(&b, "\tmov %%r%d, 0\n", r)
+				}
+				fmt.Fprintf(&b, "\taddr_space_cast %%r%d, %%r%d, 1\n", a, r)
+			default:
+				fmt.Fprintf(&b, "\tmov %%r%d, %%r%d\n", a, r)
+			}
 		case 7: // an address outside the sandbox
 			fmt.Fprintf(&b, "\tmov %%r%d, %%r9\n\tadd %%r%d, %d\n", a, a, 8*(y%canaryWords))
 		case 8:

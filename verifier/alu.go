@@ -30,8 +30,14 @@ func (a *analysis) alu(pc int, s *State, in bytecode.Slot, w bool) error {
 		}
 		return nil
 	}
-	if op == 0xb0 && in.Off == 1 { // addr_space_cast: a heap pointer, as a number
+	if op == 0xb0 && in.Off == 1 {
+		// addr_space_cast. Into the engine's view (imm 1) it masks and
+		// rebases like a guard, keeping NULL: a checked pointer or 0. Into the
+		// canonical view: a heap pointer, as a number.
 		s.Regs[in.Dst] = unknownScalar()
+		if in.Imm == 1 {
+			s.Regs[in.Dst] = Reg{Kind: Scalar, Val: Unknown, Checked: true, MaybeNull: true}
+		}
 		return nil
 	}
 	var dst Reg

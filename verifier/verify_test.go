@@ -205,7 +205,8 @@ func TestEntryArg(t *testing.T) {
 	require.ErrorContains(t, err, "R3 !read_ok", "no word in the context, no argument")
 }
 
-// TestHeapOrNull: a helper's heap-or-NULL result needs no guard past a test
+// TestHeapOrNull: a helper's heap-or-NULL result (or a cast into the engine's
+// view) needs no guard past a test
 // against 0, and a guard before it, or when the test came after moving it.
 func TestHeapOrNull(t *testing.T) {
 	cfg := testConfig
@@ -218,6 +219,10 @@ func TestHeapOrNull(t *testing.T) {
 		{"mov %r1, 16\ncall 1\njne %r0, 0, +1\nja +1\nstdw [%r0+8], 1\nmov %r0, 0\nexit", HeapChecked},
 		{"mov %r1, 16\ncall 1\nstdw [%r0+8], 1\nmov %r0, 0\nexit", HeapAccess},
 		{"mov %r1, 16\ncall 1\nadd %r0, 8\njeq %r0, 0, +1\nstdw [%r0+0], 1\nmov %r0, 0\nexit", HeapAccess},
+		// addr_space_cast into the engine's view masks like a guard and keeps NULL.
+		{"ldxdw %r0, [%r1+0]\naddr_space_cast %r0, %r0, 1\njeq %r0, 0, +1\nstdw [%r0+8], 1\nmov %r0, 0\nexit", HeapChecked},
+		{"ldxdw %r0, [%r1+0]\naddr_space_cast %r0, %r0, 1\nstdw [%r0+8], 1\nmov %r0, 0\nexit", HeapAccess},
+		{"ldxdw %r0, [%r1+0]\naddr_space_cast %r0, %r0, 65536\njeq %r0, 0, +1\nstdw [%r0+8], 1\nmov %r0, 0\nexit", HeapAccess},
 	} {
 		insns, err := bytecode.Assemble(tc.src)
 		require.NoError(t, err)
@@ -225,7 +230,7 @@ func TestHeapOrNull(t *testing.T) {
 		require.NoError(t, err, tc.src)
 		var got []Access
 		for _, a := range r.Access {
-			if a != NoAccess {
+			if a != NoAccess && a != CtxAccess {
 				got = append(got, a)
 			}
 		}
