@@ -1,6 +1,7 @@
 package jit_test
 
 import (
+	"fmt"
 	"testing"
 	"time"
 	"unsafe"
@@ -78,8 +79,13 @@ func corpusProgram(b *testing.B, m *jit.Machine, bc benchprog.Program) (asm.Inst
 func BenchmarkEmpty(b *testing.B) {
 	m := machine(b)
 	p := compile(b, asm.Instructions{asm.Mov.Imm(asm.R0, 0), asm.Return()})
-	for b.Loop() {
-		m.Run(p, nil)
+	for _, n := range []int{0, 48} { // no context; the runtime's
+		ctx := make([]byte, n)
+		b.Run(fmt.Sprintf("ctx-%d", n), func(b *testing.B) {
+			for b.Loop() {
+				m.Run(p, ctx)
+			}
+		})
 	}
 }
 

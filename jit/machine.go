@@ -281,13 +281,22 @@ func (m *Machine) Run(p *Program, ctx []byte) (uint64, error) {
 		return 0, fmt.Errorf("jit: context of %d bytes exceeds %d", len(ctx), MaxCtxSize)
 	}
 	ctxAt := m.scratch + ctxOffset
+	if len(ctx) == 0 {
+		return m.run(p, 0, nil)
+	}
 	sb := m.Sandbox()
 	copy(sb[ctxAt:], ctx)
-	defer copy(ctx, sb[ctxAt:])
+	r0, err := m.run(p, m.Base()+ctxAt, ctx)
+	copy(ctx, sb[ctxAt:])
+	return r0, err
+}
+
+// run is Run after the context is in the sandbox at address ctxAddr.
+func (m *Machine) run(p *Program, ctxAddr uint64, ctx []byte) (uint64, error) {
 	c := m.ctx
 	c.regs = [11]uint64{}
 	if len(ctx) > 0 {
-		c.regs[1], c.regs[2] = m.Base()+ctxAt, uint64(len(ctx))
+		c.regs[1], c.regs[2] = ctxAddr, uint64(len(ctx))
 	}
 	if len(ctx) >= 8 {
 		c.regs[3] = m.Base() + binary.LittleEndian.Uint64(ctx)&(m.size-1)
@@ -298,7 +307,9 @@ func (m *Machine) Run(p *Program, ctx []byte) (uint64, error) {
 	if c.mayGoto == 0 {
 		c.mayGoto = interp.DefaultMayGoto
 	}
-	atomic.StoreUint32(m.term, 0)
+	if m.terminated() { // a plain load; the store (an XCHG) only when needed
+		atomic.StoreUint32(m.term, 0)
+	}
 	for {
 		enter(uintptr(unsafe.Pointer(c)))
 		runtime.KeepAlive(p)
