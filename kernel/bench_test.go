@@ -12,6 +12,8 @@ import (
 	"github.com/kflex-go/kflex/internal/benchprog"
 	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/jit/interp"
+	"github.com/kflex-go/kflex/serve"
+	"github.com/kflex-go/kflex/verifier"
 )
 
 // heapPrologue points r6 at the heap: the arena's user address cast to the
@@ -27,8 +29,8 @@ func heapPrologue(a *Arena, r6 uint64, refArena bool) asm.Instructions {
 
 // BenchmarkExecutorsVsKernel runs each benchmark program, in the form the
 // kernel accepts (benchprog.BuildArena: the same bytecode everywhere, the data
-// in one arena), in the interpreter, in kflex's JIT (every access guarded, and
-// unguarded) and in the kernel (XDP test runs, JIT-compiled), side by side, and
+// in one arena), in the interpreter, in kflex's JIT (every access guarded, with
+// the guards the verifier keeps, and unguarded) and in the kernel (XDP test runs, JIT-compiled), side by side, and
 // reports the per-run times and the ratios to the kernel. The kernel's figure is
 // its own per-iteration time inside one test run; kflex's includes the entry
 // from Go, which the "empty" program measures for both.
@@ -58,8 +60,11 @@ func BenchmarkExecutorsVsKernel(b *testing.B) {
 			runs := map[string]func() (uint64, error){
 				"interp": func() (uint64, error) { return im.Run(ip, nil) },
 			}
-			for name, g := range map[string]jit.Guard{"jit": jit.GuardAll, "jit-unguarded": jit.GuardNone} {
-				p, err := jit.CompileGuarded(ours, g)
+			res, err := verifier.Verify(ours, verifier.Config{})
+			require.NoError(b, err)
+			for name, o := range map[string]jit.Options{"jit": {Guard: jit.GuardAll},
+				"jit-verified": {Access: serve.AccessModes(res)}, "jit-unguarded": {Guard: jit.GuardNone}} {
+				p, err := jit.CompileWith(ours, o)
 				require.NoError(b, err)
 				defer p.Close()
 				runs[name] = func() (uint64, error) { return jm.Run(p, nil) }
@@ -97,6 +102,7 @@ func BenchmarkExecutorsVsKernel(b *testing.B) {
 			b.ReportMetric(ns["interp"]/executed, "interp-ns/insn")
 			b.ReportMetric(ns["interp"]/ns["kernel"], "interp/kernel")
 			b.ReportMetric(ns["jit"]/ns["kernel"], "jit/kernel")
+			b.ReportMetric(ns["jit-verified"]/ns["kernel"], "verified/kernel")
 			b.ReportMetric(ns["jit-unguarded"]/ns["kernel"], "unguarded/kernel")
 			b.ReportMetric(executed, "insns/run")
 		})

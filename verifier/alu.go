@@ -32,11 +32,13 @@ func (a *analysis) alu(pc int, s *State, in bytecode.Slot, w bool) error {
 	}
 	if op == 0xb0 && in.Off == 1 {
 		// addr_space_cast. Into the engine's view (imm 1) it masks and
-		// rebases like a guard, keeping NULL: a checked pointer or 0. Into the
-		// canonical view: a heap pointer, as a number.
+		// rebases like a guard, keeping NULL: a checked pointer, or 0 if the
+		// source may be 0. Into the canonical view: a heap pointer, as a number.
 		s.Regs[in.Dst] = unknownScalar()
 		if in.Imm == 1 {
-			s.Regs[in.Dst] = Reg{Kind: Scalar, Val: Unknown, Checked: true, MaybeNull: true}
+			nonZero := src.Kind == PtrCtx || src.Kind == PtrStack ||
+				src.Kind == Scalar && (src.Val.Value != 0 || src.UMin > 0 || src.Checked && !src.MaybeNull)
+			s.Regs[in.Dst] = Reg{Kind: Scalar, Val: Unknown, Checked: true, MaybeNull: !nonZero}
 		}
 		return nil
 	}

@@ -222,6 +222,9 @@ func TestHeapOrNull(t *testing.T) {
 		// addr_space_cast into the engine's view masks like a guard and keeps NULL.
 		{"ldxdw %r0, [%r1+0]\naddr_space_cast %r0, %r0, 1\njeq %r0, 0, +1\nstdw [%r0+8], 1\nmov %r0, 0\nexit", HeapChecked},
 		{"ldxdw %r0, [%r1+0]\naddr_space_cast %r0, %r0, 1\nstdw [%r0+8], 1\nmov %r0, 0\nexit", HeapAccess},
+		{"lddw %r0, 0x10000\naddr_space_cast %r0, %r0, 1\nstdw [%r0+8], 1\nmov %r0, 0\nexit", HeapChecked},
+		{"ldxdw %r0, [%r1+0]\nor %r0, 1\naddr_space_cast %r0, %r0, 1\nstdw [%r0+8], 1\nmov %r0, 0\nexit", HeapChecked},
+		{"lddw %r0, 0\naddr_space_cast %r0, %r0, 1\nstdw [%r0+8], 1\nmov %r0, 0\nexit", HeapAccess},
 		{"ldxdw %r0, [%r1+0]\naddr_space_cast %r0, %r0, 65536\njeq %r0, 0, +1\nstdw [%r0+8], 1\nmov %r0, 0\nexit", HeapAccess},
 	} {
 		insns, err := bytecode.Assemble(tc.src)
