@@ -132,7 +132,7 @@ func mixedContention(t *testing.T, h *heap.Heap, a *kernel.Arena, childEnv strin
 	}
 	kernelDone := func() {}
 	if kernelThreads > 0 {
-		kernelDone = kernelContenders(t, &wg, a, h, locks, kernelThreads, kernelRounds)
+		kernelDone = kernelContenders(t, &wg, a, h, locks, kernelThreads, kernelRounds, 8)
 	}
 	wg.Wait()
 	kernelDone()
@@ -146,18 +146,18 @@ func mixedContention(t *testing.T, h *heap.Heap, a *kernel.Arena, childEnv strin
 	t.Logf("%d acquisitions", total)
 }
 
-// kernelContenders starts threads that each take the locks at locks (eight
+// kernelContenders starts threads that each take the locks at locks (nlocks
 // {word, counter} pairs) rounds times in turn through kernel.LockCounter, with
 // a queue node of their own, retrying a lock that timed out. The returned
 // function, called after wg's Wait, releases what they used.
-func kernelContenders(t *testing.T, wg *sync.WaitGroup, a *kernel.Arena, h *heap.Heap, locks uint64, threads, rounds int) func() {
+func kernelContenders(t *testing.T, wg *sync.WaitGroup, a *kernel.Arena, h *heap.Heap, locks uint64, threads, rounds, nlocks int) func() {
 	lc, err := kernel.LoadLockProgram(a, kernel.LockCounter, mcs.KernelSpinTimeout)
 	require.NoError(t, err)
 	p, err := mcs.Attach(h)
 	require.NoError(t, err)
 	for th := range threads {
 		n := p.TakeNode()
-		var ctxs [8][]byte
+		ctxs := make([][]byte, nlocks)
 		for i := range ctxs {
 			ctxs[i] = kernel.LockArgs{Lock: h.Base() + locks + uint64(16*i), Node: n, Held: mcs.Held(p.Slot()),
 				Base: h.Base(), Table: h.Header().NodeOff}.Context()
@@ -168,7 +168,7 @@ func kernelContenders(t *testing.T, wg *sync.WaitGroup, a *kernel.Arena, h *heap
 			defer runtime.UnlockOSThread()
 			timeouts, busy := 0, 0
 			for r := 0; r < rounds; {
-				switch res, err := lc.Lock(ctxs[(th+r)%8]); {
+				switch res, err := lc.Lock(ctxs[(th+r)%nlocks]); {
 				case err != nil:
 					t.Error(err)
 					return

@@ -83,6 +83,8 @@ type Runtime struct {
 	stops   []func() // stop the event sources (timers, UDP sockets)
 	wg      sync.WaitGroup
 	yields  atomic.Uint64
+	shareFD int      // what attached processes map the heap from
+	kind    HeapKind // and what it is
 }
 
 // executor is one JIT machine with its own stack in the heap, its queue node
@@ -111,6 +113,10 @@ type Options struct {
 	JIT         int       // executors running compiled code
 	Interpreted int       // executors running the interpreter (the JIT's oracle)
 	Trace       io.Writer // HelperTrace's output (nil: discarded)
+	// ArenaFD, for a heap in a BPF arena (kernel.Arena.NewHeap), is the
+	// arena map's descriptor: attached processes map the heap from it. Zero
+	// for a heap file or memfd, whose own descriptor is sent.
+	ArenaFD int
 }
 
 // NewWith is New with every option.
@@ -127,7 +133,10 @@ func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runti
 		return nil, err
 	}
 	rt := &Runtime{h: h, proc: proc, progs: map[string]*jit.Program{}, iprogs: map[string]*interp.Program{},
-		execs: make(chan *executor, n), trace: o.Trace, conns: map[net.Conn]bool{}}
+		execs: make(chan *executor, n), trace: o.Trace, conns: map[net.Conn]bool{}, shareFD: h.Fd(), kind: HeapFile}
+	if o.ArenaFD > 0 {
+		rt.shareFD, rt.kind = o.ArenaFD, HeapArena
+	}
 	for name, insns := range progs {
 		res, err := verifier.Verify(insns, VerifierConfig())
 		if err != nil {
@@ -358,6 +367,9 @@ func (rt *Runtime) SliceYields() uint64 { return rt.yields.Load() }
 
 // Serve accepts attached processes on ln until it is closed.
 func (rt *Runtime) Serve(ln *net.UnixListener) error {
+	if rt.shareFD < 0 {
+		return fmt.Errorf("serve: heap %s has no descriptor to give attached processes (a heap in an arena needs Options.ArenaFD)", rt.h.Name())
+	}
 	for {
 		c, err := ln.AcceptUnix()
 		if err != nil {
@@ -380,7 +392,7 @@ func (rt *Runtime) serveConn(c *net.UnixConn) {
 		rt.mu.Unlock()
 		c.Close()
 	}()
-	if _, _, err := c.WriteMsgUnix(encodeHello(rt.h.Size()), unix.UnixRights(rt.h.Fd()), nil); err != nil {
+	if _, _, err := c.WriteMsgUnix(encodeHello(rt.h.Size(), rt.kind), unix.UnixRights(rt.shareFD), nil); err != nil {
 		return
 	}
 	buf := make([]byte, 12+maxNameLen+1)

@@ -18,6 +18,7 @@ import (
 	"github.com/kflex-go/kflex/heap"
 	"github.com/kflex-go/kflex/internal/testutil"
 	"github.com/kflex-go/kflex/jit"
+	"github.com/kflex-go/kflex/kernel"
 	"github.com/kflex-go/kflex/mcs"
 	"github.com/kflex-go/kflex/rseq"
 	"github.com/kflex-go/kflex/serve"
@@ -69,15 +70,19 @@ func start(t testing.TB) *fixture {
 	if err := jit.Supported(); err != nil {
 		t.Skipf("skipped: %v", err)
 	}
-	dir := t.TempDir()
-	h, err := heap.Create(filepath.Join(dir, "heap"), &heap.Options{Params: heap.Params{Size: 8 << 20}})
+	h, err := heap.Create(filepath.Join(t.TempDir(), "heap"), &heap.Options{Params: heap.Params{Size: 8 << 20}})
 	require.NoError(t, err)
-	rt, err := serve.New(h, programs(t), 2, io.Discard)
+	return startOn(t, h, serve.Options{JIT: 2})
+}
+
+// startOn is start with heap h and options o; the fixture closes h.
+func startOn(t testing.TB, h *heap.Heap, o serve.Options) *fixture {
+	rt, err := serve.NewWith(h, programs(t), o)
 	require.NoError(t, err)
 	lock, err := h.Alloc(16)
 	require.NoError(t, err)
 	*h.Uint64(lock), *h.Uint64(lock + 8) = 0, 0
-	f := &fixture{h: h, rt: rt, socket: filepath.Join(dir, "sock"), lock: lock, done: make(chan error, 1)}
+	f := &fixture{h: h, rt: rt, socket: filepath.Join(t.TempDir(), "sock"), lock: lock, done: make(chan error, 1)}
 	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: f.socket, Net: "unixpacket"})
 	require.NoError(t, err)
 	go func() { f.done <- rt.Serve(ln) }()
@@ -127,6 +132,42 @@ func TestClientsAcrossProcesses(t *testing.T) {
 	wg.Wait()
 	// Each child: rounds invocations and rounds Go acquisitions.
 	assert.Equal(t, uint64(children*rounds*2), *f.h.Uint64(f.lock + 8))
+	assert.Zero(t, *f.h.Uint64(f.lock))
+}
+
+// TestClientsOnArena is TestClientsAcrossProcesses with the runtime's heap in
+// a BPF arena: the children dial and map the arena (userspace.Dial sees the
+// kind in the greeting), and a kernel thread takes the same lock through the
+// lock's kernel form meanwhile.
+func TestClientsOnArena(t *testing.T) {
+	if testutil.Role() == roleClient {
+		clientChild(t)
+		return
+	}
+	if err := jit.Supported(); err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	testutil.RequireFeature(t, kernel.HaveArena())
+	a, err := kernel.NewArena(8 << 20)
+	require.NoError(t, err)
+	t.Cleanup(func() { a.Close() }) // after the fixture's cleanup, which uses it
+	h, err := a.NewHeap(nil)
+	require.NoError(t, err)
+	f := startOn(t, h, serve.Options{JIT: 2, ArenaFD: a.FD()})
+	const children, rounds, kernelRounds = 2, 2000, 2000
+	var wg sync.WaitGroup
+	for range children {
+		cmd := testutil.Child(t, "TestClientsOnArena", roleClient, "KFLEX_SOCKET="+f.socket,
+			fmt.Sprintf("KFLEX_LOCK=%d", f.lock), fmt.Sprintf("KFLEX_ROUNDS=%d", rounds))
+		wg.Go(func() {
+			out, err := cmd.Output()
+			assert.NoError(t, err, "%s", out)
+		})
+	}
+	done := kernelContenders(t, &wg, a, h, f.lock, 1, kernelRounds, 1)
+	wg.Wait()
+	done()
+	assert.Equal(t, uint64(children*rounds*2+kernelRounds), *f.h.Uint64(f.lock + 8))
 	assert.Zero(t, *f.h.Uint64(f.lock))
 }
 

@@ -8,6 +8,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kflex-go/kflex/kernel"
 	"github.com/kflex-go/kflex/serve"
 )
 
@@ -48,7 +49,8 @@ func Dial(socket string, opts *Options) (*Client, error) {
 	if fdErr == nil {
 		defer unix.Close(fd)
 	}
-	if _, err := serve.DecodeHello(buf[:n]); err != nil {
+	_, kind, err := serve.DecodeHello(buf[:n])
+	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("kflex runtime at %s: %w", socket, err)
 	}
@@ -56,12 +58,38 @@ func Dial(socket string, opts *Options) (*Client, error) {
 		conn.Close()
 		return nil, fmt.Errorf("kflex runtime at %s: %w", socket, fdErr)
 	}
-	h, err := AttachFD(fd, opts)
+	var h *Heap
+	if kind == serve.HeapArena {
+		h, err = attachArena(fd)
+	} else {
+		h, err = AttachFD(fd, opts)
+	}
 	if err != nil {
 		conn.Close()
-		return nil, err
+		return nil, fmt.Errorf("kflex runtime at %s: %w", socket, err)
 	}
 	return &Client{Heap: h, conn: conn, path: socket}, nil
+}
+
+// attachArena maps the BPF arena behind fd at its address (every process
+// shares that view, so MapAt does not apply) and attaches to the heap in it.
+func attachArena(fd int) (*Heap, error) {
+	a, err := kernel.OpenArena(fd)
+	if err != nil {
+		return nil, err
+	}
+	raw, err := a.OpenHeap()
+	if err != nil {
+		a.Close()
+		return nil, err
+	}
+	h, err := attach(raw)
+	if err != nil {
+		a.Close()
+		return nil, err
+	}
+	h.release = a.Close
+	return h, nil
 }
 
 func receivedFD(oob []byte) (int, error) {

@@ -33,10 +33,11 @@ type Ptr uint64
 
 // Heap is an attached heap.
 type Heap struct {
-	h     *heap.Heap
-	proc  *mcs.Process
-	local translate.View
-	canon translate.View
+	h       *heap.Heap
+	proc    *mcs.Process
+	local   translate.View
+	canon   translate.View
+	release func() error // unmaps memory the heap lives in (an arena), or nil
 }
 
 // Options for attaching. MapAt forces the mapping address (aligned to the heap
@@ -113,7 +114,13 @@ func attach(h *heap.Heap) (*Heap, error) {
 // may be held, and no Ptr from it used, afterwards.
 func (h *Heap) Close() error {
 	h.proc.Detach()
-	return h.h.Close()
+	err := h.h.Close()
+	if h.release != nil {
+		if rerr := h.release(); err == nil {
+			err = rerr
+		}
+	}
+	return err
 }
 
 // Raw is the underlying heap mapping.

@@ -18,6 +18,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kflex-go/kflex/internal/testutil"
+	"github.com/kflex-go/kflex/kernel"
 	"github.com/kflex-go/kflex/mcs"
 	"github.com/kflex-go/kflex/serve"
 	"github.com/kflex-go/kflex/userspace"
@@ -195,11 +196,22 @@ func TestBenchJSON(t *testing.T) {
 // TestServe runs "kflex serve" as a process, attaches to it, invokes an
 // extension, and stops it with SIGTERM.
 func TestServe(t *testing.T) {
+	t.Run("memfd", func(t *testing.T) { testServe(t) })
+	t.Run("arena", func(t *testing.T) {
+		testutil.RequireFeature(t, kernel.HaveArena())
+		testServe(t, "--arena")
+	})
+	code, _, stderr := kflex("serve", "--socket", "s", "--arena", "--heap", "h", "p.s")
+	assert.Equal(t, 2, code)
+	assert.Contains(t, stderr, "--heap and --arena exclude each other")
+}
+
+func testServe(t *testing.T, flags ...string) {
 	dir := t.TempDir()
 	prog := filepath.Join(dir, "add1.s")
 	require.NoError(t, os.WriteFile(prog, []byte("ldxdw %r0, [%r1+0]\nadd %r0, 1\nexit\n"), 0o600))
 	sock := filepath.Join(dir, "sock")
-	cmd := exec.Command(os.Args[0], "serve", "--socket", sock, "--size", "16M", "--threads", "1", prog)
+	cmd := exec.Command(os.Args[0], append(append([]string{"serve", "--socket", sock, "--size", "16M", "--threads", "1"}, flags...), prog)...)
 	cmd.Env = append(os.Environ(), "KFLEX_CLI=1")
 	var out bytes.Buffer
 	cmd.Stdout, cmd.Stderr = &out, &out

@@ -16,6 +16,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 
 	"github.com/kflex-go/kflex/heap"
+	"github.com/kflex-go/kflex/kernel"
 	"github.com/kflex-go/kflex/serve"
 )
 
@@ -24,8 +25,10 @@ func init() {
 }
 
 func runServe(args []string, out io.Writer) error {
-	fs := newFlags("serve", "--socket PATH [--heap PATH] [--size SIZE] [--threads N] [--every NAME@INTERVAL]... [--udp NAME@ADDR]... PROG...", `Run the extension runtime. It opens the heap file at --heap (creating it with
---size if it does not exist; without --heap, an anonymous heap), compiles each
+	fs := newFlags("serve", "--socket PATH [--heap PATH | --arena] [--size SIZE] [--threads N] [--every NAME@INTERVAL]... [--udp NAME@ADDR]... PROG...", `Run the extension runtime. It opens the heap file at --heap (creating it with
+--size if it does not exist; without --heap, an anonymous heap; with --arena, a
+heap in a new BPF arena of --size, at most 4G, which kernel programs can share:
+root and Linux 6.9+), compiles each
 PROG (ELF object, kflex assembler text or raw bytecode; its name is the file name
 without extension) and serves processes that attach at --socket
 (userspace.Dial): they receive the heap and invoke the extensions by name.
@@ -36,6 +39,7 @@ length in the context, and replies with a zero byte and r0 (8 bytes, little-
 endian) or a one byte and the error. Stops on SIGINT or SIGTERM.`, out)
 	socket := fs.String("socket", "", "unix socket to listen on (required)")
 	heapPath := fs.String("heap", "", "heap file (default: an anonymous memfd heap)")
+	inArena := fs.Bool("arena", false, "put the heap in a new BPF arena")
 	sizeFlag := fs.String("size", "256M", "size of a new heap")
 	threads := fs.Int("threads", 2, "executor threads")
 	var timers []timerFlag
@@ -67,6 +71,9 @@ endian) or a one byte and the error. Stops on SIGINT or SIGTERM.`, out)
 	if *socket == "" || fs.NArg() == 0 {
 		return fmt.Errorf("serve: %w: need --socket and at least one program (see 'kflex serve -h')", errUsage)
 	}
+	if *inArena && *heapPath != "" {
+		return fmt.Errorf("serve: %w: --heap and --arena exclude each other", errUsage)
+	}
 	progs := map[string]asm.Instructions{}
 	for _, path := range fs.Args() {
 		insns, err := loadProgram(path)
@@ -83,12 +90,23 @@ endian) or a one byte and the error. Stops on SIGINT or SIGTERM.`, out)
 	if err != nil {
 		return fmt.Errorf("serve: %w: %v", errUsage, err)
 	}
-	h, err := openOrCreateHeap(*heapPath, size)
-	if err != nil {
+	opts := serve.Options{JIT: *threads, Trace: out}
+	var h *heap.Heap
+	if *inArena {
+		a, err := kernel.NewArena(size)
+		if err != nil {
+			return fmt.Errorf("serve: %w", err)
+		}
+		defer a.Close()
+		if h, err = a.NewHeap(nil); err != nil {
+			return fmt.Errorf("serve: %w", err)
+		}
+		opts.ArenaFD = a.FD()
+	} else if h, err = openOrCreateHeap(*heapPath, size); err != nil {
 		return err
 	}
 	defer h.Close()
-	rt, err := serve.New(h, progs, *threads, out)
+	rt, err := serve.NewWith(h, progs, opts)
 	if err != nil {
 		return err
 	}
