@@ -147,6 +147,26 @@ func refine(op uint8, x Reg, k uint64) (taken, fall Reg, takenOK, fallOK bool) {
 	}
 }
 
+// refine32 is refine for a 32-bit comparison (jmp32), which compares the low
+// halves. Where x is known to fit in 32 bits its low half is x itself, so the
+// 64-bit refinement with k's low half applies, and for the signed orders
+// where x also fits in 31 bits (non-negative as an int32) with k's low half
+// sign-extended. Otherwise nothing is learnt (both sides stay possible).
+func refine32(op uint8, x Reg, k uint64) (taken, fall Reg, takenOK, fallOK bool) {
+	_, hi := x.Bounds()
+	switch op {
+	case 0x10, 0x50, 0x20, 0x30, 0xa0, 0xb0:
+		if hi <= math.MaxUint32 {
+			return refine(op, x, uint64(uint32(k)))
+		}
+	case 0x60, 0x70, 0xc0, 0xd0:
+		if hi <= math.MaxInt32 {
+			return refine(op, x, uint64(int64(int32(k))))
+		}
+	}
+	return x, x, true, true
+}
+
 // refineSigned narrows x for a signed comparison with a constant k >= 0, where
 // the unsigned bounds can say something: x >= k (signed) puts x in [k,
 // MaxInt64]; x <= k (signed) puts it in [0, k] only if x cannot be negative.

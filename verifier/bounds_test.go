@@ -59,6 +59,65 @@ func TestRefineSound(t *testing.T) {
 	t.Logf("%d cases", checked)
 }
 
+// TestRefine32Sound is TestRefineSound for 32-bit comparisons, which look at
+// the low halves only; the ranges include values past 32 bits, where nothing
+// may be learnt.
+func TestRefine32Sound(t *testing.T) {
+	values := []uint64{0, 1, 5, 99, 100, 101, math.MaxInt32 - 1, math.MaxInt32, 1 << 31, math.MaxUint32 - 1,
+		math.MaxUint32, 1 << 32, 1<<32 + 5, 1<<32 + 100, math.MaxUint64}
+	consts := []uint64{0, 1, 5, 100, math.MaxInt32, 1 << 31, math.MaxUint32, 1<<32 + 5, math.MaxUint64}
+	ranges := [][2]uint64{{0, math.MaxUint64}, {0, 200}, {5, 100}, {0, math.MaxUint32}, {0, math.MaxInt32},
+		{1 << 31, math.MaxUint32}, {0, 1<<32 + 100}}
+	holds := map[uint8]func(v, k uint32) bool{
+		0x10: func(v, k uint32) bool { return v == k },
+		0x50: func(v, k uint32) bool { return v != k },
+		0x20: func(v, k uint32) bool { return v > k },
+		0x30: func(v, k uint32) bool { return v >= k },
+		0xa0: func(v, k uint32) bool { return v < k },
+		0xb0: func(v, k uint32) bool { return v <= k },
+		0x60: func(v, k uint32) bool { return int32(v) > int32(k) },
+		0x70: func(v, k uint32) bool { return int32(v) >= int32(k) },
+		0xc0: func(v, k uint32) bool { return int32(v) < int32(k) },
+		0xd0: func(v, k uint32) bool { return int32(v) <= int32(k) },
+	}
+	within := func(r Reg, v uint64) bool {
+		lo, hi := r.Bounds()
+		return r.Val.Contains(v) && lo <= v && v <= hi
+	}
+	checked, narrowed := 0, 0
+	for _, rg := range ranges {
+		x, ok := unknownScalar().withBounds(rg[0], rg[1])
+		if !ok {
+			t.Fatalf("range %v", rg)
+		}
+		for op, cond := range holds {
+			for _, k := range consts {
+				taken, fall, takenOK, fallOK := refine32(op, x, k)
+				if taken != x || fall != x {
+					narrowed++
+				}
+				for _, v := range values {
+					if !within(x, v) {
+						continue
+					}
+					side, sideOK, name := fall, fallOK, "fall"
+					if cond(uint32(v), uint32(k)) {
+						side, sideOK, name = taken, takenOK, "taken"
+					}
+					if !sideOK || !within(side, v) {
+						t.Errorf("op32 %#x k %#x x in %v: value %#x goes %s, which is %v (ok %v)", op, k, rg, v, name, side, sideOK)
+					}
+					checked++
+				}
+			}
+		}
+	}
+	if narrowed == 0 {
+		t.Error("no 32-bit comparison narrowed anything")
+	}
+	t.Logf("%d cases, %d refinements that narrowed", checked, narrowed)
+}
+
 // TestALUBoundsSound: every pair of values in the operands' ranges gives a
 // result inside the result's bounds and tnum.
 func TestALUBoundsSound(t *testing.T) {

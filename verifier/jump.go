@@ -64,8 +64,13 @@ func (a *analysis) jump(pc int, s *State, in bytecode.Slot) error {
 		c, isConst = constOf(src)
 		k = uint64(c)
 	}
-	if in.Op&7 == 0x05 && d.Kind == Scalar && isConst {
-		taken.Regs[in.Dst], fall.Regs[in.Dst], takenOK, fallOK = refine(in.Op&0xf0, d, k)
+	if d.Kind == Scalar && isConst {
+		switch in.Op & 7 {
+		case 0x05:
+			taken.Regs[in.Dst], fall.Regs[in.Dst], takenOK, fallOK = refine(in.Op&0xf0, d, k)
+		case 0x06:
+			taken.Regs[in.Dst], fall.Regs[in.Dst], takenOK, fallOK = refine32(in.Op&0xf0, d, k)
+		}
 	}
 	if fallOK {
 		a.flow(succ[0], &fall)

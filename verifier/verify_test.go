@@ -436,3 +436,33 @@ func FuzzVerifier(f *testing.F) {
 	f.Add(bytes.Repeat([]byte{0x17, 0x92, 0x01}, 100))
 	f.Fuzz(func(t *testing.T, data []byte) { soundness(t, data) })
 }
+
+// TestJump32Refines: a 32-bit comparison bounds a value known to fit in 32
+// bits (clang's alu32 loop counters), so an index it bounds keeps a checked
+// pointer checked; on a full 64-bit value it says nothing.
+func TestJump32Refines(t *testing.T) {
+	cfg := testConfig
+	cfg.EntryArg = true
+	for _, tc := range []struct {
+		widen string
+		want  Access
+	}{
+		{"mov32 %r5, %r5", HeapChecked},
+		{"mov %r5, %r5", HeapAccess},
+	} {
+		insns, err := bytecode.Assemble(`
+			ldxdw %r5, [%r1+8]
+			` + tc.widen + `
+			jge32 %r5, 16, out
+			lsh %r5, 3
+			add %r5, %r3
+			ldxdw %r0, [%r5+0]
+		out:
+			mov %r0, 0
+			exit`)
+		require.NoError(t, err)
+		r, err := Verify(insns, cfg)
+		require.NoError(t, err)
+		assert.Equal(t, tc.want, r.Access[5], tc.widen)
+	}
+}
