@@ -63,8 +63,8 @@ fuzz:
 # Longer runs of the multi-process and hammer tests.
 stress:
 	CGO_ENABLED=1 $(GO) test -race -count $(STRESS_COUNT) -timeout 60m \
-		-run 'TestMultiProcess|TestHammer|TestFIFO|TestKernelMarksDeath|TestAllocHammer|TestListAcrossViews' \
-		./mcs ./heap ./userspace
+		-run 'TestMultiProcess|TestHammer|TestFIFO|TestKernelMarksDeath|TestAllocHammer|TestListAcrossViews|TestMixedContention|TestKernelLock|TestClientsOnArena|TestLayoutContract' \
+		./mcs ./heap ./userspace ./serve ./kernel
 
 clean:
 	rm -rf $(BIN)
