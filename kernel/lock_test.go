@@ -164,7 +164,9 @@ func TestKernelLockTimeout(t *testing.T) {
 			result := make(chan int32, 1)
 			start := time.Now()
 			go func() { result <- run(t, prog, w.ctx(off, n)) }()
-			require.Eventually(t, func() bool { return tail(off) == n.Index+1 }, 5*time.Second, 100*time.Microsecond,
+			// Watch without a ticker: the waiter stays queued for its deadline
+			// only, and a ticking goroutine can miss that on a loaded machine.
+			require.True(t, spinUntil(func() bool { return tail(off) == n.Index+1 }, timeout),
 				"the kernel waiter queues")
 			if c.follower {
 				wg.Go(func() {
@@ -172,7 +174,7 @@ func TestKernelLockTimeout(t *testing.T) {
 					*w.h.Uint64(off + 8) += 100
 					mu.Unlock()
 				})
-				require.Eventually(t, func() bool { return tail(off) != n.Index+1 }, 5*time.Second, 100*time.Microsecond)
+				require.True(t, spinUntil(func() bool { return tail(off) != n.Index+1 }, timeout), "the follower queues")
 			}
 			assert.Equal(t, int32(mcs.KernelTimedOut), <-result)
 			assert.GreaterOrEqual(t, time.Since(start), timeout)
@@ -187,6 +189,16 @@ func TestKernelLockTimeout(t *testing.T) {
 			require.Zero(t, run(t, prog, w.ctx(off, n)), "and usable")
 		})
 	}
+}
+
+// spinUntil polls cond without sleeping until it holds (true) or d passes.
+func spinUntil(cond func() bool, d time.Duration) bool {
+	for end := time.Now().Add(d); time.Now().Before(end); {
+		if cond() {
+			return true
+		}
+	}
+	return cond()
 }
 
 // TestFutexOnArena: Linux refuses shared futexes on arena memory (EFAULT);

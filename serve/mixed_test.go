@@ -13,6 +13,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/heap"
@@ -113,7 +114,12 @@ func mixedContention(t *testing.T, h *heap.Heap, a *kernel.Arena, childEnv strin
 			"KFLEX_LOCKS="+strings.Join(offs, ","), fmt.Sprintf("KFLEX_ROUNDS=%d", goRounds),
 			fmt.Sprintf("KFLEX_GOROUTINES=%d", goroutines))
 		if kernelThreads > 0 {
-			cmd.ExtraFiles = []*os.File{os.NewFile(uintptr(a.FD()), "arena")}
+			// A duplicate: an os.File closes its descriptor when collected.
+			fd, err := unix.FcntlInt(uintptr(a.FD()), unix.F_DUPFD_CLOEXEC, 0)
+			require.NoError(t, err)
+			f := os.NewFile(uintptr(fd), "arena")
+			defer f.Close()
+			cmd.ExtraFiles = []*os.File{f}
 		}
 		wg.Go(func() {
 			out, err := cmd.Output()
