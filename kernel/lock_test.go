@@ -25,6 +25,10 @@ type lockWorld struct {
 
 func newLockWorld(t *testing.T) *lockWorld {
 	requireArena(t)
+	return arenaWorld(t)
+}
+
+func arenaWorld(t *testing.T) *lockWorld {
 	a, err := NewArena(4 << 20)
 	require.NoError(t, err)
 	h, err := a.NewHeap(nil)

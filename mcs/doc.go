@@ -10,8 +10,11 @@
 // node.go the 64-byte queue node (next, state, owner, lock, slice request);
 // owner.go the owner table and the liveness word the kernel marks when a
 // process dies. lock.go is the Go side; bytecode.go the same protocol as eBPF
-// subprograms (BytecodeLock), tested together on one word in
-// TestBytecodeLockMixed.
+// subprograms, built from one template in two forms: BytecodeLock for kflex's
+// executors and KernelLock for Linux on a BPF arena. They are tested together
+// on one word in TestBytecodeLockMixed, and pair by pair, state by state, in
+// the kernel package's TestLayoutContract (which can reach every executor,
+// Linux included).
 //
 // # The protocol in short
 //
@@ -23,8 +26,11 @@
 // held bits to zero, or, with a queue, clearing the locked bit and owner.
 // Go waiters spin briefly and then sleep on a shared futex with a timeout;
 // bytecode waiters spin (their loops are cancellation points and relax through
-// a helper). While the head is off CPU a newcomer may take a free lock ahead of
-// the queue (RATIONALE.md says why); queued waiters are never reordered.
+// a helper). Kernel waiters spin against a deadline and, when it passes, leave
+// the queue: a waiting node is marked abandoned, which every granter skips and
+// frees; a head passes its position on. While the head is off CPU a newcomer
+// may take a free lock ahead of the queue (RATIONALE.md says why); queued
+// waiters are never reordered.
 //
 // Recovery of locks held by dead processes, and of queues with dead waiters,
 // uses the owner-died bit and the liveness words; it is not implemented yet.

@@ -121,14 +121,7 @@ func TestClientsAcrossProcesses(t *testing.T) {
 	f := start(t)
 	const children, rounds = 2, 2000
 	var wg sync.WaitGroup
-	for range children {
-		cmd := testutil.Child(t, "TestClientsAcrossProcesses", roleClient, "KFLEX_SOCKET="+f.socket,
-			fmt.Sprintf("KFLEX_LOCK=%d", f.lock), fmt.Sprintf("KFLEX_ROUNDS=%d", rounds))
-		wg.Go(func() {
-			out, err := cmd.Output()
-			assert.NoError(t, err, "%s", out)
-		})
-	}
+	f.clients(t, &wg, children, rounds)
 	wg.Wait()
 	// Each child: rounds invocations and rounds Go acquisitions.
 	assert.Equal(t, uint64(children*rounds*2), *f.h.Uint64(f.lock + 8))
@@ -156,19 +149,26 @@ func TestClientsOnArena(t *testing.T) {
 	f := startOn(t, h, serve.Options{JIT: 2, ArenaFD: a.FD()})
 	const children, rounds, kernelRounds = 2, 2000, 2000
 	var wg sync.WaitGroup
-	for range children {
-		cmd := testutil.Child(t, "TestClientsOnArena", roleClient, "KFLEX_SOCKET="+f.socket,
+	f.clients(t, &wg, children, rounds)
+	done := kernelContenders(t, &wg, a, h, f.lock, 1, kernelRounds, 1)
+	wg.Wait()
+	done()
+	assert.Equal(t, uint64(children*rounds*2+kernelRounds), *f.h.Uint64(f.lock + 8))
+	assert.Zero(t, *f.h.Uint64(f.lock))
+}
+
+// clients starts n child processes (clientChild) that dial f's runtime, each
+// doing rounds invocations of the counter and rounds Go acquisitions of f's
+// lock; they are done when wg is.
+func (f *fixture) clients(t *testing.T, wg *sync.WaitGroup, n, rounds int) {
+	for range n {
+		cmd := testutil.Child(t, t.Name(), roleClient, "KFLEX_SOCKET="+f.socket,
 			fmt.Sprintf("KFLEX_LOCK=%d", f.lock), fmt.Sprintf("KFLEX_ROUNDS=%d", rounds))
 		wg.Go(func() {
 			out, err := cmd.Output()
 			assert.NoError(t, err, "%s", out)
 		})
 	}
-	done := kernelContenders(t, &wg, a, h, f.lock, 1, kernelRounds, 1)
-	wg.Wait()
-	done()
-	assert.Equal(t, uint64(children*rounds*2+kernelRounds), *f.h.Uint64(f.lock + 8))
-	assert.Zero(t, *f.h.Uint64(f.lock))
 }
 
 func clientChild(t *testing.T) {

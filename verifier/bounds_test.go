@@ -7,45 +7,48 @@ import (
 	"github.com/kflex-go/kflex/bytecode"
 )
 
-// TestRefineSound: for every comparison the refinement handles, every value
-// the register may hold lands on the side the comparison sends it to, inside
-// that side's bounds (and that side is not called impossible).
-func TestRefineSound(t *testing.T) {
-	values := []uint64{0, 1, 2, 3, 5, 7, 99, 100, 101, 200, 1000, math.MaxInt64 - 1, math.MaxInt64,
-		1 << 63, 1<<63 + 1, math.MaxUint64 - 1, math.MaxUint64}
-	consts := []uint64{0, 1, 5, 100, 200, math.MaxInt64, 1 << 63, math.MaxUint64}
-	ranges := [][2]uint64{{0, math.MaxUint64}, {0, 200}, {5, 100}, {1, 1 << 63}, {100, 100}}
-	holds := map[uint8]func(v, k uint64) bool{
-		0x10: func(v, k uint64) bool { return v == k },
-		0x50: func(v, k uint64) bool { return v != k },
-		0x20: func(v, k uint64) bool { return v > k },
-		0x30: func(v, k uint64) bool { return v >= k },
-		0xa0: func(v, k uint64) bool { return v < k },
-		0xb0: func(v, k uint64) bool { return v <= k },
-		0x60: func(v, k uint64) bool { return int64(v) > int64(k) },
-		0x70: func(v, k uint64) bool { return int64(v) >= int64(k) },
-		0xc0: func(v, k uint64) bool { return int64(v) < int64(k) },
-		0xd0: func(v, k uint64) bool { return int64(v) <= int64(k) },
-	}
+// comparisons is what each jump operation decides, on 64 bits.
+var comparisons = map[uint8]func(v, k uint64) bool{
+	0x10: func(v, k uint64) bool { return v == k },
+	0x50: func(v, k uint64) bool { return v != k },
+	0x20: func(v, k uint64) bool { return v > k },
+	0x30: func(v, k uint64) bool { return v >= k },
+	0xa0: func(v, k uint64) bool { return v < k },
+	0xb0: func(v, k uint64) bool { return v <= k },
+	0x60: func(v, k uint64) bool { return int64(v) > int64(k) },
+	0x70: func(v, k uint64) bool { return int64(v) >= int64(k) },
+	0xc0: func(v, k uint64) bool { return int64(v) < int64(k) },
+	0xd0: func(v, k uint64) bool { return int64(v) <= int64(k) },
+}
+
+// checkRefinement runs refinement fn for every comparison, constant and
+// range, and checks that every value the register may hold lands on the side
+// the comparison (decided by holds) sends it to, inside that side's bounds,
+// and that side is not called impossible. It returns how many cases it
+// checked and how many refinements narrowed the register.
+func checkRefinement(t *testing.T, fn func(op uint8, x Reg, k uint64) (Reg, Reg, bool, bool),
+	holds func(op uint8, v, k uint64) bool, values, consts []uint64, ranges [][2]uint64) (checked, narrowed int) {
 	within := func(r Reg, v uint64) bool {
 		lo, hi := r.Bounds()
 		return r.Val.Contains(v) && lo <= v && v <= hi
 	}
-	checked := 0
 	for _, rg := range ranges {
 		x, ok := unknownScalar().withBounds(rg[0], rg[1])
 		if !ok {
 			t.Fatalf("range %v", rg)
 		}
-		for op, cond := range holds {
+		for op := range comparisons {
 			for _, k := range consts {
-				taken, fall, takenOK, fallOK := refine(op, x, k)
+				taken, fall, takenOK, fallOK := fn(op, x, k)
+				if taken != x || fall != x {
+					narrowed++
+				}
 				for _, v := range values {
 					if !within(x, v) {
 						continue
 					}
 					side, sideOK, name := fall, fallOK, "fall"
-					if cond(v, k) {
+					if holds(op, v, k) {
 						side, sideOK, name = taken, takenOK, "taken"
 					}
 					if !sideOK || !within(side, v) {
@@ -56,62 +59,37 @@ func TestRefineSound(t *testing.T) {
 			}
 		}
 	}
+	return checked, narrowed
+}
+
+// TestRefineSound: 64-bit comparisons refine soundly (checkRefinement).
+func TestRefineSound(t *testing.T) {
+	values := []uint64{0, 1, 2, 3, 5, 7, 99, 100, 101, 200, 1000, math.MaxInt64 - 1, math.MaxInt64,
+		1 << 63, 1<<63 + 1, math.MaxUint64 - 1, math.MaxUint64}
+	consts := []uint64{0, 1, 5, 100, 200, math.MaxInt64, 1 << 63, math.MaxUint64}
+	ranges := [][2]uint64{{0, math.MaxUint64}, {0, 200}, {5, 100}, {1, 1 << 63}, {100, 100}}
+	holds := func(op uint8, v, k uint64) bool { return comparisons[op](v, k) }
+	checked, _ := checkRefinement(t, refine, holds, values, consts, ranges)
 	t.Logf("%d cases", checked)
 }
 
-// TestRefine32Sound is TestRefineSound for 32-bit comparisons, which look at
-// the low halves only; the ranges include values past 32 bits, where nothing
-// may be learnt.
+// TestRefine32Sound: 32-bit comparisons, which look at the low halves only,
+// refine soundly; the ranges include values past 32 bits, where nothing may
+// be learnt.
 func TestRefine32Sound(t *testing.T) {
 	values := []uint64{0, 1, 5, 99, 100, 101, math.MaxInt32 - 1, math.MaxInt32, 1 << 31, math.MaxUint32 - 1,
 		math.MaxUint32, 1 << 32, 1<<32 + 5, 1<<32 + 100, math.MaxUint64}
 	consts := []uint64{0, 1, 5, 100, math.MaxInt32, 1 << 31, math.MaxUint32, 1<<32 + 5, math.MaxUint64}
 	ranges := [][2]uint64{{0, math.MaxUint64}, {0, 200}, {5, 100}, {0, math.MaxUint32}, {0, math.MaxInt32},
 		{1 << 31, math.MaxUint32}, {0, 1<<32 + 100}}
-	holds := map[uint8]func(v, k uint32) bool{
-		0x10: func(v, k uint32) bool { return v == k },
-		0x50: func(v, k uint32) bool { return v != k },
-		0x20: func(v, k uint32) bool { return v > k },
-		0x30: func(v, k uint32) bool { return v >= k },
-		0xa0: func(v, k uint32) bool { return v < k },
-		0xb0: func(v, k uint32) bool { return v <= k },
-		0x60: func(v, k uint32) bool { return int32(v) > int32(k) },
-		0x70: func(v, k uint32) bool { return int32(v) >= int32(k) },
-		0xc0: func(v, k uint32) bool { return int32(v) < int32(k) },
-		0xd0: func(v, k uint32) bool { return int32(v) <= int32(k) },
-	}
-	within := func(r Reg, v uint64) bool {
-		lo, hi := r.Bounds()
-		return r.Val.Contains(v) && lo <= v && v <= hi
-	}
-	checked, narrowed := 0, 0
-	for _, rg := range ranges {
-		x, ok := unknownScalar().withBounds(rg[0], rg[1])
-		if !ok {
-			t.Fatalf("range %v", rg)
+	// The low halves, sign-extended for the signed orders, compared on 64 bits.
+	holds := func(op uint8, v, k uint64) bool {
+		if op >= 0x60 && op != 0xa0 && op != 0xb0 {
+			return comparisons[op](uint64(int64(int32(v))), uint64(int64(int32(k))))
 		}
-		for op, cond := range holds {
-			for _, k := range consts {
-				taken, fall, takenOK, fallOK := refine32(op, x, k)
-				if taken != x || fall != x {
-					narrowed++
-				}
-				for _, v := range values {
-					if !within(x, v) {
-						continue
-					}
-					side, sideOK, name := fall, fallOK, "fall"
-					if cond(uint32(v), uint32(k)) {
-						side, sideOK, name = taken, takenOK, "taken"
-					}
-					if !sideOK || !within(side, v) {
-						t.Errorf("op32 %#x k %#x x in %v: value %#x goes %s, which is %v (ok %v)", op, k, rg, v, name, side, sideOK)
-					}
-					checked++
-				}
-			}
-		}
+		return comparisons[op](uint64(uint32(v)), uint64(uint32(k)))
 	}
+	checked, narrowed := checkRefinement(t, refine32, holds, values, consts, ranges)
 	if narrowed == 0 {
 		t.Error("no 32-bit comparison narrowed anything")
 	}
