@@ -21,13 +21,7 @@ import (
 func memfdWorld(t *testing.T) *lockWorld {
 	h, err := heap.CreateMemfd("layout", &heap.Options{Params: heap.Params{Size: 4 << 20}})
 	require.NoError(t, err)
-	p, err := mcs.Attach(h)
-	require.NoError(t, err)
-	t.Cleanup(func() {
-		p.Detach()
-		h.Close()
-	})
-	return &lockWorld{h: h, p: p}
+	return attachWorld(t, h, nil)
 }
 
 // layoutExecutor is one way of taking and releasing the lock.

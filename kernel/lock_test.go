@@ -33,12 +33,20 @@ func arenaWorld(t *testing.T) *lockWorld {
 	require.NoError(t, err)
 	h, err := a.NewHeap(nil)
 	require.NoError(t, err)
+	return attachWorld(t, h, a)
+}
+
+// attachWorld attaches this process to h (in arena a, or nil) and closes both
+// with the test.
+func attachWorld(t *testing.T, h *heap.Heap, a *Arena) *lockWorld {
 	p, err := mcs.Attach(h)
 	require.NoError(t, err)
 	t.Cleanup(func() {
 		p.Detach()
 		h.Close()
-		a.Close()
+		if a != nil {
+			a.Close()
+		}
 	})
 	return &lockWorld{a, h, p}
 }

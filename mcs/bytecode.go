@@ -167,7 +167,8 @@ func saveArgs(call string) string {
 // Registers in mcs_lock after the fast path: r6-r9 and r0 are scratch; r4,
 // once the lock is taken, is the result to return (0, or KernelTimedOut for a
 // head that leaves); grants use r6 = the successor's index + 1 and r7 = its
-// node.
+// node. A head that leaves skips itself as a granter skips an abandoned node:
+// it ends the queue if it is the tail, or grants its successor.
 const lockTemplate = `
 mcs_lock:
 @only runtime
@@ -319,21 +320,9 @@ mcs_lock_abandon:
 	exit
 mcs_lock_leave:
 	mov %r4, -110
-	ldxdw %r9, [%r1+0]
-	mov %r6, %r9
-	rsh %r6, 32
-	jne %r6, %r3, mcs_lock_leave_next
-	mov %r8, %r9
-	lsh %r8, 32
-	rsh %r8, 32
-	mov %r0, %r9
-	lock cmpxchg [%r1+0], %r8
-	jeq %r0, %r9, mcs_lock_done
-@retry mcs_lock_leave mcs_lock_stuck
-mcs_lock_leave_next:
-	ldxw %r6, [%r2+0]
-	jne %r6, 0, mcs_lock_grant
-@retry mcs_lock_leave mcs_lock_stuck
+	mov %r6, %r3
+	mov %r7, %r2
+	ja mcs_lock_skip
 mcs_lock_stuck:
 	mov %r0, -35
 	exit
