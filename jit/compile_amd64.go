@@ -36,6 +36,8 @@ type compiler struct {
 	exit   int        // offset of the shared exit tail
 	tails  []int      // jumps to the shared exit tail
 	leas   []ripFixup // lea rip-relative to a native offset known later
+
+	tmpFor int // eBPF register sanitized in place whose offset tmp holds, or noReuse (tmpreuse_amd64.go)
 }
 
 type fixup struct{ at, slot int }
@@ -67,14 +69,22 @@ func compileWithMap(raw []byte, g Guard) ([]byte, []int, error) {
 }
 
 func lower(raw []byte, g Guard, modes []AccessMode) (*compiler, error) {
-	c := &compiler{slots: bytecode.DecodeSlots(raw), guardLoads: g == GuardAll, guardStores: g != GuardNone, modes: modes}
+	c := &compiler{slots: bytecode.DecodeSlots(raw), guardLoads: g == GuardAll, guardStores: g != GuardNone, modes: modes,
+		tmpFor: noReuse}
 	c.starts = make([]int, len(c.slots)+1)
+	targets := jumpTargets(c.slots)
 	for pc := 0; pc < len(c.slots); pc++ {
 		c.starts[pc] = c.a.Len()
 		s := c.slots[pc]
 		c.pc = pc
+		if targets[pc] {
+			c.tmpFor = noReuse
+		}
 		if err := c.insn(pc, s); err != nil {
 			return nil, &bytecode.Error{Insn: pc, Reason: err.Error()}
+		}
+		if c.tmpFor != noReuse && !keepsTmp(s, c.tmpFor) {
+			c.tmpFor = noReuse
 		}
 		if s.Op == bytecode.OpLdDW {
 			pc++
@@ -166,6 +176,9 @@ func (c *compiler) mem(guarded bool, base uint8, off int16) Mem {
 		switch c.modes[c.pc] {
 		case NoGuard: // the verifier proved it in bounds
 			c.elided++
+			if c.tmpFor == int(base) {
+				return MI(baseReg, tmp, int32(off)) // the same address, off the lea
+			}
 			return M(regs[base], int32(off))
 		case SanitizeInPlace:
 			if base != 10 {
@@ -176,10 +189,12 @@ func (c *compiler) mem(guarded bool, base uint8, off int16) Mem {
 				c.a.RR(MOV, true, tmp, regs[base])
 				c.a.RR(AND, true, tmp, maskReg)
 				c.a.Lea(regs[base], MI(baseReg, tmp, 0))
+				c.tmpFor = int(base)
 				return MI(baseReg, tmp, int32(off))
 			}
 		}
 	}
+	// Everything below that guards writes tmp.
 	if base == 10 {
 		// r10 is read-only and always points into the stack frames, which lie
 		// inside the sandbox at least 32 KiB from either end or next to its
@@ -192,6 +207,7 @@ func (c *compiler) mem(guarded bool, base uint8, off int16) Mem {
 		return M(regs[base], int32(off))
 	}
 	c.guards++
+	c.tmpFor = noReuse
 	c.a.RR(MOV, true, tmp, regs[base])
 	c.a.RR(AND, true, tmp, maskReg)
 	return MI(baseReg, tmp, int32(off))
