@@ -167,11 +167,17 @@ func refine32(op uint8, x Reg, k uint64) (taken, fall Reg, takenOK, fallOK bool)
 	return x, x, true, true
 }
 
-// refineSigned narrows x for a signed comparison with a constant k >= 0, where
-// the unsigned bounds can say something: x >= k (signed) puts x in [k,
+// refineSigned narrows x for a signed comparison with a constant k: for k < 0
+// only whether x, if it cannot be negative, decides the comparison; for k >= 0
+// where the unsigned bounds can say something: x >= k (signed) puts x in [k,
 // MaxInt64]; x <= k (signed) puts it in [0, k] only if x cannot be negative.
 func refineSigned(op uint8, x Reg, k uint64) (taken, fall Reg, takenOK, fallOK bool) {
 	if int64(k) < 0 {
+		// A register known not to be negative is above every negative k.
+		if _, hi := x.Bounds(); hi <= math.MaxInt64 {
+			above := op == 0x60 || op == 0x70 // jsgt, jsge
+			return x, x, above, !above
+		}
 		return x, x, true, true
 	}
 	geq := func(lo uint64) (Reg, bool) { return x.withBounds(lo, math.MaxInt64) }
