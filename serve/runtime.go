@@ -78,7 +78,7 @@ type Runtime struct {
 	traceMu sync.Mutex
 
 	mu      sync.Mutex
-	conns   map[net.Conn]bool
+	conns   map[net.Conn]peer
 	closing bool     // Close has begun: no new event sources
 	stops   []func() // stop the event sources (timers, UDP sockets)
 	wg      sync.WaitGroup
@@ -133,7 +133,7 @@ func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runti
 		return nil, err
 	}
 	rt := &Runtime{h: h, proc: proc, progs: map[string]*jit.Program{}, iprogs: map[string]*interp.Program{},
-		execs: make(chan *executor, n), trace: o.Trace, conns: map[net.Conn]bool{}, shareFD: h.Fd(), kind: HeapFile}
+		execs: make(chan *executor, n), trace: o.Trace, conns: map[net.Conn]peer{}, shareFD: h.Fd(), kind: HeapFile}
 	if o.ArenaFD > 0 {
 		rt.shareFD, rt.kind = o.ArenaFD, HeapArena
 	}
@@ -379,7 +379,7 @@ func (rt *Runtime) Serve(ln *net.UnixListener) error {
 			return err
 		}
 		rt.mu.Lock()
-		rt.conns[c] = true
+		rt.conns[c] = peer{pid: -1, pidfd: -1}
 		rt.mu.Unlock()
 		rt.wg.Go(func() { rt.serveConn(c) })
 	}
@@ -388,10 +388,23 @@ func (rt *Runtime) Serve(ln *net.UnixListener) error {
 func (rt *Runtime) serveConn(c *net.UnixConn) {
 	defer func() {
 		rt.mu.Lock()
+		if p := rt.conns[c]; p.pidfd >= 0 {
+			unix.Close(p.pidfd)
+		}
 		delete(rt.conns, c)
 		rt.mu.Unlock()
 		c.Close()
 	}()
+	p, err := identify(c)
+	if err != nil {
+		rt.traceMu.Lock()
+		fmt.Fprintf(rt.trace, "kflex runtime: refusing a connection: %v\n", err)
+		rt.traceMu.Unlock()
+		return
+	}
+	rt.mu.Lock()
+	rt.conns[c] = p
+	rt.mu.Unlock()
 	if _, _, err := c.WriteMsgUnix(encodeHello(rt.h.Size(), rt.kind), unix.UnixRights(rt.shareFD), nil); err != nil {
 		return
 	}

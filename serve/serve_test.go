@@ -1,6 +1,7 @@
 package serve_test
 
 import (
+	"bufio"
 	"fmt"
 	"io"
 	"net"
@@ -9,6 +10,7 @@ import (
 	"strconv"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/cilium/ebpf/asm"
 	"github.com/stretchr/testify/assert"
@@ -169,6 +171,44 @@ func (f *fixture) clients(t *testing.T, wg *sync.WaitGroup, n, rounds int) {
 			assert.NoError(t, err, "%s", out)
 		})
 	}
+}
+
+const roleIdle = "serve-idle"
+
+// TestClientsKnown: the runtime knows each connected process by its PID (from
+// the socket, held as a pidfd) and the owner-table slot it attached to, and
+// forgets it when the process is killed.
+func TestClientsKnown(t *testing.T) {
+	if testutil.Role() == roleIdle {
+		c, err := userspace.Dial(os.Getenv("KFLEX_SOCKET"), nil)
+		require.NoError(t, err)
+		defer c.Close()
+		fmt.Println("attached")
+		io.Copy(io.Discard, os.Stdin) // until the parent kills us
+		return
+	}
+	f := start(t)
+	assert.Empty(t, f.rt.Clients())
+	cmd := testutil.Child(t, "TestClientsKnown", roleIdle, "KFLEX_SOCKET="+f.socket)
+	stdin, err := cmd.StdinPipe()
+	require.NoError(t, err)
+	defer stdin.Close()
+	stdout, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	line, err := bufio.NewReader(stdout).ReadString('\n')
+	require.NoError(t, err)
+	require.Contains(t, line, "attached")
+	clients := f.rt.Clients()
+	require.Len(t, clients, 1)
+	assert.Equal(t, cmd.Process.Pid, clients[0].PID)
+	assert.GreaterOrEqual(t, clients[0].Slot, 0, "its owner-table slot")
+	assert.True(t, clients[0].Alive)
+
+	require.NoError(t, cmd.Process.Kill())
+	cmd.Wait()
+	assert.Eventually(t, func() bool { return len(f.rt.Clients()) == 0 }, 10*time.Second, time.Millisecond,
+		"the runtime forgets a killed process")
 }
 
 func clientChild(t *testing.T) {
