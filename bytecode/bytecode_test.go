@@ -224,3 +224,27 @@ func TestDecodeSlots(t *testing.T) {
 	assert.Equal(t, 8, MemSize(0x7b))
 	assert.Equal(t, 1, MemSize(0x71))
 }
+
+// TestKernelText: instructions written as Linux's verifier log writes them.
+// kernel.TestKernelTextMatchesLinux compares every form Linux accepts in a
+// syscall program with the kernel's own log; these are the rest.
+func TestKernelText(t *testing.T) {
+	for src, want := range map[string]string{
+		"call local f\nf:\nexit":          "call pc+0",
+		"call %r2":                        "callx r2",
+		"call runtime 7":                  "call kernel-function#7",
+		"call 9":                          "call unknown#9",
+		"addr_space_cast %r1, %r2, 1":     "r1 = addr_space_cast(r2, 0, 1)",
+		"addr_space_cast %r1, %r1, 65536": "r1 = addr_space_cast(r1, 1, 0)",
+		"jeq %r1, -1, -3":                 "if r1 == 0xffffffff goto pc-3",
+		"movsx832 %r1, %r2":               "w1 = (s8)w2",
+	} {
+		insns, err := Assemble(src)
+		require.NoError(t, err, src)
+		raw, err := Encode(insns)
+		require.NoError(t, err)
+		assert.Equal(t, want, KernelText(DecodeSlots(raw)[0], nil), src)
+	}
+	assert.Equal(t, "call bpf_ktime_get_ns#5", KernelText(Slot{Op: 0x85, Imm: 5},
+		func(int32) string { return "bpf_ktime_get_ns" }))
+}

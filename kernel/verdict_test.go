@@ -4,6 +4,9 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"os"
+	"regexp"
+	"strconv"
 	"testing"
 
 	"github.com/cilium/ebpf/asm"
@@ -149,4 +152,37 @@ func TestVerifierVerdicts(t *testing.T) {
 			t.Logf("accepted by %v", verdicts)
 		})
 	}
+}
+
+// TestKernelTextMatchesLinux: bytecode.KernelText writes every instruction of
+// testdata/disasm.s (one of each form) as Linux's verifier log does, read
+// from the log of its rejection.
+func TestKernelTextMatchesLinux(t *testing.T) {
+	requireKernel(t)
+	src, err := os.ReadFile("testdata/disasm.s")
+	require.NoError(t, err)
+	insns, err := bytecode.Assemble(string(src))
+	require.NoError(t, err)
+	raw, err := bytecode.Encode(insns)
+	require.NoError(t, err)
+	slots := bytecode.DecodeSlots(raw)
+	_, err = Load(insns, Syscall, nil)
+	var ve *VerifierError
+	require.ErrorAs(t, err, &ve)
+	line := regexp.MustCompile(`^(\d+): \(([0-9a-f]{2})\) (.*?)\s*(;.*)?$`)
+	helpers := func(id int32) string { return map[int32]string{5: "bpf_ktime_get_ns"}[id] }
+	compared := 0
+	for _, l := range ve.Log {
+		m := line.FindStringSubmatch(l)
+		if m == nil {
+			continue
+		}
+		pc, _ := strconv.Atoi(m[1])
+		require.Less(t, pc, len(slots), l)
+		assert.Equal(t, m[2], fmt.Sprintf("%02x", slots[pc].Op), "opcode at %d", pc)
+		assert.Equal(t, m[3], bytecode.KernelText(slots[pc], helpers), "instruction %d", pc)
+		compared++
+	}
+	assert.Equal(t, len(insns)-1, compared, "every instruction before the rejected one is in the log")
+	t.Logf("%d instructions compared", compared)
 }

@@ -62,4 +62,6 @@
 //	immediate                                                  0, remainder the dividend)
 //	a rejection's log             every state along the path   the first path that reached the
 //	                              that failed                  instruction, with the joined states
+//	                                                           (instructions written as Linux writes
+//	                                                           them: bytecode.KernelText)
 package verifier

@@ -201,9 +201,10 @@ func (a *analysis) pathLog(pc int) []string {
 	}
 	slices.Reverse(path)
 	log := make([]string, 0, len(path))
+	helper := func(id int32) string { return a.cfg.Helpers[id].Name }
 	for _, p := range path {
-		i, _ := slices.BinarySearch(a.start, p)
-		log = append(log, fmt.Sprintf("%d: %v ; %s", p, a.insns[i], regsLog(a.in[p])))
+		s := a.slots[p]
+		log = append(log, fmt.Sprintf("%d: (%02x) %s ; %s", p, s.Op, bytecode.KernelText(s, helper), regsLog(a.in[p])))
 	}
 	return log
 }
