@@ -167,32 +167,65 @@ func refine32(op uint8, x Reg, k uint64) (taken, fall Reg, takenOK, fallOK bool)
 	return x, x, true, true
 }
 
-// refineSigned narrows x for a signed comparison with a constant k: for k < 0
-// only whether x, if it cannot be negative, decides the comparison; for k >= 0
-// where the unsigned bounds can say something: x >= k (signed) puts x in [k,
-// MaxInt64]; x <= k (signed) puts it in [0, k] only if x cannot be negative.
+// refineSigned narrows x on both sides of a signed comparison with k. Each
+// side is a signed range, which is one unsigned range if it does not cross
+// zero, and two otherwise ([lo, MaxUint64] for its negative part, [0, hi] for
+// the rest). Intersected with x's unsigned range, a side that leaves one piece
+// narrows x to it; one that leaves two keeps x as it was (one interval cannot
+// say more); one that leaves nothing cannot happen.
 func refineSigned(op uint8, x Reg, k uint64) (taken, fall Reg, takenOK, fallOK bool) {
-	if int64(k) < 0 {
-		// A register known not to be negative is above every negative k.
-		if _, hi := x.Bounds(); hi <= math.MaxInt64 {
-			above := op == 0x60 || op == 0x70 // jsgt, jsge
-			return x, x, above, !above
+	sk := int64(k)
+	above := func(lo int64) (Reg, bool) { return signedSide(x, lo, math.MaxInt64) } // x >= lo
+	below := func(hi int64) (Reg, bool) { return signedSide(x, math.MinInt64, hi) } // x <= hi
+	none := func() (Reg, bool) { return x, false }
+	gt := func() (Reg, bool) { // x > k
+		if sk == math.MaxInt64 {
+			return none()
 		}
+		return above(sk + 1)
+	}
+	lt := func() (Reg, bool) { // x < k
+		if sk == math.MinInt64 {
+			return none()
+		}
+		return below(sk - 1)
+	}
+	switch op {
+	case 0x60: // jsgt
+		taken, takenOK = gt()
+		fall, fallOK = below(sk)
+	case 0x70: // jsge
+		taken, takenOK = above(sk)
+		fall, fallOK = lt()
+	case 0xc0: // jslt
+		taken, takenOK = lt()
+		fall, fallOK = above(sk)
+	case 0xd0: // jsle
+		taken, takenOK = below(sk)
+		fall, fallOK = gt()
+	default:
 		return x, x, true, true
 	}
-	geq := func(lo uint64) (Reg, bool) { return x.withBounds(lo, math.MaxInt64) }
-	leq := func(hi uint64) (Reg, bool) {
-		if _, xhi := x.Bounds(); xhi > math.MaxInt64 || int64(hi) < 0 {
-			return x, true // x may be negative: nothing to say in unsigned terms
-		}
-		return x.withBounds(0, hi)
+	return taken, fall, takenOK, fallOK
+}
+
+// signedSide narrows x to the values whose signed reading lies in [lo, hi]
+// (lo <= hi), where one unsigned interval can say so (see refineSigned).
+func signedSide(x Reg, lo, hi int64) (Reg, bool) {
+	if lo >= 0 || hi < 0 { // one piece, in one half of the unsigned order
+		return x.withBounds(uint64(lo), uint64(hi))
 	}
-	// jsgt, jsge, jslt, jsle are jgt, jge, jlt, jle in the signed order.
-	unsigned := op - 0x40 // 0x60 -> 0x20, 0x70 -> 0x30
-	if op >= 0xc0 {
-		unsigned = op - 0x20 // 0xc0 -> 0xa0, 0xd0 -> 0xb0
+	neg, negOK := x.withBounds(uint64(lo), math.MaxUint64)
+	pos, posOK := x.withBounds(0, uint64(hi))
+	switch {
+	case negOK && posOK:
+		return x, true
+	case negOK:
+		return neg, true
+	case posOK:
+		return pos, true
 	}
-	return ordered(unsigned, x, k, 1<<63, math.MaxInt64, geq, leq)
+	return x, false
 }
 
 // ordered gives both sides of "x op k" for op jgt, jge, jlt or jle of an

@@ -42,10 +42,11 @@
 //	                              bpf_loop                     point (the engines stop there on Cancel)
 //	paths                         explored one by one with     joined at every instruction (widening
 //	                              state pruning                by powers of two): one state each
-//	bounds                        signed and unsigned, 32 and  unsigned 64-bit; signed comparisons
-//	                              64 bits                      with non-negative constants only;
-//	                                                           32-bit comparisons of values that
-//	                                                           fit in 32 bits (31 for signed ones)
+//	bounds                        signed and unsigned, 32 and  one unsigned 64-bit interval: a signed
+//	                              64 bits                      comparison narrows it where one
+//	                                                           interval can hold the result; 32-bit
+//	                                                           comparisons of values that fit in
+//	                                                           32 bits (31 for signed ones)
 //	helpers, kfuncs               the kernel's prototypes      kflex's helpers (Config.Helpers); kfunc
 //	                                                           calls and callx rejected
 //	r2 at entry                   uninitialised                the context's length (the calling

@@ -469,3 +469,26 @@ func TestJump32Refines(t *testing.T) {
 		assert.Equal(t, tc.want, r.Access[5], tc.widen)
 	}
 }
+
+// TestSignedRefines: signed comparisons, with negative constants too, narrow
+// a register where one unsigned interval can hold the result: here an index
+// checked with "if i <= -1" and "if i >= 16" (signed) keeps a checked pointer
+// checked.
+func TestSignedRefines(t *testing.T) {
+	cfg := testConfig
+	cfg.EntryArg = true
+	insns, err := bytecode.Assemble(`
+		ldxdw %r5, [%r1+8]
+		jsle %r5, -1, out
+		jsge %r5, 16, out
+		lsh %r5, 3
+		add %r5, %r3
+		ldxdw %r0, [%r5+0]
+	out:
+		mov %r0, 0
+		exit`)
+	require.NoError(t, err)
+	r, err := Verify(insns, cfg)
+	require.NoError(t, err)
+	assert.Equal(t, HeapChecked, r.Access[5])
+}
