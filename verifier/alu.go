@@ -59,7 +59,7 @@ func (a *analysis) alu(pc int, s *State, in bytecode.Slot, w bool) error {
 		return nil
 	}
 	r := scalar(scalarALU(in, w, dst.Val, src.Val))
-	if w {
+	if signed := in.Off == 1 && (op == 0x30 || op == 0x90); w && !signed {
 		r = aluBounds(op, dst, src, r)
 	}
 	if w && (op == 0x00 || op == 0x10) {

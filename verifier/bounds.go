@@ -60,6 +60,25 @@ func aluBounds(op uint8, d, s, r Reg) Reg {
 			return r
 		}
 		lo, hi = dlo-shi, dhi-slo
+	case 0x20: // mul, where the high end does not wrap
+		h, p := bits.Mul64(dhi, shi)
+		if h != 0 {
+			return r
+		}
+		lo, hi = dlo*slo, p
+	case 0x30: // div (unsigned): no larger than the dividend; x/0 = 0
+		lo, hi = 0, dhi/max(slo, 1)
+		if slo > 0 {
+			lo = dlo / shi
+		}
+	case 0x90: // mod (unsigned): below the divisor, or the dividend itself (x%0 = x)
+		lo, hi = 0, dhi
+		switch {
+		case dhi < slo: // every divisor exceeds every dividend: x%s = x
+			lo = dlo
+		case slo > 0:
+			hi = min(dhi, shi-1)
+		}
 	case 0x50: // and: no larger than either side
 		lo, hi = 0, min(dhi, shi)
 	case 0x60, 0x70: // shifts by a constant

@@ -99,10 +99,24 @@ func TestRefine32Sound(t *testing.T) {
 // TestALUBoundsSound: every pair of values in the operands' ranges gives a
 // result inside the result's bounds and tnum.
 func TestALUBoundsSound(t *testing.T) {
-	ranges := [][2]uint64{{0, 0}, {0, 3}, {1, 3}, {5, 100}, {0, 1023}, {1 << 62, 1<<62 + 9}, {math.MaxUint64 - 3, math.MaxUint64}}
+	ranges := [][2]uint64{{0, 0}, {0, 3}, {1, 3}, {5, 100}, {0, 1023}, {1 << 62, 1<<62 + 9}, {math.MaxUint64 - 3, math.MaxUint64},
+		{1 << 31, 1<<31 + 3}, {90, 100}}
 	ops := map[uint8]func(a, b uint64) uint64{
 		0x00: func(a, b uint64) uint64 { return a + b },
 		0x10: func(a, b uint64) uint64 { return a - b },
+		0x20: func(a, b uint64) uint64 { return a * b },
+		0x30: func(a, b uint64) uint64 { // RFC 9669: x/0 = 0
+			if b == 0 {
+				return 0
+			}
+			return a / b
+		},
+		0x90: func(a, b uint64) uint64 { // RFC 9669: x%0 = x
+			if b == 0 {
+				return a
+			}
+			return a % b
+		},
 		0x50: func(a, b uint64) uint64 { return a & b },
 		0x60: func(a, b uint64) uint64 { return a << (b & 63) },
 		0x70: func(a, b uint64) uint64 { return a >> (b & 63) },
