@@ -29,19 +29,19 @@ const (
 	RelaxEvery  = 256
 )
 
-// Target says where bytecode lock code will run, which decides what it may
+// target says where bytecode lock code will run, which decides what it may
 // call and how it waits.
-type Target int
+type target int
 
 const (
-	// Runtime: kflex's executors (interpreter, JIT). Spins are cancellation
-	// points that call HelperRelax; parked Go waiters are woken through
-	// HelperWake; the executor thread's rseq slice request is honoured.
-	Runtime Target = iota
-	// Kernel: Linux, on a BPF arena. There are no kflex helpers: every wait is
-	// bounded by a deadline (bpf_ktime_get_ns, helper 5) and by may_goto, and
-	// ends with an error instead of a hang (see KernelLock).
-	Kernel
+	// forRuntime: kflex's executors (interpreter, JIT). Spins are
+	// cancellation points that call HelperRelax; parked Go waiters are woken
+	// through HelperWake; the executor thread's rseq slice request is honoured.
+	forRuntime target = iota
+	// forKernel: Linux, on a BPF arena. There are no kflex helpers: every wait
+	// is bounded by a deadline (bpf_ktime_get_ns, helper 5) and by may_goto,
+	// and ends with an error instead of a hang (see KernelLock).
+	forKernel
 )
 
 // KernelSpinTimeout is how long the kernel form of the lock waits in the
@@ -95,7 +95,7 @@ const (
 // cancellation points in kflex's executors, and which call HelperRelax every
 // RelaxEvery rounds. They use r0-r9 and keep the caller's r6-r9, as any eBPF
 // call does.
-var BytecodeLock = lockText(Runtime, 0)
+var BytecodeLock = lockText(forRuntime, 0)
 
 // KernelLock is BytecodeLock for Linux on a BPF arena: the same protocol and
 // layout, built from the same template. The caller passes arena pointers (cast
@@ -109,28 +109,28 @@ var KernelLock = KernelLockWithin(KernelSpinTimeout)
 // KernelLockWithin is KernelLock with waits bounded by d instead of
 // KernelSpinTimeout. Linux's may_goto ends any wait after about 250 ms
 // whatever d says (measured: a 300 ms deadline returned after 254-269 ms).
-func KernelLockWithin(d time.Duration) string { return lockText(Kernel, d) }
+func KernelLockWithin(d time.Duration) string { return lockText(forKernel, d) }
 
 // lockText builds the lock's subprograms for target t (waits bounded by d, in
 // the kernel form) from the one definition in lockTemplate.
-func lockText(t Target, d time.Duration) string {
+func lockText(t target, d time.Duration) string {
 	var b strings.Builder
 	keep := true
 	for line := range strings.Lines(lockTemplate) {
 		f := strings.Fields(line)
 		switch {
 		case len(f) == 2 && f[0] == "@only":
-			keep = f[1] == map[Target]string{Runtime: "runtime", Kernel: "kernel"}[t]
+			keep = f[1] == map[target]string{forRuntime: "runtime", forKernel: "kernel"}[t]
 		case len(f) == 1 && f[0] == "@end":
 			keep = true
 		case !keep:
-		case len(f) > 0 && f[0] == "@spin" && t == Runtime:
+		case len(f) > 0 && f[0] == "@spin" && t == forRuntime:
 			fmt.Fprintf(&b, "\tadd %%r7, 1\n\tmov %%r6, %%r7\n\tand %%r6, %d\n\tjne %%r6, 0, %s\n%s\n\tja %s\n",
 				RelaxEvery-1, f[1], saveArgs(fmt.Sprintf("\tcall %#x", HelperRelax)), f[1])
 		case len(f) > 0 && f[0] == "@spin":
 			fmt.Fprintf(&b, "%s\n\tldxdw %%r6, [%%r10-48]\n\tjgt %%r0, %%r6, %s\n\tmay_goto %s\n\tja %s\n",
 				saveArgs("\tcall 5"), f[2], f[2], f[1])
-		case len(f) > 0 && f[0] == "@retry" && t == Runtime:
+		case len(f) > 0 && f[0] == "@retry" && t == forRuntime:
 			fmt.Fprintf(&b, "\tja %s\n", f[1])
 		case len(f) > 0 && f[0] == "@retry":
 			fmt.Fprintf(&b, "\tmay_goto %s\n\tja %s\n", f[2], f[1])
