@@ -440,23 +440,24 @@ func FuzzVerifier(f *testing.F) {
 	f.Fuzz(func(t *testing.T, data []byte) { soundness(t, data) })
 }
 
-// TestJump32Refines: a 32-bit comparison bounds a value known to fit in 32
-// bits (clang's alu32 loop counters), so an index it bounds keeps a checked
-// pointer checked; on a full 64-bit value it says nothing.
-func TestJump32Refines(t *testing.T) {
+// TestComparisonsBoundIndex: comparisons bound an index so that a checked
+// pointer plus it stays checked: 32-bit ones on a value known to fit in 32
+// bits (clang's alu32 loop counters; on a full 64-bit value they say
+// nothing), and signed ones, with negative constants too.
+func TestComparisonsBoundIndex(t *testing.T) {
 	cfg := testConfig
 	cfg.EntryArg = true
 	for _, tc := range []struct {
-		widen string
-		want  Access
+		checks string
+		want   Access
 	}{
-		{"mov32 %r5, %r5", HeapChecked},
-		{"mov %r5, %r5", HeapAccess},
+		{"mov32 %r5, %r5\njge32 %r5, 16, out", HeapChecked},
+		{"mov %r5, %r5\njge32 %r5, 16, out", HeapAccess},
+		{"jsle %r5, -1, out\njsge %r5, 16, out", HeapChecked},
 	} {
 		insns, err := bytecode.Assemble(`
 			ldxdw %r5, [%r1+8]
-			` + tc.widen + `
-			jge32 %r5, 16, out
+			` + tc.checks + `
 			lsh %r5, 3
 			add %r5, %r3
 			ldxdw %r0, [%r5+0]
@@ -466,29 +467,6 @@ func TestJump32Refines(t *testing.T) {
 		require.NoError(t, err)
 		r, err := Verify(insns, cfg)
 		require.NoError(t, err)
-		assert.Equal(t, tc.want, r.Access[5], tc.widen)
+		assert.Equal(t, tc.want, r.Access[5], tc.checks)
 	}
-}
-
-// TestSignedRefines: signed comparisons, with negative constants too, narrow
-// a register where one unsigned interval can hold the result: here an index
-// checked with "if i <= -1" and "if i >= 16" (signed) keeps a checked pointer
-// checked.
-func TestSignedRefines(t *testing.T) {
-	cfg := testConfig
-	cfg.EntryArg = true
-	insns, err := bytecode.Assemble(`
-		ldxdw %r5, [%r1+8]
-		jsle %r5, -1, out
-		jsge %r5, 16, out
-		lsh %r5, 3
-		add %r5, %r3
-		ldxdw %r0, [%r5+0]
-	out:
-		mov %r0, 0
-		exit`)
-	require.NoError(t, err)
-	r, err := Verify(insns, cfg)
-	require.NoError(t, err)
-	assert.Equal(t, HeapChecked, r.Access[5])
 }
