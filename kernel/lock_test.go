@@ -1,6 +1,8 @@
 package kernel
 
 import (
+	"fmt"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -8,6 +10,7 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/cilium/ebpf"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
@@ -205,6 +208,25 @@ func TestKernelLockTimeout(t *testing.T) {
 			require.Zero(t, run(t, prog, w.ctx(off, n)), "and usable")
 		})
 	}
+}
+
+// TestOpenArenaBadInput: a descriptor that is not an arena map gets an error
+// naming it, not a mapping.
+func TestOpenArenaBadInput(t *testing.T) {
+	requireArena(t)
+	f, err := os.CreateTemp(t.TempDir(), "not-an-arena")
+	require.NoError(t, err)
+	defer f.Close()
+	_, err = OpenArena(int(f.Fd()))
+	assert.ErrorContains(t, err, fmt.Sprintf("arena fd %d", f.Fd()))
+	_, err = OpenArena(-1)
+	assert.ErrorContains(t, err, "arena fd -1")
+	// A BPF map of another type.
+	m, err := ebpf.NewMap(&ebpf.MapSpec{Type: ebpf.Array, KeySize: 4, ValueSize: 4, MaxEntries: 1})
+	require.NoError(t, err)
+	defer m.Close()
+	_, err = OpenArena(m.FD())
+	assert.ErrorContains(t, err, "not an arena")
 }
 
 // spinUntil polls cond without sleeping until it holds (true) or d passes.

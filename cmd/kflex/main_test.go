@@ -204,6 +204,14 @@ func TestServe(t *testing.T) {
 	code, _, stderr := kflex("serve", "--socket", "s", "--arena", "--heap", "h", "p.s")
 	assert.Equal(t, 2, code)
 	assert.Contains(t, stderr, "--heap and --arena exclude each other")
+	t.Run("arena too large", func(t *testing.T) {
+		testutil.RequireFeature(t, kernel.HaveArena())
+		prog := filepath.Join(t.TempDir(), "p.s")
+		require.NoError(t, os.WriteFile(prog, []byte("mov %r0, 0\nexit\n"), 0o600))
+		code, _, stderr := kflex("serve", "--socket", filepath.Join(t.TempDir(), "s"), "--arena", "--size", "8G", prog)
+		assert.Equal(t, 1, code)
+		assert.Contains(t, stderr, "arena size 8589934592: want a power of two from 4096 to 4294967296")
+	})
 }
 
 func testServe(t *testing.T, flags ...string) {
