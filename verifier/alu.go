@@ -59,8 +59,12 @@ func (a *analysis) alu(pc int, s *State, in bytecode.Slot, w bool) error {
 		return nil
 	}
 	r := scalar(scalarALU(in, w, dst.Val, src.Val))
-	if signed := in.Off == 1 && (op == 0x30 || op == 0x90); w && !signed {
+	switch signed := in.Off == 1 && (op == 0x30 || op == 0x90); {
+	case signed:
+	case w:
 		r = aluBounds(op, dst, src, r)
+	default:
+		r = aluBounds32(op, dst, src, r)
 	}
 	if w && (op == 0x00 || op == 0x10) {
 		r = movedChecked(op, dst, src, r)

@@ -103,6 +103,41 @@ func aluBounds(op uint8, d, s, r Reg) Reg {
 	return nr
 }
 
+// aluBounds32 is aluBounds for a 32-bit ALU operation, which works on the
+// operands' low halves and zero-extends its result: where the operands fit in
+// 32 bits (or are cut to an unknown 32-bit value) and the 64-bit result
+// interval stays below 2^32, nothing wrapped and the interval holds.
+func aluBounds32(op uint8, d, s, r Reg) Reg {
+	d, s = d.low32(), s.low32()
+	if op == 0x60 || op == 0x70 { // 32-bit shifts mask the count with 31
+		k, ok := constOf(s)
+		if !ok {
+			return r
+		}
+		s = scalar(Const(uint64(k) & 31))
+	}
+	// The interval alone first: intersected with r's (32-bit) tnum it would
+	// hide a wrap.
+	b := aluBounds(op, d, s, unknownScalar())
+	lo, hi := b.Bounds()
+	if hi > math.MaxUint32 {
+		return r
+	}
+	if nr, ok := r.withBounds(lo, hi); ok {
+		return nr
+	}
+	return r
+}
+
+// low32 is r as a 32-bit operation reads it: r itself if it fits in 32 bits,
+// otherwise its tnum cut to the low half.
+func (r Reg) low32() Reg {
+	if _, hi := r.Bounds(); hi <= math.MaxUint32 {
+		return r
+	}
+	return scalar(r.Val.Truncate(4))
+}
+
 // joinBounds is the interval where a (the state so far) and b (arriving) meet:
 // both ranges' hull, where an end that moves is widened to a power of two (the
 // low end down to one or to 0, the high end up to one less), so that a counter

@@ -154,6 +154,72 @@ func TestALUBoundsSound(t *testing.T) {
 	}
 }
 
+// TestALUBounds32Sound is TestALUBoundsSound for 32-bit operations, which
+// work on the low halves and zero-extend; some ranges reach past 32 bits.
+func TestALUBounds32Sound(t *testing.T) {
+	ranges := [][2]uint64{{0, 0}, {0, 3}, {1, 3}, {5, 100}, {90, 100}, {0, 1023}, {math.MaxUint32 - 3, math.MaxUint32},
+		{1 << 31, 1<<31 + 3}, {1<<32 - 2, 1<<32 + 2}, {1 << 40, 1<<40 + 5}, {3, 3}, {33, 33}}
+	ops := map[uint8]func(a, b uint32) uint32{
+		0x00: func(a, b uint32) uint32 { return a + b },
+		0x10: func(a, b uint32) uint32 { return a - b },
+		0x20: func(a, b uint32) uint32 { return a * b },
+		0x30: func(a, b uint32) uint32 {
+			if b == 0 {
+				return 0
+			}
+			return a / b
+		},
+		0x90: func(a, b uint32) uint32 {
+			if b == 0 {
+				return a
+			}
+			return a % b
+		},
+		0x50: func(a, b uint32) uint32 { return a & b },
+		0x60: func(a, b uint32) uint32 { return a << (b & 31) },
+		0x70: func(a, b uint32) uint32 { return a >> (b & 31) },
+	}
+	samples := func(rg [2]uint64) []uint64 {
+		out := []uint64{rg[0], rg[1]}
+		for v := rg[0]; v < rg[1] && v-rg[0] < 40; v++ {
+			out = append(out, v)
+		}
+		return out
+	}
+	narrowed := 0
+	for op, f := range ops {
+		for _, dr := range ranges {
+			for _, sr := range ranges {
+				d, _ := unknownScalar().withBounds(dr[0], dr[1])
+				s, _ := unknownScalar().withBounds(sr[0], sr[1])
+				if op == 0x60 || op == 0x70 {
+					if sr[0] != sr[1] || sr[0] > 63 {
+						continue
+					}
+					s = scalar(Const(sr[0]))
+				}
+				tn := scalar(scalarALU(bytecode.Slot{Op: 0x04 | op | 0x08}, false, d.Val, s.Val))
+				r := aluBounds32(op, d, s, tn)
+				if r != tn {
+					narrowed++
+				}
+				lo, hi := r.Bounds()
+				for _, a := range samples(dr) {
+					for _, b := range samples(sr) {
+						v := uint64(f(uint32(a), uint32(b)))
+						if v < lo || v > hi || !r.Val.Contains(v) {
+							t.Fatalf("op32 %#x %#x, %#x = %#x outside %v (%#x..%#x) for %v, %v", op, a, b, v, r, lo, hi, dr, sr)
+						}
+					}
+				}
+			}
+		}
+	}
+	if narrowed == 0 {
+		t.Error("no 32-bit operation kept bounds beyond its tnum")
+	}
+}
+
 func slotOf(op uint8) bytecode.Slot { return bytecode.Slot{Op: 0x07 | op | 0x08} }
 
 // TestSignedBoundsIndex: an index tested non-negative, then below a bound,

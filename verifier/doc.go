@@ -46,7 +46,8 @@
 //	                              64 bits                      comparison narrows it where one
 //	                                                           interval can hold the result; 32-bit
 //	                                                           comparisons of values that fit in
-//	                                                           32 bits (31 for signed ones)
+//	                                                           32 bits (31 for signed ones); 32-bit
+//	                                                           operations keep it where nothing wraps
 //	helpers, kfuncs               the kernel's prototypes      kflex's helpers (Config.Helpers); kfunc
 //	                                                           calls and callx rejected
 //	r2 at entry                   uninitialised                the context's length (the calling
