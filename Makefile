@@ -31,6 +31,7 @@ test: lint
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
+	GOARCH=arm64 $(GO) vet ./...   # other architectures build, with the interpreter
 	$(GO) run $(STATICCHECK) ./...
 
 # Benchmarks, with the robust pthread mutex baseline built from C and run in the
