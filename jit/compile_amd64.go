@@ -484,20 +484,19 @@ func (c *compiler) jump(pc int, s bytecode.Slot) error {
 	return nil
 }
 
-// exitInsn returns from a bpf-to-bpf call, or ends the program at depth 0.
+// exitInsn returns from a bpf-to-bpf call, or ends the program in the main
+// program (no frame pushed).
 func (c *compiler) exitInsn(pc int) {
 	a := &c.a
-	a.RM(MOV, true, tmp, M(ctxReg, ctxDepth))
-	a.RR(TEST, true, tmp, tmp)
+	a.RM(MOV, true, tmp, M(ctxReg, ctxFrameOff))
+	a.RI(CMP, true, tmp, ctxFrames)
 	top := a.Jcc(CondE)
-	a.RI(SUB, true, tmp, 1)
-	a.Store(8, M(ctxReg, ctxDepth), tmp)
-	a.ImulImm(true, tmp, frameSize)
-	a.RR(ADD, true, tmp, ctxReg)
+	a.RI(SUB, true, tmp, frameSize)
+	a.Store(8, M(ctxReg, ctxFrameOff), tmp)
 	for i, r := range []Reg{RBX, R13, R14, R15, RBP} { // r6-r9, r10
-		a.Load(8, r, M(tmp, int32(ctxFrames+frameR6+8*i)))
+		a.Load(8, r, MI(ctxReg, tmp, int32(frameR6+8*i)))
 	}
-	a.JmpMem(M(tmp, ctxFrames+frameRet))
+	a.JmpMem(MI(ctxReg, tmp, frameRet))
 	a.Patch(top, a.Len())
 	c.exitHere(exitReturn, pc, false)
 }
@@ -510,21 +509,23 @@ func (c *compiler) call(pc int, s bytecode.Slot) error {
 	case s.Src == bytecode.CallHelper:
 		a.StoreImm(8, M(ctxReg, ctxExitArg), s.Imm)
 	case s.Src == bytecode.CallLocal:
-		// Push a frame in the context: return address, r6-r9, r10.
-		a.MemImm8(CMP, true, M(ctxReg, ctxDepth), int8(len(execContext{}.frames)-1))
+		// Push a frame in the context: return address, r6-r9, r10. The next
+		// free frame is kept as its offset in the context, so that a call is
+		// a load, stores and a store back, with no multiply or memory
+		// read-modify-write on the way.
+		a.RM(MOV, true, tmp, M(ctxReg, ctxFrameOff))
+		a.RI(CMP, true, tmp, int32(ctxFrames+(len(execContext{}.frames)-1)*frameSize))
 		c.stubExit(a.Jcc(CondAE), exitCallDepth, pc, false)
-		a.RM(MOV, true, tmp, M(ctxReg, ctxDepth))
-		a.ImulImm(true, tmp, frameSize)
-		a.RR(ADD, true, tmp, ctxReg)
 		for i, r := range []Reg{RBX, R13, R14, R15, RBP} {
-			a.Store(8, M(tmp, int32(ctxFrames+frameR6+8*i)), r)
+			a.Store(8, MI(ctxReg, tmp, int32(frameR6+8*i)), r)
 		}
 		// The return address goes through rbx, which was just saved.
 		ret := new(int)
 		c.leas = append(c.leas, ripFixup{a.LeaRIP(RBX), ret})
-		a.Store(8, M(tmp, ctxFrames+frameRet), RBX)
-		a.Load(8, RBX, M(tmp, ctxFrames+frameR6))
-		a.MemImm8(ADD, true, M(ctxReg, ctxDepth), 1)
+		a.Store(8, MI(ctxReg, tmp, frameRet), RBX)
+		a.Load(8, RBX, MI(ctxReg, tmp, frameR6))
+		a.RI(ADD, true, tmp, frameSize)
+		a.Store(8, M(ctxReg, ctxFrameOff), tmp)
 		a.RI(SUB, true, RBP, 512)
 		c.jumpTo(pc + int(s.Imm) + 1)
 		*ret = a.Len()

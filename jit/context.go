@@ -16,7 +16,7 @@ type execContext struct {
 	budget    uint64     // back-edges left before a budget exit
 	mayGoto   uint64     // may_goto instructions left that fall through
 	terminate uint64     // address of the terminate word
-	depth     uint64     // call depth (0 in the main program)
+	frameOff  uint64     // offset in the context of the next free frame (ctxFrames in the main program)
 	canonBase uint64     // base of the canonical view (addr_space_cast to user)
 	save      [4]uint64  // scratch for instruction sequences that need registers
 	frames    [interp.MaxFrames]frame
@@ -41,7 +41,7 @@ const (
 	ctxBudget    = 136
 	ctxMayGoto   = 144
 	ctxTerminate = 152
-	ctxDepth     = 160
+	ctxFrameOff  = 160
 	ctxCanonBase = 168
 	ctxSave      = 176
 	ctxFrames    = 208

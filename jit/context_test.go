@@ -22,7 +22,7 @@ func TestContextOffsets(t *testing.T) {
 		"budget":    {ctxBudget, unsafe.Offsetof(c.budget)},
 		"mayGoto":   {ctxMayGoto, unsafe.Offsetof(c.mayGoto)},
 		"terminate": {ctxTerminate, unsafe.Offsetof(c.terminate)},
-		"depth":     {ctxDepth, unsafe.Offsetof(c.depth)},
+		"frameOff":  {ctxFrameOff, unsafe.Offsetof(c.frameOff)},
 		"canonBase": {ctxCanonBase, unsafe.Offsetof(c.canonBase)},
 		"save":      {ctxSave, unsafe.Offsetof(c.save)},
 		"frames":    {ctxFrames, unsafe.Offsetof(c.frames)},

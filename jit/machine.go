@@ -302,7 +302,7 @@ func (m *Machine) run(p *Program, ctxAddr uint64, ctx []byte) (uint64, error) {
 		c.regs[3] = m.Base() + binary.LittleEndian.Uint64(ctx)&(m.size-1)
 	}
 	c.regs[10] = m.Base() + m.scratch + stackTop
-	c.resume, c.depth, c.budget = p.entry(), 0, budgetEvery
+	c.resume, c.frameOff, c.budget = p.entry(), ctxFrames, budgetEvery
 	c.mayGoto = m.MayGoto
 	if c.mayGoto == 0 {
 		c.mayGoto = interp.DefaultMayGoto
