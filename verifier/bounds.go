@@ -221,46 +221,22 @@ func refine32(op uint8, x Reg, k uint64) (taken, fall Reg, takenOK, fallOK bool)
 	return x, x, true, true
 }
 
-// refineSigned narrows x on both sides of a signed comparison with k. Each
-// side is a signed range, which is one unsigned range if it does not cross
-// zero, and two otherwise ([lo, MaxUint64] for its negative part, [0, hi] for
-// the rest). Intersected with x's unsigned range, a side that leaves one piece
-// narrows x to it; one that leaves two keeps x as it was (one interval cannot
-// say more); one that leaves nothing cannot happen.
+// refineSigned narrows x on both sides of a signed comparison with k: the
+// comparisons of ordered in the signed order, whose ends are MinInt64 and
+// MaxInt64. Each side is a signed range, which is one unsigned range if it does
+// not cross zero, and two otherwise ([lo, MaxUint64] for its negative part,
+// [0, hi] for the rest). Intersected with x's unsigned range, a side that
+// leaves one piece narrows x to it; one that leaves two keeps x as it was (one
+// interval cannot say more); one that leaves nothing cannot happen.
 func refineSigned(op uint8, x Reg, k uint64) (taken, fall Reg, takenOK, fallOK bool) {
-	sk := int64(k)
-	above := func(lo int64) (Reg, bool) { return signedSide(x, lo, math.MaxInt64) } // x >= lo
-	below := func(hi int64) (Reg, bool) { return signedSide(x, math.MinInt64, hi) } // x <= hi
-	none := func() (Reg, bool) { return x, false }
-	gt := func() (Reg, bool) { // x > k
-		if sk == math.MaxInt64 {
-			return none()
-		}
-		return above(sk + 1)
+	geq := func(lo uint64) (Reg, bool) { return signedSide(x, int64(lo), math.MaxInt64) }
+	leq := func(hi uint64) (Reg, bool) { return signedSide(x, math.MinInt64, int64(hi)) }
+	// jsgt, jsge, jslt, jsle are jgt, jge, jlt, jle in the signed order.
+	unsigned := op - 0x40 // 0x60 -> 0x20, 0x70 -> 0x30
+	if op >= 0xc0 {
+		unsigned = op - 0x20 // 0xc0 -> 0xa0, 0xd0 -> 0xb0
 	}
-	lt := func() (Reg, bool) { // x < k
-		if sk == math.MinInt64 {
-			return none()
-		}
-		return below(sk - 1)
-	}
-	switch op {
-	case 0x60: // jsgt
-		taken, takenOK = gt()
-		fall, fallOK = below(sk)
-	case 0x70: // jsge
-		taken, takenOK = above(sk)
-		fall, fallOK = lt()
-	case 0xc0: // jslt
-		taken, takenOK = lt()
-		fall, fallOK = above(sk)
-	case 0xd0: // jsle
-		taken, takenOK = below(sk)
-		fall, fallOK = gt()
-	default:
-		return x, x, true, true
-	}
-	return taken, fall, takenOK, fallOK
+	return ordered(unsigned, x, k, 1<<63, math.MaxInt64, geq, leq)
 }
 
 // signedSide narrows x to the values whose signed reading lies in [lo, hi]
