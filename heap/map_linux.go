@@ -4,8 +4,6 @@ import (
 	"fmt"
 	"unsafe"
 
-	"golang.org/x/sys/unix"
-
 	"github.com/kflex-go/kflex/internal/vm"
 )
 
@@ -32,16 +30,9 @@ func mapAligned(fd int, size uintptr, at uintptr) (*mapping, error) {
 		return nil, err
 	}
 	m := &mapping{base: base, size: size}
-	if _, err := unix.MmapPtr(fd, 0, base, size, unix.PROT_READ|unix.PROT_WRITE,
-		unix.MAP_SHARED|unix.MAP_FIXED); err != nil {
+	if err := vm.MapShared(fd, base, size, GuardSize); err != nil {
 		m.unmap()
 		return nil, fmt.Errorf("map heap file: %w", err)
-	}
-	for _, g := range []unsafe.Pointer{unsafe.Add(base, -GuardSize), unsafe.Add(base, size)} {
-		if err := vm.MapScratch(g, GuardSize); err != nil {
-			m.unmap()
-			return nil, fmt.Errorf("map guard region: %w", err)
-		}
 	}
 	return m, nil
 }

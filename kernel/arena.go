@@ -68,14 +68,8 @@ func NewArena(size uint64) (*Arena, error) {
 // its user address and the whole length, and MAP_FIXED replaces the
 // reservation there. The guards are scratch memory.
 func (a *Arena) mapAt() error {
-	if _, err := unix.MmapPtr(a.m.FD(), 0, a.base, uintptr(a.size), unix.PROT_READ|unix.PROT_WRITE,
-		unix.MAP_SHARED|unix.MAP_FIXED); err != nil {
-		return fmt.Errorf("map arena at %p: %w", a.base, err)
-	}
-	for _, g := range []unsafe.Pointer{unsafe.Add(a.base, -GuardSize), unsafe.Add(a.base, a.size)} {
-		if err := vm.MapScratch(g, GuardSize); err != nil {
-			return fmt.Errorf("arena guard region: %w", err)
-		}
+	if err := vm.MapShared(a.m.FD(), a.base, uintptr(a.size), GuardSize); err != nil {
+		return fmt.Errorf("arena: %w", err)
 	}
 	return nil
 }

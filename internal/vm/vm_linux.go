@@ -62,3 +62,19 @@ func MapScratch(p unsafe.Pointer, n uintptr) error {
 		unix.MAP_PRIVATE|unix.MAP_ANONYMOUS|unix.MAP_FIXED)
 	return err
 }
+
+// MapShared maps size bytes of fd, shared, over [base, base+size) of a
+// reservation, replacing it (MAP_FIXED), and scratch memory over the guard
+// bytes on each side.
+func MapShared(fd int, base unsafe.Pointer, size, guard uintptr) error {
+	if _, err := unix.MmapPtr(fd, 0, base, size, unix.PROT_READ|unix.PROT_WRITE,
+		unix.MAP_SHARED|unix.MAP_FIXED); err != nil {
+		return fmt.Errorf("map descriptor %d at %p: %w", fd, base, err)
+	}
+	for _, g := range []unsafe.Pointer{unsafe.Add(base, -int(guard)), unsafe.Add(base, size)} {
+		if err := MapScratch(g, guard); err != nil {
+			return fmt.Errorf("map guard region at %p: %w", g, err)
+		}
+	}
+	return nil
+}
