@@ -128,24 +128,33 @@ func CreateIn(base unsafe.Pointer, size uint64, name string, opts *Options) (*He
 	if err := p.validate(); err != nil {
 		return nil, fileErr(name, err)
 	}
-	if uint64(uintptr(base))%size != 0 {
-		return nil, fileErr(name, fmt.Errorf("memory at %p is not aligned to its size %#x", base, size))
+	m, err := lent(base, size, name)
+	if err != nil {
+		return nil, err
 	}
-	h := &Heap{name: name, m: &mapping{base: base, size: uintptr(size)}}
-	return h.format(p), nil
+	return (&Heap{name: name, m: m}).format(p), nil
 }
 
 // OpenIn attaches to the heap that CreateIn (possibly in another process)
 // formatted in the memory at base, mapped as CreateIn requires.
 func OpenIn(base unsafe.Pointer, size uint64, name string) (*Heap, error) {
-	if uint64(uintptr(base))%size != 0 {
-		return nil, fileErr(name, fmt.Errorf("memory at %p is not aligned to its size %#x", base, size))
+	m, err := lent(base, size, name)
+	if err != nil {
+		return nil, err
 	}
 	hdr, err := ParseHeader(unsafe.Slice((*byte)(base), min(hdrEnd, size)), int64(size))
 	if err != nil {
 		return nil, fileErr(name, err)
 	}
-	return &Heap{name: name, m: &mapping{base: base, size: uintptr(size)}, hdr: hdr}, nil
+	return &Heap{name: name, m: m, hdr: hdr}, nil
+}
+
+// lent describes memory someone else mapped for CreateIn and OpenIn.
+func lent(base unsafe.Pointer, size uint64, name string) (*mapping, error) {
+	if size == 0 || uint64(uintptr(base))%size != 0 {
+		return nil, fileErr(name, fmt.Errorf("memory at %p is not aligned to its size %#x", base, size))
+	}
+	return &mapping{base: base, size: uintptr(size)}, nil
 }
 
 func create(f *os.File, name string, p Params, mapAt uintptr) (*Heap, error) {
