@@ -39,22 +39,17 @@ func BenchmarkExecutorsVsKernel(b *testing.B) {
 	a, err := NewArena(1 << 20)
 	require.NoError(b, err)
 	defer a.Close()
-	jm, err := jit.NewMachineIn(jit.Region{Base: a.Pointer(), Size: a.Size(), Canon: a.Base(), Scratch: a.Size() / 2})
+	jm, err := jit.NewMachineIn(a.Region())
 	require.NoError(b, err)
 	defer jm.Close()
 	im := interp.NewMachine()
 	im.AttachHeap(a.Pointer(), a.Size(), a.Base())
-	progs := append([]benchprog.Program{{Name: "empty", Text: "mov %r0, 0\nexit"}}, benchprog.Corpus...)
+	progs, err := LoadCorpus(a)
+	require.NoError(b, err, "the kernel accepts every program")
 	for _, bc := range progs {
+		defer bc.Kernel.Close()
 		b.Run(bc.Name, func(b *testing.B) {
-			mem := a.Bytes()[:benchprog.Size]
-			kins, want, err := bc.BuildArena(mem, a.Base(), a.Ref(asm.R1))
-			require.NoError(b, err)
-			ours, _, err := bc.BuildArena(mem, a.Base(), asm.LoadImm(asm.R1, 0, asm.DWord))
-			require.NoError(b, err)
-			kp, err := Load(kins, XDP, nil)
-			require.NoError(b, err, "the kernel accepts %s", bc.Name)
-			defer kp.Close()
+			kp, ours, want := bc.Kernel, bc.Ours, bc.Want
 			ip, err := interp.Load(ours)
 			require.NoError(b, err)
 			runs := map[string]func() (uint64, error){
@@ -75,7 +70,7 @@ func BenchmarkExecutorsVsKernel(b *testing.B) {
 				r0, err := run()
 				require.NoError(b, err, name)
 				require.Equal(b, uint32(r0), kr0, "%s and the kernel agree", name)
-				if bc.Setup != nil {
+				if bc.HasWant {
 					require.Equal(b, want, r0, name)
 				}
 			}

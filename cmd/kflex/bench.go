@@ -9,8 +9,6 @@ import (
 	"time"
 	"unsafe"
 
-	"github.com/cilium/ebpf/asm"
-
 	"github.com/kflex-go/kflex/internal/benchprog"
 	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/jit/interp"
@@ -51,7 +49,7 @@ With --json the figures are one flat JSON object.`, out)
 	switch fs.Arg(0) {
 	case "jit":
 		if figures, err = benchJIT(*per); err == nil {
-			err = benchVsKernel(*per, figures, out)
+			err = benchVsKernel(*per, figures)
 		}
 	case "lock":
 		figures, err = serve.MeasureLock(*rounds, func(s string) (serve.Invoker, error) { return userspace.Dial(s, nil) })
@@ -126,9 +124,9 @@ func benchJIT(per time.Duration) (map[string]float64, error) {
 	return figures, nil
 }
 
-// benchVsKernel adds the kernel comparison to figures, or says on out why it
-// cannot run here.
-func benchVsKernel(per time.Duration, figures map[string]float64, out io.Writer) error {
+// benchVsKernel adds the kernel comparison to figures, or says on stderr why
+// it cannot run here.
+func benchVsKernel(per time.Duration, figures map[string]float64) error {
 	if err := kernel.HaveArena(); err != nil {
 		fmt.Fprintf(os.Stderr, "kflex bench: no kernel comparison: %v\n", err)
 		return nil
@@ -138,28 +136,18 @@ func benchVsKernel(per time.Duration, figures map[string]float64, out io.Writer)
 		return err
 	}
 	defer a.Close()
-	m, err := jit.NewMachineIn(jit.Region{Base: a.Pointer(), Size: a.Size(), Canon: a.Base(), Scratch: a.Size() / 2})
+	m, err := jit.NewMachineIn(a.Region())
 	if err != nil {
 		return err
 	}
 	defer m.Close()
-	progs := append([]benchprog.Program{{Name: "empty", Text: "mov %r0, 0\nexit"}}, benchprog.Corpus...)
+	progs, err := kernel.LoadCorpus(a)
+	if err != nil {
+		return err
+	}
 	for _, bc := range progs {
-		mem := a.Bytes()[:benchprog.Size]
-		kins, want, err := bc.BuildArena(mem, a.Base(), a.Ref(asm.R1))
-		if err != nil {
-			return err
-		}
-		ours, _, err := bc.BuildArena(mem, a.Base(), asm.LoadImm(asm.R1, 0, asm.DWord))
-		if err != nil {
-			return err
-		}
-		kp, err := kernel.Load(kins, kernel.XDP, nil)
-		if err != nil {
-			return fmt.Errorf("%s in the kernel: %w", bc.Name, err)
-		}
-		defer kp.Close()
-		p, err := jit.Compile(ours)
+		defer bc.Kernel.Close()
+		p, err := jit.Compile(bc.Ours)
 		if err != nil {
 			return fmt.Errorf("%s: %w", bc.Name, err)
 		}
@@ -168,19 +156,19 @@ func benchVsKernel(per time.Duration, figures map[string]float64, out io.Writer)
 		if err != nil {
 			return fmt.Errorf("%s: %w", bc.Name, err)
 		}
-		kr0, _, err := kp.Bench(1)
+		kr0, _, err := bc.Kernel.Bench(1)
 		if err != nil {
 			return fmt.Errorf("%s in the kernel: %w", bc.Name, err)
 		}
-		if uint32(r0) != kr0 || (bc.Setup != nil && r0 != want) {
-			return fmt.Errorf("%s: the JIT computed %#x, the kernel %#x, want %#x", bc.Name, r0, kr0, want)
+		if uint32(r0) != kr0 || (bc.HasWant && r0 != bc.Want) {
+			return fmt.Errorf("%s: the JIT computed %#x, the kernel %#x, want %#x", bc.Name, r0, kr0, bc.Want)
 		}
 		jns, err := timeRuns(per, func() error { _, err := m.Run(p, nil); return err })
 		if err != nil {
 			return fmt.Errorf("%s: %w", bc.Name, err)
 		}
 		// The kernel times its own loop; ask for about as many runs as fit in per.
-		_, kd, err := kp.Bench(max(int(per.Nanoseconds()/int64(max(jns, 1))), 1000))
+		_, kd, err := bc.Kernel.Bench(max(int(per.Nanoseconds()/int64(max(jns, 1))), 1000))
 		if err != nil {
 			return fmt.Errorf("%s in the kernel: %w", bc.Name, err)
 		}
