@@ -96,31 +96,46 @@ func TestRefine32Sound(t *testing.T) {
 	t.Logf("%d cases, %d refinements that narrowed", checked, narrowed)
 }
 
-// TestALUBoundsSound: every pair of values in the operands' ranges gives a
-// result inside the result's bounds and tnum.
-func TestALUBoundsSound(t *testing.T) {
-	ranges := [][2]uint64{{0, 0}, {0, 3}, {1, 3}, {5, 100}, {0, 1023}, {1 << 62, 1<<62 + 9}, {math.MaxUint64 - 3, math.MaxUint64},
-		{1 << 31, 1<<31 + 3}, {90, 100}}
-	ops := map[uint8]func(a, b uint64) uint64{
-		0x00: func(a, b uint64) uint64 { return a + b },
-		0x10: func(a, b uint64) uint64 { return a - b },
-		0x20: func(a, b uint64) uint64 { return a * b },
-		0x30: func(a, b uint64) uint64 { // RFC 9669: x/0 = 0
-			if b == 0 {
-				return 0
-			}
-			return a / b
-		},
-		0x90: func(a, b uint64) uint64 { // RFC 9669: x%0 = x
-			if b == 0 {
-				return a
-			}
-			return a % b
-		},
-		0x50: func(a, b uint64) uint64 { return a & b },
-		0x60: func(a, b uint64) uint64 { return a << (b & 63) },
-		0x70: func(a, b uint64) uint64 { return a >> (b & 63) },
+// aluResult is RFC 9669's result of ALU operation op on a and b: on 64 bits,
+// or (wide false) on the low halves, zero-extended.
+func aluResult(op uint8, a, b uint64, wide bool) uint64 {
+	mask, shifts := uint64(math.MaxUint64), uint64(63)
+	if !wide {
+		mask, shifts = math.MaxUint32, 31
+		a, b = a&mask, b&mask
 	}
+	var v uint64
+	switch op {
+	case 0x00:
+		v = a + b
+	case 0x10:
+		v = a - b
+	case 0x20:
+		v = a * b
+	case 0x30: // x/0 = 0
+		if b != 0 {
+			v = a / b
+		}
+	case 0x90: // x%0 = x
+		v = a
+		if b != 0 {
+			v = a % b
+		}
+	case 0x50:
+		v = a & b
+	case 0x60:
+		v = a << (b & shifts)
+	case 0x70:
+		v = a >> (b & shifts)
+	}
+	return v & mask
+}
+
+// checkALUBounds checks bound (aluBounds, or aluBounds32 when not wide) on
+// every ALU operation it handles and every pair of operand ranges: every pair
+// of values in the ranges gives a result inside the result's bounds and tnum.
+// It returns how many results bound narrowed beyond the tnum alone.
+func checkALUBounds(t *testing.T, wide bool, ranges [][2]uint64, bound func(op uint8, d, s, r Reg) Reg) (narrowed int) {
 	samples := func(rg [2]uint64) []uint64 {
 		out := []uint64{rg[0], rg[1]}
 		for v := rg[0]; v < rg[1] && v-rg[0] < 40; v++ {
@@ -128,7 +143,11 @@ func TestALUBoundsSound(t *testing.T) {
 		}
 		return out
 	}
-	for op, f := range ops {
+	cls := uint8(0x04)
+	if wide {
+		cls = 0x07
+	}
+	for _, op := range []uint8{0x00, 0x10, 0x20, 0x30, 0x90, 0x50, 0x60, 0x70} {
 		for _, dr := range ranges {
 			for _, sr := range ranges {
 				d, _ := unknownScalar().withBounds(dr[0], dr[1])
@@ -139,88 +158,43 @@ func TestALUBoundsSound(t *testing.T) {
 					}
 					s = scalar(Const(sr[0]))
 				}
-				r := aluBounds(op, d, s, scalar(scalarALU(slotOf(op), true, d.Val, s.Val)))
-				lo, hi := r.Bounds()
-				for _, a := range samples(dr) {
-					for _, b := range samples(sr) {
-						v := f(a, b)
-						if v < lo || v > hi || !r.Val.Contains(v) {
-							t.Fatalf("op %#x %#x, %#x = %#x outside %v (%#x..%#x) for %v, %v", op, a, b, v, r, lo, hi, dr, sr)
-						}
-					}
-				}
-			}
-		}
-	}
-}
-
-// TestALUBounds32Sound is TestALUBoundsSound for 32-bit operations, which
-// work on the low halves and zero-extend; some ranges reach past 32 bits.
-func TestALUBounds32Sound(t *testing.T) {
-	ranges := [][2]uint64{{0, 0}, {0, 3}, {1, 3}, {5, 100}, {90, 100}, {0, 1023}, {math.MaxUint32 - 3, math.MaxUint32},
-		{1 << 31, 1<<31 + 3}, {1<<32 - 2, 1<<32 + 2}, {1 << 40, 1<<40 + 5}, {3, 3}, {33, 33}}
-	ops := map[uint8]func(a, b uint32) uint32{
-		0x00: func(a, b uint32) uint32 { return a + b },
-		0x10: func(a, b uint32) uint32 { return a - b },
-		0x20: func(a, b uint32) uint32 { return a * b },
-		0x30: func(a, b uint32) uint32 {
-			if b == 0 {
-				return 0
-			}
-			return a / b
-		},
-		0x90: func(a, b uint32) uint32 {
-			if b == 0 {
-				return a
-			}
-			return a % b
-		},
-		0x50: func(a, b uint32) uint32 { return a & b },
-		0x60: func(a, b uint32) uint32 { return a << (b & 31) },
-		0x70: func(a, b uint32) uint32 { return a >> (b & 31) },
-	}
-	samples := func(rg [2]uint64) []uint64 {
-		out := []uint64{rg[0], rg[1]}
-		for v := rg[0]; v < rg[1] && v-rg[0] < 40; v++ {
-			out = append(out, v)
-		}
-		return out
-	}
-	narrowed := 0
-	for op, f := range ops {
-		for _, dr := range ranges {
-			for _, sr := range ranges {
-				d, _ := unknownScalar().withBounds(dr[0], dr[1])
-				s, _ := unknownScalar().withBounds(sr[0], sr[1])
-				if op == 0x60 || op == 0x70 {
-					if sr[0] != sr[1] || sr[0] > 63 {
-						continue
-					}
-					s = scalar(Const(sr[0]))
-				}
-				tn := scalar(scalarALU(bytecode.Slot{Op: 0x04 | op | 0x08}, false, d.Val, s.Val))
-				r := aluBounds32(op, d, s, tn)
+				tn := scalar(scalarALU(bytecode.Slot{Op: cls | op | 0x08}, wide, d.Val, s.Val))
+				r := bound(op, d, s, tn)
 				if r != tn {
 					narrowed++
 				}
 				lo, hi := r.Bounds()
 				for _, a := range samples(dr) {
 					for _, b := range samples(sr) {
-						v := uint64(f(uint32(a), uint32(b)))
+						v := aluResult(op, a, b, wide)
 						if v < lo || v > hi || !r.Val.Contains(v) {
-							t.Fatalf("op32 %#x %#x, %#x = %#x outside %v (%#x..%#x) for %v, %v", op, a, b, v, r, lo, hi, dr, sr)
+							t.Fatalf("op %#x (64-bit %v) %#x, %#x = %#x outside %v (%#x..%#x) for %v, %v",
+								op, wide, a, b, v, r, lo, hi, dr, sr)
 						}
 					}
 				}
 			}
 		}
 	}
-	if narrowed == 0 {
+	return narrowed
+}
+
+// TestALUBoundsSound: 64-bit operations keep sound bounds (checkALUBounds).
+func TestALUBoundsSound(t *testing.T) {
+	ranges := [][2]uint64{{0, 0}, {0, 3}, {1, 3}, {5, 100}, {0, 1023}, {1 << 62, 1<<62 + 9}, {math.MaxUint64 - 3, math.MaxUint64},
+		{1 << 31, 1<<31 + 3}, {90, 100}}
+	checkALUBounds(t, true, ranges, aluBounds)
+}
+
+// TestALUBounds32Sound: 32-bit operations, which work on the low halves and
+// zero-extend, keep sound bounds; some ranges reach past 32 bits.
+func TestALUBounds32Sound(t *testing.T) {
+	ranges := [][2]uint64{{0, 0}, {0, 3}, {1, 3}, {5, 100}, {90, 100}, {0, 1023}, {math.MaxUint32 - 3, math.MaxUint32},
+		{1 << 31, 1<<31 + 3}, {1<<32 - 2, 1<<32 + 2}, {1 << 40, 1<<40 + 5}, {3, 3}, {33, 33}}
+	if checkALUBounds(t, false, ranges, aluBounds32) == 0 {
 		t.Error("no 32-bit operation kept bounds beyond its tnum")
 	}
 }
-
-func slotOf(op uint8) bytecode.Slot { return bytecode.Slot{Op: 0x07 | op | 0x08} }
 
 // TestSignedBoundsIndex: an index tested non-negative, then below a bound,
 // with signed comparisons indexes a checked pointer with no guard. Only
