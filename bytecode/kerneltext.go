@@ -131,11 +131,14 @@ func atomicText(s Slot) string {
 	case StoreRelease:
 		return fmt.Sprintf("store_release(%s, r%d)", at, s.Src)
 	}
-	names := map[int32]string{AtomicAdd: "add", AtomicOr: "or", AtomicAnd: "and", AtomicXor: "xor"}
-	symbols := map[int32]string{AtomicAdd: "+=", AtomicOr: "|=", AtomicAnd: "&=", AtomicXor: "^="}
 	base := s.Imm &^ AtomicFetch
 	if s.Imm&AtomicFetch != 0 {
-		return fmt.Sprintf("r%d = %sfetch_%s(%s, r%d)", s.Src, fn, names[base], at, s.Src)
+		return fmt.Sprintf("r%d = %sfetch_%s(%s, r%d)", s.Src, fn, atomicNames[base], at, s.Src)
 	}
-	return fmt.Sprintf("lock *%s %s r%d", at, symbols[base], s.Src)
+	return fmt.Sprintf("lock *%s %s r%d", at, atomicSymbols[base], s.Src)
 }
+
+var (
+	atomicNames   = map[int32]string{AtomicAdd: "add", AtomicOr: "or", AtomicAnd: "and", AtomicXor: "xor"}
+	atomicSymbols = map[int32]string{AtomicAdd: "+=", AtomicOr: "|=", AtomicAnd: "&=", AtomicXor: "^="}
+)
