@@ -36,9 +36,10 @@ func (a *analysis) alu(pc int, s *State, in bytecode.Slot, w bool) error {
 		// source may be 0. Into the canonical view: a heap pointer, as a number.
 		s.Regs[in.Dst] = unknownScalar()
 		if in.Imm == 1 {
+			lo, _ := src.Bounds()
 			nonZero := src.Kind == PtrCtx || src.Kind == PtrStack ||
-				src.Kind == Scalar && (src.Val.Value != 0 || src.UMin > 0 || src.Checked && !src.MaybeNull)
-			s.Regs[in.Dst] = Reg{Kind: Scalar, Val: Unknown, Checked: true, MaybeNull: !nonZero}
+				src.Kind == Scalar && (lo > 0 || src.Checked && !src.MaybeNull)
+			s.Regs[in.Dst] = heapPointer(!nonZero, 0)
 		}
 		return nil
 	}
@@ -58,19 +59,27 @@ func (a *analysis) alu(pc int, s *State, in bytecode.Slot, w bool) error {
 		s.Regs[in.Dst] = pointerALU(op, w, dst, src)
 		return nil
 	}
-	r := scalar(scalarALU(in, w, dst.Val, src.Val))
-	switch signed := in.Off == 1 && (op == 0x30 || op == 0x90); {
-	case signed:
-	case w:
-		r = aluBounds(op, dst, src, r)
-	default:
-		r = aluBounds32(op, dst, src, r)
-	}
+	r := scalarResult(in, w, dst, src)
 	if w && (op == 0x00 || op == 0x10) {
 		r = movedChecked(op, dst, src, r)
 	}
 	s.Regs[in.Dst] = r
 	return nil
+}
+
+// scalarResult is the value of a scalar ALU operation on scalars d and s:
+// its tnum, narrowed by its intervals.
+func scalarResult(in bytecode.Slot, w bool, d, s Reg) Reg {
+	switch {
+	case in.Op&0xf0 != 0xb0:
+	case in.Off != 0: // movsx
+		return signExtended(s, int(in.Off), w)
+	case w:
+		return s
+	default:
+		return truncate(s)
+	}
+	return aluBounds(in, w, d, s, scalar(scalarALU(in, w, d.Val, s.Val)))
 }
 
 // movedChecked: a checked pointer plus or minus a number whose unsigned
@@ -104,14 +113,19 @@ func movedChecked(op uint8, dst, src, r Reg) Reg {
 	return r
 }
 
+// truncate is mov32: r's low half, zero-extended, with its 32-bit intervals.
 func truncate(r Reg) Reg {
 	if r.Kind != Scalar {
-		r = unknownScalar()
+		return scalar(Unknown.Truncate(4))
 	}
-	return r.truncated()
+	t := scalar(r.Val.Truncate(4))
+	if i32, s := r.B.get(u32), r.B.get(s32); t.B.narrowKeys(u32, i32.lo, i32.hi) && t.B.narrowKeys(s32, s.lo, s.hi) {
+		if nt, ok := t.sync(); ok {
+			return nt
+		}
+	}
+	return fallback(r.Val.Truncate(4), "mov32")
 }
-
-func (r Reg) truncated() Reg { return scalar(r.Val.Truncate(4)) }
 
 func pointerALU(op uint8, w bool, dst, src Reg) Reg {
 	c, isConst := constOf(src)
@@ -136,6 +150,11 @@ func pointerALU(op uint8, w bool, dst, src Reg) Reg {
 
 // scalarALU is the tnum of a scalar ALU operation.
 func scalarALU(in bytecode.Slot, w bool, d, s Tnum) Tnum {
+	if in.Op&0xf0 == 0xd0 {
+		// Byte swaps, whose width is their immediate, not their class,
+		// move known bits with the bytes.
+		return Tnum{Value: fold(in, true, d.Value, 0), Mask: fold(in, true, d.Mask, 0)}
+	}
 	if !w {
 		d, s = d.Truncate(4), s.Truncate(4)
 	}
@@ -177,7 +196,7 @@ func scalarALU(in bytecode.Slot, w bool, d, s Tnum) Tnum {
 				r = d.Lsh(32).Arsh(32 + n).Truncate(4)
 			}
 		}
-	default: // div, mod, swaps, movsx: exact only on constants
+	default: // div, mod: exact only on constants
 		if d.IsConst() && s.IsConst() {
 			r = Const(fold(in, w, d.Value, s.Value))
 		} else {
@@ -190,8 +209,9 @@ func scalarALU(in bytecode.Slot, w bool, d, s Tnum) Tnum {
 	return r
 }
 
-// fold computes the operations scalarALU does not track bit by bit, on
-// constants, exactly as the ISA defines them.
+// fold computes division and modulo on constants, and byte swaps (which
+// scalarALU applies to a tnum's known bits and unknown ones alike), exactly
+// as the ISA defines them.
 func fold(in bytecode.Slot, w bool, d, s uint64) uint64 {
 	signed := in.Off == 1
 	switch in.Op & 0xf0 {
@@ -229,16 +249,6 @@ func fold(in bytecode.Slot, w bool, d, s uint64) uint64 {
 			return d % s
 		}
 		return d / s
-	case 0xb0: // movsx
-		switch in.Off {
-		case 8:
-			d = uint64(int64(int8(s)))
-		case 16:
-			d = uint64(int64(int16(s)))
-		default:
-			d = uint64(int64(int32(s)))
-		}
-		return d
 	case 0xd0: // byte swaps
 		toBE := in.Op == 0xdc || in.Op == 0xd7
 		switch in.Imm {

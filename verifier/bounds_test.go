@@ -2,204 +2,301 @@ package verifier
 
 import (
 	"math"
+	"math/bits"
 	"testing"
 
 	"github.com/kflex-go/kflex/bytecode"
 )
 
-// comparisons is what each jump operation decides, on 64 bits.
-var comparisons = map[uint8]func(v, k uint64) bool{
-	0x10: func(v, k uint64) bool { return v == k },
-	0x50: func(v, k uint64) bool { return v != k },
-	0x20: func(v, k uint64) bool { return v > k },
-	0x30: func(v, k uint64) bool { return v >= k },
-	0xa0: func(v, k uint64) bool { return v < k },
-	0xb0: func(v, k uint64) bool { return v <= k },
-	0x60: func(v, k uint64) bool { return int64(v) > int64(k) },
-	0x70: func(v, k uint64) bool { return int64(v) >= int64(k) },
-	0xc0: func(v, k uint64) bool { return int64(v) < int64(k) },
-	0xd0: func(v, k uint64) bool { return int64(v) <= int64(k) },
+// member reports whether the raw value v is one of r's: in its tnum and in
+// each of its four intervals.
+func member(r Reg, v uint64) bool {
+	for _, d := range domains {
+		if k, iv := d.key(v&d.top()), r.B.get(d); k < iv.lo || k > iv.hi {
+			return false
+		}
+	}
+	return r.Val.Contains(v)
 }
 
-// checkRefinement runs refinement fn for every comparison, constant and
-// range, and checks that every value the register may hold lands on the side
-// the comparison (decided by holds) sends it to, inside that side's bounds,
-// and that side is not called impossible. It returns how many cases it
-// checked and how many refinements narrowed the register.
-func checkRefinement(t *testing.T, fn func(op uint8, x Reg, k uint64) (Reg, Reg, bool, bool),
-	holds func(op uint8, v, k uint64) bool, values, consts []uint64, ranges [][2]uint64) (checked, narrowed int) {
-	within := func(r Reg, v uint64) bool {
-		lo, hi := r.Bounds()
-		return r.Val.Contains(v) && lo <= v && v <= hi
+// span is an operand for the soundness tests: an unknown number narrowed to
+// [lo, hi] in one reading.
+type span struct {
+	d      domain
+	lo, hi int64 // as numbers of the reading (the unsigned 64-bit one as its bits)
+}
+
+func (sp span) reg(t *testing.T) Reg {
+	r := unknownScalar()
+	if !r.B.narrowKeys(sp.d, sp.d.keyOf(sp.lo), sp.d.keyOf(sp.hi)) {
+		t.Fatalf("span %v is empty", sp)
 	}
-	for _, rg := range ranges {
-		x, ok := unknownScalar().withBounds(rg[0], rg[1])
-		if !ok {
-			t.Fatalf("range %v", rg)
+	r, ok := r.sync()
+	if !ok {
+		t.Fatalf("span %v syncs to nothing", sp)
+	}
+	return r
+}
+
+// samples are raw values of r near the ends of the span and across it, with
+// several upper halves where the span is a 32-bit reading.
+func (sp span) samples(r Reg) []uint64 {
+	var raws []uint64
+	for _, end := range []int64{sp.lo, sp.hi} {
+		for delta := int64(-2); delta <= 2; delta++ {
+			raws = append(raws, uint64(end+delta))
 		}
-		for op := range comparisons {
-			for _, k := range consts {
-				taken, fall, takenOK, fallOK := fn(op, x, k)
-				if taken != x || fall != x {
-					narrowed++
-				}
-				for _, v := range values {
-					if !within(x, v) {
-						continue
-					}
-					side, sideOK, name := fall, fallOK, "fall"
-					if holds(op, v, k) {
-						side, sideOK, name = taken, takenOK, "taken"
-					}
-					if !sideOK || !within(side, v) {
-						t.Errorf("op %#x k %#x x in %v: value %#x goes %s, which is %v (ok %v)", op, k, rg, v, name, side, sideOK)
-					}
-					checked++
-				}
+	}
+	step := (uint64(sp.hi) - uint64(sp.lo)) / 7
+	for i := uint64(1); i < 7; i++ {
+		raws = append(raws, uint64(sp.lo)+i*step)
+	}
+	var out []uint64
+	for _, raw := range raws {
+		uppers := []uint64{raw &^ math.MaxUint32}
+		if !sp.d.wide() {
+			uppers = []uint64{0, 1 << 32, 0xffffffff << 32, 1 << 63}
+		}
+		for _, up := range uppers {
+			if v := up | raw&math.MaxUint32; member(r, v) {
+				out = append(out, v)
 			}
 		}
 	}
-	return checked, narrowed
+	return out
 }
 
-// TestRefineSound: 64-bit comparisons refine soundly (checkRefinement).
-func TestRefineSound(t *testing.T) {
-	values := []uint64{0, 1, 2, 3, 5, 7, 99, 100, 101, 200, 1000, math.MaxInt64 - 1, math.MaxInt64,
-		1 << 63, 1<<63 + 1, math.MaxUint64 - 1, math.MaxUint64}
-	consts := []uint64{0, 1, 5, 100, 200, math.MaxInt64, 1 << 63, math.MaxUint64}
-	ranges := [][2]uint64{{0, math.MaxUint64}, {0, 200}, {5, 100}, {1, 1 << 63}, {100, 100}}
-	holds := func(op uint8, v, k uint64) bool { return comparisons[op](v, k) }
-	checked, _ := checkRefinement(t, refine, holds, values, consts, ranges)
-	t.Logf("%d cases", checked)
+// spans mix readings, signs and both sides of the points where readings part.
+var spans = []span{
+	{u64, 0, 0}, {u64, 0, 3}, {u64, 1, 3}, {u64, 5, 100}, {u64, 0, 1023}, {u64, 3, 3}, {u64, 33, 33},
+	{u64, 1 << 62, 1<<62 + 9}, {u64, -4, -1}, {u64, 1<<32 - 2, 1<<32 + 2}, {u64, 100, 200}, {u64, 0x7ff0, 0x8010},
+	{s64, -5, 3}, {s64, -100, -90}, {s64, math.MinInt64, math.MinInt64 + 4}, {s64, -1, -1},
+	{u32, 1<<31 - 2, 1<<31 + 2}, {u32, 0, 7}, {s32, -3, 4},
 }
 
-// TestRefine32Sound: 32-bit comparisons, which look at the low halves only,
-// refine soundly; the ranges include values past 32 bits, where nothing may
-// be learnt.
-func TestRefine32Sound(t *testing.T) {
-	values := []uint64{0, 1, 5, 99, 100, 101, math.MaxInt32 - 1, math.MaxInt32, 1 << 31, math.MaxUint32 - 1,
-		math.MaxUint32, 1 << 32, 1<<32 + 5, 1<<32 + 100, math.MaxUint64}
-	consts := []uint64{0, 1, 5, 100, math.MaxInt32, 1 << 31, math.MaxUint32, 1<<32 + 5, math.MaxUint64}
-	ranges := [][2]uint64{{0, math.MaxUint64}, {0, 200}, {5, 100}, {0, math.MaxUint32}, {0, math.MaxInt32},
-		{1 << 31, math.MaxUint32}, {0, 1<<32 + 100}}
-	// The low halves, sign-extended for the signed orders, compared on 64 bits.
-	holds := func(op uint8, v, k uint64) bool {
-		if op >= 0x60 && op != 0xa0 && op != 0xb0 {
-			return comparisons[op](uint64(int64(int32(v))), uint64(int64(int32(k))))
+// rfcALU is RFC 9669's result of ALU (or byte swap) instruction in on a and b,
+// 64-bit if w; a 32-bit operation works on the low halves and zero-extends.
+func rfcALU(in bytecode.Slot, w bool, a, b uint64) uint64 {
+	if in.Op&0xf0 == 0xd0 { // byte swaps: the immediate is the width
+		n := in.Imm
+		if in.Op == 0xd4 { // to little-endian: a truncation here
+			return a & (math.MaxUint64 >> (64 - n))
 		}
-		return comparisons[op](uint64(uint32(v)), uint64(uint32(k)))
+		return bits.ReverseBytes64(a) >> (64 - n)
 	}
-	checked, narrowed := checkRefinement(t, refine32, holds, values, consts, ranges)
-	if narrowed == 0 {
-		t.Error("no 32-bit comparison narrowed anything")
+	bitsW := uint64(64)
+	if !w {
+		bitsW, a, b = 32, a&math.MaxUint32, b&math.MaxUint32
 	}
-	t.Logf("%d cases, %d refinements that narrowed", checked, narrowed)
-}
-
-// aluResult is RFC 9669's result of ALU operation op on a and b: on 64 bits,
-// or (wide false) on the low halves, zero-extended.
-func aluResult(op uint8, a, b uint64, wide bool) uint64 {
-	mask, shifts := uint64(math.MaxUint64), uint64(63)
-	if !wide {
-		mask, shifts = math.MaxUint32, 31
-		a, b = a&mask, b&mask
-	}
+	sx := func(v uint64, n uint64) int64 { return int64(v<<(64-n)) >> (64 - n) }
+	sa, sb := sx(a, bitsW), sx(b, bitsW)
 	var v uint64
-	switch op {
+	switch in.Op & 0xf0 {
 	case 0x00:
 		v = a + b
 	case 0x10:
 		v = a - b
 	case 0x20:
 		v = a * b
-	case 0x30: // x/0 = 0
-		if b != 0 {
+	case 0x30:
+		switch {
+		case b == 0:
+		case in.Off == 1:
+			v = uint64(sa / sb)
+		default:
 			v = a / b
 		}
-	case 0x90: // x%0 = x
-		v = a
-		if b != 0 {
+	case 0x90:
+		switch {
+		case b == 0:
+			v = a
+		case in.Off == 1:
+			v = uint64(sa % sb)
+		default:
 			v = a % b
 		}
+	case 0x40:
+		v = a | b
 	case 0x50:
 		v = a & b
+	case 0xa0:
+		v = a ^ b
 	case 0x60:
-		v = a << (b & shifts)
+		v = a << (b & (bitsW - 1))
 	case 0x70:
-		v = a >> (b & shifts)
+		v = a >> (b & (bitsW - 1))
+	case 0xc0:
+		v = uint64(sa >> (b & (bitsW - 1)))
+	case 0x80:
+		v = -a
+	case 0xb0:
+		v = b
+		if in.Off != 0 {
+			v = uint64(sx(b, uint64(in.Off)))
+		}
 	}
-	return v & mask
+	if !w {
+		v &= math.MaxUint32
+	}
+	return v
 }
 
-// checkALUBounds checks bound (aluBounds, or aluBounds32 when not wide) on
-// every ALU operation it handles and every pair of operand ranges: every pair
-// of values in the ranges gives a result inside the result's bounds and tnum.
-// It returns how many results bound narrowed beyond the tnum alone.
-func checkALUBounds(t *testing.T, wide bool, ranges [][2]uint64, bound func(op uint8, d, s, r Reg) Reg) (narrowed int) {
-	samples := func(rg [2]uint64) []uint64 {
-		out := []uint64{rg[0], rg[1]}
-		for v := rg[0]; v < rg[1] && v-rg[0] < 40; v++ {
-			out = append(out, v)
+// aluCases are every scalar ALU operation kflex tracks: each arithmetic and
+// logic operation on 64 and 32 bits, signed division, sign extension and the
+// byte swaps.
+func aluCases() []struct {
+	in bytecode.Slot
+	w  bool
+} {
+	var out []struct {
+		in bytecode.Slot
+		w  bool
+	}
+	add := func(op uint8, off int16, imm int32) {
+		out = append(out, struct {
+			in bytecode.Slot
+			w  bool
+		}{bytecode.Slot{Op: op, Off: off, Imm: imm}, op&7 == 0x07})
+	}
+	for _, cls := range []uint8{0x07, 0x04} {
+		for _, op := range []uint8{0x00, 0x10, 0x20, 0x30, 0x40, 0x50, 0x60, 0x70, 0x80, 0x90, 0xa0, 0xb0, 0xc0} {
+			add(cls|op|0x08, 0, 0)
 		}
-		return out
+		add(cls|0x38, 1, 0)
+		add(cls|0x98, 1, 0)
+		add(cls|0xb8, 8, 0)
+		add(cls|0xb8, 16, 0)
 	}
-	cls := uint8(0x04)
-	if wide {
-		cls = 0x07
+	add(0xbf, 32, 0)
+	for _, n := range []int32{16, 32, 64} {
+		add(0xd4, 0, n)
+		add(0xdc, 0, n)
+		add(0xd7, 0, n)
 	}
-	for _, op := range []uint8{0x00, 0x10, 0x20, 0x30, 0x90, 0x50, 0x60, 0x70} {
-		for _, dr := range ranges {
-			for _, sr := range ranges {
-				d, _ := unknownScalar().withBounds(dr[0], dr[1])
-				s, _ := unknownScalar().withBounds(sr[0], sr[1])
-				if op == 0x60 || op == 0x70 { // shifts by a constant only
-					if sr[0] != sr[1] || sr[0] > 63 {
-						continue
-					}
-					s = scalar(Const(sr[0]))
-				}
-				tn := scalar(scalarALU(bytecode.Slot{Op: cls | op | 0x08}, wide, d.Val, s.Val))
-				r := bound(op, d, s, tn)
-				if r != tn {
+	return out
+}
+
+// TestALUBoundsSound: for every ALU operation and every pair of operand
+// spans, every result of members of the operands is a member of the result
+// the analysis computes (scalarResult: its tnum and four intervals).
+func TestALUBoundsSound(t *testing.T) {
+	narrowed, checked := 0, 0
+	for _, c := range aluCases() {
+		for _, dsp := range spans {
+			for _, ssp := range spans {
+				d, s := dsp.reg(t), ssp.reg(t)
+				r := scalarResult(c.in, c.w, d, s)
+				if r != scalar(r.Val) {
 					narrowed++
 				}
-				lo, hi := r.Bounds()
-				for _, a := range samples(dr) {
-					for _, b := range samples(sr) {
-						v := aluResult(op, a, b, wide)
-						if v < lo || v > hi || !r.Val.Contains(v) {
-							t.Fatalf("op %#x (64-bit %v) %#x, %#x = %#x outside %v (%#x..%#x) for %v, %v",
-								op, wide, a, b, v, r, lo, hi, dr, sr)
+				for _, a := range dsp.samples(d) {
+					for _, b := range ssp.samples(s) {
+						checked++
+						if v := rfcALU(c.in, c.w, a, b); !member(r, v) {
+							t.Fatalf("%#x off %d imm %d: %#x, %#x = %#x, not in %v (operands %v, %v)",
+								c.in.Op, c.in.Off, c.in.Imm, a, b, v, r, d, s)
 						}
 					}
 				}
 			}
 		}
 	}
-	return narrowed
+	if narrowed == 0 {
+		t.Error("no operation kept intervals beyond its tnum")
+	}
+	t.Logf("%d results checked; %d operations kept intervals beyond the tnum", checked, narrowed)
 }
 
-// TestALUBoundsSound: 64-bit operations keep sound bounds (checkALUBounds).
-func TestALUBoundsSound(t *testing.T) {
-	ranges := [][2]uint64{{0, 0}, {0, 3}, {1, 3}, {5, 100}, {0, 1023}, {1 << 62, 1<<62 + 9}, {math.MaxUint64 - 3, math.MaxUint64},
-		{1 << 31, 1<<31 + 3}, {90, 100}}
-	checkALUBounds(t, true, ranges, aluBounds)
+// comparison is what jump op decides for a and b, on 64 bits or (wide
+// false) the low halves.
+func comparison(op uint8, wide bool, a, b uint64) bool {
+	sa, sb := int64(a), int64(b)
+	if !wide {
+		a, b, sa, sb = a&math.MaxUint32, b&math.MaxUint32, int64(int32(a)), int64(int32(b))
+	}
+	switch op {
+	case 0x10:
+		return a == b
+	case 0x50:
+		return a != b
+	case 0x20:
+		return a > b
+	case 0x30:
+		return a >= b
+	case 0xa0:
+		return a < b
+	case 0xb0:
+		return a <= b
+	case 0x40:
+		return a&b != 0
+	case 0x60:
+		return sa > sb
+	case 0x70:
+		return sa >= sb
+	case 0xc0:
+		return sa < sb
+	}
+	return sa <= sb // 0xd0
 }
 
-// TestALUBounds32Sound: 32-bit operations, which work on the low halves and
-// zero-extend, keep sound bounds; some ranges reach past 32 bits.
-func TestALUBounds32Sound(t *testing.T) {
-	ranges := [][2]uint64{{0, 0}, {0, 3}, {1, 3}, {5, 100}, {90, 100}, {0, 1023}, {math.MaxUint32 - 3, math.MaxUint32},
-		{1 << 31, 1<<31 + 3}, {1<<32 - 2, 1<<32 + 2}, {1 << 40, 1<<40 + 5}, {3, 3}, {33, 33}}
-	if checkALUBounds(t, false, ranges, aluBounds32) == 0 {
-		t.Error("no 32-bit operation kept bounds beyond its tnum")
+// TestRefineSound: on both sides of every comparison, 64- and 32-bit, of
+// every pair of operand spans, each pair of members goes to the side the
+// comparison sends it to, is a member of both narrowed operands there, and
+// that side is not called impossible.
+func TestRefineSound(t *testing.T) {
+	narrowed, checked := 0, 0
+	for _, wide := range []bool{true, false} {
+		for _, op := range []uint8{0x10, 0x50, 0x20, 0x30, 0xa0, 0xb0, 0x40, 0x60, 0x70, 0xc0, 0xd0} {
+			for _, xsp := range spans {
+				for _, ysp := range spans {
+					x, y := xsp.reg(t), ysp.reg(t)
+					taken, fall, takenOK, fallOK := branch(op, wide, x, y)
+					if taken[0] != x || fall[0] != x || taken[1] != y || fall[1] != y {
+						narrowed++
+					}
+					for _, a := range xsp.samples(x) {
+						for _, b := range ysp.samples(y) {
+							checked++
+							side, ok, name := fall, fallOK, "falls through"
+							if comparison(op, wide, a, b) {
+								side, ok, name = taken, takenOK, "is taken"
+							}
+							if !ok || !member(side[0], a) || !member(side[1], b) {
+								t.Fatalf("op %#x (64-bit %v) %#x, %#x %s: %v, %v (possible: %v); operands %v, %v",
+									op, wide, a, b, name, side[0], side[1], ok, x, y)
+							}
+						}
+					}
+				}
+			}
+		}
+	}
+	if narrowed == 0 {
+		t.Error("no comparison narrowed anything")
+	}
+	t.Logf("%d pairs checked; %d comparisons narrowed an operand", checked, narrowed)
+}
+
+// TestJoinSound: where two values meet, the join has every member of both.
+func TestJoinSound(t *testing.T) {
+	for _, asp := range spans {
+		for _, bsp := range spans {
+			a, b := asp.reg(t), bsp.reg(t)
+			j := joinBounds(a, b)
+			for _, v := range append(asp.samples(a), bsp.samples(b)...) {
+				if !member(j, v) {
+					t.Fatalf("%#x is in %v or %v, not in their join %v", v, a, b, j)
+				}
+			}
+		}
 	}
 }
 
-// TestSignedBoundsIndex: an index tested non-negative, then below a bound,
-// with signed comparisons indexes a checked pointer with no guard. Only
-// unsigned bounds are kept: the other order (below a bound while possibly
-// negative, then non-negative) and one test alone leave it guarded.
+// TestSignedBoundsIndex: an index bounded by comparisons indexes a checked
+// pointer with no guard: tested non-negative and below a bound with signed
+// comparisons in either order, on 32 bits where the upper half is known 0,
+// or against a register holding the bound. One test alone, or 32-bit tests of
+// a value whose upper half is unknown, leave it guarded.
 func TestSignedBoundsIndex(t *testing.T) {
 	cfg := testConfig
 	cfg.EntryArg = true
@@ -207,12 +304,15 @@ func TestSignedBoundsIndex(t *testing.T) {
 		tests string
 		want  Access
 	}{
-		{"jslt %r5, 0, +4\njsgt %r5, 1000, +3", HeapChecked},
-		{"jsge %r5, 0, +1\nja +4\njsge %r5, 1001, +3", HeapChecked},
-		{"jsge %r5, 1001, +4\njslt %r5, 0, +3", HeapAccess},
-		{"jsgt %r5, 1000, +4\nmov %r0, 0", HeapAccess},
+		{"ldxdw %r5, [%r1+8]\njslt %r5, 0, +4\njsgt %r5, 1000, +3", HeapChecked},
+		{"ldxdw %r5, [%r1+8]\njsge %r5, 0, +1\nja +4\njsge %r5, 1001, +3", HeapChecked},
+		{"ldxdw %r5, [%r1+8]\njsge %r5, 1001, +4\njslt %r5, 0, +3", HeapChecked},
+		{"ldxw %r5, [%r1+8]\njslt32 %r5, 0, +4\njsgt32 %r5, 1000, +3", HeapChecked},
+		{"ldxdw %r5, [%r1+8]\njslt32 %r5, 0, +4\njsgt32 %r5, 1000, +3", HeapAccess},
+		{"ldxdw %r5, [%r1+8]\nmov %r6, 1000\njgt %r5, %r6, +3", HeapChecked},
+		{"ldxdw %r5, [%r1+8]\njsgt %r5, 1000, +4\nmov %r0, 0", HeapAccess},
 	} {
-		src := "ldxdw %r5, [%r1+8]\n" + tc.tests + "\nlsh %r5, 3\nadd %r5, %r3\nldxdw %r0, [%r5+0]\nmov %r0, 0\nexit"
+		src := tc.tests + "\nlsh %r5, 3\nadd %r5, %r3\nldxdw %r0, [%r5+0]\nmov %r0, 0\nexit"
 		insns, err := bytecode.Assemble(src)
 		if err != nil {
 			t.Fatal(err)

@@ -6,7 +6,10 @@
 //
 // The analysis is abstract interpretation to a fixpoint over the CFG
 // (cfg.go), one joined state per instruction (state.go): each register is
-// uninitialised, a number (a tnum, tnum.go, and unsigned bounds, bounds.go),
+// uninitialised, a number (a tnum, tnum.go, and four intervals: unsigned and
+// signed, on 64 bits and on the low 32, bounds.go; every ALU operation keeps
+// what it can of them, alubounds.go, and every conditional jump narrows both
+// operands on both sides, refine.go),
 // the context or the frame pointer plus a constant, or a mix of pointers;
 // the frame's bytes are initialised or not. Numbers that are heap pointers
 // may be checked: known to lie in the sandbox, moved by a range of offsets,
@@ -42,12 +45,11 @@
 //	                              bpf_loop                     point (the engines stop there on Cancel)
 //	paths                         explored one by one with     joined at every instruction (widening
 //	                              state pruning                by powers of two): one state each
-//	bounds                        signed and unsigned, 32 and  one unsigned 64-bit interval: a signed
-//	                              64 bits                      comparison narrows it where one
-//	                                                           interval can hold the result; 32-bit
-//	                                                           comparisons of values that fit in
-//	                                                           32 bits (31 for signed ones); 32-bit
-//	                                                           operations keep it where nothing wraps
+//	bounds                        signed and unsigned, 32 and  the same four intervals and tnum; the
+//	                              64 bits                      rules that narrow one by another are
+//	                                                           kflex's own (bounds.go: sync), and
+//	                                                           a 64-bit multiplication keeps signed
+//	                                                           bounds only for operands below 2^31
 //	helpers, kfuncs               the kernel's prototypes      kflex's helpers (Config.Helpers); kfunc
 //	                                                           calls and callx rejected
 //	r2 at entry                   uninitialised                the context's length (the calling

@@ -34,7 +34,7 @@ func (a *analysis) jump(pc int, s *State, in bytecode.Slot) error {
 		}
 		afterCall(s)
 		if h.HeapOrNull {
-			s.Regs[0] = Reg{Kind: Scalar, Val: Unknown, Checked: true, MaybeNull: true}
+			s.Regs[0] = heapPointer(true, 0)
 		}
 		a.flow(succ[0], s)
 		return nil
@@ -56,20 +56,17 @@ func (a *analysis) jump(pc int, s *State, in bytecode.Slot) error {
 	}
 	fall, taken := *s, *s
 	fallOK, takenOK := true, true
-	// Refinement: a 64-bit comparison of a number with a constant narrows it
-	// on both sides; a side no value can take is not followed.
-	k, isConst := uint64(int64(in.Imm)), true
-	if in.Op&0x08 != 0 {
-		var c int64
-		c, isConst = constOf(src)
-		k = uint64(c)
-	}
-	if d.Kind == Scalar && isConst {
-		switch in.Op & 7 {
-		case 0x05:
-			taken.Regs[in.Dst], fall.Regs[in.Dst], takenOK, fallOK = refine(in.Op&0xf0, d, k)
-		case 0x06:
-			taken.Regs[in.Dst], fall.Regs[in.Dst], takenOK, fallOK = refine32(in.Op&0xf0, d, k)
+	// Refinement (refine.go): both operands, if numbers, narrow on both
+	// sides; a side no value can take is not followed.
+	if hasSrc := in.Op&0x08 != 0; d.Kind == Scalar && (!hasSrc || src.Kind == Scalar) {
+		y := scalar(Const(uint64(int64(in.Imm))))
+		if hasSrc {
+			y = src
+		}
+		t, f, tOK, fOK := branch(in.Op&0xf0, in.Op&7 == 0x05, d, y)
+		taken.Regs[in.Dst], fall.Regs[in.Dst], takenOK, fallOK = t[0], f[0], tOK, fOK
+		if hasSrc && in.Src != in.Dst {
+			taken.Regs[in.Src], fall.Regs[in.Src] = t[1], f[1]
 		}
 	}
 	if fallOK {

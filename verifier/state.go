@@ -22,10 +22,11 @@ func (k Kind) String() string {
 }
 
 // Reg is the abstract value of a register.
+//
+// A state holds one per register for every instruction, so its fields are
+// laid out to keep it small.
 type Reg struct {
 	Kind Kind
-	Off  int64 // PtrCtx, PtrStack: constant offset from the region's base; checked Scalar: see Checked
-	Val  Tnum  // Scalar: its possible bits
 	// Checked: a Scalar that lies in the sandbox, moved by Off to Off+Span
 	// bytes. It got there by an earlier access that sanitized it in place
 	// (masked and rebased), or from the runtime, which never hands out
@@ -35,11 +36,13 @@ type Reg struct {
 	// MaybeNull: a checked value that may instead be 0 (a helper's result
 	// not yet tested): its accesses are guarded.
 	MaybeNull bool
+	SanPC     int32 // checked: 1 + the slot of the access that sanitized it, or 0
+	Off       int64 // PtrCtx, PtrStack: constant offset from the region's base; checked Scalar: see Checked
 	Span      int64
-	SanPC     int // checked: 1 + the slot of the access that sanitized it, or 0
-	// Scalar: unsigned bounds beyond what Val says (see bounds.go); the
-	// zero values admit everything.
-	UMin, UMaxNot uint64
+	Val       Tnum // Scalar: its possible bits
+	// Scalar: its value's intervals, read unsigned and signed on 64 and 32
+	// bits (bounds.go), kept in agreement with Val.
+	B Bounds
 }
 
 func (r Reg) String() string {
@@ -52,19 +55,29 @@ func (r Reg) String() string {
 		return fmt.Sprintf("heap%+d", r.Off)
 	case r.Kind == Scalar && r.Val.IsConst():
 		return fmt.Sprintf("%d", int64(r.Val.Value))
-	case r.Kind == Scalar && (r.UMin != 0 || r.UMaxNot != 0):
-		lo, hi := r.Bounds()
-		return fmt.Sprintf("scalar(%#x/%#x,%#x..%#x)", r.Val.Value, r.Val.Mask, lo, hi)
 	case r.Kind == Scalar:
-		return fmt.Sprintf("scalar(%#x/%#x)", r.Val.Value, r.Val.Mask)
+		return fmt.Sprintf("scalar(%#x/%#x%s)", r.Val.Value, r.Val.Mask, r.boundsString())
 	case r.Kind == PtrCtx, r.Kind == PtrStack:
 		return fmt.Sprintf("%v%+d", r.Kind, r.Off)
 	}
 	return r.Kind.String()
 }
 
-func scalar(t Tnum) Reg  { return Reg{Kind: Scalar, Val: t} }
+// scalar is a number known by its tnum alone.
+func scalar(t Tnum) Reg {
+	r, _ := Reg{Kind: Scalar, Val: t, B: fullBounds()}.sync() // a tnum is never empty
+	return r
+}
+
 func unknownScalar() Reg { return scalar(Unknown) }
+
+// heapPointer is a number that lies in the sandbox (or is 0, if maybeNull),
+// sanitized by the access at slot sanPC-1 (0: by the engine or a helper).
+func heapPointer(maybeNull bool, sanPC int) Reg {
+	r := unknownScalar()
+	r.Checked, r.MaybeNull, r.SanPC = true, maybeNull, int32(sanPC)
+	return r
+}
 
 // join is the least value covering both: what a register holds where paths
 // meet. Where paths bring checked pointers, the result is checked over both
@@ -77,7 +90,7 @@ func join(a, b Reg, useful []bool) Reg {
 	case a.Kind == NotInit || b.Kind == NotInit:
 		return Reg{}
 	case a.Kind == Scalar && b.Kind == Scalar:
-		j := joinBounds(scalar(a.Val.Union(b.Val)), a, b)
+		j := joinBounds(a, b)
 		if !a.Checked || !b.Checked {
 			return j
 		}
@@ -91,7 +104,7 @@ func join(a, b Reg, useful []bool) Reg {
 		j.Checked, j.Off, j.Span, j.SanPC = true, lo, hi-lo, a.SanPC
 		j.MaybeNull = a.MaybeNull || b.MaybeNull
 		if a.SanPC != b.SanPC {
-			for _, pc := range []int{a.SanPC, b.SanPC} {
+			for _, pc := range []int32{a.SanPC, b.SanPC} {
 				if pc > 0 {
 					useful[pc-1] = true
 				}

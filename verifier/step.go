@@ -21,8 +21,12 @@ func (a *analysis) step(pc int, s *State) error {
 			return err
 		}
 	case cls == 0x01:
-		if err := a.load(pc, s, in.Src, in.Off, bytecode.MemSize(in.Op), in.Dst); err != nil {
+		size := bytecode.MemSize(in.Op)
+		if err := a.load(pc, s, in.Src, in.Off, size, in.Dst); err != nil {
 			return err
+		}
+		if in.Op&0xe0 == 0x80 { // ldxs*: sign-extending
+			s.Regs[in.Dst] = signExtended(s.Regs[in.Dst], 8*size, true)
 		}
 	case cls == 0x02 || cls == 0x03:
 		return a.storeOrAtomic(pc, s, in)
@@ -63,7 +67,7 @@ func (a *analysis) pointerAt(pc int, s *State, base uint8, off int16, size int) 
 		return HeapChecked, 0, nil
 	}
 	// The access sanitizes the register in place: afterwards it is checked.
-	s.Regs[base] = Reg{Kind: Scalar, Val: Unknown, Checked: true, SanPC: pc + 1}
+	s.Regs[base] = heapPointer(false, pc+1)
 	return HeapSanitize, 0, nil
 }
 

@@ -9,7 +9,10 @@ import (
 	"github.com/kflex-go/kflex/internal/testutil"
 )
 
-func TestMain(m *testing.M) { testutil.Main(m) }
+func TestMain(m *testing.M) {
+	strictBounds = true // a contradiction in the intervals fails the test that finds it
+	testutil.Main(m)
+}
 
 // smallTnums is every tnum over the low width bits: each bit 0, 1 or unknown.
 func smallTnums(width int) []Tnum {

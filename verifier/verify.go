@@ -81,6 +81,14 @@ type CancelPoint struct {
 // first instruction found at fault, with the abstract registers there in its
 // Log.
 func Verify(insns asm.Instructions, cfg Config) (*Result, error) {
+	a, err := newAnalysis(insns, cfg)
+	if err != nil {
+		return nil, err
+	}
+	return a.run()
+}
+
+func newAnalysis(insns asm.Instructions, cfg Config) (*analysis, error) {
 	g, err := BuildCFG(insns)
 	if err != nil {
 		return nil, err
@@ -94,7 +102,7 @@ func Verify(insns asm.Instructions, cfg Config) (*Result, error) {
 	if a.cfg.MaxInsns == 0 {
 		a.cfg.MaxInsns = 1_000_000
 	}
-	return a.run()
+	return a, nil
 }
 
 type analysis struct {
@@ -110,6 +118,7 @@ type analysis struct {
 	start  []int // by instruction: its first slot
 	from   []int // by slot: the instruction that first reached it (-1: entry); a tree, so acyclic
 	cur    int   // the instruction being stepped
+	slab   []State
 }
 
 func (a *analysis) run() (*Result, error) {
@@ -122,7 +131,7 @@ func (a *analysis) run() (*Result, error) {
 	a.cur = -1
 	main := entry(true, a.cfg.CtxSize)
 	if a.cfg.EntryArg && a.cfg.CtxSize >= 8 {
-		main.Regs[3] = Reg{Kind: Scalar, Val: Unknown, Checked: true}
+		main.Regs[3] = heapPointer(false, 0)
 	}
 	a.flow(0, &main)
 	processed := 0
@@ -175,8 +184,12 @@ func (a *analysis) run() (*Result, error) {
 // flow merges s into the state at pc and queues pc if it changed.
 func (a *analysis) flow(pc int, s *State) {
 	if a.in[pc] == nil {
-		c := *s
-		a.in[pc] = &c
+		// States come from slabs: one allocation per many instructions.
+		if len(a.slab) == 0 {
+			a.slab = make([]State, min(256, len(a.slots)))
+		}
+		a.in[pc], a.slab = &a.slab[0], a.slab[1:]
+		*a.in[pc] = *s
 		a.from[pc] = a.cur
 	} else if !a.in[pc].joinInto(s, a.useful) {
 		return

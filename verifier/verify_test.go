@@ -55,6 +55,15 @@ func TestVerdicts(t *testing.T) {
 		{"one path leaves r0 unset", "ldxdw %r3, [%r1+0]\njeq %r3, 0, +1\nmov %r0, 1\nexit", "insn 3: R0 !read_ok"},
 		{"a path no value takes", "jeq %r2, 0, +1\nmov %r0, 1\nexit", ""},
 		{"refined by jeq", "ldxdw %r3, [%r1+0]\njeq %r3, 8, +2\nmov %r0, 0\nexit\nmov %r2, %r10\nadd %r2, %r3\nstdw [%r2-16], 1\nmov %r0, 0\nexit", ""},
+		// Paths the analysis once thought no value takes, so it never
+		// checked the write above the frame on them: a sign-extending load
+		// read as zero-extending, a 64-bit byte swap as a 32-bit one.
+		{"sign-extended load", "ldxbsx %r5, [%r1+0]\njgt %r5, 255, +2\nmov %r0, 0\nexit\nstb [%r10+0], 7\nmov %r0, 0\nexit",
+			"insn 4: invalid stack access off=0 size=1"},
+		{"64-bit byte swap", "lddw %r5, 1\nbe64 %r5\njne %r5, 0, +2\nmov %r0, 0\nexit\nstb [%r10+0], 7\nmov %r0, 0\nexit",
+			"insn 6: invalid stack access off=0 size=1"},
+		{"movsx", "mov %r0, 0\nmov %r5, 0x80\nmovsx864 %r5, %r5\njsgt %r5, -1, +1\nstb [%r10+0], 7\nexit",
+			"insn 4: invalid stack access off=0 size=1"},
 		{"subprogram", "mov %r1, 2\ncall local f\nexit\nf:\nmov %r0, %r1\nadd %r0, 1\nexit", ""},
 		{"subprogram's r6 unset", "mov %r6, 2\ncall local f\nexit\nf:\nmov %r0, %r6\nexit", "insn 3: R6 !read_ok"},
 		{"return a pointer", "mov %r0, %r10\nexit", "insn 1: exit with a fp pointer in R0"},
@@ -389,7 +398,9 @@ func TestISACorpus(t *testing.T) {
 
 // soundness runs an accepted program on the interpreter, without a heap: a
 // memory fault at an instruction the verifier called a stack or context
-// access is a verifier bug.
+// access is a verifier bug, and so is an instruction run that the analysis
+// never reached, or a number in a register outside what the analysis says it
+// holds there (its tnum and intervals).
 func soundness(t *testing.T, data []byte) (accepted bool) {
 	src := progen.NewSource(data)
 	ctx := progen.Context(src)
@@ -399,7 +410,11 @@ func soundness(t *testing.T, data []byte) (accepted bool) {
 			insns = raw
 		}
 	}
-	r, err := Verify(insns, Config{CtxSize: len(ctx), Helpers: testConfig.Helpers})
+	a, err := newAnalysis(insns, Config{CtxSize: len(ctx), Helpers: testConfig.Helpers})
+	if err != nil {
+		return false
+	}
+	r, err := a.run()
 	if err != nil {
 		return false
 	}
@@ -410,6 +425,17 @@ func soundness(t *testing.T, data []byte) (accepted bool) {
 	m := interp.NewMachine()
 	m.MaxInsns, m.MayGoto = 200000, 100
 	m.Helpers = isatest.Helpers()
+	m.Trace = func(slot int, regs *[11]uint64) {
+		s := a.in[slot]
+		if s == nil {
+			t.Fatalf("slot %d ran, but the analysis never reached it\n%v", slot, insns)
+		}
+		for i, reg := range s.Regs {
+			if reg.Kind == Scalar && !member(reg, regs[i]) {
+				t.Fatalf("slot %d: R%d = %#x, but the analysis says %v\n%v", slot, i, regs[i], reg, insns)
+			}
+		}
+	}
 	_, err = m.Run(p, bytes.Clone(ctx))
 	var re *interp.RuntimeError
 	if errors.As(err, &re) && errors.Is(err, interp.ErrOutOfBounds) {

@@ -110,6 +110,11 @@ endian) or a one byte and the error. Stops on SIGINT or SIGTERM.`, out)
 	if err != nil {
 		return err
 	}
+	// SIGINT and SIGTERM stop the runtime from here on: once the events
+	// below run, a client may act on them and then stop the command.
+	sig := make(chan os.Signal, 1)
+	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
+	defer signal.Stop(sig)
 	udpErrs, started := make(chan error, len(udps)), 0
 	defer func() {
 		rt.Close() // also ends ServeUDP
@@ -143,9 +148,6 @@ endian) or a one byte and the error. Stops on SIGINT or SIGTERM.`, out)
 		return fmt.Errorf("serve: listen on %s: %w", *socket, err)
 	}
 	defer os.Remove(*socket)
-	sig := make(chan os.Signal, 1)
-	signal.Notify(sig, syscall.SIGINT, syscall.SIGTERM)
-	defer signal.Stop(sig)
 	go func() {
 		<-sig
 		ln.Close()

@@ -91,6 +91,9 @@ type Machine struct {
 	MayGoto uint64
 	// Executed counts instructions run by the last Run.
 	Executed uint64
+	// Trace, if set, sees the registers before each instruction, with the
+	// instruction's slot: for tests that check an analysis against runs.
+	Trace func(slot int, regs *[11]uint64)
 
 	stack   []byte
 	regions [numRegions]region
@@ -194,6 +197,9 @@ func (m *Machine) run(p *Program, r *[11]uint64) (uint64, error) {
 		n++
 		if n > limit {
 			return m.fail(pc, n, ErrInsnLimit, fmt.Sprintf("%d instructions", limit))
+		}
+		if m.Trace != nil {
+			m.Trace(pc, r)
 		}
 		in := &code[pc]
 		op := in.op
