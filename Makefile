@@ -27,11 +27,16 @@ demo: build
 REQUIRE_KERNEL := $(shell [ "$$(id -u)" = 0 ] && echo 1)
 test: lint
 	KFLEX_REQUIRE_KERNEL=$(REQUIRE_KERNEL) CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m $(RACE_PKGS)
+	# The interpreter's trace hook: every register of every generated run
+	# checked against the verifier's analysis.
+	$(GO) test -tags kflextrace -count=1 ./jit/interp ./verifier
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 	$(GO) vet ./...
 	GOARCH=arm64 $(GO) vet ./...   # other architectures build, with the interpreter
+	$(GO) vet -tags kflextrace ./jit/interp ./verifier
+	$(GO) vet -tags kflextrace ./jit/interp ./verifier
 	$(GO) run $(STATICCHECK) ./...
 
 # Benchmarks, with the robust pthread mutex baseline built from C and run in the
@@ -57,7 +62,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime $(FUZZTIME) ./bytecode
 	$(GO) test -run '^$$' -fuzz '^FuzzInterp$$' -fuzztime $(FUZZTIME) ./jit/interp
 	$(GO) test -run '^$$' -fuzz '^FuzzDifferential$$' -fuzztime $(FUZZTIME) ./jit
-	$(GO) test -run '^$$' -fuzz '^FuzzVerifier$$' -fuzztime $(FUZZTIME) ./verifier
+	$(GO) test -tags kflextrace -run '^$$' -fuzz '^FuzzVerifier$$' -fuzztime $(FUZZTIME) ./verifier
 	$(GO) test -run '^$$' -fuzz '^FuzzSandboxGames$$' -fuzztime $(FUZZTIME) ./serve
 	$(GO) test -run '^$$' -fuzz '^FuzzKernelDiff$$' -fuzztime $(FUZZTIME) -parallel 1 ./kernel
 

@@ -91,9 +91,7 @@ type Machine struct {
 	MayGoto uint64
 	// Executed counts instructions run by the last Run.
 	Executed uint64
-	// Trace, if set, sees the registers before each instruction, with the
-	// instruction's slot: for tests that check an analysis against runs.
-	Trace func(slot int, regs *[11]uint64)
+	tracer // Trace, in builds with -tags kflextrace (trace.go)
 
 	stack   []byte
 	regions [numRegions]region
@@ -198,8 +196,8 @@ func (m *Machine) run(p *Program, r *[11]uint64) (uint64, error) {
 		if n > limit {
 			return m.fail(pc, n, ErrInsnLimit, fmt.Sprintf("%d instructions", limit))
 		}
-		if m.Trace != nil {
-			m.Trace(pc, r)
+		if tracing {
+			m.trace(pc, r)
 		}
 		in := &code[pc]
 		op := in.op
