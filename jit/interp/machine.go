@@ -91,7 +91,7 @@ type Machine struct {
 	MayGoto uint64
 	// Executed counts instructions run by the last Run.
 	Executed uint64
-	tracer // Trace, in builds with -tags kflextrace (trace.go)
+	tracer   // Trace, in builds with -tags kflextrace (trace.go)
 
 	stack   []byte
 	regions [numRegions]region
