@@ -52,15 +52,18 @@ func AccessModes(res *verifier.Result) []jit.AccessMode {
 }
 
 // Prototypes are the helpers an extension may call, as the verifier checks
-// them.
+// them. Their arguments are numbers (a heap address is one; each helper
+// handles 0): the engine's own addresses, of the context and the frame, are
+// refused.
 func Prototypes() map[int32]verifier.Helper {
+	number := []verifier.Param{verifier.ParamNumber}
 	return map[int32]verifier.Helper{
-		HelperAlloc:          {Name: "alloc", Args: 1, HeapOrNull: true},
-		HelperFree:           {Name: "free", Args: 1},
+		HelperAlloc:          {Name: "alloc", Args: 1, Params: number, HeapOrNull: true},
+		HelperFree:           {Name: "free", Args: 1, Params: number},
 		HelperTime:           {Name: "time"},
 		HelperCPU:            {Name: "cpu"},
-		HelperTrace:          {Name: "trace", Args: 1},
-		HelperWake:           {Name: "wake", Args: 1},
+		HelperTrace:          {Name: "trace", Args: 1, Params: number},
+		HelperWake:           {Name: "wake", Args: 1, Params: number},
 		mcs.HelperSliceYield: {Name: "slice_yield"},
 		mcs.HelperRelax:      {Name: "relax"},
 	}
@@ -300,8 +303,17 @@ const (
 // context, its helpers, the pointer argument in r3 and the bytecode lock's
 // subprograms, whose locks must be released on every path.
 func VerifierConfig() verifier.Config {
-	return verifier.Config{CtxSize: CtxSize, Helpers: Prototypes(), EntryArg: true,
+	return verifier.Config{CtxSize: CtxSize, CtxFields: CtxFields, Helpers: Prototypes(), EntryArg: true,
 		LockFunc: "mcs_lock", UnlockFunc: "mcs_unlock"}
+}
+
+// CtxFields is the context's layout for the verifier: whole words, read-only
+// (the runtime fills the context for every run; an extension that wants
+// scratch space has its stack and the heap).
+var CtxFields = []verifier.CtxField{
+	{Name: "arg", Off: CtxArg, Size: 8}, {Name: "node", Off: CtxNode, Size: 8},
+	{Name: "node_index", Off: CtxNodeIndex, Size: 8}, {Name: "held", Off: CtxHeld, Size: 8},
+	{Name: "node_table", Off: CtxNodeTable, Size: 8}, {Name: "data_len", Off: CtxDataLen, Size: 8},
 }
 
 // LockCall and UnlockCall are the bytecode an extension uses to call the

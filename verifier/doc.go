@@ -24,6 +24,10 @@
 // sanitizing its base register in place (only where a later access profits),
 // or the heap through a checked pointer (unguarded).
 //
+// Helper calls are checked against prototypes (Config.Helpers: which
+// registers each reads, and of those, which take a number, refusing the
+// engine's context and frame pointers, or a number proven not 0).
+//
 // Locks taken through the lock subprogram (Config.LockFunc, kflex's
 // mcs_lock) are counted per frame: a subprogram returns holding what it took,
 // never releases more, and reaches each instruction holding the same number on
@@ -59,9 +63,10 @@
 //	                              programs (unknown values)    run or another process left there
 //	partial reload of a spilled   rejected ("invalid size of   a number, like every stack reload
 //	pointer                       register fill")
-//	context size                  syscall programs: offsets    Config.CtxSize, at load
-//	                              checked at run time against
-//	                              the context passed in
+//	context size                  syscall programs: offsets    Config.CtxSize, at load; with
+//	                              checked at run time against  Config.CtxFields (kflex's runtime has
+//	                              the context passed in        them), whole fields, stores to
+//	                                                           writable ones only
 //	division or modulo by a zero  rejected ("div by zero")     runs as RFC 9669 defines it (quotient
 //	immediate                                                  0, remainder the dividend)
 //	a rejection's log             every state along the path   the first path that reached the

@@ -28,8 +28,14 @@ func (a *analysis) jump(pc int, s *State, in bytecode.Slot) error {
 			return reject(pc, "call to unknown helper %d", in.Imm)
 		}
 		for r := uint8(1); r <= uint8(h.Args); r++ {
-			if _, err := a.read(pc, s, r); err != nil {
+			v, err := a.read(pc, s, r)
+			if err != nil {
 				return reject(pc, "helper %s reads R%d, which is not set", h.Name, r)
+			}
+			if int(r) <= len(h.Params) {
+				if err := checkParam(pc, h, r, v); err != nil {
+					return err
+				}
 			}
 		}
 		afterCall(s)
@@ -74,6 +80,21 @@ func (a *analysis) jump(pc int, s *State, in bytecode.Slot) error {
 	}
 	if takenOK {
 		a.flow(succ[1], &taken)
+	}
+	return nil
+}
+
+// checkParam rejects argument v in register r of a call to h where h's
+// prototype does not take it.
+func checkParam(pc int, h Helper, r uint8, v Reg) error {
+	switch h.Params[r-1] {
+	case ParamNumber, ParamNonNull:
+		if v.Kind != Scalar {
+			return reject(pc, "helper %s: R%d is a %v pointer; it takes a number", h.Name, r, v.Kind)
+		}
+		if lo, _ := v.Bounds(); h.Params[r-1] == ParamNonNull && lo == 0 && !(v.Checked && !v.MaybeNull) {
+			return reject(pc, "helper %s: R%d may be 0 (%v); test it first", h.Name, r, v)
+		}
 	}
 	return nil
 }

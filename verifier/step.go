@@ -71,6 +71,24 @@ func (a *analysis) pointerAt(pc int, s *State, base uint8, off int16, size int) 
 	return HeapSanitize, 0, nil
 }
 
+// ctxField checks a context access at offset o against the context's layout
+// (Config.CtxFields), if it has one.
+func (a *analysis) ctxField(pc int, o int64, size int, write bool) error {
+	if len(a.cfg.CtxFields) == 0 {
+		return nil
+	}
+	for _, f := range a.cfg.CtxFields {
+		switch {
+		case int64(f.Off) != o || f.Size != size:
+		case write && !f.Writable:
+			return reject(pc, "write to context field %s (off=%d), which is read-only", f.Name, o)
+		default:
+			return nil
+		}
+	}
+	return reject(pc, "invalid context access off=%d size=%d: not a whole field of the context", o, size)
+}
+
 func (a *analysis) load(pc int, s *State, base uint8, off int16, size int, dst uint8) error {
 	acc, o, err := a.pointerAt(pc, s, base, off, size)
 	if err != nil {
@@ -79,6 +97,11 @@ func (a *analysis) load(pc int, s *State, base uint8, off int16, size int, dst u
 	a.note(pc, acc)
 	if acc == StackAccess && !s.initialised(o, int64(size)) {
 		return reject(pc, "invalid read from stack off %d size %d: not all bytes written", o, size)
+	}
+	if acc == CtxAccess {
+		if err := a.ctxField(pc, o, size, false); err != nil {
+			return err
+		}
 	}
 	// Whatever was stored there, the slot may have changed since (see State).
 	s.Regs[dst] = scalar(Unknown.Truncate(size))
@@ -105,6 +128,11 @@ func (a *analysis) storeOrAtomic(pc int, s *State, in bytecode.Slot) error {
 		return err
 	}
 	a.note(pc, acc)
+	if acc == CtxAccess {
+		if err := a.ctxField(pc, o, size, true); err != nil {
+			return err
+		}
+	}
 	if atomic && in.Imm != bytecode.StoreRelease {
 		// A read-modify-write: the old value must exist, and the result is
 		// unknown; the fetching forms write a register.

@@ -11,10 +11,13 @@ import (
 )
 
 // Helper is what the verifier knows of a helper: how many argument registers
-// (r1 upwards) it reads.
+// (r1 upwards) it reads, and what each may hold.
 type Helper struct {
 	Name string
 	Args int
+	// Params, if set, constrains r1 upwards in order (shorter than Args:
+	// the rest are ParamAny).
+	Params []Param
 	// HeapOrNull: the helper returns an address in the sandbox (the engine's
 	// view of the heap) or 0. Past a test against 0 the result needs no
 	// guard within reach of the guard regions; before, its first access
@@ -22,9 +25,33 @@ type Helper struct {
 	HeapOrNull bool
 }
 
+// Param is what a helper accepts in one argument register.
+type Param uint8
+
+const (
+	ParamAny Param = iota // any value the program set
+	// ParamNumber: a number (a heap address is one). A context or frame
+	// pointer is refused: it is the engine's address of memory outside the
+	// heap, which a helper should neither see nor keep.
+	ParamNumber
+	// ParamNonNull: a number proven not 0 on every path (a heap-or-NULL
+	// result past its test, or a number tested against 0).
+	ParamNonNull
+)
+
+// CtxField is one field of the context's layout (Config.CtxFields).
+type CtxField struct {
+	Name      string
+	Off, Size int
+	Writable  bool
+}
+
 // Config is the environment a program is verified for.
 type Config struct {
-	CtxSize  int              // bytes r1 points to at entry
+	// CtxFields, if set, is the context's layout: every context access must
+	// be one whole field, and stores (atomics too) only to writable ones.
+	CtxFields []CtxField
+	CtxSize   int              // bytes r1 points to at entry
 	Helpers  map[int32]Helper // the helpers the program may call
 	MaxInsns int              // instructions the analysis may process (0: 1,000,000)
 	// LockFunc and UnlockFunc name the subprograms that take and release a

@@ -288,6 +288,20 @@ func TestVerify(t *testing.T) {
 	code, stdout, _ = kflex("verify", locked)
 	require.Equal(t, 0, code)
 	assert.Contains(t, stdout, "at 7: 1 lock(s) held")
+
+	// The runtime's interface: its helpers take numbers, its context is
+	// read-only words.
+	for src, reason := range map[string]string{
+		fmt.Sprintf("call %d\nexit\n", serve.HelperTrace): "helper trace: R1 is a ctx pointer; it takes a number",
+		"stdw [%r1+0], 1\nmov %r0, 0\nexit\n":             "write to context field arg (off=0), which is read-only",
+		"ldxw %r0, [%r1+8]\nexit\n":                       "invalid context access off=8 size=4: not a whole field",
+	} {
+		prog := filepath.Join(dir, "iface.s")
+		require.NoError(t, os.WriteFile(prog, []byte(src), 0o600))
+		code, stdout, _ = kflex("verify", prog)
+		assert.Equal(t, 1, code, src)
+		assert.Contains(t, stdout, reason, src)
+	}
 }
 
 // TestServeEvents: "kflex serve --every --udp" runs extensions on a timer
