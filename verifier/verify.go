@@ -52,8 +52,8 @@ type Config struct {
 	// be one whole field, and stores (atomics too) only to writable ones.
 	CtxFields []CtxField
 	CtxSize   int              // bytes r1 points to at entry
-	Helpers  map[int32]Helper // the helpers the program may call
-	MaxInsns int              // instructions the analysis may process (0: 1,000,000)
+	Helpers   map[int32]Helper // the helpers the program may call
+	MaxInsns  int              // instructions the analysis may process (0: 1,000,000)
 	// LockFunc and UnlockFunc name the subprograms that take and release a
 	// lock (kflex's mcs_lock and mcs_unlock): every subprogram must return
 	// holding as many locks as it took, never release more, and reach each
