@@ -127,6 +127,24 @@ func (b *Bounds) raw(d domain) (lo, hi uint64, oneSign bool) {
 	return lo, hi, (lo^hi)&sign == 0
 }
 
+// tnumKeys are the lowest and highest keys of tnum t's values in domain d:
+// in a signed reading, an unknown sign bit makes the lowest value negative
+// and the highest positive.
+func tnumKeys(d domain, t Tnum) (lo, hi uint64) {
+	top := d.top()
+	v, m := t.Value&top, t.Mask&top
+	sign := d.flip()
+	return d.key(v | m&sign), d.key(v | m&^sign)
+}
+
+// setTnum sets every interval to what tnum t says alone.
+func (b *Bounds) setTnum(t Tnum) {
+	for _, d := range domains {
+		lo, hi := tnumKeys(d, t)
+		b.set(d, interval{lo, hi})
+	}
+}
+
 // sync narrows r's tnum and intervals by each other until they agree (a few
 // rounds: each round only narrows). ok is false when no value is left: the
 // path that made r cannot happen.
@@ -134,13 +152,12 @@ func (r Reg) sync() (Reg, bool) {
 	for range 4 {
 		prev := r
 		t, b := r.Val, &r.B
-		t32 := t.Truncate(4)
-		// The tnum bounds every reading: in the signed ones, an unknown sign
-		// bit makes the lowest value negative and the highest positive.
-		ok := b.narrowKeys(u64, t.Min(), t.Max()) &&
-			b.narrowRaw(s64, t.Value|t.Mask&(1<<63), t.Value|t.Mask&^(1<<63)) &&
-			b.narrowKeys(u32, t32.Min(), t32.Max()) &&
-			b.narrowRaw(s32, t32.Value|t32.Mask&(1<<31), t32.Value|t32.Mask&^(1<<31))
+		// The tnum bounds every reading.
+		ok := true
+		for _, d := range domains {
+			lo, hi := tnumKeys(d, t)
+			ok = ok && b.narrowKeys(d, lo, hi)
+		}
 		// An interval that keeps to one sign is an interval in the other
 		// order of its width too.
 		for _, p := range [...][2]domain{{u64, s64}, {s64, u64}, {u32, s32}, {s32, u32}} {

@@ -332,3 +332,25 @@ func TestSignedBoundsIndex(t *testing.T) {
 		}
 	}
 }
+
+// TestScalarSynced: a number made from a tnum alone (scalar) has intervals
+// that sync would not narrow, so that equal values compare equal however
+// they were made.
+func TestScalarSynced(t *testing.T) {
+	tnums := smallTnums(6)
+	for _, sp := range spans {
+		tnums = append(tnums, sp.reg(t).Val)
+	}
+	for _, shift := range []uint{0, 26, 29, 58} {
+		for _, tn := range smallTnums(6) {
+			tnums = append(tnums, tn.Lsh(shift), tn.Lsh(shift).Arsh(shift/2), Tnum{Value: tn.Value << shift, Mask: ^(tn.Value << shift)})
+		}
+	}
+	for _, tn := range tnums {
+		r := scalar(tn)
+		s, ok := r.sync()
+		if !ok || s != r {
+			t.Fatalf("scalar(%#x/%#x) = %v, synced %v (ok %v)", tn.Value, tn.Mask, r, s, ok)
+		}
+	}
+}

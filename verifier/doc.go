@@ -5,7 +5,11 @@
 // shows the guard is redundant.
 //
 // The analysis is abstract interpretation to a fixpoint over the CFG
-// (cfg.go), one joined state per instruction (state.go): each register is
+// (cfg.go), with one joined state per join point (where paths meet; every
+// other instruction has one predecessor, whose states it steps on as they
+// come, keeping none: verify.go), so memory grows with the join points, and
+// a state reaching a join point that its joined state already covers stops
+// there (subsumption). In a state (state.go) each register is
 // uninitialised, a number (a tnum, tnum.go, and four intervals: unsigned and
 // signed, on 64 bits and on the low 32, bounds.go; every ALU operation keeps
 // what it can of them, alubounds.go, and every conditional jump narrows both
@@ -47,8 +51,9 @@
 //	                                                           processes can change them
 //	loops                         bounded, or may_goto, or     any back-edge, a cancellation
 //	                              bpf_loop                     point (the engines stop there on Cancel)
-//	paths                         explored one by one with     joined at every instruction (widening
-//	                              state pruning                by powers of two): one state each
+//	paths                         explored one by one with     joined where paths meet (widening by
+//	                              state pruning                powers of two): one state per join
+//	                                                           point, which prunes what it covers
 //	bounds                        signed and unsigned, 32 and  the same four intervals and tnum; the
 //	                              64 bits                      rules that narrow one by another are
 //	                                                           kflex's own (bounds.go: sync), and

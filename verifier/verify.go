@@ -1,6 +1,7 @@
 package verifier
 
 import (
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -54,6 +55,10 @@ type Config struct {
 	CtxSize   int              // bytes r1 points to at entry
 	Helpers   map[int32]Helper // the helpers the program may call
 	MaxInsns  int              // instructions the analysis may process (0: 1,000,000)
+	// MaxSlots is the largest program accepted (0: 2^20 slots, the
+	// kernel's limit); MaxStates the most states the analysis may keep, one
+	// per join point reached (0: 2^17, about 130 MB).
+	MaxSlots, MaxStates int
 	// LockFunc and UnlockFunc name the subprograms that take and release a
 	// lock (kflex's mcs_lock and mcs_unlock): every subprogram must return
 	// holding as many locks as it took, never release more, and reach each
@@ -88,7 +93,7 @@ type Result struct {
 	CFG            *CFG
 	Access         []Access // per slot, for memory instructions
 	InsnsProcessed int      // instruction visits until the fixpoint
-	States         int      // instructions with a stored state
+	States         int      // states kept: one per join point or cancellation point reached
 	GuardsTotal    int      // memory instructions
 	GuardsElided   int      // of which provably in bounds
 	CancelPoints   []int    // back-edges and helper calls, by slot
@@ -112,7 +117,21 @@ func Verify(insns asm.Instructions, cfg Config) (*Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	return a.run()
+	r, err := a.run()
+	var e *Error
+	if errors.As(err, &e) && !strings.HasPrefix(e.Reason, "program too complex") {
+		// The analysis kept states at join points only; the log shows the
+		// registers before every instruction of the path. On a rejection,
+		// analyse again keeping every state, and take its log if it fails
+		// at the same instruction.
+		full, _ := newAnalysis(insns, cfg)
+		full.keepAll = true
+		var fe *Error
+		if _, ferr := full.run(); errors.As(ferr, &fe) && fe.Insn == e.Insn {
+			e.Log = fe.Log
+		}
+	}
+	return r, err
 }
 
 func newAnalysis(insns asm.Instructions, cfg Config) (*analysis, error) {
@@ -129,28 +148,93 @@ func newAnalysis(insns asm.Instructions, cfg Config) (*analysis, error) {
 	if a.cfg.MaxInsns == 0 {
 		a.cfg.MaxInsns = 1_000_000
 	}
+	if a.cfg.MaxStates == 0 {
+		a.cfg.MaxStates = 1 << 17
+	}
+	if a.cfg.MaxSlots == 0 {
+		a.cfg.MaxSlots = 1 << 20
+	}
+	if len(a.slots) > a.cfg.MaxSlots {
+		return nil, reject(a.cfg.MaxSlots, "program too large: %d instructions (at most %d)", len(a.slots), a.cfg.MaxSlots)
+	}
 	return a, nil
 }
 
+// The analysis keeps a state only where it must: where paths meet (a join
+// point: two or more predecessors, a subprogram's entry) and at cancellation
+// points (whose tables read it). Every other instruction has one predecessor,
+// so each state that reaches it is stepped on directly, never stored: memory
+// grows with the join points, not with the program (a state is about 1 KB).
 type analysis struct {
-	cfg    Config
-	g      *CFG
-	slots  []bytecode.Slot
-	in     []*State // state at each slot's entry (nil: not reached yet)
-	access []Access
-	work   []int
-	queued []bool
-	useful []bool // by slot: a sanitizing access whose result a later access used unguarded
-	insns  asm.Instructions
-	start  []int // by instruction: its first slot
-	from   []int // by slot: the instruction that first reached it (-1: entry); a tree, so acyclic
-	cur    int   // the instruction being stepped
-	slab   []State
+	cfg     Config
+	g       *CFG
+	slots   []bytecode.Slot
+	keep    []bool   // by slot: the analysis stores its state (see above)
+	keepAll bool     // store every state (the soundness oracle checks them all)
+	in      []*State // joined state at each kept slot's entry (nil: not reached yet)
+	reached []bool
+	access  []Access
+	work    []workItem
+	queued  []bool
+	useful  []bool // by slot: a sanitizing access whose result a later access used unguarded
+	insns   asm.Instructions
+	start   []int // by instruction: its first slot
+	from    []int // by slot: the instruction that first reached it (-1: entry); a tree, so acyclic
+	cur     int   // the instruction being stepped
+	slab    []State
+	spare   []*State // pending states' memory, for reuse
+	states  int      // kept states made
+	// tooComplex: a kept state was needed past Config.MaxStates.
+	tooComplex bool
+}
+
+// workItem is an instruction to step: with its own state (a slot that is
+// not kept), or nil for the stored one.
+type workItem struct {
+	pc int
+	s  *State
+}
+
+// newState is memory for a state: spare, or from a slab (one allocation per
+// many states).
+func (a *analysis) newState() *State {
+	if n := len(a.spare); n > 0 {
+		s := a.spare[n-1]
+		a.spare = a.spare[:n-1]
+		return s
+	}
+	if len(a.slab) == 0 {
+		a.slab = make([]State, min(256, len(a.slots)))
+	}
+	s := &a.slab[0]
+	a.slab = a.slab[1:]
+	return s
+}
+
+// markKept decides which slots keep a state.
+func (a *analysis) markKept() {
+	preds := make([]uint8, len(a.slots))
+	for _, succ := range a.g.Succ {
+		for _, t := range succ {
+			preds[t] = min(preds[t]+1, 2)
+		}
+	}
+	a.keep = make([]bool, len(a.slots))
+	for pc, n := range preds {
+		a.keep[pc] = n >= 2 || a.keepAll
+	}
+	for _, pcs := range [][]int{a.g.Subprogs, a.g.BackEdges, a.g.HelperCalls} {
+		for _, pc := range pcs {
+			a.keep[pc] = true
+		}
+	}
 }
 
 func (a *analysis) run() (*Result, error) {
 	n := len(a.slots)
+	a.markKept()
 	a.in = make([]*State, n)
+	a.reached = make([]bool, n)
 	a.access = make([]Access, n)
 	a.queued = make([]bool, n)
 	a.useful = make([]bool, n)
@@ -163,18 +247,30 @@ func (a *analysis) run() (*Result, error) {
 	a.flow(0, &main)
 	processed := 0
 	for len(a.work) > 0 {
-		pc := a.work[len(a.work)-1]
+		w := a.work[len(a.work)-1]
 		a.work = a.work[:len(a.work)-1]
-		a.queued[pc] = false
+		pc := w.pc
 		processed++
 		if processed > a.cfg.MaxInsns {
 			return nil, reject(pc, "program too complex: %d instructions processed", processed)
 		}
-		st := *a.in[pc]
+		st := w.s // a state of its own: stepped on in place, then spare
+		if st == nil {
+			a.queued[pc] = false
+			kept := *a.in[pc]
+			st = &kept
+		}
 		a.cur = pc
-		if err := a.step(pc, &st); err != nil {
+		err := a.step(pc, st)
+		if w.s != nil {
+			a.spare = append(a.spare, w.s)
+		}
+		if err == nil && a.tooComplex {
+			err = reject(pc, "program too complex: more than %d states", a.cfg.MaxStates)
+		}
+		if err != nil {
 			if e, ok := err.(*Error); ok {
-				return nil, &Error{Insn: e.Insn, Reason: e.Reason, Log: a.pathLog(pc)}
+				return nil, &Error{Insn: e.Insn, Reason: e.Reason, Log: a.pathLog(pc, st)}
 			}
 			return nil, err
 		}
@@ -186,11 +282,8 @@ func (a *analysis) run() (*Result, error) {
 			a.access[pc] = HeapAccess
 		}
 	}
-	r := &Result{CFG: a.g, Access: a.access, InsnsProcessed: processed}
-	for pc, s := range a.in {
-		if s != nil {
-			r.States++
-		}
+	r := &Result{CFG: a.g, Access: a.access, InsnsProcessed: processed, States: a.states}
+	for pc := range a.access {
 		if a.access[pc] != NoAccess {
 			r.GuardsTotal++
 			if a.access[pc] != HeapAccess && a.access[pc] != HeapSanitize {
@@ -208,33 +301,45 @@ func (a *analysis) run() (*Result, error) {
 	return r, nil
 }
 
-// flow merges s into the state at pc and queues pc if it changed.
+// flow passes s to pc: stepped on as it is, where pc keeps no state;
+// otherwise merged into pc's state, and pc queued if that changed.
 func (a *analysis) flow(pc int, s *State) {
-	if a.in[pc] == nil {
-		// States come from slabs: one allocation per many instructions.
-		if len(a.slab) == 0 {
-			a.slab = make([]State, min(256, len(a.slots)))
-		}
-		a.in[pc], a.slab = &a.slab[0], a.slab[1:]
-		*a.in[pc] = *s
+	if !a.reached[pc] {
+		a.reached[pc] = true
 		a.from[pc] = a.cur
+	}
+	if !a.keep[pc] {
+		c := a.newState()
+		*c = *s
+		a.work = append(a.work, workItem{pc: pc, s: c})
+		return
+	}
+	if a.in[pc] == nil {
+		if a.states >= a.cfg.MaxStates {
+			a.tooComplex = true
+			return
+		}
+		a.states++
+		a.in[pc] = a.newState()
+		*a.in[pc] = *s
 	} else if !a.in[pc].joinInto(s, a.useful) {
 		return
 	}
 	if !a.queued[pc] {
 		a.queued[pc] = true
-		a.work = append(a.work, pc)
+		a.work = append(a.work, workItem{pc: pc})
 	}
 }
 
 // pathLogLines is how far back a rejection's log follows the path.
 const pathLogLines = 24
 
-// pathLog is the log of a rejection at pc: the instructions of the path by
-// which the analysis first reached pc (its last pathLogLines), each with the
-// registers before it over all paths, as the kernel's log shows the failing
-// path; the last line is pc itself.
-func (a *analysis) pathLog(pc int) []string {
+// pathLog is the log of a rejection at pc, where the state was st: the
+// instructions of the path by which the analysis first reached pc (its last
+// pathLogLines), as the kernel's log shows the failing path, with the
+// registers before each where the analysis keeps them (joined over all
+// paths) and before pc itself; the last line is pc.
+func (a *analysis) pathLog(pc int, st *State) []string {
 	var path []int
 	for p := pc; p >= 0 && len(path) < pathLogLines; p = a.from[p] {
 		path = append(path, p)
@@ -244,7 +349,14 @@ func (a *analysis) pathLog(pc int) []string {
 	helper := func(id int32) string { return a.cfg.Helpers[id].Name }
 	for _, p := range path {
 		s := a.slots[p]
-		log = append(log, fmt.Sprintf("%d: (%02x) %s ; %s", p, s.Op, bytecode.KernelText(s, helper), regsLog(a.in[p])))
+		line := fmt.Sprintf("%d: (%02x) %s", p, s.Op, bytecode.KernelText(s, helper))
+		if regs := a.in[p]; regs != nil || p == pc {
+			if p == pc {
+				regs = st
+			}
+			line += " ; " + regsLog(regs)
+		}
+		log = append(log, line)
 	}
 	return log
 }

@@ -411,13 +411,22 @@ func soundness(t *testing.T, data []byte) (accepted bool) {
 			insns = raw
 		}
 	}
-	a, err := newAnalysis(insns, Config{CtxSize: len(ctx), Helpers: testConfig.Helpers})
+	cfg := Config{CtxSize: len(ctx), Helpers: testConfig.Helpers}
+	n, err := newAnalysis(insns, cfg)
 	if err != nil {
 		return false
 	}
-	r, err := a.run()
+	r, err := n.run()
 	if err != nil {
 		return false
+	}
+	// The same analysis keeping every state, for the register oracle; the
+	// result above (join points only) must have reached every slot it does.
+	a, err := newAnalysis(insns, cfg)
+	require.NoError(t, err)
+	a.keepAll = true
+	if _, err := a.run(); err != nil {
+		t.Fatalf("accepted keeping join states, rejected keeping all: %v\n%v", err, insns)
 	}
 	p, err := interp.Load(insns)
 	if err != nil {
@@ -428,7 +437,7 @@ func soundness(t *testing.T, data []byte) (accepted bool) {
 	m.Helpers = isatest.Helpers()
 	traceRegisters(m, func(slot int, regs *[11]uint64) {
 		s := a.in[slot]
-		if s == nil {
+		if s == nil || !n.reached[slot] {
 			t.Fatalf("slot %d ran, but the analysis never reached it\n%v", slot, insns)
 		}
 		for i, reg := range s.Regs {
@@ -550,5 +559,31 @@ func TestCtxFields(t *testing.T) {
 		} else {
 			assert.ErrorContains(t, err, tc.reject, tc.src)
 		}
+	}
+}
+
+// TestLimits: a program past the size limit, or one whose analysis would
+// keep more states or process more instructions than allowed, is rejected
+// with the limit named, before it costs more memory or time.
+func TestLimits(t *testing.T) {
+	p := bigProgram(1000) // a join point every four instructions
+	r, err := Verify(p, testConfig)
+	require.NoError(t, err)
+	require.Greater(t, r.States, 200)
+	assert.Less(t, r.States, 400, "states are kept at join points only")
+
+	for _, tc := range []struct {
+		cfg    func(*Config)
+		reason string
+	}{
+		{func(c *Config) { c.MaxSlots = 999 }, "insn 999: program too large: 1000 instructions (at most 999)"},
+		{func(c *Config) { c.MaxStates = 100 }, "program too complex: more than 100 states"},
+		{func(c *Config) { c.MaxInsns = 500 }, "program too complex: 501 instructions processed"},
+	} {
+		cfg := testConfig
+		tc.cfg(&cfg)
+		_, err := Verify(p, cfg)
+		assert.ErrorContains(t, err, tc.reason)
+		assert.ErrorIs(t, err, ErrRejected)
 	}
 }
