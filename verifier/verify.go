@@ -94,6 +94,7 @@ type Result struct {
 	Access         []Access // per slot, for memory instructions
 	InsnsProcessed int      // instruction visits until the fixpoint
 	States         int      // states kept: one per join point or cancellation point reached
+	PeakStates     int      // the most states held at once: kept, and passed on but not yet stepped
 	GuardsTotal    int      // memory instructions
 	GuardsElided   int      // of which provably in bounds
 	CancelPoints   []int    // back-edges and helper calls, by slot
@@ -184,6 +185,8 @@ type analysis struct {
 	slab    []State
 	spare   []*State // pending states' memory, for reuse
 	states  int      // kept states made
+	pending int      // states passed on, not yet stepped
+	peak    int      // the most of states + pending
 	// tooComplex: a kept state was needed past Config.MaxStates.
 	tooComplex bool
 }
@@ -264,6 +267,7 @@ func (a *analysis) run() (*Result, error) {
 		err := a.step(pc, st)
 		if w.s != nil {
 			a.spare = append(a.spare, w.s)
+			a.pending--
 		}
 		if err == nil && a.tooComplex {
 			err = reject(pc, "program too complex: more than %d states", a.cfg.MaxStates)
@@ -282,7 +286,7 @@ func (a *analysis) run() (*Result, error) {
 			a.access[pc] = HeapAccess
 		}
 	}
-	r := &Result{CFG: a.g, Access: a.access, InsnsProcessed: processed, States: a.states}
+	r := &Result{CFG: a.g, Access: a.access, InsnsProcessed: processed, States: a.states, PeakStates: a.peak}
 	for pc := range a.access {
 		if a.access[pc] != NoAccess {
 			r.GuardsTotal++
@@ -312,6 +316,8 @@ func (a *analysis) flow(pc int, s *State) {
 		c := a.newState()
 		*c = *s
 		a.work = append(a.work, workItem{pc: pc, s: c})
+		a.pending++
+		a.peak = max(a.peak, a.states+a.pending)
 		return
 	}
 	if a.in[pc] == nil {
@@ -320,6 +326,7 @@ func (a *analysis) flow(pc int, s *State) {
 			return
 		}
 		a.states++
+		a.peak = max(a.peak, a.states+a.pending)
 		a.in[pc] = a.newState()
 		*a.in[pc] = *s
 	} else if !a.in[pc].joinInto(s, a.useful) {

@@ -571,6 +571,7 @@ func TestLimits(t *testing.T) {
 	require.NoError(t, err)
 	require.Greater(t, r.States, 200)
 	assert.Less(t, r.States, 400, "states are kept at join points only")
+	assert.GreaterOrEqual(t, r.PeakStates, r.States)
 
 	for _, tc := range []struct {
 		cfg    func(*Config)

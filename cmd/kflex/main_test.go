@@ -259,7 +259,7 @@ func TestVerify(t *testing.T) {
 	require.Equal(t, 0, code)
 	var rep map[string]any
 	require.NoError(t, json.Unmarshal([]byte(stdout), &rep))
-	for _, k := range []string{"accepted", "insns_processed", "guards_total", "guards_elided", "cancel_points"} {
+	for _, k := range []string{"accepted", "insns_processed", "states", "peak_states", "guards_total", "guards_elided", "cancel_points"} {
 		assert.Contains(t, rep, k)
 	}
 	assert.Equal(t, []any{3.0}, rep["cancel_points"])

@@ -20,7 +20,8 @@ type verifyReport struct {
 	Error          *verifyError `json:"error,omitempty"`
 	Log            []string     `json:"log,omitempty"`
 	InsnsProcessed int          `json:"insns_processed"`
-	States         int          `json:"states"`
+	States         int          `json:"states"`      // kept, at join and cancellation points
+	PeakStates     int          `json:"peak_states"` // held at once
 	GuardsTotal    int          `json:"guards_total"`
 	GuardsElided   int          `json:"guards_elided"`
 	CancelPoints   []int        `json:"cancel_points"`
@@ -61,7 +62,7 @@ with the locks (mcs_lock) held at each. Exits 1 when the program is rejected.`, 
 	var ve *verifier.Error
 	switch {
 	case verr == nil:
-		rep.InsnsProcessed, rep.States = res.InsnsProcessed, res.States
+		rep.InsnsProcessed, rep.States, rep.PeakStates = res.InsnsProcessed, res.States, res.PeakStates
 		rep.GuardsTotal, rep.GuardsElided = res.GuardsTotal, res.GuardsElided
 		rep.CancelPoints = res.CancelPoints
 		for _, c := range res.CancelTable {
@@ -79,8 +80,8 @@ with the locks (mcs_lock) held at each. Exits 1 when the program is rejected.`, 
 			return err
 		}
 	} else if rep.Accepted {
-		fmt.Fprintf(out, "%s: accepted\n  %d instructions processed, %d states\n  %d memory accesses, %d need no guard\n  cancellation points at %v\n",
-			fs.Arg(0), rep.InsnsProcessed, rep.States, rep.GuardsTotal, rep.GuardsElided, rep.CancelPoints)
+		fmt.Fprintf(out, "%s: accepted\n  %d instructions processed, %d states kept, %d at peak\n  %d memory accesses, %d need no guard\n  cancellation points at %v\n",
+			fs.Arg(0), rep.InsnsProcessed, rep.States, rep.PeakStates, rep.GuardsTotal, rep.GuardsElided, rep.CancelPoints)
 		for _, c := range rep.CancelTable {
 			if c.Locks > 0 {
 				fmt.Fprintf(out, "    at %d: %d lock(s) held\n", c.Slot, c.Locks)
