@@ -9,7 +9,7 @@ RACE_PKGS   := ./...
 FUZZTIME    ?= 30s
 STRESS_COUNT ?= 20
 
-.PHONY: all build demo test bench fuzz stress lint clean
+.PHONY: all build demo test bench fuzz stress conformance lint clean
 
 all: build
 
@@ -71,6 +71,12 @@ stress:
 	CGO_ENABLED=1 $(GO) test -race -count $(STRESS_COUNT) -timeout 60m \
 		-run 'TestMultiProcess|TestHammer|TestFIFO|TestKernelMarksDeath|TestAllocHammer|TestListAcrossViews|TestMixedContention|TestKernelLock|TestClientsOnArena|TestLayoutContract' \
 		./mcs ./heap ./userspace ./serve ./kernel
+
+# The public bpf_conformance suite's test files through the plugin, both
+# engines: make conformance BPF_CONFORMANCE_TESTS=path/to/bpf_conformance/tests
+conformance:
+	@test -n "$(BPF_CONFORMANCE_TESTS)" || { echo "set BPF_CONFORMANCE_TESTS to bpf_conformance's tests directory"; exit 2; }
+	KFLEX_BPF_CONFORMANCE_TESTS=$(abspath $(BPF_CONFORMANCE_TESTS)) $(GO) test -count=1 -run TestThirdPartySuite -v ./cmd/kflex-bpf-conformance | grep -E '^(---|ok|FAIL)|files:|FAIL'
 
 clean:
 	rm -rf $(BIN)

@@ -12,7 +12,7 @@ import (
 // syntax of the public bpf_conformance suite: one instruction per line, '#' or
 // '//' comments, "label:" lines, registers as %rN or rN, memory as [%rN+off].
 //
-//	mov %r0, 1          add32 %r0, %r1       neg %r2           be16 %r0
+//	mov %r0, 1          add32 %r0, %r1       neg %r2           be16 %r0   bswap64 %r0 (or swap64)
 //	lddw %r1, 0x1122334455667788                movsx832 %r0, %r1
 //	ldxw %r0, [%r1+4]   ldxhsx %r0, [%r1]    stdw [%r10-8], 5   stxb [%r1+2], %r3
 //	lock fetch add32 [%r10-4], %r1           lock cmpxchg [%r1], %r2
@@ -122,7 +122,7 @@ func assembleLine(f []string) (ins asm.Instruction, label string, err error) {
 	cls := asm.ALU64Class
 	base := m
 	if b, ok := strings.CutSuffix(m, "32"); ok && !strings.HasPrefix(m, "movsx") && !strings.HasPrefix(m, "be") &&
-		!strings.HasPrefix(m, "le") && !strings.HasPrefix(m, "swap") {
+		!strings.HasPrefix(m, "le") && !strings.HasPrefix(m, "swap") && !strings.HasPrefix(m, "bswap") {
 		base, cls = b, asm.ALUClass
 	}
 	switch {
@@ -184,7 +184,7 @@ func assembleLine(f []string) (ins asm.Instruction, label string, err error) {
 			return ins, "", fmt.Errorf("unknown mnemonic %q", m)
 		}
 		return aluRegImm(asm.OpCode(v.cls).SetALUOp(v.op), ops, want)
-	case strings.HasPrefix(m, "be") || strings.HasPrefix(m, "le") || strings.HasPrefix(m, "swap"):
+	case strings.HasPrefix(m, "be") || strings.HasPrefix(m, "le") || strings.HasPrefix(m, "swap") || strings.HasPrefix(m, "bswap"):
 		if err := want(1); err != nil {
 			return ins, "", err
 		}

@@ -193,6 +193,16 @@ func TestAssemble(t *testing.T) {
 	assert.Equal(t, want, hex.EncodeToString(raw))
 	assert.NoError(t, Validate(insns))
 
+	// bpf_conformance writes the unconditional swaps bswapN.
+	for _, width := range []string{"16", "32", "64"} {
+		ours, err := Assemble("swap" + width + " %r3")
+		require.NoError(t, err)
+		theirs, err := Assemble("bswap" + width + " %r3")
+		require.NoError(t, err)
+		assert.Equal(t, ours, theirs, width)
+		assert.Equal(t, "d7", hex.EncodeToString([]byte{byte(theirs[0].OpCode)}), width)
+	}
+
 	dflt, err := Assemble("mov %r0, 1\njeq %r0, 1, exit\nmov %r0, 2\nexit\nmov %r0, 3\nexit")
 	require.NoError(t, err)
 	assert.Equal(t, int16(1), dflt[1].Offset, `"exit" is the first exit`)

@@ -3,8 +3,10 @@ package main
 import (
 	"bytes"
 	"encoding/hex"
+	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -104,4 +106,40 @@ func TestBinary(t *testing.T) {
 	got, err := cmd.Output()
 	require.NoError(t, err)
 	assert.Equal(t, "0x3\n", string(got))
+}
+
+// TestThirdPartySuite runs the test files of the public bpf_conformance suite
+// (its tests directory, named by KFLEX_BPF_CONFORMANCE_TESTS; make
+// conformance) through the plugin on both engines and reports what passed.
+// Files that need what kflex does not offer (maps, kfuncs) are not run but
+// named; any other failure fails the test.
+func TestThirdPartySuite(t *testing.T) {
+	dir := os.Getenv("KFLEX_BPF_CONFORMANCE_TESTS")
+	if dir == "" {
+		t.Skip("KFLEX_BPF_CONFORMANCE_TESTS (bpf_conformance's tests directory) is not set")
+	}
+	files, err := filepath.Glob(filepath.Join(dir, "*.data"))
+	require.NoError(t, err)
+	require.NotEmpty(t, files, "no *.data files in %s", dir)
+	// What kflex deliberately lacks, by the file's program.
+	unsupported := regexp.MustCompile(`(?m)^\s*(call runtime|lddw \S+, map_by_|call bpf_map_)`)
+	passed := map[string]int{}
+	var lacking []string
+	for _, f := range files {
+		text, err := os.ReadFile(f)
+		require.NoError(t, err)
+		c, err := isatest.Parse(f)
+		if unsupported.Match(text) {
+			lacking = append(lacking, filepath.Base(f))
+			continue
+		}
+		require.NoError(t, err, f)
+		for _, engine := range []string{"--interp", "--jit"} {
+			if t.Run(engine+"/"+c.Name, func(t *testing.T) { checkProtocol(t, c, engine) }) {
+				passed[engine]++
+			}
+		}
+	}
+	t.Logf("%d files: %d pass on --interp, %d on --jit; %d need maps or kfuncs, which kflex does not offer: %v",
+		len(files), passed["--interp"], passed["--jit"], len(lacking), lacking)
 }
