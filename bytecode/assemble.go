@@ -250,12 +250,20 @@ func aluRegImm(op asm.OpCode, ops []string, want func(int) error) (asm.Instructi
 	return ins, "", regOrImm(&ins, ops[1])
 }
 
-// regOrImm sets the source of an ALU or jump instruction.
+// regOrImm sets the source of an ALU or jump instruction. A 32-bit ALU
+// operation uses the low half of its operand, so it takes any 64-bit
+// immediate and keeps the low half, as bpf_conformance's assembler does
+// (its lock_cmpxchg32 test writes mov32 r1, 0x876543210).
 func regOrImm(ins *asm.Instruction, s string) error {
 	if r, err := register(s); err == nil {
 		ins.OpCode = ins.OpCode.SetSource(asm.RegSource)
 		ins.Src = r
 		return nil
+	}
+	if ins.OpCode.Class() == asm.ALUClass {
+		v, err := immediate(s, 64)
+		ins.Constant = int64(int32(v))
+		return err
 	}
 	v, err := immediate(s, 32)
 	ins.Constant = v

@@ -193,6 +193,16 @@ func TestAssemble(t *testing.T) {
 	assert.Equal(t, want, hex.EncodeToString(raw))
 	assert.NoError(t, Validate(insns))
 
+	// A 32-bit operation keeps the low half of a wider immediate; a 64-bit
+	// one refuses it.
+	wide, err := Assemble("mov32 %r1, 0x876543210")
+	require.NoError(t, err)
+	narrow, err := Assemble("mov32 %r1, 0x76543210")
+	require.NoError(t, err)
+	assert.Equal(t, narrow, wide)
+	_, err = Assemble("mov %r1, 0x876543210")
+	assert.ErrorContains(t, err, `immediate "0x876543210" does not fit 32 bits`)
+
 	// bpf_conformance writes the unconditional swaps bswapN.
 	for _, width := range []string{"16", "32", "64"} {
 		ours, err := Assemble("swap" + width + " %r3")

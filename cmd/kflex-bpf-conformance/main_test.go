@@ -133,7 +133,10 @@ func TestThirdPartySuite(t *testing.T) {
 			lacking = append(lacking, filepath.Base(f))
 			continue
 		}
-		require.NoError(t, err, f)
+		if err != nil {
+			t.Errorf("%v", err) // the file itself, not the engines
+			continue
+		}
 		for _, engine := range []string{"--interp", "--jit"} {
 			if t.Run(engine+"/"+c.Name, func(t *testing.T) { checkProtocol(t, c, engine) }) {
 				passed[engine]++
