@@ -507,50 +507,13 @@ func TestComparisonsBoundIndex(t *testing.T) {
 	}
 }
 
-// TestHelperParams: a helper's prototype refuses the engine's pointers where
-// it takes a number, and a number that may be 0 where it takes one proven
-// not to be; a test against 0 proves it.
-func TestHelperParams(t *testing.T) {
-	cfg := testConfig
-	cfg.Helpers = map[int32]Helper{
-		1: {Name: "alloc", Args: 1, Params: []Param{ParamNumber}, HeapOrNull: true},
-		2: {Name: "use", Args: 2, Params: []Param{ParamNonNull}},
-	}
-	for _, tc := range []struct{ src, reject string }{
-		{"mov %r1, 16\ncall 1\nexit", ""},
-		{"call 1\nexit", "insn 0: helper alloc: R1 is a ctx pointer; it takes a number"},
-		{"mov %r1, %r10\ncall 1\nexit", "insn 1: helper alloc: R1 is a fp pointer; it takes a number"},
-		{"ldxdw %r1, [%r1+0]\nmov %r2, %r10\ncall 2\nexit", "insn 2: helper use: R1 may be 0"},
-		{"ldxdw %r1, [%r1+0]\nmov %r0, 0\njeq %r1, 0, +2\nmov %r2, %r10\ncall 2\nexit", ""}, // r2 is ParamAny
-		{"mov %r1, 16\ncall 1\nmov %r1, %r0\njeq %r1, 0, +1\ncall 2\nexit", "insn 4: helper use reads R2"},
-		{"mov %r1, 16\ncall 1\nmov %r1, %r0\nmov %r2, 0\ncall 2\nexit", "insn 4: helper use: R1 may be 0"},
-		{"mov %r1, 16\ncall 1\nmov %r1, %r0\nmov %r2, 0\njeq %r1, 0, +1\ncall 2\nexit", ""},
-	} {
-		insns, err := bytecode.Assemble(tc.src)
-		require.NoError(t, err)
-		_, err = Verify(insns, cfg)
-		if tc.reject == "" {
-			assert.NoError(t, err, tc.src)
-		} else {
-			assert.ErrorContains(t, err, tc.reject, tc.src)
-		}
-	}
-}
+// verdict is a program and the reason it is rejected for ("": accepted).
+type verdict struct{ src, reject string }
 
-// TestCtxFields: with a layout, every context access is one whole field, and
-// stores (atomics too) go only to writable fields.
-func TestCtxFields(t *testing.T) {
-	cfg := testConfig
-	cfg.CtxSize = 16
-	cfg.CtxFields = []CtxField{{Name: "arg", Off: 0, Size: 8}, {Name: "flags", Off: 8, Size: 4, Writable: true}}
-	for _, tc := range []struct{ src, reject string }{
-		{"ldxdw %r0, [%r1+0]\nldxw %r2, [%r1+8]\nstw [%r1+8], 1\nexit", ""},
-		{"ldxw %r0, [%r1+0]\nexit", "insn 0: invalid context access off=0 size=4: not a whole field"},
-		{"ldxw %r0, [%r1+12]\nexit", "insn 0: invalid context access off=12 size=4: not a whole field"},
-		{"stdw [%r1+0], 1\nmov %r0, 0\nexit", "insn 0: write to context field arg (off=0), which is read-only"},
-		{"mov %r2, 1\nlock add [%r1+0], %r2\nmov %r0, 0\nexit", "insn 1: write to context field arg"},
-		{"mov %r2, 1\nlock add32 [%r1+8], %r2\nmov %r0, 0\nexit", ""},
-	} {
+// expectVerdicts verifies each program for cfg and checks its verdict.
+func expectVerdicts(t *testing.T, cfg Config, cases []verdict) {
+	t.Helper()
+	for _, tc := range cases {
 		insns, err := bytecode.Assemble(tc.src)
 		require.NoError(t, err, tc.src)
 		_, err = Verify(insns, cfg)
@@ -560,6 +523,43 @@ func TestCtxFields(t *testing.T) {
 			assert.ErrorContains(t, err, tc.reject, tc.src)
 		}
 	}
+}
+
+// TestHelperParams: a helper's prototype refuses the engine's pointers where
+// it takes a number, and a number that may be 0 where it takes one proven
+// not to be; a test against 0 proves it.
+func TestHelperParams(t *testing.T) {
+	cfg := testConfig
+	cfg.Helpers = map[int32]Helper{
+		1: {Name: "alloc", Args: 1, Params: []Param{ParamNumber}, HeapOrNull: true},
+		2: {Name: "use", Args: 2, Params: []Param{ParamNonNull}},
+	}
+	expectVerdicts(t, cfg, []verdict{
+		{"mov %r1, 16\ncall 1\nexit", ""},
+		{"call 1\nexit", "insn 0: helper alloc: R1 is a ctx pointer; it takes a number"},
+		{"mov %r1, %r10\ncall 1\nexit", "insn 1: helper alloc: R1 is a fp pointer; it takes a number"},
+		{"ldxdw %r1, [%r1+0]\nmov %r2, %r10\ncall 2\nexit", "insn 2: helper use: R1 may be 0"},
+		{"ldxdw %r1, [%r1+0]\nmov %r0, 0\njeq %r1, 0, +2\nmov %r2, %r10\ncall 2\nexit", ""}, // r2 is ParamAny
+		{"mov %r1, 16\ncall 1\nmov %r1, %r0\njeq %r1, 0, +1\ncall 2\nexit", "insn 4: helper use reads R2"},
+		{"mov %r1, 16\ncall 1\nmov %r1, %r0\nmov %r2, 0\ncall 2\nexit", "insn 4: helper use: R1 may be 0"},
+		{"mov %r1, 16\ncall 1\nmov %r1, %r0\nmov %r2, 0\njeq %r1, 0, +1\ncall 2\nexit", ""},
+	})
+}
+
+// TestCtxFields: with a layout, every context access is one whole field, and
+// stores (atomics too) go only to writable fields.
+func TestCtxFields(t *testing.T) {
+	cfg := testConfig
+	cfg.CtxSize = 16
+	cfg.CtxFields = []CtxField{{Name: "arg", Off: 0, Size: 8}, {Name: "flags", Off: 8, Size: 4, Writable: true}}
+	expectVerdicts(t, cfg, []verdict{
+		{"ldxdw %r0, [%r1+0]\nldxw %r2, [%r1+8]\nstw [%r1+8], 1\nexit", ""},
+		{"ldxw %r0, [%r1+0]\nexit", "insn 0: invalid context access off=0 size=4: not a whole field"},
+		{"ldxw %r0, [%r1+12]\nexit", "insn 0: invalid context access off=12 size=4: not a whole field"},
+		{"stdw [%r1+0], 1\nmov %r0, 0\nexit", "insn 0: write to context field arg (off=0), which is read-only"},
+		{"mov %r2, 1\nlock add [%r1+0], %r2\nmov %r0, 0\nexit", "insn 1: write to context field arg"},
+		{"mov %r2, 1\nlock add32 [%r1+8], %r2\nmov %r0, 0\nexit", ""},
+	})
 }
 
 // TestLimits: a program past the size limit, or one whose analysis would
