@@ -47,7 +47,7 @@ type CFG struct {
 
 // BuildCFG builds the graph of a validated program and rejects what no path
 // analysis should see: code no path reaches, jumps from one subprogram into
-// another, helper calls whose helper is only known at run time (callx).
+// another.
 func BuildCFG(insns asm.Instructions) (*CFG, error) {
 	if err := bytecode.Validate(insns); err != nil {
 		var be *bytecode.Error
@@ -87,10 +87,9 @@ func BuildCFG(insns asm.Instructions) (*CFG, error) {
 		switch {
 		case op.JumpOp() == asm.Exit:
 		case op.JumpOp() == asm.Call:
-			if op.Source() == asm.RegSource {
-				return nil, reject(slot, "callx: the helper is only known at run time")
-			}
-			if ins.Src == bytecode.CallHelper {
+			// callx (the helper's number in a register) is a helper call
+			// too; the analysis finds which helpers it may call.
+			if ins.Src == bytecode.CallHelper || op.Source() == asm.RegSource {
 				g.HelperCalls = append(g.HelperCalls, slot)
 			}
 			g.Succ[slot] = []int{next}

@@ -44,7 +44,6 @@ func TestCFGRejects(t *testing.T) {
 	for src, want := range map[string]string{
 		"mov %r0, 0\nja +1\nmov %r0, 1\nexit":                         "insn 2: unreachable instruction",
 		"mov %r0, 0\ncall local f\nexit\nf:\nmov %r0, 1\nja -4\nexit": "insn 4: jump to 1 leaves the subprogram starting at 3",
-		"mov %r1, 5\ncall %r1\nexit":                                  "insn 1: callx: the helper is only known at run time",
 		"call local f\nmov %r0, 0\nf:\nmov %r0, 1\nexit":              "insn 1: falls through into the subprogram starting at 2",
 		"mov %r0, 1": "insn 0: MovImm: last instruction falls off the end of the program",
 	} {

@@ -60,7 +60,9 @@
 //	                                                           a 64-bit multiplication keeps signed
 //	                                                           bounds only for operands below 2^31
 //	helpers, kfuncs               the kernel's prototypes      kflex's helpers (Config.Helpers); kfunc
-//	                                                           calls and callx rejected
+//	                                                           calls rejected
+//	callx                         rejected                     checked against every helper its
+//	                                                           register may name, if at most 8
 //	r2 at entry                   uninitialised                the context's length (the calling
 //	                              ("R2 !read_ok")              convention of the conformance protocol)
 //	r3 at entry                   not set                      the pointer argument, when EntryArg

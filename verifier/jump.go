@@ -19,27 +19,41 @@ func (a *analysis) jump(pc int, s *State, in bytecode.Slot) error {
 			return reject(pc, "exit with %d lock(s) held, the last taken at insn %d", s.Locks, s.LockSite-1)
 		}
 		return nil
-	case 0x85: // call
-		if in.Src == bytecode.CallLocal {
+	case 0x85, 0x8d: // call, callx
+		if in.Op == 0x85 && in.Src == bytecode.CallLocal {
 			return a.localCall(pc, s, in)
 		}
-		h, ok := a.cfg.Helpers[in.Imm]
-		if !ok {
-			return reject(pc, "call to unknown helper %d", in.Imm)
-		}
-		for r := uint8(1); r <= uint8(h.Args); r++ {
-			v, err := a.read(pc, s, r)
+		ids := []int32{in.Imm}
+		if in.Op == 0x8d {
+			r, err := a.read(pc, s, in.Dst)
 			if err != nil {
-				return reject(pc, "helper %s reads R%d, which is not set", h.Name, r)
+				return err
 			}
-			if int(r) <= len(h.Params) {
-				if err := checkParam(pc, h, r, v); err != nil {
-					return err
+			if ids, err = callxTargets(pc, in.Dst, r); err != nil {
+				return err
+			}
+		}
+		heapOrNull := true
+		for _, id := range ids {
+			h, ok := a.cfg.Helpers[id]
+			if !ok {
+				return reject(pc, "call to unknown helper %d", id)
+			}
+			for r := uint8(1); r <= uint8(h.Args); r++ {
+				v, err := a.read(pc, s, r)
+				if err != nil {
+					return reject(pc, "helper %s reads R%d, which is not set", h.Name, r)
+				}
+				if int(r) <= len(h.Params) {
+					if err := checkParam(pc, h, r, v); err != nil {
+						return err
+					}
 				}
 			}
+			heapOrNull = heapOrNull && h.HeapOrNull
 		}
 		afterCall(s)
-		if h.HeapOrNull {
+		if heapOrNull {
 			s.Regs[0] = heapPointer(true, 0)
 		}
 		a.flow(succ[0], s)
@@ -82,6 +96,30 @@ func (a *analysis) jump(pc int, s *State, in bytecode.Slot) error {
 		a.flow(succ[1], &taken)
 	}
 	return nil
+}
+
+// maxCallxTargets is how many helpers a callx may be shown to choose among.
+const maxCallxTargets = 8
+
+// callxTargets are the helpers a callx through register reg, holding r, may
+// call: the engines take the register's low half as the helper's number, so
+// the numbers its signed 32-bit interval and its tnum allow, if they are few.
+func callxTargets(pc int, reg uint8, r Reg) ([]int32, error) {
+	if r.Kind != Scalar {
+		return nil, reject(pc, "callx r%d holds a %v pointer, not a helper's number", reg, r.Kind)
+	}
+	iv, low := r.B.get(s32), r.Val.Truncate(4)
+	if iv.hi-iv.lo >= maxCallxTargets {
+		return nil, reject(pc, "callx r%d: the helper is only known at run time (%v); at most %d candidates can be checked",
+			reg, r, maxCallxTargets)
+	}
+	var ids []int32
+	for k := iv.lo; k <= iv.hi; k++ {
+		if id := int32(s32.int(k)); low.Contains(uint64(uint32(id))) {
+			ids = append(ids, id)
+		}
+	}
+	return ids, nil
 }
 
 // checkParam rejects argument v in register r of a call to h where h's
