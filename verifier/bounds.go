@@ -104,7 +104,7 @@ func fullBounds() Bounds {
 	return b
 }
 
-// narrow intersects domain d with keys [lo, hi]; false if nothing is left.
+// narrowKeys intersects domain d with keys [lo, hi]; false if nothing is left.
 func (b *Bounds) narrowKeys(d domain, lo, hi uint64) bool {
 	iv := b.get(d)
 	iv.lo, iv.hi = max(iv.lo, lo), min(iv.hi, hi)
