@@ -1,7 +1,6 @@
 package kernel
 
 import (
-	"encoding/binary"
 	"fmt"
 	"time"
 
@@ -112,12 +111,7 @@ type LockArgs struct {
 
 // Context encodes a as a lock program's context.
 func (a LockArgs) Context() []byte {
-	words := []uint64{a.Lock, a.Base + a.Node.Off, uint64(a.Node.Index) + 1, a.Held, a.Base + a.Table}
-	ctx := make([]byte, 8*len(words))
-	for i, v := range words {
-		binary.LittleEndian.PutUint64(ctx[8*i:], v)
-	}
-	return ctx
+	return mcs.CallContext(a.Lock, a.Base, a.Node, a.Held, a.Table)
 }
 
 // Lock runs the program once on ctx and returns its result.

@@ -1,7 +1,6 @@
 package mcs
 
 import (
-	"encoding/binary"
 	"fmt"
 	"runtime"
 	"sync"
@@ -16,34 +15,17 @@ import (
 	"github.com/kflex-go/kflex/jit/interp"
 )
 
-// lockCall and unlockCall call the bytecode lock with the arguments at r9:
-// the lock word, the node, its index + 1, the held bits and the node table
-// (lockCtx's layout).
+// lockCall and unlockCall call the bytecode lock on the lock whose address
+// is the context's first word (lockCtx).
 const (
-	lockCall = `
-	ldxdw %r1, [%r9+0]
-	ldxdw %r2, [%r9+8]
-	ldxdw %r3, [%r9+16]
-	ldxdw %r4, [%r9+24]
-	ldxdw %r5, [%r9+32]
-	call local mcs_lock`
-	unlockCall = `
-	ldxdw %r1, [%r9+0]
-	ldxdw %r2, [%r9+24]
-	ldxdw %r3, [%r9+8]
-	call local mcs_unlock`
+	lockCall   = "\n\tldxdw %r1, [%r9+0]" + LockCall
+	unlockCall = "\n\tldxdw %r1, [%r9+0]" + UnlockCall
 )
 
 // lockCtx is the context of programs using lockCall on the lock at off with
 // node n, then the extra words.
 func (w *world) lockCtx(off uint64, n Node, extra ...uint64) []byte {
-	words := append([]uint64{w.h.Base() + off, w.h.Base() + n.Off, uint64(n.Index) + 1, Held(w.p.Slot()),
-		w.h.Base() + w.h.Header().NodeOff}, extra...)
-	ctx := make([]byte, 8*len(words))
-	for i, v := range words {
-		binary.LittleEndian.PutUint64(ctx[8*i:], v)
-	}
-	return ctx
+	return CallContext(w.h.Base()+off, w.h.Base(), n, Held(w.p.Slot()), w.h.Header().NodeOff, extra...)
 }
 
 // jitMachine is a JIT sandbox over w's heap with the lock's helpers, closed

@@ -290,12 +290,12 @@ var start = time.Now()
 // argument uses r3, whose accesses need no guard within reach of the guard
 // regions, rather than loading the word and having it sanitized.
 const (
-	CtxArg       = 0  // u64: the invoker's argument
-	CtxNode      = 8  // u64: this executor's queue node
-	CtxNodeIndex = 16 // u64: its index + 1 (mcs_lock's r3)
-	CtxHeld      = 24 // u64: the held bits for mcs_lock and mcs_unlock
-	CtxNodeTable = 32 // u64: the node table
-	CtxDataLen   = 40 // u64: bytes of data at the argument (a datagram, ServeUDP), else 0
+	CtxArg       = 0                 // u64: the invoker's argument
+	CtxNode      = mcs.CallNode      // u64: this executor's queue node
+	CtxNodeIndex = mcs.CallNodeIndex // u64: its index + 1 (mcs_lock's r3)
+	CtxHeld      = mcs.CallHeld      // u64: the held bits for mcs_lock and mcs_unlock
+	CtxNodeTable = mcs.CallNodeTable // u64: the node table
+	CtxDataLen   = 40                // u64: bytes of data at the argument (a datagram, ServeUDP), else 0
 	CtxSize      = 48
 )
 
@@ -318,18 +318,11 @@ var CtxFields = []verifier.CtxField{
 
 // LockCall and UnlockCall are the bytecode an extension uses to call the
 // bytecode lock (mcs.BytecodeLock, appended to its program) on the lock whose
-// address is in r1, with the runtime context kept in r9. They clobber r0-r5.
+// address is in r1, with the runtime context kept in r9 (mcs.LockCall). They
+// clobber r0-r5.
 const (
-	LockCall = `
-	ldxdw %r2, [%r9+8]
-	ldxdw %r3, [%r9+16]
-	ldxdw %r4, [%r9+24]
-	ldxdw %r5, [%r9+32]
-	call local mcs_lock`
-	UnlockCall = `
-	ldxdw %r2, [%r9+24]
-	ldxdw %r3, [%r9+8]
-	call local mcs_unlock`
+	LockCall   = mcs.LockCall
+	UnlockCall = mcs.UnlockCall
 )
 
 // Invoke runs program name on a free executor with arg in its context and
