@@ -23,10 +23,13 @@ func (a *analysis) alu(pc int, s *State, in bytecode.Slot, w bool) error {
 		}
 	}
 	if op == 0xb0 && in.Off == 0 { // mov
-		if w {
-			s.Regs[in.Dst] = src
-		} else {
-			s.Regs[in.Dst] = truncate(src)
+		switch {
+		case !w:
+			s.set(in.Dst, truncate(src))
+		case in.Op&0x08 != 0:
+			s.set(in.Dst, copyOf(in.Src, src))
+		default:
+			s.set(in.Dst, src)
 		}
 		return nil
 	}
@@ -34,12 +37,12 @@ func (a *analysis) alu(pc int, s *State, in bytecode.Slot, w bool) error {
 		// addr_space_cast. Into the engine's view (imm 1) it masks and
 		// rebases like a guard, keeping NULL: a checked pointer, or 0 if the
 		// source may be 0. Into the canonical view: a heap pointer, as a number.
-		s.Regs[in.Dst] = unknownScalar()
+		s.set(in.Dst, unknownScalar())
 		if in.Imm == 1 {
 			lo, _ := src.Bounds()
 			nonZero := src.Kind == PtrCtx || src.Kind == PtrStack ||
 				src.Kind == Scalar && (lo > 0 || src.Checked && !src.MaybeNull)
-			s.Regs[in.Dst] = heapPointer(!nonZero, 0)
+			s.set(in.Dst, heapPointer(!nonZero, 0))
 		}
 		return nil
 	}
@@ -56,14 +59,14 @@ func (a *analysis) alu(pc int, s *State, in bytecode.Slot, w bool) error {
 	// Pointer arithmetic: a constant moves a pointer; two pointers of one kind
 	// subtract to a number; anything else makes a number of a pointer.
 	if dst.Kind >= PtrCtx || src.Kind >= PtrCtx {
-		s.Regs[in.Dst] = pointerALU(op, w, dst, src)
+		s.set(in.Dst, pointerALU(op, w, dst, src))
 		return nil
 	}
 	r := scalarResult(in, w, dst, src)
 	if w && (op == 0x00 || op == 0x10) {
 		r = movedChecked(op, dst, src, r)
 	}
-	s.Regs[in.Dst] = r
+	s.set(in.Dst, r)
 	return nil
 }
 

@@ -36,8 +36,11 @@
 // mcs_lock) are counted per frame: a subprogram returns holding what it took,
 // never releases more, and reaches each instruction holding the same number on
 // every path. Result.CancelTable says how many are held at each cancellation
-// point (back-edges and helper calls), for the runtime to release them when
-// it stops the program there.
+// point (back-edges and helper calls), and which callee-saved register keeps
+// each one's address (the one r1 was copied from for the lock call, while
+// neither changed), for the runtime to release them when it stops the
+// program there. Stack slots are never named: frames live in the sandbox,
+// where a spilled address can be forged.
 //
 // Deliberate differences from the Linux verifier (kernel.TestVerifierVerdicts
 // compares the two on generated programs and on mutations that break one rule

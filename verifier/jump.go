@@ -54,7 +54,7 @@ func (a *analysis) jump(pc int, s *State, in bytecode.Slot) error {
 		}
 		afterCall(s)
 		if heapOrNull {
-			s.Regs[0] = heapPointer(true, 0)
+			s.set(0, heapPointer(true, 0))
 		}
 		a.flow(succ[0], s)
 		return nil
@@ -137,11 +137,30 @@ func checkParam(pc int, h Helper, r uint8, v Reg) error {
 	return nil
 }
 
+// release forgets the held lock whose address register r keeps. If r is not
+// known to keep one, some lock was released, but which is not known: the
+// registers of those still held are forgotten too.
+func (s *State) release(r int8) {
+	n := int(s.Locks)
+	i := n - 1
+	for j := range n {
+		if r != 0 && s.Held[j] == r {
+			i = j
+		}
+	}
+	if r == 0 || s.Held[i] != r {
+		clear(s.Held[:n])
+	}
+	copy(s.Held[i:n], s.Held[i+1:n])
+	s.Held[n-1] = 0
+	s.Locks--
+}
+
 // afterCall: r0 holds the result, r1-r5 are clobbered.
 func afterCall(s *State) {
-	s.Regs[0] = unknownScalar()
-	for r := 1; r <= 5; r++ {
-		s.Regs[r] = Reg{}
+	s.set(0, unknownScalar())
+	for r := uint8(1); r <= 5; r++ {
+		s.set(r, Reg{})
 	}
 }
 
@@ -152,6 +171,7 @@ func (a *analysis) localCall(pc int, s *State, in bytecode.Slot) error {
 	var e State
 	for r := 1; r <= 5; r++ {
 		e.Regs[r] = s.Regs[r]
+		e.Regs[r].Alias = 0 // the caller's registers are not the callee's
 		if s.Regs[r].Kind == PtrStack {
 			// The callee sees the caller's frame at an offset it cannot
 			// know; as a number, its accesses are guarded.
@@ -160,20 +180,22 @@ func (a *analysis) localCall(pc int, s *State, in bytecode.Slot) error {
 	}
 	e.Regs[10] = Reg{Kind: PtrStack}
 	a.flow(callee, &e)
+	lockReg := s.Regs[1].Alias // r1 is the lock's address: which register keeps it
 	afterCall(s)
 	switch name := a.symbol(callee); {
 	case name == "":
 	case name == a.cfg.LockFunc:
-		if s.Locks >= 8 {
-			return reject(pc, "more than 8 locks held at once")
+		if s.Locks >= maxLocks {
+			return reject(pc, "more than %d locks held at once", maxLocks)
 		}
+		s.Held[s.Locks] = lockReg
 		s.Locks++
 		s.LockSite = pc + 1
 	case name == a.cfg.UnlockFunc:
 		if s.Locks == 0 {
 			return reject(pc, "%s without a lock held", name)
 		}
-		s.Locks--
+		s.release(lockReg)
 	}
 	a.flow(a.g.Succ[pc][0], s)
 	return nil

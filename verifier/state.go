@@ -36,10 +36,15 @@ type Reg struct {
 	// MaybeNull: a checked value that may instead be 0 (a helper's result
 	// not yet tested): its accesses are guarded.
 	MaybeNull bool
-	SanPC     int32 // checked: 1 + the slot of the access that sanitized it, or 0
-	Off       int64 // PtrCtx, PtrStack: constant offset from the region's base; checked Scalar: see Checked
-	Span      int64
-	Val       Tnum // Scalar: its possible bits
+	// Alias: 6-9 if this register holds the same value as that callee-saved
+	// register (a mov made it so and neither changed since), else 0. The
+	// cancellation table names the register holding each held lock's
+	// address this way.
+	Alias int8
+	SanPC int32 // checked: 1 + the slot of the access that sanitized it, or 0
+	Off   int64 // PtrCtx, PtrStack: constant offset from the region's base; checked Scalar: see Checked
+	Span  int64
+	Val   Tnum // Scalar: its possible bits
 	// Scalar: its value's intervals, read unsigned and signed on 64 and 32
 	// bits (bounds.go), kept in agreement with Val.
 	B Bounds
@@ -87,6 +92,14 @@ func heapPointer(maybeNull bool, sanPC int) Reg {
 // ranges of offsets; where sanitizing accesses differ, both are useful (see
 // analysis.useful).
 func join(a, b Reg, useful []bool) Reg {
+	j := joinValues(a, b, useful)
+	if a.Alias == b.Alias && j.Kind != NotInit {
+		j.Alias = a.Alias // the same copy on both paths
+	}
+	return j
+}
+
+func joinValues(a, b Reg, useful []bool) Reg {
 	switch {
 	case a == b:
 		return a
@@ -158,6 +171,40 @@ type State struct {
 	// locksDiffer where paths meet with different counts.
 	Locks    uint8
 	LockSite int // 1 + the slot of the last lock taken
+	// Held: for each lock held (in the order taken), the callee-saved
+	// register that holds its address, or 0 where none is known to.
+	Held [maxLocks]int8
+}
+
+// maxLocks is how many locks a frame may hold at once.
+const maxLocks = 8
+
+// set writes v to register r. It is a new value there: no register is a
+// copy of r any more, nor does r hold a lock's address.
+func (s *State) set(r uint8, v Reg) {
+	for i := range s.Regs {
+		if s.Regs[i].Alias == int8(r) {
+			s.Regs[i].Alias = 0
+		}
+	}
+	for i := range s.Held {
+		if s.Held[i] == int8(r) {
+			s.Held[i] = 0
+		}
+	}
+	if v.Alias == int8(r) {
+		v.Alias = 0
+	}
+	s.Regs[r] = v
+}
+
+// copyOf is the value of register r read by a mov: the same value, known to
+// be a copy of r if r is callee-saved.
+func copyOf(r uint8, v Reg) Reg {
+	if r >= 6 && r <= 9 {
+		v.Alias = int8(r)
+	}
+	return v
 }
 
 const locksDiffer = 0xff
@@ -194,6 +241,11 @@ func (s *State) joinInto(o *State, useful []bool) bool {
 	}
 	if s.Locks != o.Locks && s.Locks != locksDiffer {
 		s.Locks, changed = locksDiffer, true
+	}
+	for i := range s.Held {
+		if s.Held[i] != o.Held[i] && s.Held[i] != 0 {
+			s.Held[i], changed = 0, true // a different register on each path
+		}
 	}
 	return changed
 }

@@ -15,7 +15,7 @@ func (a *analysis) step(pc int, s *State) error {
 		if in.Src != 0 {
 			return reject(pc, "lddw with pseudo source %d is not part of kflex's interface", in.Src)
 		}
-		s.Regs[in.Dst] = scalar(Const(in.Imm64))
+		s.set(in.Dst, scalar(Const(in.Imm64)))
 	case cls == 0x04 || cls == 0x07:
 		if err := a.alu(pc, s, in, cls == 0x07); err != nil {
 			return err
@@ -26,7 +26,7 @@ func (a *analysis) step(pc int, s *State) error {
 			return err
 		}
 		if in.Op&0xe0 == 0x80 { // ldxs*: sign-extending
-			s.Regs[in.Dst] = signExtended(s.Regs[in.Dst], 8*size, true)
+			s.set(in.Dst, signExtended(s.Regs[in.Dst], 8*size, true))
 		}
 	case cls == 0x02 || cls == 0x03:
 		return a.storeOrAtomic(pc, s, in)
@@ -67,7 +67,7 @@ func (a *analysis) pointerAt(pc int, s *State, base uint8, off int16, size int) 
 		return HeapChecked, 0, nil
 	}
 	// The access sanitizes the register in place: afterwards it is checked.
-	s.Regs[base] = heapPointer(false, pc+1)
+	s.set(base, heapPointer(false, pc+1)) // masked and rebased: a new value
 	return HeapSanitize, 0, nil
 }
 
@@ -104,7 +104,7 @@ func (a *analysis) load(pc int, s *State, base uint8, off int16, size int, dst u
 		}
 	}
 	// Whatever was stored there, the slot may have changed since (see State).
-	s.Regs[dst] = scalar(Unknown.Truncate(size))
+	s.set(dst, scalar(Unknown.Truncate(size)))
 	return nil
 }
 
@@ -144,9 +144,9 @@ func (a *analysis) storeOrAtomic(pc int, s *State, in bytecode.Slot) error {
 			if _, err := a.read(pc, s, 0); err != nil {
 				return err
 			}
-			s.Regs[0] = scalar(Unknown.Truncate(size))
+			s.set(0, scalar(Unknown.Truncate(size)))
 		case in.Imm&bytecode.AtomicFetch != 0:
-			s.Regs[in.Src] = scalar(Unknown.Truncate(size))
+			s.set(in.Src, scalar(Unknown.Truncate(size)))
 		}
 	}
 	if acc == StackAccess {

@@ -108,6 +108,11 @@ type Result struct {
 type CancelPoint struct {
 	Slot  int
 	Locks int // taken through Config.LockFunc and not released yet, in this frame
+	// LockRegs names, for each of those locks in the order taken, the
+	// callee-saved register (6-9) that holds its address there, or 0 if none
+	// is known to (the program passed mcs_lock an address it keeps nowhere,
+	// or changed the register since).
+	LockRegs []int
 }
 
 // Verify checks insns for cfg and returns its analysis, or an *Error naming the
@@ -299,7 +304,11 @@ func (a *analysis) run() (*Result, error) {
 	sortInts(r.CancelPoints)
 	for _, pc := range r.CancelPoints {
 		if s := a.in[pc]; s != nil {
-			r.CancelTable = append(r.CancelTable, CancelPoint{Slot: pc, Locks: int(s.Locks)})
+			cp := CancelPoint{Slot: pc, Locks: int(s.Locks)}
+			for _, reg := range s.Held[:min(int(s.Locks), maxLocks)] {
+				cp.LockRegs = append(cp.LockRegs, int(reg))
+			}
+			r.CancelTable = append(r.CancelTable, cp)
 		}
 	}
 	return r, nil

@@ -290,7 +290,8 @@ func TestLocksHeld(t *testing.T) {
 			}
 			require.NoError(t, err)
 			if tc.name == "balanced" {
-				assert.Equal(t, []CancelPoint{{Slot: 1, Locks: 1}}, r.CancelTable, "the helper call runs holding the lock")
+				assert.Equal(t, []CancelPoint{{Slot: 1, Locks: 1, LockRegs: []int{0}}}, r.CancelTable,
+					"the helper call runs holding the lock, whose address no register keeps")
 			}
 		})
 	}
@@ -299,6 +300,52 @@ func TestLocksHeld(t *testing.T) {
 	require.NoError(t, err)
 	_, err = Verify(insns, testConfig)
 	require.NoError(t, err)
+}
+
+// TestCancelTableRegisters: the cancellation table names the callee-saved
+// register that keeps each held lock's address (the one r1 was copied from
+// for the lock call), while neither changes; 0 where none is known to.
+func TestCancelTableRegisters(t *testing.T) {
+	cfg := testConfig
+	cfg.LockFunc, cfg.UnlockFunc = "lock", "unlock"
+	const subs = "\nlock:\nmov %r0, 0\nexit\nunlock:\nmov %r0, 0\nexit"
+	const lock6 = "ldxdw %r6, [%r1+0]\nmov %r1, %r6\ncall local lock\n"
+	const lock7 = "ldxdw %r7, [%r9+8]\nmov %r1, %r7\ncall local lock\n"
+	for _, tc := range []struct {
+		name, body string
+		want       [][]int // LockRegs at each cancellation point, in order
+	}{
+		{"kept in r6", lock6 + "call 7\nmov %r1, %r6\ncall local unlock\nmov %r0, 0\nexit", [][]int{{6}}},
+		{"a copy of a copy", "ldxdw %r8, [%r1+0]\nmov %r2, %r8\nmov %r1, %r2\ncall local lock\ncall 7\nmov %r1, %r8\ncall local unlock\nmov %r0, 0\nexit",
+			[][]int{{8}}},
+		{"kept nowhere", "ldxdw %r1, [%r1+0]\ncall local lock\ncall 7\ncall local unlock\nmov %r0, 0\nexit", [][]int{{0}}},
+		{"r6 changed while held", lock6 + "add %r6, 8\ncall 7\nsub %r6, 8\nmov %r1, %r6\ncall local unlock\nmov %r0, 0\nexit",
+			[][]int{{0}}},
+		{"r6 changed before the call", "ldxdw %r6, [%r1+0]\nmov %r1, %r6\nmov %r6, 0\ncall local lock\ncall 7\ncall local unlock\nmov %r0, 0\nexit",
+			[][]int{{0}}},
+		{"two locks, the first released first", "mov %r9, %r1\n" + lock6 + lock7 + "call 7\nmov %r1, %r6\ncall local unlock\ncall 7\nmov %r1, %r7\ncall local unlock\nmov %r0, 0\nexit",
+			[][]int{{6, 7}, {7}}},
+		{"released through an unknown register", "mov %r9, %r1\n" + lock6 + lock7 + "ldxdw %r1, [%r9+0]\ncall local unlock\ncall 7\nmov %r1, %r7\ncall local unlock\nmov %r0, 0\nexit",
+			[][]int{{0}}},
+		{"different registers on two paths", "mov %r9, %r1\nldxdw %r6, [%r9+0]\nldxdw %r7, [%r9+8]\nmov %r1, %r6\njeq %r6, 0, +1\nmov %r1, %r7\ncall local lock\ncall 7\ncall local unlock\nmov %r0, 0\nexit",
+			[][]int{{0}}},
+		{"the same register on two paths", "mov %r9, %r1\nldxdw %r6, [%r9+0]\nmov %r1, %r6\njeq %r6, 0, +1\nmov %r1, %r6\ncall local lock\ncall 7\nmov %r1, %r6\ncall local unlock\nmov %r0, 0\nexit",
+			[][]int{{6}}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			insns, err := bytecode.Assemble(tc.body + subs)
+			require.NoError(t, err)
+			r, err := Verify(insns, cfg)
+			require.NoError(t, err)
+			var got [][]int
+			for _, cp := range r.CancelTable {
+				if cp.Locks > 0 {
+					got = append(got, cp.LockRegs)
+				}
+			}
+			assert.Equal(t, tc.want, got)
+		})
+	}
 }
 
 // forgedSpills are programs that store a value on the stack, overwrite it

@@ -277,17 +277,18 @@ func TestVerify(t *testing.T) {
 	assert.Contains(t, stdout, "rejected at instruction 1")
 	assert.Contains(t, stdout, "R6=fp+0")
 
-	// A helper call inside a critical section: one lock held there.
+	// A helper call inside a critical section: one lock held there, its
+	// address kept in r6.
 	locked := filepath.Join(dir, "locked.s")
-	require.NoError(t, os.WriteFile(locked, []byte("mov %r9, %r1\nldxdw %r1, [%r9+0]\n"+serve.LockCall+
-		fmt.Sprintf("\ncall %d\nldxdw %%r1, [%%r9+0]\n", serve.HelperTime)+serve.UnlockCall+"\nmov %r0, 0\nexit\n"+mcs.BytecodeLock), 0o600))
+	require.NoError(t, os.WriteFile(locked, []byte("mov %r9, %r1\nldxdw %r6, [%r9+0]\nmov %r1, %r6\n"+serve.LockCall+
+		fmt.Sprintf("\ncall %d\nmov %%r1, %%r6\n", serve.HelperTime)+serve.UnlockCall+"\nmov %r0, 0\nexit\n"+mcs.BytecodeLock), 0o600))
 	code, stdout, stderr = kflex("verify", "--json", locked)
 	require.Equal(t, 0, code, stderr)
 	require.NoError(t, json.Unmarshal([]byte(stdout), &rep))
-	assert.Contains(t, rep["cancel_table"], map[string]any{"slot": 7.0, "locks": 1.0})
+	assert.Contains(t, rep["cancel_table"], map[string]any{"slot": 8.0, "locks": 1.0, "lock_regs": []any{6.0}})
 	code, stdout, _ = kflex("verify", locked)
 	require.Equal(t, 0, code)
-	assert.Contains(t, stdout, "at 7: 1 lock(s) held")
+	assert.Contains(t, stdout, "at 8: 1 lock(s) held, addresses in r6")
 
 	// The runtime's interface: its helpers take numbers, its context is
 	// read-only words.

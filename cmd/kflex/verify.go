@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"strings"
 
 	"github.com/kflex-go/kflex/serve"
 	"github.com/kflex-go/kflex/verifier"
@@ -29,8 +30,9 @@ type verifyReport struct {
 }
 
 type cancelRow struct {
-	Slot  int `json:"slot"`
-	Locks int `json:"locks"`
+	Slot     int   `json:"slot"`
+	Locks    int   `json:"locks"`
+	LockRegs []int `json:"lock_regs"` // the register keeping each held lock's address (0: none known)
 }
 
 type verifyError struct {
@@ -66,7 +68,7 @@ with the locks (mcs_lock) held at each. Exits 1 when the program is rejected.`, 
 		rep.GuardsTotal, rep.GuardsElided = res.GuardsTotal, res.GuardsElided
 		rep.CancelPoints = res.CancelPoints
 		for _, c := range res.CancelTable {
-			rep.CancelTable = append(rep.CancelTable, cancelRow{c.Slot, c.Locks})
+			rep.CancelTable = append(rep.CancelTable, cancelRow{c.Slot, c.Locks, c.LockRegs})
 		}
 	case errors.As(verr, &ve):
 		rep.Error, rep.Log = &verifyError{Insn: ve.Insn, Reason: ve.Reason}, ve.Log
@@ -84,7 +86,7 @@ with the locks (mcs_lock) held at each. Exits 1 when the program is rejected.`, 
 			fs.Arg(0), rep.InsnsProcessed, rep.States, rep.PeakStates, rep.GuardsTotal, rep.GuardsElided, rep.CancelPoints)
 		for _, c := range rep.CancelTable {
 			if c.Locks > 0 {
-				fmt.Fprintf(out, "    at %d: %d lock(s) held\n", c.Slot, c.Locks)
+				fmt.Fprintf(out, "    at %d: %d lock(s) held, addresses in %s\n", c.Slot, c.Locks, lockRegsText(c.LockRegs))
 			}
 		}
 	} else {
@@ -97,4 +99,17 @@ with the locks (mcs_lock) held at each. Exits 1 when the program is rejected.`, 
 		return fmt.Errorf("verify: %s rejected", fs.Arg(0))
 	}
 	return nil
+}
+
+// lockRegsText names the registers keeping held locks' addresses: "r6, r7",
+// "?" for one that none is known to keep.
+func lockRegsText(regs []int) string {
+	names := make([]string, len(regs))
+	for i, r := range regs {
+		names[i] = "?"
+		if r != 0 {
+			names[i] = fmt.Sprintf("r%d", r)
+		}
+	}
+	return strings.Join(names, ", ")
 }
