@@ -62,6 +62,8 @@
 //	                                                           kflex's own (bounds.go: sync), and
 //	                                                           a 64-bit multiplication keeps signed
 //	                                                           bounds only for operands below 2^31
+//	32-bit division and modulo    the result unknown on 64     zero-extended, as every 32-bit result
+//	                              bits (Linux 6.18)
 //	helpers, kfuncs               the kernel's prototypes      kflex's helpers (Config.Helpers); kfunc
 //	                                                           calls rejected
 //	callx                         rejected                     checked against every helper its
