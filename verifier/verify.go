@@ -141,6 +141,22 @@ func Verify(insns asm.Instructions, cfg Config) (*Result, error) {
 }
 
 func newAnalysis(insns asm.Instructions, cfg Config) (*analysis, error) {
+	if cfg.MaxInsns == 0 {
+		cfg.MaxInsns = 1_000_000
+	}
+	if cfg.MaxStates == 0 {
+		cfg.MaxStates = 1 << 17
+	}
+	if cfg.MaxSlots == 0 {
+		cfg.MaxSlots = 1 << 20
+	}
+	slots := 0
+	for i := range insns {
+		slots += int(insns[i].Width())
+	}
+	if slots > cfg.MaxSlots { // before anything else is built for it
+		return nil, reject(cfg.MaxSlots, "program too large: %d instructions (at most %d)", slots, cfg.MaxSlots)
+	}
 	g, err := BuildCFG(insns)
 	if err != nil {
 		return nil, err
@@ -151,18 +167,6 @@ func newAnalysis(insns asm.Instructions, cfg Config) (*analysis, error) {
 	}
 	start, _ := bytecode.Slots(insns)
 	a := &analysis{cfg: cfg, g: g, slots: bytecode.DecodeSlots(raw), insns: insns, start: start}
-	if a.cfg.MaxInsns == 0 {
-		a.cfg.MaxInsns = 1_000_000
-	}
-	if a.cfg.MaxStates == 0 {
-		a.cfg.MaxStates = 1 << 17
-	}
-	if a.cfg.MaxSlots == 0 {
-		a.cfg.MaxSlots = 1 << 20
-	}
-	if len(a.slots) > a.cfg.MaxSlots {
-		return nil, reject(a.cfg.MaxSlots, "program too large: %d instructions (at most %d)", len(a.slots), a.cfg.MaxSlots)
-	}
 	return a, nil
 }
 
