@@ -303,6 +303,11 @@ func TestVerify(t *testing.T) {
 		assert.Equal(t, 1, code, src)
 		assert.Contains(t, stdout, reason, src)
 	}
+	// Another context size is not the runtime's context: no fields.
+	narrow := filepath.Join(dir, "narrow.s")
+	require.NoError(t, os.WriteFile(narrow, []byte("ldxw %r0, [%r1+8]\nexit\n"), 0o600))
+	code, stdout, _ = kflex("verify", "--ctx-size", "64", narrow)
+	assert.Equal(t, 0, code, stdout)
 }
 
 // TestServeEvents: "kflex serve --every --udp" runs extensions on a timer

@@ -42,12 +42,18 @@ type verifyError struct {
 
 func runVerify(args []string, out io.Writer) error {
 	fs := newFlags("verify", "[--json] [--ctx-size N] PROG", `Verify PROG (ELF object, kflex assembler text or raw bytecode) as the extension
-runtime would: the context and helpers of kflex serve, and r3 at entry the
+runtime would: the context of kflex serve (six read-only words; --ctx-size
+replaces it with that many bytes, any access in bounds), its helpers (which
+take numbers, not the context or frame pointers), and r3 at entry the
 argument as a heap address (checked). Prints the verdict; on rejection the
 instruction, the reason and the path to it, each instruction with the
-registers before it; then statistics: instructions processed, states, memory
-accesses (guards) and how many need no guard, and the cancellation points
-with the locks (mcs_lock) held at each. Exits 1 when the program is rejected.`, out)
+registers before it; then statistics: instructions processed, states kept
+(one per join point) and at peak, memory accesses (guards) and how many need
+no guard, and the cancellation points with the locks (mcs_lock) held at each
+and the register keeping each one's address. With --json, one object:
+accepted, error {insn, reason}, log, insns_processed, states, peak_states,
+guards_total, guards_elided, cancel_points, cancel_table [{slot, locks,
+lock_regs}]. Exits 1 when the program is rejected.`, out)
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	ctxSize := fs.Int("ctx-size", serve.CtxSize, "bytes of context r1 points to")
 	if err := parse(fs, args, 1); err != nil {
@@ -58,7 +64,9 @@ with the locks (mcs_lock) held at each. Exits 1 when the program is rejected.`, 
 		return err
 	}
 	cfg := serve.VerifierConfig()
-	cfg.CtxSize = *ctxSize
+	if *ctxSize != serve.CtxSize {
+		cfg.CtxSize, cfg.CtxFields = *ctxSize, nil // not the runtime's context: no layout to hold it to
+	}
 	res, verr := verifier.Verify(insns, cfg)
 	rep := verifyReport{Accepted: verr == nil, CancelPoints: []int{}, CancelTable: []cancelRow{}}
 	var ve *verifier.Error
