@@ -94,6 +94,14 @@ var verdictMutations = []verdictMutation{
 	{name: "unknown helper", mutate: func(p asm.Instructions, _ *rand.Rand) asm.Instructions {
 		return insertAtBody(p, asm.BuiltinFunc(9999).Call())
 	}},
+	{name: "a helper both know, after the body", mutate: func(p asm.Instructions, _ *rand.Rand) asm.Instructions {
+		// Before the final exit: nothing after it reads r1-r5, which the call
+		// clobbers.
+		return append(append(asm.Instructions{}, p[:len(p)-1]...), asm.FnKtimeGetNs.Call(), p[len(p)-1])
+	}},
+	{name: "a helper both know, then a clobbered register", mutate: func(p asm.Instructions, _ *rand.Rand) asm.Instructions {
+		return append(append(asm.Instructions{}, p[:len(p)-1]...), asm.FnKtimeGetNs.Call(), asm.Mov.Reg(asm.R0, asm.R1), p[len(p)-1])
+	}},
 	{name: "bounded loop", mutate: func(p asm.Instructions, rng *rand.Rand) asm.Instructions {
 		return insertAtBody(p, asm.Mov.Imm(asm.R1, int32(1+rng.IntN(20))),
 			asm.Sub.Imm(asm.R1, 1), asm.Instruction{OpCode: asm.JNE.Op(asm.ImmSource), Dst: asm.R1, Offset: -2})
@@ -146,7 +154,8 @@ func TestVerifierVerdicts(t *testing.T) {
 	requireKernel(t)
 	rng := rand.New(rand.NewPCG(9, 9))
 	const programs = 8
-	cfg := verifier.Config{CtxSize: progen.CtxSize}
+	// The helper both know: Linux's bpf_ktime_get_ns, by its number.
+	cfg := verifier.Config{CtxSize: progen.CtxSize, Helpers: map[int32]verifier.Helper{5: {Name: "ktime_get_ns"}}}
 	for _, m := range verdictMutations {
 		t.Run(m.name, func(t *testing.T) {
 			verdicts := map[string]int{}
