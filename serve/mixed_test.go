@@ -18,7 +18,6 @@ import (
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/heap"
 	"github.com/kflex-go/kflex/internal/testutil"
-	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/kernel"
 	"github.com/kflex-go/kflex/mcs"
 	"github.com/kflex-go/kflex/serve"
@@ -72,15 +71,7 @@ func TestMixedContentionKernel(t *testing.T) {
 		mixedChild(t)
 		return
 	}
-	if err := jit.Supported(); err != nil {
-		t.Skipf("skipped: %v", err)
-	}
-	testutil.RequireFeature(t, kernel.HaveArena())
-	a, err := kernel.NewArena(16 << 20)
-	require.NoError(t, err)
-	defer a.Close()
-	h, err := a.NewHeap(nil)
-	require.NoError(t, err)
+	a, h := arenaHeap(t, 16<<20)
 	defer h.Close()
 	mixedContention(t, h, a, "KFLEX_ARENA_FD=3")
 }

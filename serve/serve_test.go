@@ -68,6 +68,22 @@ type fixture struct {
 	done   chan error
 }
 
+// arenaHeap skips the test unless the JIT and BPF arenas are there, and makes
+// a heap of size bytes in a new arena, closed when the test ends. The caller
+// closes the heap (startOn does), which the test's end then outlives.
+func arenaHeap(t testing.TB, size uint64) (*kernel.Arena, *heap.Heap) {
+	if err := jit.Supported(); err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	testutil.RequireFeature(t, kernel.HaveArena())
+	a, err := kernel.NewArena(size)
+	require.NoError(t, err)
+	t.Cleanup(func() { a.Close() }) // after the fixture's cleanup, which uses it
+	h, err := a.NewHeap(nil)
+	require.NoError(t, err)
+	return a, h
+}
+
 func start(t testing.TB) *fixture {
 	if err := jit.Supported(); err != nil {
 		t.Skipf("skipped: %v", err)
@@ -139,15 +155,7 @@ func TestClientsOnArena(t *testing.T) {
 		clientChild(t)
 		return
 	}
-	if err := jit.Supported(); err != nil {
-		t.Skipf("skipped: %v", err)
-	}
-	testutil.RequireFeature(t, kernel.HaveArena())
-	a, err := kernel.NewArena(8 << 20)
-	require.NoError(t, err)
-	t.Cleanup(func() { a.Close() }) // after the fixture's cleanup, which uses it
-	h, err := a.NewHeap(nil)
-	require.NoError(t, err)
+	a, h := arenaHeap(t, 8<<20)
 	f := startOn(t, h, serve.Options{JIT: 2, ArenaFD: a.FD()})
 	const children, rounds, kernelRounds = 2, 2000, 2000
 	var wg sync.WaitGroup

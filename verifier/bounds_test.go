@@ -5,6 +5,9 @@ import (
 	"math/bits"
 	"testing"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/kflex-go/kflex/bytecode"
 )
 
@@ -292,12 +295,13 @@ func TestJoinSound(t *testing.T) {
 	}
 }
 
-// TestSignedBoundsIndex: an index bounded by comparisons indexes a checked
-// pointer with no guard: tested non-negative and below a bound with signed
-// comparisons in either order, on 32 bits where the upper half is known 0,
-// or against a register holding the bound. One test alone, or 32-bit tests of
-// a value whose upper half is unknown, leave it guarded.
-func TestSignedBoundsIndex(t *testing.T) {
+// TestComparisonsBoundIndex: an index bounded by comparisons indexes a
+// checked pointer with no guard: tested non-negative and below a bound with
+// signed comparisons in either order, with negative constants too, on 32
+// bits where the upper half is known 0 (clang's alu32 loop counters), or
+// against a register holding the bound. One test alone, or 32-bit tests of a
+// value whose upper half is unknown, leave it guarded.
+func TestComparisonsBoundIndex(t *testing.T) {
 	cfg := testConfig
 	cfg.EntryArg = true
 	for _, tc := range []struct {
@@ -311,25 +315,16 @@ func TestSignedBoundsIndex(t *testing.T) {
 		{"ldxdw %r5, [%r1+8]\njslt32 %r5, 0, +4\njsgt32 %r5, 1000, +3", HeapAccess},
 		{"ldxdw %r5, [%r1+8]\nmov %r6, 1000\njgt %r5, %r6, +3", HeapChecked},
 		{"ldxdw %r5, [%r1+8]\njsgt %r5, 1000, +4\nmov %r0, 0", HeapAccess},
+		{"ldxdw %r5, [%r1+8]\nmov32 %r5, %r5\njge32 %r5, 16, out", HeapChecked},
+		{"ldxdw %r5, [%r1+8]\nmov %r5, %r5\njge32 %r5, 16, out", HeapAccess},
+		{"ldxdw %r5, [%r1+8]\njsle %r5, -1, out\njsge %r5, 16, out", HeapChecked},
 	} {
-		src := tc.tests + "\nlsh %r5, 3\nadd %r5, %r3\nldxdw %r0, [%r5+0]\nmov %r0, 0\nexit"
+		src := tc.tests + "\nlsh %r5, 3\nadd %r5, %r3\nldxdw %r0, [%r5+0]\nout:\nmov %r0, 0\nexit"
 		insns, err := bytecode.Assemble(src)
-		if err != nil {
-			t.Fatal(err)
-		}
+		require.NoError(t, err, src)
 		r, err := Verify(insns, cfg)
-		if err != nil {
-			t.Fatalf("%v\n%s", err, src)
-		}
-		var got Access
-		for _, a := range r.Access {
-			if a != NoAccess && a != CtxAccess {
-				got = a
-			}
-		}
-		if got != tc.want {
-			t.Errorf("access %v, want %v\n%s", got, tc.want, src)
-		}
+		require.NoError(t, err, src)
+		assert.Equal(t, []Access{tc.want}, heapAccesses(r), src)
 	}
 }
 
