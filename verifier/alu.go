@@ -22,15 +22,12 @@ func (a *analysis) alu(pc int, s *State, in bytecode.Slot, w bool) error {
 			src = scalar(Const(uint64(uint32(in.Imm))))
 		}
 	}
-	if op == 0xb0 && in.Off == 0 { // mov
-		switch {
-		case !w:
-			s.set(in.Dst, truncate(src))
-		case in.Op&0x08 != 0:
-			s.set(in.Dst, copyOf(in.Src, src))
-		default:
-			s.set(in.Dst, src)
+	if op == 0xb0 && in.Off == 0 { // mov, of any value
+		v := scalarResult(in, w, src, src)
+		if w && in.Op&0x08 != 0 {
+			v = copyOf(in.Src, v)
 		}
+		s.set(in.Dst, v)
 		return nil
 	}
 	if op == 0xb0 && in.Off == 1 {
@@ -70,8 +67,9 @@ func (a *analysis) alu(pc int, s *State, in bytecode.Slot, w bool) error {
 	return nil
 }
 
-// scalarResult is the value of a scalar ALU operation on scalars d and s:
-// its tnum, narrowed by its intervals.
+// scalarResult is the value of an ALU operation on scalars d and s: its
+// tnum, narrowed by its intervals. A mov (Off 0) copies s of any kind, or
+// truncates it.
 func scalarResult(in bytecode.Slot, w bool, d, s Reg) Reg {
 	switch {
 	case in.Op&0xf0 != 0xb0:

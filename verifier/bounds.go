@@ -183,9 +183,7 @@ func (r Reg) sync() (Reg, bool) {
 		// The intervals bound the tnum: the 64-bit unsigned one all of it,
 		// the 32-bit one its low half.
 		i32, i64 := b.get(u32), b.get(u64)
-		t32r := Range(i32.lo, i32.hi)
-		t32r.Mask |= ^uint64(math.MaxUint32)
-		for _, u := range [...]Tnum{Range(i64.lo, i64.hi), t32r} {
+		for _, u := range [...]Tnum{Range(i64.lo, i64.hi), Range(i32.lo, i32.hi).lowHalf()} {
 			if !t.overlaps(u) {
 				return r, false
 			}

@@ -79,9 +79,9 @@ func (a *analysis) jump(pc int, s *State, in bytecode.Slot) error {
 	// Refinement (refine.go): both operands, if numbers, narrow on both
 	// sides; a side no value can take is not followed.
 	if hasSrc := in.Op&0x08 != 0; d.Kind == Scalar && (!hasSrc || src.Kind == Scalar) {
-		y := scalar(Const(uint64(int64(in.Imm))))
-		if hasSrc {
-			y = src
+		y := src
+		if !hasSrc {
+			y = scalar(Const(uint64(int64(in.Imm))))
 		}
 		t, f, tOK, fOK := branch(in.Op&0xf0, in.Op&7 == 0x05, d, y)
 		taken.Regs[in.Dst], fall.Regs[in.Dst], takenOK, fallOK = t[0], f[0], tOK, fOK

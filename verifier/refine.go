@@ -75,10 +75,7 @@ func equal(wide bool, x, y Reg) ([2]Reg, bool) {
 	if wide {
 		doms = []domain{u64, s64, u32, s32}
 	} else { // only the low halves meet
-		yt.Mask |= ^uint64(0xffffffff)
-		xt.Mask |= ^uint64(0xffffffff)
-		yt.Value &= 0xffffffff
-		xt.Value &= 0xffffffff
+		yt, xt = yt.lowHalf(), xt.lowHalf()
 	}
 	ok := x.Val.overlaps(yt)
 	if ok {

@@ -125,6 +125,12 @@ func (a Tnum) Truncate(size int) Tnum {
 	return Tnum{Value: a.Value & m, Mask: a.Mask & m}
 }
 
+// lowHalf is the tnum of every value whose low 32 bits a admits: a's low
+// half, its upper half unknown (what a 32-bit comparison learns of a).
+func (a Tnum) lowHalf() Tnum {
+	return Tnum{Value: a.Value & 0xffffffff, Mask: a.Mask | ^uint64(0xffffffff)}
+}
+
 // Intersect is the tnum of values in both a and b (when they overlap).
 func (a Tnum) Intersect(b Tnum) Tnum {
 	v := a.Value | b.Value

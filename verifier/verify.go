@@ -288,18 +288,16 @@ func (a *analysis) run() (*Result, error) {
 			return nil, err
 		}
 	}
-	// Sanitizing in place costs more than a plain guard on a pointer-chasing
-	// path; do it only where a later access profits.
-	for pc, acc := range a.access {
-		if acc == HeapSanitize && !a.useful[pc] {
-			a.access[pc] = HeapAccess
-		}
-	}
 	r := &Result{CFG: a.g, Access: a.access, InsnsProcessed: processed, States: a.states, PeakStates: a.peak}
-	for pc := range a.access {
-		if a.access[pc] != NoAccess {
+	for pc, acc := range a.access {
+		// Sanitizing in place costs more than a plain guard on a
+		// pointer-chasing path; do it only where a later access profits.
+		if acc == HeapSanitize && !a.useful[pc] {
+			acc, a.access[pc] = HeapAccess, HeapAccess
+		}
+		if acc != NoAccess {
 			r.GuardsTotal++
-			if a.access[pc] != HeapAccess && a.access[pc] != HeapSanitize {
+			if acc != HeapAccess && acc != HeapSanitize {
 				r.GuardsElided++
 			}
 		}
