@@ -1,6 +1,7 @@
 package kernel
 
 import (
+	"errors"
 	"fmt"
 	"math/bits"
 	"unsafe"
@@ -50,7 +51,7 @@ func NewArena(size uint64) (*Arena, error) {
 		MaxEntries: uint32(size / pageSize), MapExtra: uint64(uintptr(base))})
 	if err != nil {
 		vm.Release(base, uintptr(size), GuardSize)
-		return nil, fmt.Errorf("create arena: %w", err)
+		return nil, fmt.Errorf("BPF arena of %d bytes: %w", size, refused("BPF_MAP_CREATE(ARENA)", err))
 	}
 	a := &Arena{m: m, base: base, size: size}
 	if err := a.mapAt(); err != nil {
@@ -156,3 +157,15 @@ func (a *Arena) NewHeap(opts *heap.Options) (*heap.Heap, error) {
 func (a *Arena) OpenHeap() (*heap.Heap, error) { return heap.OpenIn(a.base, a.size, a.name()) }
 
 func (a *Arena) name() string { return fmt.Sprintf("arena %d", a.m.FD()) }
+
+// refused says what the kernel refused, in kflex's words: cilium/ebpf's text
+// for EPERM suggests raising RLIMIT_MEMLOCK, which is beside the point on the
+// kernels kflex needs (5.11+ account BPF memory by cgroup) and misleads where
+// the host forbids the call.
+func refused(call string, err error) error {
+	var errno unix.Errno
+	if !errors.As(err, &errno) {
+		return fmt.Errorf("%s: %w", call, err)
+	}
+	return fmt.Errorf("the kernel refuses %s: %s (%w)", call, unix.ErrnoName(errno), errno)
+}

@@ -9,6 +9,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kflex-go/kflex/internal/hostprobe"
 	"github.com/kflex-go/kflex/internal/testutil"
 )
 
@@ -27,7 +28,7 @@ const probeTimeout = 20 * time.Second
 func TestMain(m *testing.M) {
 	switch testutil.Role() {
 	case roleProbe:
-		if err := Supported(); err != nil {
+		if err := hostprobe.Programs.Offered(); err != nil {
 			os.Exit(1)
 		}
 		os.Exit(0)
@@ -37,11 +38,11 @@ func TestMain(m *testing.M) {
 	testutil.Main(m)
 }
 
-// probeInChild runs the first BPF load in a child process, which is abandoned
+// probeInChild runs the host's probe, the first BPF load, in a child process, which is abandoned
 // (not waited for, holding none of our pipes) if it does not finish.
 func probeInChild() error {
 	if os.Geteuid() != 0 {
-		return nil // Supported will say why; nothing can hang
+		return nil // the host refuses loads: nothing can hang
 	}
 	cmd := exec.Command(os.Args[0], "-test.run=^$")
 	cmd.Env = append(os.Environ(), "KFLEX_TEST_CHILD="+roleProbe)
@@ -63,16 +64,19 @@ func probeInChild() error {
 		"(see dmesg for hung tasks in bpf_prog_pack_alloc/free); reboot the machine", probeTimeout)
 }
 
+// requireKernel skips t where the host refuses BPF program loads and test
+// runs; where it offers them, kflex's loads must work.
 func requireKernel(t testing.TB) {
 	t.Helper()
 	if kernelHung != nil {
 		t.Skipf("skipped: %v", kernelHung)
 	}
-	testutil.RequireFeature(t, Supported())
+	testutil.Kernel(t, hostprobe.Programs, Supported)
 }
 
+// requireArena is requireKernel for BPF arenas too.
 func requireArena(t testing.TB) {
 	t.Helper()
 	requireKernel(t)
-	testutil.RequireFeature(t, HaveArena())
+	testutil.Kernel(t, hostprobe.Arena, HaveArena)
 }

@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"github.com/kflex-go/kflex/internal/hostprobe"
 	"github.com/kflex-go/kflex/internal/testutil"
 )
 
@@ -174,11 +175,9 @@ func TestNoRseqFallback(t *testing.T) {
 	assert.Equal(t, "no rseq", th.Status().String())
 }
 
-// TestRealSliceExtension exercises the kernel's side where it exists.
+// TestRealSliceExtension exercises the kernel's side where the host offers it.
 func TestRealSliceExtension(t *testing.T) {
-	if err := HaveSliceExtension(); err != nil {
-		t.Skipf("skipped: %v", err)
-	}
+	testutil.Kernel(t, hostprobe.SliceExtension, HaveSliceExtension)
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	th := Register()

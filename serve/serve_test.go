@@ -18,6 +18,7 @@ import (
 
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/heap"
+	"github.com/kflex-go/kflex/internal/hostprobe"
 	"github.com/kflex-go/kflex/internal/testutil"
 	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/kernel"
@@ -75,7 +76,7 @@ func arenaHeap(t testing.TB, size uint64) (*kernel.Arena, *heap.Heap) {
 	if err := jit.Supported(); err != nil {
 		t.Skipf("skipped: %v", err)
 	}
-	testutil.RequireFeature(t, kernel.HaveArena())
+	testutil.Kernel(t, hostprobe.Arena, kernel.HaveArena)
 	a, err := kernel.NewArena(size)
 	require.NoError(t, err)
 	t.Cleanup(func() { a.Close() }) // after the fixture's cleanup, which uses it

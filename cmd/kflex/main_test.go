@@ -16,7 +16,9 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
 
+	"github.com/kflex-go/kflex/internal/hostprobe"
 	"github.com/kflex-go/kflex/internal/testutil"
 	"github.com/kflex-go/kflex/kernel"
 	"github.com/kflex-go/kflex/mcs"
@@ -198,14 +200,30 @@ func TestBenchJSON(t *testing.T) {
 func TestServe(t *testing.T) {
 	t.Run("memfd", func(t *testing.T) { testServe(t) })
 	t.Run("arena", func(t *testing.T) {
-		testutil.RequireFeature(t, kernel.HaveArena())
+		testutil.Kernel(t, hostprobe.Arena, kernel.HaveArena)
 		testServe(t, "--arena")
 	})
 	code, _, stderr := kflex("serve", "--socket", "s", "--arena", "--heap", "h", "p.s")
 	assert.Equal(t, 2, code)
 	assert.Contains(t, stderr, "--heap and --arena exclude each other")
+	t.Run("arena refused", func(t *testing.T) {
+		// Where the host refuses arenas, the user reads kflex's word for it,
+		// not cilium/ebpf's advice to raise RLIMIT_MEMLOCK.
+		refusal := hostprobe.Arena.Offered()
+		if refusal == nil {
+			t.Skip("the host offers BPF arenas: no refusal to report (the arena subtest runs instead)")
+		}
+		prog := filepath.Join(t.TempDir(), "p.s")
+		require.NoError(t, os.WriteFile(prog, []byte("mov %r0, 0\nexit\n"), 0o600))
+		code, _, stderr := kflex("serve", "--socket", filepath.Join(t.TempDir(), "s"), "--arena", prog)
+		assert.Equal(t, 1, code)
+		var r *hostprobe.Refusal
+		require.ErrorAs(t, refusal, &r)
+		assert.Contains(t, stderr, "the kernel refuses BPF_MAP_CREATE(ARENA): "+unix.ErrnoName(r.Errno))
+		assert.NotContains(t, stderr, "RemoveMemlock")
+	})
 	t.Run("arena too large", func(t *testing.T) {
-		testutil.RequireFeature(t, kernel.HaveArena())
+		testutil.Kernel(t, hostprobe.Arena, kernel.HaveArena)
 		prog := filepath.Join(t.TempDir(), "p.s")
 		require.NoError(t, os.WriteFile(prog, []byte("mov %r0, 0\nexit\n"), 0o600))
 		code, _, stderr := kflex("serve", "--socket", filepath.Join(t.TempDir(), "s"), "--arena", "--size", "8G", prog)

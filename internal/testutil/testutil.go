@@ -53,21 +53,6 @@ func RequireRoot(t testing.TB, what string) {
 	}
 }
 
-// RequireFeature skips the test when err (from a feature probe) says what is
-// missing. Where KFLEX_REQUIRE_KERNEL=1 (make test sets it for root), a missing
-// feature fails the test instead: on the machines that have the kernel support,
-// those tests must run, never silently skip.
-func RequireFeature(t testing.TB, err error) {
-	t.Helper()
-	if err == nil {
-		return
-	}
-	if os.Getenv("KFLEX_REQUIRE_KERNEL") == "1" {
-		t.Fatalf("KFLEX_REQUIRE_KERNEL=1 but: %v", err)
-	}
-	t.Skipf("skipped: %v", err)
-}
-
 // EnvUint is the number a parent passed a child in environment variable key.
 func EnvUint(t testing.TB, key string) uint64 {
 	t.Helper()

@@ -1,0 +1,207 @@
+// Package hostprobe asks the host kernel, with raw system calls and no kflex
+// code, whether it offers a feature some tests need: BPF program loads and
+// test runs, BPF arenas, the rseq time-slice extension. Its answer decides whether those tests run or skip,
+// so it must not depend on the code under test: a kflex regression then shows
+// as a failure of a test that ran, never as a skip.
+//
+// Layer 0 (system plumbing): it imports only the standard library and
+// golang.org/x/sys/unix.
+package hostprobe
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"os"
+	"runtime"
+	"sync"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// A Feature is something of the host's that some tests need, with the one
+// raw probe that asks for it.
+type Feature struct {
+	Name  string
+	probe func() error
+
+	once sync.Once
+	err  error
+}
+
+// Refusal is the host's no: the call it refused and the errno it gave.
+type Refusal struct {
+	Feature string
+	Call    string // "BPF_MAP_CREATE(ARENA)"
+	Errno   unix.Errno
+}
+
+func (r *Refusal) Error() string {
+	name := unix.ErrnoName(r.Errno)
+	if name == "" {
+		name = fmt.Sprintf("errno %d", int(r.Errno))
+	}
+	msg := fmt.Sprintf("%s: the kernel refuses %s: %s", r.Feature, r.Call, name)
+	if r.Errno == unix.EPERM && os.Geteuid() != 0 {
+		msg += " (not root)"
+	}
+	return msg
+}
+
+func (r *Refusal) Unwrap() error { return r.Errno }
+
+// Offered runs the feature's probe once per process and returns nil where the
+// host offers it, a *Refusal where it refuses.
+func (f *Feature) Offered() error {
+	f.once.Do(func() {
+		f.err = f.probe()
+		var r *Refusal
+		if errors.As(f.err, &r) {
+			r.Feature = f.Name
+		}
+	})
+	return f.err
+}
+
+// New is a feature with the given probe: for tests of decisions made on a
+// probe's answer.
+func New(name string, probe func() error) *Feature { return &Feature{Name: name, probe: probe} }
+
+// The features kflex's tests ask for.
+var (
+	// Programs: a sleepable syscall program and an XDP program load, and a
+	// test run of the first (what kflex's kernel oracle does).
+	Programs = New("BPF programs", probePrograms)
+	// Arena: a one-page BPF arena is created and mapped.
+	Arena = New("BPF arena", probeArena)
+	// SliceExtension: the kernel answers a query of the rseq time-slice
+	// extension (Linux 7.0+ with CONFIG_RSEQ_SLICE_EXTENSION).
+	SliceExtension = New("rseq time-slice extension", probeSliceExtension)
+)
+
+// All is every feature, in the order the test summary lists them.
+var All = []*Feature{Programs, Arena, SliceExtension}
+
+func probeSliceExtension() error {
+	_, _, errno := unix.RawSyscall6(unix.SYS_PRCTL, unix.PR_RSEQ_SLICE_EXTENSION, unix.PR_RSEQ_SLICE_EXTENSION_GET, 0, 0, 0, 0)
+	if errno != 0 {
+		return &Refusal{Call: "prctl(PR_RSEQ_SLICE_EXTENSION_GET)", Errno: errno}
+	}
+	return nil
+}
+
+const (
+	cmdMapCreate = 0
+	cmdProgLoad  = 5
+	cmdTestRun   = 10
+
+	progTypeXDP     = 6
+	progTypeSyscall = 31
+	mapTypeArena    = 33
+
+	flagMmapable  = 1 << 10 // BPF_F_MMAPABLE
+	flagSleepable = 1 << 4  // BPF_F_SLEEPABLE
+)
+
+// bpf is the bpf(2) system call, retried where the kernel asks (EAGAIN).
+func bpf(cmd int, attr unsafe.Pointer, size uintptr) (int, unix.Errno) {
+	for {
+		r, _, e := unix.Syscall(unix.SYS_BPF, uintptr(cmd), uintptr(attr), size)
+		if e != unix.EAGAIN {
+			return int(r), e
+		}
+	}
+}
+
+// returnZero is "mov r0, 0; exit", encoded by hand (RFC 9669).
+var returnZero = func() []byte {
+	b := make([]byte, 16)
+	b[0] = 0xb7 // ALU64 | MOV | K
+	b[8] = 0x95 // JMP | EXIT
+	return b
+}()
+
+// progAttr is the prefix of union bpf_attr for BPF_PROG_LOAD.
+type progAttr struct {
+	progType, insnCnt uint32
+	insns, license    uint64
+	logLevel, logSize uint32
+	logBuf            uint64
+	kernVersion       uint32
+	progFlags         uint32
+	progName          [16]byte
+}
+
+func loadProgram(typ, flags uint32, call string) (int, error) {
+	license := []byte("GPL\x00")
+	attr := progAttr{
+		progType:  typ,
+		insnCnt:   uint32(len(returnZero) / 8),
+		insns:     uint64(uintptr(unsafe.Pointer(&returnZero[0]))),
+		license:   uint64(uintptr(unsafe.Pointer(&license[0]))),
+		progFlags: flags,
+	}
+	fd, errno := bpf(cmdProgLoad, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
+	runtime.KeepAlive(license)
+	if errno != 0 {
+		return -1, &Refusal{Call: call, Errno: errno}
+	}
+	return fd, nil
+}
+
+// testRunAttr is the prefix of union bpf_attr for BPF_PROG_TEST_RUN.
+type testRunAttr struct {
+	progFD, retval           uint32
+	dataSizeIn, dataSizeOut  uint32
+	dataIn, dataOut          uint64
+	repeat, duration         uint32
+	ctxSizeIn, ctxSizeOut    uint32
+	ctxIn, ctxOut            uint64
+	flags, cpu, batchSize, _ uint32
+}
+
+func probePrograms() error {
+	fd, err := loadProgram(progTypeSyscall, flagSleepable, "BPF_PROG_LOAD(SYSCALL)")
+	if err != nil {
+		return err
+	}
+	defer unix.Close(fd)
+	run := testRunAttr{progFD: uint32(fd)}
+	if _, errno := bpf(cmdTestRun, unsafe.Pointer(&run), unsafe.Sizeof(run)); errno != 0 {
+		return &Refusal{Call: "BPF_PROG_TEST_RUN(SYSCALL)", Errno: errno}
+	}
+	xdp, err := loadProgram(progTypeXDP, 0, "BPF_PROG_LOAD(XDP)")
+	if err != nil {
+		return err
+	}
+	return unix.Close(xdp)
+}
+
+// mapAttr is the prefix of union bpf_attr for BPF_MAP_CREATE, up to map_extra.
+type mapAttr struct {
+	mapType, keySize, valueSize, maxEntries, mapFlags, innerMapFD, numaNode uint32
+	mapName                                                                 [16]byte
+	ifIndex, btfFD, btfKeyTypeID, btfValueTypeID, btfVmlinuxValueTypeID     uint32
+	mapExtra                                                                uint64
+}
+
+func probeArena() error {
+	attr := mapAttr{mapType: mapTypeArena, maxEntries: 1, mapFlags: flagMmapable}
+	fd, errno := bpf(cmdMapCreate, unsafe.Pointer(&attr), unsafe.Sizeof(attr))
+	if errno != 0 {
+		return &Refusal{Call: "BPF_MAP_CREATE(ARENA)", Errno: errno}
+	}
+	defer unix.Close(fd)
+	page := os.Getpagesize()
+	mem, err := unix.Mmap(fd, 0, page, unix.PROT_READ|unix.PROT_WRITE, unix.MAP_SHARED)
+	if err != nil {
+		var errno unix.Errno
+		if !errors.As(err, &errno) {
+			return err
+		}
+		return &Refusal{Call: "mmap of a BPF arena", Errno: errno}
+	}
+	binary.LittleEndian.PutUint64(mem, 1) // a write faults the page in
+	return unix.Munmap(mem)
+}
