@@ -2,8 +2,8 @@
 // extension programs, verifies and compiles them (guards stay only on accesses
 // the verifier cannot place in the stack or the context) and runs them on a
 // pool of executors for
-// the processes attached to it over a unix socket (see protocol.go; userspace.Dial
-// is the client side).
+// the processes attached to it over a unix socket (the protocol is package
+// internal/sys/wire; userspace.Dial is the client side).
 package serve
 
 import (
@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kflex-go/kflex/heap"
+	"github.com/kflex-go/kflex/internal/sys/wire"
 	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/jit/interp"
 	"github.com/kflex-go/kflex/mcs"
@@ -86,8 +87,8 @@ type Runtime struct {
 	stops   []func() // stop the event sources (timers, UDP sockets)
 	wg      sync.WaitGroup
 	yields  atomic.Uint64
-	shareFD int      // what attached processes map the heap from
-	kind    HeapKind // and what it is
+	shareFD int           // what attached processes map the heap from
+	kind    wire.HeapKind // and what it is
 }
 
 // executor is one JIT machine with its own stack in the heap, its queue node
@@ -136,9 +137,9 @@ func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runti
 		return nil, err
 	}
 	rt := &Runtime{h: h, proc: proc, progs: map[string]*jit.Program{}, iprogs: map[string]*interp.Program{},
-		execs: make(chan *executor, n), trace: o.Trace, conns: map[net.Conn]peer{}, shareFD: h.Fd(), kind: HeapFile}
+		execs: make(chan *executor, n), trace: o.Trace, conns: map[net.Conn]peer{}, shareFD: h.Fd(), kind: wire.HeapFile}
 	if o.ArenaFD > 0 {
-		rt.shareFD, rt.kind = o.ArenaFD, HeapArena
+		rt.shareFD, rt.kind = o.ArenaFD, wire.HeapArena
 	}
 	for name, insns := range progs {
 		res, err := verifier.Verify(insns, VerifierConfig())
@@ -410,21 +411,21 @@ func (rt *Runtime) serveConn(c *net.UnixConn) {
 	rt.mu.Lock()
 	rt.conns[c] = p
 	rt.mu.Unlock()
-	if _, _, err := c.WriteMsgUnix(encodeHello(rt.h.Size(), rt.kind), unix.UnixRights(rt.shareFD), nil); err != nil {
+	if _, _, err := c.WriteMsgUnix(wire.EncodeHello(rt.h.Size(), rt.kind), unix.UnixRights(rt.shareFD), nil); err != nil {
 		return
 	}
-	buf := make([]byte, 12+maxNameLen+1)
+	buf := make([]byte, wire.MaxRequest+1) // one more: a longer request is malformed
 	for {
 		n, err := c.Read(buf)
 		if err != nil {
 			return
 		}
-		name, arg, err := decodeInvoke(buf[:n])
+		name, arg, err := wire.DecodeInvoke(buf[:n])
 		var r0 uint64
 		if err == nil {
 			r0, err = rt.Invoke(name, arg)
 		}
-		if _, err := c.Write(encodeResult(r0, err)); err != nil {
+		if _, err := c.Write(wire.EncodeResult(r0, err)); err != nil {
 			return
 		}
 	}

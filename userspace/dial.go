@@ -8,17 +8,23 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kflex-go/kflex/internal/sys/wire"
 	"github.com/kflex-go/kflex/kernel"
-	"github.com/kflex-go/kflex/serve"
 )
 
 // ErrNoRuntime: nothing listens at the socket. ErrRuntimeGone: the runtime
-// closed the connection (it exited or died). Other versions give
-// serve.ErrVersion.
+// closed the connection (it exited or died). ErrVersion: the runtime speaks
+// another protocol version, or is not a kflex runtime.
 var (
 	ErrNoRuntime   = errors.New("no kflex runtime")
 	ErrRuntimeGone = errors.New("kflex runtime went away")
+	ErrVersion     = wire.ErrVersion
 )
+
+// InvokeError is an extension's failure as the runtime reported it (the
+// extension ran and failed, or there is no such extension); Invoke returns it
+// as a *InvokeError.
+type InvokeError = wire.InvokeError
 
 // Client is a process attached to a running extension runtime (kflex serve):
 // it shares the runtime's heap and invokes its extensions.
@@ -45,11 +51,11 @@ func Dial(socket string, opts *Options) (*Client, error) {
 		conn.Close()
 		return nil, fmt.Errorf("%w at %s: no greeting: %v", ErrRuntimeGone, socket, err)
 	}
-	fd, fdErr := receivedFD(oob[:oobn])
+	fd, fdErr := wire.ReceivedFD(oob[:oobn])
 	if fdErr == nil {
 		defer unix.Close(fd)
 	}
-	_, kind, err := serve.DecodeHello(buf[:n])
+	_, kind, err := wire.DecodeHello(buf[:n])
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("kflex runtime at %s: %w", socket, err)
@@ -59,7 +65,7 @@ func Dial(socket string, opts *Options) (*Client, error) {
 		return nil, fmt.Errorf("kflex runtime at %s: %w", socket, fdErr)
 	}
 	var h *Heap
-	if kind == serve.HeapArena {
+	if kind == wire.HeapArena {
 		h, err = attachArena(fd)
 	} else {
 		h, err = AttachFD(fd, opts)
@@ -92,34 +98,22 @@ func attachArena(fd int) (*Heap, error) {
 	return h, nil
 }
 
-func receivedFD(oob []byte) (int, error) {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil || len(msgs) != 1 {
-		return -1, fmt.Errorf("greeting carried no heap file descriptor")
-	}
-	fds, err := unix.ParseUnixRights(&msgs[0])
-	if err != nil || len(fds) != 1 {
-		return -1, fmt.Errorf("greeting carried no heap file descriptor")
-	}
-	return fds[0], nil
-}
-
 // Invoke runs extension name in the runtime with argument arg and returns its
-// r0. An extension's failure is a *serve.InvokeError.
+// r0. An extension's failure is an *InvokeError.
 func (c *Client) Invoke(name string, arg uint64) (uint64, error) {
-	req, err := serve.EncodeInvoke(name, arg)
+	req, err := wire.EncodeInvoke(name, arg)
 	if err != nil {
 		return 0, err
 	}
 	if _, err := c.conn.Write(req); err != nil {
 		return 0, fmt.Errorf("%w (%s): %v", ErrRuntimeGone, c.path, err)
 	}
-	buf := make([]byte, 4096+12)
+	buf := make([]byte, wire.MaxResult)
 	n, err := c.conn.Read(buf)
 	if err != nil || n == 0 {
 		return 0, fmt.Errorf("%w (%s) during %s: %v", ErrRuntimeGone, c.path, name, err)
 	}
-	return serve.DecodeResult(buf[:n])
+	return wire.DecodeResult(buf[:n])
 }
 
 // Close detaches from the heap and the runtime.

@@ -234,7 +234,7 @@ func testServe(t *testing.T, flags ...string) {
 	require.NoError(t, err)
 	assert.Equal(t, uint64(42), r0)
 	_, err = c.Invoke("nope", 0)
-	var ie *serve.InvokeError
+	var ie *userspace.InvokeError
 	assert.ErrorAs(t, err, &ie)
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
 	require.NoError(t, cmd.Wait(), "%s", &out)
