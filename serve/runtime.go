@@ -262,9 +262,7 @@ func (rt *Runtime) helpers() map[int32]interp.Helper {
 			return uint64(cpu), nil
 		},
 		HelperTrace: func(_ interp.Memory, v, _, _, _, _ uint64) (uint64, error) {
-			rt.traceMu.Lock()
-			fmt.Fprintf(rt.trace, "trace: %#x\n", v)
-			rt.traceMu.Unlock()
+			rt.tracef("trace: %#x\n", v)
 			return 0, nil
 		},
 		HelperWake: func(_ interp.Memory, addr, _, _, _, _ uint64) (uint64, error) {
@@ -388,46 +386,6 @@ func (rt *Runtime) Serve(ln *net.UnixListener) error {
 		rt.conns[c] = peer{pid: -1, pidfd: -1}
 		rt.mu.Unlock()
 		rt.wg.Go(func() { rt.serveConn(c) })
-	}
-}
-
-func (rt *Runtime) serveConn(c *net.UnixConn) {
-	defer func() {
-		rt.mu.Lock()
-		if p := rt.conns[c]; p.pidfd >= 0 {
-			unix.Close(p.pidfd)
-		}
-		delete(rt.conns, c)
-		rt.mu.Unlock()
-		c.Close()
-	}()
-	p, err := identify(c)
-	if err != nil {
-		rt.traceMu.Lock()
-		fmt.Fprintf(rt.trace, "kflex runtime: refusing a connection: %v\n", err)
-		rt.traceMu.Unlock()
-		return
-	}
-	rt.mu.Lock()
-	rt.conns[c] = p
-	rt.mu.Unlock()
-	if _, _, err := c.WriteMsgUnix(wire.EncodeHello(rt.h.Size(), rt.kind), unix.UnixRights(rt.shareFD), nil); err != nil {
-		return
-	}
-	buf := make([]byte, wire.MaxRequest+1) // one more: a longer request is malformed
-	for {
-		n, err := c.Read(buf)
-		if err != nil {
-			return
-		}
-		name, arg, err := wire.DecodeInvoke(buf[:n])
-		var r0 uint64
-		if err == nil {
-			r0, err = rt.Invoke(name, arg)
-		}
-		if _, err := c.Write(wire.EncodeResult(r0, err)); err != nil {
-			return
-		}
 	}
 }
 

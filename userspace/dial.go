@@ -14,25 +14,20 @@ import (
 
 // ErrNoRuntime: nothing listens at the socket. ErrRuntimeGone: the runtime
 // closed the connection (it exited or died). ErrVersion: the runtime speaks
-// another protocol version, or is not a kflex runtime.
+// another protocol version, or is not a kflex runtime. ErrMalformed: the
+// runtime sent a message that breaks the protocol; the Client stops using the
+// connection.
 var (
 	ErrNoRuntime   = errors.New("no kflex runtime")
 	ErrRuntimeGone = errors.New("kflex runtime went away")
 	ErrVersion     = wire.ErrVersion
+	ErrMalformed   = wire.ErrMalformed
 )
 
 // InvokeError is an extension's failure as the runtime reported it (the
 // extension ran and failed, or there is no such extension); Invoke returns it
 // as a *InvokeError.
 type InvokeError = wire.InvokeError
-
-// Client is a process attached to a running extension runtime (kflex serve):
-// it shares the runtime's heap and invokes its extensions.
-type Client struct {
-	*Heap
-	conn *net.UnixConn
-	path string
-}
 
 // Dial attaches to the runtime listening at socket: it receives the heap's
 // file descriptor, maps the heap and joins its owner table.
@@ -44,28 +39,20 @@ func Dial(socket string, opts *Options) (*Client, error) {
 		}
 		return nil, fmt.Errorf("dial kflex runtime %s: %w", socket, err)
 	}
-	buf := make([]byte, 64)
-	oob := make([]byte, unix.CmsgSpace(4))
+	buf, oob := wire.HelloBuffers()
 	n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("%w at %s: no greeting: %v", ErrRuntimeGone, socket, err)
 	}
-	fd, fdErr := wire.ReceivedFD(oob[:oobn])
-	if fdErr == nil {
-		defer unix.Close(fd)
-	}
-	_, kind, err := wire.DecodeHello(buf[:n])
+	hello, fd, err := wire.DecodeHello(buf[:n], oob[:oobn])
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("kflex runtime at %s: %w", socket, err)
 	}
-	if fdErr != nil {
-		conn.Close()
-		return nil, fmt.Errorf("kflex runtime at %s: %w", socket, fdErr)
-	}
+	defer unix.Close(fd) // the heap keeps its own mapping
 	var h *Heap
-	if kind == wire.HeapArena {
+	if hello.Kind == wire.HeapArena {
 		h, err = attachArena(fd)
 	} else {
 		h, err = AttachFD(fd, opts)
@@ -74,7 +61,7 @@ func Dial(socket string, opts *Options) (*Client, error) {
 		conn.Close()
 		return nil, fmt.Errorf("kflex runtime at %s: %w", socket, err)
 	}
-	return &Client{Heap: h, conn: conn, path: socket}, nil
+	return newClient(h, conn, socket), nil
 }
 
 // attachArena maps the BPF arena behind fd at its address (every process
@@ -96,31 +83,4 @@ func attachArena(fd int) (*Heap, error) {
 	}
 	h.release = a.Close
 	return h, nil
-}
-
-// Invoke runs extension name in the runtime with argument arg and returns its
-// r0. An extension's failure is an *InvokeError.
-func (c *Client) Invoke(name string, arg uint64) (uint64, error) {
-	req, err := wire.EncodeInvoke(name, arg)
-	if err != nil {
-		return 0, err
-	}
-	if _, err := c.conn.Write(req); err != nil {
-		return 0, fmt.Errorf("%w (%s): %v", ErrRuntimeGone, c.path, err)
-	}
-	buf := make([]byte, wire.MaxResult)
-	n, err := c.conn.Read(buf)
-	if err != nil || n == 0 {
-		return 0, fmt.Errorf("%w (%s) during %s: %v", ErrRuntimeGone, c.path, name, err)
-	}
-	return wire.DecodeResult(buf[:n])
-}
-
-// Close detaches from the heap and the runtime.
-func (c *Client) Close() error {
-	err := c.conn.Close()
-	if herr := c.Heap.Close(); err == nil {
-		err = herr
-	}
-	return err
 }
