@@ -21,7 +21,7 @@ type Client struct {
 	conn *net.UnixConn
 	path string
 
-	writeMu sync.Mutex // one request written at a time (a packet is atomic; this keeps ids in order of writing)
+	writeMu sync.Mutex // requests are written whole, one at a time
 
 	mu      sync.Mutex
 	nextID  uint64
