@@ -2,8 +2,8 @@
 // extension programs, verifies and compiles them (guards stay only on accesses
 // the verifier cannot place in the stack or the context) and runs them on a
 // pool of executors for
-// the processes attached to it over a unix socket (see protocol.go; userspace.Dial
-// is the client side).
+// the processes attached to it over a unix socket (the protocol is package
+// internal/sys/wire; userspace.Dial is the client side).
 package serve
 
 import (
@@ -20,6 +20,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kflex-go/kflex/heap"
+	"github.com/kflex-go/kflex/internal/sys/wire"
 	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/jit/interp"
 	"github.com/kflex-go/kflex/mcs"
@@ -86,8 +87,8 @@ type Runtime struct {
 	stops   []func() // stop the event sources (timers, UDP sockets)
 	wg      sync.WaitGroup
 	yields  atomic.Uint64
-	shareFD int      // what attached processes map the heap from
-	kind    HeapKind // and what it is
+	shareFD int           // what attached processes map the heap from
+	kind    wire.HeapKind // and what it is
 }
 
 // executor is one JIT machine with its own stack in the heap, its queue node
@@ -136,9 +137,9 @@ func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runti
 		return nil, err
 	}
 	rt := &Runtime{h: h, proc: proc, progs: map[string]*jit.Program{}, iprogs: map[string]*interp.Program{},
-		execs: make(chan *executor, n), trace: o.Trace, conns: map[net.Conn]peer{}, shareFD: h.Fd(), kind: HeapFile}
+		execs: make(chan *executor, n), trace: o.Trace, conns: map[net.Conn]peer{}, shareFD: h.Fd(), kind: wire.HeapFile}
 	if o.ArenaFD > 0 {
-		rt.shareFD, rt.kind = o.ArenaFD, HeapArena
+		rt.shareFD, rt.kind = o.ArenaFD, wire.HeapArena
 	}
 	for name, insns := range progs {
 		res, err := verifier.Verify(insns, VerifierConfig())
@@ -261,9 +262,7 @@ func (rt *Runtime) helpers() map[int32]interp.Helper {
 			return uint64(cpu), nil
 		},
 		HelperTrace: func(_ interp.Memory, v, _, _, _, _ uint64) (uint64, error) {
-			rt.traceMu.Lock()
-			fmt.Fprintf(rt.trace, "trace: %#x\n", v)
-			rt.traceMu.Unlock()
+			rt.tracef("trace: %#x\n", v)
 			return 0, nil
 		},
 		HelperWake: func(_ interp.Memory, addr, _, _, _, _ uint64) (uint64, error) {
@@ -387,46 +386,6 @@ func (rt *Runtime) Serve(ln *net.UnixListener) error {
 		rt.conns[c] = peer{pid: -1, pidfd: -1}
 		rt.mu.Unlock()
 		rt.wg.Go(func() { rt.serveConn(c) })
-	}
-}
-
-func (rt *Runtime) serveConn(c *net.UnixConn) {
-	defer func() {
-		rt.mu.Lock()
-		if p := rt.conns[c]; p.pidfd >= 0 {
-			unix.Close(p.pidfd)
-		}
-		delete(rt.conns, c)
-		rt.mu.Unlock()
-		c.Close()
-	}()
-	p, err := identify(c)
-	if err != nil {
-		rt.traceMu.Lock()
-		fmt.Fprintf(rt.trace, "kflex runtime: refusing a connection: %v\n", err)
-		rt.traceMu.Unlock()
-		return
-	}
-	rt.mu.Lock()
-	rt.conns[c] = p
-	rt.mu.Unlock()
-	if _, _, err := c.WriteMsgUnix(encodeHello(rt.h.Size(), rt.kind), unix.UnixRights(rt.shareFD), nil); err != nil {
-		return
-	}
-	buf := make([]byte, 12+maxNameLen+1)
-	for {
-		n, err := c.Read(buf)
-		if err != nil {
-			return
-		}
-		name, arg, err := decodeInvoke(buf[:n])
-		var r0 uint64
-		if err == nil {
-			r0, err = rt.Invoke(name, arg)
-		}
-		if _, err := c.Write(encodeResult(r0, err)); err != nil {
-			return
-		}
 	}
 }
 

@@ -19,6 +19,7 @@ import (
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/heap"
 	"github.com/kflex-go/kflex/internal/hostprobe"
+	"github.com/kflex-go/kflex/internal/sys/wire"
 	"github.com/kflex-go/kflex/internal/testutil"
 	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/kernel"
@@ -257,7 +258,7 @@ func TestDialErrors(t *testing.T) {
 	// Something that is not a kflex runtime, or another version of one.
 	for name, greeting := range map[string][]byte{
 		"garbage":       []byte("HTTP/1.1 200 OK"),
-		"other version": append([]byte(serve.Magic), 9, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0),
+		"other version": append([]byte(wire.Magic), 9, 0, 0, 0, 0, 0, 0x10, 0, 0, 0, 0, 0),
 	} {
 		sock := filepath.Join(dir, "fake-"+strconv.Itoa(len(greeting)))
 		ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: sock, Net: "unixpacket"})
@@ -270,7 +271,7 @@ func TestDialErrors(t *testing.T) {
 			}
 		}()
 		_, err = userspace.Dial(sock, nil)
-		assert.ErrorIs(t, err, serve.ErrVersion, name)
+		assert.ErrorIs(t, err, userspace.ErrVersion, name)
 		ln.Close()
 	}
 }

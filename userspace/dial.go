@@ -8,25 +8,26 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kflex-go/kflex/internal/sys/wire"
 	"github.com/kflex-go/kflex/kernel"
-	"github.com/kflex-go/kflex/serve"
 )
 
 // ErrNoRuntime: nothing listens at the socket. ErrRuntimeGone: the runtime
-// closed the connection (it exited or died). Other versions give
-// serve.ErrVersion.
+// closed the connection (it exited or died). ErrVersion: the runtime speaks
+// another protocol version, or is not a kflex runtime. ErrMalformed: the
+// runtime sent a message that breaks the protocol; the Client stops using the
+// connection.
 var (
 	ErrNoRuntime   = errors.New("no kflex runtime")
 	ErrRuntimeGone = errors.New("kflex runtime went away")
+	ErrVersion     = wire.ErrVersion
+	ErrMalformed   = wire.ErrMalformed
 )
 
-// Client is a process attached to a running extension runtime (kflex serve):
-// it shares the runtime's heap and invokes its extensions.
-type Client struct {
-	*Heap
-	conn *net.UnixConn
-	path string
-}
+// InvokeError is an extension's failure as the runtime reported it (the
+// extension ran and failed, or there is no such extension); Invoke returns it
+// as a *InvokeError.
+type InvokeError = wire.InvokeError
 
 // Dial attaches to the runtime listening at socket: it receives the heap's
 // file descriptor, maps the heap and joins its owner table.
@@ -38,28 +39,20 @@ func Dial(socket string, opts *Options) (*Client, error) {
 		}
 		return nil, fmt.Errorf("dial kflex runtime %s: %w", socket, err)
 	}
-	buf := make([]byte, 64)
-	oob := make([]byte, unix.CmsgSpace(4))
+	buf, oob := wire.HelloBuffers()
 	n, oobn, _, _, err := conn.ReadMsgUnix(buf, oob)
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("%w at %s: no greeting: %v", ErrRuntimeGone, socket, err)
 	}
-	fd, fdErr := receivedFD(oob[:oobn])
-	if fdErr == nil {
-		defer unix.Close(fd)
-	}
-	_, kind, err := serve.DecodeHello(buf[:n])
+	hello, fd, err := wire.DecodeHello(buf[:n], oob[:oobn])
 	if err != nil {
 		conn.Close()
 		return nil, fmt.Errorf("kflex runtime at %s: %w", socket, err)
 	}
-	if fdErr != nil {
-		conn.Close()
-		return nil, fmt.Errorf("kflex runtime at %s: %w", socket, fdErr)
-	}
+	defer unix.Close(fd) // the heap keeps its own mapping
 	var h *Heap
-	if kind == serve.HeapArena {
+	if hello.Kind == wire.HeapArena {
 		h, err = attachArena(fd)
 	} else {
 		h, err = AttachFD(fd, opts)
@@ -68,7 +61,7 @@ func Dial(socket string, opts *Options) (*Client, error) {
 		conn.Close()
 		return nil, fmt.Errorf("kflex runtime at %s: %w", socket, err)
 	}
-	return &Client{Heap: h, conn: conn, path: socket}, nil
+	return newClient(h, conn, socket), nil
 }
 
 // attachArena maps the BPF arena behind fd at its address (every process
@@ -90,43 +83,4 @@ func attachArena(fd int) (*Heap, error) {
 	}
 	h.release = a.Close
 	return h, nil
-}
-
-func receivedFD(oob []byte) (int, error) {
-	msgs, err := unix.ParseSocketControlMessage(oob)
-	if err != nil || len(msgs) != 1 {
-		return -1, fmt.Errorf("greeting carried no heap file descriptor")
-	}
-	fds, err := unix.ParseUnixRights(&msgs[0])
-	if err != nil || len(fds) != 1 {
-		return -1, fmt.Errorf("greeting carried no heap file descriptor")
-	}
-	return fds[0], nil
-}
-
-// Invoke runs extension name in the runtime with argument arg and returns its
-// r0. An extension's failure is a *serve.InvokeError.
-func (c *Client) Invoke(name string, arg uint64) (uint64, error) {
-	req, err := serve.EncodeInvoke(name, arg)
-	if err != nil {
-		return 0, err
-	}
-	if _, err := c.conn.Write(req); err != nil {
-		return 0, fmt.Errorf("%w (%s): %v", ErrRuntimeGone, c.path, err)
-	}
-	buf := make([]byte, 4096+12)
-	n, err := c.conn.Read(buf)
-	if err != nil || n == 0 {
-		return 0, fmt.Errorf("%w (%s) during %s: %v", ErrRuntimeGone, c.path, name, err)
-	}
-	return serve.DecodeResult(buf[:n])
-}
-
-// Close detaches from the heap and the runtime.
-func (c *Client) Close() error {
-	err := c.conn.Close()
-	if herr := c.Heap.Close(); err == nil {
-		err = herr
-	}
-	return err
 }

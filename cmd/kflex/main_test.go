@@ -237,25 +237,15 @@ func testServe(t *testing.T, flags ...string) {
 	prog := filepath.Join(dir, "add1.s")
 	require.NoError(t, os.WriteFile(prog, []byte("ldxdw %r0, [%r1+0]\nadd %r0, 1\nexit\n"), 0o600))
 	sock := filepath.Join(dir, "sock")
-	cmd := exec.Command(os.Args[0], append(append([]string{"serve", "--socket", sock, "--size", "16M", "--threads", "1"}, flags...), prog)...)
-	cmd.Env = append(os.Environ(), "KFLEX_CLI=1")
-	var out bytes.Buffer
-	cmd.Stdout, cmd.Stderr = &out, &out
-	require.NoError(t, cmd.Start())
-	var c *userspace.Client
-	require.Eventually(t, func() bool {
-		var err error
-		c, err = userspace.Dial(sock, nil)
-		return err == nil
-	}, 10*time.Second, 10*time.Millisecond, "runtime never listened: %s", &out)
+	cmd, out, c := startServe(t, sock, append(flags, prog)...)
 	r0, err := c.Invoke("add1", 41)
 	require.NoError(t, err)
 	assert.Equal(t, uint64(42), r0)
 	_, err = c.Invoke("nope", 0)
-	var ie *serve.InvokeError
+	var ie *userspace.InvokeError
 	assert.ErrorAs(t, err, &ie)
 	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
-	require.NoError(t, cmd.Wait(), "%s", &out)
+	require.NoError(t, cmd.Wait(), "%s", out)
 	assert.Contains(t, out.String(), "extensions [add1]")
 	_, err = c.Invoke("add1", 1)
 	assert.ErrorIs(t, err, userspace.ErrRuntimeGone)
@@ -263,6 +253,60 @@ func testServe(t *testing.T, flags ...string) {
 	code, _, stderr := kflex("serve", prog)
 	assert.Equal(t, 2, code)
 	assert.Contains(t, stderr, "need --socket")
+}
+
+// startServe runs "kflex serve" on socket with a 16M heap, one executor and
+// args, as a process, and attaches to it once it listens.
+func startServe(t *testing.T, socket string, args ...string) (*exec.Cmd, *syncBuffer, *userspace.Client) {
+	cmd := exec.Command(os.Args[0], append([]string{"serve", "--socket", socket, "--size", "16M", "--threads", "1"}, args...)...)
+	cmd.Env = append(os.Environ(), "KFLEX_CLI=1")
+	out := &syncBuffer{}
+	cmd.Stdout, cmd.Stderr = out, out
+	require.NoError(t, cmd.Start())
+	var c *userspace.Client
+	require.Eventually(t, func() bool {
+		var err error
+		c, err = userspace.Dial(socket, nil)
+		return err == nil
+	}, 10*time.Second, 10*time.Millisecond, "runtime never listened: %s", out)
+	return cmd, out, c
+}
+
+// TestServeStaleSocket: "kflex serve" replaces the socket a SIGKILLed runtime
+// left behind, and refuses a socket a live runtime serves on and a file that
+// is not a socket.
+func TestServeStaleSocket(t *testing.T) {
+	dir := t.TempDir()
+	prog := filepath.Join(dir, "add1.s")
+	require.NoError(t, os.WriteFile(prog, []byte("ldxdw %r0, [%r1+0]\nadd %r0, 1\nexit\n"), 0o600))
+	sock := filepath.Join(dir, "sock")
+	killed, _, c := startServe(t, sock, prog)
+	c.Close()
+	require.NoError(t, killed.Process.Kill())
+	killed.Wait()
+	_, err := os.Stat(sock)
+	require.NoError(t, err, "a killed runtime leaves its socket")
+
+	cmd, out, c := startServe(t, sock, prog)
+	defer c.Close()
+	assert.Contains(t, out.String(), "kflex runtime: replaced stale socket "+sock)
+	r0, err := c.Invoke("add1", 1)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(2), r0)
+
+	code, _, stderr := kflex("serve", "--socket", sock, "--size", "16M", prog)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr, "a kflex runtime is already serving at "+sock)
+	code, _, stderr = kflex("serve", "--socket", prog, "--size", "16M", prog)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr, "listen on "+prog+": not a socket")
+
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	require.NoError(t, cmd.Wait(), "%s", out)
+	_, err = os.Stat(sock)
+	assert.ErrorIs(t, err, os.ErrNotExist, "a runtime that stops removes its socket")
+	r0, err = c.Invoke("add1", 1)
+	assert.ErrorIs(t, err, userspace.ErrRuntimeGone, "got %d", r0)
 }
 
 func TestVerify(t *testing.T) {

@@ -143,9 +143,9 @@ endian) or a one byte and the error. Stops on SIGINT or SIGTERM.`, out)
 			udpErrs <- err
 		}()
 	}
-	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: *socket, Net: "unixpacket"})
+	ln, err := serve.Listen(*socket, out) // replacing a stale socket, refusing a live one
 	if err != nil {
-		return fmt.Errorf("serve: listen on %s: %w", *socket, err)
+		return fmt.Errorf("serve: %w", err)
 	}
 	defer os.Remove(*socket)
 	go func() {

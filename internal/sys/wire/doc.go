@@ -1,0 +1,27 @@
+// Package wire is the socket protocol between the extension runtime (serve)
+// and the processes attached to it (userspace.Dial): the messages' layouts,
+// their encoding and decoding, and the errors a peer gets when a message is
+// not what this build speaks.
+//
+// It belongs to the system-plumbing layer, the bottom one: it imports only the
+// standard library and golang.org/x/sys/unix, so that both sides use it
+// without either importing the other.
+//
+// The transport is a SOCK_SEQPACKET unix socket: every message is one packet,
+// delivered whole or not at all. Integers are little-endian. Version 3:
+//
+//	runtime → process, on connect:  hello   = magic[8] version u32 heapSize u64
+//	                                kind u32, with the descriptor to map the heap
+//	                                from (SCM_RIGHTS): a heap file or memfd (kind
+//	                                HeapFile), or a BPF arena map (kind HeapArena)
+//	process → runtime:              request = op u32 id u64 arg u64 name[1..64]
+//	runtime → process:              result  = status u32 id u64 r0 u64 message...
+//
+// The only op is OpInvoke: run the extension called name with argument arg.
+// A process may have many requests in flight on one connection; the runtime
+// serves them concurrently and answers each with a result carrying the
+// request's id, in any order. Ids are the process's choice; 0 is reserved:
+// a result with id 0 answers a request too short to carry an id, and the
+// runtime closes the connection after sending it. Status 0 is success (r0 is
+// the extension's result); status 1 is failure, and message says what failed.
+package wire

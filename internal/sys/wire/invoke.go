@@ -1,0 +1,127 @@
+package wire
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+)
+
+// Op is what a request asks for.
+type Op uint32
+
+// OpInvoke runs an extension.
+const OpInvoke Op = 1
+
+const (
+	MaxNameLen   = 64
+	MaxMessage   = 4096 // longer failure messages are cut
+	headerSize   = 4 + 8 + 8
+	statusOK     = 0
+	statusFailed = 1
+	// MaxRequest and MaxResult are the largest packets of each kind: read
+	// into a buffer one byte longer, so that a longer packet is malformed
+	// rather than silently cut short.
+	MaxRequest = headerSize + MaxNameLen
+	MaxResult  = headerSize + MaxMessage
+)
+
+// ErrMalformed is a message that does not follow the protocol: too short or
+// too long, an unknown op or status, or (to a client) a result for a request
+// it did not make.
+var ErrMalformed = errors.New("malformed kflex message")
+
+// Request is a process's request to the runtime.
+type Request struct {
+	ID   uint64 // the process's name for it, echoed in the result; not 0
+	Op   Op
+	Arg  uint64
+	Name string // the extension
+}
+
+// EncodeInvoke is request id: run extension name with argument arg.
+func EncodeInvoke(id uint64, name string, arg uint64) ([]byte, error) {
+	if len(name) == 0 || len(name) > MaxNameLen {
+		return nil, fmt.Errorf("program name %q: want 1 to %d bytes", name, MaxNameLen)
+	}
+	if id == 0 {
+		return nil, fmt.Errorf("request id 0 is reserved")
+	}
+	b := make([]byte, headerSize, headerSize+len(name))
+	binary.LittleEndian.PutUint32(b, uint32(OpInvoke))
+	binary.LittleEndian.PutUint64(b[4:], id)
+	binary.LittleEndian.PutUint64(b[12:], arg)
+	return append(b, name...), nil
+}
+
+// DecodeRequest reads a request. On error (wrapping ErrMalformed), the
+// returned request's ID is the one to answer the error with: 0 when the
+// packet is too short to carry one.
+func DecodeRequest(b []byte) (Request, error) {
+	if len(b) < headerSize {
+		return Request{}, fmt.Errorf("%w: request of %d bytes, want at least %d", ErrMalformed, len(b), headerSize)
+	}
+	r := Request{Op: Op(binary.LittleEndian.Uint32(b)), ID: binary.LittleEndian.Uint64(b[4:]),
+		Arg: binary.LittleEndian.Uint64(b[12:]), Name: string(b[headerSize:])}
+	switch {
+	case r.ID == 0:
+		return Request{}, fmt.Errorf("%w: request id 0 is reserved", ErrMalformed)
+	case r.Op != OpInvoke:
+		return Request{ID: r.ID}, fmt.Errorf("%w: unknown op %d in request %d", ErrMalformed, r.Op, r.ID)
+	case len(r.Name) == 0 || len(r.Name) > MaxNameLen:
+		return Request{ID: r.ID}, fmt.Errorf("%w: request %d names a program of %d bytes, want 1 to %d",
+			ErrMalformed, r.ID, len(r.Name), MaxNameLen)
+	}
+	return r, nil
+}
+
+// EncodeResult answers request id: r0, or, if err is not nil, its text.
+func EncodeResult(id, r0 uint64, err error) []byte {
+	b := make([]byte, headerSize)
+	binary.LittleEndian.PutUint64(b[4:], id)
+	if err != nil {
+		binary.LittleEndian.PutUint32(b, statusFailed)
+		msg := err.Error()
+		if len(msg) > MaxMessage {
+			msg = msg[:MaxMessage]
+		}
+		return append(b, msg...)
+	}
+	binary.LittleEndian.PutUint64(b[12:], r0)
+	return b
+}
+
+// InvokeError is an extension's failure as the runtime reported it: it ran
+// and failed, there is no such extension, or the request was malformed.
+type InvokeError struct{ Message string }
+
+func (e *InvokeError) Error() string { return "extension failed: " + e.Message }
+
+// Result is the runtime's answer to request ID: R0, or the failure Err (an
+// *InvokeError).
+type Result struct {
+	ID  uint64
+	R0  uint64
+	Err error
+}
+
+// DecodeResult reads the runtime's answer to a request. An error (wrapping
+// ErrMalformed) means b is not a result; a failure the runtime reported is
+// the result's Err.
+func DecodeResult(b []byte) (Result, error) {
+	if len(b) < headerSize || len(b) > MaxResult {
+		return Result{}, fmt.Errorf("%w: result of %d bytes, want %d to %d", ErrMalformed, len(b), headerSize, MaxResult)
+	}
+	r := Result{ID: binary.LittleEndian.Uint64(b[4:])}
+	switch status := binary.LittleEndian.Uint32(b); status {
+	case statusOK:
+		if len(b) != headerSize {
+			return Result{}, fmt.Errorf("%w: success result %d with %d bytes of message", ErrMalformed, r.ID, len(b)-headerSize)
+		}
+		r.R0 = binary.LittleEndian.Uint64(b[12:])
+	case statusFailed:
+		r.Err = &InvokeError{Message: string(b[headerSize:])}
+	default:
+		return Result{}, fmt.Errorf("%w: result %d has unknown status %d", ErrMalformed, r.ID, status)
+	}
+	return r, nil
+}

@@ -1,0 +1,113 @@
+package wire
+
+import (
+	"encoding/binary"
+	"errors"
+	"os"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/kflex-go/kflex/internal/testutil"
+)
+
+func TestMain(m *testing.M) { testutil.Main(m) }
+
+func TestHello(t *testing.T) {
+	f, err := os.CreateTemp(t.TempDir(), "heap")
+	require.NoError(t, err)
+	defer f.Close()
+	want := Hello{HeapSize: 1 << 30, Kind: HeapArena}
+	b, oob := EncodeHello(want, int(f.Fd()))
+	// A descriptor goes through a socket as a new one: pass it for real.
+	pair, err := unix.Socketpair(unix.AF_UNIX, unix.SOCK_SEQPACKET, 0)
+	require.NoError(t, err)
+	defer unix.Close(pair[0])
+	defer unix.Close(pair[1])
+	require.NoError(t, unix.Sendmsg(pair[0], b, oob, nil, 0))
+	rb, roob := HelloBuffers()
+	n, oobn, _, _, err := unix.Recvmsg(pair[1], rb, roob, 0)
+	require.NoError(t, err)
+	got, fd, err := DecodeHello(rb[:n], roob[:oobn])
+	require.NoError(t, err)
+	defer unix.Close(fd)
+	assert.Equal(t, want, got)
+
+	bad := func(mutate func([]byte) []byte) error {
+		_, fd, err := DecodeHello(mutate(append([]byte(nil), b...)), nil)
+		assert.Equal(t, -1, fd)
+		return err
+	}
+	assert.ErrorIs(t, bad(func(b []byte) []byte { return b[:5] }), ErrVersion)
+	assert.ErrorContains(t, bad(func(b []byte) []byte { b[8] = 2; return b }), "runtime has version 2, this build 3")
+	assert.ErrorContains(t, bad(func(b []byte) []byte { b[20] = 7; return b }), "unknown heap kind 7")
+	err = bad(func(b []byte) []byte { return b })
+	assert.ErrorIs(t, err, ErrMalformed)
+	assert.ErrorContains(t, err, "greeting carried 0 descriptors")
+}
+
+func TestRequest(t *testing.T) {
+	b, err := EncodeInvoke(3, "prog", 41)
+	require.NoError(t, err)
+	r, err := DecodeRequest(b)
+	require.NoError(t, err)
+	assert.Equal(t, Request{ID: 3, Op: OpInvoke, Arg: 41, Name: "prog"}, r)
+
+	_, err = EncodeInvoke(0, "prog", 0)
+	assert.ErrorContains(t, err, "request id 0 is reserved")
+	_, err = EncodeInvoke(1, string(make([]byte, MaxNameLen+1)), 0)
+	assert.ErrorContains(t, err, "want 1 to 64 bytes")
+
+	unknownOp := append([]byte(nil), b...)
+	binary.LittleEndian.PutUint32(unknownOp, 2)
+	zeroID := append([]byte(nil), b...)
+	binary.LittleEndian.PutUint64(zeroID[4:], 0)
+	for _, tc := range []struct {
+		b   []byte
+		id  uint64
+		msg string
+	}{
+		{b[:19], 0, "request of 19 bytes, want at least 20"},
+		{zeroID, 0, "request id 0 is reserved"},
+		{unknownOp, 3, "unknown op 2 in request 3"},
+		{b[:20], 3, "request 3 names a program of 0 bytes"},
+		{append(b, make([]byte, MaxNameLen)...), 3, "request 3 names a program of 68 bytes"},
+	} {
+		r, err := DecodeRequest(tc.b)
+		assert.ErrorIs(t, err, ErrMalformed, tc.msg)
+		assert.ErrorContains(t, err, tc.msg)
+		assert.Equal(t, tc.id, r.ID, "the id to answer %q with", tc.msg)
+	}
+}
+
+func TestResult(t *testing.T) {
+	r, err := DecodeResult(EncodeResult(9, 42, nil))
+	require.NoError(t, err)
+	assert.Equal(t, Result{ID: 9, R0: 42}, r)
+
+	r, err = DecodeResult(EncodeResult(10, 42, errors.New(string(make([]byte, 2*MaxMessage)))))
+	require.NoError(t, err)
+	var ie *InvokeError
+	require.ErrorAs(t, r.Err, &ie)
+	assert.Len(t, ie.Message, MaxMessage, "a long message is cut")
+	assert.Equal(t, uint64(10), r.ID)
+
+	ok := EncodeResult(1, 0, nil)
+	status := append([]byte(nil), ok...)
+	binary.LittleEndian.PutUint32(status, 2)
+	for _, tc := range []struct {
+		b   []byte
+		msg string
+	}{
+		{ok[:19], "result of 19 bytes, want 20 to 4116"},
+		{make([]byte, MaxResult+1), "result of 4117 bytes"},
+		{append(ok, 'x'), "success result 1 with 1 bytes of message"},
+		{status, "result 1 has unknown status 2"},
+	} {
+		_, err := DecodeResult(tc.b)
+		assert.ErrorIs(t, err, ErrMalformed, tc.msg)
+		assert.ErrorContains(t, err, tc.msg)
+	}
+}

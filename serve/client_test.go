@@ -1,0 +1,145 @@
+package serve_test
+
+import (
+	"encoding/binary"
+	"net"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sys/unix"
+
+	"github.com/kflex-go/kflex/internal/sys/wire"
+	"github.com/kflex-go/kflex/userspace"
+)
+
+// TestClientConcurrent shares one Client among many goroutines, each invoking
+// add1 with arguments of its own and checking every result: a result handed to
+// the wrong caller shows as a wrong value.
+func TestClientConcurrent(t *testing.T) {
+	const goroutines, calls = 16, 1000
+	f := start(t)
+	c, err := userspace.Dial(f.socket, nil)
+	require.NoError(t, err)
+	defer c.Close()
+	var wg sync.WaitGroup
+	wrong := make([]int, goroutines)
+	errs := make([]error, goroutines)
+	for g := range goroutines {
+		wg.Go(func() {
+			for i := range calls {
+				arg := uint64(g)<<32 | uint64(i)
+				r0, err := c.Invoke("add1", arg)
+				if err != nil {
+					errs[g] = err
+					return
+				}
+				if r0 != arg+1 {
+					wrong[g]++
+				}
+			}
+		})
+	}
+	wg.Wait()
+	total := 0
+	for g := range goroutines {
+		require.NoError(t, errs[g], "goroutine %d", g)
+		total += wrong[g]
+	}
+	require.Zero(t, total, "%d of %d results were another call's", total, goroutines*calls)
+}
+
+// TestPendingCallsFailOnClose: calls waiting for a runtime that closes get
+// ErrRuntimeGone at once, even while the runtime itself still waits for the
+// extensions it runs (they spin on a lock this test holds).
+func TestPendingCallsFailOnClose(t *testing.T) {
+	const calls = 8
+	f := start(t)
+	c, err := userspace.Dial(f.socket, nil)
+	require.NoError(t, err)
+	defer c.Close()
+	lockPtr := c.Base() + userspace.Ptr(f.lock)
+	mu, err := c.Mutex(lockPtr)
+	require.NoError(t, err)
+	mu.Lock()
+	errs := make(chan error, calls)
+	for range calls {
+		go func() {
+			_, err := c.Invoke("counter", c.Canonical(lockPtr))
+			errs <- err
+		}()
+	}
+	time.Sleep(50 * time.Millisecond) // the calls reach the runtime; two run, spinning
+	closed := make(chan error, 1)
+	go func() { closed <- f.rt.Close() }()
+	for i := range calls {
+		select {
+		case err := <-errs:
+			assert.ErrorIs(t, err, userspace.ErrRuntimeGone, "call %d", i)
+		case <-time.After(10 * time.Second):
+			t.Fatalf("%d calls still waiting 10s after the runtime closed", calls-i)
+		}
+	}
+	mu.Unlock()
+	require.NoError(t, <-closed)
+}
+
+// rawConn attaches to the runtime at socket without a Client, to send it
+// what a Client would not.
+func rawConn(t *testing.T, socket string) *net.UnixConn {
+	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: socket, Net: "unixpacket"})
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	buf, oob := wire.HelloBuffers()
+	n, oobn, _, _, err := c.ReadMsgUnix(buf, oob)
+	require.NoError(t, err)
+	_, fd, err := wire.DecodeHello(buf[:n], oob[:oobn])
+	require.NoError(t, err)
+	unix.Close(fd)
+	return c
+}
+
+// TestMalformedRequests: the runtime answers a request it cannot run with a
+// failure for that request's id and goes on serving; one too short to carry
+// an id gets a failure with id 0, and the connection is closed.
+func TestMalformedRequests(t *testing.T) {
+	f := start(t)
+	c := rawConn(t, f.socket)
+	exchange := func(req []byte) (wire.Result, error) {
+		_, err := c.Write(req)
+		require.NoError(t, err)
+		buf := make([]byte, wire.MaxResult+1)
+		n, err := c.Read(buf)
+		if err != nil {
+			return wire.Result{}, err
+		}
+		return wire.DecodeResult(buf[:n])
+	}
+	unknownOp, err := wire.EncodeInvoke(5, "add1", 0)
+	require.NoError(t, err)
+	binary.LittleEndian.PutUint32(unknownOp, 9)
+	r, err := exchange(unknownOp)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(5), r.ID)
+	assert.ErrorContains(t, r.Err, "unknown op 9 in request 5")
+
+	noName, _ := wire.EncodeInvoke(6, "x", 0)
+	r, err = exchange(noName[:len(noName)-1])
+	require.NoError(t, err)
+	assert.Equal(t, uint64(6), r.ID)
+	assert.ErrorContains(t, r.Err, "request 6 names a program of 0 bytes")
+
+	good, _ := wire.EncodeInvoke(7, "add1", 41)
+	r, err = exchange(good)
+	require.NoError(t, err)
+	assert.Equal(t, wire.Result{ID: 7, R0: 42}, r, "the connection still serves")
+
+	r, err = exchange([]byte{1, 0, 0})
+	require.NoError(t, err)
+	assert.Equal(t, uint64(0), r.ID)
+	assert.ErrorContains(t, r.Err, "request of 3 bytes")
+	n, err := c.Read(make([]byte, 64))
+	assert.True(t, n == 0 || err != nil, "the runtime closed the connection")
+}
