@@ -11,7 +11,7 @@ import (
 
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/heap"
-	"github.com/kflex-go/kflex/internal/vm"
+	"github.com/kflex-go/kflex/internal/sys/vm"
 )
 
 const (

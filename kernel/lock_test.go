@@ -15,7 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kflex-go/kflex/heap"
-	"github.com/kflex-go/kflex/internal/futex"
+	"github.com/kflex-go/kflex/internal/sys/futex"
 	"github.com/kflex-go/kflex/mcs"
 )
 
