@@ -54,5 +54,5 @@ func LoadCorpus(a *Arena) ([]CorpusProgram, error) {
 // Region is the arena as a kflex JIT machine's sandbox, its stacks and
 // context copy in the upper half (LoadCorpus's data is in the lower).
 func (a *Arena) Region() jit.Region {
-	return jit.Region{Base: a.base, Size: a.size, Canon: a.Base(), Scratch: a.size / 2}
+	return jit.Region{Base: a.Pointer(), Size: a.Size(), Canon: a.Base(), Scratch: a.Size() / 2}
 }
