@@ -274,16 +274,3 @@ func TestFutexOnArena(t *testing.T) {
 	require.NoError(t, <-woken)
 	assert.Less(t, time.Since(start), 5*time.Second, "woken, not timed out")
 }
-
-// BenchmarkLockUnlockVsKernel reports MeasureLockUnlock's figures: one
-// uncontended lock+unlock of the same bytecode in kflex's JIT and in Linux.
-func BenchmarkLockUnlockVsKernel(b *testing.B) {
-	requireArena(b)
-	for b.Loop() {
-		figures, err := MeasureLockUnlock(300000)
-		require.NoError(b, err)
-		for k, v := range figures {
-			b.ReportMetric(v, k)
-		}
-	}
-}
