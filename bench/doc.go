@@ -4,9 +4,9 @@
 // (kernel) and the runtime (serve) do not import each other or the JIT to time
 // it.
 //
-// Layer 7 (harnesses: bench, stress, examples, internal/isatest,
-// internal/progen, internal/benchprog, internal/layers): only tests, the
-// harnesses and cmd import it.
+// Layer 8 (harnesses over the whole runtime: bench, stress, examples,
+// internal/layers): it may use every layer below, the program harnesses of
+// layer 7 (internal/benchprog) included; only the commands import it.
 //
 // MeasureLock times the lock between Go and an extension and a client's
 // invocation over the socket (`kflex bench lock`); MeasureLockUnlock times the

@@ -4,6 +4,9 @@
 // pool of executors for
 // the processes attached to it over a unix socket (see protocol.go; userspace.Dial
 // is the client side).
+//
+// Layer 6 (serve, kernel): the runtime, above the engines and the lock; only
+// the harnesses and the commands import it.
 package serve
 
 import (

@@ -3,8 +3,8 @@
 // arena's descriptor from the runtime) and the kernel oracle (which creates
 // arenas) use, without cilium/ebpf.
 //
-// Layer 0 (system plumbing and the ABI: internal/sys/*, abi, internal/testutil):
-// it imports only internal/sys/vm.
+// Layer 0 (system plumbing and the executor ABI: internal/sys/*, abi,
+// internal/testutil), its upper part: it imports only internal/sys/vm.
 //
 // An arena shared by several processes is mapped in each at its user address
 // (the map's map_extra, aligned to its size), so that a pointer into it means
