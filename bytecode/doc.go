@@ -2,6 +2,9 @@
 // of RFC 9669, as github.com/cilium/ebpf/asm instructions — kflex's only
 // instruction type.
 //
+// Layer 1 (heap, translate, rseq, bytecode): it imports no kflex package; the
+// verifier and the engines stand on it.
+//
 // Decode and Encode are exact inverses on every well-formed program: Encode(Decode(b))
 // returns b byte for byte. Encode exists because asm.Instructions.Marshal (v0.22.0)
 // loses two fields: it writes 0 as the immediate of every atomic instruction (so a

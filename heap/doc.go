@@ -2,6 +2,9 @@
 // attached process at an address aligned to S, with guard regions on both sides,
 // and the allocator that all of them (and later extensions) use.
 //
+// Layer 1 (heap, translate, rseq, bytecode): it stands on layer 0 (futex, vm)
+// alone.
+//
 // # Views
 //
 // Each process maps the heap at its own S-aligned base, so a pointer p from any

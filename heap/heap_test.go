@@ -12,8 +12,8 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"github.com/kflex-go/kflex/internal/sys/vm"
 	"github.com/kflex-go/kflex/internal/testutil"
-	"github.com/kflex-go/kflex/internal/vm"
 )
 
 func TestMain(m *testing.M) { testutil.Main(m) }

@@ -4,7 +4,7 @@ import (
 	"fmt"
 	"unsafe"
 
-	"github.com/kflex-go/kflex/internal/vm"
+	"github.com/kflex-go/kflex/internal/sys/vm"
 )
 
 // GuardSize is the scratch memory mapped on each side of the heap. eBPF offsets

@@ -4,7 +4,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/kflex-go/kflex/internal/futex"
+	"github.com/kflex-go/kflex/internal/sys/futex"
 )
 
 // A word mutex is a 32-bit word in the heap that any attached process can lock:

@@ -2,6 +2,8 @@
 // a Go process; on other architectures it is unavailable (Supported says why)
 // and callers use jit/interp, the oracle it is tested against.
 //
+// Layer 4 (jit): it stands on the interpreter, the code generator and bytecode.
+//
 // # Memory
 //
 // A Machine owns a sandbox: a region of 2^k bytes at an address aligned to its

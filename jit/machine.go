@@ -14,7 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kflex-go/kflex/bytecode"
-	"github.com/kflex-go/kflex/internal/vm"
+	"github.com/kflex-go/kflex/internal/sys/vm"
 	"github.com/kflex-go/kflex/jit/interp"
 )
 

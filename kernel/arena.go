@@ -3,7 +3,6 @@ package kernel
 import (
 	"errors"
 	"fmt"
-	"math/bits"
 	"unsafe"
 
 	"github.com/cilium/ebpf"
@@ -12,14 +11,14 @@ import (
 
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/heap"
-	"github.com/kflex-go/kflex/internal/vm"
+	"github.com/kflex-go/kflex/internal/sys/arena"
 )
 
 const (
 	bpfFMmapable = 1 << 10
-	pageSize     = 4096
+	pageSize     = arena.PageSize
 	// MaxArenaSize is the kernel's limit on an arena.
-	MaxArenaSize = 1 << 32
+	MaxArenaSize = arena.MaxSize
 )
 
 // GuardSize is the scratch memory mapped on each side of an arena in this
@@ -29,66 +28,57 @@ const GuardSize = heap.GuardSize
 
 // Arena is a BPF arena mapped into this process at its user address (the map's
 // map_extra), which is aligned to the arena's size, with every page populated
-// and GuardSize bytes of scratch memory on each side.
+// and GuardSize bytes of scratch memory on each side. The mapping is package
+// arena's, which userspace uses too; this type adds the map, to load programs
+// that use it.
 type Arena struct {
-	m    *ebpf.Map
-	base unsafe.Pointer
-	size uint64
+	m   *ebpf.Map
+	mem *arena.Mapping
 }
 
 // NewArena creates an arena of size bytes (a power of two, a whole number of
 // pages, at most 4 GiB), maps it and touches every page so that kernel programs
 // see real memory everywhere.
 func NewArena(size uint64) (*Arena, error) {
-	if size < pageSize || size > MaxArenaSize || bits.OnesCount64(size) != 1 {
-		return nil, fmt.Errorf("arena size %d: want a power of two from %d to %d", size, pageSize, uint64(MaxArenaSize))
+	if err := arena.CheckSize(size); err != nil {
+		return nil, err
 	}
-	base, err := vm.Reserve(uintptr(size), GuardSize, 0)
+	mem, err := arena.Reserve(uintptr(size), GuardSize, 0)
 	if err != nil {
 		return nil, fmt.Errorf("arena: %w", err)
 	}
 	m, err := ebpf.NewMap(&ebpf.MapSpec{Name: "kflex_arena", Type: ebpf.Arena, Flags: bpfFMmapable,
-		MaxEntries: uint32(size / pageSize), MapExtra: uint64(uintptr(base))})
+		MaxEntries: uint32(size / pageSize), MapExtra: uint64(uintptr(mem.Base))})
 	if err != nil {
-		vm.Release(base, uintptr(size), GuardSize)
+		mem.Close()
 		return nil, fmt.Errorf("BPF arena of %d bytes: %w", size, refused("BPF_MAP_CREATE(ARENA)", err))
 	}
-	a := &Arena{m: m, base: base, size: size}
-	if err := a.mapAt(); err != nil {
+	a := &Arena{m: m, mem: mem}
+	if err := mem.Map(m.FD()); err != nil {
 		a.Close()
-		return nil, err
+		return nil, fmt.Errorf("arena: %w", err)
 	}
 	// Populate: a user-space write faults each page in for the kernel too.
 	for off := uint64(0); off < size; off += pageSize {
-		*(*byte)(unsafe.Add(base, off)) = 0
+		*(*byte)(unsafe.Add(mem.Base, off)) = 0
 	}
 	return a, nil
-}
-
-// mapAt maps the arena over its reservation at base: the kernel accepts only
-// its user address and the whole length, and MAP_FIXED replaces the
-// reservation there. The guards are scratch memory.
-func (a *Arena) mapAt() error {
-	if err := vm.MapShared(a.m.FD(), a.base, uintptr(a.size), GuardSize); err != nil {
-		return fmt.Errorf("arena: %w", err)
-	}
-	return nil
 }
 
 // Map is the arena's map.
 func (a *Arena) Map() *ebpf.Map { return a.m }
 
 // Base is the arena's user address (map_extra), aligned to Size.
-func (a *Arena) Base() uint64 { return uint64(uintptr(a.base)) }
+func (a *Arena) Base() uint64 { return uint64(uintptr(a.mem.Base)) }
 
 // Size is the arena's size in bytes.
-func (a *Arena) Size() uint64 { return a.size }
+func (a *Arena) Size() uint64 { return uint64(a.mem.Size) }
 
 // Pointer is the arena's memory in this process.
-func (a *Arena) Pointer() unsafe.Pointer { return a.base }
+func (a *Arena) Pointer() unsafe.Pointer { return a.mem.Base }
 
 // Bytes is the arena's memory as a slice.
-func (a *Arena) Bytes() []byte { return unsafe.Slice((*byte)(a.base), a.size) }
+func (a *Arena) Bytes() []byte { return unsafe.Slice((*byte)(a.mem.Base), a.Size()) }
 
 // Ref is the instruction that makes a program use this arena (an lddw of the
 // map's file descriptor into dst). A program must contain it before the kernel
@@ -99,7 +89,7 @@ func (a *Arena) Ref(dst asm.Register) asm.Instruction {
 
 // Close unmaps and releases the arena.
 func (a *Arena) Close() error {
-	err := vm.Release(a.base, uintptr(a.size), GuardSize)
+	err := a.mem.Close()
 	if cerr := a.m.Close(); err == nil {
 		err = cerr
 	}
@@ -107,41 +97,27 @@ func (a *Arena) Close() error {
 }
 
 // OpenArena maps the arena behind fd, which another process created and
-// passed over, at its user address: every process shares that one view. The
-// Arena keeps a duplicate of fd. It fails with a clear error if this process
-// already uses that address range.
+// passed over, at its user address (arena.Open): every process shares that one
+// view. The Arena keeps a duplicate of fd. It fails with an error naming fd if
+// fd is not an arena with a user address or this process already uses that
+// address range.
 func OpenArena(fd int) (*Arena, error) {
+	mem, err := arena.Open(fd, GuardSize)
+	if err != nil {
+		return nil, err
+	}
 	nfd, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
 	if err != nil {
+		mem.Close()
 		return nil, fmt.Errorf("arena fd %d: %w", fd, err)
 	}
 	m, err := ebpf.NewMapFromFD(nfd)
 	if err != nil {
 		unix.Close(nfd)
+		mem.Close()
 		return nil, fmt.Errorf("arena fd %d: %w", fd, err)
 	}
-	info, err := m.Info()
-	if err != nil {
-		m.Close()
-		return nil, fmt.Errorf("arena fd %d: %w", fd, err)
-	}
-	at, ok := info.MapExtra()
-	if info.Type != ebpf.Arena || !ok {
-		m.Close()
-		return nil, fmt.Errorf("arena fd %d: a %v map, not an arena with a user address", fd, info.Type)
-	}
-	size := uint64(info.MaxEntries) * pageSize
-	base, err := vm.Reserve(uintptr(size), GuardSize, uintptr(at))
-	if err != nil {
-		m.Close()
-		return nil, fmt.Errorf("arena fd %d: %w", fd, err)
-	}
-	a := &Arena{m: m, base: base, size: size}
-	if err := a.mapAt(); err != nil {
-		a.Close()
-		return nil, err
-	}
-	return a, nil
+	return &Arena{m: m, mem: mem}, nil
 }
 
 // FD is the arena map's file descriptor, to pass to another process.
@@ -150,11 +126,11 @@ func (a *Arena) FD() int { return a.m.FD() }
 // NewHeap formats a kflex heap in the whole arena (heap.CreateIn). The heap
 // must be closed before the arena.
 func (a *Arena) NewHeap(opts *heap.Options) (*heap.Heap, error) {
-	return heap.CreateIn(a.base, a.size, a.name(), opts)
+	return heap.CreateIn(a.mem.Base, a.Size(), a.name(), opts)
 }
 
 // OpenHeap attaches to the heap another process formatted in the arena.
-func (a *Arena) OpenHeap() (*heap.Heap, error) { return heap.OpenIn(a.base, a.size, a.name()) }
+func (a *Arena) OpenHeap() (*heap.Heap, error) { return heap.OpenIn(a.mem.Base, a.Size(), a.name()) }
 
 func (a *Arena) name() string { return fmt.Sprintf("arena %d", a.m.FD()) }
 

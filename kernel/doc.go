@@ -2,6 +2,9 @@
 // other executor is checked against, and the baseline the JIT is measured
 // against.
 //
+// Layer 6 (serve, kernel): the oracle imports neither the runtime nor the
+// engines it checks; the comparisons live in package bench.
+//
 // Programs are encoded by package bytecode and loaded with a raw BPF_PROG_LOAD,
 // not through cilium/ebpf's loader: cilium/ebpf v0.22.0 encodes every atomic
 // instruction with a zero immediate (a compare-and-exchange becomes an add) and

@@ -15,7 +15,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kflex-go/kflex/heap"
-	"github.com/kflex-go/kflex/internal/futex"
+	"github.com/kflex-go/kflex/internal/sys/futex"
 	"github.com/kflex-go/kflex/mcs"
 )
 
@@ -273,17 +273,4 @@ func TestFutexOnArena(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, <-woken)
 	assert.Less(t, time.Since(start), 5*time.Second, "woken, not timed out")
-}
-
-// BenchmarkLockUnlockVsKernel reports MeasureLockUnlock's figures: one
-// uncontended lock+unlock of the same bytecode in kflex's JIT and in Linux.
-func BenchmarkLockUnlockVsKernel(b *testing.B) {
-	requireArena(b)
-	for b.Loop() {
-		figures, err := MeasureLockUnlock(300000)
-		require.NoError(b, err)
-		for k, v := range figures {
-			b.ReportMetric(v, k)
-		}
-	}
 }

@@ -8,7 +8,7 @@ import (
 	"unsafe"
 
 	"github.com/kflex-go/kflex/heap"
-	"github.com/kflex-go/kflex/internal/futex"
+	"github.com/kflex-go/kflex/internal/sys/futex"
 )
 
 // HelperWake is the helper number the bytecode lock calls to wake a Go waiter

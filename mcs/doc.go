@@ -3,6 +3,9 @@
 // kflex's interpreter and JIT, and (through a BPF arena) kernel programs take
 // the same lock.
 //
+// Layer 2 (mcs, verifier): the lock stands on the heap and rseq, and
+// applications link it without any engine or cilium/ebpf.
+//
 // # The contract every executor follows
 //
 // word.go gives the 64-bit lock word bit by bit (locked, owner died, head

@@ -8,7 +8,7 @@ import (
 	"unsafe"
 
 	"github.com/kflex-go/kflex/heap"
-	"github.com/kflex-go/kflex/internal/futex"
+	"github.com/kflex-go/kflex/internal/sys/futex"
 	"github.com/kflex-go/kflex/rseq"
 )
 

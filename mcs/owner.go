@@ -12,7 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kflex-go/kflex/heap"
-	"github.com/kflex-go/kflex/internal/futex"
+	"github.com/kflex-go/kflex/internal/sys/futex"
 )
 
 // The owner table has one 64-byte record per attached process:

@@ -3,6 +3,8 @@
 // scheduler not to preempt it for a few microseconds, so that the waiters
 // spinning on the lock are not stuck behind a descheduled holder.
 //
+// Layer 1 (heap, translate, rseq, bytecode): it imports no kflex package.
+//
 // # Using it
 //
 // A goroutine calls runtime.LockOSThread, then Register, and keeps both for as

@@ -4,6 +4,9 @@
 // pool of executors for
 // the processes attached to it over a unix socket (the protocol is package
 // internal/sys/wire; userspace.Dial is the client side).
+//
+// Layer 6 (serve, kernel): the runtime, above the engines and the lock; only
+// the harnesses and the commands import it.
 package serve
 
 import (
@@ -368,6 +371,10 @@ func (rt *Runtime) SliceStatus() rseq.Status {
 
 // SliceYields counts how often extensions gave back an extended time slice.
 func (rt *Runtime) SliceYields() uint64 { return rt.yields.Load() }
+
+// Process is the runtime's owner-table membership in its heap: Go code of this
+// process takes the heap's locks through it, alongside the extensions.
+func (rt *Runtime) Process() *mcs.Process { return rt.proc }
 
 // Serve accepts attached processes on ln until it is closed.
 func (rt *Runtime) Serve(ln *net.UnixListener) error {

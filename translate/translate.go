@@ -1,5 +1,7 @@
 // Package translate converts pointers between views of a kflex heap.
 //
+// Layer 1 (heap, translate, rseq, bytecode): it imports no kflex package.
+//
 // Every process maps a heap of size S = 2^k at its own S-aligned base. A view is
 // that base plus the mask S-1. Because every base is aligned, the low k bits of a
 // pointer are its offset in the heap whatever view it came from, and the high bits

@@ -8,8 +8,9 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kflex-go/kflex/heap"
+	"github.com/kflex-go/kflex/internal/sys/arena"
 	"github.com/kflex-go/kflex/internal/sys/wire"
-	"github.com/kflex-go/kflex/kernel"
 )
 
 // ErrNoRuntime: nothing listens at the socket. ErrRuntimeGone: the runtime
@@ -67,11 +68,11 @@ func Dial(socket string, opts *Options) (*Client, error) {
 // attachArena maps the BPF arena behind fd at its address (every process
 // shares that view, so MapAt does not apply) and attaches to the heap in it.
 func attachArena(fd int) (*Heap, error) {
-	a, err := kernel.OpenArena(fd)
+	a, err := arena.Open(fd, heap.GuardSize)
 	if err != nil {
 		return nil, err
 	}
-	raw, err := a.OpenHeap()
+	raw, err := heap.OpenIn(a.Base, uint64(a.Size), fmt.Sprintf("arena %d", fd))
 	if err != nil {
 		a.Close()
 		return nil, err

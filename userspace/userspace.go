@@ -1,6 +1,10 @@
 // Package userspace is what applications link to share a kflex heap and its locks
 // with other processes and with extensions.
 //
+// Layer 3 (userspace, jit/amd64, jit/interp): the top of what applications
+// link, which imports no engine, no runtime and not cilium/ebpf
+// (internal/layers checks).
+//
 // # Lifetimes
 //
 // A Heap is this process's attachment: a mapping of the heap file at an address

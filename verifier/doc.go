@@ -4,6 +4,8 @@
 // address, they are guarded (masked into the sandbox) unless the analysis
 // shows the guard is redundant.
 //
+// Layer 2 (mcs, verifier): it stands on bytecode alone.
+//
 // The analysis is abstract interpretation to a fixpoint over the CFG
 // (cfg.go), with one joined state per join point (where paths meet; every
 // other instruction has one predecessor, whose states it steps on as they

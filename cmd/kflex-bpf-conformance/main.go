@@ -12,6 +12,9 @@
 // line). Helper 5 returns its first argument. --jit runs the program as amd64
 // machine code, where every memory access is confined to the sandbox: an access
 // the interpreter reports as out of bounds lands in the sandbox instead.
+//
+// Layer 9 (commands: cmd/kflex, cmd/kflex-bpf-conformance): the top; nothing
+// imports it.
 package main
 
 import (

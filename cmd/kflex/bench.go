@@ -7,14 +7,9 @@ import (
 	"os"
 	"sort"
 	"time"
-	"unsafe"
 
-	"github.com/kflex-go/kflex/internal/benchprog"
-	"github.com/kflex-go/kflex/jit"
-	"github.com/kflex-go/kflex/jit/interp"
+	"github.com/kflex-go/kflex/bench"
 	"github.com/kflex-go/kflex/kernel"
-	"github.com/kflex-go/kflex/serve"
-	"github.com/kflex-go/kflex/userspace"
 )
 
 func init() {
@@ -48,13 +43,12 @@ With --json the figures are one flat JSON object.`, out)
 	var err error
 	switch fs.Arg(0) {
 	case "jit":
-		if figures, err = benchJIT(*per); err == nil {
-			err = benchVsKernel(*per, figures)
+		if figures, err = bench.MeasureJIT(*per); err == nil {
+			err = vsKernel(func() error { return bench.MeasureJITVsKernel(*per, figures) })
 		}
 	case "lock":
-		figures, err = serve.MeasureLock(*rounds, func(s string) (serve.Invoker, error) { return userspace.Dial(s, nil) })
-		if err == nil {
-			err = benchLockVsKernel(*rounds, figures)
+		if figures, err = bench.MeasureLock(*rounds); err == nil {
+			err = vsKernel(func() error { return lockVsKernel(*rounds, figures) })
 		}
 	default:
 		return fmt.Errorf("bench: %w: unknown suite %q (want jit or lock)", errUsage, fs.Arg(0))
@@ -78,116 +72,19 @@ With --json the figures are one flat JSON object.`, out)
 	return nil
 }
 
-// benchJIT measures every corpus program; keys are "PROGRAM.FIGURE".
-func benchJIT(per time.Duration) (map[string]float64, error) {
-	m, err := jit.NewMachine(1 << 20)
-	if err != nil {
-		return nil, err
-	}
-	defer m.Close()
-	const dataOff = 256 << 10
-	sb := m.Sandbox()
-	im := interp.NewMachine()
-	im.AttachHeap(unsafe.Pointer(&sb[0]), uint64(len(sb)), m.Base())
-	figures := map[string]float64{}
-	for _, bc := range benchprog.Corpus {
-		insns, _, err := bc.Build(sb[dataOff:dataOff+benchprog.Size], m.Base()+dataOff)
-		if err != nil {
-			return nil, err
-		}
-		ns := map[string]float64{}
-		for name, g := range map[string]jit.Guard{"jit_ns": jit.GuardAll, "jit_perfmode_ns": jit.GuardStores, "jit_unguarded_ns": jit.GuardNone} {
-			p, err := jit.CompileGuarded(insns, g)
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", bc.Name, err)
-			}
-			ns[name], err = timeRuns(per, func() error { _, err := m.Run(p, nil); return err })
-			p.Close()
-			if err != nil {
-				return nil, fmt.Errorf("%s: %w", bc.Name, err)
-			}
-		}
-		ip, err := interp.Load(insns)
-		if err != nil {
-			return nil, err
-		}
-		if ns["interp_ns"], err = timeRuns(per, func() error { _, err := im.Run(ip, nil); return err }); err != nil {
-			return nil, fmt.Errorf("%s: %w", bc.Name, err)
-		}
-		for k, v := range ns {
-			figures[bc.Name+"."+k] = v
-		}
-		figures[bc.Name+".speedup"] = ns["interp_ns"] / ns["jit_ns"]
-		figures[bc.Name+".guard_overhead_pct"] = 100 * (ns["jit_ns"]/ns["jit_unguarded_ns"] - 1)
-		figures[bc.Name+".insns"] = float64(im.Executed)
-	}
-	return figures, nil
-}
-
-// benchVsKernel adds the kernel comparison to figures, or says on stderr why
-// it cannot run here.
-func benchVsKernel(per time.Duration, figures map[string]float64) error {
+// vsKernel runs a comparison with the kernel, or says on stderr why it cannot
+// run here.
+func vsKernel(measure func() error) error {
 	if err := kernel.HaveArena(); err != nil {
 		fmt.Fprintf(os.Stderr, "kflex bench: no kernel comparison: %v\n", err)
 		return nil
 	}
-	a, err := kernel.NewArena(1 << 20)
-	if err != nil {
-		return err
-	}
-	defer a.Close()
-	m, err := jit.NewMachineIn(a.Region())
-	if err != nil {
-		return err
-	}
-	defer m.Close()
-	progs, err := kernel.LoadCorpus(a)
-	if err != nil {
-		return err
-	}
-	for _, bc := range progs {
-		defer bc.Kernel.Close()
-		p, err := jit.Compile(bc.Ours)
-		if err != nil {
-			return fmt.Errorf("%s: %w", bc.Name, err)
-		}
-		defer p.Close()
-		r0, err := m.Run(p, nil)
-		if err != nil {
-			return fmt.Errorf("%s: %w", bc.Name, err)
-		}
-		kr0, _, err := bc.Kernel.Bench(1)
-		if err != nil {
-			return fmt.Errorf("%s in the kernel: %w", bc.Name, err)
-		}
-		if uint32(r0) != kr0 || (bc.HasWant && r0 != bc.Want) {
-			return fmt.Errorf("%s: the JIT computed %#x, the kernel %#x, want %#x", bc.Name, r0, kr0, bc.Want)
-		}
-		jns, err := timeRuns(per, func() error { _, err := m.Run(p, nil); return err })
-		if err != nil {
-			return fmt.Errorf("%s: %w", bc.Name, err)
-		}
-		// The kernel times its own loop; ask for about as many runs as fit in per.
-		_, kd, err := bc.Kernel.Bench(max(int(per.Nanoseconds()/int64(max(jns, 1))), 1000))
-		if err != nil {
-			return fmt.Errorf("%s in the kernel: %w", bc.Name, err)
-		}
-		kns := max(float64(kd.Nanoseconds()), 1) // the kernel's resolution is 1 ns
-		figures[bc.Name+".jit_arena_ns"] = jns
-		figures[bc.Name+".kernel_ns"] = kns
-		figures[bc.Name+".jit_vs_kernel"] = jns / kns
-	}
-	return nil
+	return measure()
 }
 
-// benchLockVsKernel adds kernel.MeasureLockUnlock's figures, prefixed
-// "kernel.", or says on stderr why it cannot run here.
-func benchLockVsKernel(rounds int, figures map[string]float64) error {
-	if err := kernel.HaveArena(); err != nil {
-		fmt.Fprintf(os.Stderr, "kflex bench: no kernel comparison: %v\n", err)
-		return nil
-	}
-	k, err := kernel.MeasureLockUnlock(max(rounds, 3000))
+// lockVsKernel adds bench.MeasureLockUnlock's figures, prefixed "kernel.".
+func lockVsKernel(rounds int, figures map[string]float64) error {
+	k, err := bench.MeasureLockUnlock(max(rounds, 3000))
 	if err != nil {
 		return err
 	}
@@ -195,19 +92,4 @@ func benchLockVsKernel(rounds int, figures map[string]float64) error {
 		figures["kernel."+name] = v
 	}
 	return nil
-}
-
-// timeRuns calls run repeatedly for about d and returns nanoseconds per call.
-func timeRuns(d time.Duration, run func() error) (float64, error) {
-	n := 0
-	start := time.Now()
-	for time.Since(start) < d {
-		for range 64 {
-			if err := run(); err != nil {
-				return 0, err
-			}
-		}
-		n += 64
-	}
-	return float64(time.Since(start).Nanoseconds()) / float64(n), nil
 }

@@ -1,5 +1,8 @@
 // Command kflex is the command line of the kflex runtime: creating and inspecting
 // shared heaps, and a demo of processes sharing a heap and its locks.
+//
+// Layer 9 (commands: cmd/kflex, cmd/kflex-bpf-conformance): the top; nothing
+// imports it.
 package main
 
 import (

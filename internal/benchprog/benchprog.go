@@ -3,6 +3,10 @@
 // they run on: a counter loop, a hash table's lookup and insert, a linked-list
 // walk and a skip-list search.
 //
+// Layer 7 (program harnesses: internal/isatest, internal/progen,
+// internal/benchprog): only tests, the harnesses of layer 8 and the commands
+// import it.
+//
 // A program that works on the heap expects r6 to hold the address of its data,
 // which Setup lays out. Every loop ends at a constant bound or at may_goto, so
 // the kernel's verifier accepts the programs. Pointers loaded from the data are

@@ -8,6 +8,10 @@
 //	-- error      or a substring of the expected error
 //
 // Lines starting with '#' outside the program are comments.
+//
+// Layer 7 (program harnesses: internal/isatest, internal/progen,
+// internal/benchprog): only tests, the harnesses of layer 8 and the commands
+// import it.
 package isatest
 
 import (

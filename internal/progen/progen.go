@@ -5,6 +5,10 @@
 // initialised registers and stack), so the kernel, the interpreter and the JIT
 // can all run it and must agree.
 //
+// Layer 7 (program harnesses: internal/isatest, internal/progen,
+// internal/benchprog): only tests, the harnesses of layer 8 and the commands
+// import it.
+//
 // A program sees a context of CtxSize bytes in r1. It loads r0-r8 from the
 // context's first 72 bytes, initialises 64 bytes of stack, runs a random body of
 // ALU operations of both widths, byte swaps, sign extensions, 64-bit immediates,

@@ -1,6 +1,10 @@
 // Package testutil holds what kflex's tests share: the TestMain that checks for
 // leaked goroutines, re-executing the test binary as a child process, and skips
 // that name what is missing.
+//
+// Layer 0 (system plumbing and the executor ABI: internal/sys/*, abi,
+// internal/testutil): it imports no kflex package, and every layer's tests use
+// it.
 package testutil
 
 import (

@@ -1,6 +1,8 @@
 // Package amd64 encodes the x86-64 instructions kflex's JIT emits. It is a
 // small assembler, not a general one: each method writes one instruction form,
 // and the tests check every form against an independent disassembler.
+//
+// Layer 3 (userspace, jit/amd64, jit/interp): it imports no kflex package.
 package amd64
 
 import "fmt"

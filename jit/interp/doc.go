@@ -1,6 +1,8 @@
 // Package interp is kflex's portable eBPF interpreter: the reference the JIT is
 // checked against, and the executor on architectures without a JIT.
 //
+// Layer 3 (userspace, jit/amd64, jit/interp): it stands on bytecode alone.
+//
 // A Program is bytecode validated and pre-decoded into one entry per instruction
 // slot, so the dispatch loop does no decoding and no allocation. A Machine holds
 // what one executing thread needs: eight 512-byte stack frames, the memory

@@ -1,6 +1,9 @@
 // Package futex wraps the Linux futex system call for words that live in memory
 // shared between processes.
 //
+// Layer 0 (system plumbing and the executor ABI: internal/sys/*, abi,
+// internal/testutil): it imports no kflex package.
+//
 // Every operation here is a shared futex (no FUTEX_PRIVATE_FLAG): the waiters and
 // wakers of a heap word are in different processes, and a private futex is keyed by
 // the address space, so a wake from another process would never reach the sleeper.

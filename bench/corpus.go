@@ -1,4 +1,4 @@
-package kernel
+package bench
 
 import (
 	"fmt"
@@ -7,6 +7,7 @@ import (
 
 	"github.com/kflex-go/kflex/internal/benchprog"
 	"github.com/kflex-go/kflex/jit"
+	"github.com/kflex-go/kflex/kernel"
 )
 
 // CorpusProgram is one benchmark program (benchprog.Corpus, and an empty
@@ -15,7 +16,7 @@ import (
 // for kflex's executors on that arena.
 type CorpusProgram struct {
 	Name    string
-	Kernel  *Program         // an XDP program, for test runs
+	Kernel  *kernel.Program  // an XDP program, for test runs
 	Ours    asm.Instructions // for kflex's executors (no map reference)
 	Want    uint64           // the result, where HasWant
 	HasWant bool
@@ -23,7 +24,7 @@ type CorpusProgram struct {
 
 // LoadCorpus lays out every benchmark program's data in a and loads the
 // programs. The caller closes each Kernel program.
-func LoadCorpus(a *Arena) ([]CorpusProgram, error) {
+func LoadCorpus(a *kernel.Arena) ([]CorpusProgram, error) {
 	progs := append([]benchprog.Program{{Name: "empty", Text: "mov %r0, 0\nexit"}}, benchprog.Corpus...)
 	var out []CorpusProgram
 	fail := func(err error) ([]CorpusProgram, error) {
@@ -42,7 +43,7 @@ func LoadCorpus(a *Arena) ([]CorpusProgram, error) {
 		if err != nil {
 			return fail(fmt.Errorf("%s: %w", bc.Name, err))
 		}
-		kp, err := Load(kins, XDP, nil)
+		kp, err := kernel.Load(kins, kernel.XDP, nil)
 		if err != nil {
 			return fail(fmt.Errorf("%s in the kernel: %w", bc.Name, err))
 		}
@@ -53,6 +54,6 @@ func LoadCorpus(a *Arena) ([]CorpusProgram, error) {
 
 // Region is the arena as a kflex JIT machine's sandbox, its stacks and
 // context copy in the upper half (LoadCorpus's data is in the lower).
-func (a *Arena) Region() jit.Region {
-	return jit.Region{Base: a.base, Size: a.size, Canon: a.Base(), Scratch: a.size / 2}
+func Region(a *kernel.Arena) jit.Region {
+	return jit.Region{Base: a.Pointer(), Size: a.Size(), Canon: a.Base(), Scratch: a.Size() / 2}
 }

@@ -1,4 +1,4 @@
-package kernel
+package bench
 
 import (
 	"fmt"
@@ -9,6 +9,7 @@ import (
 
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/jit"
+	"github.com/kflex-go/kflex/kernel"
 	"github.com/kflex-go/kflex/mcs"
 	"github.com/kflex-go/kflex/serve"
 	"github.com/kflex-go/kflex/verifier"
@@ -48,10 +49,10 @@ const lockUnlockText = `
 // empty_kernel_ns and empty_jit_ns, ns per run of the empty program; and
 // lock_jit_vs_kernel, the ratio per pair.
 func MeasureLockUnlock(runs int) (map[string]float64, error) {
-	if err := HaveArena(); err != nil {
+	if err := kernel.HaveArena(); err != nil {
 		return nil, err
 	}
-	a, err := NewArena(4 << 20)
+	a, err := kernel.NewArena(4 << 20)
 	if err != nil {
 		return nil, err
 	}
@@ -91,7 +92,7 @@ func MeasureLockUnlock(runs int) (map[string]float64, error) {
 		if err != nil {
 			return nil, fmt.Errorf("%s program: %w", name, err)
 		}
-		kp, err := Load(append(asm.Instructions{a.Ref(asm.R0)}, body...), XDP, nil)
+		kp, err := kernel.Load(append(asm.Instructions{a.Ref(asm.R0)}, body...), kernel.XDP, nil)
 		if err != nil {
 			return nil, fmt.Errorf("%s program in the kernel: %w", name, err)
 		}

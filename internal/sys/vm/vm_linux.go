@@ -1,5 +1,8 @@
 // Package vm reserves address space at addresses aligned to a power of two, the
 // placement every kflex heap view needs (a heap file, or a kernel BPF arena).
+//
+// Layer 0 (system plumbing and the executor ABI: internal/sys/*, abi,
+// internal/testutil): it imports no kflex package.
 package vm
 
 import (

@@ -1,4 +1,4 @@
-package serve
+package bench
 
 import (
 	"fmt"
@@ -13,6 +13,8 @@ import (
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/heap"
 	"github.com/kflex-go/kflex/mcs"
+	"github.com/kflex-go/kflex/serve"
+	"github.com/kflex-go/kflex/userspace"
 )
 
 // pingPong passes the turn word beside the lock (lock+8) back to Go until it
@@ -22,7 +24,7 @@ var pingPong = `
 	mov %r9, %r1
 	mov %r6, 0
 loop:
-	ldxdw %r1, [%r9+0]` + LockCall + `
+	ldxdw %r1, [%r9+0]` + serve.LockCall + `
 	ldxdw %r1, [%r9+0]
 	ldxdw %r7, [%r1+8]
 	jne %r7, 1, skip
@@ -30,7 +32,7 @@ loop:
 	add %r6, 1
 skip:
 	ldxdw %r1, [%r9+0]
-` + UnlockCall + `
+` + serve.UnlockCall + `
 	ldxdw %r1, [%r9+0]
 	ldxdw %r7, [%r1+16]
 	jlt %r6, %r7, loop
@@ -44,9 +46,9 @@ var lockLoop = `
 	ldxdw %r1, [%r9+0]
 	ldxdw %r6, [%r1+16]
 loop:
-	ldxdw %r1, [%r9+0]` + LockCall + `
+	ldxdw %r1, [%r9+0]` + serve.LockCall + `
 	ldxdw %r1, [%r9+0]
-` + UnlockCall + `
+` + serve.UnlockCall + `
 	sub %r6, 1
 	jne %r6, 0, loop
 	mov %r0, 0
@@ -56,9 +58,9 @@ loop:
 // MeasureLock measures, on a fresh anonymous heap: the handoff latency of one
 // lock between a goroutine (Go lock) and an extension (bytecode lock, JIT),
 // the extension's uncontended lock+unlock, and the round trip of invoking an
-// empty extension from a process attached over the socket (dial is the
-// client's Dial, passed in to keep this package free of the client).
-func MeasureLock(rounds int, dial func(socket string) (Invoker, error)) (map[string]float64, error) {
+// empty extension from a client attached over the socket (userspace.Dial).
+// Figures: handoff_ns, extension_lock_unlock_ns, invoke_us.
+func MeasureLock(rounds int) (map[string]float64, error) {
 	h, err := heap.CreateMemfd("kflex-bench", &heap.Options{Params: heap.Params{Size: 16 << 20}})
 	if err != nil {
 		return nil, err
@@ -70,7 +72,7 @@ func MeasureLock(rounds int, dial func(socket string) (Invoker, error)) (map[str
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 	}
-	rt, err := New(h, progs, 1, io.Discard)
+	rt, err := serve.New(h, progs, 1, io.Discard)
 	if err != nil {
 		return nil, err
 	}
@@ -81,7 +83,7 @@ func MeasureLock(rounds int, dial func(socket string) (Invoker, error)) (map[str
 	}
 	*h.Uint64(off), *h.Uint64(off + 8), *h.Uint64(off + 16) = 0, 0, uint64(rounds)
 	lock := h.Base() + off
-	m, err := rt.proc.Mutex(off)
+	m, err := rt.Process().Mutex(off)
 	if err != nil {
 		return nil, err
 	}
@@ -110,41 +112,34 @@ func MeasureLock(rounds int, dial func(socket string) (Invoker, error)) (map[str
 	}
 	figures["extension_lock_unlock_ns"] = float64(time.Since(start).Nanoseconds()) / float64(rounds)
 
-	if dial != nil {
-		dir, err := os.MkdirTemp("", "kflex-bench")
-		if err != nil {
-			return nil, err
-		}
-		defer os.RemoveAll(dir)
-		sock := filepath.Join(dir, "sock")
-		ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: sock, Net: "unixpacket"})
-		if err != nil {
-			return nil, err
-		}
-		served := make(chan error, 1)
-		go func() { served <- rt.Serve(ln) }()
-		c, err := dial(sock)
-		if err != nil {
-			ln.Close()
-			return nil, err
-		}
-		n := max(rounds/10, 100)
-		start = time.Now()
-		for range n {
-			if _, err := c.Invoke("empty", 0); err != nil {
-				break
-			}
-		}
-		figures["invoke_us"] = float64(time.Since(start).Microseconds()) / float64(n)
-		c.Close()
-		ln.Close()
-		<-served
+	// A client in this process, over the socket.
+	dir, err := os.MkdirTemp("", "kflex-bench")
+	if err != nil {
+		return nil, err
 	}
+	defer os.RemoveAll(dir)
+	sock := filepath.Join(dir, "sock")
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: sock, Net: "unixpacket"})
+	if err != nil {
+		return nil, err
+	}
+	served := make(chan error, 1)
+	go func() { served <- rt.Serve(ln) }()
+	c, err := userspace.Dial(sock, nil)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	n := max(rounds/10, 100)
+	start = time.Now()
+	for range n {
+		if _, err := c.Invoke("empty", 0); err != nil {
+			break
+		}
+	}
+	figures["invoke_us"] = float64(time.Since(start).Microseconds()) / float64(n)
+	c.Close()
+	ln.Close()
+	<-served
 	return figures, nil
-}
-
-// Invoker is a client attached to a runtime.
-type Invoker interface {
-	Invoke(name string, arg uint64) (uint64, error)
-	Close() error
 }
