@@ -1,10 +1,10 @@
 // Package testutil holds what kflex's tests share: the TestMain that checks for
-// leaked goroutines, re-executing the test binary as a child process, and skips
-// that name what is missing.
+// leaked goroutines, re-executing the test binary as a child process, and the
+// run-or-skip decision for tests that need a kernel feature (Kernel), made on
+// the host's answer to a raw probe.
 //
-// Layer 0 (system plumbing and the executor ABI: internal/sys/*, abi,
-// internal/testutil): it imports no kflex package, and every layer's tests use
-// it.
+// Layer 0b (test plumbing): it imports only internal/hostprobe of kflex, and
+// every layer's tests use it.
 package testutil
 
 import (
