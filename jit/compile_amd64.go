@@ -5,6 +5,7 @@ package jit
 import (
 	"fmt"
 
+	"github.com/kflex-go/kflex/abi"
 	"github.com/kflex-go/kflex/bytecode"
 	. "github.com/kflex-go/kflex/jit/amd64" // the assembler reads best unqualified
 )
@@ -526,7 +527,7 @@ func (c *compiler) call(pc int, s bytecode.Slot) error {
 		a.Load(8, RBX, MI(ctxReg, tmp, frameR6))
 		a.RI(ADD, true, tmp, frameSize)
 		a.Store(8, M(ctxReg, ctxFrameOff), tmp)
-		a.RI(SUB, true, RBP, 512)
+		a.RI(SUB, true, RBP, abi.StackSize)
 		c.jumpTo(pc + int(s.Imm) + 1)
 		*ret = a.Len()
 		return nil

@@ -19,6 +19,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
 
+	"github.com/kflex-go/kflex/abi"
 	"github.com/kflex-go/kflex/heap"
 	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/jit/interp"
@@ -27,14 +28,14 @@ import (
 	"github.com/kflex-go/kflex/verifier"
 )
 
-// Helpers every extension may call, by number.
+// Helpers every extension may call, by number (abi's).
 const (
-	HelperAlloc = 0x4b460010 // r1 = size → r0 = pointer (runtime view) or 0
-	HelperFree  = 0x4b460011 // r1 = pointer → r0 = 0, or 1 if not the allocator's
-	HelperTime  = 0x4b460012 // → r0 = monotonic nanoseconds
-	HelperCPU   = 0x4b460013 // → r0 = the executor's CPU
-	HelperTrace = 0x4b460014 // r1 = value: written to the runtime's trace output
-	HelperWake  = mcs.HelperWake
+	HelperAlloc = abi.HelperAlloc
+	HelperFree  = abi.HelperFree
+	HelperTime  = abi.HelperTime
+	HelperCPU   = abi.HelperCPU
+	HelperTrace = abi.HelperTrace
+	HelperWake  = abi.HelperWake
 )
 
 // AccessModes turns the verifier's findings into the JIT's guard choices.
@@ -51,22 +52,19 @@ func AccessModes(res *verifier.Result) []jit.AccessMode {
 	return modes
 }
 
-// Prototypes are the helpers an extension may call, as the verifier checks
-// them. Their arguments are numbers (a heap address is one; each helper
-// handles 0): the engine's own addresses, of the context and the frame, are
-// refused.
+// Prototypes are the helpers an extension may call (abi.Prototypes), as the
+// verifier checks them.
 func Prototypes() map[int32]verifier.Helper {
-	number := []verifier.Param{verifier.ParamNumber}
-	return map[int32]verifier.Helper{
-		HelperAlloc:          {Name: "alloc", Args: 1, Params: number, HeapOrNull: true},
-		HelperFree:           {Name: "free", Args: 1, Params: number},
-		HelperTime:           {Name: "time"},
-		HelperCPU:            {Name: "cpu"},
-		HelperTrace:          {Name: "trace", Args: 1, Params: number},
-		HelperWake:           {Name: "wake", Args: 1, Params: number},
-		mcs.HelperSliceYield: {Name: "slice_yield"},
-		mcs.HelperRelax:      {Name: "relax"},
+	params := map[abi.Arg]verifier.Param{abi.ArgAny: verifier.ParamAny, abi.ArgNumber: verifier.ParamNumber, abi.ArgNonNull: verifier.ParamNonNull}
+	out := map[int32]verifier.Helper{}
+	for id, p := range abi.Prototypes() {
+		h := verifier.Helper{Name: p.Name, Args: len(p.Args), HeapOrNull: p.Ret == abi.RetHeapOrNull}
+		for _, a := range p.Args {
+			h.Params = append(h.Params, params[a])
+		}
+		out[id] = h
 	}
+	return out
 }
 
 // Runtime runs extensions on a heap it is attached to.
@@ -269,11 +267,11 @@ func (rt *Runtime) helpers() map[int32]interp.Helper {
 		HelperWake: func(_ interp.Memory, addr, _, _, _, _ uint64) (uint64, error) {
 			return 0, mcs.WakeHelper(addr)
 		},
-		mcs.HelperRelax: func(interp.Memory, uint64, uint64, uint64, uint64, uint64) (uint64, error) {
+		abi.HelperRelax: func(interp.Memory, uint64, uint64, uint64, uint64, uint64) (uint64, error) {
 			runtime.Gosched()
 			return 0, nil
 		},
-		mcs.HelperSliceYield: func(interp.Memory, uint64, uint64, uint64, uint64, uint64) (uint64, error) {
+		abi.HelperSliceYield: func(interp.Memory, uint64, uint64, uint64, uint64, uint64) (uint64, error) {
 			rt.yields.Add(1)
 			rseq.Yield()
 			return 0, nil
@@ -283,46 +281,38 @@ func (rt *Runtime) helpers() map[int32]interp.Helper {
 
 var start = time.Now()
 
-// The context an extension gets in r1 (r2 = its length): the caller's
-// argument, then what the bytecode lock (mcs.BytecodeLock) needs, all
-// addresses in the runtime's view. r3 holds the argument as an address in
-// the heap (masked into it by the engine): an extension that takes a pointer
-// argument uses r3, whose accesses need no guard within reach of the guard
-// regions, rather than loading the word and having it sanitized.
-const (
-	CtxArg       = 0                 // u64: the invoker's argument
-	CtxNode      = mcs.CallNode      // u64: this executor's queue node
-	CtxNodeIndex = mcs.CallNodeIndex // u64: its index + 1 (mcs_lock's r3)
-	CtxHeld      = mcs.CallHeld      // u64: the held bits for mcs_lock and mcs_unlock
-	CtxNodeTable = mcs.CallNodeTable // u64: the node table
-	CtxDataLen   = 40                // u64: bytes of data at the argument (a datagram, ServeUDP), else 0
-	CtxSize      = 48
-)
+// The context an extension gets in r1 (r2 = its length) has abi's layout
+// (abi.Context). r3 holds the argument as an address in the heap (masked into
+// it by the engine): an extension that takes a pointer argument uses r3, whose
+// accesses need no guard within reach of the guard regions, rather than
+// loading the word and having it sanitized.
 
 // VerifierConfig is the environment the runtime verifies extensions for: its
 // context, its helpers, the pointer argument in r3 and the bytecode lock's
 // subprograms, whose locks must be released on every path.
 func VerifierConfig() verifier.Config {
-	return verifier.Config{CtxSize: CtxSize, CtxFields: CtxFields, Helpers: Prototypes(), EntryArg: true,
-		LockFunc: "mcs_lock", UnlockFunc: "mcs_unlock"}
+	return verifier.Config{CtxSize: abi.CtxSize, CtxFields: CtxFields, Helpers: Prototypes(), EntryArg: true,
+		LockFunc: abi.LockFunc, UnlockFunc: abi.UnlockFunc}
 }
 
-// CtxFields is the context's layout for the verifier: whole words, read-only
-// (the runtime fills the context for every run; an extension that wants
-// scratch space has its stack and the heap).
-var CtxFields = []verifier.CtxField{
-	{Name: "arg", Off: CtxArg, Size: 8}, {Name: "node", Off: CtxNode, Size: 8},
-	{Name: "node_index", Off: CtxNodeIndex, Size: 8}, {Name: "held", Off: CtxHeld, Size: 8},
-	{Name: "node_table", Off: CtxNodeTable, Size: 8}, {Name: "data_len", Off: CtxDataLen, Size: 8},
+// CtxFields is the context's layout for the verifier (abi.CtxFields).
+var CtxFields = ctxFields()
+
+func ctxFields() []verifier.CtxField {
+	var out []verifier.CtxField
+	for _, f := range abi.CtxFields {
+		out = append(out, verifier.CtxField{Name: f.Name, Off: f.Off, Size: f.Size, Writable: f.Writable})
+	}
+	return out
 }
 
 // LockCall and UnlockCall are the bytecode an extension uses to call the
 // bytecode lock (mcs.BytecodeLock, appended to its program) on the lock whose
-// address is in r1, with the runtime context kept in r9 (mcs.LockCall). They
+// address is in r1, with the runtime context kept in r9 (abi.LockCall). They
 // clobber r0-r5.
-const (
-	LockCall   = mcs.LockCall
-	UnlockCall = mcs.UnlockCall
+var (
+	LockCall   = abi.LockCall
+	UnlockCall = abi.UnlockCall
 )
 
 // Invoke runs program name on a free executor with arg in its context and
@@ -345,14 +335,9 @@ func (rt *Runtime) invoke(e *executor, name string, arg, dataLen uint64) (uint64
 		return 0, fmt.Errorf("no program %q", name)
 	}
 	p, ip := rt.progs[name], rt.iprogs[name]
-	ctx := make([]byte, CtxSize)
 	hb := rt.h.Base()
-	putU64(ctx[CtxArg:], arg)
-	putU64(ctx[CtxNode:], hb+e.node.Off)
-	putU64(ctx[CtxNodeIndex:], uint64(e.node.Index)+1)
-	putU64(ctx[CtxHeld:], mcs.Held(rt.proc.Slot()))
-	putU64(ctx[CtxNodeTable:], hb+rt.h.Header().NodeOff)
-	putU64(ctx[CtxDataLen:], dataLen)
+	ctx := abi.Context{Arg: arg, Node: hb + e.node.Off, NodeIndex: uint64(e.node.Index) + 1,
+		Held: mcs.Held(rt.proc.Slot()), NodeTable: hb + rt.h.Header().NodeOff, DataLen: dataLen}.Bytes()
 	if e.im != nil {
 		return e.im.Run(ip, ctx)
 	}

@@ -8,6 +8,7 @@ import (
 
 	"github.com/cilium/ebpf/asm"
 
+	"github.com/kflex-go/kflex/abi"
 	"github.com/kflex-go/kflex/bytecode"
 )
 
@@ -254,7 +255,7 @@ func (a *analysis) run() (*Result, error) {
 	a.cur = -1
 	main := entry(true, a.cfg.CtxSize)
 	if a.cfg.EntryArg && a.cfg.CtxSize >= 8 {
-		main.Regs[3] = heapPointer(false, 0)
+		main.Regs[abi.RegArg] = heapPointer(false, 0)
 	}
 	a.flow(0, &main)
 	processed := 0
