@@ -48,9 +48,10 @@ type ripFixup struct {
 	target *int
 }
 
-// compile generates code for validated raw bytecode and counts its guards.
-func compile(raw []byte, g Guard, modes []AccessMode) ([]byte, guardCounts, error) {
-	c, err := lower(raw, g, modes)
+// compile generates code for a validated program's slots and counts its
+// guards.
+func compile(slots []bytecode.Slot, g Guard, modes []AccessMode) ([]byte, guardCounts, error) {
+	c, err := lower(slots, g, modes)
 	if err != nil {
 		return nil, guardCounts{}, err
 	}
@@ -61,16 +62,16 @@ type guardCounts struct{ kept, elided int }
 
 // compileWithMap also returns the native offset where each slot's code starts
 // (one more entry: where the out-of-line stubs start).
-func compileWithMap(raw []byte, g Guard) ([]byte, []int, error) {
-	c, err := lower(raw, g, nil)
+func compileWithMap(slots []bytecode.Slot, g Guard) ([]byte, []int, error) {
+	c, err := lower(slots, g, nil)
 	if err != nil {
 		return nil, nil, err
 	}
 	return c.a.Buf, c.starts, nil
 }
 
-func lower(raw []byte, g Guard, modes []AccessMode) (*compiler, error) {
-	c := &compiler{slots: bytecode.DecodeSlots(raw), guardLoads: g == GuardAll, guardStores: g != GuardNone, modes: modes,
+func lower(slots []bytecode.Slot, g Guard, modes []AccessMode) (*compiler, error) {
+	c := &compiler{slots: slots, guardLoads: g == GuardAll, guardStores: g != GuardNone, modes: modes,
 		tmpFor: noReuse}
 	c.starts = make([]int, len(c.slots)+1)
 	targets := jumpTargets(c.slots)

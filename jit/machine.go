@@ -90,18 +90,23 @@ const (
 
 // CompileWith is Compile with options.
 func CompileWith(insns asm.Instructions, o Options) (*Program, error) {
-	g := o.Guard
 	if err := Supported(); err != nil {
 		return nil, err
 	}
-	if err := bytecode.Validate(insns); err != nil {
-		return nil, err
-	}
-	raw, err := bytecode.Encode(insns)
+	p, err := bytecode.NewProgram(insns)
 	if err != nil {
 		return nil, err
 	}
-	text, counts, err := compile(raw, g, o.Access)
+	return CompileProgram(p, o)
+}
+
+// CompileProgram generates machine code for p, which is validated already
+// (o.Access by p's slots, as verifier.Result gives them for its Program).
+func CompileProgram(p *bytecode.Program, o Options) (*Program, error) {
+	if err := Supported(); err != nil {
+		return nil, err
+	}
+	text, counts, err := compile(p.Slots(), o.Guard, o.Access)
 	if err != nil {
 		return nil, err
 	}

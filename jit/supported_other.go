@@ -10,6 +10,7 @@ import (
 	"github.com/cilium/ebpf/asm"
 
 	"github.com/kflex-go/kflex/abi"
+	"github.com/kflex-go/kflex/bytecode"
 )
 
 // Supported reports whether this platform has the JIT.
@@ -17,7 +18,7 @@ func Supported() error {
 	return fmt.Errorf("jit: %w: no code generator for %s; use jit/interp", abi.ErrNotSupported, runtime.GOARCH)
 }
 
-func compile([]byte, Guard, []AccessMode) ([]byte, guardCounts, error) {
+func compile([]bytecode.Slot, Guard, []AccessMode) ([]byte, guardCounts, error) {
 	return nil, guardCounts{}, Supported()
 }
 
