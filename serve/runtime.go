@@ -1,7 +1,7 @@
 // Package serve is kflex's extension runtime: a process that owns a heap, loads
-// extension programs, verifies and compiles them (guards stay only on accesses
-// the verifier cannot place in the stack or the context) and runs them on a
-// pool of executors for
+// extension programs, verifies and compiles them through loader's pipeline
+// (guards stay only on accesses the verifier cannot place in the stack or the
+// context) and runs them on a pool of executors for
 // the processes attached to it over a unix socket (see protocol.go; userspace.Dial
 // is the client side).
 package serve
@@ -23,6 +23,7 @@ import (
 	"github.com/kflex-go/kflex/heap"
 	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/jit/interp"
+	"github.com/kflex-go/kflex/loader"
 	"github.com/kflex-go/kflex/mcs"
 	"github.com/kflex-go/kflex/rseq"
 	"github.com/kflex-go/kflex/verifier"
@@ -38,34 +39,13 @@ const (
 	HelperWake  = abi.HelperWake
 )
 
-// AccessModes turns the verifier's findings into the JIT's guard choices.
-func AccessModes(res *verifier.Result) []jit.AccessMode {
-	modes := make([]jit.AccessMode, len(res.Access))
-	for i, acc := range res.Access {
-		switch acc {
-		case verifier.StackAccess, verifier.CtxAccess, verifier.HeapChecked:
-			modes[i] = jit.NoGuard
-		case verifier.HeapSanitize:
-			modes[i] = jit.SanitizeInPlace
-		}
-	}
-	return modes
-}
+// AccessModes turns the verifier's findings into the JIT's guard choices
+// (loader.AccessModes).
+func AccessModes(res *verifier.Result) []jit.AccessMode { return loader.AccessModes(res) }
 
-// Prototypes are the helpers an extension may call (abi.Prototypes), as the
-// verifier checks them.
-func Prototypes() map[int32]verifier.Helper {
-	params := map[abi.Arg]verifier.Param{abi.ArgAny: verifier.ParamAny, abi.ArgNumber: verifier.ParamNumber, abi.ArgNonNull: verifier.ParamNonNull}
-	out := map[int32]verifier.Helper{}
-	for id, p := range abi.Prototypes() {
-		h := verifier.Helper{Name: p.Name, Args: len(p.Args), HeapOrNull: p.Ret == abi.RetHeapOrNull}
-		for _, a := range p.Args {
-			h.Params = append(h.Params, params[a])
-		}
-		out[id] = h
-	}
-	return out
-}
+// Prototypes are the helpers an extension may call, as the verifier checks
+// them (loader.Prototypes).
+func Prototypes() map[int32]verifier.Helper { return loader.Prototypes() }
 
 // Runtime runs extensions on a heap it is attached to.
 type Runtime struct {
@@ -139,26 +119,16 @@ func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runti
 		rt.shareFD, rt.kind = o.ArenaFD, HeapArena
 	}
 	for name, insns := range progs {
-		res, err := verifier.Verify(insns, VerifierConfig())
+		p, err := loader.Load(insns, loader.Options{JIT: o.JIT > 0, Interp: o.Interpreted > 0})
 		if err != nil {
 			rt.Close()
 			return nil, fmt.Errorf("serve: program %s: %w", name, err)
 		}
-		if o.JIT > 0 {
-			p, err := jit.CompileWith(insns, jit.Options{Access: AccessModes(res)})
-			if err != nil {
-				rt.Close()
-				return nil, fmt.Errorf("serve: program %s: %w", name, err)
-			}
-			rt.progs[name] = p
+		if p.JIT != nil {
+			rt.progs[name] = p.JIT
 		}
-		if o.Interpreted > 0 {
-			p, err := interp.Load(insns)
-			if err != nil {
-				rt.Close()
-				return nil, fmt.Errorf("serve: program %s: %w", name, err)
-			}
-			rt.iprogs[name] = p
+		if p.Interp != nil {
+			rt.iprogs[name] = p.Interp
 		}
 	}
 	for i := range n {
@@ -287,24 +257,9 @@ var start = time.Now()
 // accesses need no guard within reach of the guard regions, rather than
 // loading the word and having it sanitized.
 
-// VerifierConfig is the environment the runtime verifies extensions for: its
-// context, its helpers, the pointer argument in r3 and the bytecode lock's
-// subprograms, whose locks must be released on every path.
-func VerifierConfig() verifier.Config {
-	return verifier.Config{CtxSize: abi.CtxSize, CtxFields: CtxFields, Helpers: Prototypes(), EntryArg: true,
-		LockFunc: abi.LockFunc, UnlockFunc: abi.UnlockFunc}
-}
-
-// CtxFields is the context's layout for the verifier (abi.CtxFields).
-var CtxFields = ctxFields()
-
-func ctxFields() []verifier.CtxField {
-	var out []verifier.CtxField
-	for _, f := range abi.CtxFields {
-		out = append(out, verifier.CtxField{Name: f.Name, Off: f.Off, Size: f.Size, Writable: f.Writable})
-	}
-	return out
-}
+// VerifierConfig is the environment the runtime verifies extensions for
+// (loader.Config).
+func VerifierConfig() verifier.Config { return loader.Config() }
 
 // LockCall and UnlockCall are the bytecode an extension uses to call the
 // bytecode lock (mcs.BytecodeLock, appended to its program) on the lock whose

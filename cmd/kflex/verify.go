@@ -8,7 +8,7 @@ import (
 	"strings"
 
 	"github.com/kflex-go/kflex/abi"
-	"github.com/kflex-go/kflex/serve"
+	"github.com/kflex-go/kflex/loader"
 	"github.com/kflex-go/kflex/verifier"
 )
 
@@ -64,11 +64,15 @@ lock_regs}]. Exits 1 when the program is rejected.`, out)
 	if err != nil {
 		return err
 	}
-	cfg := serve.VerifierConfig()
+	cfg := loader.Config()
 	if *ctxSize != abi.CtxSize {
 		cfg.CtxSize, cfg.CtxFields = *ctxSize, nil // not the runtime's context: no layout to hold it to
 	}
-	res, verr := verifier.Verify(insns, cfg)
+	var res *verifier.Result
+	p, verr := loader.Load(insns, loader.Options{Config: &cfg})
+	if verr == nil {
+		res = p.Verified
+	}
 	rep := verifyReport{Accepted: verr == nil, CancelPoints: []int{}, CancelTable: []cancelRow{}}
 	var ve *verifier.Error
 	switch {
