@@ -10,8 +10,8 @@ import (
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/kernel"
+	"github.com/kflex-go/kflex/loader"
 	"github.com/kflex-go/kflex/mcs"
-	"github.com/kflex-go/kflex/serve"
 	"github.com/kflex-go/kflex/verifier"
 )
 
@@ -100,15 +100,13 @@ func MeasureLockUnlock(runs int) (map[string]float64, error) {
 		// kflex compiles it as its runtime would: with the verifier's guards
 		// (the casts of constants need none after them).
 		ours := append(asm.Instructions{asm.LoadImm(asm.R0, 0, asm.DWord)}, body...)
-		res, err := verifier.Verify(ours, verifier.Config{Helpers: map[int32]verifier.Helper{5: {Name: "ktime_get_ns"}}})
+		lp, err := loader.Load(ours, loader.Options{JIT: true,
+			Config: &verifier.Config{Helpers: map[int32]verifier.Helper{5: {Name: "ktime_get_ns"}}}})
 		if err != nil {
 			return nil, fmt.Errorf("%s program: %w", name, err)
 		}
-		jp, err := jit.CompileWith(ours, jit.Options{Access: serve.AccessModes(res)})
-		if err != nil {
-			return nil, fmt.Errorf("%s program: %w", name, err)
-		}
-		defer jp.Close()
+		jp := lp.JIT
+		defer lp.Close()
 		for range 3 { // alternate, so that a noisy moment hits both
 			if r0, kd, err := kp.Bench(runs / 3); err != nil || r0 != 0 {
 				return nil, fmt.Errorf("%s program in the kernel: r0 %d, %v", name, int32(r0), err)

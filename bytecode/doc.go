@@ -15,6 +15,9 @@
 //
 // Validate checks what any executor needs before running a program: known
 // opcodes, registers in range, reserved fields zero, jump and call targets on an
-// instruction start, and a last instruction that does not fall through. Assemble
-// turns the text form used by kflex's ISA tests into instructions.
+// instruction start, and a last instruction that does not fall through. A
+// Program is a program validated and encoded once (NewProgram, DecodeProgram):
+// the one form the verifier, the JIT and the interpreter read, none of which
+// validates it again. Assemble turns the text form used by kflex's ISA tests
+// into instructions.
 package bytecode

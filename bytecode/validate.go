@@ -1,6 +1,8 @@
 package bytecode
 
 import (
+	"sync/atomic"
+
 	"github.com/cilium/ebpf/asm"
 )
 
@@ -48,6 +50,7 @@ func AtomicImm(op asm.OpCode) uint32 { return uint32(op&atomicMask) >> 8 }
 // and call target, and that execution cannot run off the end. It knows nothing
 // of types or memory: that is the verifier's job.
 func Validate(insns asm.Instructions) error {
+	validations.Add(1)
 	if len(insns) == 0 {
 		return errorf(0, "empty program")
 	}
@@ -76,6 +79,13 @@ func Validate(insns asm.Instructions) error {
 	}
 	return nil
 }
+
+// validations counts Validate's runs (Validations).
+var validations atomic.Uint64
+
+// Validations is how many times Validate has run in this process: tests read
+// it to show that loading a program validates it once.
+func Validations() uint64 { return validations.Load() }
 
 // Target returns the slot a jump or local call at slot goes to.
 func Target(ins asm.Instruction, slot int) (int, bool) {

@@ -5,6 +5,7 @@ package jit
 import (
 	"fmt"
 
+	"github.com/kflex-go/kflex/abi"
 	"github.com/kflex-go/kflex/bytecode"
 	. "github.com/kflex-go/kflex/jit/amd64" // the assembler reads best unqualified
 )
@@ -47,9 +48,10 @@ type ripFixup struct {
 	target *int
 }
 
-// compile generates code for validated raw bytecode and counts its guards.
-func compile(raw []byte, g Guard, modes []AccessMode) ([]byte, guardCounts, error) {
-	c, err := lower(raw, g, modes)
+// compile generates code for a validated program's slots and counts its
+// guards.
+func compile(slots []bytecode.Slot, g Guard, modes []AccessMode) ([]byte, guardCounts, error) {
+	c, err := lower(slots, g, modes)
 	if err != nil {
 		return nil, guardCounts{}, err
 	}
@@ -60,16 +62,16 @@ type guardCounts struct{ kept, elided int }
 
 // compileWithMap also returns the native offset where each slot's code starts
 // (one more entry: where the out-of-line stubs start).
-func compileWithMap(raw []byte, g Guard) ([]byte, []int, error) {
-	c, err := lower(raw, g, nil)
+func compileWithMap(slots []bytecode.Slot, g Guard) ([]byte, []int, error) {
+	c, err := lower(slots, g, nil)
 	if err != nil {
 		return nil, nil, err
 	}
 	return c.a.Buf, c.starts, nil
 }
 
-func lower(raw []byte, g Guard, modes []AccessMode) (*compiler, error) {
-	c := &compiler{slots: bytecode.DecodeSlots(raw), guardLoads: g == GuardAll, guardStores: g != GuardNone, modes: modes,
+func lower(slots []bytecode.Slot, g Guard, modes []AccessMode) (*compiler, error) {
+	c := &compiler{slots: slots, guardLoads: g == GuardAll, guardStores: g != GuardNone, modes: modes,
 		tmpFor: noReuse}
 	c.starts = make([]int, len(c.slots)+1)
 	targets := jumpTargets(c.slots)
@@ -526,7 +528,7 @@ func (c *compiler) call(pc int, s bytecode.Slot) error {
 		a.Load(8, RBX, MI(ctxReg, tmp, frameR6))
 		a.RI(ADD, true, tmp, frameSize)
 		a.Store(8, M(ctxReg, ctxFrameOff), tmp)
-		a.RI(SUB, true, RBP, 512)
+		a.RI(SUB, true, RBP, abi.StackSize)
 		c.jumpTo(pc + int(s.Imm) + 1)
 		*ret = a.Len()
 		return nil

@@ -1,6 +1,6 @@
 package jit
 
-import "github.com/kflex-go/kflex/jit/interp"
+import "github.com/kflex-go/kflex/abi"
 
 // execContext is shared by generated code, the trampoline and the Go loop. It
 // lives in mmap'd memory. Offsets are pinned by constants the generated code and
@@ -19,7 +19,7 @@ type execContext struct {
 	frameOff  uint64     // offset in the context of the next free frame (ctxFrames in the main program)
 	canonBase uint64     // base of the canonical view (addr_space_cast to user)
 	save      [4]uint64  // scratch for instruction sequences that need registers
-	frames    [interp.MaxFrames]frame
+	frames    [abi.MaxFrames]frame
 	termWord  uint32 // the default terminate word
 	_         uint32
 }

@@ -7,8 +7,8 @@
 // # Memory
 //
 // A Machine owns a sandbox: a region of 2^k bytes at an address aligned to its
-// size, with 64 KiB of scratch memory on both sides. The program's stack (eight
-// 512-byte frames) and a copy of its context live in the sandbox, and every
+// size, with 64 KiB of scratch memory on both sides. The program's stack
+// (abi.MaxFrames frames of abi.StackSize bytes) and a copy of its context live in the sandbox, and every
 // load, store and atomic is guarded: the address is masked into the sandbox
 // (and with size-1, add the base) before the access, so no address a program
 // computes can fault or reach Go's memory. Until the verifier proves accesses in
@@ -25,8 +25,13 @@
 // calls the resume address; every exit stores them back with an exit code and
 // returns. The Go loop in Run serves the exit — a helper call, an exhausted
 // budget, a cancellation, the program's end — and re-enters. Back-edges count
-// down a budget, so native code returns to Go at least every budgetPeriod loop
-// iterations and never holds up the scheduler or the garbage collector for
-// long; back-edges and helper calls also test the terminate word, which any
-// thread may set.
+// down a budget, so native code returns to Go at least every abi.BackEdgeBudget
+// loop iterations and never holds up the scheduler or the garbage collector
+// for long; back-edges and helper calls also test the terminate word, which
+// any thread may set (abi.ErrCancelled). Registers at entry, the stack and the
+// budgets are abi's, as in the interpreter.
+//
+// CompileProgram compiles a bytecode.Program, validated once, with the
+// verifier's guard choices (loader does both); Compile and CompileWith
+// validate instructions first.
 package jit

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/kflex-go/kflex/abi"
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/internal/isatest"
 	"github.com/kflex-go/kflex/internal/progen"
@@ -174,12 +175,46 @@ func TestGCWhileLooping(t *testing.T) {
 	m.Cancel()
 	select {
 	case err := <-done:
-		require.ErrorIs(t, err, jit.ErrCancelled)
+		require.ErrorIs(t, err, abi.ErrCancelled)
 		var re *interp.RuntimeError
 		require.ErrorAs(t, err, &re)
 		assert.Equal(t, 2, re.Insn, "the back-edge (ja) is the cancellation point")
 	case <-time.After(5 * time.Second):
 		t.Fatal("Cancel did not stop the program")
+	}
+}
+
+// TestCancelledAcrossEngines: a cancelled run stops with the one
+// abi.ErrCancelled, whichever engine ran it.
+func TestCancelledAcrossEngines(t *testing.T) {
+	insns, err := bytecode.Assemble("mov %r0, 0\nloop:\nadd %r0, 1\nja loop\nexit")
+	require.NoError(t, err)
+	jm, jp := machine(t), compile(t, insns)
+	im := interp.NewMachine()
+	ip, err := interp.Load(insns)
+	require.NoError(t, err)
+	for name, e := range map[string]struct {
+		run    func() error
+		cancel func()
+	}{
+		"jit":    {func() error { _, err := jm.Run(jp, nil); return err }, jm.Cancel},
+		"interp": {func() error { _, err := im.Run(ip, nil); return err }, im.Cancel},
+	} {
+		done := make(chan error)
+		go func() { done <- e.run() }()
+		deadline := time.After(10 * time.Second)
+	wait:
+		for {
+			select {
+			case err := <-done:
+				assert.ErrorIs(t, err, abi.ErrCancelled, name)
+				break wait
+			case <-deadline:
+				t.Fatalf("%s: Cancel did not stop the program", name)
+			case <-time.After(5 * time.Millisecond):
+				e.cancel() // again: a Run that had not started yet cleared it
+			}
+		}
 	}
 }
 

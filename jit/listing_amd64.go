@@ -13,14 +13,11 @@ import (
 // Listing writes the machine code generated for insns, each eBPF instruction
 // followed by its amd64 instructions, then the out-of-line exits.
 func Listing(w io.Writer, insns asm.Instructions, g Guard) error {
-	if err := bytecode.Validate(insns); err != nil {
-		return err
-	}
-	raw, err := bytecode.Encode(insns)
+	p, err := bytecode.NewProgram(insns)
 	if err != nil {
 		return err
 	}
-	text, starts, err := compileWithMap(raw, g)
+	text, starts, err := compileWithMap(p.Slots(), g)
 	if err != nil {
 		return err
 	}

@@ -2,7 +2,6 @@ package jit
 
 import (
 	"encoding/binary"
-	"errors"
 	"fmt"
 	"math/bits"
 	"os"
@@ -13,14 +12,11 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
 
+	"github.com/kflex-go/kflex/abi"
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/internal/sys/vm"
 	"github.com/kflex-go/kflex/jit/interp"
 )
-
-// ErrCancelled stops a program whose terminate word was set; the
-// *interp.RuntimeError wrapping it names the cancellation point.
-var ErrCancelled = errors.New("cancelled")
 
 // ErrMisaligned and the other run-time errors are the interpreter's.
 var ErrMisaligned = interp.ErrMisaligned
@@ -28,11 +24,10 @@ var ErrMisaligned = interp.ErrMisaligned
 // Layout of a sandbox: the stack frames, then the context copy, then free
 // memory for programs that use the sandbox as their heap.
 const (
-	stackTop    = interp.StackSize * interp.MaxFrames
-	ctxOffset   = stackTop
-	MaxCtxSize  = 64 << 10 // largest context a run can copy in
-	guardSize   = 64 << 10
-	budgetEvery = 1 << 16 // back-edges between returns to Go
+	stackTop   = abi.StackSize * abi.MaxFrames
+	ctxOffset  = stackTop
+	MaxCtxSize = 64 << 10 // largest context a run can copy in
+	guardSize  = 64 << 10
 	// MinSandbox is the smallest sandbox: stack and context.
 	MinSandbox = 128 << 10
 )
@@ -95,18 +90,23 @@ const (
 
 // CompileWith is Compile with options.
 func CompileWith(insns asm.Instructions, o Options) (*Program, error) {
-	g := o.Guard
 	if err := Supported(); err != nil {
 		return nil, err
 	}
-	if err := bytecode.Validate(insns); err != nil {
-		return nil, err
-	}
-	raw, err := bytecode.Encode(insns)
+	p, err := bytecode.NewProgram(insns)
 	if err != nil {
 		return nil, err
 	}
-	text, counts, err := compile(raw, g, o.Access)
+	return CompileProgram(p, o)
+}
+
+// CompileProgram generates machine code for p, which is validated already
+// (o.Access by p's slots, as verifier.Result gives them for its Program).
+func CompileProgram(p *bytecode.Program, o Options) (*Program, error) {
+	if err := Supported(); err != nil {
+		return nil, err
+	}
+	text, counts, err := compile(p.Slots(), o.Guard, o.Access)
 	if err != nil {
 		return nil, err
 	}
@@ -143,7 +143,7 @@ func (p *Program) entry() uint64 { return uint64(uintptr(unsafe.Pointer(&p.code[
 type Machine struct {
 	Helpers map[int32]interp.Helper
 	// MayGoto is the number of may_goto instructions that fall through in one
-	// run (0: interp.DefaultMayGoto).
+	// run (0: abi.MayGotoBudget).
 	MayGoto uint64
 
 	ctx     *execContext // in ctxMem
@@ -242,9 +242,10 @@ func (m *Machine) Close() error {
 	return err
 }
 
-// Cancel asks the running program to stop at its next cancellation point. Any
-// goroutine may call it; every Run starts by clearing the word.
-func (m *Machine) Cancel() { atomic.StoreUint32(m.term, 1) }
+// Cancel asks the running program to stop at its next cancellation point,
+// where it returns abi.ErrCancelled. Any goroutine may call it; every Run
+// starts by clearing the word.
+func (m *Machine) Cancel() { atomic.StoreUint32(m.term, abi.Terminate) }
 
 // SetTerminateWord makes the program watch the 32-bit word at w (for example
 // in memory shared with another process) instead of the Machine's own. w must
@@ -296,16 +297,16 @@ func (m *Machine) run(p *Program, ctxAddr uint64, ctx []byte) (uint64, error) {
 	c := m.ctx
 	c.regs = [11]uint64{}
 	if len(ctx) > 0 {
-		c.regs[1], c.regs[2] = ctxAddr, uint64(len(ctx))
+		c.regs[abi.RegCtx], c.regs[abi.RegCtxLen] = ctxAddr, uint64(len(ctx))
 	}
 	if len(ctx) >= 8 {
-		c.regs[3] = m.Base() + binary.LittleEndian.Uint64(ctx)&(m.size-1)
+		c.regs[abi.RegArg] = abi.EntryArg(binary.LittleEndian.Uint64(ctx), m.Base(), m.size-1)
 	}
-	c.regs[10] = m.Base() + m.scratch + stackTop
-	c.resume, c.frameOff, c.budget = p.entry(), ctxFrames, budgetEvery
+	c.regs[abi.RegFP] = m.Base() + m.scratch + stackTop
+	c.resume, c.frameOff, c.budget = p.entry(), ctxFrames, abi.BackEdgeBudget
 	c.mayGoto = m.MayGoto
 	if c.mayGoto == 0 {
-		c.mayGoto = interp.DefaultMayGoto
+		c.mayGoto = abi.MayGotoBudget
 	}
 	if m.terminated() { // a plain load; the store (an XCHG) only when needed
 		atomic.StoreUint32(m.term, 0)
@@ -322,10 +323,10 @@ func (m *Machine) run(p *Program, ctxAddr uint64, ctx []byte) (uint64, error) {
 			// stack check): yield, so that a stop-the-world or a preemption the
 			// runtime asked for happens now rather than never.
 			runtime.Gosched()
-			c.budget = budgetEvery
+			c.budget = abi.BackEdgeBudget
 		case exitHelper:
 			if m.terminated() {
-				return 0, &interp.RuntimeError{Insn: pc, Err: ErrCancelled, Detail: "at a helper call"}
+				return 0, &interp.RuntimeError{Insn: pc, Err: abi.ErrCancelled, Detail: "at a helper call"}
 			}
 			id := int32(c.exitArg)
 			h := m.Helpers[id]
@@ -338,7 +339,7 @@ func (m *Machine) run(p *Program, ctxAddr uint64, ctx []byte) (uint64, error) {
 			}
 			c.regs[0] = v
 		case exitCancel:
-			return 0, &interp.RuntimeError{Insn: pc, Err: ErrCancelled, Detail: "at a back-edge"}
+			return 0, &interp.RuntimeError{Insn: pc, Err: abi.ErrCancelled, Detail: "at a back-edge"}
 		case exitCallDepth:
 			return 0, &interp.RuntimeError{Insn: pc, Err: interp.ErrCallDepth}
 		case exitMisalign:

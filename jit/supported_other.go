@@ -3,19 +3,22 @@
 package jit
 
 import (
-	"errors"
+	"fmt"
 	"io"
 	"runtime"
 
 	"github.com/cilium/ebpf/asm"
+
+	"github.com/kflex-go/kflex/abi"
+	"github.com/kflex-go/kflex/bytecode"
 )
 
 // Supported reports whether this platform has the JIT.
 func Supported() error {
-	return errors.New("jit: no code generator for " + runtime.GOARCH + "; use jit/interp")
+	return fmt.Errorf("jit: %w: no code generator for %s; use jit/interp", abi.ErrNotSupported, runtime.GOARCH)
 }
 
-func compile([]byte, Guard, []AccessMode) ([]byte, guardCounts, error) {
+func compile([]bytecode.Slot, Guard, []AccessMode) ([]byte, guardCounts, error) {
 	return nil, guardCounts{}, Supported()
 }
 

@@ -35,11 +35,11 @@ func TestTmpReuse(t *testing.T) {
 		src := "mov %r3, 1\nmov %r4, %r1\nldxdw %r0, [%r1+0]\n" + tc.between + "\nldxdw %r2, [%r1+8]\nadd %r0, %r2\nexit"
 		insns, err := bytecode.Assemble(src)
 		require.NoError(t, err)
-		raw, err := bytecode.Encode(insns)
+		bp, err := bytecode.NewProgram(insns)
 		require.NoError(t, err)
-		modes := make([]AccessMode, len(raw)/8)
+		modes := make([]AccessMode, bp.Len())
 		modes[2], modes[4] = SanitizeInPlace, NoGuard
-		c, err := lower(raw, GuardAll, modes)
+		c, err := lower(bp.Slots(), GuardAll, modes)
 		require.NoError(t, err)
 		var second []string
 		for pc := c.starts[4]; pc < c.starts[5]; {

@@ -6,32 +6,33 @@ import (
 
 	"github.com/cilium/ebpf/asm"
 
+	"github.com/kflex-go/kflex/abi"
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/mcs"
 )
 
-// lockArgs loads mcs_lock's arguments from the context: the lock at ctx[0],
-// the node at ctx[8] (index + 1 at ctx[16]), the held bits at ctx[24] and the
-// node table at ctx[32], casting the arena pointers, which arrive in the user
-// view, as the kernel requires. It keeps the context in r9.
-const lockArgs = `
-	mov %r9, %r1
-	ldxdw %r1, [%r9+0]
-	addr_space_cast %r1, %r1, 1
-	ldxdw %r2, [%r9+8]
-	addr_space_cast %r2, %r2, 1
-	ldxdw %r3, [%r9+16]
-	ldxdw %r4, [%r9+24]
-	ldxdw %r5, [%r9+32]
-	addr_space_cast %r5, %r5, 1`
+// lockArgs loads mcs_lock's arguments from the context (the lock at ctx[0],
+// then the node, its index + 1, the held bits and the node table at abi's
+// offsets), casting the arena pointers, which arrive in the user view, as the
+// kernel requires. It keeps the context in r9.
+var lockArgs = fmt.Sprintf(`
+	mov %%r9, %%r1
+	ldxdw %%r1, [%%r9+0]
+	addr_space_cast %%r1, %%r1, 1
+	ldxdw %%r2, [%%r9+%d]
+	addr_space_cast %%r2, %%r2, 1
+	ldxdw %%r3, [%%r9+%d]
+	ldxdw %%r4, [%%r9+%d]
+	ldxdw %%r5, [%%r9+%d]
+	addr_space_cast %%r5, %%r5, 1`, abi.CtxNode, abi.CtxNodeIndex, abi.CtxHeld, abi.CtxNodeTable)
 
 // unlockArgs loads mcs_unlock's arguments from the context kept in r9.
-const unlockArgs = `
-	ldxdw %r1, [%r9+0]
-	addr_space_cast %r1, %r1, 1
-	ldxdw %r2, [%r9+8]
-	addr_space_cast %r3, %r2, 1
-	ldxdw %r2, [%r9+24]`
+var unlockArgs = fmt.Sprintf(`
+	ldxdw %%r1, [%%r9+0]
+	addr_space_cast %%r1, %%r1, 1
+	ldxdw %%r2, [%%r9+%d]
+	addr_space_cast %%r3, %%r2, 1
+	ldxdw %%r2, [%%r9+%d]`, abi.CtxNode, abi.CtxHeld)
 
 // LockProgram is what a kernel lock program does with the lock named in its
 // context (LockArgs).

@@ -7,11 +7,14 @@ import (
 	"sync"
 
 	"github.com/cilium/ebpf/asm"
+
+	"github.com/kflex-go/kflex/abi"
 )
 
 // ErrNotSupported is returned, wrapped with the missing feature, when this
-// kernel or process cannot do what was asked.
-var ErrNotSupported = errors.New("not supported")
+// kernel or process cannot do what was asked: kflex's one
+// (abi.ErrNotSupported), which the JIT and rseq wrap too.
+var ErrNotSupported = abi.ErrNotSupported
 
 // FeatureError names a missing kernel feature or privilege.
 type FeatureError struct {

@@ -12,7 +12,7 @@ import (
 	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/jit/interp"
 	"github.com/kflex-go/kflex/kernel"
-	"github.com/kflex-go/kflex/serve"
+	"github.com/kflex-go/kflex/loader"
 	"github.com/kflex-go/kflex/verifier"
 )
 
@@ -39,15 +39,17 @@ func BenchmarkExecutorsVsKernel(b *testing.B) {
 		defer bc.Kernel.Close()
 		b.Run(bc.Name, func(b *testing.B) {
 			kp, ours, want := bc.Kernel, bc.Ours, bc.Want
-			ip, err := interp.Load(ours)
+			// The runtime's pipeline (with no context or helpers): both
+			// engines from one validated program, the JIT with the
+			// verifier's guards.
+			lp, err := loader.Load(ours, loader.Options{JIT: true, Interp: true, Config: &verifier.Config{}})
 			require.NoError(b, err)
+			defer lp.Close()
 			runs := map[string]func() (uint64, error){
-				"interp": func() (uint64, error) { return im.Run(ip, nil) },
+				"interp":       func() (uint64, error) { return im.Run(lp.Interp, nil) },
+				"jit-verified": func() (uint64, error) { return jm.Run(lp.JIT, nil) },
 			}
-			res, err := verifier.Verify(ours, verifier.Config{})
-			require.NoError(b, err)
-			for name, o := range map[string]jit.Options{"jit": {Guard: jit.GuardAll},
-				"jit-verified": {Access: serve.AccessModes(res)}, "jit-unguarded": {Guard: jit.GuardNone}} {
+			for name, o := range map[string]jit.Options{"jit": {Guard: jit.GuardAll}, "jit-unguarded": {Guard: jit.GuardNone}} {
 				p, err := jit.CompileWith(ours, o)
 				require.NoError(b, err)
 				defer p.Close()

@@ -7,26 +7,25 @@ import (
 	"time"
 	"unsafe"
 
+	"github.com/kflex-go/kflex/abi"
 	"github.com/kflex-go/kflex/heap"
 	"github.com/kflex-go/kflex/internal/sys/futex"
 )
 
-// HelperWake is the helper number the bytecode lock calls to wake a Go waiter
-// parked on a futex (r1: the address of the 32-bit word). Executors that have
-// no such helper (the kernel) leave the waiter to its parking timeout.
-const HelperWake = 0x4b460001 // "KF" 0001
-
-// HelperSliceYield is the helper the bytecode lock calls after unlocking when
-// the kernel extended its thread's time slice: it must give the CPU back
-// (rseq_slice_yield), which bytecode cannot do itself.
-const HelperSliceYield = 0x4b460002
-
-// HelperRelax is called by the bytecode lock every RelaxEvery spins: the
-// executor gives its CPU to others (in kflex's runtime, a goroutine holding the
-// lock may be waiting for it). An executor without it spins on.
+// The helpers the bytecode lock calls (abi's numbers): HelperWake wakes a Go
+// waiter parked on a futex (r1: the address of the 32-bit word; executors
+// that have no such helper, the kernel, leave the waiter to its parking
+// timeout); HelperSliceYield gives the CPU back after unlocking when the
+// kernel extended the thread's time slice (rseq_slice_yield, which bytecode
+// cannot do itself); HelperRelax is called every RelaxEvery spins, so that
+// the executor gives its CPU to others (in kflex's runtime, a goroutine
+// holding the lock may be waiting for it). An executor without HelperRelax
+// spins on.
 const (
-	HelperRelax = 0x4b460003
-	RelaxEvery  = 256
+	HelperWake       = abi.HelperWake
+	HelperSliceYield = abi.HelperSliceYield
+	HelperRelax      = abi.HelperRelax
+	RelaxEvery       = 256
 )
 
 // target says where bytecode lock code will run, which decides what it may
@@ -137,11 +136,14 @@ func lockText(t target, d time.Duration) string {
 		case len(f) > 0 && f[0] == "@deadline":
 			fmt.Fprintf(&b, "%s\n\tadd %%r0, %d\n\tstxdw [%%r10-48], %%r0\n", saveArgs("\tcall 5"), min(d.Nanoseconds(), 1<<31-1))
 		default:
-			b.WriteString(line)
+			b.WriteString(helperNames.Replace(line))
 		}
 	}
 	return b.String()
 }
+
+// helperNames puts the helpers' numbers in the template's calls.
+var helperNames = strings.NewReplacer("@wake", fmt.Sprintf("%#x", HelperWake), "@slice_yield", fmt.Sprintf("%#x", HelperSliceYield))
 
 // saveArgs wraps a helper call made inside mcs_lock, keeping mcs_lock's
 // arguments r1-r5 (which a call clobbers) in its stack frame.
@@ -162,7 +164,8 @@ func saveArgs(call string) string {
 // ends a wait loop (Runtime: relax every RelaxEvery rounds and go on; Kernel:
 // check the deadline and may_goto, to TIMEOUT when either runs out); "@retry
 // LOOP STUCK" goes back to a compare-and-swap loop (Kernel: bounded by
-// may_goto); "@deadline" sets the kernel form's deadline at [r10-48].
+// may_goto); "@deadline" sets the kernel form's deadline at [r10-48]; "call
+// @wake" and "call @slice_yield" call HelperWake and HelperSliceYield.
 //
 // Registers in mcs_lock after the fast path: r6-r9 and r0 are scratch; r4,
 // once the lock is taken, is the result to return (0, or KernelTimedOut for a
@@ -271,7 +274,7 @@ mcs_lock_grant:
 	mov %r9, %r4
 	mov %r1, %r7
 	add %r1, 4
-	call 0x4b460001
+	call @wake
 	mov %r2, %r8
 	mov %r4, %r9
 @end
@@ -354,7 +357,7 @@ mcs_unlock_released:
 @only runtime
 	and %r6, 12
 	jne %r6, 4, mcs_unlock_slice
-	call 0x4b460001
+	call @wake
 @end
 mcs_unlock_slice:
 @only runtime
@@ -363,7 +366,7 @@ mcs_unlock_slice:
 	stb [%r6+0], 0
 	ldxb %r7, [%r6+1]
 	jeq %r7, 0, mcs_unlock_done
-	call 0x4b460002
+	call @slice_yield
 @end
 mcs_unlock_done:
 	mov %r0, 0

@@ -10,6 +10,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/kflex-go/kflex/abi"
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/jit/interp"
@@ -17,9 +18,9 @@ import (
 
 // lockCall and unlockCall call the bytecode lock on the lock whose address
 // is the context's first word (lockCtx).
-const (
-	lockCall   = "\n\tldxdw %r1, [%r9+0]" + LockCall
-	unlockCall = "\n\tldxdw %r1, [%r9+0]" + UnlockCall
+var (
+	lockCall   = "\n\tldxdw %r1, [%r9+0]" + abi.LockCall
+	unlockCall = "\n\tldxdw %r1, [%r9+0]" + abi.UnlockCall
 )
 
 // lockCtx is the context of programs using lockCall on the lock at off with

@@ -1,7 +1,6 @@
 package rseq
 
 import (
-	"errors"
 	"fmt"
 	"os"
 	"strconv"
@@ -10,6 +9,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kflex-go/kflex/abi"
 )
 
 // Features describes what this kernel and process offer.
@@ -213,8 +214,9 @@ func getcpu() int {
 	return int(cpu)
 }
 
-// ErrNotSupported is wrapped by errors about missing kernel features.
-var ErrNotSupported = errors.New("not supported")
+// ErrNotSupported is wrapped by errors about missing kernel features: kflex's
+// one (abi.ErrNotSupported).
+var ErrNotSupported = abi.ErrNotSupported
 
 // HaveSliceExtension returns nil where the slice extension works, else an error
 // naming what is missing that wraps ErrNotSupported.

@@ -14,7 +14,7 @@ import (
 	"github.com/kflex-go/kflex/internal/benchprog"
 	"github.com/kflex-go/kflex/internal/testutil"
 	"github.com/kflex-go/kflex/jit"
-	"github.com/kflex-go/kflex/serve"
+	"github.com/kflex-go/kflex/loader"
 	"github.com/kflex-go/kflex/verifier"
 )
 
@@ -24,7 +24,7 @@ const dataOff = 256 << 10
 // with the verifier's findings (sanitize once, then unguarded), and with no
 // guards; all three must compute the expected result. The data structure's
 // address comes as the runtime passes a pointer argument: the context's first
-// word, which the engine puts in r3 masked into the sandbox (serve.VerifierConfig).
+// word, which the engine puts in r3 masked into the sandbox (loader.Config).
 func corpus(t testing.TB, m *jit.Machine, bc benchprog.Program) (progs [3]*jit.Program, ctx []byte, elided, total int) {
 	insns, err := bytecode.Assemble(bc.Uncast())
 	require.NoError(t, err)
@@ -38,8 +38,8 @@ func corpus(t testing.TB, m *jit.Machine, bc benchprog.Program) (progs [3]*jit.P
 	}
 	res, err := verifier.Verify(insns, verifier.Config{CtxSize: len(ctx), EntryArg: true})
 	require.NoError(t, err, bc.Name)
-	for i, o := range []jit.Options{{Guard: jit.GuardAll}, {Access: serve.AccessModes(res)}, {Guard: jit.GuardNone}} {
-		p, err := jit.CompileWith(insns, o)
+	for i, o := range []jit.Options{{Guard: jit.GuardAll}, {Access: loader.AccessModes(res)}, {Guard: jit.GuardNone}} {
+		p, err := jit.CompileProgram(res.Program, o)
 		require.NoError(t, err)
 		progs[i] = p
 		r0, err := m.Run(p, ctx)
@@ -123,12 +123,10 @@ func TestForgedSpillStaysInSandbox(t *testing.T) {
 		ldxdw %%r0, [%%r2+0]
 		exit`, addr))
 	require.NoError(t, err)
-	res, err := verifier.Verify(insns, verifier.Config{})
-	require.NoError(t, err)
-	p, err := jit.CompileWith(insns, jit.Options{Access: serve.AccessModes(res)})
+	p, err := loader.Load(insns, loader.Options{JIT: true, Config: &verifier.Config{}})
 	require.NoError(t, err)
 	defer p.Close()
-	r0, err := m.Run(p, nil)
+	r0, err := m.Run(p.JIT, nil)
 	require.NoError(t, err)
 	require.NotEqual(t, *secret, r0, "the extension read memory outside its sandbox")
 	runtime.KeepAlive(secret)

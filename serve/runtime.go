@@ -1,9 +1,9 @@
 // Package serve is kflex's extension runtime: a process that owns a heap, loads
-// extension programs, verifies and compiles them (guards stay only on accesses
-// the verifier cannot place in the stack or the context) and runs them on a
-// pool of executors for
-// the processes attached to it over a unix socket (the protocol is package
-// internal/sys/wire; userspace.Dial is the client side).
+// extension programs, verifies and compiles them through loader's pipeline
+// (guards stay only on accesses the verifier cannot place in the stack or the
+// context) and runs them on a pool of executors for the processes attached to
+// it over a unix socket (the protocol is package internal/sys/wire;
+// userspace.Dial is the client side).
 //
 // Layer 6 (serve, kernel): the runtime, above the engines and the lock; only
 // the harnesses and the commands import it.
@@ -22,56 +22,25 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"golang.org/x/sys/unix"
 
+	"github.com/kflex-go/kflex/abi"
 	"github.com/kflex-go/kflex/heap"
 	"github.com/kflex-go/kflex/internal/sys/wire"
 	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/jit/interp"
+	"github.com/kflex-go/kflex/loader"
 	"github.com/kflex-go/kflex/mcs"
 	"github.com/kflex-go/kflex/rseq"
-	"github.com/kflex-go/kflex/verifier"
 )
 
-// Helpers every extension may call, by number.
+// Helpers every extension may call, by number (abi's).
 const (
-	HelperAlloc = 0x4b460010 // r1 = size → r0 = pointer (runtime view) or 0
-	HelperFree  = 0x4b460011 // r1 = pointer → r0 = 0, or 1 if not the allocator's
-	HelperTime  = 0x4b460012 // → r0 = monotonic nanoseconds
-	HelperCPU   = 0x4b460013 // → r0 = the executor's CPU
-	HelperTrace = 0x4b460014 // r1 = value: written to the runtime's trace output
-	HelperWake  = mcs.HelperWake
+	HelperAlloc = abi.HelperAlloc
+	HelperFree  = abi.HelperFree
+	HelperTime  = abi.HelperTime
+	HelperCPU   = abi.HelperCPU
+	HelperTrace = abi.HelperTrace
+	HelperWake  = abi.HelperWake
 )
-
-// AccessModes turns the verifier's findings into the JIT's guard choices.
-func AccessModes(res *verifier.Result) []jit.AccessMode {
-	modes := make([]jit.AccessMode, len(res.Access))
-	for i, acc := range res.Access {
-		switch acc {
-		case verifier.StackAccess, verifier.CtxAccess, verifier.HeapChecked:
-			modes[i] = jit.NoGuard
-		case verifier.HeapSanitize:
-			modes[i] = jit.SanitizeInPlace
-		}
-	}
-	return modes
-}
-
-// Prototypes are the helpers an extension may call, as the verifier checks
-// them. Their arguments are numbers (a heap address is one; each helper
-// handles 0): the engine's own addresses, of the context and the frame, are
-// refused.
-func Prototypes() map[int32]verifier.Helper {
-	number := []verifier.Param{verifier.ParamNumber}
-	return map[int32]verifier.Helper{
-		HelperAlloc:          {Name: "alloc", Args: 1, Params: number, HeapOrNull: true},
-		HelperFree:           {Name: "free", Args: 1, Params: number},
-		HelperTime:           {Name: "time"},
-		HelperCPU:            {Name: "cpu"},
-		HelperTrace:          {Name: "trace", Args: 1, Params: number},
-		HelperWake:           {Name: "wake", Args: 1, Params: number},
-		mcs.HelperSliceYield: {Name: "slice_yield"},
-		mcs.HelperRelax:      {Name: "relax"},
-	}
-}
 
 // Runtime runs extensions on a heap it is attached to.
 type Runtime struct {
@@ -145,26 +114,16 @@ func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runti
 		rt.shareFD, rt.kind = o.ArenaFD, wire.HeapArena
 	}
 	for name, insns := range progs {
-		res, err := verifier.Verify(insns, VerifierConfig())
+		p, err := loader.Load(insns, loader.Options{JIT: o.JIT > 0, Interp: o.Interpreted > 0})
 		if err != nil {
 			rt.Close()
 			return nil, fmt.Errorf("serve: program %s: %w", name, err)
 		}
-		if o.JIT > 0 {
-			p, err := jit.CompileWith(insns, jit.Options{Access: AccessModes(res)})
-			if err != nil {
-				rt.Close()
-				return nil, fmt.Errorf("serve: program %s: %w", name, err)
-			}
-			rt.progs[name] = p
+		if p.JIT != nil {
+			rt.progs[name] = p.JIT
 		}
-		if o.Interpreted > 0 {
-			p, err := interp.Load(insns)
-			if err != nil {
-				rt.Close()
-				return nil, fmt.Errorf("serve: program %s: %w", name, err)
-			}
-			rt.iprogs[name] = p
+		if p.Interp != nil {
+			rt.iprogs[name] = p.Interp
 		}
 	}
 	for i := range n {
@@ -271,11 +230,11 @@ func (rt *Runtime) helpers() map[int32]interp.Helper {
 		HelperWake: func(_ interp.Memory, addr, _, _, _, _ uint64) (uint64, error) {
 			return 0, mcs.WakeHelper(addr)
 		},
-		mcs.HelperRelax: func(interp.Memory, uint64, uint64, uint64, uint64, uint64) (uint64, error) {
+		abi.HelperRelax: func(interp.Memory, uint64, uint64, uint64, uint64, uint64) (uint64, error) {
 			runtime.Gosched()
 			return 0, nil
 		},
-		mcs.HelperSliceYield: func(interp.Memory, uint64, uint64, uint64, uint64, uint64) (uint64, error) {
+		abi.HelperSliceYield: func(interp.Memory, uint64, uint64, uint64, uint64, uint64) (uint64, error) {
 			rt.yields.Add(1)
 			rseq.Yield()
 			return 0, nil
@@ -285,46 +244,19 @@ func (rt *Runtime) helpers() map[int32]interp.Helper {
 
 var start = time.Now()
 
-// The context an extension gets in r1 (r2 = its length): the caller's
-// argument, then what the bytecode lock (mcs.BytecodeLock) needs, all
-// addresses in the runtime's view. r3 holds the argument as an address in
-// the heap (masked into it by the engine): an extension that takes a pointer
-// argument uses r3, whose accesses need no guard within reach of the guard
-// regions, rather than loading the word and having it sanitized.
-const (
-	CtxArg       = 0                 // u64: the invoker's argument
-	CtxNode      = mcs.CallNode      // u64: this executor's queue node
-	CtxNodeIndex = mcs.CallNodeIndex // u64: its index + 1 (mcs_lock's r3)
-	CtxHeld      = mcs.CallHeld      // u64: the held bits for mcs_lock and mcs_unlock
-	CtxNodeTable = mcs.CallNodeTable // u64: the node table
-	CtxDataLen   = 40                // u64: bytes of data at the argument (a datagram, ServeUDP), else 0
-	CtxSize      = 48
-)
-
-// VerifierConfig is the environment the runtime verifies extensions for: its
-// context, its helpers, the pointer argument in r3 and the bytecode lock's
-// subprograms, whose locks must be released on every path.
-func VerifierConfig() verifier.Config {
-	return verifier.Config{CtxSize: CtxSize, CtxFields: CtxFields, Helpers: Prototypes(), EntryArg: true,
-		LockFunc: "mcs_lock", UnlockFunc: "mcs_unlock"}
-}
-
-// CtxFields is the context's layout for the verifier: whole words, read-only
-// (the runtime fills the context for every run; an extension that wants
-// scratch space has its stack and the heap).
-var CtxFields = []verifier.CtxField{
-	{Name: "arg", Off: CtxArg, Size: 8}, {Name: "node", Off: CtxNode, Size: 8},
-	{Name: "node_index", Off: CtxNodeIndex, Size: 8}, {Name: "held", Off: CtxHeld, Size: 8},
-	{Name: "node_table", Off: CtxNodeTable, Size: 8}, {Name: "data_len", Off: CtxDataLen, Size: 8},
-}
+// The context an extension gets in r1 (r2 = its length) has abi's layout
+// (abi.Context). r3 holds the argument as an address in the heap (masked into
+// it by the engine): an extension that takes a pointer argument uses r3, whose
+// accesses need no guard within reach of the guard regions, rather than
+// loading the word and having it sanitized.
 
 // LockCall and UnlockCall are the bytecode an extension uses to call the
 // bytecode lock (mcs.BytecodeLock, appended to its program) on the lock whose
-// address is in r1, with the runtime context kept in r9 (mcs.LockCall). They
+// address is in r1, with the runtime context kept in r9 (abi.LockCall). They
 // clobber r0-r5.
-const (
-	LockCall   = mcs.LockCall
-	UnlockCall = mcs.UnlockCall
+var (
+	LockCall   = abi.LockCall
+	UnlockCall = abi.UnlockCall
 )
 
 // Invoke runs program name on a free executor with arg in its context and
@@ -347,14 +279,9 @@ func (rt *Runtime) invoke(e *executor, name string, arg, dataLen uint64) (uint64
 		return 0, fmt.Errorf("no program %q", name)
 	}
 	p, ip := rt.progs[name], rt.iprogs[name]
-	ctx := make([]byte, CtxSize)
 	hb := rt.h.Base()
-	putU64(ctx[CtxArg:], arg)
-	putU64(ctx[CtxNode:], hb+e.node.Off)
-	putU64(ctx[CtxNodeIndex:], uint64(e.node.Index)+1)
-	putU64(ctx[CtxHeld:], mcs.Held(rt.proc.Slot()))
-	putU64(ctx[CtxNodeTable:], hb+rt.h.Header().NodeOff)
-	putU64(ctx[CtxDataLen:], dataLen)
+	ctx := abi.Context{Arg: arg, Node: hb + e.node.Off, NodeIndex: uint64(e.node.Index) + 1,
+		Held: mcs.Held(rt.proc.Slot()), NodeTable: hb + rt.h.Header().NodeOff, DataLen: dataLen}.Bytes()
 	if e.im != nil {
 		return e.im.Run(ip, ctx)
 	}

@@ -16,7 +16,7 @@ import (
 	"github.com/kflex-go/kflex/internal/testutil"
 	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/jit/interp"
-	"github.com/kflex-go/kflex/serve"
+	"github.com/kflex-go/kflex/loader"
 	"github.com/kflex-go/kflex/verifier"
 )
 
@@ -177,15 +177,14 @@ func (o *sandboxOracle) check(t testing.TB, data []byte) bool {
 	src := pointerGame(data, canaryAddr)
 	insns, err := bytecode.Assemble(src)
 	require.NoError(t, err, src)
-	res, err := verifier.Verify(insns, verifier.Config{CtxSize: len(o.ctx), EntryArg: true,
-		Helpers: map[int32]verifier.Helper{1: {Name: "alloc", Args: 1, HeapOrNull: true}}})
+	lp, err := loader.Load(insns, loader.Options{JIT: true, Config: &verifier.Config{CtxSize: len(o.ctx), EntryArg: true,
+		Helpers: map[int32]verifier.Helper{1: {Name: "alloc", Args: 1, HeapOrNull: true}}}})
 	if err != nil {
 		require.ErrorIs(t, err, verifier.ErrRejected)
 		return false
 	}
-	p, err := jit.CompileWith(insns, jit.Options{Access: serve.AccessModes(res)})
-	require.NoError(t, err)
-	defer p.Close()
+	defer lp.Close()
+	p := lp.JIT
 
 	sb := o.m.Sandbox()
 	copy(sb, o.initial)

@@ -23,6 +23,7 @@ import (
 	"github.com/kflex-go/kflex/internal/testutil"
 	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/kernel"
+	"github.com/kflex-go/kflex/loader"
 	"github.com/kflex-go/kflex/mcs"
 	"github.com/kflex-go/kflex/rseq"
 	"github.com/kflex-go/kflex/serve"
@@ -386,7 +387,7 @@ func TestVerifiedAtLoad(t *testing.T) {
 	assert.Regexp(t, `exit with 1 lock\(s\) held|different numbers of locks`, err.Error())
 	// The counter's critical section has no cancellation point; the lock's
 	// own spin loops do, holding nothing in their frame.
-	res, err := verifier.Verify(programs(t)["counter"], serve.VerifierConfig())
+	res, err := verifier.Verify(programs(t)["counter"], loader.Config())
 	require.NoError(t, err)
 	require.NotEmpty(t, res.CancelTable)
 	for _, c := range res.CancelTable {
@@ -401,7 +402,7 @@ func TestPointerArgument(t *testing.T) {
 	f := start(t)
 	insns, err := bytecode.Assemble("ldxdw %r0, [%r3+8]\nexit")
 	require.NoError(t, err)
-	res, err := verifier.Verify(insns, serve.VerifierConfig())
+	res, err := verifier.Verify(insns, loader.Config())
 	require.NoError(t, err)
 	require.Equal(t, verifier.HeapChecked, res.Access[0], "the argument needs no guard")
 	*f.h.Uint64(f.lock + 8) = 77
@@ -430,7 +431,7 @@ func TestAllocatedObject(t *testing.T) {
 	out:
 		exit`, serve.HelperAlloc))
 	require.NoError(t, err)
-	res, err := verifier.Verify(insns, serve.VerifierConfig())
+	res, err := verifier.Verify(insns, loader.Config())
 	require.NoError(t, err)
 	assert.Equal(t, [2]verifier.Access{verifier.HeapChecked, verifier.HeapChecked}, [2]verifier.Access(res.Access[3:5]))
 	for _, o := range []serve.Options{{JIT: 1}, {Interpreted: 1}} {

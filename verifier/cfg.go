@@ -45,18 +45,29 @@ type CFG struct {
 	HelperCalls []int
 }
 
-// BuildCFG builds the graph of a validated program and rejects what no path
+// BuildCFG validates insns and builds their graph (buildCFG).
+func BuildCFG(insns asm.Instructions) (*CFG, error) {
+	p, err := bytecode.NewProgram(insns)
+	if err != nil {
+		return nil, rejection(err)
+	}
+	return buildCFG(p)
+}
+
+// rejection is a validation error as the verifier reports it: an *Error.
+func rejection(err error) error {
+	var be *bytecode.Error
+	if errors.As(err, &be) {
+		return reject(be.Insn, "%s", be.Reason)
+	}
+	return err
+}
+
+// buildCFG builds the graph of a validated program and rejects what no path
 // analysis should see: code no path reaches, jumps from one subprogram into
 // another.
-func BuildCFG(insns asm.Instructions) (*CFG, error) {
-	if err := bytecode.Validate(insns); err != nil {
-		var be *bytecode.Error
-		if errors.As(err, &be) {
-			return nil, reject(be.Insn, "%s", be.Reason)
-		}
-		return nil, err
-	}
-	start, total := bytecode.Slots(insns)
+func buildCFG(p *bytecode.Program) (*CFG, error) {
+	insns, start, total := p.Instructions(), p.Starts(), p.Len()
 	g := &CFG{Succ: make([][]int, total), Subprogs: []int{0}, Calls: map[int]int{}}
 	isSub := map[int]bool{0: true}
 	for i, ins := range insns {

@@ -4,6 +4,8 @@ import (
 	"fmt"
 	"math"
 	"math/bits"
+
+	"github.com/kflex-go/kflex/abi"
 )
 
 // Kind is what a register or stack slot holds, as far as the analysis knows.
@@ -152,7 +154,7 @@ func widen(lo, hi int64) (int64, int64) {
 }
 
 // frameSize is the eBPF stack frame.
-const frameSize = 512
+const frameSize = abi.StackSize
 
 // State is the abstract machine at one instruction: registers and the current
 // frame's stack, byte by byte initialised or not.
@@ -166,7 +168,7 @@ const frameSize = 512
 // forged slot can never steer an unguarded access.
 type State struct {
 	Regs [11]Reg
-	Init [frameSize / 64]uint64 // bit i: byte (frame top - 512 + i) written
+	Init [frameSize / 64]uint64 // bit i: byte (frame top - frameSize + i) written
 	// Locks taken in this frame and not released (Config.LockFunc);
 	// locksDiffer where paths meet with different counts.
 	Locks    uint8
@@ -254,10 +256,10 @@ func (s *State) joinInto(o *State, useful []bool) bool {
 // caller's arguments, r10 the frame top, nothing else.
 func entry(main bool, ctxSize int) State {
 	var s State
-	s.Regs[10] = Reg{Kind: PtrStack}
+	s.Regs[abi.RegFP] = Reg{Kind: PtrStack}
 	if main {
-		s.Regs[1] = Reg{Kind: PtrCtx}
-		s.Regs[2] = scalar(Const(uint64(ctxSize)))
+		s.Regs[abi.RegCtx] = Reg{Kind: PtrCtx}
+		s.Regs[abi.RegCtxLen] = scalar(Const(uint64(ctxSize)))
 	}
 	return s
 }

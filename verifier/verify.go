@@ -8,6 +8,7 @@ import (
 
 	"github.com/cilium/ebpf/asm"
 
+	"github.com/kflex-go/kflex/abi"
 	"github.com/kflex-go/kflex/bytecode"
 )
 
@@ -90,6 +91,8 @@ const (
 
 // Result is a verified program's analysis.
 type Result struct {
+	// Program is the program verified: the findings below are by its slots.
+	Program        *bytecode.Program
 	CFG            *CFG
 	Access         []Access // per slot, for memory instructions
 	InsnsProcessed int      // instruction visits until the fixpoint
@@ -115,32 +118,59 @@ type CancelPoint struct {
 	LockRegs []int
 }
 
-// Verify checks insns for cfg and returns its analysis, or an *Error naming the
-// first instruction found at fault, with the abstract registers there in its
-// Log.
+// Verify validates insns (bytecode.NewProgram, its errors reported as an
+// *Error) and verifies them: VerifyProgram.
 func Verify(insns asm.Instructions, cfg Config) (*Result, error) {
-	a, err := newAnalysis(insns, cfg)
+	cfg = cfg.withDefaults()
+	slots := 0
+	for i := range insns {
+		slots += int(insns[i].Width())
+	}
+	if err := cfg.checkSize(slots); err != nil { // before anything is built for it
+		return nil, err
+	}
+	p, err := bytecode.NewProgram(insns)
+	if err != nil {
+		return nil, rejection(err)
+	}
+	return VerifyProgram(p, cfg)
+}
+
+// VerifyProgram checks p for cfg and returns its analysis, whose Program is p
+// (the form the engines compile with the Result's findings), or an *Error
+// naming the first instruction found at fault, with the abstract registers
+// there in its Log.
+func VerifyProgram(p *bytecode.Program, cfg Config) (*Result, error) {
+	cfg = cfg.withDefaults()
+	if err := cfg.checkSize(p.Len()); err != nil {
+		return nil, err
+	}
+	g, err := buildCFG(p)
 	if err != nil {
 		return nil, err
 	}
-	r, err := a.run()
+	r, err := newAnalysis(p, g, cfg).run()
 	var e *Error
 	if errors.As(err, &e) && !strings.HasPrefix(e.Reason, "program too complex") {
 		// The analysis kept states at join points only; the log shows the
 		// registers before every instruction of the path. On a rejection,
 		// analyse again keeping every state, and take its log if it fails
 		// at the same instruction.
-		full, _ := newAnalysis(insns, cfg)
+		full := newAnalysis(p, g, cfg)
 		full.keepAll = true
 		var fe *Error
 		if _, ferr := full.run(); errors.As(ferr, &fe) && fe.Insn == e.Insn {
 			e.Log = fe.Log
 		}
 	}
+	if r != nil {
+		r.Program = p
+	}
 	return r, err
 }
 
-func newAnalysis(insns asm.Instructions, cfg Config) (*analysis, error) {
+// withDefaults fills in the limits cfg leaves 0.
+func (cfg Config) withDefaults() Config {
 	if cfg.MaxInsns == 0 {
 		cfg.MaxInsns = 1_000_000
 	}
@@ -150,24 +180,19 @@ func newAnalysis(insns asm.Instructions, cfg Config) (*analysis, error) {
 	if cfg.MaxSlots == 0 {
 		cfg.MaxSlots = 1 << 20
 	}
-	slots := 0
-	for i := range insns {
-		slots += int(insns[i].Width())
+	return cfg
+}
+
+// checkSize rejects a program of more than MaxSlots slots.
+func (cfg Config) checkSize(slots int) error {
+	if slots > cfg.MaxSlots {
+		return reject(cfg.MaxSlots, "program too large: %d instructions (at most %d)", slots, cfg.MaxSlots)
 	}
-	if slots > cfg.MaxSlots { // before anything else is built for it
-		return nil, reject(cfg.MaxSlots, "program too large: %d instructions (at most %d)", slots, cfg.MaxSlots)
-	}
-	g, err := BuildCFG(insns)
-	if err != nil {
-		return nil, err
-	}
-	raw, err := bytecode.Encode(insns)
-	if err != nil {
-		return nil, err
-	}
-	start, _ := bytecode.Slots(insns)
-	a := &analysis{cfg: cfg, g: g, slots: bytecode.DecodeSlots(raw), insns: insns, start: start}
-	return a, nil
+	return nil
+}
+
+func newAnalysis(p *bytecode.Program, g *CFG, cfg Config) *analysis {
+	return &analysis{cfg: cfg, g: g, slots: p.Slots(), insns: p.Instructions(), start: p.Starts()}
 }
 
 // The analysis keeps a state only where it must: where paths meet (a join
@@ -254,7 +279,7 @@ func (a *analysis) run() (*Result, error) {
 	a.cur = -1
 	main := entry(true, a.cfg.CtxSize)
 	if a.cfg.EntryArg && a.cfg.CtxSize >= 8 {
-		main.Regs[3] = heapPointer(false, 0)
+		main.Regs[abi.RegArg] = heapPointer(false, 0)
 	}
 	a.flow(0, &main)
 	processed := 0

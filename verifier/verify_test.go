@@ -473,24 +473,28 @@ func soundness(t *testing.T, data []byte) (accepted bool) {
 			insns = raw
 		}
 	}
-	cfg := Config{CtxSize: len(ctx), Helpers: testConfig.Helpers}
-	n, err := newAnalysis(insns, cfg)
+	cfg := Config{CtxSize: len(ctx), Helpers: testConfig.Helpers}.withDefaults()
+	prog, err := bytecode.NewProgram(insns)
 	if err != nil {
 		return false
 	}
+	g, err := buildCFG(prog)
+	if err != nil {
+		return false
+	}
+	n := newAnalysis(prog, g, cfg)
 	r, err := n.run()
 	if err != nil {
 		return false
 	}
 	// The same analysis keeping every state, for the register oracle; the
 	// result above (join points only) must have reached every slot it does.
-	a, err := newAnalysis(insns, cfg)
-	require.NoError(t, err)
+	a := newAnalysis(prog, g, cfg)
 	a.keepAll = true
 	if _, err := a.run(); err != nil {
 		t.Fatalf("accepted keeping join states, rejected keeping all: %v\n%v", err, insns)
 	}
-	p, err := interp.Load(insns)
+	p, err := interp.Prepare(prog)
 	if err != nil {
 		return true // the interpreter has its own limits (lddw pseudo sources)
 	}

@@ -7,7 +7,8 @@ import (
 	"io"
 	"strings"
 
-	"github.com/kflex-go/kflex/serve"
+	"github.com/kflex-go/kflex/abi"
+	"github.com/kflex-go/kflex/loader"
 	"github.com/kflex-go/kflex/verifier"
 )
 
@@ -55,7 +56,7 @@ accepted, error {insn, reason}, log, insns_processed, states, peak_states,
 guards_total, guards_elided, cancel_points, cancel_table [{slot, locks,
 lock_regs}]. Exits 1 when the program is rejected.`, out)
 	asJSON := fs.Bool("json", false, "print one JSON object")
-	ctxSize := fs.Int("ctx-size", serve.CtxSize, "bytes of context r1 points to")
+	ctxSize := fs.Int("ctx-size", abi.CtxSize, "bytes of context r1 points to")
 	if err := parse(fs, args, 1); err != nil {
 		return err
 	}
@@ -63,11 +64,15 @@ lock_regs}]. Exits 1 when the program is rejected.`, out)
 	if err != nil {
 		return err
 	}
-	cfg := serve.VerifierConfig()
-	if *ctxSize != serve.CtxSize {
+	cfg := loader.Config()
+	if *ctxSize != abi.CtxSize {
 		cfg.CtxSize, cfg.CtxFields = *ctxSize, nil // not the runtime's context: no layout to hold it to
 	}
-	res, verr := verifier.Verify(insns, cfg)
+	var res *verifier.Result
+	p, verr := loader.Load(insns, loader.Options{Config: &cfg})
+	if verr == nil {
+		res = p.Verified
+	}
 	rep := verifyReport{Accepted: verr == nil, CancelPoints: []int{}, CancelTable: []cancelRow{}}
 	var ve *verifier.Error
 	switch {

@@ -1,15 +1,16 @@
 // Package interp is kflex's portable eBPF interpreter: the reference the JIT is
 // checked against, and the executor on architectures without a JIT.
 //
-// Layer 3 (userspace, jit/amd64, jit/interp): it stands on bytecode alone.
+// Layer 3 (userspace, jit/amd64, jit/interp): it stands on bytecode and abi.
 //
-// A Program is bytecode validated and pre-decoded into one entry per instruction
-// slot, so the dispatch loop does no decoding and no allocation. A Machine holds
-// what one executing thread needs: eight 512-byte stack frames, the memory
-// regions a program may touch (its stack, its context, and the heap when one is
-// attached), and the helpers it may call. Every load and store is checked
+// A Program is bytecode validated (a bytecode.Program: Prepare) and pre-decoded
+// into one entry per instruction slot, so the dispatch loop does no decoding and
+// no allocation. A Machine holds what one executing thread needs: its stack
+// frames (abi.MaxFrames of abi.StackSize bytes), the memory regions a program
+// may touch (its stack, its context, and the heap when one is attached), and
+// the helpers it may call. Every load and store is checked
 // against those regions; an access outside them, a call to a missing helper, a
-// call chain deeper than eight frames or running past the instruction budget
+// call chain deeper than abi.MaxFrames or running past the instruction budget
 // stops the program with a *RuntimeError naming the instruction. Nothing a
 // program does panics the caller.
 //

@@ -13,6 +13,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/kflex-go/kflex/abi"
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/internal/isatest"
 	"github.com/kflex-go/kflex/internal/testutil"
@@ -155,7 +156,7 @@ func TestCancel(t *testing.T) {
 	m.Cancel()
 	select {
 	case err := <-done:
-		require.ErrorIs(t, err, interp.ErrCancelled)
+		require.ErrorIs(t, err, abi.ErrCancelled)
 		var re *interp.RuntimeError
 		require.ErrorAs(t, err, &re)
 		assert.Equal(t, 2, re.Insn)

@@ -8,35 +8,23 @@ import (
 	"runtime"
 	"sync/atomic"
 	"unsafe"
+
+	"github.com/kflex-go/kflex/abi"
 )
 
-// Limits of one execution.
-const (
-	StackSize = 512 // bytes per frame
-	MaxFrames = 8   // the main program and up to seven nested calls
-	// DefaultMayGoto is how many may_goto instructions fall through before one
-	// is taken: the bound the kernel used before it became timed (BPF_MAX_LOOPS).
-	DefaultMayGoto = 8 << 20
-)
-
-// Errors a program can stop with, wrapped in a *RuntimeError.
+// Errors a program can stop with, wrapped in a *RuntimeError; a cancelled
+// one stops with abi.ErrCancelled, as in the JIT.
 var (
 	ErrOutOfBounds  = errors.New("memory access outside the program's regions")
 	ErrReadOnly     = errors.New("store to read-only memory")
 	ErrMisaligned   = errors.New("misaligned atomic access")
-	ErrCallDepth    = errors.New("call depth exceeds 8 frames")
+	ErrCallDepth    = fmt.Errorf("call depth exceeds %d frames", abi.MaxFrames)
 	ErrNoHelper     = errors.New("call to unknown helper")
 	ErrInsnLimit    = errors.New("instruction budget exhausted")
 	ErrFellOff      = errors.New("execution fell off the end of the program")
 	ErrNoHeap       = errors.New("addr_space_cast without an attached heap")
 	ErrHelperFailed = errors.New("helper failed")
-	ErrCancelled    = errors.New("cancelled")
 )
-
-// BackEdgesPerYield is how many backward jumps a run takes between yields to
-// the Go scheduler (and checks of the terminate word): a program spinning on a
-// lock must leave the CPU to the goroutine that holds it.
-const BackEdgesPerYield = 1 << 16
 
 // RuntimeError stops a program: which instruction, and why.
 type RuntimeError struct {
@@ -87,7 +75,7 @@ type Machine struct {
 	// MaxInsns stops a run after this many instructions (0: no limit).
 	MaxInsns uint64
 	// MayGoto is the number of may_goto instructions that fall through in one
-	// run before one jumps (0: DefaultMayGoto).
+	// run before one jumps (0: abi.MayGotoBudget).
 	MayGoto uint64
 	// Executed counts instructions run by the last Run.
 	Executed uint64
@@ -103,15 +91,15 @@ type Machine struct {
 
 // NewMachine returns a Machine with its own stack frames.
 func NewMachine() *Machine {
-	m := &Machine{stack: make([]byte, StackSize*MaxFrames)}
+	m := &Machine{stack: make([]byte, abi.StackSize*abi.MaxFrames)}
 	m.regions[regStack] = region{start: uint64(uintptr(unsafe.Pointer(&m.stack[0]))),
 		size: uint64(len(m.stack)), base: unsafe.Pointer(&m.stack[0]), writable: true}
 	return m
 }
 
 // Cancel asks the running program to stop at its next backward jump; it then
-// returns ErrCancelled. Any goroutine may call it; every Run clears it.
-func (m *Machine) Cancel() { atomic.StoreUint32(&m.term, 1) }
+// returns abi.ErrCancelled. Any goroutine may call it; every Run clears it.
+func (m *Machine) Cancel() { atomic.StoreUint32(&m.term, abi.Terminate) }
 
 // AttachHeap lets programs access size bytes at base (a heap mapping in this
 // process, size a power of two). canonBase is the heap's canonical view, which
@@ -162,30 +150,30 @@ func (m *Machine) Run(p *Program, ctx []byte) (uint64, error) {
 	if len(ctx) > 0 {
 		base := unsafe.Pointer(&ctx[0])
 		m.regions[regCtx] = region{start: uint64(uintptr(base)), size: uint64(len(ctx)), base: base, writable: true}
-		r[1], r[2] = uint64(uintptr(base)), uint64(len(ctx))
+		r[abi.RegCtx], r[abi.RegCtxLen] = uint64(uintptr(base)), uint64(len(ctx))
 	}
 	if h := m.regions[regHeap]; h.size != 0 && len(ctx) >= 8 {
-		r[3] = h.start + binary.LittleEndian.Uint64(ctx)&m.heapMask
+		r[abi.RegArg] = abi.EntryArg(binary.LittleEndian.Uint64(ctx), h.start, m.heapMask)
 	}
 	defer func() { m.regions[regCtx] = region{} }()
-	r[10] = m.regions[regStack].start + m.regions[regStack].size
+	r[abi.RegFP] = m.regions[regStack].start + m.regions[regStack].size
 	return m.run(p, &r)
 }
 
 func (m *Machine) run(p *Program, r *[11]uint64) (uint64, error) {
-	var frames [MaxFrames]frame
+	var frames [abi.MaxFrames]frame
 	depth := 0
 	code := p.code
 	limit := m.MaxInsns
 	mayGoto := m.MayGoto
 	if mayGoto == 0 {
-		mayGoto = DefaultMayGoto
+		mayGoto = abi.MayGotoBudget
 	}
 	if limit == 0 {
 		limit = ^uint64(0)
 	}
 	atomic.StoreUint32(&m.term, 0)
-	backEdges := BackEdgesPerYield
+	backEdges := abi.BackEdgeBudget
 	n := uint64(0)
 	pc := 0
 	for {
@@ -308,10 +296,10 @@ func (m *Machine) run(p *Program, r *[11]uint64) (uint64, error) {
 				// A backward jump (taken or not): a cancellation point, and
 				// now and then a yield.
 				if backEdges--; backEdges == 0 {
-					backEdges = BackEdgesPerYield
+					backEdges = abi.BackEdgeBudget
 					runtime.Gosched()
 					if atomic.LoadUint32(&m.term) != 0 {
-						return m.fail(pc, n, ErrCancelled, "at a back-edge")
+						return m.fail(pc, n, abi.ErrCancelled, "at a back-edge")
 					}
 				}
 			}
@@ -332,12 +320,12 @@ func (m *Machine) run(p *Program, r *[11]uint64) (uint64, error) {
 				continue
 			case opCall, 0x8d:
 				if op == opCall && in.src == 1 { // bpf-to-bpf call
-					if depth+1 >= MaxFrames {
+					if depth+1 >= abi.MaxFrames {
 						return m.fail(pc, n, ErrCallDepth, "")
 					}
 					frames[depth] = frame{ret: pc + 1, saved: [4]uint64{r[6], r[7], r[8], r[9]}, fp: r[10]}
 					depth++
-					r[10] -= StackSize
+					r[10] -= abi.StackSize
 					pc = int(in.target)
 					continue
 				}

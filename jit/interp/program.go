@@ -31,31 +31,27 @@ type Program struct {
 // Load validates insns and prepares them for execution. Errors name the
 // instruction.
 func Load(insns asm.Instructions) (*Program, error) {
-	if err := bytecode.Validate(insns); err != nil {
-		return nil, err
-	}
-	raw, err := bytecode.Encode(insns)
+	p, err := bytecode.NewProgram(insns)
 	if err != nil {
 		return nil, err
 	}
-	return prepare(raw, insns)
+	return Prepare(p)
 }
 
 // LoadBytes decodes, validates and prepares raw bytecode.
 func LoadBytes(raw []byte) (*Program, error) {
-	insns, err := bytecode.Decode(raw)
+	p, err := bytecode.DecodeProgram(raw)
 	if err != nil {
 		return nil, err
 	}
-	if err := bytecode.Validate(insns); err != nil {
-		return nil, err
-	}
-	return prepare(raw, insns)
+	return Prepare(p)
 }
 
-func prepare(raw []byte, insns asm.Instructions) (*Program, error) {
-	slots := bytecode.DecodeSlots(raw)
-	p := &Program{code: make([]insn, len(slots)), insns: insns}
+// Prepare pre-decodes bp, which is validated already, for execution; it
+// refuses what the interpreter cannot run (lddw pseudo sources, kfuncs).
+func Prepare(bp *bytecode.Program) (*Program, error) {
+	slots := bp.Slots()
+	p := &Program{code: make([]insn, len(slots)), insns: bp.Instructions()}
 	for slot, sl := range slots {
 		in := &p.code[slot]
 		in.op, in.dst, in.src, in.off, in.imm, in.k = sl.Op, sl.Dst, sl.Src, sl.Off, sl.Imm, sl.Imm64
