@@ -15,24 +15,14 @@ import (
 	"github.com/kflex-go/kflex/internal/sys/futex"
 )
 
-// The owner table has one 64-byte record per attached process:
-//
-//	offset 0   robust  u64  robust-list entry: next pointer, in the owner's own view
-//	offset 8   live    u32  liveness word, a robust futex: the TID of the process's
-//	                        designated thread; the kernel sets FUTEX_OWNER_DIED
-//	                        (0x40000000) in it when that process dies
-//	offset 12  pid     u32
-//	offset 16  gen     u32  bumped on every attach to the slot
-//	offset 24  since   u64  attach time, Unix nanoseconds
-//
-// A free slot has live == 0. A slot whose live word has OWNER_DIED set belongs
-// to a dead process: it stays reserved until its locks are recovered.
+// The owner table's record layout is heap's (heap/owner.go): heap's allocator
+// reads it too, to recover its own locks from dead holders.
 const (
-	ownerRobust = 0
-	ownerLive   = 8
-	ownerPID    = 12
-	ownerGen    = 16
-	ownerSince  = 24
+	ownerRobust = heap.OwnerRobust
+	ownerLive   = heap.OwnerLive
+	ownerPID    = heap.OwnerPID
+	ownerGen    = heap.OwnerGen
+	ownerSince  = heap.OwnerSince
 
 	// robustFutexOffset is where the kernel finds the futex word from a robust
 	// list entry: entry + offset.
@@ -82,9 +72,7 @@ func Attach(h *heap.Heap) (*Process, error) {
 	return p, nil
 }
 
-func (p *Process) record(field uint64) uint64 {
-	return p.h.Header().OwnerOff + uint64(p.slot)*heap.OwnerRecordSize + field
-}
+func (p *Process) record(field uint64) uint64 { return p.h.OwnerRecord(p.slot, field) }
 
 // robustHead is the kernel's struct robust_list_head.
 type robustHead struct {
