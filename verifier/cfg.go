@@ -142,7 +142,7 @@ func buildCFG(p *bytecode.Program) (*CFG, error) {
 		}
 	}
 	// Every instruction must be reachable from its subprogram's entry.
-	seen := reachable(g.Subprogs, g.Succ)
+	seen := reachable(g.Subprogs, total, func(s int) []int { return g.Succ[s] })
 	for _, s := range start {
 		if !seen[s] {
 			return nil, reject(s, "unreachable instruction")
@@ -276,18 +276,31 @@ func sortInts(s []int) {
 // found in the callee), a helper call's too; a may_goto has two edges, so a
 // loop that tests one has a way out.
 func (g *CFG) exitReachable() []bool {
-	preds := make([][]int, len(g.Succ))
-	for s, succ := range g.Succ {
+	// The predecessors, all in one slice: slot t's are preds[first[t]:first[t+1]].
+	n := len(g.Succ)
+	first := make([]int, n+1)
+	for _, succ := range g.Succ {
 		for _, t := range succ {
-			preds[t] = append(preds[t], s)
+			first[t+1]++
 		}
 	}
-	return reachable(g.Exits, preds)
+	for t := range n {
+		first[t+1] += first[t]
+	}
+	preds, fill := make([]int, first[n]), slices.Clone(first[:n])
+	for s, succ := range g.Succ {
+		for _, t := range succ {
+			preds[fill[t]] = s
+			fill[t]++
+		}
+	}
+	return reachable(g.Exits, n, func(t int) []int { return preds[first[t]:first[t+1]] })
 }
 
-// reachable marks the slots reached from the slots from along edges.
-func reachable(from []int, edges [][]int) []bool {
-	seen := make([]bool, len(edges))
+// reachable marks the slots, of n, reached from the slots from along the
+// edges that edges gives each slot.
+func reachable(from []int, n int, edges func(int) []int) []bool {
+	seen := make([]bool, n)
 	stack := slices.Clone(from)
 	for _, s := range stack {
 		seen[s] = true
@@ -295,10 +308,10 @@ func reachable(from []int, edges [][]int) []bool {
 	for len(stack) > 0 {
 		s := stack[len(stack)-1]
 		stack = stack[:len(stack)-1]
-		for _, n := range edges[s] {
-			if !seen[n] {
-				seen[n] = true
-				stack = append(stack, n)
+		for _, t := range edges(s) {
+			if !seen[t] {
+				seen[t] = true
+				stack = append(stack, t)
 			}
 		}
 	}
