@@ -61,6 +61,33 @@ func guardedStore(test string) func(asm.Instructions, *rand.Rand) asm.Instructio
 	}
 }
 
+// localCall is a bpf-to-bpf call to the slot off after the next.
+func localCall(off int32) asm.Instruction {
+	return asm.Instruction{OpCode: asm.Call.Op(asm.ImmSource), Src: bytecode.CallLocal, Constant: int64(off)}
+}
+
+// callChain makes the body's last act, before its exit, a chain of calls
+// frames deep (main's frame included): subprograms appended after the exit,
+// each running body and calling the next, the last returning 0. frames 0
+// makes one subprogram that calls itself.
+func callChain(frames int, body ...asm.Instruction) func(asm.Instructions, *rand.Rand) asm.Instructions {
+	return func(p asm.Instructions, _ *rand.Rand) asm.Instructions {
+		out := append(append(asm.Instructions{}, p[:len(p)-1]...), localCall(1), asm.Return())
+		if frames == 0 {
+			return append(out, localCall(-1), asm.Return())
+		}
+		for k := 1; k < frames; k++ {
+			out = append(out, body...)
+			if k < frames-1 {
+				out = append(out, localCall(1), asm.Return())
+			} else {
+				out = append(out, asm.Mov.Imm(asm.R0, 0), asm.Return())
+			}
+		}
+		return out
+	}
+}
+
 var verdictMutations = []verdictMutation{
 	{name: "unchanged", mutate: func(p asm.Instructions, _ *rand.Rand) asm.Instructions { return p }},
 	{name: "a register never loaded", mutate: func(p asm.Instructions, rng *rand.Rand) asm.Instructions {
@@ -111,6 +138,17 @@ var verdictMutations = []verdictMutation{
 		return insertAtBody(p, asm.Instruction{OpCode: asm.JEq.Op(asm.ImmSource), Dst: asm.R1, Offset: 1},
 			asm.Instruction{OpCode: asm.Ja.Op(asm.ImmSource), Offset: -2})
 	}, differs: "kflex"},
+	{name: "a loop with no way out", mutate: func(p asm.Instructions, _ *rand.Rand) asm.Instructions {
+		// jne r1, 7, +1; ja +1; ja -1: on one side a loop that never ends.
+		return insertAtBody(p, asm.Instruction{OpCode: asm.JNE.Op(asm.ImmSource), Dst: asm.R1, Offset: 1, Constant: 7},
+			asm.Instruction{OpCode: asm.Ja.Op(asm.ImmSource), Offset: 1},
+			asm.Instruction{OpCode: asm.Ja.Op(asm.ImmSource), Offset: -1})
+	}},
+	{name: "recursion", mutate: callChain(0)},
+	{name: "eight frames", mutate: callChain(8)},
+	{name: "nine frames", mutate: callChain(9)},
+	{name: "eight frames of 512 bytes", mutate: callChain(8, asm.Instruction{OpCode: asm.StoreImmOp(asm.DWord), Dst: asm.R10, Offset: -512}),
+		differs: "kflex"}, // Linux: at most 512 bytes of stack for the chain
 	{name: "context read past its size", mutate: func(p asm.Instructions, _ *rand.Rand) asm.Instructions {
 		return insertAtBody(p, asm.LoadMem(asm.R1, asm.R9, progen.CtxSize, asm.DWord))
 	}, differs: "linux"},

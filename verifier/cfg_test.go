@@ -1,6 +1,8 @@
 package verifier
 
 import (
+	"errors"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -50,5 +52,8 @@ func TestCFGRejects(t *testing.T) {
 		_, err := cfg(t, src)
 		assert.EqualError(t, err, want, src)
 		assert.ErrorIs(t, err, ErrRejected)
+		var be *bytecode.Error
+		assert.Equal(t, strings.Contains(want, "falls off"), errors.As(err, &be),
+			"only bytecode's own refusal unwraps to its error: %s", src)
 	}
 }

@@ -34,6 +34,14 @@
 // registers each reads, and of those, which take a number, refusing the
 // engine's context and frame pointers, or a number proven not 0).
 //
+// Before the analysis, the call graph is checked (cfg.go: checkCalls): no
+// recursion, direct or mutual, and no chain of calls deeper than
+// abi.MaxFrames frames, the stack frames the engines have. After it, every
+// instruction the analysis reached must be able to reach an exit of its
+// subprogram along the graph: one that cannot is in an endless loop, which no
+// run leaves but by cancellation. A loop with a way out (a conditional
+// back-edge, a may_goto) is accepted, bounded or not.
+//
 // Locks taken through the lock subprogram (Config.LockFunc, kflex's
 // mcs_lock) are counted per frame: a subprogram returns holding what it took,
 // never releases more, and reaches each instruction holding the same number on
@@ -54,8 +62,13 @@
 //	values reloaded from the      tracked per slot             unknown numbers: frames live in the
 //	stack                                                      sandbox, where heap stores and other
 //	                                                           processes can change them
-//	loops                         bounded, or may_goto, or     any back-edge, a cancellation
-//	                              bpf_loop                     point (the engines stop there on Cancel)
+//	loops                         bounded, or may_goto, or     any with a way out (an exit reachable
+//	                              bpf_loop                     along the graph), its back-edge a
+//	                                                           cancellation point (the engines stop
+//	                                                           there on Cancel); one with no way out
+//	                                                           rejected, as Linux does
+//	stack of a call chain         at most 512 bytes for all    512 bytes for each frame (at most 8,
+//	                              its frames together          as in Linux): frames are not sized
 //	paths                         explored one by one with     joined where paths meet (widening by
 //	                              state pruning                powers of two): one state per join
 //	                                                           point, which prunes what it covers

@@ -313,6 +313,18 @@ func (a *analysis) run() (*Result, error) {
 			return nil, err
 		}
 	}
+	// A program must be able to end: from every instruction the analysis
+	// reached, some path along the graph must lead to an exit of its frame.
+	// One with none is in an endless loop no run leaves but by
+	// cancellation. A loop with a conditional way out (or a may_goto) is
+	// accepted, though the analysis may know the way out is never taken:
+	// the engines stop it at its back-edge when the runtime cancels it.
+	exits := a.g.exitReachable()
+	for pc, reached := range a.reached {
+		if reached && !exits[pc] {
+			return nil, &Error{Insn: pc, Reason: "no exit is reachable from here (an endless loop)", Log: a.pathLog(pc, a.in[pc])}
+		}
+	}
 	r := &Result{CFG: a.g, Access: a.access, InsnsProcessed: processed, States: a.states, PeakStates: a.peak}
 	for pc, acc := range a.access {
 		// Sanitizing in place costs more than a plain guard on a
@@ -381,7 +393,8 @@ const pathLogLines = 24
 // instructions of the path by which the analysis first reached pc (its last
 // pathLogLines), as the kernel's log shows the failing path, with the
 // registers before each where the analysis keeps them (joined over all
-// paths) and before pc itself; the last line is pc.
+// paths) and before pc itself (st; nil for the state kept there, if any);
+// the last line is pc.
 func (a *analysis) pathLog(pc int, st *State) []string {
 	var path []int
 	for p := pc; p >= 0 && len(path) < pathLogLines; p = a.from[p] {
@@ -393,10 +406,11 @@ func (a *analysis) pathLog(pc int, st *State) []string {
 	for _, p := range path {
 		s := a.slots[p]
 		line := fmt.Sprintf("%d: (%02x) %s", p, s.Op, bytecode.KernelText(s, helper))
-		if regs := a.in[p]; regs != nil || p == pc {
-			if p == pc {
-				regs = st
-			}
+		regs := a.in[p]
+		if p == pc && st != nil {
+			regs = st
+		}
+		if regs != nil {
 			line += " ; " + regsLog(regs)
 		}
 		log = append(log, line)

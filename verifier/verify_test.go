@@ -3,6 +3,7 @@ package verifier
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"strings"
 	"testing"
@@ -10,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/kflex-go/kflex/abi"
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/internal/isatest"
 	"github.com/kflex-go/kflex/internal/progen"
@@ -80,6 +82,23 @@ func TestVerdicts(t *testing.T) {
 		{"atomic fetch", "stdw [%r10-8], 1\nmov %r1, 1\nlock fetch add [%r10-8], %r1\nmov %r0, %r1\nexit", ""},
 		{"cmpxchg needs r0", "stdw [%r10-8], 1\nmov %r1, 1\nlock cmpxchg [%r10-8], %r1\nmov %r0, 0\nexit", "insn 2: R0 !read_ok"},
 		{"unreachable", "mov %r0, 0\nexit\nmov %r0, 1\nexit", "insn 2: unreachable instruction"},
+		// Every instruction reached must be able to reach an exit of its
+		// frame; a loop with a way out stays accepted (the runtime cancels
+		// one that never takes it).
+		{"endless loop", "mov %r0, 0\nloop:\nadd %r0, 1\nja loop", "insn 0: no exit is reachable from here (an endless loop)"},
+		{"a branch into an endless loop", "ldxdw %r3, [%r1+0]\njeq %r3, 0, +2\nmov %r0, 0\nexit\nja -1",
+			"insn 4: no exit is reachable from here"},
+		{"an endless loop in a subprogram", "mov %r1, 1\ncall local f\nexit\nf:\nadd %r1, 1\nja f",
+			"insn 3: no exit is reachable from here"},
+		{"a way out never taken", "mov %r0, 0\nloop:\njeq %r0, 1, +1\nja loop\nexit", ""},
+		{"a loop left by may_goto", "mov %r0, 0\nloop:\nmay_goto +1\nja loop\nexit", ""},
+		{"an endless loop no path reaches", "mov %r0, 0\njeq %r0, 0, +1\nja -1\nexit", ""},
+		// Recursion is refused before any analysis, naming the call that
+		// closes the cycle.
+		{"direct recursion", "mov %r1, 0\ncall local f\nexit\nf:\nadd %r1, 1\ncall local f\nexit",
+			"insn 4: call chain main → f → f is recursive"},
+		{"mutual recursion", "call local f\nexit\nf:\ncall local g\nexit\ng:\ncall local f\nexit",
+			"insn 4: call chain main → f → g → f is recursive"},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -96,6 +115,32 @@ func TestVerdicts(t *testing.T) {
 			require.True(t, errors.As(err, &e))
 		})
 	}
+}
+
+// callChain is a program of n frames: main calls f1, which calls f2, up to
+// f(n-1), which returns 0.
+func callChain(n int) string {
+	var b strings.Builder
+	b.WriteString("call local f1\nexit\n")
+	for k := 1; k < n-1; k++ {
+		fmt.Fprintf(&b, "f%d:\ncall local f%d\nexit\n", k, k+1)
+	}
+	fmt.Fprintf(&b, "f%d:\nmov %%r0, 0\nexit", n-1)
+	return b.String()
+}
+
+// TestCallDepth: a call chain of abi.MaxFrames frames is accepted, one
+// more is rejected at the call that enters the ninth frame, however the
+// chain is reached.
+func TestCallDepth(t *testing.T) {
+	expectVerdicts(t, testConfig, []verdict{
+		{callChain(abi.MaxFrames), ""},
+		{callChain(abi.MaxFrames + 1), "insn 14: call depth 9 exceeds 8 frames: main → f1 → f2 → f3 → f4 → f5 → f6 → f7 → f8"},
+		// f1's chain (seven frames) walked first from main, then again
+		// through x: one frame more.
+		{"call local f1\ncall local x\nexit\nx:\ncall local f1\nexit\n" + strings.TrimPrefix(callChain(8), "call local f1\nexit\n"),
+			"insn 15: call depth 9 exceeds 8 frames: main → x → f1 → f2 → f3 → f4 → f5 → f6 → f7"},
+	})
 }
 
 func TestGuardCounts(t *testing.T) {

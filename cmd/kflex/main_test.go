@@ -372,6 +372,69 @@ func TestVerify(t *testing.T) {
 	assert.Equal(t, 0, code, stdout)
 }
 
+// TestVerifyJSON: kflex verify --json prints one object for every outcome,
+// its verdict naming it, with the same keys each time, and exits 0 only when
+// the program is accepted.
+func TestVerifyJSON(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, content string) string {
+		path := filepath.Join(dir, name)
+		require.NoError(t, os.WriteFile(path, []byte(content), 0o600))
+		return path
+	}
+	insn := func(n float64) map[string]any { return map[string]any{"insn": n} }
+	for _, tc := range []struct {
+		name, path, verdict string
+		code                int
+		err                 map[string]any // the error's fields, reason by its start ("": none)
+		reason, stderr      string
+	}{
+		{"accepted", write("ok.s", "mov %r0, 0\nexit\n"), "accepted", 0, nil, "", ""},
+		{"rejected", write("loop.s", "mov %r0, 0\nloop:\nadd %r0, 1\nja loop\n"), "rejected", 1, insn(0),
+			"no exit is reachable from here (an endless loop)", "rejected"},
+		{"recursive", write("rec.s", "call local f\nexit\nf:\ncall local f\nexit\n"), "rejected", 1, insn(2),
+			"call chain main → f → f is recursive", "rejected"},
+		{"invalid", write("fall.s", "mov %r0, 1\n"), "invalid", 1, insn(0),
+			"MovImm: last instruction falls off the end of the program", "not valid bytecode"},
+		{"empty", write("empty.s", ""), "invalid", 1, insn(0), "empty program", "not valid bytecode"},
+		{"unknown opcode", write("op.bin", "\xff\x00\x00\x00\x00\x00\x00\x00\x95\x00\x00\x00\x00\x00\x00\x00"),
+			"invalid", 1, insn(0), "ALUOp(240)Reg: unknown opcode", "not valid bytecode"},
+		{"does not parse", write("bad.s", "frob %r0\n"), "unreadable", 1, map[string]any{}, "", `unknown mnemonic "frob"`},
+		{"bad ELF", write("bad.o", "\x7fELF\x02\x01"), "unreadable", 1, map[string]any{}, "", "read ELF"},
+		{"raw bytes cut short", write("short.bin", "\x95\x00\x00\x00"), "unreadable", 1, map[string]any{}, "",
+			"bytecode length 4 is not a multiple of 8"},
+		{"missing file", filepath.Join(dir, "none.s"), "unreadable", 1, map[string]any{}, "", "no such file"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			code, stdout, stderr := kflex("verify", "--json", tc.path)
+			assert.Equal(t, tc.code, code, stderr)
+			assert.Contains(t, stderr, tc.stderr)
+			var rep map[string]any
+			require.NoError(t, json.Unmarshal([]byte(stdout), &rep), stdout)
+			for _, k := range []string{"verdict", "accepted", "insns_processed", "states", "peak_states", "guards_total",
+				"guards_elided", "cancel_points", "cancel_table"} {
+				assert.Contains(t, rep, k)
+			}
+			assert.Equal(t, tc.verdict, rep["verdict"])
+			assert.Equal(t, tc.code == 0, rep["accepted"])
+			if tc.err == nil {
+				assert.NotContains(t, rep, "error")
+				return
+			}
+			e, ok := rep["error"].(map[string]any)
+			require.True(t, ok, "an error object: %s", stdout)
+			reason, _ := e["reason"].(string)
+			delete(e, "reason")
+			assert.Equal(t, tc.err, e, "the error's instruction (none when unreadable)")
+			if tc.reason != "" {
+				assert.Equal(t, tc.reason, reason)
+			} else {
+				assert.Contains(t, reason, tc.stderr, "the reason is the one on stderr")
+			}
+		})
+	}
+}
+
 // TestServeEvents: "kflex serve --every --udp" runs extensions on a timer
 // and on datagrams.
 func TestServeEvents(t *testing.T) {

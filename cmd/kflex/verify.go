@@ -16,8 +16,19 @@ func init() {
 	commands["verify"] = command{summary: "verify a program for the extension runtime", run: runVerify}
 }
 
-// verifyReport is kflex verify's JSON output.
+// The verdicts of kflex verify --json, one per outcome.
+const (
+	verdictAccepted   = "accepted"
+	verdictRejected   = "rejected"   // by the verifier's analysis or its graph checks
+	verdictInvalid    = "invalid"    // not valid bytecode: nothing was analysed
+	verdictUnreadable = "unreadable" // no program could be read from the file
+	verdictError      = "error"      // the verifier failed otherwise (none expected)
+)
+
+// verifyReport is kflex verify's JSON output, the same keys for every
+// verdict (the statistics are 0 unless it is accepted).
 type verifyReport struct {
+	Verdict        string       `json:"verdict"`
 	Accepted       bool         `json:"accepted"`
 	Error          *verifyError `json:"error,omitempty"`
 	Log            []string     `json:"log,omitempty"`
@@ -37,7 +48,7 @@ type cancelRow struct {
 }
 
 type verifyError struct {
-	Insn   int    `json:"insn"`
+	Insn   *int   `json:"insn,omitempty"` // none for an unreadable file
 	Reason string `json:"reason"`
 }
 
@@ -51,17 +62,30 @@ instruction, the reason and the path to it, each instruction with the
 registers before it; then statistics: instructions processed, states kept
 (one per join point) and at peak, memory accesses (guards) and how many need
 no guard, and the cancellation points with the locks (mcs_lock) held at each
-and the register keeping each one's address. With --json, one object:
-accepted, error {insn, reason}, log, insns_processed, states, peak_states,
-guards_total, guards_elided, cancel_points, cancel_table [{slot, locks,
-lock_regs}]. Exits 1 when the program is rejected.`, out)
+and the register keeping each one's address. With --json, one object for every
+outcome: verdict (accepted; rejected by the verifier; invalid, not valid
+bytecode; unreadable, no program read from the file: a missing file, a bad
+ELF object, assembler text that does not parse, raw bytes of a length not a
+multiple of 8), accepted, error {insn, reason} (no insn when unreadable),
+log, insns_processed, states, peak_states, guards_total, guards_elided,
+cancel_points, cancel_table [{slot, locks, lock_regs}]; the statistics are
+0 unless accepted. Exits 0 when the program is accepted, 1 when it is not
+(rejected, invalid or unreadable; the reason also on stderr; verdict error
+if the verifier failed otherwise), 2 on a bad command line (no JSON).`, out)
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	ctxSize := fs.Int("ctx-size", abi.CtxSize, "bytes of context r1 points to")
 	if err := parse(fs, args, 1); err != nil {
 		return err
 	}
+	rep := verifyReport{CancelPoints: []int{}, CancelTable: []cancelRow{}}
 	insns, err := loadProgram(fs.Arg(0))
 	if err != nil {
+		if *asJSON {
+			rep.Verdict, rep.Error = verdictUnreadable, &verifyError{Reason: err.Error()}
+			if jerr := writeJSON(out, rep); jerr != nil {
+				return jerr
+			}
+		}
 		return err
 	}
 	cfg := loader.Config()
@@ -73,10 +97,10 @@ lock_regs}]. Exits 1 when the program is rejected.`, out)
 	if verr == nil {
 		res = p.Verified
 	}
-	rep := verifyReport{Accepted: verr == nil, CancelPoints: []int{}, CancelTable: []cancelRow{}}
 	var ve *verifier.Error
 	switch {
 	case verr == nil:
+		rep.Verdict, rep.Accepted = verdictAccepted, true
 		rep.InsnsProcessed, rep.States, rep.PeakStates = res.InsnsProcessed, res.States, res.PeakStates
 		rep.GuardsTotal, rep.GuardsElided = res.GuardsTotal, res.GuardsElided
 		rep.CancelPoints = res.CancelPoints
@@ -84,14 +108,16 @@ lock_regs}]. Exits 1 when the program is rejected.`, out)
 			rep.CancelTable = append(rep.CancelTable, cancelRow{c.Slot, c.Locks, c.LockRegs})
 		}
 	case errors.As(verr, &ve):
-		rep.Error, rep.Log = &verifyError{Insn: ve.Insn, Reason: ve.Reason}, ve.Log
-	default:
-		return verr
+		rep.Verdict = verdictRejected
+		if ve.Invalid != nil {
+			rep.Verdict = verdictInvalid
+		}
+		rep.Error, rep.Log = &verifyError{Insn: &ve.Insn, Reason: ve.Reason}, ve.Log
+	default: // not the program's fault; not expected
+		rep.Verdict, rep.Error = verdictError, &verifyError{Reason: verr.Error()}
 	}
 	if *asJSON {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(rep); err != nil {
+		if err := writeJSON(out, rep); err != nil {
 			return err
 		}
 	} else if rep.Accepted {
@@ -102,16 +128,28 @@ lock_regs}]. Exits 1 when the program is rejected.`, out)
 				fmt.Fprintf(out, "    at %d: %d lock(s) held, addresses in %s\n", c.Slot, c.Locks, lockRegsText(c.LockRegs))
 			}
 		}
-	} else {
-		fmt.Fprintf(out, "%s: rejected at instruction %d: %s\n", fs.Arg(0), rep.Error.Insn, rep.Error.Reason)
+	} else if rep.Verdict != verdictError {
+		fmt.Fprintf(out, "%s: rejected at instruction %d: %s\n", fs.Arg(0), *rep.Error.Insn, rep.Error.Reason)
 		for _, l := range rep.Log {
 			fmt.Fprintf(out, "  %s\n", l)
 		}
 	}
-	if !rep.Accepted {
+	switch rep.Verdict {
+	case verdictError:
+		return verr
+	case verdictInvalid:
+		return fmt.Errorf("verify: %s rejected: not valid bytecode", fs.Arg(0))
+	case verdictRejected:
 		return fmt.Errorf("verify: %s rejected", fs.Arg(0))
 	}
 	return nil
+}
+
+// writeJSON writes v as one indented JSON object.
+func writeJSON(out io.Writer, v any) error {
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 // lockRegsText names the registers keeping held locks' addresses: "r6, r7",
