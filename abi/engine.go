@@ -37,8 +37,9 @@ const MayGotoBudget = 8 << 20
 
 // The terminate word is a 32-bit word the engine reads at cancellation points
 // (back-edges and helper calls): set to Terminate by any goroutine or
-// process, it stops the run with ErrCancelled. Every run starts by clearing
-// it.
+// process, it stops the run with ErrCancelled. It stays set until its owner
+// clears it (the engines' ClearCancel): a cancel that comes before the run
+// it aims at starts is not lost.
 const Terminate uint32 = 1
 
 // ErrCancelled stops a program whose terminate word was set; the error an

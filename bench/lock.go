@@ -1,8 +1,8 @@
 package bench
 
 import (
+	"context"
 	"fmt"
-	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -72,7 +72,8 @@ func MeasureLock(rounds int) (map[string]float64, error) {
 			return nil, fmt.Errorf("%s: %w", name, err)
 		}
 	}
-	rt, err := serve.New(h, progs, 1, io.Discard)
+	// The extensions below run for all the rounds: no time budget.
+	rt, err := serve.NewWith(h, progs, serve.Options{JIT: 1, Budget: -1})
 	if err != nil {
 		return nil, err
 	}
@@ -92,8 +93,13 @@ func MeasureLock(rounds int) (map[string]float64, error) {
 	// Ping-pong: every handoff crosses between Go and the extension.
 	start := time.Now()
 	done := make(chan error, 1)
-	go func() { _, err := rt.Invoke("pingpong", lock); done <- err }()
+	go func() { _, err := rt.Invoke(context.Background(), "pingpong", lock); done <- err }()
 	for n := 0; n < rounds; {
+		select {
+		case err := <-done: // the extension stopped early: it failed
+			return nil, fmt.Errorf("pingpong stopped after %d rounds: %v", n, err)
+		default:
+		}
 		m.Lock()
 		if *h.Uint64(off + 8) == 0 {
 			*h.Uint64(off + 8) = 1
@@ -107,7 +113,7 @@ func MeasureLock(rounds int) (map[string]float64, error) {
 	figures["handoff_ns"] = float64(time.Since(start).Nanoseconds()) / float64(2*rounds)
 
 	start = time.Now()
-	if _, err := rt.Invoke("lockloop", lock); err != nil {
+	if _, err := rt.Invoke(context.Background(), "lockloop", lock); err != nil {
 		return nil, fmt.Errorf("lockloop: %w", err)
 	}
 	figures["extension_lock_unlock_ns"] = float64(time.Since(start).Nanoseconds()) / float64(rounds)

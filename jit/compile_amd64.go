@@ -39,6 +39,8 @@ type compiler struct {
 	leas   []ripFixup // lea rip-relative to a native offset known later
 
 	tmpFor int // eBPF register sanitized in place whose offset tmp holds, or noReuse (tmpreuse_amd64.go)
+
+	noCancelCheck bool // Options.NoCancelCheck
 }
 
 type fixup struct{ at, slot int }
@@ -50,8 +52,8 @@ type ripFixup struct {
 
 // compile generates code for a validated program's slots and counts its
 // guards.
-func compile(slots []bytecode.Slot, g Guard, modes []AccessMode) ([]byte, guardCounts, error) {
-	c, err := lower(slots, g, modes)
+func compile(slots []bytecode.Slot, o Options) ([]byte, guardCounts, error) {
+	c, err := lowerWith(&compiler{noCancelCheck: o.NoCancelCheck}, slots, o.Guard, o.Access)
 	if err != nil {
 		return nil, guardCounts{}, err
 	}
@@ -71,8 +73,12 @@ func compileWithMap(slots []bytecode.Slot, g Guard) ([]byte, []int, error) {
 }
 
 func lower(slots []bytecode.Slot, g Guard, modes []AccessMode) (*compiler, error) {
-	c := &compiler{slots: slots, guardLoads: g == GuardAll, guardStores: g != GuardNone, modes: modes,
-		tmpFor: noReuse}
+	return lowerWith(&compiler{}, slots, g, modes)
+}
+
+// lowerWith is lower into c, whose settings (noCancelCheck) it keeps.
+func lowerWith(c *compiler, slots []bytecode.Slot, g Guard, modes []AccessMode) (*compiler, error) {
+	c.slots, c.guardLoads, c.guardStores, c.modes, c.tmpFor = slots, g == GuardAll, g != GuardNone, modes, noReuse
 	c.starts = make([]int, len(c.slots)+1)
 	targets := jumpTargets(c.slots)
 	for pc := 0; pc < len(c.slots); pc++ {
@@ -160,6 +166,9 @@ func (c *compiler) stubExit(jcc int, code, pc int, resume bool) {
 func (c *compiler) cancelPoint(pc int) {
 	c.a.MemImm8(SUB, true, M(ctxReg, ctxBudget), 1)
 	c.stubExit(c.a.Jcc(CondE), exitBudget, pc, true)
+	if c.noCancelCheck {
+		return
+	}
 	c.a.RM(MOV, true, tmp, M(ctxReg, ctxTerminate))
 	c.a.MemImm8(CMP, false, M(tmp, 0), 0)
 	c.stubExit(c.a.Jcc(CondNE), exitCancel, pc, false)

@@ -72,6 +72,11 @@ type Options struct {
 	// Access gives, by slot, what a verifier found about each memory
 	// instruction (missing or GuardAccess: guarded as Guard says).
 	Access []AccessMode
+	// NoCancelCheck leaves the terminate word's test out of back-edges (the
+	// budget count that returns to Go stays). For measuring what the test
+	// costs (bench.MeasureCancel) only: such code cannot be cancelled in a
+	// loop.
+	NoCancelCheck bool
 }
 
 // AccessMode is how one memory instruction is to be confined.
@@ -106,7 +111,7 @@ func CompileProgram(p *bytecode.Program, o Options) (*Program, error) {
 	if err := Supported(); err != nil {
 		return nil, err
 	}
-	text, counts, err := compile(p.Slots(), o.Guard, o.Access)
+	text, counts, err := compile(p.Slots(), o)
 	if err != nil {
 		return nil, err
 	}
@@ -242,10 +247,18 @@ func (m *Machine) Close() error {
 	return err
 }
 
-// Cancel asks the running program to stop at its next cancellation point,
-// where it returns abi.ErrCancelled. Any goroutine may call it; every Run
-// starts by clearing the word.
+// Cancel asks the running program, or the next one to run, to stop at its
+// next cancellation point, where it returns abi.ErrCancelled. Any goroutine
+// may call it. The word stays set until ClearCancel.
 func (m *Machine) Cancel() { atomic.StoreUint32(m.term, abi.Terminate) }
+
+// ClearCancel clears the terminate word, before a run that must not inherit
+// an earlier cancel.
+func (m *Machine) ClearCancel() {
+	if m.terminated() { // a plain load; the store (an XCHG) only when needed
+		atomic.StoreUint32(m.term, 0)
+	}
+}
 
 // SetTerminateWord makes the program watch the 32-bit word at w (for example
 // in memory shared with another process) instead of the Machine's own. w must
@@ -307,9 +320,6 @@ func (m *Machine) run(p *Program, ctxAddr uint64, ctx []byte) (uint64, error) {
 	c.mayGoto = m.MayGoto
 	if c.mayGoto == 0 {
 		c.mayGoto = abi.MayGotoBudget
-	}
-	if m.terminated() { // a plain load; the store (an XCHG) only when needed
-		atomic.StoreUint32(m.term, 0)
 	}
 	for {
 		enter(uintptr(unsafe.Pointer(c)))

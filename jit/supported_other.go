@@ -18,7 +18,7 @@ func Supported() error {
 	return fmt.Errorf("jit: %w: no code generator for %s; use jit/interp", abi.ErrNotSupported, runtime.GOARCH)
 }
 
-func compile([]bytecode.Slot, Guard, []AccessMode) ([]byte, guardCounts, error) {
+func compile([]bytecode.Slot, Options) ([]byte, guardCounts, error) {
 	return nil, guardCounts{}, Supported()
 }
 

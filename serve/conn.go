@@ -1,12 +1,14 @@
 package serve
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"sync"
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kflex-go/kflex/cancel"
 	"github.com/kflex-go/kflex/internal/sys/wire"
 )
 
@@ -45,6 +47,10 @@ func (rt *Runtime) serveConn(c *net.UnixConn) {
 			slots <- struct{}{}
 		}
 	}()
+	// The process's calls end with it: when it goes away, whatever it
+	// started is cancelled (cancel.Disconnect), before the wait above.
+	ctx, disconnect := context.WithCancelCause(context.Background())
+	defer disconnect(cancel.ErrDisconnect)
 	buf := make([]byte, wire.MaxRequest+1)
 	for {
 		n, err := c.Read(buf)
@@ -65,7 +71,7 @@ func (rt *Runtime) serveConn(c *net.UnixConn) {
 		slots <- struct{}{}
 		go func() {
 			defer func() { <-slots }()
-			r0, err := rt.Invoke(req.Name, req.Arg)
+			r0, err := rt.Invoke(ctx, req.Name, req.Arg)
 			w.write(req.ID, r0, err)
 		}()
 	}

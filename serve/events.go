@@ -1,6 +1,7 @@
 package serve
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -16,6 +17,8 @@ import (
 // Timer runs one extension periodically; see Runtime.Every.
 type Timer struct {
 	runs atomic.Uint64
+	ctx  context.Context // ends on Stop: a run in progress is cancelled
+	end  context.CancelFunc
 	stop chan struct{}
 	done chan struct{}
 	once sync.Once
@@ -34,6 +37,7 @@ func (rt *Runtime) Every(name string, interval time.Duration, arg uint64) (*Time
 		return nil, fmt.Errorf("serve: timer: no program %q", name)
 	}
 	t := &Timer{stop: make(chan struct{}), done: make(chan struct{})}
+	t.ctx, t.end = context.WithCancel(context.Background())
 	if !rt.track(t.Stop) {
 		return nil, errClosed
 	}
@@ -48,7 +52,10 @@ func (rt *Runtime) Every(name string, interval time.Duration, arg uint64) (*Time
 				return
 			case <-tick.C:
 			}
-			if _, err := rt.Invoke(name, arg); err != nil {
+			if _, err := rt.Invoke(t.ctx, name, arg); err != nil {
+				if t.ctx.Err() != nil {
+					return // stopped, not failed
+				}
 				t.err = fmt.Errorf("serve: timer for %s: %w", name, err)
 				return
 			}
@@ -63,7 +70,10 @@ func (t *Timer) Runs() uint64 { return t.runs.Load() }
 
 // Stop stops the timer and waits for a run in progress to end.
 func (t *Timer) Stop() {
-	t.once.Do(func() { close(t.stop) })
+	t.once.Do(func() {
+		t.end()
+		close(t.stop)
+	})
 	<-t.done
 }
 
@@ -121,7 +131,7 @@ func (rt *Runtime) onDatagram(name string, data []byte) (uint64, error) {
 	}
 	defer rt.h.Free(off)
 	copy(rt.h.Bytes(off, uint64(len(data))), data)
-	return rt.invokeData(name, rt.h.Base()+off, uint64(len(data)))
+	return rt.invokeData(context.Background(), name, rt.h.Base()+off, uint64(len(data)))
 }
 
 var errClosed = errors.New("serve: runtime closed")

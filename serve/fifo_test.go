@@ -1,6 +1,7 @@
 package serve_test
 
 import (
+	"context"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -61,7 +62,7 @@ func TestFIFOTrace(t *testing.T) {
 	for range 4 {
 		tail := atomic.LoadUint64(word) >> 32
 		wg.Go(func() {
-			_, err := rt.Invoke("fifo", f.h.Base()+lock)
+			_, err := rt.Invoke(context.Background(), "fifo", f.h.Base()+lock)
 			assert.NoError(t, err)
 		})
 		require.Eventually(t, func() bool { return atomic.LoadUint64(word)>>32 != tail },

@@ -1,6 +1,7 @@
 package serve_test
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"runtime"
@@ -120,7 +121,7 @@ func mixedContention(t *testing.T, h *heap.Heap, a *kernel.Arena, childEnv strin
 	for range invokers {
 		wg.Go(func() {
 			for range invocations {
-				if _, err := rt.Invoke("counter8", h.Base()+locks); err != nil {
+				if _, err := rt.Invoke(context.Background(), "counter8", h.Base()+locks); err != nil {
 					t.Error(err)
 					return
 				}

@@ -10,6 +10,7 @@
 package serve
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -23,6 +24,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kflex-go/kflex/abi"
+	"github.com/kflex-go/kflex/cancel"
 	"github.com/kflex-go/kflex/heap"
 	"github.com/kflex-go/kflex/internal/sys/wire"
 	"github.com/kflex-go/kflex/jit"
@@ -61,6 +63,12 @@ type Runtime struct {
 	yields  atomic.Uint64
 	shareFD int           // what attached processes map the heap from
 	kind    wire.HeapKind // and what it is
+
+	defaultBudget time.Duration
+	budgets       map[string]time.Duration
+	running       map[*running]struct{} // under mu
+	closed        chan struct{}         // closed when Close begins
+	inflight      sync.WaitGroup        // Invoke calls, which Close waits for
 }
 
 // executor is one JIT machine with its own stack in the heap, its queue node
@@ -93,6 +101,11 @@ type Options struct {
 	// arena map's descriptor: attached processes map the heap from it. Zero
 	// for a heap file or memfd, whose own descriptor is sent.
 	ArenaFD int
+	// Budget is how long one invocation may run before it is cancelled
+	// (0: DefaultBudget; negative: no budget). Budgets overrides it per
+	// program.
+	Budget  time.Duration
+	Budgets map[string]time.Duration
 }
 
 // NewWith is New with every option.
@@ -109,7 +122,14 @@ func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runti
 		return nil, err
 	}
 	rt := &Runtime{h: h, proc: proc, progs: map[string]*jit.Program{}, iprogs: map[string]*interp.Program{},
-		execs: make(chan *executor, n), trace: o.Trace, conns: map[net.Conn]peer{}, shareFD: h.Fd(), kind: wire.HeapFile}
+		execs: make(chan *executor, n), trace: o.Trace, conns: map[net.Conn]peer{}, shareFD: h.Fd(), kind: wire.HeapFile,
+		defaultBudget: o.Budget, budgets: o.Budgets, running: map[*running]struct{}{}, closed: make(chan struct{})}
+	switch {
+	case o.Budget == 0:
+		rt.defaultBudget = DefaultBudget
+	case o.Budget < 0:
+		rt.defaultBudget = 0
+	}
 	if o.ArenaFD > 0 {
 		rt.shareFD, rt.kind = o.ArenaFD, wire.HeapArena
 	}
@@ -125,6 +145,10 @@ func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runti
 		if p.Interp != nil {
 			rt.iprogs[name] = p.Interp
 		}
+	}
+	if err := rt.checkBudgets(); err != nil {
+		rt.Close()
+		return nil, err
 	}
 	for i := range n {
 		e, err := rt.newExecutor(i >= o.JIT)
@@ -187,11 +211,19 @@ func (e *executor) unbind(h *heap.Heap) {
 	runtime.UnlockOSThread()
 }
 
-// acquire takes a free executor and binds it to the calling goroutine.
-func (rt *Runtime) acquire() *executor {
-	e := <-rt.execs
-	e.bind(rt.h)
-	return e
+// acquire takes a free executor and binds it to the calling goroutine. It
+// gives up when ctx ends or the runtime closes: a caller waiting for an
+// executor is cancelled as a running one would be.
+func (rt *Runtime) acquire(ctx context.Context) (*executor, cancel.Cause) {
+	select {
+	case e := <-rt.execs:
+		e.bind(rt.h)
+		return e, cancel.None
+	case <-ctx.Done():
+		return nil, cancel.Context
+	case <-rt.closed:
+		return nil, cancel.Shutdown
+	}
 }
 
 func (rt *Runtime) release(e *executor) {
@@ -260,24 +292,45 @@ var (
 )
 
 // Invoke runs program name on a free executor with arg in its context and
-// returns r0. The executor is bound to the calling thread for the call only: a
-// goroutine locked to its thread while it waits for the next request would
-// need that very thread woken for it, which costs tens of microseconds here.
-func (rt *Runtime) Invoke(name string, arg uint64) (uint64, error) {
-	return rt.invokeData(name, arg, 0)
+// returns r0. It is cancelled (an error wrapping abi.ErrCancelled, a
+// *cancel.Error naming the instruction and the cause) when ctx ends, when the
+// program's time budget runs out, on Cancel, and when the runtime closes.
+//
+// The executor is bound to the calling thread for the call only: a goroutine
+// locked to its thread while it waits for the next request would need that
+// very thread woken for it, which costs tens of microseconds here.
+func (rt *Runtime) Invoke(ctx context.Context, name string, arg uint64) (uint64, error) {
+	return rt.invokeData(ctx, name, arg, 0)
 }
 
 // invokeData is Invoke for an argument that addresses dataLen bytes.
-func (rt *Runtime) invokeData(name string, arg, dataLen uint64) (uint64, error) {
-	e := rt.acquire()
-	defer rt.release(e)
-	return rt.invoke(e, name, arg, dataLen)
-}
-
-func (rt *Runtime) invoke(e *executor, name string, arg, dataLen uint64) (uint64, error) {
+func (rt *Runtime) invokeData(ctx context.Context, name string, arg, dataLen uint64) (uint64, error) {
 	if !rt.has(name) {
 		return 0, fmt.Errorf("no program %q", name)
 	}
+	rt.mu.Lock()
+	if rt.closing {
+		rt.mu.Unlock()
+		return 0, &cancel.Error{Program: name, Insn: -1, Cause: cancel.Shutdown, Err: abi.ErrCancelled}
+	}
+	rt.inflight.Add(1)
+	rt.mu.Unlock()
+	defer rt.inflight.Done()
+	e, why := rt.acquire(ctx)
+	if e == nil {
+		return 0, &cancel.Error{Program: name, Insn: -1, Cause: why, Err: abi.ErrCancelled}
+	}
+	defer rt.release(e)
+	e.clearCancel()
+	r, err := rt.watch(ctx, e, name)
+	if err != nil {
+		return 0, err
+	}
+	r0, err := rt.invoke(e, name, arg, dataLen)
+	return r0, rt.unwatch(r, err)
+}
+
+func (rt *Runtime) invoke(e *executor, name string, arg, dataLen uint64) (uint64, error) {
 	p, ip := rt.progs[name], rt.iprogs[name]
 	hb := rt.h.Base()
 	ctx := abi.Context{Arg: arg, Node: hb + e.node.Off, NodeIndex: uint64(e.node.Index) + 1,
@@ -291,7 +344,10 @@ func (rt *Runtime) invoke(e *executor, name string, arg, dataLen uint64) (uint64
 // SliceStatus is what an executor thread gets from rseq: whether the bytecode
 // lock's time-slice requests can reach the kernel.
 func (rt *Runtime) SliceStatus() rseq.Status {
-	e := rt.acquire()
+	e, _ := rt.acquire(context.Background())
+	if e == nil {
+		return rseq.Status(0)
+	}
 	defer rt.release(e)
 	return e.status
 }
@@ -332,15 +388,19 @@ func (rt *Runtime) Close() error {
 		return nil // closed already, or closing in another goroutine
 	}
 	rt.closing = true
+	close(rt.closed)
 	stops := rt.stops
 	for c := range rt.conns {
 		c.Close()
 	}
 	rt.mu.Unlock()
+	// Whatever runs now stops at its next cancellation point.
+	rt.cancelAll("", cancel.Shutdown)
 	for _, stop := range stops {
 		stop()
 	}
 	rt.wg.Wait()
+	rt.inflight.Wait()
 	for _, e := range rt.all {
 		if e.m != nil {
 			e.m.Close()

@@ -2,6 +2,7 @@ package serve_test
 
 import (
 	"bufio"
+	"context"
 	"fmt"
 	"io"
 	"net"
@@ -118,12 +119,12 @@ func startOn(t testing.TB, h *heap.Heap, o serve.Options) *fixture {
 
 func TestInvokeInProcess(t *testing.T) {
 	f := start(t)
-	r0, err := f.rt.Invoke("add1", 41)
+	r0, err := f.rt.Invoke(context.Background(), "add1", 41)
 	require.NoError(t, err)
 	assert.Equal(t, uint64(42), r0)
-	_, err = f.rt.Invoke("nope", 0)
+	_, err = f.rt.Invoke(context.Background(), "nope", 0)
 	assert.EqualError(t, err, `no program "nope"`)
-	p, err := f.rt.Invoke("alloc", 100)
+	p, err := f.rt.Invoke(context.Background(), "alloc", 100)
 	require.NoError(t, err)
 	assert.Equal(t, f.h.Base(), p&^f.h.Mask(), "the helper's pointer is in the runtime's view")
 	require.NoError(t, f.h.Free(p&f.h.Mask()))
@@ -361,7 +362,7 @@ func TestExtensionRequestsSlice(t *testing.T) {
 	require.NoError(t, err)
 	defer rt.Close()
 	require.GreaterOrEqual(t, rt.SliceStatus(), rseq.Registered, "executor thread status %v", rt.SliceStatus())
-	r0, err := rt.Invoke("probe", f.h.Base()+f.lock)
+	r0, err := rt.Invoke(context.Background(), "probe", f.h.Base()+f.lock)
 	require.NoError(t, err)
 	assert.Equal(t, uint64(0x100), r0, "request set inside the critical section, clear after")
 	assert.Equal(t, uint64(1), rt.SliceYields(), "the granted slice was yielded back")
@@ -410,7 +411,7 @@ func TestPointerArgument(t *testing.T) {
 		rt, err := serve.NewWith(f.h, map[string]asm.Instructions{"arg": insns}, o)
 		require.NoError(t, err)
 		for _, arg := range []uint64{f.h.Base() + f.lock, f.lock, f.h.CanonBase() + f.lock} {
-			r0, err := rt.Invoke("arg", arg)
+			r0, err := rt.Invoke(context.Background(), "arg", arg)
 			require.NoError(t, err)
 			assert.Equal(t, uint64(77), r0, "%+v, argument %#x", o, arg)
 		}
@@ -437,13 +438,13 @@ func TestAllocatedObject(t *testing.T) {
 	for _, o := range []serve.Options{{JIT: 1}, {Interpreted: 1}} {
 		rt, err := serve.NewWith(f.h, map[string]asm.Instructions{"new": insns}, o)
 		require.NoError(t, err)
-		p, err := rt.Invoke("new", 16)
+		p, err := rt.Invoke(context.Background(), "new", 16)
 		require.NoError(t, err)
 		require.NotZero(t, p)
 		off := p & f.h.Mask()
 		assert.Equal(t, [2]uint64{11, 22}, [2]uint64{*f.h.Uint64(off), *f.h.Uint64(off + 8)}, "%+v", o)
 		require.NoError(t, f.h.Free(off))
-		p, err = rt.Invoke("new", 1<<40)
+		p, err = rt.Invoke(context.Background(), "new", 1<<40)
 		require.NoError(t, err)
 		assert.Zero(t, p, "%+v: the allocation fails, the program takes the NULL path", o)
 		rt.Close()

@@ -17,7 +17,7 @@ func init() {
 }
 
 func runBench(args []string, out io.Writer) error {
-	fs := newFlags("bench", "[--json] [--time D] [--rounds N] jit|lock", `jit: run kflex's benchmark programs (a counter loop, hash-table lookup and
+	fs := newFlags("bench", "[--json] [--time D] [--rounds N] jit|lock|cancel", `jit: run kflex's benchmark programs (a counter loop, hash-table lookup and
 insert, a linked-list walk, a skip-list search) on the JIT, with every memory
 access guarded, with loads unguarded (performance mode) and unguarded, and on the
 interpreter. Reports ns per run, the JIT's speedup over the interpreter and the
@@ -32,10 +32,15 @@ from an attached process. Where this process can use BPF arenas, also one
 uncontended lock+unlock of the lock's kernel form, the same bytecode in the
 kernel and in kflex's JIT on one arena heap (kernel.* figures; jit_vs_kernel
 is the ratio net of each side's entry cost).
+cancel: the time from a cancel request to the invocation's return, p50, p99 and
+max over --rounds/100 stops (at least 200) at random moments, in the JIT and the
+interpreter, for a tight loop and a loop calling a helper (jit_p50_us,
+jit_helper_p99_us, ...); and check_cost_pct, how much slower the benchmark loop
+runs with the JIT's cancellation checks than without, side by side.
 With --json the figures are one flat JSON object.`, out)
 	asJSON := fs.Bool("json", false, "print one flat JSON object")
-	per := fs.Duration("time", 200*time.Millisecond, "time spent on each measurement (jit)")
-	rounds := fs.Int("rounds", 100000, "handoffs and lock rounds (lock)")
+	per := fs.Duration("time", 200*time.Millisecond, "time spent on each measurement (jit, cancel)")
+	rounds := fs.Int("rounds", 100000, "handoffs and lock rounds (lock); cancellations: rounds/100 (cancel)")
 	if err := parse(fs, args, 1); err != nil {
 		return err
 	}
@@ -50,8 +55,10 @@ With --json the figures are one flat JSON object.`, out)
 		if figures, err = bench.MeasureLock(*rounds); err == nil {
 			err = vsKernel(func() error { return lockVsKernel(*rounds, figures) })
 		}
+	case "cancel":
+		figures, err = bench.MeasureCancel(max(*rounds/100, 200), *per)
 	default:
-		return fmt.Errorf("bench: %w: unknown suite %q (want jit or lock)", errUsage, fs.Arg(0))
+		return fmt.Errorf("bench: %w: unknown suite %q (want jit, lock or cancel)", errUsage, fs.Arg(0))
 	}
 	if err != nil {
 		return err

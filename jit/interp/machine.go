@@ -97,9 +97,18 @@ func NewMachine() *Machine {
 	return m
 }
 
-// Cancel asks the running program to stop at its next backward jump; it then
-// returns abi.ErrCancelled. Any goroutine may call it; every Run clears it.
+// Cancel asks the running program, or the next one to run, to stop at its
+// next cancellation point (a backward jump or a helper call); it then returns
+// abi.ErrCancelled. Any goroutine may call it. It stays set until ClearCancel.
 func (m *Machine) Cancel() { atomic.StoreUint32(&m.term, abi.Terminate) }
+
+// ClearCancel clears the terminate word, before a run that must not inherit
+// an earlier cancel.
+func (m *Machine) ClearCancel() {
+	if atomic.LoadUint32(&m.term) != 0 {
+		atomic.StoreUint32(&m.term, 0)
+	}
+}
 
 // AttachHeap lets programs access size bytes at base (a heap mapping in this
 // process, size a power of two). canonBase is the heap's canonical view, which
@@ -172,7 +181,6 @@ func (m *Machine) run(p *Program, r *[11]uint64) (uint64, error) {
 	if limit == 0 {
 		limit = ^uint64(0)
 	}
-	atomic.StoreUint32(&m.term, 0)
 	backEdges := abi.BackEdgeBudget
 	n := uint64(0)
 	pc := 0
@@ -293,14 +301,14 @@ func (m *Machine) run(p *Program, r *[11]uint64) (uint64, error) {
 			r[in.dst] = uint64(d32)
 		case clsJMP, clsJMP32:
 			if int(in.target) <= pc && op != opCall && op != 0x8d && op != 0x95 {
-				// A backward jump (taken or not): a cancellation point, and
-				// now and then a yield.
+				// A backward jump (taken or not): a cancellation point, as in
+				// the JIT, and now and then a yield.
+				if atomic.LoadUint32(&m.term) != 0 {
+					return m.fail(pc, n, abi.ErrCancelled, "at a back-edge")
+				}
 				if backEdges--; backEdges == 0 {
 					backEdges = abi.BackEdgeBudget
 					runtime.Gosched()
-					if atomic.LoadUint32(&m.term) != 0 {
-						return m.fail(pc, n, abi.ErrCancelled, "at a back-edge")
-					}
 				}
 			}
 			switch op {
@@ -332,6 +340,9 @@ func (m *Machine) run(p *Program, r *[11]uint64) (uint64, error) {
 				id := in.imm
 				if op == 0x8d { // callx: helper number in dst
 					id = int32(r[in.dst])
+				}
+				if atomic.LoadUint32(&m.term) != 0 { // a helper call: a cancellation point
+					return m.fail(pc, n, abi.ErrCancelled, "at a helper call")
 				}
 				h := m.Helpers[id]
 				if h == nil {

@@ -1,0 +1,179 @@
+package serve_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"path/filepath"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf/asm"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kflex-go/kflex/abi"
+	"github.com/kflex-go/kflex/bytecode"
+	"github.com/kflex-go/kflex/cancel"
+	"github.com/kflex-go/kflex/heap"
+	"github.com/kflex-go/kflex/jit"
+	"github.com/kflex-go/kflex/serve"
+)
+
+// Loops that end only when cancelled (their way out, r0 wrapping around, is
+// 2^64 rounds away): a tight one with no helper call, and one that calls a
+// helper every round. The back-edge is instruction 2 in both.
+var endless = map[string]string{
+	"spin":        "mov %r0, 1\nloop:\nadd %r0, 1\njne %r0, 0, loop\nexit",
+	"spin_helper": fmt.Sprintf("mov %%r6, 1\nloop:\ncall %d\nadd %%r6, 1\njne %%r6, 0, loop\nmov %%r0, 0\nexit", abi.HelperTime),
+	"add1":        "ldxdw %r0, [%r1+0]\nadd %r0, 1\nexit",
+}
+
+// cancelRuntime is a runtime with one executor of the given engine (or n of
+// each with both) and the endless programs.
+func cancelRuntime(t testing.TB, o serve.Options) *serve.Runtime {
+	t.Helper()
+	if err := jit.Supported(); err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	h, err := heap.Create(filepath.Join(t.TempDir(), "heap"), &heap.Options{Params: heap.Params{Size: 8 << 20}})
+	require.NoError(t, err)
+	progs := map[string]asm.Instructions{}
+	for name, src := range endless {
+		insns, err := bytecode.Assemble(src)
+		require.NoError(t, err, name)
+		progs[name] = insns
+	}
+	o.Trace = io.Discard
+	rt, err := serve.NewWith(h, progs, o)
+	require.NoError(t, err)
+	t.Cleanup(func() {
+		rt.Close()
+		h.Close()
+	})
+	return rt
+}
+
+var engines = map[string]serve.Options{"jit": {JIT: 1}, "interp": {Interpreted: 1}}
+
+// requireCancelled checks err is the cancellation of program at its
+// back-edge (or helper call) for cause c.
+func requireCancelled(t *testing.T, err error, program string, c cancel.Cause) {
+	t.Helper()
+	require.ErrorIs(t, err, abi.ErrCancelled)
+	var ce *cancel.Error
+	require.ErrorAs(t, err, &ce)
+	assert.Equal(t, program, ce.Program)
+	assert.Equal(t, c, ce.Cause, "cause")
+	assert.Contains(t, []int{1, 2, 3}, ce.Insn, "a cancellation point of the loop")
+	assert.Contains(t, err.Error(), "program "+program+" cancelled at instruction")
+}
+
+// TestCancelCauses: each cause stops an endless loop, tight or calling a
+// helper, in both engines, and says so.
+func TestCancelCauses(t *testing.T) {
+	for engine, o := range engines {
+		for _, prog := range []string{"spin", "spin_helper"} {
+			t.Run(engine+"/"+prog, func(t *testing.T) {
+				o := o
+				o.Budget = 30 * time.Millisecond
+				rt := cancelRuntime(t, o)
+
+				_, err := rt.Invoke(context.Background(), prog, 0)
+				requireCancelled(t, err, prog, cancel.Budget)
+				assert.Contains(t, err.Error(), "its 30ms time budget ran out")
+
+				o.Budget = -1 // no budget: only the other causes stop it
+				rt = cancelRuntime(t, o)
+				ctx, stop := context.WithTimeout(context.Background(), 20*time.Millisecond)
+				defer stop()
+				_, err = rt.Invoke(ctx, prog, 0)
+				requireCancelled(t, err, prog, cancel.Context)
+
+				done := make(chan error, 1)
+				go func() { _, err := rt.Invoke(context.Background(), prog, 0); done <- err }()
+				waitRunning(t, rt, 1)
+				assert.Equal(t, 0, rt.Cancel("add1"), "another program's invocations are not touched")
+				assert.Equal(t, 1, rt.Cancel(prog))
+				requireCancelled(t, <-done, prog, cancel.Request)
+
+				// The executor runs the next program as if nothing happened.
+				r0, err := rt.Invoke(context.Background(), "add1", 41)
+				require.NoError(t, err)
+				assert.Equal(t, uint64(42), r0)
+
+				go func() { _, err := rt.Invoke(context.Background(), prog, 0); done <- err }()
+				waitRunning(t, rt, 1)
+				require.NoError(t, rt.Close())
+				requireCancelled(t, <-done, prog, cancel.Shutdown)
+			})
+		}
+	}
+}
+
+// waitRunning waits until n invocations run.
+func waitRunning(t *testing.T, rt *serve.Runtime, n int) {
+	t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for len(rt.Running()) < n {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d invocations running, want %d", len(rt.Running()), n)
+		}
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// TestCancelBeforeRun: a context that ended before an executor was free
+// cancels the call before it runs; a budget for an unknown program is refused.
+func TestCancelBeforeRun(t *testing.T) {
+	rt := cancelRuntime(t, serve.Options{JIT: 1, Budget: -1})
+	done := make(chan error, 1)
+	go func() { _, err := rt.Invoke(context.Background(), "spin", 0); done <- err }()
+	waitRunning(t, rt, 1)
+	ctx, stop := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer stop()
+	_, err := rt.Invoke(ctx, "add1", 1) // waits for the only executor
+	require.ErrorIs(t, err, abi.ErrCancelled)
+	var ce *cancel.Error
+	require.ErrorAs(t, err, &ce)
+	assert.Equal(t, -1, ce.Insn)
+	assert.Contains(t, err.Error(), "program add1 cancelled before it ran: the caller's context ended")
+	rt.Cancel("")
+	requireCancelled(t, <-done, "spin", cancel.Request)
+
+	h, err := heap.Create(filepath.Join(t.TempDir(), "heap"), &heap.Options{Params: heap.Params{Size: 8 << 20}})
+	require.NoError(t, err)
+	defer h.Close()
+	insns, err := bytecode.Assemble(endless["add1"])
+	require.NoError(t, err)
+	_, err = serve.NewWith(h, map[string]asm.Instructions{"add1": insns},
+		serve.Options{JIT: 1, Budgets: map[string]time.Duration{"nope": time.Second}})
+	assert.ErrorContains(t, err, `budget for "nope": no such program`)
+}
+
+// TestResponsiveWhileLooping: with every executor in an endless loop, a short
+// program invoked meanwhile returns once the loops' budget frees an
+// executor: within the budget and the stop bound, never later.
+func TestResponsiveWhileLooping(t *testing.T) {
+	const budget = 100 * time.Millisecond
+	rt := cancelRuntime(t, serve.Options{JIT: 1, Interpreted: 1, Budget: budget})
+	var wg sync.WaitGroup
+	errs := make([]error, 2)
+	for i := range errs {
+		wg.Go(func() { _, errs[i] = rt.Invoke(context.Background(), "spin", 0) })
+	}
+	waitRunning(t, rt, 2)
+	start := time.Now()
+	r0, err := rt.Invoke(context.Background(), "add1", 1)
+	took := time.Since(start)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(2), r0)
+	assert.Less(t, took, budget+time.Second, "the short call waited %v", took) // generous: 2 cores, -race
+	wg.Wait()
+	for _, err := range errs {
+		assert.True(t, errors.Is(err, abi.ErrCancelled), "%v", err)
+	}
+	t.Logf("a short call behind two endless loops with a %v budget returned after %v", budget, took)
+}
