@@ -2,7 +2,9 @@ package serve_test
 
 import (
 	"encoding/binary"
+	"fmt"
 	"net"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -142,4 +144,70 @@ func TestMalformedRequests(t *testing.T) {
 	assert.ErrorContains(t, r.Err, "request of 3 bytes")
 	n, err := c.Read(make([]byte, 64))
 	assert.True(t, n == 0 || err != nil, "the runtime closed the connection")
+}
+
+// TestLongCallRunsBeside: a call that arrives while another call of the same
+// connection runs long (it spins on a lock this test holds) still runs,
+// beside it, and returns. The runtime runs a lone call inline on the
+// connection's reader; its watchdog hands the reading on when that call runs
+// long. Twice: with the watchdog awake, and after it has gone to sleep.
+func TestLongCallRunsBeside(t *testing.T) {
+	f := start(t)
+	c, err := userspace.Dial(f.socket, nil)
+	require.NoError(t, err)
+	defer c.Close()
+	lockPtr := c.Base() + userspace.Ptr(f.lock)
+	mu, err := c.Mutex(lockPtr)
+	require.NoError(t, err)
+	for _, pause := range []time.Duration{0, 200 * time.Millisecond} {
+		time.Sleep(pause)
+		mu.Lock()
+		long := make(chan error, 1)
+		go func() {
+			_, err := c.Invoke("counter", c.Canonical(lockPtr))
+			long <- err
+		}()
+		time.Sleep(20 * time.Millisecond) // it reaches the runtime, which runs it inline
+		short := make(chan error, 1)
+		go func() {
+			r0, err := c.Invoke("add1", 41)
+			if err == nil && r0 != 42 {
+				err = fmt.Errorf("add1(41) = %d", r0)
+			}
+			short <- err
+		}()
+		select {
+		case err := <-short:
+			assert.NoError(t, err, "after a pause of %v", pause)
+		case <-time.After(10 * time.Second):
+			mu.Unlock()
+			t.Fatalf("after a pause of %v: a call still waits 10s behind one that runs long", pause)
+		}
+		select {
+		case err := <-long:
+			t.Errorf("the long call returned (%v) while its lock was held", err)
+		default:
+		}
+		mu.Unlock()
+		require.NoError(t, <-long)
+	}
+}
+
+// BenchmarkInvokeConcurrent is BenchmarkInvoke for four goroutines sharing
+// one Client: the time per call is the connection's throughput.
+func BenchmarkInvokeConcurrent(b *testing.B) {
+	f := start(b)
+	c, err := userspace.Dial(f.socket, nil)
+	require.NoError(b, err)
+	defer c.Close()
+	b.SetParallelism(max(1, 4/runtime.GOMAXPROCS(0)))
+	b.RunParallel(func(pb *testing.PB) {
+		for pb.Next() {
+			if _, err := c.Invoke("empty", 0); err != nil {
+				b.Error(err)
+				return
+			}
+		}
+	})
+	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/1e3/float64(b.N), "µs/invoke")
 }

@@ -14,8 +14,11 @@ import (
 //
 // A Client is safe for concurrent use: any number of goroutines may Invoke at
 // once, each call waiting for its own result while the runtime runs the
-// calls side by side. One goroutine per Client reads the runtime's results
-// and hands each to the call whose id it carries; Close ends it.
+// calls side by side. The Client has no goroutine of its own: one waiting
+// call at a time is the reader. It reads the connection, hands each result
+// to the call whose id it carries, and when its own result comes, passes the
+// reading on to a call still waiting. A call alone in flight thus reads its
+// own result, with no hand-off between goroutines.
 type Client struct {
 	*Heap
 	conn *net.UnixConn
@@ -26,16 +29,23 @@ type Client struct {
 	mu      sync.Mutex
 	nextID  uint64
 	pending map[uint64]chan wire.Result // calls waiting, by request id
+	reading bool                        // a call holds the reader role, or is being handed it
 	broken  error                       // why the connection is unusable, once it is
 	closed  bool
 
-	readerDone chan struct{}
+	rbuf []byte // the reader's buffer, used only by the call holding the role
 }
 
+// errLead, sent to a waiting call in place of its result, hands it the
+// reader role.
+var errLead = errors.New("kflex client: read the connection")
+
+// calls holds the channels waiting calls receive on, each empty.
+var calls = sync.Pool{New: func() any { return make(chan wire.Result, 1) }}
+
 func newClient(h *Heap, conn *net.UnixConn, path string) *Client {
-	c := &Client{Heap: h, conn: conn, path: path, pending: map[uint64]chan wire.Result{}, readerDone: make(chan struct{})}
-	go c.read()
-	return c
+	return &Client{Heap: h, conn: conn, path: path, pending: map[uint64]chan wire.Result{},
+		rbuf: make([]byte, wire.MaxResult+1)}
 }
 
 // Invoke runs extension name in the runtime with argument arg and returns its
@@ -43,7 +53,7 @@ func newClient(h *Heap, conn *net.UnixConn, path string) *Client {
 // before answering gives ErrRuntimeGone, and one that breaks the protocol
 // ErrMalformed.
 func (c *Client) Invoke(name string, arg uint64) (uint64, error) {
-	done := make(chan wire.Result, 1)
+	var b [wire.MaxRequest]byte
 	c.mu.Lock()
 	if c.broken != nil {
 		c.mu.Unlock()
@@ -51,33 +61,111 @@ func (c *Client) Invoke(name string, arg uint64) (uint64, error) {
 	}
 	c.nextID++
 	id := c.nextID
-	req, err := wire.EncodeInvoke(id, name, arg)
+	req, err := wire.AppendInvoke(b[:0], id, name, arg)
 	if err != nil {
 		c.mu.Unlock()
 		return 0, err
 	}
+	done := calls.Get().(chan wire.Result)
 	c.pending[id] = done
 	c.mu.Unlock()
 
 	c.writeMu.Lock()
 	_, err = c.conn.Write(req)
 	c.writeMu.Unlock()
-	if err != nil && c.forget(id) {
+	if err != nil && c.forget(id, done) {
 		// Not sent (a packet goes whole or not at all): nothing will answer.
+		calls.Put(done)
 		return 0, c.failure(fmt.Errorf("%w (%s) sending %s: %v", ErrRuntimeGone, c.path, name, err))
 	}
-	r := <-done
+	r := c.wait(id, done)
+	calls.Put(done)
 	return r.R0, r.Err
 }
 
-// forget removes request id from the pending calls, reporting whether it was
-// still there (the reader has not answered or failed it).
-func (c *Client) forget(id uint64) bool {
+// wait returns call id's result: read by this call itself if no other call
+// is reading, else handed over by the reader (which may instead hand this
+// call the reader role).
+func (c *Client) wait(id uint64, done chan wire.Result) wire.Result {
+	c.mu.Lock()
+	_, waiting := c.pending[id]
+	lead := waiting && !c.reading
+	if lead {
+		c.reading = true
+	}
+	c.mu.Unlock()
+	if !lead {
+		// Answered already (the reader took the call out of pending), or
+		// the reader will answer or hand over the role.
+		if r := <-done; r.Err != errLead {
+			return r
+		}
+	}
+	return c.read(id, done)
+}
+
+// read is the reader: it hands each result to its call until call id's own
+// comes, then passes the role on. When the connection ends or breaks the
+// protocol, it fails every pending call, itself included, and every later
+// one.
+func (c *Client) read(id uint64, done chan wire.Result) wire.Result {
+	for {
+		n, err := c.conn.Read(c.rbuf)
+		if err != nil || n == 0 {
+			c.fail(fmt.Errorf("%w (%s): %v", ErrRuntimeGone, c.path, readError(err)))
+			break
+		}
+		r, err := wire.DecodeResult(c.rbuf[:n])
+		if err != nil {
+			c.fail(fmt.Errorf("kflex runtime at %s: %w", c.path, err))
+			break
+		}
+		c.mu.Lock()
+		call, ok := c.pending[r.ID]
+		delete(c.pending, r.ID)
+		if r.ID == id {
+			c.passLead()
+			c.mu.Unlock()
+			return r
+		}
+		if ok {
+			call <- r // never blocks: a pending call's channel is empty
+		}
+		c.mu.Unlock()
+		if !ok {
+			c.fail(unexpected(c.path, r))
+			break
+		}
+	}
+	return <-done // fail answered this call too
+}
+
+// passLead hands the reader role to a pending call, if there is one. The
+// caller holds c.mu and the role.
+func (c *Client) passLead() {
+	for _, call := range c.pending {
+		call <- wire.Result{Err: errLead}
+		return
+	}
+	c.reading = false
+}
+
+// forget removes call id from the pending calls, reporting whether it was
+// still there (no reader has answered or failed it). A reader role handed
+// to it meanwhile goes on to another call.
+func (c *Client) forget(id uint64, done chan wire.Result) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	_, ok := c.pending[id]
+	if _, ok := c.pending[id]; !ok {
+		return false
+	}
 	delete(c.pending, id)
-	return ok
+	select {
+	case <-done: // a pending call's channel holds nothing but errLead
+		c.passLead()
+	default:
+	}
+	return true
 }
 
 // failure is err, or, if the connection broke meanwhile, the reason it
@@ -89,46 +177,7 @@ func (c *Client) failure(err error) error {
 	if c.broken != nil {
 		return c.broken
 	}
-	if c.closed {
-		return fmt.Errorf("kflex client (%s): %w", c.path, net.ErrClosed)
-	}
 	return err
-}
-
-// read hands each result to the call waiting for it, until the connection
-// ends or breaks the protocol; then it fails every pending call and every
-// later one.
-func (c *Client) read() {
-	defer close(c.readerDone)
-	buf := make([]byte, wire.MaxResult+1)
-	for {
-		n, err := c.conn.Read(buf)
-		if err != nil || n == 0 {
-			c.mu.Lock()
-			closed := c.closed
-			c.mu.Unlock()
-			if closed {
-				c.fail(fmt.Errorf("kflex client (%s): %w", c.path, net.ErrClosed))
-			} else {
-				c.fail(fmt.Errorf("%w (%s): %v", ErrRuntimeGone, c.path, readError(err)))
-			}
-			return
-		}
-		r, err := wire.DecodeResult(buf[:n])
-		if err != nil {
-			c.fail(fmt.Errorf("kflex runtime at %s: %w", c.path, err))
-			return
-		}
-		c.mu.Lock()
-		done, ok := c.pending[r.ID]
-		delete(c.pending, r.ID)
-		c.mu.Unlock()
-		if !ok {
-			c.fail(unexpected(c.path, r))
-			return
-		}
-		done <- r
-	}
 }
 
 // unexpected is the error for result r, which no call is waiting for.
@@ -147,21 +196,25 @@ func readError(err error) error {
 	return err
 }
 
-// fail marks the connection broken by err and gives err to every pending call.
+// fail marks the connection broken by err, unless it is already (Close
+// marks it first), gives the reason to every pending call and gives up the
+// reader role: later calls fail at once, without reading.
 func (c *Client) fail(err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.broken == nil {
 		c.broken = err
 	}
-	for id, done := range c.pending {
-		done <- wire.Result{ID: id, Err: c.broken}
+	for id, call := range c.pending {
+		call <- wire.Result{ID: id, Err: c.broken}
 		delete(c.pending, id)
 	}
+	c.reading = false
 }
 
 // Close detaches from the heap and the runtime. Calls still waiting for a
-// result fail with an error wrapping net.ErrClosed.
+// result fail with an error wrapping net.ErrClosed (the reader's read fails,
+// and it fails them all), and so do later calls.
 func (c *Client) Close() error {
 	c.mu.Lock()
 	if c.closed {
@@ -169,9 +222,11 @@ func (c *Client) Close() error {
 		return fmt.Errorf("kflex client (%s): %w", c.path, net.ErrClosed)
 	}
 	c.closed = true
+	if c.broken == nil {
+		c.broken = fmt.Errorf("kflex client (%s): %w", c.path, net.ErrClosed)
+	}
 	c.mu.Unlock()
 	err := c.conn.Close()
-	<-c.readerDone // its Read fails now
 	if herr := c.Heap.Close(); err == nil {
 		err = herr
 	}

@@ -154,3 +154,48 @@ func TestMalformedResults(t *testing.T) {
 		})
 	}
 }
+
+// TestResultsOutOfOrder: results that come in another order than their
+// requests each reach their own call, whichever call is reading: the reader
+// hands the others' results over and, once it has its own, passes the
+// reading on to a call still waiting.
+func TestResultsOutOfOrder(t *testing.T) {
+	const calls = 8
+	sock := fakeRuntime(t, func(c *net.UnixConn) {
+		var reqs []wire.Request
+		buf := make([]byte, wire.MaxRequest+1)
+		for range calls {
+			n, err := c.Read(buf)
+			if !assert.NoError(t, err) {
+				return
+			}
+			req, err := wire.DecodeRequest(buf[:n])
+			assert.NoError(t, err)
+			reqs = append(reqs, req)
+		}
+		for i := range reqs {
+			req := reqs[len(reqs)-1-i]
+			c.Write(wire.EncodeResult(req.ID, req.Arg+1, nil))
+		}
+	})
+	c, err := Dial(sock, nil)
+	require.NoError(t, err)
+	defer c.Close()
+	r0s := make([]uint64, calls)
+	var wg sync.WaitGroup
+	for i := range calls {
+		wg.Go(func() {
+			var err error
+			r0s[i], err = c.Invoke("prog", uint64(100+i))
+			assert.NoError(t, err, "call %d", i)
+		})
+	}
+	wg.Wait()
+	for i, r0 := range r0s {
+		assert.Equal(t, uint64(101+i), r0, "call %d", i)
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	assert.Empty(t, c.pending)
+	assert.False(t, c.reading, "the last call gave up the reading")
+}

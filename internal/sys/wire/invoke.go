@@ -40,16 +40,21 @@ type Request struct {
 
 // EncodeInvoke is request id: run extension name with argument arg.
 func EncodeInvoke(id uint64, name string, arg uint64) ([]byte, error) {
+	return AppendInvoke(make([]byte, 0, headerSize+len(name)), id, name, arg)
+}
+
+// AppendInvoke is EncodeInvoke appending to b: a caller with a buffer of
+// MaxRequest bytes encodes without allocating.
+func AppendInvoke(b []byte, id uint64, name string, arg uint64) ([]byte, error) {
 	if len(name) == 0 || len(name) > MaxNameLen {
 		return nil, fmt.Errorf("program name %q: want 1 to %d bytes", name, MaxNameLen)
 	}
 	if id == 0 {
 		return nil, fmt.Errorf("request id 0 is reserved")
 	}
-	b := make([]byte, headerSize, headerSize+len(name))
-	binary.LittleEndian.PutUint32(b, uint32(OpInvoke))
-	binary.LittleEndian.PutUint64(b[4:], id)
-	binary.LittleEndian.PutUint64(b[12:], arg)
+	b = binary.LittleEndian.AppendUint32(b, uint32(OpInvoke))
+	b = binary.LittleEndian.AppendUint64(b, id)
+	b = binary.LittleEndian.AppendUint64(b, arg)
 	return append(b, name...), nil
 }
 
@@ -76,18 +81,25 @@ func DecodeRequest(b []byte) (Request, error) {
 
 // EncodeResult answers request id: r0, or, if err is not nil, its text.
 func EncodeResult(id, r0 uint64, err error) []byte {
-	b := make([]byte, headerSize)
-	binary.LittleEndian.PutUint64(b[4:], id)
-	if err != nil {
-		binary.LittleEndian.PutUint32(b, statusFailed)
-		msg := err.Error()
-		if len(msg) > MaxMessage {
-			msg = msg[:MaxMessage]
-		}
-		return append(b, msg...)
+	return AppendResult(nil, id, r0, err)
+}
+
+// AppendResult is EncodeResult appending to b: a caller reusing a buffer
+// encodes without allocating.
+func AppendResult(b []byte, id, r0 uint64, err error) []byte {
+	if err == nil {
+		b = binary.LittleEndian.AppendUint32(b, statusOK)
+		b = binary.LittleEndian.AppendUint64(b, id)
+		return binary.LittleEndian.AppendUint64(b, r0)
 	}
-	binary.LittleEndian.PutUint64(b[12:], r0)
-	return b
+	msg := err.Error()
+	if len(msg) > MaxMessage {
+		msg = msg[:MaxMessage]
+	}
+	b = binary.LittleEndian.AppendUint32(b, statusFailed)
+	b = binary.LittleEndian.AppendUint64(b, id)
+	b = binary.LittleEndian.AppendUint64(b, 0)
+	return append(b, msg...)
 }
 
 // InvokeError is an extension's failure as the runtime reported it: it ran

@@ -111,3 +111,20 @@ func TestResult(t *testing.T) {
 		assert.ErrorContains(t, err, tc.msg)
 	}
 }
+
+// TestAppendNoAlloc: a request or result appended to a buffer large enough
+// allocates nothing (Client.Invoke and the runtime encode into buffers they
+// reuse).
+func TestAppendNoAlloc(t *testing.T) {
+	var b [MaxRequest]byte
+	assert.Zero(t, testing.AllocsPerRun(100, func() {
+		if _, err := AppendInvoke(b[:0], 1, "prog", 41); err != nil {
+			t.Fatal(err)
+		}
+	}), "AppendInvoke")
+	r := make([]byte, 0, MaxResult)
+	assert.Zero(t, testing.AllocsPerRun(100, func() { r = AppendResult(r[:0], 1, 42, nil) }), "AppendResult")
+	got, err := DecodeResult(r)
+	require.NoError(t, err)
+	assert.Equal(t, Result{ID: 1, R0: 42}, got)
+}
