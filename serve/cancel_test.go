@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"sync"
 	"testing"
@@ -18,8 +19,10 @@ import (
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/cancel"
 	"github.com/kflex-go/kflex/heap"
+	"github.com/kflex-go/kflex/internal/testutil"
 	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/serve"
+	"github.com/kflex-go/kflex/userspace"
 )
 
 // Loops that end only when cancelled (their way out, r0 wrapping around, is
@@ -176,4 +179,48 @@ func TestResponsiveWhileLooping(t *testing.T) {
 		assert.True(t, errors.Is(err, abi.ErrCancelled), "%v", err)
 	}
 	t.Logf("a short call behind two endless loops with a %v budget returned after %v", budget, took)
+}
+
+const roleSpinner = "serve-spinner"
+
+// TestCancelOnDisconnect: a process that dies with calls in flight takes them
+// with it: the runtime cancels them (cause Disconnect) and the next caller
+// gets an executor at once, not after the endless calls (no budget here).
+func TestCancelOnDisconnect(t *testing.T) {
+	if testutil.Role() == roleSpinner {
+		c, err := userspace.Dial(os.Getenv("KFLEX_SOCKET"), nil)
+		require.NoError(t, err)
+		for range 4 { // more than the executors: some wait for one
+			go c.Invoke("spin", 0)
+		}
+		select {} // until the parent kills us
+	}
+	rt := cancelRuntime(t, serve.Options{JIT: 1, Interpreted: 1, Budget: -1})
+	sock := filepath.Join(t.TempDir(), "sock")
+	ln, err := serve.Listen(sock, io.Discard)
+	require.NoError(t, err)
+	served := make(chan error, 1)
+	go func() { served <- rt.Serve(ln) }()
+	defer func() {
+		ln.Close()
+		require.NoError(t, <-served)
+	}()
+
+	cmd := testutil.Child(t, t.Name(), roleSpinner, "KFLEX_SOCKET="+sock)
+	require.NoError(t, cmd.Start())
+	waitRunning(t, rt, 2)
+	require.NoError(t, cmd.Process.Kill())
+	cmd.Wait()
+	start := time.Now()
+	r0, err := rt.Invoke(context.Background(), "add1", 1)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(2), r0)
+	took := time.Since(start)
+	assert.Less(t, took, 2*time.Second)
+	deadline := time.Now().Add(5 * time.Second)
+	for len(rt.Running()) > 0 && time.Now().Before(deadline) {
+		time.Sleep(time.Millisecond)
+	}
+	assert.Empty(t, rt.Running(), "the dead process's calls still run")
+	t.Logf("after the client's death the next call returned in %v", took)
 }

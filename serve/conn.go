@@ -135,7 +135,10 @@ func (s *connServer) read() {
 			}
 			continue
 		}
-		s.slots <- struct{}{}
+		if !s.takeSlot() {
+			s.end()
+			return
+		}
 		if s.running.Add(1) > 1 {
 			s.wg.Go(func() { s.run(req) })
 			continue
@@ -150,6 +153,50 @@ func (s *connServer) read() {
 			return // the watchdog gave the reading to another goroutine
 		}
 	}
+}
+
+// hangupPoll is how often a reader that waits for a place among the running
+// looks for the peer's hang-up.
+const hangupPoll = 5 * time.Millisecond
+
+// takeSlot waits for a place among the running and reports whether it got
+// one. While every place is taken nobody reads the socket, so a process that
+// went away would go unnoticed, its calls running on: it looks for the
+// hang-up itself, and reports false when the peer is gone.
+func (s *connServer) takeSlot() bool {
+	select {
+	case s.slots <- struct{}{}:
+		return true
+	default:
+	}
+	t := time.NewTicker(hangupPoll)
+	defer t.Stop()
+	for {
+		select {
+		case s.slots <- struct{}{}:
+			return true
+		case <-t.C:
+			if s.hungUp() {
+				return false
+			}
+		}
+	}
+}
+
+// hungUp reports whether the peer closed its end (POLLRDHUP), without reading.
+func (s *connServer) hungUp() bool {
+	raw, err := s.c.SyscallConn()
+	if err != nil {
+		return true
+	}
+	hup := false
+	raw.Control(func(fd uintptr) {
+		fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+		if n, err := unix.Poll(fds, 0); err == nil && n > 0 {
+			hup = fds[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR) != 0
+		}
+	})
+	return hup
 }
 
 // end ends reading, and cancels the connection's calls still running.
