@@ -49,7 +49,11 @@
 // point (back-edges and helper calls), and which callee-saved register keeps
 // each one's address (the one r1 was copied from for the lock call, while
 // neither changed), for the runtime to release them when it stops the
-// program there. Stack slots are never named: frames live in the sandbox,
+// program there. Result.CallTable says the same of every bpf-to-bpf call
+// site: what the caller holds while the callee runs (points.go). A program
+// stopped in a subprogram holds what its frame's cancellation point lists
+// and what each caller's call site lists; Result.HeldAt finds either by
+// slot. Stack slots are never named for locks: frames live in the sandbox,
 // where a spilled address can be forged.
 //
 // Deliberate differences from the Linux verifier (kernel.TestVerifierVerdicts
