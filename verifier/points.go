@@ -14,7 +14,32 @@ type CancelPoint struct {
 	// is known to (the program passed mcs_lock an address it keeps nowhere,
 	// or changed the register since).
 	LockRegs []int
+	// Allocs are the unpublished allocations the frame holds there (refs.go),
+	// each with one place that keeps its pointer, for the runtime to free.
+	Allocs []Alloc
 }
+
+// Alloc is an unpublished allocation and where its pointer is: a register
+// (at a call site one of r6-r9, which the callee preserves) or an 8-byte
+// stack slot of the frame (Reg OnStack).
+type Alloc struct {
+	Site int // the slot of the allocation helper's call that made it
+	Reg  int // 0-9, or OnStack
+	Off  int // OnStack: the slot's offset from the frame pointer (r10), -8 to -512
+}
+
+// OnStack is Alloc.Reg for a pointer kept in a stack slot.
+const OnStack = -1
+
+// placeOrder is the order in which places are considered for an Alloc:
+// the callee-saved registers, the stack, then the rest (not at call sites).
+var placeOrder = func() []int {
+	order := []int{6, 7, 8, 9}
+	for p := 10; p < numPlaces; p++ {
+		order = append(order, p)
+	}
+	return append(order, 0, 1, 2, 3, 4, 5)
+}()
 
 // HeldAt is what the frame stopped at slot pc holds: the CancelTable entry
 // of a cancellation point or the CallTable entry of a call site (a call
@@ -43,6 +68,15 @@ func (a *analysis) table(pcs []int, calls bool) []CancelPoint {
 		for _, reg := range s.Held[:min(int(s.Locks), maxLocks)] {
 			cp.LockRegs = append(cp.LockRegs, int(reg))
 		}
+		if s.hasAllocs() {
+			st := *s
+			places := placeOrder
+			if calls {
+				a.passAllocs(&st, nil, a.symbol(a.g.Calls[pc]))
+				places = placeOrder[:len(placeOrder)-6]
+			}
+			cp.Allocs = st.allocPlaces(places)
+		}
 		t = append(t, cp)
 	}
 	return t
@@ -56,4 +90,29 @@ func (g *CFG) callSites() []int {
 	}
 	sortInts(pcs)
 	return pcs
+}
+
+// allocPlaces lists s's allocations, each at the first of places (by
+// placeOrder's numbering) that keeps it; one kept in none of them is left
+// out (the analysis rejects losing one; at a call site, one only in r0-r5
+// is lost at the return).
+func (s *State) allocPlaces(places []int) []Alloc {
+	var out []Alloc
+	for id, site := range s.Allocs {
+		if site == 0 {
+			continue
+		}
+		for _, p := range places {
+			if int(s.RefAt[p]) != id+1 {
+				continue
+			}
+			al := Alloc{Site: int(site) - 1, Reg: p}
+			if p >= 10 {
+				al.Reg, al.Off = OnStack, -8*(p-10+1)
+			}
+			out = append(out, al)
+			break
+		}
+	}
+	return out
 }

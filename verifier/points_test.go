@@ -9,6 +9,10 @@ import (
 	"github.com/kflex-go/kflex/bytecode"
 )
 
+// lockSubs are stubs of the lock subprograms, for Config{LockFunc: "lock",
+// UnlockFunc: "unlock"}.
+const lockSubs = "\nlock:\nmov %r0, 0\nexit\nunlock:\nmov %r0, 0\nexit"
+
 // TestCallTable: every bpf-to-bpf call site has an entry saying what the
 // caller holds while the callee runs, so that a cancellation point inside a
 // subprogram, whose own entry counts only its frame, is completed by its
@@ -30,13 +34,7 @@ func TestCallTable(t *testing.T) {
 	loop:
 		add %r0, 1
 		jlt %r0, 10, loop
-		exit
-	lock:
-		mov %r0, 0
-		exit
-	unlock:
-		mov %r0, 0
-		exit`)
+		exit` + lockSubs)
 	require.NoError(t, err)
 	r, err := Verify(insns, cfg)
 	require.NoError(t, err)
