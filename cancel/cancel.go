@@ -8,6 +8,13 @@
 // program, the instruction where it stopped and the cause, and wraps
 // abi.ErrCancelled, the one value both engines return.
 //
+// What the invocation held where it stopped is planned from the verifier's
+// tables and the call stack the engine reports (release.go: Plan): held
+// locks, and the allocations it made and did not publish. An allocation is
+// published when the program passed it to abi.HelperFree, stored it anywhere
+// but its own frame's stack (through a heap pointer, or into the context),
+// or returned it in r0 from the main program's exit; the rest are freed.
+//
 // Layer 5 (loader, cancel): it stands on abi and on the engines' error
 // types; serve uses it.
 package cancel

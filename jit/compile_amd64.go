@@ -50,14 +50,15 @@ type ripFixup struct {
 	target *int
 }
 
-// compile generates code for a validated program's slots and counts its
-// guards.
-func compile(slots []bytecode.Slot, o Options) ([]byte, guardCounts, error) {
+// compile generates code for a validated program's slots, and returns the
+// native offset where each slot's code starts (callSlot reads it) and the
+// guards counted.
+func compile(slots []bytecode.Slot, o Options) ([]byte, []int, guardCounts, error) {
 	c, err := lowerWith(&compiler{noCancelCheck: o.NoCancelCheck}, slots, o.Guard, o.Access)
 	if err != nil {
-		return nil, guardCounts{}, err
+		return nil, nil, guardCounts{}, err
 	}
-	return c.a.Buf, guardCounts{c.guards, c.elided}, nil
+	return c.a.Buf, c.starts, guardCounts{c.guards, c.elided}, nil
 }
 
 type guardCounts struct{ kept, elided int }

@@ -37,6 +37,7 @@ const (
 type Program struct {
 	code   []byte // mmap'd read+execute
 	guards guardCounts
+	starts []int // native offset of each slot's code: a call's return address names it (stack.go)
 }
 
 // Guards reports how many memory accesses the code guards and how many it
@@ -111,7 +112,7 @@ func CompileProgram(p *bytecode.Program, o Options) (*Program, error) {
 	if err := Supported(); err != nil {
 		return nil, err
 	}
-	text, counts, err := compile(p.Slots(), o)
+	text, starts, counts, err := compile(p.Slots(), o)
 	if err != nil {
 		return nil, err
 	}
@@ -126,7 +127,7 @@ func CompileProgram(p *bytecode.Program, o Options) (*Program, error) {
 		unix.Munmap(mem)
 		return nil, fmt.Errorf("jit: protect code: %w", err)
 	}
-	return &Program{code: mem, guards: counts}, nil
+	return &Program{code: mem, guards: counts, starts: starts}, nil
 }
 
 // Close frees the code. No Machine may be running it.
@@ -336,7 +337,7 @@ func (m *Machine) run(p *Program, ctxAddr uint64, ctx []byte) (uint64, error) {
 			c.budget = abi.BackEdgeBudget
 		case exitHelper:
 			if m.terminated() {
-				return 0, &interp.RuntimeError{Insn: pc, Err: abi.ErrCancelled, Detail: "at a helper call"}
+				return 0, m.cancelled(p, pc, "at a helper call")
 			}
 			id := int32(c.exitArg)
 			h := m.Helpers[id]
@@ -349,7 +350,7 @@ func (m *Machine) run(p *Program, ctxAddr uint64, ctx []byte) (uint64, error) {
 			}
 			c.regs[0] = v
 		case exitCancel:
-			return 0, &interp.RuntimeError{Insn: pc, Err: abi.ErrCancelled, Detail: "at a back-edge"}
+			return 0, m.cancelled(p, pc, "at a back-edge")
 		case exitCallDepth:
 			return 0, &interp.RuntimeError{Insn: pc, Err: interp.ErrCallDepth}
 		case exitMisalign:

@@ -18,8 +18,8 @@ func Supported() error {
 	return fmt.Errorf("jit: %w: no code generator for %s; use jit/interp", abi.ErrNotSupported, runtime.GOARCH)
 }
 
-func compile([]bytecode.Slot, Options) ([]byte, guardCounts, error) {
-	return nil, guardCounts{}, Supported()
+func compile([]bytecode.Slot, Options) ([]byte, []int, guardCounts, error) {
+	return nil, nil, guardCounts{}, Supported()
 }
 
 type guardCounts struct{ kept, elided int }

@@ -24,10 +24,17 @@ func (a *analysis) alu(pc int, s *State, in bytecode.Slot, w bool) error {
 	}
 	if op == 0xb0 && in.Off == 0 { // mov, of any value
 		v := scalarResult(in, w, src, src)
+		var ref uint8
 		if w && in.Op&0x08 != 0 {
 			v = copyOf(in.Src, v)
+			if in.Src < 10 {
+				ref = s.RefAt[in.Src] // a copy of an allocation's pointer
+			}
 		}
 		s.set(in.Dst, v)
+		if in.Dst < 10 {
+			s.RefAt[in.Dst] = ref
+		}
 		return nil
 	}
 	if op == 0xb0 && in.Off == 1 {

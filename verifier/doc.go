@@ -49,8 +49,24 @@
 // point (back-edges and helper calls), and which callee-saved register keeps
 // each one's address (the one r1 was copied from for the lock call, while
 // neither changed), for the runtime to release them when it stops the
-// program there. Stack slots are never named: frames live in the sandbox,
+// program there. Result.CallTable says the same of every bpf-to-bpf call
+// site: what the caller holds while the callee runs (points.go). A program
+// stopped in a subprogram holds what its frame's cancellation point lists
+// and what each caller's call site lists; Result.HeldAt finds either by
+// slot. Stack slots are never named for locks: frames live in the sandbox,
 // where a spilled address can be forged.
+//
+// Allocations (abi.HelperAlloc's results) are references, as the kernel
+// tracks acquired ones (refs.go). One is published when the program passes
+// it to the free helper (abi.HelperFree), stores it anywhere but its own
+// frame's stack (through a heap pointer, or into the context), or returns it
+// in r0 from the main program's exit; until then it is unpublished, held by
+// its frame, and every CancelPoint of that frame lists it with one place
+// that keeps its pointer (a register, or an 8-byte stack slot it was stored
+// to whole). A program that loses one (no register or slot keeps it), exits
+// with one (a subprogram with any), or reaches a join point holding
+// different ones on different paths is rejected: the lists are exact. One
+// passed to a subprogram in r1-r5 becomes the callee's.
 //
 // Deliberate differences from the Linux verifier (kernel.TestVerifierVerdicts
 // compares the two on generated programs and on mutations that break one rule
@@ -79,6 +95,10 @@
 //	                                                           bounds only for operands below 2^31
 //	32-bit division and modulo    the result unknown on 64     zero-extended, as every 32-bit result
 //	                              bits (Linux 6.18)
+//	acquired references           any path's leak rejected at  allocations only; a lost one rejected
+//	                              exit; tracked per path       where lost, a join of paths holding
+//	                                                           different ones rejected, a subprogram
+//	                                                           may not return one
 //	helpers, kfuncs               the kernel's prototypes      kflex's helpers (Config.Helpers); kfunc
 //	                                                           calls rejected
 //	callx                         rejected                     checked against every helper its

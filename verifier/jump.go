@@ -18,7 +18,7 @@ func (a *analysis) jump(pc int, s *State, in bytecode.Slot) error {
 		if s.Locks != 0 {
 			return reject(pc, "exit with %d lock(s) held, the last taken at insn %d", s.Locks, s.LockSite-1)
 		}
-		return nil
+		return s.checkExit(pc, len(a.g.Subprogs) < 2 || pc < a.g.Subprogs[1])
 	case 0x85, 0x8d: // call, callx
 		if in.Op == 0x85 && in.Src == bytecode.CallLocal {
 			return a.localCall(pc, s, in)
@@ -33,8 +33,14 @@ func (a *analysis) jump(pc int, s *State, in bytecode.Slot) error {
 				return err
 			}
 		}
-		heapOrNull := true
+		heapOrNull, allocs, frees := true, 0, 0
 		for _, id := range ids {
+			if isAlloc(id) {
+				allocs++
+			}
+			if isFree(id) {
+				frees++
+			}
 			h, ok := a.cfg.Helpers[id]
 			if !ok {
 				return reject(pc, "call to unknown helper %d", id)
@@ -52,9 +58,20 @@ func (a *analysis) jump(pc int, s *State, in bytecode.Slot) error {
 			}
 			heapOrNull = heapOrNull && h.HeapOrNull
 		}
+		if (allocs != 0 || frees != 0) && len(ids) > 1 {
+			return reject(pc, "callx r%d may call the allocation or free helper among others: call them directly", in.Dst)
+		}
+		if frees != 0 {
+			s.publish(1) // released (refs.go)
+		}
 		afterCall(s)
 		if heapOrNull {
 			s.set(0, heapPointer(true, 0))
+		}
+		if allocs != 0 {
+			if err := s.newAlloc(pc, int32(pc+1), 0); err != nil {
+				return err
+			}
 		}
 		a.flow(succ[0], s)
 		return nil
@@ -87,6 +104,16 @@ func (a *analysis) jump(pc int, s *State, in bytecode.Slot) error {
 		taken.Regs[in.Dst], fall.Regs[in.Dst], takenOK, fallOK = t[0], f[0], tOK, fOK
 		if hasSrc && in.Src != in.Dst {
 			taken.Regs[in.Src], fall.Regs[in.Src] = t[1], f[1]
+		}
+		// On the side where an allocation's pointer is NULL, there is
+		// nothing to free (refs.go).
+		if zero, ok := constOf(y); ok && zero == 0 && in.Op&7 == 0x05 {
+			switch in.Op & 0xf0 {
+			case 0x10: // jeq
+				nullSide(&taken, in.Dst)
+			case 0x50: // jne
+				nullSide(&fall, in.Dst)
+			}
 		}
 	}
 	if fallOK {
@@ -179,10 +206,12 @@ func (a *analysis) localCall(pc int, s *State, in bytecode.Slot) error {
 		}
 	}
 	e.Regs[10] = Reg{Kind: PtrStack}
+	name := a.symbol(callee)
+	a.passAllocs(s, &e, name)
 	a.flow(callee, &e)
 	lockReg := s.Regs[1].Alias // r1 is the lock's address: which register keeps it
 	afterCall(s)
-	switch name := a.symbol(callee); {
+	switch {
 	case name == "":
 	case name == a.cfg.LockFunc:
 		if s.Locks >= maxLocks {

@@ -176,13 +176,22 @@ type State struct {
 	// Held: for each lock held (in the order taken), the callee-saved
 	// register that holds its address, or 0 where none is known to.
 	Held [maxLocks]int8
+	// Allocs: the unpublished allocations this frame holds (refs.go), by
+	// id: 1 + the slot of the allocation helper's call that made each, or 0
+	// for an id not in use. RefAt: by place (r0-r9, then the 8-byte stack
+	// slots from the top), 1 + the id of the allocation whose pointer it
+	// keeps, or 0. AllocsDiffer: where paths met holding different ones, 1 +
+	// the slot of one of them's call.
+	Allocs       [maxAllocs]int32
+	RefAt        [numPlaces]uint8
+	AllocsDiffer int32
 }
 
 // maxLocks is how many locks a frame may hold at once.
 const maxLocks = 8
 
 // set writes v to register r. It is a new value there: no register is a
-// copy of r any more, nor does r hold a lock's address.
+// copy of r any more, nor does r hold a lock's address or keep an allocation.
 func (s *State) set(r uint8, v Reg) {
 	for i := range s.Regs {
 		if s.Regs[i].Alias == int8(r) {
@@ -196,6 +205,9 @@ func (s *State) set(r uint8, v Reg) {
 	}
 	if v.Alias == int8(r) {
 		v.Alias = 0
+	}
+	if r < 10 {
+		s.RefAt[r] = 0
 	}
 	s.Regs[r] = v
 }
@@ -230,7 +242,7 @@ func (s *State) markInit(off, size int64) {
 
 // joinInto merges o into s and reports whether s changed.
 func (s *State) joinInto(o *State, useful []bool) bool {
-	changed := false
+	changed := s.joinAllocs(o) // first: it reads the registers each path has
 	for i := range s.Regs {
 		if j := join(s.Regs[i], o.Regs[i], useful); j != s.Regs[i] {
 			s.Regs[i], changed = j, true

@@ -10,6 +10,11 @@ func (a *analysis) step(pc int, s *State) error {
 	if s.Locks == locksDiffer {
 		return reject(pc, "paths meet here holding different numbers of locks")
 	}
+	if s.AllocsDiffer != 0 || s.hasAllocs() {
+		if err := s.checkAllocs(pc); err != nil {
+			return err
+		}
+	}
 	switch cls := in.Op & 7; {
 	case in.Op == bytecode.OpLdDW:
 		if in.Src != 0 {
@@ -105,6 +110,9 @@ func (a *analysis) load(pc int, s *State, base uint8, off int16, size int, dst u
 	}
 	// Whatever was stored there, the slot may have changed since (see State).
 	s.set(dst, scalar(Unknown.Truncate(size)))
+	if acc == StackAccess && size == 8 && o%8 == 0 && dst < 10 {
+		s.RefAt[dst] = s.RefAt[stackPlace(o)] // for ownership only (refs.go)
+	}
 	return nil
 }
 
@@ -132,6 +140,16 @@ func (a *analysis) storeOrAtomic(pc int, s *State, in bytecode.Slot) error {
 		if err := a.ctxField(pc, o, size, true); err != nil {
 			return err
 		}
+	}
+	// A stack slot keeps what an 8-byte stx stores there whole; a store of
+	// an allocation anywhere else publishes it (refs.go).
+	switch src := int(in.Src); {
+	case acc == StackAccess && in.Op&7 == 0x03 && !atomic:
+		s.clobberStack(o, size, src)
+	case acc == StackAccess:
+		s.clobberStack(o, size, -1)
+	case in.Op&7 != 0x02:
+		s.publish(in.Src)
 	}
 	if atomic && in.Imm != bytecode.StoreRelease {
 		// A read-modify-write: the old value must exist, and the result is

@@ -103,19 +103,13 @@ type Result struct {
 	CancelPoints   []int    // back-edges and helper calls, by slot
 	// CancelTable: what is held at each cancellation point, in
 	// CancelPoints' order, for the runtime to release when it stops the
-	// program there.
+	// program there (points.go).
 	CancelTable []CancelPoint
-}
-
-// CancelPoint is what a program holds at one cancellation point.
-type CancelPoint struct {
-	Slot  int
-	Locks int // taken through Config.LockFunc and not released yet, in this frame
-	// LockRegs names, for each of those locks in the order taken, the
-	// callee-saved register (6-9) that holds its address there, or 0 if none
-	// is known to (the program passed mcs_lock an address it keeps nowhere,
-	// or changed the register since).
-	LockRegs []int
+	// CallTable: what a caller holds while the subprogram it calls runs,
+	// at each bpf-to-bpf call site the analysis reached, by slot. A stopped
+	// program's frames are its stop (CancelTable) and its callers' calls
+	// (CallTable): HeldAt finds either.
+	CallTable []CancelPoint
 }
 
 // Verify validates insns (bytecode.NewProgram, its errors reported as an
@@ -196,8 +190,8 @@ func newAnalysis(p *bytecode.Program, g *CFG, cfg Config) *analysis {
 }
 
 // The analysis keeps a state only where it must: where paths meet (a join
-// point: two or more predecessors, a subprogram's entry) and at cancellation
-// points (whose tables read it). Every other instruction has one predecessor,
+// point: two or more predecessors, a subprogram's entry), at cancellation
+// points and at bpf-to-bpf calls (whose tables read it). Every other instruction has one predecessor,
 // so each state that reaches it is stepped on directly, never stored: memory
 // grows with the join points, not with the program (a state is about 1 KB).
 type analysis struct {
@@ -260,7 +254,7 @@ func (a *analysis) markKept() {
 	for pc, n := range preds {
 		a.keep[pc] = n >= 2 || a.keepAll
 	}
-	for _, pcs := range [][]int{a.g.Subprogs, a.g.BackEdges, a.g.HelperCalls} {
+	for _, pcs := range [][]int{a.g.Subprogs, a.g.BackEdges, a.g.HelperCalls, a.g.callSites()} {
 		for _, pc := range pcs {
 			a.keep[pc] = true
 		}
@@ -341,15 +335,8 @@ func (a *analysis) run() (*Result, error) {
 	}
 	r.CancelPoints = append(append([]int{}, a.g.BackEdges...), a.g.HelperCalls...)
 	sortInts(r.CancelPoints)
-	for _, pc := range r.CancelPoints {
-		if s := a.in[pc]; s != nil {
-			cp := CancelPoint{Slot: pc, Locks: int(s.Locks)}
-			for _, reg := range s.Held[:min(int(s.Locks), maxLocks)] {
-				cp.LockRegs = append(cp.LockRegs, int(reg))
-			}
-			r.CancelTable = append(r.CancelTable, cp)
-		}
-	}
+	r.CancelTable = a.table(r.CancelPoints, false)
+	r.CallTable = a.table(a.g.callSites(), true)
 	return r, nil
 }
 

@@ -31,6 +31,9 @@ type RuntimeError struct {
 	Insn   int
 	Err    error
 	Detail string
+	// Stack is the call stack where a cancelled program stopped (Err is
+	// abi.ErrCancelled), innermost first; nil for other errors.
+	Stack []Frame
 }
 
 func (e *RuntimeError) Error() string {
@@ -304,7 +307,7 @@ func (m *Machine) run(p *Program, r *[11]uint64) (uint64, error) {
 				// A backward jump (taken or not): a cancellation point, as in
 				// the JIT, and now and then a yield.
 				if atomic.LoadUint32(&m.term) != 0 {
-					return m.fail(pc, n, abi.ErrCancelled, "at a back-edge")
+					return m.cancelled(pc, n, r, &frames, depth, "at a back-edge")
 				}
 				if backEdges--; backEdges == 0 {
 					backEdges = abi.BackEdgeBudget
@@ -342,7 +345,7 @@ func (m *Machine) run(p *Program, r *[11]uint64) (uint64, error) {
 					id = int32(r[in.dst])
 				}
 				if atomic.LoadUint32(&m.term) != 0 { // a helper call: a cancellation point
-					return m.fail(pc, n, abi.ErrCancelled, "at a helper call")
+					return m.cancelled(pc, n, r, &frames, depth, "at a helper call")
 				}
 				h := m.Helpers[id]
 				if h == nil {
