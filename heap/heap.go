@@ -146,7 +146,11 @@ func OpenIn(base unsafe.Pointer, size uint64, name string) (*Heap, error) {
 	if err != nil {
 		return nil, fileErr(name, err)
 	}
-	return &Heap{name: name, m: m, hdr: hdr}, nil
+	h := &Heap{name: name, m: m, hdr: hdr}
+	if err := h.checkState(); err != nil {
+		return nil, fileErr(name, fmt.Errorf("allocator state: %w", err))
+	}
+	return h, nil
 }
 
 // lent describes memory someone else mapped for CreateIn and OpenIn.
@@ -244,7 +248,12 @@ func open(f *os.File, name string, opts *Options) (*Heap, error) {
 	if err != nil {
 		return nil, fileErr(name, err)
 	}
-	return &Heap{name: name, file: f, m: m, hdr: hdr}, nil
+	h := &Heap{name: name, file: f, m: m, hdr: hdr}
+	if err := h.checkState(); err != nil {
+		m.unmap()
+		return nil, fileErr(name, fmt.Errorf("allocator state: %w", err))
+	}
+	return h, nil
 }
 
 // Close unmaps this view and closes the file. It is safe to call more than once.

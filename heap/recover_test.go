@@ -1,0 +1,293 @@
+package heap_test
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kflex-go/kflex/heap"
+	"github.com/kflex-go/kflex/internal/testutil"
+	"github.com/kflex-go/kflex/mcs"
+)
+
+// The tests here kill attached processes inside the allocator and check that
+// the survivors find it whole. They are an external test package because a
+// process needs mcs.Attach to have an owner slot the kernel marks at death.
+
+const (
+	childKill  = "heap-kill"
+	childStray = "heap-stray"
+)
+
+// stages are the crash points inside every logged step, in order (crash.go).
+var stages = []string{"locked", "logged", "committed", "applying", "applied", "cleared"}
+
+// TestAllocatorKill kills a child at each crash point of each critical section
+// (page run alloc and free, slab, refill, flush, and a survivor's drain of a
+// dead cache), then checks that this process allocates large and small objects,
+// that Check finds the heap consistent, and that the live objects are exactly
+// the child's plus whatever its killed step completed (from the commit on, the
+// step happens; before, it does not).
+func TestAllocatorKill(t *testing.T) {
+	switch testutil.Role() {
+	case childKill:
+		killChild(t)
+		return
+	case childStray:
+		strayChild(t)
+		return
+	}
+	// delta is what the step, once committed, changes in the live objects.
+	ops := []struct {
+		op    string
+		delta int
+	}{{"large", 1}, {"unlarge", -1}, {"slab", 0}, {"refill", 0}, {"flush", 0}, {"drain", 0}}
+	for _, o := range ops {
+		for _, stage := range stages {
+			t.Run(o.op+"/"+stage, func(t *testing.T) {
+				delta := 0
+				if stage != "locked" && stage != "logged" {
+					delta = o.delta
+				}
+				killAt(t, o.op, stage, delta)
+			})
+		}
+	}
+}
+
+func killAt(t *testing.T, op, stage string, delta int) {
+	path := filepath.Join(t.TempDir(), "heap")
+	h, err := heap.Create(path, &heap.Options{Params: heap.Params{Size: 4 << 20}})
+	require.NoError(t, err)
+	defer h.Close()
+	p, err := mcs.Attach(h)
+	require.NoError(t, err)
+	defer p.Detach()
+
+	stray := 0
+	if op == "drain" {
+		// A process dies holding cached objects; the crashing child is killed
+		// while it drains them.
+		stray = runStray(t, path)
+	}
+	cmd := testutil.Child(t, "TestAllocatorKill", childKill, "KFLEX_HEAP="+path, "KFLEX_OP="+op, "KFLEX_STAGE="+stage)
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	live, last := -1, ""
+	sc := bufio.NewScanner(out)
+	for sc.Scan() {
+		last = sc.Text()
+		fmt.Sscanf(last, "live %d", &live)
+	}
+	requireKilled(t, cmd, last)
+	require.GreaterOrEqual(t, live, 0, "child reported nothing")
+
+	allocBoth(t, h)
+	rep, err := h.Inspect()
+	require.NoError(t, err)
+	takeovers := uint64(0)
+	for _, l := range rep.Locks {
+		assert.False(t, l.Held, "%s lock still held", l.Name)
+		takeovers += l.Takeovers
+	}
+	assert.NotZero(t, takeovers, "the child died holding a lock; nobody took it over")
+	st, err := h.Reap()
+	require.NoError(t, err)
+	t.Logf("reaped %+v", st)
+	s := h.Stats()
+	assert.Zero(t, s.DeadCaches, "dead cache slots left")
+	assert.Zero(t, s.Stranded)
+	assert.Equal(t, uint64(stray+live+delta), s.LiveObjects, "live objects: child had %d, stray %d, step %+d", live, stray, delta)
+	sum, err := h.Check()
+	require.NoError(t, err)
+	t.Log(sum)
+}
+
+// requireKilled waits for cmd and requires that SIGKILL ended it.
+func requireKilled(t *testing.T, cmd *exec.Cmd, last string) {
+	t.Helper()
+	err := cmd.Wait()
+	var ee *exec.ExitError
+	require.True(t, errors.As(err, &ee), "child exited: %v (last line %q)", err, last)
+	ws := ee.Sys().(syscall.WaitStatus)
+	require.True(t, ws.Signaled() && ws.Signal() == syscall.SIGKILL, "child: %v (last line %q)", err, last)
+}
+
+// allocBoth allocates and frees a large object and a small one of each class
+// the kill tests use, within a time bound: whatever lock the child held is
+// taken over on the way.
+func allocBoth(t *testing.T, h *heap.Heap) {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		var err error
+		for _, size := range []uint64{3 * heap.PageSize, 64, 256} {
+			var off uint64
+			if off, err = h.Alloc(size); err == nil {
+				err = h.Free(off)
+			}
+			if err != nil {
+				break
+			}
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(20 * time.Second):
+		t.Fatal("allocation hangs after the kill")
+	}
+}
+
+// runStray runs a child that allocates, leaves objects in its cache, and is
+// killed; it returns the objects the child left live.
+func runStray(t *testing.T, path string) int {
+	cmd := testutil.Child(t, "TestAllocatorKill", childStray, "KFLEX_HEAP="+path)
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	sc := bufio.NewScanner(out)
+	require.True(t, sc.Scan(), "stray child printed nothing")
+	var live int
+	_, err = fmt.Sscanf(sc.Text(), "live %d", &live)
+	require.NoError(t, err)
+	require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+	requireKilled(t, cmd, sc.Text())
+	return live
+}
+
+func openAttached(t *testing.T) (*heap.Heap, *mcs.Process) {
+	h, err := heap.Open(os.Getenv("KFLEX_HEAP"), nil)
+	require.NoError(t, err)
+	p, err := mcs.Attach(h)
+	require.NoError(t, err)
+	return h, p
+}
+
+// strayChild allocates 40 objects of 64 bytes and frees 10, so that its cache
+// holds some, and waits to be killed.
+func strayChild(t *testing.T) {
+	h, _ := openAttached(t)
+	var offs []uint64
+	for range 40 {
+		off, err := h.Alloc(64)
+		require.NoError(t, err)
+		offs = append(offs, off)
+	}
+	for _, off := range offs[:10] {
+		require.NoError(t, h.Free(off))
+	}
+	fmt.Printf("live %d\n", len(offs)-10)
+	time.Sleep(time.Minute)
+}
+
+// killChild holds 100 small objects and one large one, then does what reaches
+// KFLEX_OP's critical section with the crash hook armed at KFLEX_STAGE, printing
+// the objects it holds before each step. The hook kills it there.
+func killChild(t *testing.T) {
+	op, stage := os.Getenv("KFLEX_OP"), os.Getenv("KFLEX_STAGE")
+	var armed atomic.Bool
+	heap.SetCrashHook(func(o, s string) {
+		if armed.Load() && o == op && s == stage {
+			syscall.Kill(os.Getpid(), syscall.SIGKILL)
+			time.Sleep(time.Minute)
+		}
+	})
+	if op == "drain" {
+		armed.Store(true) // attaching reaps the stray child's cache
+		fmt.Println("live 0")
+		openAttached(t)
+		t.Fatal("attach drained no dead cache")
+	}
+	h, _ := openAttached(t)
+	var small []uint64
+	for range 100 {
+		off, err := h.Alloc(64)
+		require.NoError(t, err)
+		small = append(small, off)
+	}
+	large, err := h.Alloc(3 * heap.PageSize)
+	require.NoError(t, err)
+	live := len(small) + 1
+	fmt.Printf("live %d\n", live)
+	armed.Store(true)
+	switch op {
+	case "large":
+		_, err = h.Alloc(5 * heap.PageSize)
+	case "unlarge":
+		err = h.Free(large)
+	case "slab", "refill":
+		_, err = h.Alloc(256) // a class not used yet: its first refill takes a slab
+	case "flush":
+		for _, off := range small {
+			if err = h.Free(off); err != nil {
+				break
+			}
+			live--
+			fmt.Printf("live %d\n", live)
+		}
+	}
+	require.NoError(t, err)
+	t.Fatalf("%s/%s never reached", op, strings.TrimSpace(stage))
+}
+
+const childAllocator = "heap-allocator"
+
+// TestKillsStrandNothing kills 16 attached processes that allocated and freed
+// (their caches hold objects) and checks that, once a survivor reaps, no
+// object is left in a dead process's cache and every object the children did
+// not free is still live.
+func TestKillsStrandNothing(t *testing.T) {
+	if testutil.Role() == childAllocator {
+		strayChild(t)
+		return
+	}
+	path := filepath.Join(t.TempDir(), "heap")
+	h, err := heap.Create(path, &heap.Options{Params: heap.Params{Size: 16 << 20}})
+	require.NoError(t, err)
+	defer h.Close()
+	p, err := mcs.Attach(h)
+	require.NoError(t, err)
+	defer p.Detach()
+	live := 0
+	for range 16 {
+		cmd := testutil.Child(t, "TestKillsStrandNothing", childAllocator, "KFLEX_HEAP="+path)
+		out, err := cmd.StdoutPipe()
+		require.NoError(t, err)
+		require.NoError(t, cmd.Start())
+		sc := bufio.NewScanner(out)
+		require.True(t, sc.Scan(), "child printed nothing")
+		var n int
+		_, err = fmt.Sscanf(sc.Text(), "live %d", &n)
+		require.NoError(t, err)
+		live += n
+		require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+		requireKilled(t, cmd, sc.Text())
+	}
+	before := h.Stats()
+	t.Logf("after 16 kills: %d live, %d cached, %d stranded in %d dead cache slots",
+		before.LiveObjects, before.Classes[3].Cached, before.Stranded, before.DeadCaches)
+	st, err := h.Reap()
+	require.NoError(t, err)
+	t.Logf("reaped %+v", st)
+	s := h.Stats()
+	assert.Zero(t, s.Stranded, "objects stranded in dead caches")
+	assert.Zero(t, s.DeadCaches)
+	assert.Zero(t, s.Classes[3].Cached, "64-byte objects cached")
+	assert.Equal(t, uint64(live), s.LiveObjects)
+	_, err = h.Check()
+	require.NoError(t, err)
+}
