@@ -35,6 +35,10 @@ type Options struct {
 	// process maps the heap. Tests use it to force two processes onto different
 	// views; applications leave it zero.
 	MapAt uintptr
+	// Inspect maps an existing heap for Inspect and Check alone: its allocator
+	// words are not checked at open, so that they can report what does not
+	// parse. Allocating from such a view is not safe.
+	Inspect bool
 }
 
 // FileError reports a problem with a named heap file.
@@ -249,7 +253,7 @@ func open(f *os.File, name string, opts *Options) (*Heap, error) {
 		return nil, fileErr(name, err)
 	}
 	h := &Heap{name: name, file: f, m: m, hdr: hdr}
-	if err := h.checkState(); err != nil {
+	if err := h.checkState(); err != nil && !opts.Inspect {
 		m.unmap()
 		return nil, fileErr(name, fmt.Errorf("allocator state: %w", err))
 	}
