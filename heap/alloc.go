@@ -207,7 +207,7 @@ func (h *Heap) Free(off uint64) error {
 		}
 		return h.freeLarge(page, e)
 	case pmSlab:
-		c, ok := h.slabObject(off)
+		c, ok := slabObjectIn(off, e)
 		if !ok {
 			break
 		}

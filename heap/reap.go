@@ -156,9 +156,12 @@ func (h *Heap) slabObject(off uint64) (int, bool) {
 	if !h.inPages(off) {
 		return 0, false
 	}
-	page := off / PageSize
-	e := atomic.LoadUint32(h.pageEntry(page))
-	c := int(e >> 24 & 0x3f)
+	return slabObjectIn(off, atomic.LoadUint32(h.pageEntry(off/PageSize)))
+}
+
+// slabObjectIn is slabObject for an offset in the pages whose page map entry is e.
+func slabObjectIn(off uint64, e uint32) (int, bool) {
+	page, c := off/PageSize, int(e>>24&0x3f)
 	if e&pmKindMask != pmSlab || c >= numClasses || uint64(e&0xffffff) > page {
 		return 0, false
 	}

@@ -7,7 +7,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -66,20 +65,28 @@ func TestAllocatorKill(t *testing.T) {
 	}
 }
 
-func killAt(t *testing.T, op, stage string, delta int) {
+// attachedHeap creates a heap of size and attaches this process to it until
+// the test ends.
+func attachedHeap(t *testing.T, size uint64) (*heap.Heap, string) {
 	path := filepath.Join(t.TempDir(), "heap")
-	h, err := heap.Create(path, &heap.Options{Params: heap.Params{Size: 4 << 20}})
+	h, err := heap.Create(path, &heap.Options{Params: heap.Params{Size: size}})
 	require.NoError(t, err)
-	defer h.Close()
 	p, err := mcs.Attach(h)
 	require.NoError(t, err)
-	defer p.Detach()
+	t.Cleanup(func() {
+		p.Detach()
+		h.Close()
+	})
+	return h, path
+}
 
+func killAt(t *testing.T, op, stage string, delta int) {
+	h, path := attachedHeap(t, 4<<20)
 	stray := 0
 	if op == "drain" {
 		// A process dies holding cached objects; the crashing child is killed
 		// while it drains them.
-		stray = runStray(t, path)
+		stray = runStray(t, "TestAllocatorKill", childStray, path)
 	}
 	cmd := testutil.Child(t, "TestAllocatorKill", childKill, "KFLEX_HEAP="+path, "KFLEX_OP="+op, "KFLEX_STAGE="+stage)
 	out, err := cmd.StdoutPipe()
@@ -103,16 +110,23 @@ func killAt(t *testing.T, op, stage string, delta int) {
 		takeovers += l.Takeovers
 	}
 	assert.NotZero(t, takeovers, "the child died holding a lock; nobody took it over")
+	reapAndCheck(t, h, stray+live+delta)
+}
+
+// reapAndCheck reaps what dead processes left and checks that no dead cache
+// slot nor stranded object is left, that live objects are live, and that
+// Check passes.
+func reapAndCheck(t *testing.T, h *heap.Heap, live int) {
+	t.Helper()
 	st, err := h.Reap()
 	require.NoError(t, err)
-	t.Logf("reaped %+v", st)
 	s := h.Stats()
 	assert.Zero(t, s.DeadCaches, "dead cache slots left")
-	assert.Zero(t, s.Stranded)
-	assert.Equal(t, uint64(stray+live+delta), s.LiveObjects, "live objects: child had %d, stray %d, step %+d", live, stray, delta)
+	assert.Zero(t, s.Stranded, "objects stranded in dead caches")
+	assert.Equal(t, uint64(live), s.LiveObjects)
 	sum, err := h.Check()
 	require.NoError(t, err)
-	t.Log(sum)
+	t.Logf("reaped %+v; %s", st, sum)
 }
 
 // requireKilled waits for cmd and requires that SIGKILL ended it.
@@ -152,10 +166,10 @@ func allocBoth(t *testing.T, h *heap.Heap) {
 	}
 }
 
-// runStray runs a child that allocates, leaves objects in its cache, and is
-// killed; it returns the objects the child left live.
-func runStray(t *testing.T, path string) int {
-	cmd := testutil.Child(t, "TestAllocatorKill", childStray, "KFLEX_HEAP="+path)
+// runStray runs test's child in role, which allocates, leaves objects in its
+// cache and reports the objects it holds, and kills it; it returns that count.
+func runStray(t *testing.T, test, role, path string) int {
+	cmd := testutil.Child(t, test, role, "KFLEX_HEAP="+path)
 	out, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())
@@ -177,16 +191,22 @@ func openAttached(t *testing.T) (*heap.Heap, *mcs.Process) {
 	return h, p
 }
 
+// alloc64 allocates n objects of 64 bytes.
+func alloc64(t *testing.T, h *heap.Heap, n int) []uint64 {
+	offs := make([]uint64, n)
+	for i := range offs {
+		off, err := h.Alloc(64)
+		require.NoError(t, err)
+		offs[i] = off
+	}
+	return offs
+}
+
 // strayChild allocates 40 objects of 64 bytes and frees 10, so that its cache
 // holds some, and waits to be killed.
 func strayChild(t *testing.T) {
 	h, _ := openAttached(t)
-	var offs []uint64
-	for range 40 {
-		off, err := h.Alloc(64)
-		require.NoError(t, err)
-		offs = append(offs, off)
-	}
+	offs := alloc64(t, h, 40)
 	for _, off := range offs[:10] {
 		require.NoError(t, h.Free(off))
 	}
@@ -213,12 +233,7 @@ func killChild(t *testing.T) {
 		t.Fatal("attach drained no dead cache")
 	}
 	h, _ := openAttached(t)
-	var small []uint64
-	for range 100 {
-		off, err := h.Alloc(64)
-		require.NoError(t, err)
-		small = append(small, off)
-	}
+	small := alloc64(t, h, 100)
 	large, err := h.Alloc(3 * heap.PageSize)
 	require.NoError(t, err)
 	live := len(small) + 1
@@ -241,7 +256,7 @@ func killChild(t *testing.T) {
 		}
 	}
 	require.NoError(t, err)
-	t.Fatalf("%s/%s never reached", op, strings.TrimSpace(stage))
+	t.Fatalf("%s/%s never reached", op, stage)
 }
 
 const childAllocator = "heap-allocator"
@@ -255,39 +270,16 @@ func TestKillsStrandNothing(t *testing.T) {
 		strayChild(t)
 		return
 	}
-	path := filepath.Join(t.TempDir(), "heap")
-	h, err := heap.Create(path, &heap.Options{Params: heap.Params{Size: 16 << 20}})
-	require.NoError(t, err)
-	defer h.Close()
-	p, err := mcs.Attach(h)
-	require.NoError(t, err)
-	defer p.Detach()
+	h, path := attachedHeap(t, 16<<20)
 	live := 0
 	for range 16 {
-		cmd := testutil.Child(t, "TestKillsStrandNothing", childAllocator, "KFLEX_HEAP="+path)
-		out, err := cmd.StdoutPipe()
-		require.NoError(t, err)
-		require.NoError(t, cmd.Start())
-		sc := bufio.NewScanner(out)
-		require.True(t, sc.Scan(), "child printed nothing")
-		var n int
-		_, err = fmt.Sscanf(sc.Text(), "live %d", &n)
-		require.NoError(t, err)
-		live += n
-		require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
-		requireKilled(t, cmd, sc.Text())
+		live += runStray(t, "TestKillsStrandNothing", childAllocator, path)
 	}
 	before := h.Stats()
-	t.Logf("after 16 kills: %d live, %d cached, %d stranded in %d dead cache slots",
-		before.LiveObjects, before.Classes[3].Cached, before.Stranded, before.DeadCaches)
-	st, err := h.Reap()
-	require.NoError(t, err)
-	t.Logf("reaped %+v", st)
-	s := h.Stats()
-	assert.Zero(t, s.Stranded, "objects stranded in dead caches")
-	assert.Zero(t, s.DeadCaches)
-	assert.Zero(t, s.Classes[3].Cached, "64-byte objects cached")
-	assert.Equal(t, uint64(live), s.LiveObjects)
-	_, err = h.Check()
-	require.NoError(t, err)
+	t.Logf("after 16 kills: %d live, %d stranded in %d dead cache slots",
+		before.LiveObjects, before.Stranded, before.DeadCaches)
+	reapAndCheck(t, h, live)
+	for _, c := range h.Stats().Classes {
+		assert.Zero(t, c.Cached, "%d-byte objects cached", c.Size)
+	}
 }

@@ -99,26 +99,34 @@ type info struct {
 	Problems   []string           `json:"problems,omitempty"` // what does not parse
 }
 
-// openInspect maps the heap at path for reading only: nothing in its body is
-// trusted, no lock is taken and nothing is written.
-func openInspect(path string) (*heap.Heap, error) {
-	return heap.Open(path, &heap.Options{Inspect: true})
+// openInspect parses the [--json] PATH arguments of heap info and check and
+// maps the heap at PATH for reading only: nothing in its body is trusted, no
+// lock is taken and nothing is written.
+func openInspect(name, doc string, args []string, out io.Writer) (h *heap.Heap, path string, asJSON bool, err error) {
+	fs := newFlags(name, "[--json] PATH", doc, out)
+	js := fs.Bool("json", false, "print one JSON object")
+	if err := parse(fs, args, 1); err != nil {
+		return nil, "", false, err
+	}
+	h, err = heap.Open(fs.Arg(0), &heap.Options{Inspect: true})
+	return h, fs.Arg(0), *js, err
+}
+
+func printJSON(out io.Writer, v any) error {
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 func heapInfo(args []string, out io.Writer) error {
-	fs := newFlags("heap info", "[--json] PATH", "Describe the heap at PATH: header, attached processes, allocator and its locks, queued lock nodes. Takes no lock.", out)
-	asJSON := fs.Bool("json", false, "print one JSON object")
-	if err := parse(fs, args, 1); err != nil {
-		return err
-	}
-	h, err := openInspect(fs.Arg(0))
+	h, path, asJSON, err := openInspect("heap info", "Describe the heap at PATH: header, attached processes, allocator and its locks, queued lock nodes. Takes no lock.", args, out)
 	if err != nil {
 		return err
 	}
 	defer h.Close()
 	hdr := h.Header()
 	rep, rerr := h.Inspect()
-	in := info{Path: fs.Arg(0), Version: hdr.Version, Size: hdr.Size,
+	in := info{Path: path, Version: hdr.Version, Size: hdr.Size,
 		CanonBase: fmt.Sprintf("%#x", hdr.CanonBase), Created: time.Unix(0, hdr.Created),
 		CreatorPID: hdr.CreatorPID, Params: hdr.Params, Layout: hdr.Layout,
 		Owners: mcs.Owners(h), Alloc: rep.Stats, Locks: rep.Locks, Caches: rep.Caches}
@@ -126,10 +134,8 @@ func heapInfo(args []string, out io.Writer) error {
 	for _, e := range unjoin(rerr) {
 		in.Problems = append(in.Problems, e.Error())
 	}
-	if *asJSON {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(in); err != nil {
+	if asJSON {
+		if err := printJSON(out, in); err != nil {
 			return err
 		}
 	} else {
@@ -231,18 +237,13 @@ type checkResult struct {
 }
 
 func heapCheck(args []string, out io.Writer) error {
-	fs := newFlags("heap check", "[--json] PATH", "Verify the allocator's invariants in the heap at PATH (meant for a heap no live process is changing). Takes no lock; exits 1 naming the first violation.", out)
-	asJSON := fs.Bool("json", false, "print one JSON object")
-	if err := parse(fs, args, 1); err != nil {
-		return err
-	}
-	h, err := openInspect(fs.Arg(0))
+	h, path, asJSON, err := openInspect("heap check", "Verify the allocator's invariants in the heap at PATH (meant for a heap no live process is changing). Takes no lock; exits 1 naming the first violation.", args, out)
 	if err != nil {
 		return err
 	}
 	defer h.Close()
 	sum, cerr := h.Check()
-	res := checkResult{Path: fs.Arg(0), OK: cerr == nil}
+	res := checkResult{Path: path, OK: cerr == nil}
 	if cerr == nil {
 		res.Summary = &sum
 	} else {
@@ -253,10 +254,8 @@ func heapCheck(args []string, out io.Writer) error {
 		}
 	}
 	switch {
-	case *asJSON:
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(res); err != nil {
+	case asJSON:
+		if err := printJSON(out, res); err != nil {
 			return err
 		}
 	case cerr == nil:
