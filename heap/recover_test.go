@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -33,8 +34,8 @@ const (
 var stages = []string{"locked", "logged", "committed", "applying", "applied", "cleared"}
 
 // TestAllocatorKill kills a child at each crash point of each critical section
-// (page run alloc and free, slab, refill, flush, and a survivor's drain of a
-// dead cache), then checks that this process allocates large and small objects,
+// (page run alloc and free, slab, refill, flush, a survivor's drain of a dead
+// cache, and the allocation and free of a process that found no cache slot), then checks that this process allocates large and small objects,
 // that Check finds the heap consistent, and that the live objects are exactly
 // the child's plus whatever its killed step completed (from the commit on, the
 // step happens; before, it does not).
@@ -51,7 +52,8 @@ func TestAllocatorKill(t *testing.T) {
 	ops := []struct {
 		op    string
 		delta int
-	}{{"large", 1}, {"unlarge", -1}, {"slab", 0}, {"refill", 0}, {"flush", 0}, {"drain", 0}}
+	}{{"large", 1}, {"unlarge", -1}, {"slab", 0}, {"refill", 0}, {"flush", 0}, {"drain", 0},
+		{"direct-alloc", 1}, {"direct-free", -1}}
 	for _, o := range ops {
 		for _, stage := range stages {
 			t.Run(o.op+"/"+stage, func(t *testing.T) {
@@ -67,9 +69,9 @@ func TestAllocatorKill(t *testing.T) {
 
 // attachedHeap creates a heap of size and attaches this process to it until
 // the test ends.
-func attachedHeap(t *testing.T, size uint64) (*heap.Heap, string) {
+func attachedHeap(t *testing.T, params heap.Params) (*heap.Heap, string) {
 	path := filepath.Join(t.TempDir(), "heap")
-	h, err := heap.Create(path, &heap.Options{Params: heap.Params{Size: size}})
+	h, err := heap.Create(path, &heap.Options{Params: params})
 	require.NoError(t, err)
 	p, err := mcs.Attach(h)
 	require.NoError(t, err)
@@ -81,7 +83,18 @@ func attachedHeap(t *testing.T, size uint64) (*heap.Heap, string) {
 }
 
 func killAt(t *testing.T, op, stage string, delta int) {
-	h, path := attachedHeap(t, 4<<20)
+	params := heap.Params{Size: 4 << 20}
+	direct := strings.HasPrefix(op, "direct-")
+	if direct {
+		params.Caches = 1
+	}
+	h, path := attachedHeap(t, params)
+	if direct {
+		// This process takes the one cache slot: the child has none.
+		off, err := h.Alloc(64)
+		require.NoError(t, err)
+		require.NoError(t, h.Free(off))
+	}
 	stray := 0
 	if op == "drain" {
 		// A process dies holding cached objects; the crashing child is killed
@@ -102,6 +115,7 @@ func killAt(t *testing.T, op, stage string, delta int) {
 	require.GreaterOrEqual(t, live, 0, "child reported nothing")
 
 	allocBoth(t, h)
+	reapAndCheck(t, h, stray+live+delta)
 	rep, err := h.Inspect()
 	require.NoError(t, err)
 	takeovers := uint64(0)
@@ -110,7 +124,6 @@ func killAt(t *testing.T, op, stage string, delta int) {
 		takeovers += l.Takeovers
 	}
 	assert.NotZero(t, takeovers, "the child died holding a lock; nobody took it over")
-	reapAndCheck(t, h, stray+live+delta)
 }
 
 // reapAndCheck reaps what dead processes left and checks that no dead cache
@@ -244,6 +257,10 @@ func killChild(t *testing.T) {
 		_, err = h.Alloc(5 * heap.PageSize)
 	case "unlarge":
 		err = h.Free(large)
+	case "direct-alloc":
+		_, err = h.Alloc(64)
+	case "direct-free":
+		err = h.Free(small[0])
 	case "slab", "refill":
 		_, err = h.Alloc(256) // a class not used yet: its first refill takes a slab
 	case "flush":
@@ -270,7 +287,7 @@ func TestKillsStrandNothing(t *testing.T) {
 		strayChild(t)
 		return
 	}
-	h, path := attachedHeap(t, 16<<20)
+	h, path := attachedHeap(t, heap.Params{Size: 16 << 20})
 	live := 0
 	for range 16 {
 		live += runStray(t, "TestKillsStrandNothing", childAllocator, path)
