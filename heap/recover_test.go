@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -298,5 +299,81 @@ func TestKillsStrandNothing(t *testing.T) {
 	reapAndCheck(t, h, live)
 	for _, c := range h.Stats().Classes {
 		assert.Zero(t, c.Cached, "%d-byte objects cached", c.Size)
+	}
+}
+
+const childHammer = "heap-hammer"
+
+// TestAllocatorRandomKills kills processes that allocate and free objects of
+// mixed sizes (small, and large page runs) as fast as they can, at random
+// moments, two at a time, and then checks that this process allocates, that
+// Reap leaves no dead cache and that Check passes: wherever each one died, in
+// a critical section or on a fast path, the heap is whole.
+func TestAllocatorRandomKills(t *testing.T) {
+	if testutil.Role() == childHammer {
+		hammerChild(t)
+		return
+	}
+	h, path := attachedHeap(t, heap.Params{Size: 8 << 20})
+	rng := rand.New(rand.NewPCG(uint64(time.Now().UnixNano()), 1))
+	rounds := 12
+	if testing.Short() {
+		rounds = 4
+	}
+	var running []*exec.Cmd
+	start := func() {
+		cmd := testutil.Child(t, "TestAllocatorRandomKills", childHammer, "KFLEX_HEAP="+path)
+		out, err := cmd.StdoutPipe()
+		require.NoError(t, err)
+		require.NoError(t, cmd.Start())
+		require.True(t, bufio.NewScanner(out).Scan(), "child printed nothing")
+		running = append(running, cmd)
+	}
+	start()
+	for range rounds {
+		start()
+		time.Sleep(time.Duration(2+rng.IntN(20)) * time.Millisecond)
+		victim := running[0]
+		running = running[1:]
+		require.NoError(t, victim.Process.Signal(syscall.SIGKILL))
+		requireKilled(t, victim, "")
+	}
+	for _, cmd := range running {
+		require.NoError(t, cmd.Process.Signal(syscall.SIGKILL))
+		requireKilled(t, cmd, "")
+	}
+	allocBoth(t, h)
+	_, err := h.Reap()
+	require.NoError(t, err)
+	s := h.Stats()
+	assert.Zero(t, s.DeadCaches)
+	assert.Zero(t, s.Stranded)
+	sum, err := h.Check()
+	require.NoError(t, err)
+	t.Log(sum)
+}
+
+// hammerChild allocates and frees objects of random sizes, keeping at most 64,
+// until it is killed.
+func hammerChild(t *testing.T) {
+	h, _ := openAttached(t)
+	rng := rand.New(rand.NewPCG(uint64(os.Getpid()), 2))
+	var live []uint64
+	fmt.Println("running")
+	for {
+		if len(live) > 0 && (rng.IntN(2) == 0 || len(live) >= 64) {
+			i := rng.IntN(len(live))
+			require.NoError(t, h.Free(live[i]))
+			live[i] = live[len(live)-1]
+			live = live[:len(live)-1]
+			continue
+		}
+		size := uint64(8 + rng.IntN(1000))
+		if rng.IntN(20) == 0 {
+			size = uint64(heap.MaxSmall + rng.IntN(4*heap.PageSize))
+		}
+		off, err := h.Alloc(size)
+		require.NoError(t, err)
+		live = append(live, off)
 	}
 }
