@@ -62,6 +62,7 @@ $(BIN)/robust-pthread: bench/robustmutex/robust.c
 # differential target paces its program loads (see kernel/diff_test.go).
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseHeader$$' -fuzztime $(FUZZTIME) ./heap
+	$(GO) test -run '^$$' -fuzz '^FuzzHeapInspect$$' -fuzztime $(FUZZTIME) ./heap
 	$(GO) test -run '^$$' -fuzz '^FuzzTranslate$$' -fuzztime $(FUZZTIME) ./translate
 	$(GO) test -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime $(FUZZTIME) ./bytecode
 	$(GO) test -run '^$$' -fuzz '^FuzzInterp$$' -fuzztime $(FUZZTIME) ./jit/interp

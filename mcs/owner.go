@@ -64,6 +64,7 @@ func Attach(h *heap.Heap) (*Process, error) {
 		<-p.done
 		return nil, fmt.Errorf("attach to heap %s: %w", h.Name(), err)
 	}
+	h.BindOwner(p.slot) // the allocator's locks and caches name the slot from now on
 	n := h.Header().NodesPerProc
 	p.nodes = make(chan uint32, n)
 	for i := range n {
@@ -156,6 +157,7 @@ func (p *Process) Detach() error {
 	if p.gone.Swap(true) {
 		return nil
 	}
+	p.h.UnbindOwner(p.slot) // before the slot is free, which would read as death
 	close(p.stop)
 	<-p.done
 	return nil
