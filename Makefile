@@ -69,6 +69,8 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDifferential$$' -fuzztime $(FUZZTIME) ./jit
 	$(GO) test -tags kflextrace -run '^$$' -fuzz '^FuzzVerifier$$' -fuzztime $(FUZZTIME) ./verifier
 	$(GO) test -run '^$$' -fuzz '^FuzzSandboxGames$$' -fuzztime $(FUZZTIME) ./serve
+	$(GO) test -run '^$$' -fuzz '^FuzzProtocol$$' -fuzztime $(FUZZTIME) ./serve
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./internal/sys/wire
 	$(GO) test -run '^$$' -fuzz '^FuzzKernelDiff$$' -fuzztime $(FUZZTIME) -parallel 1 ./kernel
 
 # Longer runs of the multi-process and hammer tests.
