@@ -18,15 +18,26 @@ import (
 
 // locker is what the benchmarks drive: the heap MCS lock, or a baseline.
 type locker interface {
-	Lock()
+	Lock() error
 	Unlock()
 }
 
-// paddedMutex keeps the baseline on its own cache lines, as the heap lock word is.
+// paddedMutex keeps the baseline on its own cache lines, as the heap lock word
+// is, and gives it the heap lock's Lock signature.
 type paddedMutex struct {
-	_ [64]byte
-	sync.Mutex
-	_ [64]byte
+	_  [64]byte
+	mu sync.Mutex
+	_  [64]byte
+}
+
+func (m *paddedMutex) Lock() error { m.mu.Lock(); return nil }
+func (m *paddedMutex) Unlock()     { m.mu.Unlock() }
+
+// mustLock fails a benchmark's lock call loudly: nobody dies in them.
+func mustLock(err error) {
+	if err != nil {
+		panic(err)
+	}
 }
 
 func lockers(b *testing.B) map[string]func() locker {
@@ -51,8 +62,7 @@ func BenchmarkUncontended(b *testing.B) {
 		b.Run(name, func(b *testing.B) {
 			l := ls[name]()
 			for b.Loop() {
-				l.Lock()
-				//lint:ignore SA2001 the lock+unlock pair is what is measured
+				mustLock(l.Lock())
 				l.Unlock()
 			}
 		})
@@ -72,7 +82,7 @@ func contended(l locker, goroutines, ops int) float64 {
 		}
 		wg.Go(func() {
 			for range n {
-				l.Lock()
+				mustLock(l.Lock())
 				counter++
 				l.Unlock()
 			}
@@ -149,7 +159,7 @@ func BenchmarkTwoProcesses(b *testing.B) {
 	atomic.StoreUint64(w.h.Uint64(stop), spinnerGo)
 	start := time.Now()
 	for b.Loop() {
-		m.Lock()
+		mustLock(m.Lock())
 		*w.h.Uint64(off + 8)++
 		m.Unlock()
 	}
@@ -183,7 +193,7 @@ func TestSpinnerChild(t *testing.T) {
 	}
 	n := uint64(0)
 	for atomic.LoadUint64(h.Uint64(stop)) == spinnerGo {
-		m.Lock()
+		mustLock(m.Lock())
 		*h.Uint64(off + 8)++
 		m.Unlock()
 		n++

@@ -206,6 +206,9 @@ mcs_lock_node_free:
 mcs_lock_swap:
 	ldxdw %r9, [%r1+0]
 	mov %r8, %r9
+	rsh %r8, 32
+	stxw [%r2+12], %r8
+	mov %r8, %r9
 	lsh %r8, 32
 	rsh %r8, 32
 	mov %r6, %r3
@@ -337,7 +340,7 @@ mcs_unlock:
 	mov %r3, 0
 	lock cmpxchg [%r1+0], %r3
 	jeq %r0, %r2, mcs_unlock_slice
-	lddw %r4, 0xffffffff0000fffe
+	lddw %r4, 0xffffffff0000000e
 mcs_unlock_slow:
 	ldxdw %r6, [%r1+0]
 	mov %r3, %r6
@@ -378,9 +381,9 @@ mcs_unlock_stuck:
 @end
 `
 
-// Held is the held bits an executor of process slot slot passes to mcs_lock
-// and mcs_unlock.
-func Held(slot uint32) uint64 { return held(slot) }
+// Held is the held bits an executor of process slot slot, attached as
+// generation gen of it, passes to mcs_lock and mcs_unlock (Process.Held).
+func Held(slot, gen uint32) uint64 { return held(slot, gen) }
 
 // Node is one of a process's queue nodes lent to a bytecode executor.
 type Node struct {

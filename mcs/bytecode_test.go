@@ -26,7 +26,7 @@ var (
 // lockCtx is the context of programs using lockCall on the lock at off with
 // node n, then the extra words.
 func (w *world) lockCtx(off uint64, n Node, extra ...uint64) []byte {
-	return CallContext(w.h.Base()+off, w.h.Base(), n, Held(w.p.Slot()), w.h.Header().NodeOff, extra...)
+	return CallContext(w.h.Base()+off, w.h.Base(), n, w.p.Held(), w.h.Header().NodeOff, extra...)
 }
 
 // jitMachine is a JIT sandbox over w's heap with the lock's helpers, closed
@@ -133,5 +133,5 @@ func TestBytecodeLockAssembles(t *testing.T) {
 	insns, err := bytecode.Assemble("call local mcs_lock\ncall local mcs_unlock\nexit\n" + BytecodeLock)
 	require.NoError(t, err)
 	require.NoError(t, bytecode.Validate(insns))
-	assert.Equal(t, fmt.Sprint(Held(3)), fmt.Sprint(uint64(1|4<<16)))
+	assert.Equal(t, fmt.Sprint(Held(3, 0x1005)), fmt.Sprint(uint64(1|5<<4|4<<16)))
 }

@@ -156,7 +156,7 @@ func kernelContenders(t *testing.T, wg *sync.WaitGroup, a *kernel.Arena, h *heap
 		n := p.TakeNode()
 		ctxs := make([][]byte, nlocks)
 		for i := range ctxs {
-			ctxs[i] = kernel.LockArgs{Lock: h.Base() + locks + uint64(16*i), Node: n, Held: mcs.Held(p.Slot()),
+			ctxs[i] = kernel.LockArgs{Lock: h.Base() + locks + uint64(16*i), Node: n, Held: p.Held(),
 				Base: h.Base(), Table: h.Header().NodeOff}.Context()
 		}
 		wg.Go(func() {
@@ -217,7 +217,10 @@ func mixedChild(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				m.Lock()
+				if err := m.Lock(); err != nil {
+					t.Error(err)
+					return
+				}
 				*h.Uint64(p + 8)++
 				m.Unlock()
 			}

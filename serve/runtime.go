@@ -281,7 +281,7 @@ func (rt *Runtime) invoke(e *executor, name string, arg, dataLen uint64) (uint64
 	p, ip := rt.progs[name], rt.iprogs[name]
 	hb := rt.h.Base()
 	ctx := abi.Context{Arg: arg, Node: hb + e.node.Off, NodeIndex: uint64(e.node.Index) + 1,
-		Held: mcs.Held(rt.proc.Slot()), NodeTable: hb + rt.h.Header().NodeOff, DataLen: dataLen}.Bytes()
+		Held: rt.proc.Held(), NodeTable: hb + rt.h.Header().NodeOff, DataLen: dataLen}.Bytes()
 	if e.im != nil {
 		return e.im.Run(ip, ctx)
 	}
