@@ -66,6 +66,7 @@ type lockerChild struct {
 	cmd   *osexec.Cmd
 	lines chan string
 	slot  uint32
+	done  chan struct{} // closed when it has exited (cmd.ProcessState set)
 }
 
 // startLocker starts a locker child doing act on the lock at off, with
@@ -74,18 +75,27 @@ func (w *world) startLocker(t *testing.T, off uint64, act string, env ...string)
 	t.Helper()
 	cmd := testutil.Child(t, "TestLockerChild", childLocker, append(env, "KFLEX_HEAP="+w.path,
 		fmt.Sprintf("KFLEX_LOCK=%d", off), "KFLEX_ACT="+act)...)
-	out, err := cmd.StdoutPipe()
+	// Our own pipe, not StdoutPipe, so that waiting for the exit (below) never
+	// cuts the reading short.
+	r, wr, err := os.Pipe()
 	require.NoError(t, err)
+	cmd.Stdout = wr
 	require.NoError(t, cmd.Start())
-	c := &lockerChild{cmd: cmd, lines: make(chan string, 16)}
+	wr.Close()
+	c := &lockerChild{cmd: cmd, lines: make(chan string, 16), done: make(chan struct{})}
 	go func() {
-		sc := bufio.NewScanner(out)
+		defer r.Close()
+		sc := bufio.NewScanner(r)
 		for sc.Scan() {
 			c.lines <- sc.Text()
 		}
 		close(c.lines)
 	}()
-	t.Cleanup(func() { c.kill() })
+	go func() {
+		cmd.Wait()
+		close(c.done)
+	}()
+	t.Cleanup(c.kill)
 	_, err = fmt.Sscanf(c.line(t), "slot %d", &c.slot)
 	require.NoError(t, err)
 	return c
@@ -103,12 +113,22 @@ func (c *lockerChild) line(t *testing.T) string {
 	}
 }
 
-// kill SIGKILLs the child and reaps it.
-func (c *lockerChild) kill() {
-	if c.cmd.ProcessState == nil {
-		c.cmd.Process.Signal(syscall.SIGKILL)
-		c.cmd.Wait()
+// wait waits (boundedly) for the child to exit and returns how it did.
+func (c *lockerChild) wait(t *testing.T) *os.ProcessState {
+	t.Helper()
+	select {
+	case <-c.done:
+		return c.cmd.ProcessState
+	case <-time.After(20 * time.Second):
+		t.Fatal("child still running after 20 s")
+		return nil
 	}
+}
+
+// kill SIGKILLs the child and waits for its end.
+func (c *lockerChild) kill() {
+	c.cmd.Process.Signal(syscall.SIGKILL)
+	<-c.done
 }
 
 // lockAsync locks m in a goroutine; the channel gets Lock's result, after
@@ -173,7 +193,7 @@ func (w *world) settled(t *testing.T, off uint64, want uint64) {
 	m.Unlock()
 	c := w.startLocker(t, off, actOnce)
 	assert.Equal(t, "got <nil>", c.line(t))
-	require.NoError(t, c.cmd.Wait())
+	require.True(t, c.wait(t).Success())
 	assert.Zero(t, atomic.LoadUint64(w.h.Uint64(off)))
 }
 
