@@ -2,7 +2,6 @@ package kernel
 
 import (
 	"fmt"
-	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -103,9 +102,8 @@ func TestLayoutContract(t *testing.T) {
 	defer m.Close()
 	helpers := map[int32]interp.Helper{
 		mcs.HelperWake: func(_ interp.Memory, addr, _, _, _, _ uint64) (uint64, error) { return 0, mcs.WakeHelper(addr) },
-		mcs.HelperRelax: func(interp.Memory, uint64, uint64, uint64, uint64, uint64) (uint64, error) {
-			runtime.Gosched()
-			return 0, nil
+		mcs.HelperLockCheck: func(_ interp.Memory, lock, node, idx, held, _ uint64) (uint64, error) {
+			return w.p.LockCheck(lock, node, idx, held), nil
 		},
 	}
 	m.Helpers = helpers

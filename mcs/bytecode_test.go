@@ -2,8 +2,8 @@ package mcs
 
 import (
 	"fmt"
-	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -37,7 +37,7 @@ func (w *world) jitMachine(t testing.TB) *jit.Machine {
 	m, err := jit.NewMachineIn(jit.Region{Base: w.h.At(0), Size: w.h.Size(), Canon: w.h.CanonBase(), Scratch: scratch})
 	require.NoError(t, err)
 	t.Cleanup(func() { m.Close() })
-	m.Helpers = wakeHelpers
+	m.Helpers = w.helpers()
 	return m
 }
 
@@ -45,7 +45,7 @@ func (w *world) jitMachine(t testing.TB) *jit.Machine {
 func (w *world) interpMachine() *interp.Machine {
 	im := interp.NewMachine()
 	im.AttachHeap(w.h.At(0), w.h.Size(), w.h.CanonBase())
-	im.Helpers = wakeHelpers
+	im.Helpers = w.helpers()
 	im.MaxInsns = 4e9 // a hang becomes an error, eventually
 	return im
 }
@@ -66,12 +66,14 @@ loop:` + lockCall + `
 	exit
 ` + BytecodeLock
 
-var wakeHelpers = map[int32]interp.Helper{
-	HelperWake: func(_ interp.Memory, addr, _, _, _, _ uint64) (uint64, error) { return 0, WakeHelper(addr) },
-	HelperRelax: func(interp.Memory, uint64, uint64, uint64, uint64, uint64) (uint64, error) {
-		runtime.Gosched()
-		return 0, nil
-	},
+// helpers are the lock's helpers for executors of w's process.
+func (w *world) helpers() map[int32]interp.Helper {
+	return map[int32]interp.Helper{
+		HelperWake: func(_ interp.Memory, addr, _, _, _, _ uint64) (uint64, error) { return 0, WakeHelper(addr) },
+		HelperLockCheck: func(_ interp.Memory, lock, node, idx, held, _ uint64) (uint64, error) {
+			return w.p.LockCheck(lock, node, idx, held), nil
+		},
+	}
 }
 
 // TestBytecodeLockMixed has goroutines (Go lock), JIT-compiled extensions and an
@@ -134,4 +136,89 @@ func TestBytecodeLockAssembles(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, bytecode.Validate(insns))
 	assert.Equal(t, fmt.Sprint(Held(3, 0x1005)), fmt.Sprint(uint64(1|5<<4|4<<16)))
+}
+
+// lockOnceProgram takes the lock at ctx[0] once and returns mcs_lock's r0:
+// with LockOwnerDied it marks the data consistent before unlocking. With
+// LockNotRecoverable it holds nothing, and mcs_unlock changes nothing.
+var lockOnceProgram = `
+	mov %r9, %r1` + lockCall + `
+	mov %r6, %r0
+	jne %r6, -130, release
+	ldxdw %r1, [%r9+0]` + abi.ConsistentCall + `
+release:` + unlockCall + `
+	mov %r0, %r6
+	exit
+` + BytecodeLock
+
+// TestBytecodeHolderKilled: a Go holder in a child is SIGKILLed while a JIT
+// extension, then an interpreted one, wait for its lock; each gets
+// LockOwnerDied through HelperLockCheck, repairs and unlocks. A lock then
+// released without repair gives them LockNotRecoverable.
+func TestBytecodeHolderKilled(t *testing.T) {
+	if err := jit.Supported(); err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	insns, err := bytecode.Assemble(lockOnceProgram)
+	require.NoError(t, err)
+	jp, err := jit.Compile(insns)
+	require.NoError(t, err)
+	defer jp.Close()
+	ip, err := interp.Load(insns)
+	require.NoError(t, err)
+	for _, engine := range []string{"jit", "interp"} {
+		t.Run(engine, func(t *testing.T) {
+			w := newWorld(t, 1<<20)
+			off := w.locks(t, 1)[0]
+			n := w.p.TakeNode()
+			defer w.p.GiveNode(n)
+			run := func() (uint64, error) {
+				if engine == "jit" {
+					return w.jitMachine(t).Run(jp, w.lockCtx(off, n))
+				}
+				return w.interpMachine().Run(ip, w.lockCtx(off, n))
+			}
+			c := w.startLocker(t, off, actHold)
+			require.Equal(t, "held", c.line(t))
+			got := make(chan int64, 1)
+			go func() {
+				r0, err := run()
+				assert.NoError(t, err)
+				got <- int64(r0)
+			}()
+			w.queuedAfter(t, off, 0)
+			killed := time.Now()
+			c.kill()
+			select {
+			case r0 := <-got:
+				assert.Equal(t, int64(LockOwnerDied), r0)
+				t.Logf("SIGKILL of the holder -> %s waiter returned: %v", engine, time.Since(killed))
+			case <-time.After(20 * time.Second):
+				t.Fatal("the extension still waits 20 s after the holder died")
+			}
+			assert.Zero(t, atomic.LoadUint64(w.h.Uint64(off)), "repaired and unlocked")
+
+			// Not recoverable: a Go party takes over from a dead holder and
+			// unlocks without repair; the extension gets LockNotRecoverable.
+			c = w.startLocker(t, off, actHold)
+			require.Equal(t, "held", c.line(t))
+			c.kill()
+			m := mutex(t, w.p, off)
+			require.ErrorIs(t, m.Lock(), ErrOwnerDied)
+			go func() {
+				r0, err := run()
+				assert.NoError(t, err)
+				got <- int64(r0)
+			}()
+			w.queuedAfter(t, off, 0)
+			m.Unlock()
+			select {
+			case r0 := <-got:
+				assert.Equal(t, int64(LockNotRecoverable), r0)
+			case <-time.After(20 * time.Second):
+				t.Fatal("the extension still waits 20 s after the lock became not recoverable")
+			}
+			w.settled(t, off, wordOwnerDied)
+		})
+	}
 }

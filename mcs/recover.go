@@ -3,6 +3,7 @@ package mcs
 import (
 	"errors"
 	"math"
+	"runtime"
 	"sync/atomic"
 
 	"github.com/kflex-go/kflex/heap"
@@ -209,3 +210,52 @@ func (p *Process) queuedBehind(idx uint32, lock uint64) bool {
 	}
 	return false
 }
+
+// LockCheck is HelperLockCheck's implementation for the executors of process
+// p: the recovery protocol's checks for a bytecode waiter, with mcs_lock's
+// arguments (lock word address in any view, node address, node index + 1,
+// held bits). A waiting node whose predecessor died is repaired (1: it is now
+// the head); a head whose holder died takes the lock over and hands the head
+// position on (LockOwnerDied); a head on a lock that is not recoverable leaves
+// the queue (LockNotRecoverable); otherwise 0. It yields the CPU first, as
+// HelperRelax does. Arguments that name no lock word or node are ignored (0).
+func (p *Process) LockCheck(lock, _, idx, held uint64) uint64 {
+	runtime.Gosched()
+	hdr := p.h.Header()
+	off := lock & p.h.Mask()
+	if off%8 != 0 || off < hdr.PagesOff || off > hdr.Size-8 || idx == 0 || idx > uint64(hdr.MaxProcs*hdr.NodesPerProc) {
+		return 0
+	}
+	m := &Mutex{p: p, word: p.h.Uint64(off), off: off, held: held}
+	me := uint32(idx)
+	n := p.node(me - 1)
+	if atomic.LoadUint32(n.state()) != nodeHead && atomic.LoadUint32(n.prev()) != 0 {
+		var skipped []uint32 // left to Reap: the executor keeps no list
+		if m.repair(n, &skipped) {
+			return 1
+		}
+		return 0
+	}
+	w := atomic.LoadUint64(m.word)
+	switch {
+	case notRecoverable(w):
+		m.grant(m.successor(n, me))
+		return r0(LockNotRecoverable)
+	case w&wordLocked != 0 && m.p.holderDead(w):
+		nw := takeover(w, held)
+		if wordTail(w) == me {
+			nw &^= wordTailMask
+		}
+		if !m.takeOver(w, nw) {
+			return 0
+		}
+		if wordTail(w) != me {
+			m.grant(m.successor(n, me))
+		}
+		return r0(LockOwnerDied)
+	}
+	return 0
+}
+
+// r0 is a signed result code as a register holds it.
+func r0(code int64) uint64 { return uint64(code) }

@@ -234,6 +234,9 @@ func (rt *Runtime) helpers() map[int32]interp.Helper {
 			runtime.Gosched()
 			return 0, nil
 		},
+		abi.HelperLockCheck: func(_ interp.Memory, lock, node, idx, held, _ uint64) (uint64, error) {
+			return rt.proc.LockCheck(lock, node, idx, held), nil
+		},
 		abi.HelperSliceYield: func(interp.Memory, uint64, uint64, uint64, uint64, uint64) (uint64, error) {
 			rt.yields.Add(1)
 			rseq.Yield()
