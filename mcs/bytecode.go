@@ -79,10 +79,15 @@ const (
 	// timeout; try again later (or with another node).
 	KernelNodeBusy = -16 // EBUSY
 	// KernelStuck: may_goto's bound (about 250 ms in Linux) ran out while the
-	// lock was held and a successor had not linked itself, or a lock word kept
-	// changing. The lock is held and its queue is owed a hand-off: the
-	// recovery protocol's case.
+	// lock was held and a successor had not linked itself (it may have died
+	// between its tail swap and its link), or a lock word kept changing. The
+	// lock is held and its queue is owed a hand-off: Process.Unstick does it
+	// from Go, with the recovery protocol, and releases the lock.
 	KernelStuck = -35 // EDEADLK
+	// KernelStuckUnheld: as KernelStuck, while the waiter was leaving the
+	// queue (after KernelTimedOut's deadline, or on a lock not recoverable):
+	// the lock is not held; Process.Unstick hands the head position on.
+	KernelStuckUnheld = -37 // ENOLCK
 )
 
 // BytecodeLock is the MCS lock of word.go and node.go as eBPF subprograms in
@@ -360,6 +365,9 @@ mcs_lock_leave_with:
 	ja mcs_lock_skip
 mcs_lock_stuck:
 	mov %r0, -35
+	jeq %r4, 0, mcs_lock_stuck_held
+	mov %r0, -37
+mcs_lock_stuck_held:
 	exit
 @end
 

@@ -87,3 +87,16 @@ func requireKilled(t *testing.T, x *lockerChild) {
 	ws, _ := st.Sys().(syscall.WaitStatus)
 	require.True(t, ws.Signaled() && ws.Signal() == syscall.SIGKILL, "the child reached its fault point: %v", st)
 }
+
+// TestUnstickDeadSuccessor: the KernelStuck case proper. A kernel-form holder
+// waited for a successor that died between its tail swap and its link;
+// Unstick finds it by its prev, skips it, ends the queue and releases the lock.
+func TestUnstickDeadSuccessor(t *testing.T) {
+	w := newWorld(t, 1<<20)
+	off := w.locks(t, 1)[0]
+	n := w.stuckHolder(t, off)
+	x := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultSwapped)
+	requireKilled(t, x)
+	require.NoError(t, w.p.Unstick(off, n, KernelStuck))
+	w.settled(t, off, 0)
+}

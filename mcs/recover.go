@@ -2,6 +2,7 @@ package mcs
 
 import (
 	"errors"
+	"fmt"
 	"math"
 	"runtime"
 	"sync/atomic"
@@ -259,3 +260,28 @@ func (p *Process) LockCheck(lock, _, idx, held uint64) uint64 {
 
 // r0 is a signed result code as a register holds it.
 func r0(code int64) uint64 { return uint64(code) }
+
+// Unstick finishes from Go what the kernel form of mcs_lock left undone when
+// it returned r0 = KernelStuck or KernelStuckUnheld for node n on the lock at
+// heap offset lock: it hands the queue's head position on from n as the Go
+// side does (waiting for a live successor to link, finding by its prev one
+// that died before linking, skipping abandoned and dead nodes), frees n, and,
+// for KernelStuck, releases the lock the kernel program holds.
+func (p *Process) Unstick(lock uint64, n Node, r0 int32) error {
+	if r0 != KernelStuck && r0 != KernelStuckUnheld {
+		return fmt.Errorf("mcs: unstick after r0 = %d: not a stuck lock call", r0)
+	}
+	m, err := p.Mutex(lock)
+	if err != nil {
+		return err
+	}
+	node := p.node(n.Index)
+	if atomic.LoadUint32(node.state()) != nodeFree {
+		m.grant(m.successor(node, n.Index+1))
+		atomic.StoreUint32(node.state(), nodeFree)
+	}
+	if r0 == KernelStuck {
+		m.Unlock()
+	}
+	return nil
+}

@@ -337,3 +337,37 @@ func TestReapAfterKills(t *testing.T) {
 	}
 	w.settled(t, off, 0)
 }
+
+// stuckHolder puts the lock at off in the state a kernel-form mcs_lock leaves
+// when it returns KernelStuck: held by this process through node n, which
+// queued on an empty queue and is still the tail (its successor has not
+// linked yet). It returns n.
+func (w *world) stuckHolder(t *testing.T, off uint64) Node {
+	n := w.p.TakeNode()
+	t.Cleanup(func() { w.p.GiveNode(n) })
+	node := w.p.node(n.Index)
+	atomic.StoreUint32(node.next(), 0)
+	atomic.StoreUint32(node.prev(), 0)
+	atomic.StoreUint64(node.lock(), off)
+	atomic.StoreUint32(node.state(), nodeHead)
+	atomic.StoreUint64(w.h.Uint64(off), w.p.Held()|uint64(n.Index+1)<<wordTailShift)
+	return n
+}
+
+// TestUnstick: after a kernel waiter's KernelStuck (faked: the kernel form
+// cannot run here), Unstick hands the lock's queue on to the successor, which
+// gets the lock, and releases the lock; TestKillAtEveryPoint has the case of
+// a successor that died before linking itself.
+func TestUnstick(t *testing.T) {
+	w := newWorld(t, 1<<20)
+	off := w.locks(t, 1)[0]
+	n := w.stuckHolder(t, off)
+	c := w.startLocker(t, off, actOnce)
+	w.queuedAfter(t, off, n.Index+1)
+	require.Eventually(t, func() bool { return w.p.QueueNode(n.Index).Next != 0 }, 20*time.Second, 100*time.Microsecond)
+	require.NoError(t, w.p.Unstick(off, n, KernelStuck))
+	assert.Equal(t, "got <nil>", c.line(t))
+	require.True(t, c.wait(t).Success())
+	assert.Error(t, w.p.Unstick(off, n, KernelTimedOut))
+	w.settled(t, off, 0)
+}
