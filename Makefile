@@ -55,6 +55,7 @@ bench: $(BIN)/robust-pthread
 	$(BIN)/robust-pthread procs 2 2
 	$(BIN)/robust-pthread threads 2 2
 	$(BIN)/robust-pthread threads 16 2
+	$(GO) run ./cmd/kflex bench --robust $(BIN)/robust-pthread recovery   # SIGKILL of a holder -> next waiter, kflex and glibc
 	GLIBC_TUNABLES=glibc.pthread.rseq=0 $(GO) test -run '^$$' -bench . -count 3 ./mcs ./heap ./jit/interp ./jit ./verifier ./serve ./kernel
 
 $(BIN)/robust-pthread: bench/robustmutex/robust.c
