@@ -14,26 +14,11 @@ import (
 
 	"github.com/cilium/ebpf/asm"
 
-	"github.com/kflex-go/kflex/abi"
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/heap"
 	"github.com/kflex-go/kflex/mcs"
 	"github.com/kflex-go/kflex/serve"
 )
-
-// lockOnce takes the lock at its argument once, repairs if its holder died
-// (abi.ConsistentCall), unlocks and returns mcs_lock's r0.
-var lockOnce = `
-	mov %r9, %r1
-	ldxdw %r1, [%r9+0]` + serve.LockCall + `
-	mov %r6, %r0
-	jne %r6, -130, release
-	ldxdw %r1, [%r9+0]` + abi.ConsistentCall + `
-release:
-	ldxdw %r1, [%r9+0]` + serve.UnlockCall + `
-	mov %r0, %r6
-	exit
-` + mcs.BytecodeLock
 
 // Holder is what MeasureRecovery kills: a command that attaches to the heap
 // file at path, takes the lock at heap offset lock (mcs.Mutex.Lock), prints
@@ -81,7 +66,7 @@ func MeasureRecovery(kills int, holder Holder) (map[string]float64, error) {
 		return nil, err
 	}
 	defer h.Close()
-	insns, err := bytecode.Assemble(lockOnce)
+	insns, err := bytecode.Assemble(mcs.LockOnceProgram)
 	if err != nil {
 		return nil, err
 	}

@@ -3,7 +3,6 @@ package mcs
 import (
 	"bufio"
 	"fmt"
-	"os"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -12,7 +11,6 @@ import (
 
 	"github.com/stretchr/testify/require"
 
-	"github.com/kflex-go/kflex/heap"
 	"github.com/kflex-go/kflex/internal/testutil"
 )
 
@@ -180,12 +178,7 @@ func TestSpinnerChild(t *testing.T) {
 	if testutil.Role() != childSpinner {
 		t.Skip("child process of BenchmarkTwoProcesses")
 	}
-	h, err := heap.Open(os.Getenv("KFLEX_HEAP"), nil)
-	require.NoError(t, err)
-	defer h.Close()
-	p, err := Attach(h)
-	require.NoError(t, err)
-	defer p.Detach()
+	h, p := childAttach(t, nil)
 	off, stop := testutil.EnvUint(t, "KFLEX_LOCK"), testutil.EnvUint(t, "KFLEX_STOP")
 	m := mutex(t, p, off)
 	fmt.Println("ready")

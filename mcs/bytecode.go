@@ -456,6 +456,26 @@ func WakeHelper(addr uint64) error {
 	return err
 }
 
+// LockOnceProgram is an extension showing how to handle mcs_lock's codes:
+// it takes the lock whose address is the first word of its context (as an
+// extension does through abi.LockCall) once; if the holder died
+// (LockOwnerDied), it would repair the data and then marks it consistent
+// (abi.ConsistentCall); it unlocks on every path (after LockNotRecoverable
+// mcs_unlock changes nothing, and kflex's verifier wants every path to
+// unlock) and returns mcs_lock's r0. The recovery tests and `kflex bench
+// recovery` use it as their bytecode waiter.
+var LockOnceProgram = `
+	mov %r9, %r1
+	ldxdw %r1, [%r9+0]` + abi.LockCall + `
+	mov %r6, %r0
+	jne %r6, ` + fmt.Sprint(LockOwnerDied) + `, release
+	ldxdw %r1, [%r9+0]` + abi.ConsistentCall + `
+release:
+	ldxdw %r1, [%r9+0]` + abi.UnlockCall + `
+	mov %r0, %r6
+	exit
+` + BytecodeLock
+
 // LockOnly and UnlockOnly cut a lock text (BytecodeLock, KernelLock) down to
 // one of its two subprograms, for a program that calls only that one: the
 // kernel rejects code that nothing reaches.

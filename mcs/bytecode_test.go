@@ -76,6 +76,19 @@ func (w *world) helpers() map[int32]interp.Helper {
 	}
 }
 
+// compileBoth assembles text for the JIT (closed with the test) and the
+// interpreter.
+func compileBoth(t *testing.T, text string) (*jit.Program, *interp.Program) {
+	insns, err := bytecode.Assemble(text)
+	require.NoError(t, err)
+	jp, err := jit.Compile(insns)
+	require.NoError(t, err)
+	t.Cleanup(func() { jp.Close() })
+	ip, err := interp.Load(insns)
+	require.NoError(t, err)
+	return jp, ip
+}
+
 // TestBytecodeLockMixed has goroutines (Go lock), JIT-compiled extensions and an
 // interpreted one increment one counter under one lock word: the bytecode lock
 // and the Go lock must exclude each other exactly.
@@ -85,13 +98,7 @@ func TestBytecodeLockMixed(t *testing.T) {
 	}
 	w := newWorld(t, 4<<20)
 	off := w.locks(t, 1)[0]
-	insns, err := bytecode.Assemble(counterProgram)
-	require.NoError(t, err)
-	jp, err := jit.Compile(insns)
-	require.NoError(t, err)
-	defer jp.Close()
-	ip, err := interp.Load(insns)
-	require.NoError(t, err)
+	jp, ip := compileBoth(t, counterProgram)
 
 	const goroutines, goRounds, jitExecs, jitRounds, interpRounds = 4, 10000, 2, 20000, 5000
 	ctxFor := func(n Node, rounds uint64) []byte { return w.lockCtx(off, n, rounds) }
@@ -138,19 +145,6 @@ func TestBytecodeLockAssembles(t *testing.T) {
 	assert.Equal(t, fmt.Sprint(Held(3, 0x1005)), fmt.Sprint(uint64(1|5<<4|4<<16)))
 }
 
-// lockOnceProgram takes the lock at ctx[0] once and returns mcs_lock's r0:
-// with LockOwnerDied it marks the data consistent before unlocking. With
-// LockNotRecoverable it holds nothing, and mcs_unlock changes nothing.
-var lockOnceProgram = `
-	mov %r9, %r1` + lockCall + `
-	mov %r6, %r0
-	jne %r6, -130, release
-	ldxdw %r1, [%r9+0]` + abi.ConsistentCall + `
-release:` + unlockCall + `
-	mov %r0, %r6
-	exit
-` + BytecodeLock
-
 // TestBytecodeHolderKilled: a Go holder in a child is SIGKILLed while a JIT
 // extension, then an interpreted one, wait for its lock; each gets
 // LockOwnerDied through HelperLockCheck, repairs and unlocks. A lock then
@@ -159,13 +153,7 @@ func TestBytecodeHolderKilled(t *testing.T) {
 	if err := jit.Supported(); err != nil {
 		t.Skipf("skipped: %v", err)
 	}
-	insns, err := bytecode.Assemble(lockOnceProgram)
-	require.NoError(t, err)
-	jp, err := jit.Compile(insns)
-	require.NoError(t, err)
-	defer jp.Close()
-	ip, err := interp.Load(insns)
-	require.NoError(t, err)
+	jp, ip := compileBoth(t, LockOnceProgram)
 	for _, engine := range []string{"jit", "interp"} {
 		t.Run(engine, func(t *testing.T) {
 			w := newWorld(t, 1<<20)
@@ -178,24 +166,30 @@ func TestBytecodeHolderKilled(t *testing.T) {
 				}
 				return w.interpMachine().Run(ip, w.lockCtx(off, n))
 			}
+			// waitFor runs the extension while then() is done, and returns
+			// its r0 (boundedly).
+			waitFor := func(then func()) int64 {
+				got := make(chan int64, 1)
+				go func() {
+					r0, err := run()
+					assert.NoError(t, err)
+					got <- int64(r0)
+				}()
+				w.queuedAfter(t, off, 0)
+				then()
+				select {
+				case r0 := <-got:
+					return r0
+				case <-time.After(20 * time.Second):
+					t.Fatal("the extension still waits 20 s later")
+					return 0
+				}
+			}
 			c := w.startLocker(t, off, actHold)
 			require.Equal(t, "held", c.line(t))
-			got := make(chan int64, 1)
-			go func() {
-				r0, err := run()
-				assert.NoError(t, err)
-				got <- int64(r0)
-			}()
-			w.queuedAfter(t, off, 0)
 			killed := time.Now()
-			c.kill()
-			select {
-			case r0 := <-got:
-				assert.Equal(t, int64(LockOwnerDied), r0)
-				t.Logf("SIGKILL of the holder -> %s waiter returned: %v", engine, time.Since(killed))
-			case <-time.After(20 * time.Second):
-				t.Fatal("the extension still waits 20 s after the holder died")
-			}
+			assert.Equal(t, int64(LockOwnerDied), waitFor(c.kill))
+			t.Logf("SIGKILL of the holder -> %s waiter returned: %v", engine, time.Since(killed))
 			assert.Zero(t, atomic.LoadUint64(w.h.Uint64(off)), "repaired and unlocked")
 
 			// Not recoverable: a Go party takes over from a dead holder and
@@ -205,19 +199,7 @@ func TestBytecodeHolderKilled(t *testing.T) {
 			c.kill()
 			m := mutex(t, w.p, off)
 			require.ErrorIs(t, m.Lock(), ErrOwnerDied)
-			go func() {
-				r0, err := run()
-				assert.NoError(t, err)
-				got <- int64(r0)
-			}()
-			w.queuedAfter(t, off, 0)
-			m.Unlock()
-			select {
-			case r0 := <-got:
-				assert.Equal(t, int64(LockNotRecoverable), r0)
-			case <-time.After(20 * time.Second):
-				t.Fatal("the extension still waits 20 s after the lock became not recoverable")
-			}
+			assert.Equal(t, int64(LockNotRecoverable), waitFor(m.Unlock))
 			w.settled(t, off, wordOwnerDied)
 		})
 	}

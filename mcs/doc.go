@@ -46,4 +46,14 @@
 // lock not recoverable (ErrNotRecoverable for every later Lock). Dead waiters
 // are skipped by their granter or replaced by their successor; Reap (also run
 // by Attach when the owner table is full) gives their slots back.
+//
+// Extensions get the same outcomes from mcs_lock in r0 (abi's codes, listed
+// beside the helpers): LockAcquired (0); LockOwnerDied (-130), held, to be
+// repaired and marked consistent with abi.ConsistentCall before mcs_unlock;
+// LockNotRecoverable (-131), not held (mcs_unlock then changes nothing);
+// LockOnceProgram shows the handling. The runtime form reaches the Go
+// protocol through HelperLockCheck (Process.LockCheck); the kernel form never
+// takes a lock over: it times out until a Go party has, and a hand-off it
+// could not finish (KernelStuck, KernelStuckUnheld) is finished by
+// Process.Unstick.
 package mcs

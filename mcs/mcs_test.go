@@ -230,6 +230,18 @@ func TestMultiProcess(t *testing.T) {
 	assert.Len(t, Owners(w.h), 1, "children detached")
 }
 
+// childAttach opens the heap a child was given (KFLEX_HEAP) with opts and
+// attaches to it, both undone when the test ends.
+func childAttach(t *testing.T, opts *heap.Options) (*heap.Heap, *Process) {
+	h, err := heap.Open(os.Getenv("KFLEX_HEAP"), opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { h.Close() })
+	p, err := Attach(h)
+	require.NoError(t, err)
+	t.Cleanup(func() { p.Detach() })
+	return h, p
+}
+
 type exec struct {
 	proc *os.Process
 	out  *bufio.Scanner
@@ -237,12 +249,7 @@ type exec struct {
 }
 
 func stressChild(t *testing.T) {
-	h, err := heap.Open(os.Getenv("KFLEX_HEAP"), &heap.Options{MapAt: uintptr(testutil.EnvUint(t, "KFLEX_BASE"))})
-	require.NoError(t, err)
-	defer h.Close()
-	p, err := Attach(h)
-	require.NoError(t, err)
-	defer p.Detach()
+	h, p := childAttach(t, &heap.Options{MapAt: uintptr(testutil.EnvUint(t, "KFLEX_BASE"))})
 	offs := testutil.EnvUints(t, "KFLEX_LOCKS")
 	hammer(t, p, offs, int(testutil.EnvUint(t, "KFLEX_GOROUTINES")), int(testutil.EnvUint(t, "KFLEX_ROUNDS")))
 	fmt.Printf("base %#x\n", h.Base())

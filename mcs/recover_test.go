@@ -14,7 +14,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/kflex-go/kflex/heap"
 	"github.com/kflex-go/kflex/internal/testutil"
 )
 
@@ -36,12 +35,7 @@ func TestLockerChild(t *testing.T) {
 	if testutil.Role() != childLocker {
 		t.Skip("child process of the recovery tests")
 	}
-	h, err := heap.Open(os.Getenv("KFLEX_HEAP"), nil)
-	require.NoError(t, err)
-	defer h.Close()
-	p, err := Attach(h)
-	require.NoError(t, err)
-	defer p.Detach()
+	_, p := childAttach(t, nil)
 	fmt.Printf("slot %d\n", p.Slot())
 	m := mutex(t, p, testutil.EnvUint(t, "KFLEX_LOCK"))
 	switch os.Getenv("KFLEX_ACT") {

@@ -14,7 +14,6 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
-	"github.com/kflex-go/kflex/abi"
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/heap"
 	"github.com/kflex-go/kflex/internal/testutil"
@@ -22,23 +21,6 @@ import (
 	"github.com/kflex-go/kflex/mcs"
 	"github.com/kflex-go/kflex/serve"
 )
-
-// lockOnce takes the lock at its argument once and returns mcs_lock's r0,
-// repairing (abi.ConsistentCall) before it unlocks when that is
-// LockOwnerDied. With LockNotRecoverable it holds nothing, and mcs_unlock
-// changes nothing: a program may unlock on every path, as kflex's verifier,
-// which sees mcs_lock take the lock, requires.
-var lockOnce = `
-	mov %r9, %r1
-	ldxdw %r1, [%r9+0]` + serve.LockCall + `
-	mov %r6, %r0
-	jne %r6, -130, release
-	ldxdw %r1, [%r9+0]` + abi.ConsistentCall + `
-release:
-	ldxdw %r1, [%r9+0]` + serve.UnlockCall + `
-	mov %r0, %r6
-	exit
-` + mcs.BytecodeLock
 
 const (
 	roleHolder  = "serve-holder"  // attaches, locks KFLEX_LOCK, says "held", waits to be killed
@@ -73,7 +55,7 @@ func TestRecoveryChild(t *testing.T) {
 
 // lockRuntime is a runtime on h running lockOnce, closed with the test.
 func lockRuntime(t *testing.T, h *heap.Heap, o serve.Options) *serve.Runtime {
-	insns, err := bytecode.Assemble(lockOnce)
+	insns, err := bytecode.Assemble(mcs.LockOnceProgram)
 	require.NoError(t, err)
 	rt, err := serve.NewWith(h, map[string]asm.Instructions{"lockonce": insns}, o)
 	require.NoError(t, err)
