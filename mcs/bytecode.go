@@ -298,11 +298,23 @@ mcs_lock_grant:
 	mov %r8, 3
 	lock cmpxchg32 [%r7+4], %r8
 	jeq %r0, 1, mcs_lock_done
+	jeq %r0, 3, mcs_lock_done
 	jeq %r0, 4, mcs_lock_skip
+	jeq %r0, 0, mcs_lock_skip
 @only runtime
 	mov %r8, 12
+@end
+@only kernel
+	mov %r8, 4
+@end
 	lock or [%r1+0], %r8
-	stw [%r7+4], 3
+	mov %r0, 2
+	mov %r8, 3
+	lock cmpxchg32 [%r7+4], %r8
+	jeq %r0, 2, mcs_lock_granted
+@retry mcs_lock_grant mcs_lock_stuck
+mcs_lock_granted:
+@only runtime
 	mov %r8, %r2
 	mov %r9, %r4
 	mov %r1, %r7
@@ -310,11 +322,6 @@ mcs_lock_grant:
 	call @wake
 	mov %r2, %r8
 	mov %r4, %r9
-@end
-@only kernel
-	mov %r8, 4
-	lock or [%r1+0], %r8
-	stw [%r7+4], 3
 @end
 	ja mcs_lock_done
 mcs_lock_skip:
