@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"os"
 	osexec "os/exec"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -26,8 +27,9 @@ const childLocker = "mcs-locker"
 // Acts of a locker child (KFLEX_ACT) on the lock at KFLEX_LOCK. It prints
 // "slot N" once attached, then:
 const (
-	actHold = "hold" // lock, print "held", wait to be killed
-	actOnce = "once" // lock (waiting if need be), print "got <error>", repair, unlock, exit
+	actHold  = "hold"  // lock, print "held", wait to be killed
+	actOnce  = "once"  // lock (waiting if need be), print "got <error>", repair, unlock, exit
+	actStorm = "storm" // two goroutines run stormer until KFLEX_STOP's word is set
 )
 
 // TestLockerChild is the child of the tests here; run directly it does nothing.
@@ -43,6 +45,18 @@ func TestLockerChild(t *testing.T) {
 		require.NoError(t, m.Lock())
 		fmt.Println("held")
 		time.Sleep(time.Minute) // killed long before
+	case actStorm:
+		var wg sync.WaitGroup
+		for range 2 {
+			wg.Go(func() {
+				off := testutil.EnvUint(t, "KFLEX_LOCK")
+				if err := stormer(p, off, testutil.EnvUint(t, "KFLEX_STOP"), off+24); err != nil {
+					fmt.Println(err)
+					os.Exit(3)
+				}
+			})
+		}
+		wg.Wait()
 	case actOnce:
 		err := m.Lock()
 		fmt.Printf("got %v\n", err)
