@@ -12,6 +12,8 @@ import (
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/kflex-go/kflex/abi"
 )
 
 // stormer takes the lock at off over and over until the word at stop is set,
@@ -51,8 +53,41 @@ func stormer(p *Process, off, stop, counter uint64) error {
 	return nil
 }
 
-// TestKillStorm: goroutines of this process and of child processes hammer one
-// lock while children are SIGKILLed at random moments (inside the critical
+// stormProgram is stormer in bytecode, for rounds ctx[40] rounds: it counts
+// its acquisitions at off+32 and returns 0, or 1 if it found another holder
+// inside, 2 on LockNotRecoverable.
+var stormProgram = `
+	mov %r9, %r1
+	ldxdw %r6, [%r9+40]
+loop:` + lockCall + `
+	jeq %r0, -131, unrecoverable
+	ldxdw %r1, [%r9+0]
+	jne %r0, -130, check
+	stdw [%r1+8], 0` + abi.ConsistentCall + `
+	ja enter
+check:
+	ldxdw %r7, [%r1+8]
+	jne %r7, 0, broken
+enter:
+	stdw [%r1+8], 1
+	ldxdw %r7, [%r1+32]
+	add %r7, 1
+	stxdw [%r1+32], %r7
+	stdw [%r1+8], 0` + unlockCall + `
+	sub %r6, 1
+	jne %r6, 0, loop
+	mov %r0, 0
+	exit
+broken:
+	mov %r0, 1
+	exit
+unrecoverable:
+	mov %r0, 2
+	exit
+` + BytecodeLock
+
+// TestKillStorm: goroutines, a JIT executor and an interpreter of this
+// process, and goroutines of child processes hammer one lock while children are SIGKILLed at random moments (inside the critical
 // section, queued, granting, attaching...) and replaced. Nobody ever holds
 // the lock together with a live holder, this process keeps acquiring it, and
 // at the end the lock, the node table and the owner table are as they began.
@@ -67,10 +102,30 @@ func TestKillStorm(t *testing.T) {
 	if testing.Short() {
 		length = time.Second
 	}
-	errs := make(chan error, 2)
+	*w.h.Uint64(off + 32) = 0 // the executors' acquisitions
+	errs := make(chan error, 4)
 	var wg sync.WaitGroup
 	for range 2 {
 		wg.Go(func() { errs <- stormer(w.p, off, stop, off+16) })
+	}
+	jp, ip := compileBoth(t, stormProgram)
+	for _, engine := range []string{"jit", "interp"} {
+		n := w.p.TakeNode()
+		defer w.p.GiveNode(n)
+		run := func() (uint64, error) { return w.interpMachine().Run(ip, w.lockCtx(off, n, 100)) }
+		if engine == "jit" {
+			m := w.jitMachine(t)
+			run = func() (uint64, error) { return m.Run(jp, w.lockCtx(off, n, 100)) }
+		}
+		wg.Go(func() {
+			for atomic.LoadUint64(w.h.Uint64(stop)) == 0 {
+				if r0, err := run(); err != nil || r0 != 0 {
+					errs <- fmt.Errorf("%s: r0 %d, %v", engine, r0, err)
+					return
+				}
+			}
+			errs <- nil
+		})
 	}
 	seed := uint64(time.Now().UnixNano())
 	t.Logf("seed %d", seed)
@@ -112,7 +167,9 @@ func TestKillStorm(t *testing.T) {
 	for err := range errs {
 		require.NoError(t, err)
 	}
-	t.Logf("%d kills; acquisitions: %d ours, %d the children's", kills, *w.h.Uint64(off + 16), *w.h.Uint64(off + 24))
+	t.Logf("%d kills; acquisitions: %d our goroutines', %d our executors', %d the children's", kills,
+		*w.h.Uint64(off + 16), *w.h.Uint64(off + 32), *w.h.Uint64(off + 24))
+	assert.NotZero(t, *w.h.Uint64(off + 32), "the executors took the lock too")
 	assert.NotZero(t, *w.h.Uint64(off + 24), "the children took the lock too")
 	assert.Zero(t, *w.h.Uint64(off + 8), "nobody inside")
 	w.settled(t, off, 0)
