@@ -204,3 +204,57 @@ func TestBytecodeHolderKilled(t *testing.T) {
 		})
 	}
 }
+
+// TestBytecodeWaiterBehindDead: a JIT extension queued behind a child's
+// waiter that is SIGKILLed (the queue's head, asleep; or a middle waiter,
+// behind a waiter of ours) gets the lock once the holder unlocks: its
+// HelperLockCheck replaces the dead head, or its granter skips the dead node.
+func TestBytecodeWaiterBehindDead(t *testing.T) {
+	if err := jit.Supported(); err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	jp, _ := compileBoth(t, LockOnceProgram)
+	for _, ahead := range []bool{false, true} {
+		t.Run(fmt.Sprintf("ahead=%v", ahead), func(t *testing.T) {
+			w := newWorld(t, 1<<20)
+			off := w.locks(t, 1)[0]
+			m := mutex(t, w.p, off)
+			require.NoError(t, m.Lock())
+			var seq []int
+			tail := uint32(0)
+			var first chan error
+			if ahead {
+				first = lockAsync(mutex(t, w.p, off), &seq, 1)
+				tail = w.queuedAfter(t, off, tail)
+			}
+			c := w.startLocker(t, off, actOnce)
+			tail = w.queuedAfter(t, off, tail)
+			if !ahead {
+				require.Eventually(t, func() bool { return DecodeWord(atomic.LoadUint64(w.h.Uint64(off))).HeadSleeping },
+					20*time.Second, 100*time.Microsecond, "the child's head never slept")
+			}
+			n := w.p.TakeNode()
+			defer w.p.GiveNode(n)
+			got := make(chan int64, 1)
+			jm := w.jitMachine(t)
+			go func() {
+				r0, err := jm.Run(jp, w.lockCtx(off, n))
+				assert.NoError(t, err)
+				got <- int64(r0)
+			}()
+			w.queuedAfter(t, off, tail)
+			c.kill()
+			m.Unlock()
+			if first != nil {
+				require.NoError(t, result(t, first))
+			}
+			select {
+			case r0 := <-got:
+				assert.Equal(t, int64(LockAcquired), r0)
+			case <-time.After(20 * time.Second):
+				t.Fatalf("the extension still waits 20 s later: word %+v", DecodeWord(atomic.LoadUint64(w.h.Uint64(off))))
+			}
+			w.settled(t, off, 0)
+		})
+	}
+}
