@@ -216,17 +216,8 @@ func TestBytecodeWaiterBehindDead(t *testing.T) {
 	jp, _ := compileBoth(t, LockOnceProgram)
 	for _, ahead := range []bool{false, true} {
 		t.Run(fmt.Sprintf("ahead=%v", ahead), func(t *testing.T) {
-			w := newWorld(t, 1<<20)
-			off := w.locks(t, 1)[0]
-			m := mutex(t, w.p, off)
-			require.NoError(t, m.Lock())
-			var seq []int
-			tail := uint32(0)
-			var first chan error
-			if ahead {
-				first = lockAsync(mutex(t, w.p, off), &seq, 1)
-				tail = w.queuedAfter(t, off, tail)
-			}
+			sc := newScene(t, ahead)
+			w, off, m, first, tail := sc.w, sc.off, sc.m, sc.first, sc.tail
 			c := w.startLocker(t, off, actOnce)
 			tail = w.queuedAfter(t, off, tail)
 			if !ahead {

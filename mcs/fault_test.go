@@ -36,17 +36,8 @@ func TestKillAtEveryPoint(t *testing.T) {
 		{FaultGranted, true, true},
 	} {
 		t.Run(fmt.Sprintf("%s/ahead=%v", c.point, c.ahead), func(t *testing.T) {
-			w := newWorld(t, 1<<20)
-			off := w.locks(t, 1)[0]
-			m := mutex(t, w.p, off)
-			require.NoError(t, m.Lock())
-			var seq []int
-			tail := uint32(0)
-			var first chan error
-			if c.ahead {
-				first = lockAsync(mutex(t, w.p, off), &seq, 1)
-				tail = w.queuedAfter(t, off, tail)
-			}
+			sc := newScene(t, c.ahead)
+			w, off, m, first, tail := sc.w, sc.off, sc.m, sc.first, sc.tail
 			x := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+c.point)
 			tail = w.queuedAfter(t, off, tail)
 			// Reached without the lock changing hands: let the child die there
@@ -55,7 +46,7 @@ func TestKillAtEveryPoint(t *testing.T) {
 			if before {
 				requireKilled(t, x)
 			}
-			third := lockAsync(mutex(t, w.p, off), &seq, 3)
+			third := lockAsync(mutex(t, w.p, off), &sc.seq, 3)
 			w.queuedAfter(t, off, tail)
 			m.Unlock()
 			if !before {
@@ -71,9 +62,9 @@ func TestKillAtEveryPoint(t *testing.T) {
 				require.NoError(t, err)
 			}
 			if c.ahead {
-				assert.Equal(t, []int{1, 3}, seq)
+				assert.Equal(t, []int{1, 3}, sc.seq)
 			} else {
-				assert.Equal(t, []int{3}, seq)
+				assert.Equal(t, []int{3}, sc.seq)
 			}
 			w.settled(t, off, 0)
 		})

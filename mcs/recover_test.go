@@ -169,6 +169,30 @@ func result(t *testing.T, done chan error) error {
 	}
 }
 
+// scene is a lock held by this process (m, at off) in a fresh world, with,
+// if asked, a waiter of ours queued (first gets its result; it appends 1 to
+// seq under the lock); tail is the lock word's tail.
+type scene struct {
+	w     *world
+	off   uint64
+	m     *Mutex
+	seq   []int
+	first chan error
+	tail  uint32
+}
+
+func newScene(t *testing.T, ahead bool) *scene {
+	w := newWorld(t, 1<<20)
+	off := w.locks(t, 1)[0]
+	s := &scene{w: w, off: off, m: mutex(t, w.p, off)}
+	require.NoError(t, s.m.Lock())
+	if ahead {
+		s.first = lockAsync(mutex(t, w.p, off), &s.seq, 1)
+		s.tail = w.queuedAfter(t, off, 0)
+	}
+	return s
+}
+
 // queuedAfter waits until the lock word's tail differs from tail and returns it.
 func (w *world) queuedAfter(t *testing.T, off uint64, tail uint32) uint32 {
 	t.Helper()
