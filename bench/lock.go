@@ -94,7 +94,9 @@ func MeasureLock(rounds int) (map[string]float64, error) {
 	done := make(chan error, 1)
 	go func() { _, err := rt.Invoke("pingpong", lock); done <- err }()
 	for n := 0; n < rounds; {
-		m.Lock()
+		if err := m.Lock(); err != nil {
+			return nil, fmt.Errorf("pingpong: %w", err)
+		}
 		if *h.Uint64(off + 8) == 0 {
 			*h.Uint64(off + 8) = 1
 			n++

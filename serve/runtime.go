@@ -234,6 +234,9 @@ func (rt *Runtime) helpers() map[int32]interp.Helper {
 			runtime.Gosched()
 			return 0, nil
 		},
+		abi.HelperLockCheck: func(_ interp.Memory, lock, node, idx, held, _ uint64) (uint64, error) {
+			return rt.proc.LockCheck(lock, node, idx, held), nil
+		},
 		abi.HelperSliceYield: func(interp.Memory, uint64, uint64, uint64, uint64, uint64) (uint64, error) {
 			rt.yields.Add(1)
 			rseq.Yield()
@@ -281,7 +284,7 @@ func (rt *Runtime) invoke(e *executor, name string, arg, dataLen uint64) (uint64
 	p, ip := rt.progs[name], rt.iprogs[name]
 	hb := rt.h.Base()
 	ctx := abi.Context{Arg: arg, Node: hb + e.node.Off, NodeIndex: uint64(e.node.Index) + 1,
-		Held: mcs.Held(rt.proc.Slot()), NodeTable: hb + rt.h.Header().NodeOff, DataLen: dataLen}.Bytes()
+		Held: rt.proc.Held(), NodeTable: hb + rt.h.Header().NodeOff, DataLen: dataLen}.Bytes()
 	if e.im != nil {
 		return e.im.Run(ip, ctx)
 	}
