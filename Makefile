@@ -33,6 +33,8 @@ test: lint
 	KFLEX_FEATURE_LOG=$(abspath $(FEATURE_LOG)) CGO_ENABLED=1 $(GO) test -race -count=1 -timeout 10m $(RACE_PKGS) || status=1; \
 	echo "# the interpreter's trace hook: every register of every generated run checked against the verifier's analysis"; \
 	$(GO) test -tags kflextrace -count=1 ./jit/interp ./verifier || status=1; \
+	echo "# the lock's fault points: a child killed at every step of the protocol"; \
+	$(GO) test -race -tags kflexfault -count=1 -run 'Kill|Killed|Reap|NotRecoverable' ./mcs || status=1; \
 	$(GO) run ./internal/hostprobe/summary $(FEATURE_LOG); \
 	exit $$status
 
@@ -41,6 +43,7 @@ lint:
 	$(GO) vet ./...
 	GOARCH=arm64 $(GO) vet ./...   # other architectures build, with the interpreter
 	$(GO) vet -tags kflextrace ./jit/interp ./verifier
+	$(GO) vet -tags kflexfault ./mcs
 	$(GO) run $(STATICCHECK) ./...
 
 # Benchmarks, with the robust pthread mutex baseline built from C and run in the
@@ -52,6 +55,7 @@ bench: $(BIN)/robust-pthread
 	$(BIN)/robust-pthread procs 2 2
 	$(BIN)/robust-pthread threads 2 2
 	$(BIN)/robust-pthread threads 16 2
+	$(GO) run ./cmd/kflex bench --robust $(BIN)/robust-pthread recovery   # SIGKILL of a holder -> next waiter, kflex and glibc
 	GLIBC_TUNABLES=glibc.pthread.rseq=0 $(GO) test -run '^$$' -bench . -count 3 ./mcs ./heap ./jit/interp ./jit ./verifier ./serve ./kernel
 
 $(BIN)/robust-pthread: bench/robustmutex/robust.c
@@ -62,12 +66,15 @@ $(BIN)/robust-pthread: bench/robustmutex/robust.c
 # differential target paces its program loads (see kernel/diff_test.go).
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseHeader$$' -fuzztime $(FUZZTIME) ./heap
+	$(GO) test -run '^$$' -fuzz '^FuzzHeapInspect$$' -fuzztime $(FUZZTIME) ./heap
 	$(GO) test -run '^$$' -fuzz '^FuzzTranslate$$' -fuzztime $(FUZZTIME) ./translate
 	$(GO) test -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime $(FUZZTIME) ./bytecode
 	$(GO) test -run '^$$' -fuzz '^FuzzInterp$$' -fuzztime $(FUZZTIME) ./jit/interp
 	$(GO) test -run '^$$' -fuzz '^FuzzDifferential$$' -fuzztime $(FUZZTIME) ./jit
 	$(GO) test -tags kflextrace -run '^$$' -fuzz '^FuzzVerifier$$' -fuzztime $(FUZZTIME) ./verifier
 	$(GO) test -run '^$$' -fuzz '^FuzzSandboxGames$$' -fuzztime $(FUZZTIME) ./serve
+	$(GO) test -run '^$$' -fuzz '^FuzzProtocol$$' -fuzztime $(FUZZTIME) ./serve
+	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./internal/sys/wire
 	$(GO) test -run '^$$' -fuzz '^FuzzKernelDiff$$' -fuzztime $(FUZZTIME) -parallel 1 ./kernel
 
 # Longer runs of the multi-process and hammer tests.

@@ -42,7 +42,7 @@ func TestContextLayout(t *testing.T) {
 // TestPrototypes: every helper has a prototype, every argument a kind.
 func TestPrototypes(t *testing.T) {
 	protos := Prototypes()
-	for _, id := range []int32{HelperWake, HelperSliceYield, HelperRelax, HelperAlloc, HelperFree, HelperTime, HelperCPU, HelperTrace} {
+	for _, id := range []int32{HelperWake, HelperSliceYield, HelperRelax, HelperLockCheck, HelperAlloc, HelperFree, HelperTime, HelperCPU, HelperTrace} {
 		p, ok := protos[id]
 		if !ok || p.Name == "" {
 			t.Errorf("helper %#x: no prototype", id)
@@ -51,7 +51,7 @@ func TestPrototypes(t *testing.T) {
 			t.Errorf("helper %s: %d arguments (r1-r5)", p.Name, len(p.Args))
 		}
 	}
-	if len(protos) != 8 {
-		t.Errorf("%d prototypes, want 8", len(protos))
+	if len(protos) != 9 {
+		t.Errorf("%d prototypes, want 9", len(protos))
 	}
 }

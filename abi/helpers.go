@@ -17,6 +17,14 @@ const (
 	// waiting for this CPU); the bytecode lock calls it every RelaxEvery
 	// spins (mcs.RelaxEvery).
 	HelperRelax = 0x4b460003
+	// HelperLockCheck is the bytecode lock's link to the recovery protocol
+	// (package mcs, recover.go), called every mcs.RelaxEvery spins of
+	// mcs_lock in kflex's executors instead of HelperRelax (it relaxes too),
+	// with mcs_lock's r1-r4 (lock word address, node address, node index + 1,
+	// held bits). r0: 0, spin on; 1, the node is now the queue's head (its
+	// predecessor died); LockOwnerDied or LockNotRecoverable, which mcs_lock
+	// returns as they are (the helper has handed the queue's head on).
+	HelperLockCheck = 0x4b460004
 	// HelperAlloc: r1 = size → r0 = a heap pointer (the runtime's view), or
 	// 0 when it cannot allocate.
 	HelperAlloc = 0x4b460010
@@ -29,6 +37,31 @@ const (
 	// HelperTrace: r1 = a value, written to the runtime's trace output.
 	HelperTrace = 0x4b460014
 )
+
+// What mcs_lock returns in r0 (besides the kernel form's own negative
+// errnos, mcs.KernelTimedOut, KernelNodeBusy and KernelStuck):
+const (
+	// LockAcquired: the lock is held.
+	LockAcquired = 0
+	// LockOwnerDied (-EOWNERDEAD): the lock is held, taken over from a holder
+	// that died. Repair the data it protects, clear the word's owner-died
+	// bit (ConsistentCall), then unlock; unlocked without that, the lock is
+	// not recoverable.
+	LockOwnerDied = -130
+	// LockNotRecoverable (-ENOTRECOVERABLE): a holder that got LockOwnerDied
+	// (or Go's mcs.ErrOwnerDied) unlocked without repair. The lock is not
+	// held, and no lock call will take it again. mcs_unlock on it changes
+	// nothing, so a program may unlock on every path after mcs_lock (as
+	// kflex's verifier, which sees mcs_lock take the lock, requires).
+	LockNotRecoverable = -131
+)
+
+// ConsistentCall marks the data under the lock whose address is in r1
+// repaired after mcs_lock returned LockOwnerDied (Go: Mutex.Consistent): it
+// clears the lock word's owner-died bit (bit 1). It clobbers r0.
+const ConsistentCall = `
+	mov %r0, -3
+	lock and [%r1+0], %r0`
 
 // Arg is what a helper accepts in one argument register.
 type Arg uint8
@@ -75,5 +108,6 @@ func Prototypes() map[int32]Prototype {
 		HelperWake:       {Name: "wake", Args: number},
 		HelperSliceYield: {Name: "slice_yield"},
 		HelperRelax:      {Name: "relax"},
+		HelperLockCheck:  {Name: "lock_check", Args: []Arg{ArgNumber, ArgNumber, ArgNumber, ArgNumber}},
 	}
 }

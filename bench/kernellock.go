@@ -83,7 +83,7 @@ func MeasureLockUnlock(runs int) (map[string]float64, error) {
 	}
 	defer m.Close()
 
-	held := mcs.Held(p.Slot())
+	held := p.Held()
 	text := strings.Repeat(fmt.Sprintf(lockUnlockText, h.Base()+lock, h.Base()+n.Off, n.Index+1, held,
 		h.Base()+h.Header().NodeOff, h.Base()+lock, held, h.Base()+n.Off), lockUnlockPairs) + "out:\n\texit\n" + mcs.KernelLock
 	figures := map[string]float64{}

@@ -100,7 +100,9 @@ func MeasureLock(rounds int) (map[string]float64, error) {
 			return nil, fmt.Errorf("pingpong stopped after %d rounds: %v", n, err)
 		default:
 		}
-		m.Lock()
+		if err := m.Lock(); err != nil {
+			return nil, fmt.Errorf("pingpong: %w", err)
+		}
 		if *h.Uint64(off + 8) == 0 {
 			*h.Uint64(off + 8) = 1
 			n++

@@ -7,6 +7,7 @@ import (
 	"os"
 	"sync"
 	"sync/atomic"
+	"unsafe"
 )
 
 // The allocator lives entirely in the heap, so every attached process (and later
@@ -48,31 +49,35 @@ const (
 	pmValueMask = 1<<30 - 1
 )
 
-// Allocator state at Layout.AllocOff.
+// Allocator state at Layout.AllocOff: the page lock's record (mutex.go), the
+// page counters, then per size class a lock record and the class's pool.
 const (
-	asPageLock   = 0  // u32 word mutex for page runs
-	asFreePages  = 8  // u64
-	asRover      = 16 // u64: page index where the next search starts
-	asLargeRuns  = 24 // u64
-	asLargePages = 32 // u64
-	asClasses    = 64 // numClasses × classStateSize
-
-	csLock         = 0  // u32 word mutex
-	csFreeHead     = 8  // u64: offset of the first free object, 0 if none
-	csFreeCount    = 16 // u64
-	csCarved       = 24 // u64: objects ever carved from slabs
-	csCarveNext    = 32 // u64: next object to carve in the current slab
-	csCarveEnd     = 40 // u64: end of the current slab's objects
-	csSlabs        = 48 // u64
-	classStateSz   = 64
+	asPageLock     = 0                // lock record
+	asFreePages    = lockRecSize + 0  // u64
+	asRover        = lockRecSize + 8  // u64: page index where the next search starts
+	asLargeRuns    = lockRecSize + 16 // u64
+	asLargePages   = lockRecSize + 24 // u64
+	asClasses      = lockRecSize + 64 // numClasses × classStateSz
 	allocStateSize = asClasses + numClasses*classStateSz
+
+	csLock       = 0                // lock record
+	csFreeHead   = lockRecSize + 0  // u64: offset of the first free object, 0 if none
+	csFreeCount  = lockRecSize + 8  // u64
+	csCarved     = lockRecSize + 16 // u64: objects ever carved from slabs
+	csCarveNext  = lockRecSize + 24 // u64: next object to carve in the current slab
+	csCarveEnd   = lockRecSize + 32 // u64: end of the current slab's objects
+	csSlabs      = lockRecSize + 40 // u64: slabs carved from (counted when first carved)
+	csSpare      = lockRecSize + 48 // u64: a slab the page allocator gave the class, not yet carved
+	classStateSz = lockRecSize + 64
 )
 
-// Cache slots at Layout.CacheOff: an owner word, then per class a count and a
-// stack of object offsets.
+// Cache slots at Layout.CacheOff: an owner word (an identity as in the lock
+// word, mutex.go; 0 when free), then per class a count and a stack of object
+// offsets.
 const (
 	cacheDepth     = 64 // objects a slot holds per class
 	cacheBatch     = 32 // objects moved per refill or flush
+	csOwner        = 0  // u64
 	ccCount        = 0  // u32
 	ccEntries      = 8  // [cacheDepth]u64
 	cacheClassSize = ccEntries + cacheDepth*8
@@ -80,10 +85,11 @@ const (
 	cacheSlotSize  = (cacheSlotHead + numClasses*cacheClassSize + cacheLine - 1) &^ (cacheLine - 1)
 )
 
-// allocator is the process-local handle on the heap's allocator: which cache
-// slots this process claimed, and which are idle.
+// allocator is the process-local handle on the heap's allocator: this process's
+// identity, which cache slots it claimed, and which are idle.
 type allocator struct {
 	h       *Heap
+	id      atomic.Pointer[identity]
 	idle    sync.Pool // *cacheSlot
 	mu      sync.Mutex
 	slots   []*cacheSlot
@@ -94,6 +100,18 @@ type allocator struct {
 type cacheSlot struct {
 	off  uint64 // of the slot in the heap
 	idle atomic.Bool
+}
+
+// pin returns this process's identity, counted as in use until unlock.
+func (a *allocator) pin() *identity {
+	for {
+		id := a.id.Load()
+		id.held.Add(1)
+		if a.id.Load() == id {
+			return id
+		}
+		id.held.Add(-1)
+	}
 }
 
 func (h *Heap) pages() uint64 { return h.hdr.Size / PageSize }
@@ -128,7 +146,11 @@ func initAllocator(h *Heap) {
 }
 
 func (h *Heap) allocator() *allocator {
-	h.allocOnce.Do(func() { h.alloc = &allocator{h: h} })
+	h.allocOnce.Do(func() {
+		a := &allocator{h: h}
+		a.id.Store(&identity{word: unattachedIdent()})
+		h.alloc = a
+	})
 	return h.alloc
 }
 
@@ -151,24 +173,23 @@ func (h *Heap) Alloc(size uint64) (uint64, error) {
 	cc := s.off + cacheSlotHead + uint64(c)*cacheClassSize
 	count := h.Uint32(cc + ccCount)
 	n := atomic.LoadUint32(count)
-	if n == 0 {
-		n = h.refill(c, cc)
-		if n == 0 {
-			return 0, fmt.Errorf("%w: no slab for %d-byte objects", ErrOutOfMemory, classSizes[c])
+	if n-1 >= cacheDepth { // empty (or garbage)
+		var err error
+		if n, err = h.refill(c, cc, n); err != nil {
+			return 0, err
 		}
 	}
 	n--
 	off := *h.Uint64(cc + ccEntries + uint64(n)*8)
-	atomic.StoreUint32(count, n)
-	return off, h.markAllocated(off)
-}
-
-func (h *Heap) markAllocated(off uint64) error {
+	// Mark it allocated before popping it: a process killed in between leaves it
+	// on the stack with its bit set, which the reaper reads as "in flight".
 	w, bit := h.objBits(off)
-	if atomic.OrUint64(w, bit)&bit != 0 {
-		return fmt.Errorf("%w: free object %#x is marked allocated", ErrCorruptHeap, off)
+	old := atomic.OrUint64(w, bit)
+	atomic.StoreUint32(count, n)
+	if old&bit != 0 {
+		return 0, fmt.Errorf("%w: free object %#x is marked allocated", ErrCorruptHeap, off)
 	}
-	return nil
+	return off, nil
 }
 
 // Free returns an object to the heap. Offsets that Alloc did not return, and
@@ -186,154 +207,285 @@ func (h *Heap) Free(off uint64) error {
 		}
 		return h.freeLarge(page, e)
 	case pmSlab:
-		c := int(e >> 24 & 0x3f)
-		start := (page - uint64(e&0xffffff)) * PageSize
-		if (off-start)%classSizes[c] != 0 || (off-start)/classSizes[c] >= objectsPerSlab(c) {
+		c, ok := slabObjectIn(off, e)
+		if !ok {
 			break
 		}
 		w, bit := h.objBits(off)
-		if atomic.AndUint64(w, ^bit)&bit == 0 {
+		if atomic.LoadUint64(w)&bit == 0 {
 			return fmt.Errorf("%w: offset %#x", ErrDoubleFree, off)
 		}
-		h.freeSmall(c, off)
-		return nil
+		return h.freeSmall(c, off, w, bit)
 	case pmFree:
 		return fmt.Errorf("%w: offset %#x is in a free page", ErrDoubleFree, off)
 	}
 	return fmt.Errorf("%w: offset %#x", ErrInvalidPointer, off)
 }
 
-func (h *Heap) freeSmall(c int, off uint64) {
+// freeSmall pushes the object at off, whose allocated bit is bit of *w, onto a
+// cache stack, and then clears the bit: a process killed in between leaves it
+// on the stack with its bit set, which the reaper reads as "in flight". The
+// clear is also what catches two frees racing: the loser takes its push back.
+func (h *Heap) freeSmall(c int, off uint64, w *uint64, bit uint64) error {
 	a := h.allocator()
 	s := a.get()
 	if s == nil {
-		h.pushCentral(c, []uint64{off})
-		return
+		return h.freeDirect(c, off, w, bit)
 	}
 	defer a.put(s)
 	cc := s.off + cacheSlotHead + uint64(c)*cacheClassSize
 	count := h.Uint32(cc + ccCount)
 	n := atomic.LoadUint32(count)
-	if n == cacheDepth {
-		n = h.flush(c, cc, cacheBatch)
+	if n >= cacheDepth {
+		var err error
+		if n, err = h.flush(c, cc, n, cacheBatch); err != nil {
+			return err
+		}
 	}
 	*h.Uint64(cc + ccEntries + uint64(n)*8) = off
 	atomic.StoreUint32(count, n+1)
+	if atomic.AndUint64(w, ^bit)&bit == 0 {
+		atomic.StoreUint32(count, n)
+		return fmt.Errorf("%w: offset %#x", ErrDoubleFree, off)
+	}
+	return nil
 }
 
 // refill moves up to cacheBatch objects of class c from the central pool into
-// the (empty) cache stack at cc and returns how many it moved.
-func (h *Heap) refill(c int, cc uint64) uint32 {
-	var buf [cacheBatch]uint64
-	got := h.popCentral(c, buf[:])
-	for i, off := range buf[:got] {
-		*h.Uint64(cc + ccEntries + uint64(i)*8) = off
+// the cache stack at cc, whose count n should be zero, and returns how many it
+// moved: at least one, or an error.
+func (h *Heap) refill(c int, cc uint64, n uint32) (uint32, error) {
+	if n != 0 {
+		return 0, fmt.Errorf("%w: cache stack at %#x holds %d objects, at most %d", ErrCorruptHeap, cc, n, cacheDepth)
 	}
-	atomic.StoreUint32(h.Uint32(cc+ccCount), uint32(got))
-	return uint32(got)
-}
-
-// flush moves n objects from the top of the cache stack at cc to the central
-// pool and returns the new count.
-func (h *Heap) flush(c int, cc uint64, n uint32) uint32 {
-	count := h.Uint32(cc + ccCount)
-	left := atomic.LoadUint32(count) - n
-	var buf [cacheDepth]uint64
-	for i := range n {
-		buf[i] = *h.Uint64(cc + ccEntries + uint64(left+i)*8)
+	_, got, err := h.popCentral(c, cc, cacheBatch)
+	if err == nil && got == 0 {
+		err = fmt.Errorf("%w: no slab for %d-byte objects", ErrOutOfMemory, classSizes[c])
 	}
-	h.pushCentral(c, buf[:n])
-	atomic.StoreUint32(count, left)
-	return left
+	return uint32(got), err
 }
 
 func (h *Heap) allocDirect(c int) (uint64, error) {
-	var buf [1]uint64
-	if h.popCentral(c, buf[:]) == 0 {
-		return 0, fmt.Errorf("%w: no slab for %d-byte objects", ErrOutOfMemory, classSizes[c])
+	off, got, err := h.popCentral(c, 0, 1)
+	if err == nil && got == 0 {
+		err = fmt.Errorf("%w: no slab for %d-byte objects", ErrOutOfMemory, classSizes[c])
 	}
-	return buf[0], h.markAllocated(buf[0])
+	return off, err
 }
 
-// popCentral fills out with free objects of class c: first from the class's free
-// list, then carved from its current slab, then from a new slab. It returns how
-// many it found; fewer than len(out) only when the heap is out of pages.
-func (h *Heap) popCentral(c int, out []uint64) int {
-	lock := h.Uint32(h.classState(c, csLock))
-	lockWord(lock)
-	defer unlockWord(lock)
-	head, count := h.Uint64(h.classState(c, csFreeHead)), h.Uint64(h.classState(c, csFreeCount))
-	n := 0
-	for n < len(out) && *head != 0 {
-		off := *head
-		next := *h.Uint64(off)
-		if next != 0 && (next < h.hdr.PagesOff || next >= h.hdr.Size || next%8 != 0) {
+// popCentral takes up to want objects of class c from the class's free list,
+// then its current slab, then a new slab, in one logged step. With cc set, they
+// go onto that (empty) cache stack; with cc zero (want 1), the one object is
+// marked allocated and returned. It returns the first object and how many it
+// took: fewer than want only when the heap is out of pages.
+func (h *Heap) popCentral(c int, cc uint64, want int) (first uint64, n int, err error) {
+	rec := h.classState(c, csLock)
+	id, err := h.lock(rec)
+	if err != nil {
+		return 0, 0, err
+	}
+	defer h.unlock(rec, id)
+	var r redo
+	take := func(off uint64) {
+		if n == 0 {
+			first = off
+		}
+		if cc != 0 {
+			*h.Uint64(cc + ccEntries + uint64(n)*8) = off // above the count: nobody reads it yet
+		}
+		n++
+	}
+	head, count := h.load(h.classState(c, csFreeHead)), h.load(h.classState(c, csFreeCount))
+	if head != 0 && !h.inPages(head) {
+		return 0, 0, fmt.Errorf("%w: %d-byte class's free list starts at %#x", ErrCorruptHeap, classSizes[c], head)
+	}
+	for n < want && head != 0 {
+		next := *h.Uint64(head)
+		if next != 0 && !h.inPages(next) || count == 0 {
 			// A use after free wrote over the link. Drop the rest of the list
 			// rather than hand out memory that is not ours.
 			fmt.Fprintf(os.Stderr, "kflex heap %s: free list of class %d corrupt at %#x; %d objects dropped\n",
-				h.name, classSizes[c], off, *count)
-			next, *count = 0, 1
+				h.name, classSizes[c], head, count)
+			next, count = 0, 1
 		}
-		out[n] = off
-		n++
-		*head = next
-		*count--
+		take(head)
+		head = next
+		count--
 	}
+	if n > 0 {
+		r.add(redoStore64, h.classState(c, csFreeHead), head)
+		r.add(redoStore64, h.classState(c, csFreeCount), count)
+	}
+	if n < want {
+		if err := h.carve(c, want, &r, take, &n); err != nil {
+			return 0, 0, err
+		}
+	}
+	if n == 0 {
+		return 0, 0, nil
+	}
+	op := "refill"
+	if cc != 0 {
+		r.add(redoStore32, cc+ccCount, uint64(n))
+	} else {
+		op = "direct-alloc"
+		w, bit := h.objBits(first)
+		if atomic.LoadUint64(w)&bit != 0 {
+			err = fmt.Errorf("%w: free object %#x is marked allocated", ErrCorruptHeap, first)
+		}
+		r.add(redoSetBits, h.offsetOf(w), bit)
+	}
+	crash(op, "locked")
+	h.commit(rec, &r, op)
+	return first, n, err
+}
+
+// carve adds to r the carving of objects from class c's current slab, or from
+// a new one (at most one new slab per step), passing each to take until *n reaches want.
+func (h *Heap) carve(c int, want int, r *redo, take func(uint64), n *int) error {
 	size := classSizes[c]
-	carve, end := h.Uint64(h.classState(c, csCarveNext)), h.Uint64(h.classState(c, csCarveEnd))
-	for n < len(out) {
-		if *carve+size > *end {
-			start, ok := h.allocPages(slabPages, func(i uint64) uint32 {
-				return pmSlab | uint32(c)<<24 | uint32(i)
-			})
-			if !ok {
-				break
-			}
-			*carve, *end = start, start+objectsPerSlab(c)*size
-			*h.Uint64(h.classState(c, csSlabs))++
+	next, end := h.load(h.classState(c, csCarveNext)), h.load(h.classState(c, csCarveEnd))
+	carved, slabs := h.load(h.classState(c, csCarved)), h.load(h.classState(c, csSlabs))
+	if next > end || end-next > slabBytes || next != 0 && !h.inPages(next) || end > h.hdr.Size {
+		return fmt.Errorf("%w: %d-byte class carves [%#x, %#x)", ErrCorruptHeap, size, next, end)
+	}
+	for switched := false; ; switched = true {
+		for *n < want && next+size <= end {
+			take(next)
+			next += size
+			carved++
 		}
-		out[n] = *carve
-		*carve += size
-		*h.Uint64(h.classState(c, csCarved))++
-		n++
+		if *n == want || switched {
+			break
+		}
+		spare, err := h.spareSlab(c)
+		if err != nil {
+			return err
+		}
+		if spare == 0 {
+			break
+		}
+		next, end = spare, spare+objectsPerSlab(c)*size
+		slabs++
+		r.add(redoStore64, h.classState(c, csSpare), 0)
+		r.add(redoStore64, h.classState(c, csCarveEnd), end)
+		r.add(redoStore64, h.classState(c, csSlabs), slabs)
 	}
-	return n
+	r.add(redoStore64, h.classState(c, csCarveNext), next)
+	r.add(redoStore64, h.classState(c, csCarved), carved)
+	return nil
 }
 
-func (h *Heap) pushCentral(c int, objs []uint64) {
-	lock := h.Uint32(h.classState(c, csLock))
-	lockWord(lock)
-	head := h.Uint64(h.classState(c, csFreeHead))
-	for _, off := range objs {
-		*h.Uint64(off) = *head
-		*head = off
+// spareSlab returns class c's spare slab, first asking the page allocator for
+// one if there is none: the page allocator's own logged step stores it in the
+// spare word, so a slab is never taken from the pages without a class holding
+// it. It returns 0 when the heap is out of pages.
+func (h *Heap) spareSlab(c int) (uint64, error) {
+	spare := h.load(h.classState(c, csSpare))
+	if spare != 0 {
+		if !h.inPages(spare) || spare%PageSize != 0 || atomic.LoadUint32(h.pageEntry(spare/PageSize)) != pmSlab|uint32(c)<<24 {
+			return 0, fmt.Errorf("%w: %d-byte class's spare slab %#x is no slab of its", ErrCorruptHeap, classSizes[c], spare)
+		}
+		return spare, nil
 	}
-	*h.Uint64(h.classState(c, csFreeCount)) += uint64(len(objs))
-	unlockWord(lock)
+	spare, _, err := h.allocPages(slabPages, pmSlab|uint32(c)<<24, h.classState(c, csSpare), "slab")
+	return spare, err
 }
 
-// allocPages takes a run of n free pages under the page lock and writes entry(i)
-// into the page map for its i-th page. It returns the run's offset.
-func (h *Heap) allocPages(n uint64, entry func(i uint64) uint32) (uint64, bool) {
-	lock := h.Uint32(h.hdr.AllocOff + asPageLock)
-	lockWord(lock)
-	defer unlockWord(lock)
-	rover := h.Uint64(h.hdr.AllocOff + asRover)
+// flush moves k objects from the top of the cache stack at cc, which holds n,
+// to class c's free list and returns the new count.
+func (h *Heap) flush(c int, cc uint64, n, k uint32) (uint32, error) {
+	if n > cacheDepth {
+		return 0, fmt.Errorf("%w: cache stack at %#x holds %d objects, at most %d", ErrCorruptHeap, cc, n, cacheDepth)
+	}
+	rec := h.classState(c, csLock)
+	id, err := h.lock(rec)
+	if err != nil {
+		return 0, err
+	}
+	defer h.unlock(rec, id)
+	left := n - k
+	for i := left; i < n; i++ {
+		if off := *h.Uint64(cc + ccEntries + uint64(i)*8); !h.inPages(off) {
+			return 0, fmt.Errorf("%w: cache stack at %#x holds %#x", ErrCorruptHeap, cc, off)
+		}
+	}
+	var r redo
+	head := h.load(h.classState(c, csFreeHead))
+	for i := left; i < n; i++ {
+		off := *h.Uint64(cc + ccEntries + uint64(i)*8)
+		*h.Uint64(off) = head // the object is free and ours: nobody reads its link yet
+		head = off
+	}
+	r.add(redoStore64, h.classState(c, csFreeHead), head)
+	r.add(redoStore64, h.classState(c, csFreeCount), h.load(h.classState(c, csFreeCount))+uint64(k))
+	r.add(redoStore32, cc+ccCount, uint64(left))
+	crash("flush", "locked")
+	h.commit(rec, &r, "flush")
+	return left, nil
+}
+
+// freeDirect pushes one object onto class c's free list and clears its
+// allocated bit (bit of *w) in one logged step; the clear comes first, so two
+// racing frees find each other.
+func (h *Heap) freeDirect(c int, off uint64, w *uint64, bit uint64) error {
+	rec := h.classState(c, csLock)
+	id, err := h.lock(rec)
+	if err != nil {
+		return err
+	}
+	defer h.unlock(rec, id)
+	var r redo
+	r.add(redoClearBit, h.offsetOf(w), bit)
+	*h.Uint64(off) = h.load(h.classState(c, csFreeHead))
+	r.add(redoStore64, h.classState(c, csFreeHead), off)
+	r.add(redoStore64, h.classState(c, csFreeCount), h.load(h.classState(c, csFreeCount))+1)
+	crash("direct-free", "locked")
+	if err := h.commit(rec, &r, "direct-free"); err != nil {
+		return fmt.Errorf("offset %#x: %w", off, err)
+	}
+	return nil
+}
+
+// allocPages takes a run of n free pages under the page lock, its first page's
+// map entry head (a large run's or a slab's), in one logged step. If dest is
+// set, the step also stores the run's offset there. It returns the run's offset,
+// or false when no run is free.
+func (h *Heap) allocPages(n uint64, head uint32, dest uint64, op string) (uint64, bool, error) {
+	rec := h.hdr.AllocOff + asPageLock
+	id, err := h.lock(rec)
+	if err != nil {
+		return 0, false, err
+	}
+	defer h.unlock(rec, id)
+	as := h.hdr.AllocOff
+	rover, free := h.load(as+asRover), h.load(as+asFreePages)
 	first, last := h.firstPage(), h.pages()
-	p, ok := h.findRun(n, *rover, last)
+	rover = min(max(rover, first), last)
+	p, ok := h.findRun(n, rover, last)
 	if !ok {
-		p, ok = h.findRun(n, first, min(*rover+n, last))
+		p, ok = h.findRun(n, first, min(rover+n, last))
 	}
 	if !ok {
-		return 0, false
+		return 0, false, nil
 	}
-	for i := range n {
-		atomic.AndUint64(h.freeBits(p+i), ^(uint64(1) << ((p + i) % 64)))
-		atomic.StoreUint32(h.pageEntry(p+i), entry(i))
+	if free < n {
+		return 0, false, fmt.Errorf("%w: %d free pages counted, a free run of %d found", ErrCorruptHeap, free, n)
 	}
-	*h.Uint64(h.hdr.AllocOff + asFreePages) -= n
-	*rover = p + n
-	return p * PageSize, true
+	var r redo
+	r.add(redoRunUse, p, n|uint64(head)<<32)
+	r.add(redoStore64, as+asFreePages, free-n)
+	r.add(redoStore64, as+asRover, p+n)
+	if head&pmKindMask == pmLarge {
+		r.add(redoStore64, as+asLargeRuns, h.load(as+asLargeRuns)+1)
+		r.add(redoStore64, as+asLargePages, h.load(as+asLargePages)+n)
+	}
+	if dest != 0 {
+		r.add(redoStore64, dest, p*PageSize)
+	}
+	crash(op, "locked")
+	h.commit(rec, &r, op)
+	return p * PageSize, true, nil
 }
 
 // findRun finds n consecutive free pages in [lo, hi), skipping whole bitmap words
@@ -362,37 +514,54 @@ func (h *Heap) findRun(n, lo, hi uint64) (uint64, bool) {
 }
 
 func (h *Heap) allocLarge(n uint64) (uint64, error) {
-	off, ok := h.allocPages(n, func(i uint64) uint32 {
-		if i == 0 {
-			return pmLarge | uint32(n)
-		}
-		return pmOther
-	})
-	if !ok {
-		return 0, fmt.Errorf("%w: no run of %d free pages", ErrOutOfMemory, n)
+	if n > pmValueMask {
+		return 0, fmt.Errorf("%w: %d pages", ErrBadSize, n)
 	}
-	atomic.AddUint64(h.Uint64(h.hdr.AllocOff+asLargeRuns), 1)
-	atomic.AddUint64(h.Uint64(h.hdr.AllocOff+asLargePages), n)
-	return off, nil
+	off, ok, err := h.allocPages(n, pmLarge|uint32(n), 0, "large")
+	if err == nil && !ok {
+		err = fmt.Errorf("%w: no run of %d free pages", ErrOutOfMemory, n)
+	}
+	return off, err
 }
 
+// freeLarge returns the run headed by page, whose map entry was e, in one logged
+// step. Under the page lock the entry must still be e: of two racing frees of
+// the same run, the second finds it free.
 func (h *Heap) freeLarge(page uint64, e uint32) error {
 	n := uint64(e & pmValueMask)
-	// Claim the run: of two racing frees of the same run, one wins.
-	if !atomic.CompareAndSwapUint32(h.pageEntry(page), e, pmOther) {
+	if n == 0 || n > h.pages()-page {
+		return fmt.Errorf("%w: page %d heads a run of %d pages", ErrCorruptHeap, page, n)
+	}
+	rec := h.hdr.AllocOff + asPageLock
+	id, err := h.lock(rec)
+	if err != nil {
+		return err
+	}
+	defer h.unlock(rec, id)
+	if atomic.LoadUint32(h.pageEntry(page)) != e {
 		return fmt.Errorf("%w: page run at %#x", ErrDoubleFree, page*PageSize)
 	}
-	lock := h.Uint32(h.hdr.AllocOff + asPageLock)
-	lockWord(lock)
-	for i := range n {
-		atomic.StoreUint32(h.pageEntry(page+i), pmFree)
-		atomic.OrUint64(h.freeBits(page+i), 1<<((page+i)%64))
-	}
-	*h.Uint64(h.hdr.AllocOff + asFreePages) += n
-	unlockWord(lock)
-	atomic.AddUint64(h.Uint64(h.hdr.AllocOff+asLargeRuns), ^uint64(0))
-	atomic.AddUint64(h.Uint64(h.hdr.AllocOff+asLargePages), -n)
+	as := h.hdr.AllocOff
+	var r redo
+	r.add(redoRunFree, page, n)
+	r.add(redoStore64, as+asFreePages, h.load(as+asFreePages)+n)
+	r.add(redoStore64, as+asLargeRuns, h.load(as+asLargeRuns)-1)
+	r.add(redoStore64, as+asLargePages, h.load(as+asLargePages)-n)
+	crash("unlarge", "locked")
+	h.commit(rec, &r, "unlarge")
 	return nil
+}
+
+func (h *Heap) load(off uint64) uint64 { return atomic.LoadUint64(h.Uint64(off)) }
+
+// offsetOf is the heap offset of a word returned by Uint64.
+func (h *Heap) offsetOf(w *uint64) uint64 {
+	return uint64(uintptr(unsafe.Pointer(w)) - uintptr(h.m.base))
+}
+
+// inPages reports whether off is an 8-byte aligned offset in the allocator's pages.
+func (h *Heap) inPages(off uint64) bool {
+	return off >= h.hdr.PagesOff && off < h.hdr.Size && off%8 == 0
 }
 
 // get hands the calling goroutine a cache slot of its own, or nil when every slot
@@ -412,15 +581,22 @@ func (a *allocator) get() *cacheSlot {
 	if a.noSlots.Load() {
 		return nil
 	}
-	h := a.h
-	pid := uint32(os.Getpid())
+	h, me := a.h, a.id.Load().word
 	for i := range uint64(h.hdr.Params.Caches) {
 		off := h.hdr.CacheOff + i*cacheSlotSize
-		if atomic.CompareAndSwapUint32(h.Uint32(off), 0, pid) {
-			s := &cacheSlot{off: off}
-			a.slots = append(a.slots, s)
-			return s
+		w := h.Uint64(off + csOwner)
+		o := atomic.LoadUint64(w)
+		if o != 0 && !h.ownerDead(o) || !atomic.CompareAndSwapUint64(w, o, me) {
+			continue
 		}
+		if o != 0 {
+			// A dead process's slot: its objects go back to the central pools
+			// before the slot serves this process.
+			h.drain(off)
+		}
+		s := &cacheSlot{off: off}
+		a.slots = append(a.slots, s)
+		return s
 	}
 	a.noSlots.Store(true)
 	return nil
@@ -436,15 +612,10 @@ func (a *allocator) put(s *cacheSlot) {
 func (a *allocator) release() {
 	a.mu.Lock()
 	defer a.mu.Unlock()
-	h := a.h
+	h, me := a.h, a.id.Load().word
 	for _, s := range a.slots {
-		for c := range numClasses {
-			cc := s.off + cacheSlotHead + uint64(c)*cacheClassSize
-			if n := atomic.LoadUint32(h.Uint32(cc + ccCount)); n > 0 {
-				h.flush(c, cc, n)
-			}
-		}
-		atomic.StoreUint32(h.Uint32(s.off), 0)
+		h.drain(s.off)
+		atomic.CompareAndSwapUint64(h.Uint64(s.off+csOwner), me, 0)
 	}
 	a.slots = nil
 }

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"sync"
+	"sync/atomic"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
@@ -200,3 +201,55 @@ func BenchmarkAllocFree64(b *testing.B) {
 }
 
 var sink *[64]byte
+
+// TestInFlightObjects builds the two states a process killed on the allocation
+// fast path leaves — Alloc marked the top object and did not pop it, Free pushed
+// an object and did not clear its bit — in a cache slot whose owner is dead, and
+// checks that Check reads both as free and that draining frees them.
+func TestInFlightObjects(t *testing.T) {
+	h := newTestHeap(t, 1<<20)
+	a, err := h.Alloc(64)
+	require.NoError(t, err)
+	b, err := h.Alloc(64)
+	require.NoError(t, err)
+	slot := h.allocator().slots[0].off
+	cc := slot + cacheSlotHead + uint64(classOf(64))*cacheClassSize
+	n := *h.Uint32(cc + ccCount)
+	// The stack's top object marked allocated but not popped.
+	top := *h.Uint64(cc + ccEntries + uint64(n-1)*8)
+	require.NoError(t, h.markBit(top))
+	// The slot's owner is dead: an owner slot that nobody holds.
+	*h.Uint64(slot + csOwner) = attachedIdent(3, 7)
+	sum, err := h.Check()
+	require.NoError(t, err)
+	assert.Equal(t, 1, sum.DeadCaches)
+	assert.Equal(t, uint64(2), sum.Live)
+	k, err := h.drain(slot)
+	require.NoError(t, err)
+	assert.Equal(t, int(n), k)
+	*h.Uint64(slot + csOwner) = h.allocator().id.Load().word
+
+	// b pushed by Free but its bit not yet cleared.
+	*h.Uint64(cc + ccEntries) = b
+	*h.Uint32(cc + ccCount) = 1
+	*h.Uint64(slot + csOwner) = attachedIdent(3, 7)
+	_, err = h.Check()
+	require.NoError(t, err)
+	_, err = h.drain(slot)
+	require.NoError(t, err)
+	*h.Uint64(slot + csOwner) = h.allocator().id.Load().word
+	sum, err = h.Check()
+	require.NoError(t, err)
+	assert.Equal(t, uint64(1), sum.Live)
+	require.NoError(t, h.Free(a))
+	requireNoLive(t, h)
+	assert.ErrorIs(t, h.Free(b), ErrDoubleFree)
+}
+
+func (h *Heap) markBit(off uint64) error {
+	w, bit := h.objBits(off)
+	if atomic.OrUint64(w, bit)&bit != 0 {
+		return ErrCorruptHeap
+	}
+	return nil
+}

@@ -13,7 +13,7 @@ var Magic = [8]byte{'K', 'F', 'L', 'E', 'X', 'H', 'P', 0}
 
 // Version is the layout version this package reads and writes. Any change to the
 // header, the owner or node tables, or the allocator's metadata bumps it.
-const Version = 1
+const Version = 2
 
 // Limits on the size of a heap.
 const (

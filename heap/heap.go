@@ -35,6 +35,10 @@ type Options struct {
 	// process maps the heap. Tests use it to force two processes onto different
 	// views; applications leave it zero.
 	MapAt uintptr
+	// Inspect maps an existing heap for Inspect and Check alone: its allocator
+	// words are not checked at open, so that they can report what does not
+	// parse. Allocating from such a view is not safe.
+	Inspect bool
 }
 
 // FileError reports a problem with a named heap file.
@@ -146,7 +150,11 @@ func OpenIn(base unsafe.Pointer, size uint64, name string) (*Heap, error) {
 	if err != nil {
 		return nil, fileErr(name, err)
 	}
-	return &Heap{name: name, m: m, hdr: hdr}, nil
+	h := &Heap{name: name, m: m, hdr: hdr}
+	if err := h.checkState(); err != nil {
+		return nil, fileErr(name, fmt.Errorf("allocator state: %w", err))
+	}
+	return h, nil
 }
 
 // lent describes memory someone else mapped for CreateIn and OpenIn.
@@ -244,7 +252,12 @@ func open(f *os.File, name string, opts *Options) (*Heap, error) {
 	if err != nil {
 		return nil, fileErr(name, err)
 	}
-	return &Heap{name: name, file: f, m: m, hdr: hdr}, nil
+	h := &Heap{name: name, file: f, m: m, hdr: hdr}
+	if err := h.checkState(); err != nil && !opts.Inspect {
+		m.unmap()
+		return nil, fileErr(name, fmt.Errorf("allocator state: %w", err))
+	}
+	return h, nil
 }
 
 // Close unmaps this view and closes the file. It is safe to call more than once.

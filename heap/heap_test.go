@@ -3,6 +3,7 @@ package heap
 import (
 	"bytes"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"testing"
@@ -131,7 +132,7 @@ func TestOpenBadFiles(t *testing.T) {
 	}{
 		{"empty", nil, ErrTruncated, "0 bytes"},
 		{"not a heap", bytes.Repeat([]byte("garbage!"), 1<<17), ErrNotHeap, "bad magic"},
-		{"other version", func() []byte { b := bytes.Clone(good); b[hdrVersion] = 9; return b }(), ErrVersion, "file has 9, this build reads 1"},
+		{"other version", func() []byte { b := bytes.Clone(good); b[hdrVersion] = 9; return b }(), ErrVersion, fmt.Sprintf("file has 9, this build reads %d", Version)},
 		{"corrupt byte", func() []byte { b := bytes.Clone(good); b[hdrMaxProcs]++; return b }(), ErrCorrupt, "checksum"},
 		{"truncated", good[:len(good)/2], ErrTruncated, "524288 bytes, header says 1048576"},
 		{"header only", good[:PageSize], ErrTruncated, "4096 bytes, header says 1048576"},

@@ -2,6 +2,7 @@ package heap
 
 import (
 	"sync/atomic"
+	"time"
 
 	"github.com/kflex-go/kflex/internal/sys/futex"
 )
@@ -44,3 +45,52 @@ func (h *Heap) OwnerLiveness(s uint32) (live, gen uint32) {
 // OwnerDead reports whether the occupant of slot s is known to be dead: the
 // kernel marked its liveness word.
 func OwnerDead(live uint32) bool { return live&futex.OwnerDied != 0 }
+
+// BindOwner tells the allocator that this process holds owner slot slot
+// (mcs.Attach calls it once the slot's liveness word is registered with the
+// kernel). From then on the allocator names this process by the slot and its
+// generation, in the lock words it holds and the cache slots it owns, so that a
+// survivor can tell when it dies; cache slots it claimed before are renamed.
+// A heap stays bound to its first slot until UnbindOwner. BindOwner then reaps
+// what dead processes left in the allocator (Reap); what it cannot reap, on a
+// corrupt heap, allocation reports.
+func (h *Heap) BindOwner(slot uint32) {
+	a := h.allocator()
+	a.mu.Lock()
+	cur := a.id.Load()
+	if cur.word>>lwIdentShift&0xffff != identUnattached {
+		a.mu.Unlock()
+		return
+	}
+	_, gen := h.OwnerLiveness(slot)
+	a.rename(cur, &identity{word: attachedIdent(slot, gen)})
+	a.mu.Unlock()
+	h.Reap()
+}
+
+// UnbindOwner is BindOwner undone, before the process gives slot up
+// (mcs.Process.Detach): the allocator names this process by its PID again, and
+// UnbindOwner waits until no allocator lock is held under the slot's name, so
+// that nobody takes one over from a process that merely detached.
+func (h *Heap) UnbindOwner(slot uint32) {
+	a := h.allocator()
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	cur := a.id.Load()
+	if cur.word>>lwIdentShift&0xffff != uint64(slot)+1 {
+		return
+	}
+	a.rename(cur, &identity{word: unattachedIdent()})
+	for cur.held.Load() != 0 { // critical sections take microseconds
+		time.Sleep(50 * time.Microsecond)
+	}
+}
+
+// rename makes next this process's identity and moves the cache slots it owns
+// under cur to next. The caller holds a.mu, so no slot is being claimed.
+func (a *allocator) rename(cur, next *identity) {
+	a.id.Store(next)
+	for _, s := range a.slots {
+		atomic.CompareAndSwapUint64(a.h.Uint64(s.off+csOwner), cur.word, next.word)
+	}
+}

@@ -3,8 +3,9 @@ package heap
 import "sync/atomic"
 
 // Stats describe the allocator's state across every process attached to the heap.
-// They are read without stopping allocation, so under concurrent use the figures
-// are each exact but not all from the same instant.
+// They are read without taking a lock, so under concurrent use the figures are
+// each exact but not all from the same instant (a class's Live is then clamped
+// at zero).
 type Stats struct {
 	Pages      uint64 // allocatable pages
 	FreePages  uint64
@@ -13,6 +14,11 @@ type Stats struct {
 	Classes    [numClasses]ClassStats
 	// LiveObjects and LiveBytes count allocated objects of every size.
 	LiveObjects, LiveBytes uint64
+	// DeadCaches are cache slots whose owner process is dead, and Stranded the
+	// objects they hold, until a survivor reaps them (Reap, or a claim of the
+	// slot). Stranded objects are counted in the classes' Cached.
+	DeadCaches int
+	Stranded   uint64
 }
 
 // ClassStats describe one size class.
@@ -29,24 +35,37 @@ type ClassStats struct {
 func (h *Heap) Stats() Stats {
 	s := Stats{Pages: h.pages() - h.firstPage()}
 	as := h.hdr.AllocOff
-	s.FreePages = atomic.LoadUint64(h.Uint64(as + asFreePages))
-	s.LargeRuns = atomic.LoadUint64(h.Uint64(as + asLargeRuns))
-	s.LargePages = atomic.LoadUint64(h.Uint64(as + asLargePages))
+	s.FreePages = h.load(as + asFreePages)
+	s.LargeRuns = h.load(as + asLargeRuns)
+	s.LargePages = h.load(as + asLargePages)
 	s.LiveObjects, s.LiveBytes = s.LargeRuns, s.LargePages*PageSize
 	for c := range numClasses {
 		cs := &s.Classes[c]
 		cs.Size = classSizes[c]
-		lock := h.Uint32(h.classState(c, csLock))
-		lockWord(lock)
-		cs.Slabs = *h.Uint64(h.classState(c, csSlabs))
-		cs.Carved = *h.Uint64(h.classState(c, csCarved))
-		cs.CentralFree = *h.Uint64(h.classState(c, csFreeCount))
-		unlockWord(lock)
-		for i := range uint64(h.hdr.Params.Caches) {
-			cc := h.hdr.CacheOff + i*cacheSlotSize + cacheSlotHead + uint64(c)*cacheClassSize
-			cs.Cached += uint64(atomic.LoadUint32(h.Uint32(cc + ccCount)))
+		cs.Slabs = h.load(h.classState(c, csSlabs))
+		cs.Carved = h.load(h.classState(c, csCarved))
+		cs.CentralFree = h.load(h.classState(c, csFreeCount))
+	}
+	for i := range uint64(h.hdr.Params.Caches) {
+		slot := h.hdr.CacheOff + i*cacheSlotSize
+		o := h.load(slot + csOwner)
+		dead := o != 0 && h.ownerDead(o)
+		if dead {
+			s.DeadCaches++
 		}
-		cs.Live = cs.Carved - cs.CentralFree - cs.Cached
+		for c := range numClasses {
+			n := uint64(atomic.LoadUint32(h.Uint32(slot + cacheSlotHead + uint64(c)*cacheClassSize + ccCount)))
+			s.Classes[c].Cached += n
+			if dead {
+				s.Stranded += n
+			}
+		}
+	}
+	for c := range numClasses {
+		cs := &s.Classes[c]
+		if cs.Carved >= cs.CentralFree+cs.Cached {
+			cs.Live = cs.Carved - cs.CentralFree - cs.Cached
+		}
 		s.LiveObjects += cs.Live
 		s.LiveBytes += cs.Live * cs.Size
 	}

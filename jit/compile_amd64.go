@@ -40,7 +40,8 @@ type compiler struct {
 
 	tmpFor int // eBPF register sanitized in place whose offset tmp holds, or noReuse (tmpreuse_amd64.go)
 
-	noCancelCheck bool // Options.NoCancelCheck
+	noCancelCheck bool   // Options.NoCancelCheck
+	shielded      []bool // by slot: Options.Shielded
 }
 
 type fixup struct{ at, slot int }
@@ -54,7 +55,7 @@ type ripFixup struct {
 // native offset where each slot's code starts (callSlot reads it) and the
 // guards counted.
 func compile(slots []bytecode.Slot, o Options) ([]byte, []int, guardCounts, error) {
-	c, err := lowerWith(&compiler{noCancelCheck: o.NoCancelCheck}, slots, o.Guard, o.Access)
+	c, err := lowerWith(&compiler{noCancelCheck: o.NoCancelCheck, shielded: shieldedSlots(o.Shielded, len(slots))}, slots, o.Guard, o.Access)
 	if err != nil {
 		return nil, nil, guardCounts{}, err
 	}
@@ -167,7 +168,7 @@ func (c *compiler) stubExit(jcc int, code, pc int, resume bool) {
 func (c *compiler) cancelPoint(pc int) {
 	c.a.MemImm8(SUB, true, M(ctxReg, ctxBudget), 1)
 	c.stubExit(c.a.Jcc(CondE), exitBudget, pc, true)
-	if c.noCancelCheck {
+	if c.noCancelCheck || c.shielded != nil && c.shielded[pc] {
 		return
 	}
 	c.a.RM(MOV, true, tmp, M(ctxReg, ctxTerminate))

@@ -2,6 +2,7 @@ package jit
 
 import (
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"math/bits"
 	"os"
@@ -38,6 +39,8 @@ type Program struct {
 	code   []byte // mmap'd read+execute
 	guards guardCounts
 	starts []int // native offset of each slot's code: a call's return address names it (stack.go)
+
+	shielded []bool // by slot: Options.Shielded
 }
 
 // Guards reports how many memory accesses the code guards and how many it
@@ -78,6 +81,25 @@ type Options struct {
 	// costs (bench.MeasureCancel) only: such code cannot be cancelled in a
 	// loop.
 	NoCancelCheck bool
+	// Shielded are slot ranges where a cancel does not stop the program (see
+	// interp.Options.Shielded): their back-edges and helper calls do not test
+	// the terminate word.
+	Shielded []interp.Range
+}
+
+// shieldedSlots turns ranges into a flag per slot of a program of n slots
+// (nil: none).
+func shieldedSlots(ranges []interp.Range, n int) []bool {
+	if len(ranges) == 0 {
+		return nil
+	}
+	s := make([]bool, n)
+	for _, r := range ranges {
+		for slot := max(r.Start, 0); slot < min(r.End, n); slot++ {
+			s[slot] = true
+		}
+	}
+	return s
 }
 
 // AccessMode is how one memory instruction is to be confined.
@@ -127,7 +149,7 @@ func CompileProgram(p *bytecode.Program, o Options) (*Program, error) {
 		unix.Munmap(mem)
 		return nil, fmt.Errorf("jit: protect code: %w", err)
 	}
-	return &Program{code: mem, guards: counts, starts: starts}, nil
+	return &Program{code: mem, guards: counts, starts: starts, shielded: shieldedSlots(o.Shielded, len(p.Slots()))}, nil
 }
 
 // Close frees the code. No Machine may be running it.
@@ -253,6 +275,10 @@ func (m *Machine) Close() error {
 // may call it. The word stays set until ClearCancel.
 func (m *Machine) Cancel() { atomic.StoreUint32(m.term, abi.Terminate) }
 
+// Cancelled reports whether the terminate word is set: a helper that waits
+// checks it to leave early.
+func (m *Machine) Cancelled() bool { return m.terminated() }
+
 // ClearCancel clears the terminate word, before a run that must not inherit
 // an earlier cancel.
 func (m *Machine) ClearCancel() {
@@ -336,7 +362,7 @@ func (m *Machine) run(p *Program, ctxAddr uint64, ctx []byte) (uint64, error) {
 			runtime.Gosched()
 			c.budget = abi.BackEdgeBudget
 		case exitHelper:
-			if m.terminated() {
+			if m.terminated() && (p.shielded == nil || !p.shielded[pc]) {
 				return 0, m.cancelled(p, pc, "at a helper call")
 			}
 			id := int32(c.exitArg)
@@ -346,6 +372,9 @@ func (m *Machine) run(p *Program, ctxAddr uint64, ctx []byte) (uint64, error) {
 			}
 			v, err := h(m, c.regs[1], c.regs[2], c.regs[3], c.regs[4], c.regs[5])
 			if err != nil {
+				if errors.Is(err, abi.ErrCancelled) { // the helper stopped the program
+					return 0, m.cancelled(p, pc, "in a helper")
+				}
 				return 0, &interp.RuntimeError{Insn: pc, Err: interp.ErrHelperFailed, Detail: fmt.Sprintf("helper %d: %v", id, err)}
 			}
 			c.regs[0] = v

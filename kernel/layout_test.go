@@ -2,7 +2,6 @@ package kernel
 
 import (
 	"fmt"
-	"runtime"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -103,9 +102,8 @@ func TestLayoutContract(t *testing.T) {
 	defer m.Close()
 	helpers := map[int32]interp.Helper{
 		mcs.HelperWake: func(_ interp.Memory, addr, _, _, _, _ uint64) (uint64, error) { return 0, mcs.WakeHelper(addr) },
-		mcs.HelperRelax: func(interp.Memory, uint64, uint64, uint64, uint64, uint64) (uint64, error) {
-			runtime.Gosched()
-			return 0, nil
+		mcs.HelperLockCheck: func(_ interp.Memory, lock, node, idx, held, _ uint64) (uint64, error) {
+			return w.p.LockCheck(lock, node, idx, held), nil
 		},
 	}
 	m.Helpers = helpers
@@ -134,7 +132,7 @@ func TestLayoutContract(t *testing.T) {
 	jRelease, iRelease := ours(LockRelease)
 
 	executors := []layoutExecutor{
-		{"go", func() error { mu.Lock(); return nil }, func() error { mu.Unlock(); return nil }, -1},
+		{"go", mu.Lock, func() error { mu.Unlock(); return nil }, -1},
 		{"jit", jHold, jRelease, int64(jn.Index)},
 		{"interp", iHold, iRelease, int64(in.Index)},
 	}
@@ -142,7 +140,7 @@ func TestLayoutContract(t *testing.T) {
 		executors = append(executors, layoutExecutor{"kernel", kernelRun(kHold), kernelRun(kRelease), int64(kn.Index)})
 	}
 	word := func() mcs.LockState { return mcs.DecodeWord(atomic.LoadUint64(w.h.Uint64(off))) }
-	holding := mcs.LockState{Locked: true, Owner: w.p.Slot() + 1}
+	holding := mcs.LockState{Locked: true, Owner: w.p.Slot() + 1, Gen: w.p.Gen() & 0xfff}
 	for _, holder := range executors {
 		for _, waiter := range executors {
 			if holder.name == waiter.name {
@@ -151,7 +149,7 @@ func TestLayoutContract(t *testing.T) {
 			t.Run(holder.name+"_holds_"+waiter.name+"_waits", func(t *testing.T) {
 				require.Equal(t, mcs.LockState{}, word(), "free to begin with")
 				require.NoError(t, holder.acquire())
-				require.Equal(t, holding, word(), "%s took the free lock: locked, owner slot, no queue", holder.name)
+				require.Equal(t, holding, word(), "%s took the free lock: locked, owner slot and generation, no queue", holder.name)
 
 				waited := make(chan error, 1)
 				go func() { waited <- waiter.acquire() }()

@@ -64,7 +64,7 @@ func (w *lockWorld) program(t *testing.T, d time.Duration) *KernelLocker {
 
 // ctx is a lock program's context for the lock at heap offset off and node n.
 func (w *lockWorld) ctx(off uint64, n mcs.Node) []byte {
-	return LockArgs{Lock: w.h.Base() + off, Node: n, Held: mcs.Held(w.p.Slot()), Base: w.h.Base(),
+	return LockArgs{Lock: w.h.Base() + off, Node: n, Held: w.p.Held(), Base: w.h.Base(),
 		Table: w.h.Header().NodeOff}.Context()
 }
 
@@ -97,7 +97,9 @@ func TestKernelLockUncontended(t *testing.T) {
 	}
 	assert.Equal(t, uint64(3), *w.h.Uint64(off + 8), "counter")
 	assert.Zero(t, *w.h.Uint64(off), "lock word free")
-	require.True(t, mu.TryLock(), "and Go can take it")
+	ok, err := mu.TryLock()
+	require.NoError(t, err)
+	require.True(t, ok, "and Go can take it")
 	mu.Unlock()
 }
 
@@ -134,7 +136,10 @@ func TestKernelLockContended(t *testing.T) {
 	for range goroutines {
 		wg.Go(func() {
 			for range rounds {
-				mu.Lock()
+				if err := mu.Lock(); err != nil {
+					t.Error(err)
+					return
+				}
 				*w.h.Uint64(off + 8)++
 				mu.Unlock()
 			}
@@ -170,13 +175,13 @@ func TestKernelLockTimeout(t *testing.T) {
 	} {
 		t.Run(c.name, func(t *testing.T) {
 			off, mu := w.lockPair(t)
-			mu.Lock()
+			require.NoError(t, mu.Lock())
 			var wg sync.WaitGroup
 			for range c.waiters {
 				wg.Go(func() {
-					mu.Lock()
-					//lint:ignore SA2001 a waiter ahead in the queue: only its place there matters
-					mu.Unlock()
+					if assert.NoError(t, mu.Lock()) {
+						mu.Unlock()
+					}
 				})
 			}
 			require.Eventually(t, func() bool { return tail(off) != 0 || c.waiters == 0 }, 5*time.Second, time.Millisecond)
@@ -190,9 +195,10 @@ func TestKernelLockTimeout(t *testing.T) {
 			seen := spinUntil(func() bool { return tail(off) == n.Index+1 }, timeout)
 			if c.follower {
 				wg.Go(func() {
-					mu.Lock()
-					*w.h.Uint64(off + 8) += 100
-					mu.Unlock()
+					if assert.NoError(t, mu.Lock()) {
+						*w.h.Uint64(off + 8) += 100
+						mu.Unlock()
+					}
 				})
 				if seen {
 					spinUntil(func() bool { return tail(off) != n.Index+1 }, timeout)

@@ -86,13 +86,14 @@ func Load(insns asm.Instructions, o Options) (*Program, error) {
 		return nil, err
 	}
 	p := &Program{Verified: res}
+	shielded := Shielded(res.Program.Instructions(), cfg.LockFunc, cfg.UnlockFunc)
 	if o.JIT {
-		if p.JIT, err = jit.CompileProgram(res.Program, jit.Options{Access: AccessModes(res)}); err != nil {
+		if p.JIT, err = jit.CompileProgram(res.Program, jit.Options{Access: AccessModes(res), Shielded: shielded}); err != nil {
 			return nil, err
 		}
 	}
 	if o.Interp {
-		if p.Interp, err = interp.Prepare(res.Program); err != nil {
+		if p.Interp, err = interp.PrepareWith(res.Program, interp.Options{Shielded: shielded}); err != nil {
 			p.Close()
 			return nil, err
 		}
@@ -106,4 +107,36 @@ func (p *Program) Close() error {
 		return nil
 	}
 	return p.JIT.Close()
+}
+
+// Shielded are the slot ranges of the subprograms named (the lock's: a cancel
+// must not stop them halfway, between a store of the lock protocol and the
+// next; they leave by themselves, their helper returning an error wrapping
+// abi.ErrCancelled once the queue no longer holds the waiter). A subprogram
+// runs from its symbol to the next symbol or the end.
+func Shielded(insns asm.Instructions, names ...string) []interp.Range {
+	want := map[string]bool{}
+	for _, n := range names {
+		if n != "" {
+			want[n] = true
+		}
+	}
+	var out []interp.Range
+	slot, open := 0, -1
+	for _, ins := range insns {
+		if sym := ins.Symbol(); sym != "" {
+			if open >= 0 {
+				out = append(out, interp.Range{Start: open, End: slot})
+				open = -1
+			}
+			if want[sym] {
+				open = slot
+			}
+		}
+		slot += int(ins.Width())
+	}
+	if open >= 0 {
+		out = append(out, interp.Range{Start: open, End: slot})
+	}
+	return out
 }

@@ -17,15 +17,30 @@ import (
 // that have no such helper, the kernel, leave the waiter to its parking
 // timeout); HelperSliceYield gives the CPU back after unlocking when the
 // kernel extended the thread's time slice (rseq_slice_yield, which bytecode
-// cannot do itself); HelperRelax is called every RelaxEvery spins, so that
-// the executor gives its CPU to others (in kflex's runtime, a goroutine
-// holding the lock may be waiting for it). An executor without HelperRelax
-// spins on.
+// cannot do itself); HelperLockCheck is called every RelaxEvery spins: it
+// gives the CPU to others (in kflex's runtime, a goroutine holding the lock
+// may be waiting for it), as HelperRelax does, and runs the recovery
+// protocol's checks for the waiting node (recover.go; LockCheck is its
+// implementation), so that the logic exists once, in Go.
 const (
 	HelperWake       = abi.HelperWake
 	HelperSliceYield = abi.HelperSliceYield
 	HelperRelax      = abi.HelperRelax
+	HelperLockCheck  = abi.HelperLockCheck
 	RelaxEvery       = 256
+)
+
+// What mcs_lock returns in r0, in either form (abi's; the kernel form also
+// returns KernelTimedOut, KernelNodeBusy and KernelStuck): LockAcquired;
+// LockOwnerDied, held, taken over from a dead holder (ErrOwnerDied's
+// counterpart: repair, then abi.ConsistentCall, then mcs_unlock);
+// LockNotRecoverable, not held (ErrNotRecoverable's). Only the runtime form
+// takes a lock over (through HelperLockCheck); the kernel form waits for a Go
+// party to do it, timing out meanwhile.
+const (
+	LockAcquired       = abi.LockAcquired
+	LockOwnerDied      = abi.LockOwnerDied
+	LockNotRecoverable = abi.LockNotRecoverable
 )
 
 // target says where bytecode lock code will run, which decides what it may
@@ -34,7 +49,7 @@ type target int
 
 const (
 	// forRuntime: kflex's executors (interpreter, JIT). Spins are
-	// cancellation points that call HelperRelax; parked Go waiters are woken
+	// cancellation points that call HelperLockCheck; parked Go waiters are woken
 	// through HelperWake; the executor thread's rseq slice request is honoured.
 	forRuntime target = iota
 	// forKernel: Linux, on a BPF arena. There are no kflex helpers: every wait
@@ -64,10 +79,15 @@ const (
 	// timeout; try again later (or with another node).
 	KernelNodeBusy = -16 // EBUSY
 	// KernelStuck: may_goto's bound (about 250 ms in Linux) ran out while the
-	// lock was held and a successor had not linked itself, or a lock word kept
-	// changing. The lock is held and its queue is owed a hand-off: the
-	// recovery protocol's case.
+	// lock was held and a successor had not linked itself (it may have died
+	// between its tail swap and its link), or a lock word kept changing. The
+	// lock is held and its queue is owed a hand-off: Process.Unstick does it
+	// from Go, with the recovery protocol, and releases the lock.
 	KernelStuck = -35 // EDEADLK
+	// KernelStuckUnheld: as KernelStuck, while the waiter was leaving the
+	// queue (after KernelTimedOut's deadline, or on a lock not recoverable):
+	// the lock is not held; Process.Unstick hands the head position on.
+	KernelStuckUnheld = -37 // ENOLCK
 )
 
 // BytecodeLock is the MCS lock of word.go and node.go as eBPF subprograms in
@@ -75,7 +95,8 @@ const (
 //
 //	mcs_lock:   r1 = lock word address, r2 = this executor's node address,
 //	            r3 = that node's index + 1, r4 = the held bits (Held), r5 = the
-//	            node table's address. Returns r0 = 0 with the lock held.
+//	            node table's address. Returns r0 = LockAcquired (0) or
+//	            LockOwnerDied with the lock held, LockNotRecoverable without.
 //	mcs_unlock: r1 = lock word address, r2 = the held bits, r3 = the node
 //	            address. Returns r0 = 0.
 //
@@ -91,8 +112,8 @@ const (
 // waiting for the word's locked bit, the grant to the successor (waking it
 // through HelperWake when it is parked, skipping it when it abandoned its
 // place). Bytecode never parks: its waits are spin loops, which are
-// cancellation points in kflex's executors, and which call HelperRelax every
-// RelaxEvery rounds. They use r0-r9 and keep the caller's r6-r9, as any eBPF
+// cancellation points in kflex's executors, and which call HelperLockCheck
+// every RelaxEvery rounds. They use r0-r9 and keep the caller's r6-r9, as any eBPF
 // call does.
 var BytecodeLock = lockText(forRuntime, 0)
 
@@ -124,8 +145,11 @@ func lockText(t target, d time.Duration) string {
 			keep = true
 		case !keep:
 		case len(f) > 0 && f[0] == "@spin" && t == forRuntime:
-			fmt.Fprintf(&b, "\tadd %%r7, 1\n\tmov %%r6, %%r7\n\tand %%r6, %d\n\tjne %%r6, 0, %s\n%s\n\tja %s\n",
-				RelaxEvery-1, f[1], saveArgs(fmt.Sprintf("\tcall %#x", HelperRelax)), f[1])
+			// Every RelaxEvery rounds, HelperLockCheck: spin on (0), go on as
+			// the head (1), or return what it says (it handed the head on).
+			fmt.Fprintf(&b, "\tadd %%r7, 1\n\tmov %%r6, %%r7\n\tand %%r6, %d\n\tjne %%r6, 0, %s\n%s_check:\n%s\n"+
+				"\tjeq %%r0, 0, %s\n\tjeq %%r0, 1, mcs_lock_head\n\tmov %%r4, %%r0\n\tja mcs_lock_done\n",
+				RelaxEvery-1, f[1], f[1], saveArgs(fmt.Sprintf("\tcall %#x", HelperLockCheck)), f[1])
 		case len(f) > 0 && f[0] == "@spin":
 			fmt.Fprintf(&b, "%s\n\tldxdw %%r6, [%%r10-48]\n\tjgt %%r0, %%r6, %s\n\tmay_goto %s\n\tja %s\n",
 				saveArgs("\tcall 5"), f[2], f[2], f[1])
@@ -161,7 +185,7 @@ func saveArgs(call string) string {
 
 // lockTemplate is the lock in both forms. "@only runtime" ... "@end" and
 // "@only kernel" ... "@end" enclose lines of one form; "@spin LOOP TIMEOUT"
-// ends a wait loop (Runtime: relax every RelaxEvery rounds and go on; Kernel:
+// ends a wait loop (Runtime: HelperLockCheck every RelaxEvery rounds; Kernel:
 // check the deadline and may_goto, to TIMEOUT when either runs out); "@retry
 // LOOP STUCK" goes back to a compare-and-swap loop (Kernel: bounded by
 // may_goto); "@deadline" sets the kernel form's deadline at [r10-48]; "call
@@ -206,6 +230,9 @@ mcs_lock_node_free:
 mcs_lock_swap:
 	ldxdw %r9, [%r1+0]
 	mov %r8, %r9
+	rsh %r8, 32
+	stxw [%r2+12], %r8
+	mov %r8, %r9
 	lsh %r8, 32
 	rsh %r8, 32
 	mov %r6, %r3
@@ -230,7 +257,13 @@ mcs_lock_wait:
 mcs_lock_head:
 	ldxdw %r9, [%r1+0]
 	mov %r6, %r9
-	and %r6, 1
+	and %r6, 3
+@only runtime
+	jeq %r6, 2, mcs_lock_head_check
+@end
+@only kernel
+	jeq %r6, 2, mcs_lock_unrecoverable
+@end
 	jeq %r6, 0, mcs_lock_free
 @spin mcs_lock_head mcs_lock_leave
 mcs_lock_free:
@@ -265,11 +298,23 @@ mcs_lock_grant:
 	mov %r8, 3
 	lock cmpxchg32 [%r7+4], %r8
 	jeq %r0, 1, mcs_lock_done
+	jeq %r0, 3, mcs_lock_done
 	jeq %r0, 4, mcs_lock_skip
+	jeq %r0, 0, mcs_lock_skip
 @only runtime
 	mov %r8, 12
+@end
+@only kernel
+	mov %r8, 4
+@end
 	lock or [%r1+0], %r8
-	stw [%r7+4], 3
+	mov %r0, 2
+	mov %r8, 3
+	lock cmpxchg32 [%r7+4], %r8
+	jeq %r0, 2, mcs_lock_granted
+@retry mcs_lock_grant mcs_lock_stuck
+mcs_lock_granted:
+@only runtime
 	mov %r8, %r2
 	mov %r9, %r4
 	mov %r1, %r7
@@ -277,11 +322,6 @@ mcs_lock_grant:
 	call @wake
 	mov %r2, %r8
 	mov %r4, %r9
-@end
-@only kernel
-	mov %r8, 4
-	lock or [%r1+0], %r8
-	stw [%r7+4], 3
 @end
 	ja mcs_lock_done
 mcs_lock_skip:
@@ -321,13 +361,20 @@ mcs_lock_abandon:
 	jne %r0, 1, mcs_lock_leave
 	mov %r0, -110
 	exit
+mcs_lock_unrecoverable:
+	mov %r4, -131
+	ja mcs_lock_leave_with
 mcs_lock_leave:
 	mov %r4, -110
+mcs_lock_leave_with:
 	mov %r6, %r3
 	mov %r7, %r2
 	ja mcs_lock_skip
 mcs_lock_stuck:
 	mov %r0, -35
+	jeq %r4, 0, mcs_lock_stuck_held
+	mov %r0, -37
+mcs_lock_stuck_held:
 	exit
 @end
 
@@ -337,7 +384,7 @@ mcs_unlock:
 	mov %r3, 0
 	lock cmpxchg [%r1+0], %r3
 	jeq %r0, %r2, mcs_unlock_slice
-	lddw %r4, 0xffffffff0000fffe
+	lddw %r4, 0xffffffff0000000e
 mcs_unlock_slow:
 	ldxdw %r6, [%r1+0]
 	mov %r3, %r6
@@ -378,9 +425,9 @@ mcs_unlock_stuck:
 @end
 `
 
-// Held is the held bits an executor of process slot slot passes to mcs_lock
-// and mcs_unlock.
-func Held(slot uint32) uint64 { return held(slot) }
+// Held is the held bits an executor of process slot slot, attached as
+// generation gen of it, passes to mcs_lock and mcs_unlock (Process.Held).
+func Held(slot, gen uint32) uint64 { return held(slot, gen) }
 
 // Node is one of a process's queue nodes lent to a bytecode executor.
 type Node struct {
@@ -394,8 +441,20 @@ const NodeSliceReq = nodeSliceReq
 
 // TakeNode lends one of this process's queue nodes to a bytecode executor
 // (one per executing thread) until GiveNode.
-func (p *Process) TakeNode() Node {
-	idx := <-p.nodes
+func (p *Process) TakeNode() Node { return p.lend(<-p.nodes) }
+
+// TryTakeNode is TakeNode when a node is free, without waiting for one.
+func (p *Process) TryTakeNode() (Node, bool) {
+	select {
+	case idx := <-p.nodes:
+		return p.lend(idx), true
+	default:
+		return Node{}, false
+	}
+}
+
+// lend prepares node idx for a bytecode executor.
+func (p *Process) lend(idx uint32) Node {
 	atomic.StoreUint64((*uint64)(unsafe.Add(p.node(idx).p, nodeSliceReq)), 0)
 	atomic.StoreUint64((*uint64)(unsafe.Add(p.node(idx).p, nodeMask)), p.h.Mask())
 	return Node{Index: idx, Off: p.h.Header().NodeOff + uint64(idx)*heap.NodeSize}
@@ -415,6 +474,26 @@ func WakeHelper(addr uint64) error {
 	_, err := futex.Wake((*uint32)(unsafe.Add(nil, uintptr(addr))), 1)
 	return err
 }
+
+// LockOnceProgram is an extension showing how to handle mcs_lock's codes:
+// it takes the lock whose address is the first word of its context (as an
+// extension does through abi.LockCall) once; if the holder died
+// (LockOwnerDied), it would repair the data and then marks it consistent
+// (abi.ConsistentCall); it unlocks on every path (after LockNotRecoverable
+// mcs_unlock changes nothing, and kflex's verifier wants every path to
+// unlock) and returns mcs_lock's r0. The recovery tests and `kflex bench
+// recovery` use it as their bytecode waiter.
+var LockOnceProgram = `
+	mov %r9, %r1
+	ldxdw %r1, [%r9+0]` + abi.LockCall + `
+	mov %r6, %r0
+	jne %r6, ` + fmt.Sprint(LockOwnerDied) + `, release
+	ldxdw %r1, [%r9+0]` + abi.ConsistentCall + `
+release:
+	ldxdw %r1, [%r9+0]` + abi.UnlockCall + `
+	mov %r0, %r6
+	exit
+` + BytecodeLock
 
 // LockOnly and UnlockOnly cut a lock text (BytecodeLock, KernelLock) down to
 // one of its two subprograms, for a program that calls only that one: the

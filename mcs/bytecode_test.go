@@ -2,8 +2,8 @@ package mcs
 
 import (
 	"fmt"
-	"runtime"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -26,7 +26,7 @@ var (
 // lockCtx is the context of programs using lockCall on the lock at off with
 // node n, then the extra words.
 func (w *world) lockCtx(off uint64, n Node, extra ...uint64) []byte {
-	return CallContext(w.h.Base()+off, w.h.Base(), n, Held(w.p.Slot()), w.h.Header().NodeOff, extra...)
+	return CallContext(w.h.Base()+off, w.h.Base(), n, w.p.Held(), w.h.Header().NodeOff, extra...)
 }
 
 // jitMachine is a JIT sandbox over w's heap with the lock's helpers, closed
@@ -37,7 +37,7 @@ func (w *world) jitMachine(t testing.TB) *jit.Machine {
 	m, err := jit.NewMachineIn(jit.Region{Base: w.h.At(0), Size: w.h.Size(), Canon: w.h.CanonBase(), Scratch: scratch})
 	require.NoError(t, err)
 	t.Cleanup(func() { m.Close() })
-	m.Helpers = wakeHelpers
+	m.Helpers = w.helpers()
 	return m
 }
 
@@ -45,7 +45,7 @@ func (w *world) jitMachine(t testing.TB) *jit.Machine {
 func (w *world) interpMachine() *interp.Machine {
 	im := interp.NewMachine()
 	im.AttachHeap(w.h.At(0), w.h.Size(), w.h.CanonBase())
-	im.Helpers = wakeHelpers
+	im.Helpers = w.helpers()
 	im.MaxInsns = 4e9 // a hang becomes an error, eventually
 	return im
 }
@@ -66,12 +66,27 @@ loop:` + lockCall + `
 	exit
 ` + BytecodeLock
 
-var wakeHelpers = map[int32]interp.Helper{
-	HelperWake: func(_ interp.Memory, addr, _, _, _, _ uint64) (uint64, error) { return 0, WakeHelper(addr) },
-	HelperRelax: func(interp.Memory, uint64, uint64, uint64, uint64, uint64) (uint64, error) {
-		runtime.Gosched()
-		return 0, nil
-	},
+// helpers are the lock's helpers for executors of w's process.
+func (w *world) helpers() map[int32]interp.Helper {
+	return map[int32]interp.Helper{
+		HelperWake: func(_ interp.Memory, addr, _, _, _, _ uint64) (uint64, error) { return 0, WakeHelper(addr) },
+		HelperLockCheck: func(_ interp.Memory, lock, node, idx, held, _ uint64) (uint64, error) {
+			return w.p.LockCheck(lock, node, idx, held), nil
+		},
+	}
+}
+
+// compileBoth assembles text for the JIT (closed with the test) and the
+// interpreter.
+func compileBoth(t *testing.T, text string) (*jit.Program, *interp.Program) {
+	insns, err := bytecode.Assemble(text)
+	require.NoError(t, err)
+	jp, err := jit.Compile(insns)
+	require.NoError(t, err)
+	t.Cleanup(func() { jp.Close() })
+	ip, err := interp.Load(insns)
+	require.NoError(t, err)
+	return jp, ip
 }
 
 // TestBytecodeLockMixed has goroutines (Go lock), JIT-compiled extensions and an
@@ -83,13 +98,7 @@ func TestBytecodeLockMixed(t *testing.T) {
 	}
 	w := newWorld(t, 4<<20)
 	off := w.locks(t, 1)[0]
-	insns, err := bytecode.Assemble(counterProgram)
-	require.NoError(t, err)
-	jp, err := jit.Compile(insns)
-	require.NoError(t, err)
-	defer jp.Close()
-	ip, err := interp.Load(insns)
-	require.NoError(t, err)
+	jp, ip := compileBoth(t, counterProgram)
 
 	const goroutines, goRounds, jitExecs, jitRounds, interpRounds = 4, 10000, 2, 20000, 5000
 	ctxFor := func(n Node, rounds uint64) []byte { return w.lockCtx(off, n, rounds) }
@@ -133,5 +142,110 @@ func TestBytecodeLockAssembles(t *testing.T) {
 	insns, err := bytecode.Assemble("call local mcs_lock\ncall local mcs_unlock\nexit\n" + BytecodeLock)
 	require.NoError(t, err)
 	require.NoError(t, bytecode.Validate(insns))
-	assert.Equal(t, fmt.Sprint(Held(3)), fmt.Sprint(uint64(1|4<<16)))
+	assert.Equal(t, fmt.Sprint(Held(3, 0x1005)), fmt.Sprint(uint64(1|5<<4|4<<16)))
+}
+
+// TestBytecodeHolderKilled: a Go holder in a child is SIGKILLed while a JIT
+// extension, then an interpreted one, wait for its lock; each gets
+// LockOwnerDied through HelperLockCheck, repairs and unlocks. A lock then
+// released without repair gives them LockNotRecoverable.
+func TestBytecodeHolderKilled(t *testing.T) {
+	if err := jit.Supported(); err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	jp, ip := compileBoth(t, LockOnceProgram)
+	for _, engine := range []string{"jit", "interp"} {
+		t.Run(engine, func(t *testing.T) {
+			w := newWorld(t, 1<<20)
+			off := w.locks(t, 1)[0]
+			n := w.p.TakeNode()
+			defer w.p.GiveNode(n)
+			run := func() (uint64, error) {
+				if engine == "jit" {
+					return w.jitMachine(t).Run(jp, w.lockCtx(off, n))
+				}
+				return w.interpMachine().Run(ip, w.lockCtx(off, n))
+			}
+			// waitFor runs the extension while then() is done, and returns
+			// its r0 (boundedly).
+			waitFor := func(then func()) int64 {
+				got := make(chan int64, 1)
+				go func() {
+					r0, err := run()
+					assert.NoError(t, err)
+					got <- int64(r0)
+				}()
+				w.queuedAfter(t, off, 0)
+				then()
+				select {
+				case r0 := <-got:
+					return r0
+				case <-time.After(20 * time.Second):
+					t.Fatal("the extension still waits 20 s later")
+					return 0
+				}
+			}
+			c := w.startLocker(t, off, actHold)
+			require.Equal(t, "held", c.line(t))
+			killed := time.Now()
+			assert.Equal(t, int64(LockOwnerDied), waitFor(c.kill))
+			t.Logf("SIGKILL of the holder -> %s waiter returned: %v", engine, time.Since(killed))
+			assert.Zero(t, atomic.LoadUint64(w.h.Uint64(off)), "repaired and unlocked")
+
+			// Not recoverable: a Go party takes over from a dead holder and
+			// unlocks without repair; the extension gets LockNotRecoverable.
+			c = w.startLocker(t, off, actHold)
+			require.Equal(t, "held", c.line(t))
+			c.kill()
+			m := mutex(t, w.p, off)
+			require.ErrorIs(t, m.Lock(), ErrOwnerDied)
+			assert.Equal(t, int64(LockNotRecoverable), waitFor(m.Unlock))
+			w.settled(t, off, wordOwnerDied)
+		})
+	}
+}
+
+// TestBytecodeWaiterBehindDead: a JIT extension queued behind a child's
+// waiter that is SIGKILLed (the queue's head, asleep; or a middle waiter,
+// behind a waiter of ours) gets the lock once the holder unlocks: its
+// HelperLockCheck replaces the dead head, or its granter skips the dead node.
+func TestBytecodeWaiterBehindDead(t *testing.T) {
+	if err := jit.Supported(); err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	jp, _ := compileBoth(t, LockOnceProgram)
+	for _, ahead := range []bool{false, true} {
+		t.Run(fmt.Sprintf("ahead=%v", ahead), func(t *testing.T) {
+			sc := newScene(t, ahead)
+			w, off, m, first, tail := sc.w, sc.off, sc.m, sc.first, sc.tail
+			c := w.startLocker(t, off, actOnce)
+			tail = w.queuedAfter(t, off, tail)
+			if !ahead {
+				require.Eventually(t, func() bool { return DecodeWord(atomic.LoadUint64(w.h.Uint64(off))).HeadSleeping },
+					20*time.Second, 100*time.Microsecond, "the child's head never slept")
+			}
+			n := w.p.TakeNode()
+			defer w.p.GiveNode(n)
+			got := make(chan int64, 1)
+			jm := w.jitMachine(t)
+			go func() {
+				r0, err := jm.Run(jp, w.lockCtx(off, n))
+				assert.NoError(t, err)
+				got <- int64(r0)
+			}()
+			w.queuedAfter(t, off, tail)
+			c.kill()
+			m.Unlock()
+			if first != nil {
+				require.NoError(t, result(t, first))
+			}
+			select {
+			case r0 := <-got:
+				assert.Equal(t, int64(LockAcquired), r0)
+			case <-time.After(20 * time.Second):
+				t.Fatalf("the extension still waits 20 s later: word %+v", DecodeWord(atomic.LoadUint64(w.h.Uint64(off))))
+			}
+			w.settled(t, off, 0)
+		})
+	}
 }

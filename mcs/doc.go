@@ -35,6 +35,25 @@
 // may take a free lock ahead of the queue (RATIONALE.md says why); queued
 // waiters are never reordered.
 //
-// Recovery of locks held by dead processes, and of queues with dead waiters,
-// uses the owner-died bit and the liveness words; it is not implemented yet.
+// # Death
+//
+// A process may die at any step. The kernel marks its liveness word
+// (owner.go); the lock word names the holder's slot and generation, each node
+// its predecessor; whoever waits for the dead party repairs, by
+// compare-and-swap (recover.go): the head (or a newcomer) takes over a lock
+// whose holder died, and Lock returns ErrOwnerDied, as a robust mutex returns
+// EOWNERDEAD; Consistent accepts the data, and an Unlock without it makes the
+// lock not recoverable (ErrNotRecoverable for every later Lock). Dead waiters
+// are skipped by their granter or replaced by their successor; Reap (also run
+// by Attach when the owner table is full) gives their slots back.
+//
+// Extensions get the same outcomes from mcs_lock in r0 (abi's codes, listed
+// beside the helpers): LockAcquired (0); LockOwnerDied (-130), held, to be
+// repaired and marked consistent with abi.ConsistentCall before mcs_unlock;
+// LockNotRecoverable (-131), not held (mcs_unlock then changes nothing);
+// LockOnceProgram shows the handling. The runtime form reaches the Go
+// protocol through HelperLockCheck (Process.LockCheck); the kernel form never
+// takes a lock over: it times out until a Go party has, and a hand-off it
+// could not finish (KernelStuck, KernelStuckUnheld) is finished by
+// Process.Unstick.
 package mcs

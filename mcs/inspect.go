@@ -7,6 +7,7 @@ import "sync/atomic"
 type LockState struct {
 	Locked, OwnerDied, HeadSleeping, WakePending bool
 	Owner                                        uint32 // holder's process slot + 1 (0: none)
+	Gen                                          uint32 // low 12 bits of the holder slot's generation
 	Tail                                         uint32 // index + 1 of the last queued node (0: no queue)
 }
 
@@ -15,7 +16,7 @@ func DecodeWord(w uint64) LockState {
 	return LockState{
 		Locked: w&wordLocked != 0, OwnerDied: w&wordOwnerDied != 0,
 		HeadSleeping: w&wordHeadSleeping != 0, WakePending: w&wordWakePending != 0,
-		Owner: wordOwner(w), Tail: wordTail(w),
+		Owner: wordOwner(w), Gen: wordGen(w), Tail: wordTail(w),
 	}
 }
 
@@ -24,6 +25,7 @@ type QueueNode struct {
 	Next  uint32 // index + 1 of the successor (0: none linked)
 	State uint32 // NodeFree, NodeWaiting, ...
 	Owner uint32 // waiter's process slot + 1
+	Prev  uint32 // index + 1 of its predecessor when it queued (0: none)
 	Lock  uint64 // heap offset of the lock word it queues on
 }
 
@@ -40,5 +42,5 @@ const (
 func (p *Process) QueueNode(idx uint32) QueueNode {
 	n := p.node(idx)
 	return QueueNode{Next: atomic.LoadUint32(n.next()), State: atomic.LoadUint32(n.state()),
-		Owner: atomic.LoadUint32(n.owner()), Lock: atomic.LoadUint64(n.lock())}
+		Owner: atomic.LoadUint32(n.owner()), Prev: atomic.LoadUint32(n.prev()), Lock: atomic.LoadUint64(n.lock())}
 }

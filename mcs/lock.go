@@ -28,7 +28,7 @@ type Mutex struct {
 	p    *Process
 	word *uint64
 	off  uint64
-	held uint64 // held(p.slot), precomputed for the fast paths
+	held uint64 // p.Held(), precomputed for the fast paths
 }
 
 // Mutex returns a handle on the lock word at heap offset off, which must be
@@ -39,38 +39,86 @@ func (p *Process) Mutex(off uint64) (*Mutex, error) {
 	if off%8 != 0 || off < hdr.PagesOff || off > hdr.Size-8 {
 		return nil, fmt.Errorf("mcs: lock word offset %#x: not 8-byte aligned inside [%#x, %#x)", off, hdr.PagesOff, hdr.Size)
 	}
-	return &Mutex{p: p, word: p.h.Uint64(off), off: off, held: held(p.slot)}, nil
+	return &Mutex{p: p, word: p.h.Uint64(off), off: off, held: p.Held()}, nil
 }
 
 // Offset is the heap offset of the lock word.
 func (m *Mutex) Offset() uint64 { return m.off }
 
-// Lock acquires the lock, waiting in FIFO order if it is held.
-func (m *Mutex) Lock() {
-	// Fast path: free and nobody queued. Kept tiny so that it inlines.
-	if atomic.CompareAndSwapUint64(m.word, 0, m.held) {
-		raceAcquire(m)
-		return
+// Lock acquires the lock, waiting in FIFO order if it is held. It returns
+// nil, or an error satisfying errors.Is(err, ErrOwnerDied) when the lock was
+// taken over from a holder that died (the lock is held: repair the data it
+// protects, call Consistent, then Unlock), or ErrNotRecoverable when a holder
+// that got ErrOwnerDied unlocked without Consistent (the lock is not held,
+// and never will be again).
+func (m *Mutex) Lock() error {
+	// Fast path: free and nobody queued. Kept tiny so that it inlines. (Under
+	// the race detector, the slow path takes a free lock too, and tells the
+	// detector.)
+	if !raceEnabled && atomic.CompareAndSwapUint64(m.word, 0, m.held) {
+		return nil
 	}
-	m.lockSlow()
+	return m.lockSlow()
 }
 
-// TryLock acquires the lock if that needs no waiting, and reports whether it did.
-func (m *Mutex) TryLock() bool {
+// TryLock acquires the lock if that needs no waiting, and reports whether it
+// did, with Lock's errors: a lock whose holder died and that nobody waits for
+// is taken over (true, ErrOwnerDied).
+func (m *Mutex) TryLock() (bool, error) {
 	for {
-		w := atomic.LoadUint64(m.word)
-		if !canBarge(w) {
-			return false
-		}
-		if atomic.CompareAndSwapUint64(m.word, w, w|m.held) {
+		switch a, err := m.try(atomic.LoadUint64(m.word)); a {
+		case taken:
 			raceAcquire(m)
-			return true
+			return true, err
+		case busy:
+			return false, err
 		}
 	}
+}
+
+// attempt is the outcome of try.
+type attempt uint8
+
+const (
+	busy  attempt = iota // held or queued: wait (or, with an error, give up)
+	taken                // the lock is ours
+	retry                // the word changed under us
+)
+
+// try takes the lock in state w if that needs no waiting: it is free with no
+// queue (or a sleeping head), or its holder died and nobody waits for it.
+func (m *Mutex) try(w uint64) (attempt, error) {
+	switch {
+	case canBarge(w):
+		if atomic.CompareAndSwapUint64(m.word, w, w|m.held) {
+			return taken, nil
+		}
+		return retry, nil
+	case notRecoverable(w):
+		return busy, ErrNotRecoverable
+	case w&wordLocked != 0 && wordTail(w) == 0 && m.p.holderDead(w):
+		if m.takeOver(w, takeover(w, m.held)) {
+			return taken, ErrOwnerDied
+		}
+		return retry, nil
+	}
+	return busy, nil
+}
+
+// Consistent marks the data the lock protects repaired after Lock returned
+// ErrOwnerDied: Unlock then releases the lock as usual. It is a fatal misuse
+// to call it without holding the lock in that state.
+func (m *Mutex) Consistent() {
+	w := atomic.LoadUint64(m.word)
+	if w&wordHeldMask != m.held || w&wordOwnerDied == 0 {
+		fatal("mcs: Consistent on a lock not held after its holder died")
+	}
+	atomic.AndUint64(m.word, ^uint64(wordOwnerDied))
 }
 
 // Unlock releases the lock. It is a fatal misuse to unlock a free lock or one
-// held by another process.
+// held by another process. Unlocking a lock taken over from a dead holder
+// without Consistent makes it not recoverable.
 func (m *Mutex) Unlock() {
 	raceRelease(m)
 	if atomic.CompareAndSwapUint64(m.word, m.held, 0) {
@@ -83,9 +131,9 @@ func (m *Mutex) Unlock() {
 // that thread's rseq registration), then locks: the holder of a contended lock
 // is then rarely descheduled with waiters spinning behind it. The request is a
 // byte store; there is no system call.
-func (m *Mutex) LockExtended(t *rseq.Thread) {
+func (m *Mutex) LockExtended(t *rseq.Thread) error {
 	t.Request()
-	m.Lock()
+	return m.Lock()
 }
 
 // UnlockExtended unlocks, then ends the extension, yielding the CPU only if the
@@ -105,16 +153,27 @@ const (
 	pausePerTry      = 1    // PAUSEs between polls
 	parkTimeout      = 10 * time.Millisecond
 	localParkTimeout = 200 * time.Microsecond
+	// deathEvery: a waiter looks at the liveness of whoever it waits for
+	// (the holder, or its predecessor) every deathEvery polls, and after
+	// every park.
+	deathEvery = 64
 )
 
-func (m *Mutex) lockSlow() {
-	m.lockQueued()
-	raceAcquire(m)
+// lockSlow is not inlined into Lock: that would take Lock over the inlining
+// budget.
+//
+//go:noinline
+func (m *Mutex) lockSlow() error {
+	err := m.lockQueued()
+	if err != ErrNotRecoverable {
+		raceAcquire(m)
+	}
+	return err
 }
 
-func (m *Mutex) lockQueued() {
-	if m.TryLock() {
-		return
+func (m *Mutex) lockQueued() error {
+	if ok, err := m.TryLock(); ok || err != nil {
+		return err
 	}
 	idx := <-m.p.nodes
 	node := m.p.node(idx)
@@ -124,38 +183,66 @@ func (m *Mutex) lockQueued() {
 	atomic.StoreUint64(node.lock(), m.off)
 	me := idx + 1
 
-	// Join the tail of the queue, unless the lock can be taken outright.
+	// Join the tail of the queue, unless the lock can be taken outright. The
+	// predecessor is recorded before the swap, so that once the swap is done
+	// others can find it even if we die before linking ourselves.
 	var w uint64
 	for {
 		w = atomic.LoadUint64(m.word)
-		if canBarge(w) {
-			if atomic.CompareAndSwapUint64(m.word, w, w|m.held) {
-				m.p.nodes <- idx
-				return
-			}
+		if a, err := m.try(w); a == taken || err != nil {
+			atomic.StoreUint32(node.state(), nodeFree)
+			m.p.nodes <- idx
+			return err
+		} else if a == retry {
 			continue
 		}
+		atomic.StoreUint32(node.prev(), wordTail(w))
 		if atomic.CompareAndSwapUint64(m.word, w, w&^wordTailMask|uint64(me)<<wordTailShift) {
 			break
 		}
 	}
+	fault(FaultSwapped)
 	if pred := wordTail(w); pred != 0 {
 		// The window between the tail swap above and this link is where a
-		// predecessor that took the lock waits for us (succ, below).
+		// predecessor that took the lock waits for us (successor, below), or,
+		// if we died here, finds us by our prev (deadSuccessor).
 		atomic.StoreUint32(m.p.node(pred-1).next(), me)
-		m.waitHead(node)
+		fault(FaultLinked)
+		m.waitHead(node, me)
+	}
+	fault(FaultHead)
+	// We are the head, and running: bits left by an earlier head (one that
+	// slept, or died) are ours to clear.
+	if atomic.LoadUint64(m.word)&wordHeadBits != 0 {
+		atomic.AndUint64(m.word, ^uint64(wordHeadBits))
 	}
 
-	// Head of the queue: wait for the holder to release, then take the lock. If
-	// we are still the tail, the queue empties; otherwise the tail stays.
+	// Wait for the holder to release, or to die, then take the lock. If we
+	// are still the tail, the queue empties; otherwise the tail stays.
+	var err error
 	for spins := 0; ; {
 		w = atomic.LoadUint64(m.word)
 		if w&wordLocked == 0 {
-			nw := w&^(wordHeadSleeping|wordWakePending) | m.held
+			if notRecoverable(w) {
+				m.leave(node, me)
+				return ErrNotRecoverable
+			}
+			nw := w&^wordHeadBits | m.held
 			if wordTail(w) == me {
 				nw &^= wordTailMask
 			}
 			if atomic.CompareAndSwapUint64(m.word, w, nw) {
+				break
+			}
+			continue
+		}
+		if spins%deathEvery == 0 && m.p.holderDead(w) {
+			nw := takeover(w, m.held)
+			if wordTail(w) == me {
+				nw &^= wordTailMask
+			}
+			if m.takeOver(w, nw) {
+				err = ErrOwnerDied
 				break
 			}
 			continue
@@ -166,30 +253,49 @@ func (m *Mutex) lockQueued() {
 			continue
 		}
 		// Park on the lock word's low half with the head-sleeping bit set, so
-		// that the unlocker wakes us and newcomers may use the lock meanwhile.
-		sw := w | wordHeadSleeping
-		if w&wordHeadSleeping == 0 && !atomic.CompareAndSwapUint64(m.word, w, sw) {
+		// that the unlocker wakes us and newcomers may use the lock meanwhile,
+		// and on the holder's liveness word, which the kernel marks and wakes
+		// when the holder dies. A wake issued for an earlier sleep is spent.
+		sw := w&^wordWakePending | wordHeadSleeping
+		if sw != w && !atomic.CompareAndSwapUint64(m.word, w, sw) {
 			continue
 		}
-		futex.Wait(lowHalf(m.word), uint32(sw), m.p.park)
+		fault(FaultHeadParked)
+		m.p.park2(lowHalf(m.word), uint32(sw), wordOwner(w))
 		// Running again: no more barging ahead of us.
-		atomic.AndUint64(m.word, ^uint64(wordHeadSleeping|wordWakePending))
+		atomic.AndUint64(m.word, ^uint64(wordHeadBits))
 		spins = 0
 	}
+	fault(FaultTaken)
 
 	// We hold the lock. Hand the head of the queue to our successor, if any.
 	if wordTail(w) != me {
-		m.grant(m.succ(node))
+		m.grant(m.successor(node, me))
 	}
+	fault(FaultGranted)
 	atomic.StoreUint32(node.state(), nodeFree)
 	m.p.nodes <- idx
+	return err
 }
 
-// waitHead waits until the predecessor makes this node the queue head.
-func (m *Mutex) waitHead(n node) {
+// leave takes the head (node n, index+1 me) out of the queue without the
+// lock: the next waiter becomes the head, or the queue ends.
+func (m *Mutex) leave(n node, me uint32) {
+	m.grant(m.successor(n, me))
+	atomic.StoreUint32(n.state(), nodeFree)
+	m.p.nodes <- me - 1
+}
+
+// waitHead waits until the predecessor makes this node (index+1 me) the queue
+// head, or, the predecessor having died, until repair puts it there.
+func (m *Mutex) waitHead(n node, me uint32) {
+	var skipped []uint32 // dead predecessors abandoned on the way
 	for spins := 0; ; {
 		s := atomic.LoadUint32(n.state())
 		if s == nodeHead {
+			return
+		}
+		if spins%deathEvery == 0 && m.repair(n, &skipped) {
 			return
 		}
 		if spins < spinIters {
@@ -200,22 +306,35 @@ func (m *Mutex) waitHead(n node) {
 		if s == nodeWaiting && !atomic.CompareAndSwapUint32(n.state(), nodeWaiting, nodeParked) {
 			continue
 		}
-		futex.Wait(n.state(), nodeParked, m.p.park)
-		if atomic.LoadUint32(n.state()) == nodeHead {
-			// We were granted while parked, and the granter let newcomers barge
-			// (wordHeadSleeping) until we run: we run now.
-			atomic.AndUint64(m.word, ^uint64(wordHeadSleeping|wordWakePending))
-			return
-		}
+		fault(FaultParked)
+		// Asleep on our state and on the predecessor's liveness word, so that
+		// either a grant or the predecessor's death wakes us.
+		m.p.park2(n.state(), nodeParked, m.p.nodeOwner(atomic.LoadUint32(n.prev())))
+		spins = 0
 	}
 }
 
-// succ waits for the successor that swapped the tail after us to link itself,
-// and returns its index + 1.
-func (m *Mutex) succ(n node) uint32 {
+// successor returns the index + 1 of the node behind n (index + 1 idx) once
+// it has linked itself, or ends the queue and returns 0 if n is the tail. A
+// successor that died in the window between its tail swap and its link is
+// found by its prev (deadSuccessor) and linked on its behalf.
+func (m *Mutex) successor(n node, idx uint32) uint32 {
 	for spins := 0; ; spins++ {
 		if next := atomic.LoadUint32(n.next()); next != 0 {
 			return next
+		}
+		w := atomic.LoadUint64(m.word)
+		if wordTail(w) == idx {
+			if atomic.CompareAndSwapUint64(m.word, w, w&^(wordTailMask|wordHeadBits)) {
+				return 0
+			}
+			continue
+		}
+		if spins >= spinIters && spins%spinIters == 0 {
+			if s := m.p.deadSuccessor(idx, m.off, wordTail(w)); s != 0 {
+				atomic.CompareAndSwapUint32(n.next(), 0, s)
+				continue
+			}
 		}
 		backoff(spins) // the successor is between two instructions
 	}
@@ -224,49 +343,36 @@ func (m *Mutex) succ(n node) uint32 {
 // grant makes the node with index+1 idx the head of the queue. If its waiter
 // is asleep, newcomers may take the lock until it runs (wordHeadSleeping), and
 // the wake is already issued (wordWakePending); both bits are set before the
-// node says head, so that the waiter, which clears them when it sees head,
-// never misses them. A node whose waiter abandoned it (a kernel waiter that
-// timed out) is skipped: its successor, if it has one, is granted instead, and
-// the node is freed for its owner.
+// node says head, so that the waiter, which clears them when it runs as the
+// head, never misses them. A node whose waiter abandoned it (a kernel waiter
+// that timed out) or died is skipped: its successor, if it has one, is
+// granted instead, and the node is freed. A node already head took the
+// position itself (its predecessor, skipped, looked dead to it).
 func (m *Mutex) grant(idx uint32) {
-	for {
+	for idx != 0 {
 		n := m.p.node(idx - 1)
-		if atomic.CompareAndSwapUint32(n.state(), nodeWaiting, nodeHead) {
+		switch s := atomic.LoadUint32(n.state()); s {
+		case nodeHead:
 			return
-		}
-		if atomic.LoadUint32(n.state()) == nodeAbandoned {
-			if idx = m.skip(n, idx); idx == 0 {
+		case nodeWaiting, nodeParked:
+			if m.p.nodeDead(idx) {
+				atomic.CompareAndSwapUint32(n.state(), s, nodeAbandoned)
+				continue
+			}
+			if s == nodeParked {
+				atomic.OrUint64(m.word, wordHeadBits)
+			}
+			if atomic.CompareAndSwapUint32(n.state(), s, nodeHead) {
+				if s == nodeParked {
+					futex.Wake(n.state(), 1)
+				}
 				return
 			}
-			continue
+		default: // abandoned, or freed by the successor that abandoned it
+			next := m.successor(n, idx)
+			atomic.CompareAndSwapUint32(n.state(), nodeAbandoned, nodeFree)
+			idx = next
 		}
-		// The node is parked (a waiting node only moves to parked, by its owner,
-		// or to abandoned, by a kernel owner, which never parks).
-		atomic.OrUint64(m.word, wordHeadSleeping|wordWakePending)
-		atomic.StoreUint32(n.state(), nodeHead)
-		futex.Wake(n.state(), 1)
-		return
-	}
-}
-
-// skip unlinks the abandoned node n (index+1 idx) from the queue: if it is the
-// tail, the queue ends before it and skip returns 0; otherwise it returns its
-// successor once that has linked itself. Either way n is freed.
-func (m *Mutex) skip(n node, idx uint32) uint32 {
-	for spins := 0; ; spins++ {
-		w := atomic.LoadUint64(m.word)
-		if wordTail(w) == idx {
-			if atomic.CompareAndSwapUint64(m.word, w, w&^wordTailMask) {
-				atomic.StoreUint32(n.state(), nodeFree)
-				return 0
-			}
-			continue
-		}
-		if next := atomic.LoadUint32(n.next()); next != 0 {
-			atomic.StoreUint32(n.state(), nodeFree)
-			return next
-		}
-		backoff(spins)
 	}
 }
 
@@ -286,10 +392,12 @@ func (m *Mutex) unlockSlow() {
 		if w&wordLocked == 0 {
 			fatal("mcs: unlock of unlocked lock")
 		}
-		if wordOwner(w) != m.p.slot+1 {
+		if w&wordHeldMask != m.held {
 			fatal(fmt.Sprintf("mcs: unlock of lock held by owner slot %d from slot %d", int(wordOwner(w))-1, m.p.slot))
 		}
-		nw := w &^ (wordLocked | wordOwnerMask)
+		// With the owner-died bit still set (no Consistent), the lock is
+		// left not recoverable.
+		nw := w &^ wordHeldMask
 		wake := w&wordHeadSleeping != 0 && w&wordWakePending == 0
 		if wake {
 			nw |= wordWakePending
@@ -313,11 +421,14 @@ func lowHalf(w *uint64) *uint32 { return (*uint32)(unsafe.Pointer(w)) }
 // node is a queue node in this process's view.
 type node struct{ p unsafe.Pointer }
 
-func (p *Process) node(idx uint32) node {
-	return node{p.h.At(p.h.Header().NodeOff + uint64(idx)*heap.NodeSize)}
+func (p *Process) node(idx uint32) node { return nodeAt(p.h, idx) }
+
+func nodeAt(h *heap.Heap, idx uint32) node {
+	return node{h.At(h.Header().NodeOff + uint64(idx)*heap.NodeSize)}
 }
 
 func (n node) next() *uint32  { return (*uint32)(unsafe.Add(n.p, nodeNext)) }
 func (n node) state() *uint32 { return (*uint32)(unsafe.Add(n.p, nodeState)) }
 func (n node) owner() *uint32 { return (*uint32)(unsafe.Add(n.p, nodeOwner)) }
+func (n node) prev() *uint32  { return (*uint32)(unsafe.Add(n.p, nodePrev)) }
 func (n node) lock() *uint64  { return (*uint64)(unsafe.Add(n.p, nodeLock)) }

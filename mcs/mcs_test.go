@@ -68,12 +68,16 @@ func TestLockUnlock(t *testing.T) {
 	w := newWorld(t, 1<<20)
 	off := w.locks(t, 1)[0]
 	m := mutex(t, w.p, off)
-	m.Lock()
-	assert.Equal(t, held(w.p.Slot()), *w.h.Uint64(off), "locked, owner recorded")
-	assert.False(t, m.TryLock())
+	require.NoError(t, m.Lock())
+	assert.Equal(t, held(w.p.Slot(), w.p.Gen()), *w.h.Uint64(off), "locked, owner and generation recorded")
+	ok, err := m.TryLock()
+	assert.False(t, ok)
+	assert.NoError(t, err)
 	m.Unlock()
 	assert.Zero(t, *w.h.Uint64(off))
-	assert.True(t, m.TryLock())
+	ok, err = m.TryLock()
+	assert.True(t, ok)
+	assert.NoError(t, err)
 	m.Unlock()
 	assert.Zero(t, *w.h.Uint64(off))
 }
@@ -95,7 +99,7 @@ func TestMisuse(t *testing.T) {
 	other, err := Attach(w.h) // a second owner slot, as another process would have
 	require.NoError(t, err)
 	defer other.Detach()
-	m.Lock()
+	require.NoError(t, m.Lock())
 	om := mutex(t, other, off)
 	assert.PanicsWithValue(t, fmt.Sprintf("mcs: unlock of lock held by owner slot %d from slot %d", w.p.Slot(), other.Slot()), om.Unlock)
 	m.Unlock()
@@ -114,7 +118,10 @@ func hammer(t testing.TB, p *Process, offs []uint64, goroutines, rounds int) {
 			}
 			for r := range rounds {
 				i := (g + r) % len(ms)
-				ms[i].Lock()
+				if err := ms[i].Lock(); err != nil {
+					t.Error(err)
+					return
+				}
 				c := p.h.Uint64(offs[i] + 8)
 				*c = *c + 1
 				ms[i].Unlock()
@@ -151,7 +158,7 @@ func TestFIFO(t *testing.T) {
 	w := newWorld(t, 1<<20)
 	off := w.locks(t, 1)[0]
 	m := mutex(t, w.p, off)
-	m.Lock()
+	require.NoError(t, m.Lock())
 	const n = 6
 	var order []int
 	var wg sync.WaitGroup
@@ -159,7 +166,7 @@ func TestFIFO(t *testing.T) {
 		tail := wordTail(atomic.LoadUint64(m.word))
 		wg.Go(func() {
 			mm := mutex(t, w.p, off)
-			mm.Lock()
+			assert.NoError(t, mm.Lock())
 			order = append(order, i) // under the lock
 			mm.Unlock()
 		})
@@ -223,6 +230,18 @@ func TestMultiProcess(t *testing.T) {
 	assert.Len(t, Owners(w.h), 1, "children detached")
 }
 
+// childAttach opens the heap a child was given (KFLEX_HEAP) with opts and
+// attaches to it, both undone when the test ends.
+func childAttach(t *testing.T, opts *heap.Options) (*heap.Heap, *Process) {
+	h, err := heap.Open(os.Getenv("KFLEX_HEAP"), opts)
+	require.NoError(t, err)
+	t.Cleanup(func() { h.Close() })
+	p, err := Attach(h)
+	require.NoError(t, err)
+	t.Cleanup(func() { p.Detach() })
+	return h, p
+}
+
 type exec struct {
 	proc *os.Process
 	out  *bufio.Scanner
@@ -230,12 +249,7 @@ type exec struct {
 }
 
 func stressChild(t *testing.T) {
-	h, err := heap.Open(os.Getenv("KFLEX_HEAP"), &heap.Options{MapAt: uintptr(testutil.EnvUint(t, "KFLEX_BASE"))})
-	require.NoError(t, err)
-	defer h.Close()
-	p, err := Attach(h)
-	require.NoError(t, err)
-	defer p.Detach()
+	h, p := childAttach(t, &heap.Options{MapAt: uintptr(testutil.EnvUint(t, "KFLEX_BASE"))})
 	offs := testutil.EnvUints(t, "KFLEX_LOCKS")
 	hammer(t, p, offs, int(testutil.EnvUint(t, "KFLEX_GOROUTINES")), int(testutil.EnvUint(t, "KFLEX_ROUNDS")))
 	fmt.Printf("base %#x\n", h.Base())

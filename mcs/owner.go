@@ -40,6 +40,7 @@ var (
 type Process struct {
 	h     *heap.Heap
 	slot  uint32
+	gen   uint32      // the slot's generation when we attached
 	nodes chan uint32 // free node indices of this process's range
 
 	park time.Duration // how long a waiter parks before it re-checks
@@ -64,6 +65,7 @@ func Attach(h *heap.Heap) (*Process, error) {
 		<-p.done
 		return nil, fmt.Errorf("attach to heap %s: %w", h.Name(), err)
 	}
+	h.BindOwner(p.slot) // the allocator's locks and caches name the slot from now on
 	n := h.Header().NodesPerProc
 	p.nodes = make(chan uint32, n)
 	for i := range n {
@@ -105,9 +107,14 @@ func (p *Process) liveness(ready chan<- error) {
 	tid := uint32(unix.Gettid())
 	hdr := p.h.Header()
 	found := false
-	for s := range hdr.MaxProcs {
-		if atomic.CompareAndSwapUint32(p.h.Uint32(hdr.OwnerOff+uint64(s)*heap.OwnerRecordSize+ownerLive), 0, tid) {
-			p.slot, found = s, true
+	for range 2 { // a second time after reaping the slots of the dead
+		for s := range hdr.MaxProcs {
+			if atomic.CompareAndSwapUint32(p.h.Uint32(hdr.OwnerOff+uint64(s)*heap.OwnerRecordSize+ownerLive), 0, tid) {
+				p.slot, found = s, true
+				break
+			}
+		}
+		if found || Reap(p.h) == 0 {
 			break
 		}
 	}
@@ -118,7 +125,7 @@ func (p *Process) liveness(ready chan<- error) {
 	entry := p.h.At(p.record(ownerRobust))
 	*(*uint64)(entry) = headAddr // circular list of one entry
 	atomic.StoreUint32(p.h.Uint32(p.record(ownerPID)), uint32(os.Getpid()))
-	atomic.AddUint32(p.h.Uint32(p.record(ownerGen)), 1)
+	p.gen = atomic.AddUint32(p.h.Uint32(p.record(ownerGen)), 1)
 	atomic.StoreUint64(p.h.Uint64(p.record(ownerSince)), uint64(time.Now().UnixNano()))
 	head.next = uint64(uintptr(entry))
 	head.futexOffset = robustFutexOffset
@@ -134,6 +141,7 @@ func (p *Process) liveness(ready chan<- error) {
 	// then free the slot.
 	head.next = headAddr
 	atomic.StoreUint32(p.h.Uint32(p.record(ownerLive)), 0)
+	p.wakeDeath(p.slot + 1) // nobody should wait for us now; if one does, it sees us gone
 }
 
 func setRobustList(head *robustHead) error {
@@ -147,6 +155,13 @@ func setRobustList(head *robustHead) error {
 // Slot is this process's index in the owner table.
 func (p *Process) Slot() uint32 { return p.slot }
 
+// Gen is the owner slot's generation when this process attached to it.
+func (p *Process) Gen() uint32 { return p.gen }
+
+// Held is the held bits of this process in a lock word: what its executors
+// pass to mcs_lock and mcs_unlock (abi.Context.Held).
+func (p *Process) Held() uint64 { return held(p.slot, p.gen) }
+
 // Heap is the heap this process is attached to.
 func (p *Process) Heap() *heap.Heap { return p.h }
 
@@ -156,6 +171,7 @@ func (p *Process) Detach() error {
 	if p.gone.Swap(true) {
 		return nil
 	}
+	p.h.UnbindOwner(p.slot) // before the slot is free, which would read as death
 	close(p.stop)
 	<-p.done
 	return nil

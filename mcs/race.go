@@ -14,6 +14,8 @@ import (
 // the detector the happens-before edges the lock really provides. Only within
 // one process: that is all the detector can see anyway.
 
+const raceEnabled = true
+
 var raceShadows sync.Map // lock word address -> *uint64
 
 func raceShadow(m *Mutex) *uint64 {

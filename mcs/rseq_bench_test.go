@@ -36,21 +36,19 @@ func BenchmarkSliceRequestCost(b *testing.B) {
 	for b.Loop() {
 		t0 := time.Now()
 		for range batch {
-			m.Lock()
-			//lint:ignore SA2001 the lock+unlock pair is what is measured
+			mustLock(m.Lock())
 			m.Unlock()
 		}
 		t1 := time.Now()
 		for range batch {
 			th.Request()
-			m.Lock()
-			//lint:ignore SA2001 the lock+unlock pair is what is measured
+			mustLock(m.Lock())
 			m.Unlock()
 			th.Release()
 		}
 		t2 := time.Now()
 		for range batch {
-			m.LockExtended(th)
+			mustLock(m.LockExtended(th))
 			m.UnlockExtended(th)
 		}
 		extended += time.Since(t2)
@@ -84,9 +82,9 @@ func oversubscribed(b *testing.B, m *Mutex, counter *uint64, threads int, extend
 			n := uint64(0)
 			for !stop.Load() {
 				if extended {
-					m.LockExtended(th)
+					mustLock(m.LockExtended(th))
 				} else {
-					m.Lock()
+					mustLock(m.Lock())
 				}
 				for range 20 { // ~100 ns of work holding the lock
 					*counter++

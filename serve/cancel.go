@@ -2,10 +2,13 @@ package serve
 
 import (
 	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
 	"time"
 
 	"github.com/kflex-go/kflex/cancel"
+	"github.com/kflex-go/kflex/jit/interp"
 )
 
 // DefaultBudget is how long one invocation may run when Options.Budget does
@@ -110,4 +113,94 @@ func (rt *Runtime) checkBudgets() error {
 		}
 	}
 	return nil
+}
+
+func (e *executor) cancelled() bool {
+	if e.im != nil {
+		return e.im.Cancelled()
+	}
+	return e.m.Cancelled()
+}
+
+func (e *executor) mem() interp.Memory {
+	if e.im != nil {
+		return e.im
+	}
+	return e.m
+}
+
+// retireNode sets e's node aside, abandoned in a queue until a granter frees
+// it, and gives e another one if the process has one free; otherwise e keeps
+// its node and reclaim waits for it.
+func (rt *Runtime) retireNode(e *executor) {
+	if n, ok := rt.proc.TryTakeNode(); ok {
+		e.busy = append(e.busy, e.node)
+		e.node = n
+	}
+}
+
+// reclaim gives back the nodes e retired that granters have freed, and
+// waits for e's own node if it is still in a queue.
+func (rt *Runtime) reclaim(e *executor) {
+	kept := e.busy[:0]
+	for _, n := range e.busy {
+		if rt.proc.NodeFree(n) {
+			rt.proc.GiveNode(n)
+		} else {
+			kept = append(kept, n)
+		}
+	}
+	e.busy = kept
+	for spins := 0; !rt.proc.NodeFree(e.node); spins++ {
+		// Only after a cancel found no spare node: a granter frees it soon.
+		time.Sleep(time.Duration(min(spins, 100)) * 10 * time.Microsecond)
+	}
+}
+
+// releaseHeld releases what a cancelled invocation of program name on e
+// holds, exactly as the verifier's table says for every frame of its stack
+// (cancel.Plan): its locks are abandoned (their next acquirer gets the
+// owner-died result) and its unpublished allocations freed. An allocation the
+// table names that the invocation did not make is not freed: a frame slot it
+// was read from may have been overwritten through the heap. An error means
+// the table and the stack disagree, or a resource could not be released: the
+// caller reports it with the cancellation.
+func (rt *Runtime) releaseHeld(e *executor, name string, err error) error {
+	var re *interp.RuntimeError
+	if !errors.As(err, &re) || len(re.Stack) == 0 {
+		return nil // stopped before it ran
+	}
+	read := func(addr uint64) uint64 {
+		b, err := e.mem().Bytes(addr, 8, false)
+		if err != nil {
+			return 0
+		}
+		return binary.LittleEndian.Uint64(b)
+	}
+	held, err := cancel.Plan(rt.verified[name], re.Stack, read)
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for _, lock := range held.Locks() {
+		if lock == 0 {
+			errs = append(errs, errors.New("a held lock whose address no register keeps"))
+			continue
+		}
+		if err := rt.proc.Abandon(lock, rt.proc.Held()); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	for _, a := range held.Allocs() {
+		off := a.Ptr & rt.h.Mask()
+		if _, ok := e.allocs[off]; !ok {
+			errs = append(errs, fmt.Errorf("allocation %#x (insn %d) was not made by this invocation: not freed", a.Ptr, a.Site))
+			continue
+		}
+		delete(e.allocs, off)
+		if err := rt.h.Free(off); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }

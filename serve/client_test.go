@@ -65,7 +65,7 @@ func TestPendingCallsFailOnClose(t *testing.T) {
 	lockPtr := c.Base() + userspace.Ptr(f.lock)
 	mu, err := c.Mutex(lockPtr)
 	require.NoError(t, err)
-	mu.Lock()
+	require.NoError(t, mu.Lock())
 	errs := make(chan error, calls)
 	for range calls {
 		go func() {

@@ -56,7 +56,7 @@ func TestFIFOTrace(t *testing.T) {
 	require.NoError(t, err)
 	word := f.h.Uint64(lock)
 
-	m.Lock()
+	require.NoError(t, m.Lock())
 	var queued []uint64
 	var wg sync.WaitGroup
 	for range 4 {

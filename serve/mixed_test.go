@@ -157,14 +157,14 @@ func kernelContenders(t *testing.T, wg *sync.WaitGroup, a *kernel.Arena, h *heap
 		n := p.TakeNode()
 		ctxs := make([][]byte, nlocks)
 		for i := range ctxs {
-			ctxs[i] = kernel.LockArgs{Lock: h.Base() + locks + uint64(16*i), Node: n, Held: mcs.Held(p.Slot()),
+			ctxs[i] = kernel.LockArgs{Lock: h.Base() + locks + uint64(16*i), Node: n, Held: p.Held(),
 				Base: h.Base(), Table: h.Header().NodeOff}.Context()
 		}
 		wg.Go(func() {
 			defer p.GiveNode(n)
 			runtime.LockOSThread()
 			defer runtime.UnlockOSThread()
-			timeouts, busy := 0, 0
+			timeouts, busy, stuck := 0, 0, 0
 			for r := 0; r < rounds; {
 				switch res, err := lc.Lock(ctxs[(th+r)%nlocks]); {
 				case err != nil:
@@ -177,12 +177,20 @@ func kernelContenders(t *testing.T, wg *sync.WaitGroup, a *kernel.Arena, h *heap
 				case res == mcs.KernelNodeBusy: // its abandoned node is not yet freed
 					busy++
 					time.Sleep(100 * time.Microsecond)
+				case res == mcs.KernelStuck || res == mcs.KernelStuckUnheld:
+					// The hand-off the kernel could not finish, done from Go.
+					if err := p.Unstick(locks+uint64(16*((th+r)%nlocks)), n, res); err != nil {
+						t.Error(err)
+						return
+					}
+					stuck++
 				default:
 					t.Errorf("kernel lock: %d", res)
 					return
 				}
 			}
-			t.Logf("kernel thread %d: %d rounds; %d timed out and retried, %d found the node still abandoned", th, rounds, timeouts, busy)
+			t.Logf("kernel thread %d: %d rounds; %d timed out and retried, %d found the node still abandoned, %d stuck and unstuck from Go",
+				th, rounds, timeouts, busy, stuck)
 		})
 	}
 	return func() {
@@ -218,7 +226,10 @@ func mixedChild(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				m.Lock()
+				if err := m.Lock(); err != nil {
+					t.Error(err)
+					return
+				}
 				*h.Uint64(p + 8)++
 				m.Unlock()
 			}

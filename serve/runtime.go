@@ -32,6 +32,7 @@ import (
 	"github.com/kflex-go/kflex/loader"
 	"github.com/kflex-go/kflex/mcs"
 	"github.com/kflex-go/kflex/rseq"
+	"github.com/kflex-go/kflex/verifier"
 )
 
 // Helpers every extension may call, by number (abi's).
@@ -46,14 +47,15 @@ const (
 
 // Runtime runs extensions on a heap it is attached to.
 type Runtime struct {
-	h       *heap.Heap
-	proc    *mcs.Process
-	progs   map[string]*jit.Program
-	iprogs  map[string]*interp.Program // for interpreting executors
-	execs   chan *executor
-	all     []*executor
-	trace   io.Writer
-	traceMu sync.Mutex
+	h        *heap.Heap
+	proc     *mcs.Process
+	progs    map[string]*jit.Program
+	iprogs   map[string]*interp.Program  // for interpreting executors
+	verified map[string]*verifier.Result // each program's analysis: its cancellation tables
+	execs    chan *executor
+	all      []*executor
+	trace    io.Writer
+	traceMu  sync.Mutex
 
 	mu      sync.Mutex
 	conns   map[net.Conn]peer
@@ -84,6 +86,14 @@ type executor struct {
 	area    uint64 // heap offset of the rseq area
 	th      *rseq.Thread
 	status  rseq.Status // of the last binding
+
+	// What the running invocation allocated and has not freed (heap
+	// offsets), the check against which a cancelled invocation's
+	// allocations, read from its frames, are freed.
+	allocs map[uint64]struct{}
+	// Nodes this executor left abandoned in a queue when cancelled: a
+	// granter frees them, and then they go back to the process.
+	busy []mcs.Node
 }
 
 // New attaches a runtime to h, compiles progs (name → program) and prepares
@@ -121,7 +131,7 @@ func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runti
 	if err != nil {
 		return nil, err
 	}
-	rt := &Runtime{h: h, proc: proc, progs: map[string]*jit.Program{}, iprogs: map[string]*interp.Program{},
+	rt := &Runtime{h: h, proc: proc, progs: map[string]*jit.Program{}, iprogs: map[string]*interp.Program{}, verified: map[string]*verifier.Result{},
 		execs: make(chan *executor, n), trace: o.Trace, conns: map[net.Conn]peer{}, shareFD: h.Fd(), kind: wire.HeapFile,
 		defaultBudget: o.Budget, budgets: o.Budgets, running: map[*running]struct{}{}, closed: make(chan struct{})}
 	switch {
@@ -139,6 +149,7 @@ func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runti
 			rt.Close()
 			return nil, fmt.Errorf("serve: program %s: %w", name, err)
 		}
+		rt.verified[name] = p.Verified
 		if p.JIT != nil {
 			rt.progs[name] = p.JIT
 		}
@@ -171,8 +182,9 @@ func (rt *Runtime) newExecutor(interpreted bool) (*executor, error) {
 		}
 		im := interp.NewMachine()
 		im.AttachHeap(h.At(0), h.Size(), h.CanonBase())
-		im.Helpers = rt.helpers()
-		return &executor{im: im, node: rt.proc.TakeNode(), area: area}, nil
+		e := &executor{im: im, node: rt.proc.TakeNode(), area: area, allocs: map[uint64]struct{}{}}
+		im.Helpers = rt.helpers(e)
+		return e, nil
 	}
 	scratch, err := h.Alloc(jit.ScratchSize)
 	if err != nil {
@@ -189,8 +201,9 @@ func (rt *Runtime) newExecutor(interpreted bool) (*executor, error) {
 		h.Free(area)
 		return nil, err
 	}
-	m.Helpers = rt.helpers()
-	return &executor{m: m, node: rt.proc.TakeNode(), scratch: scratch, area: area}, nil
+	e := &executor{m: m, node: rt.proc.TakeNode(), scratch: scratch, area: area, allocs: map[uint64]struct{}{}}
+	m.Helpers = rt.helpers(e)
+	return e, nil
 }
 
 // bind locks the calling goroutine to its thread and registers the thread's
@@ -231,7 +244,8 @@ func (rt *Runtime) release(e *executor) {
 	rt.execs <- e
 }
 
-func (rt *Runtime) helpers() map[int32]interp.Helper {
+// helpers are executor e's helpers.
+func (rt *Runtime) helpers(e *executor) map[int32]interp.Helper {
 	h := rt.h
 	return map[int32]interp.Helper{
 		HelperAlloc: func(_ interp.Memory, size, _, _, _, _ uint64) (uint64, error) {
@@ -239,12 +253,14 @@ func (rt *Runtime) helpers() map[int32]interp.Helper {
 			if err != nil {
 				return 0, nil // the extension sees NULL and handles it
 			}
+			e.allocs[off] = struct{}{}
 			return h.Base() + off, nil
 		},
 		HelperFree: func(_ interp.Memory, p, _, _, _, _ uint64) (uint64, error) {
 			if h.Free(p&h.Mask()) != nil {
 				return 1, nil
 			}
+			delete(e.allocs, p&h.Mask())
 			return 0, nil
 		},
 		HelperTime: func(interp.Memory, uint64, uint64, uint64, uint64, uint64) (uint64, error) {
@@ -265,6 +281,17 @@ func (rt *Runtime) helpers() map[int32]interp.Helper {
 		abi.HelperRelax: func(interp.Memory, uint64, uint64, uint64, uint64, uint64) (uint64, error) {
 			runtime.Gosched()
 			return 0, nil
+		},
+		abi.HelperLockCheck: func(_ interp.Memory, lock, node, idx, held, _ uint64) (uint64, error) {
+			if e.cancelled() {
+				// The lock's subprograms are shielded from cancels (loader.Shielded):
+				// they leave here, out of the queue, and stop the program.
+				if !rt.proc.Leave(lock, idx) {
+					rt.retireNode(e)
+				}
+				return 0, fmt.Errorf("waiting for a lock: %w", abi.ErrCancelled)
+			}
+			return rt.proc.LockCheck(lock, node, idx, held), nil
 		},
 		abi.HelperSliceYield: func(interp.Memory, uint64, uint64, uint64, uint64, uint64) (uint64, error) {
 			rt.yields.Add(1)
@@ -327,6 +354,16 @@ func (rt *Runtime) invokeData(ctx context.Context, name string, arg, dataLen uin
 		return 0, err
 	}
 	r0, err := rt.invoke(e, name, arg, dataLen)
+	if errors.Is(err, abi.ErrCancelled) {
+		if rerr := rt.releaseHeld(e, name, err); rerr != nil {
+			rt.tracef("kflex runtime: program %s cancelled: releasing what it held: %v\n", name, rerr)
+			err = fmt.Errorf("%w (releasing what it held: %v)", err, rerr)
+		}
+	}
+	// What a run that ended keeps allocated is published (returned or stored
+	// in the heap): no longer this invocation's.
+	clear(e.allocs)
+	rt.reclaim(e)
 	return r0, rt.unwatch(r, err)
 }
 
@@ -334,7 +371,7 @@ func (rt *Runtime) invoke(e *executor, name string, arg, dataLen uint64) (uint64
 	p, ip := rt.progs[name], rt.iprogs[name]
 	hb := rt.h.Base()
 	ctx := abi.Context{Arg: arg, Node: hb + e.node.Off, NodeIndex: uint64(e.node.Index) + 1,
-		Held: mcs.Held(rt.proc.Slot()), NodeTable: hb + rt.h.Header().NodeOff, DataLen: dataLen}.Bytes()
+		Held: rt.proc.Held(), NodeTable: hb + rt.h.Header().NodeOff, DataLen: dataLen}.Bytes()
 	if e.im != nil {
 		return e.im.Run(ip, ctx)
 	}

@@ -238,7 +238,10 @@ func clientChild(t *testing.T) {
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		for range rounds {
-			mu.Lock()
+			if err := mu.Lock(); err != nil {
+				t.Error(err)
+				return
+			}
 			*c.Uint64(lockPtr + 8)++
 			mu.Unlock()
 		}

@@ -27,7 +27,10 @@ func Example() {
 	mu, lockPtr, _ := a.NewMutex()
 	a.SetRoot(0, lockPtr)
 
-	mu.Lock()
+	if err := mu.Lock(); err != nil {
+		fmt.Println(err)
+		return
+	}
 	var head userspace.Ptr
 	for v := uint64(3); v > 0; v-- {
 		n, _ := a.Alloc(16)
@@ -46,7 +49,10 @@ func Example() {
 	defer b.Close()
 	fmt.Println("different bases:", a.Base() != b.Base())
 	bmu, _ := b.Mutex(b.Root(0))
-	bmu.Lock()
+	if err := bmu.Lock(); err != nil {
+		fmt.Println(err)
+		return
+	}
 	for n := b.Root(1); n != 0; n = b.LoadPtr(n + nodeNext) {
 		fmt.Println(*b.Uint64(n + nodeValue))
 	}

@@ -48,7 +48,7 @@ func TestListAcrossViews(t *testing.T) {
 		*h.Uint64(n + listValue) = uint64(i)
 		head = n
 	}
-	mu.Lock()
+	require.NoError(t, mu.Lock())
 	h.SetRoot(1, head)
 	mu.Unlock()
 
@@ -61,7 +61,7 @@ func TestListAcrossViews(t *testing.T) {
 	assert.Contains(t, string(out), fmt.Sprintf("walked %d at base %#x", listLen, childBase))
 
 	// The child appended listLen more nodes with values listLen+1...: walk all.
-	mu.Lock()
+	require.NoError(t, mu.Lock())
 	defer mu.Unlock()
 	want := uint64(1)
 	for n := h.Root(1); n != 0; n = h.LoadPtr(n + listNext) {
@@ -81,7 +81,7 @@ func walkerChild(t *testing.T) {
 	require.Equal(t, Ptr(base), h.Base())
 	mu, err := h.Mutex(h.Root(0))
 	require.NoError(t, err)
-	mu.Lock()
+	require.NoError(t, mu.Lock())
 	defer mu.Unlock()
 	n, last, count := h.Root(1), Ptr(0), 0
 	for ; n != 0; n = h.LoadPtr(n + listNext) {

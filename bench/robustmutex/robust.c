@@ -5,11 +5,15 @@
 //   robust uncontended N        ns per lock+unlock, one thread
 //   robust procs P SECONDS      P processes on one lock: combined ops/s
 //   robust threads T SECONDS    T threads of one process on one lock: ops/s
+//   robust kill N               N times: a child process holds the lock and is
+//                               SIGKILLed while a thread of this process waits
+//                               for it; p50 and p99 of SIGKILL -> EOWNERDEAD, µs
 //
 // Every mode checks the protected counter for lost updates and exits 1 on any.
 #define _GNU_SOURCE
 #include <errno.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -86,7 +90,74 @@ static int check(struct shared *s) {
 	return 0;
 }
 
+/* The waiter of kill mode: it takes the lock the child holds and notes when. */
+struct killwait {
+	struct shared *s;
+	double got;
+	int r;
+};
+
+static void *kill_waiter(void *arg) {
+	struct killwait *k = arg;
+	k->r = pthread_mutex_lock(&k->s->mu);
+	k->got = now();
+	if (k->r == EOWNERDEAD)
+		pthread_mutex_consistent(&k->s->mu);
+	if (k->r == 0 || k->r == EOWNERDEAD)
+		pthread_mutex_unlock(&k->s->mu);
+	return NULL;
+}
+
+static int cmpd(const void *a, const void *b) {
+	double x = *(const double *)a, y = *(const double *)b;
+	return x < y ? -1 : x > y;
+}
+
+static int kill_mode(long n) {
+	struct shared *s = setup();
+	double *lat = calloc(n, sizeof *lat);
+	for (long i = 0; i < n; i++) {
+		int p[2];
+		char c;
+		if (pipe(p) != 0) {
+			perror("pipe");
+			return 2;
+		}
+		pid_t pid = fork();
+		if (pid == 0) {
+			lock(s);
+			write(p[1], "h", 1);
+			for (;;)
+				pause();
+		}
+		if (pid < 0 || read(p[0], &c, 1) != 1) {
+			perror("fork");
+			return 2;
+		}
+		close(p[0]);
+		close(p[1]);
+		struct killwait k = {.s = s};
+		pthread_t th;
+		pthread_create(&th, NULL, kill_waiter, &k);
+		usleep(2000); /* the waiter is asleep in the kernel by now */
+		double t0 = now();
+		kill(pid, SIGKILL);
+		pthread_join(th, NULL);
+		waitpid(pid, NULL, 0);
+		if (k.r != EOWNERDEAD) {
+			fprintf(stderr, "kill: lock returned %s, not EOWNERDEAD\n", strerror(k.r));
+			return 1;
+		}
+		lat[i] = (k.got - t0) * 1e6;
+	}
+	qsort(lat, n, sizeof *lat, cmpd);
+	printf("robust-pthread kill n=%ld p50_us=%.1f p99_us=%.1f\n", n, lat[n / 2], lat[n * 99 / 100]);
+	return 0;
+}
+
 int main(int argc, char **argv) {
+	if (argc == 3 && strcmp(argv[1], "kill") == 0)
+		return kill_mode(atol(argv[2]) > 0 ? atol(argv[2]) : 1);
 	if (argc == 3 && strcmp(argv[1], "uncontended") == 0) {
 		struct shared *s = setup();
 		long n = atol(argv[2]);
@@ -145,6 +216,6 @@ int main(int argc, char **argv) {
 		       hi ? (double)lo / hi : 0);
 		return check(s);
 	}
-	fprintf(stderr, "usage: robust uncontended N | procs P SECONDS | threads T SECONDS\n");
+	fprintf(stderr, "usage: robust uncontended N | procs P SECONDS | threads T SECONDS | kill N\n");
 	return 2;
 }

@@ -107,7 +107,9 @@ show the kernel reporting its death in the heap's owner table.`, out)
 	if err != nil {
 		return err
 	}
-	mu.Lock()
+	if err := mu.Lock(); err != nil {
+		return fmt.Errorf("demo lock: %w", err)
+	}
 	counter := *h.Uint64(lockPtr + 8)
 	perWorker := map[uint64]int{}
 	entries := 0
@@ -234,7 +236,9 @@ func demoWork(h *userspace.Heap, lockPtr userspace.Ptr, id uint64) error {
 			}
 			*h.Uint64(entry + 8), *h.Uint64(entry + 16) = id, uint64(i)
 		}
-		mu.Lock()
+		if err := mu.Lock(); err != nil {
+			return fmt.Errorf("demo worker lock: %w", err)
+		}
 		*h.Uint64(lockPtr + 8)++
 		if entry != 0 {
 			h.StorePtr(entry, h.Root(1))

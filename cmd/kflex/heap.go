@@ -2,6 +2,7 @@ package main
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"math/bits"
@@ -20,9 +21,10 @@ func init() {
 func runHeap(args []string, out io.Writer) error {
 	const doc = `Subcommands:
   create [--size SIZE] PATH   create a heap file (SIZE a power of two: 1M ... 64G; default 256M)
-  info [--json] PATH          print a heap's header, owner table and allocator state`
+  info [--json] PATH          print a heap's header, owner table, allocator state and locks
+  check [--json] PATH         verify the allocator's invariants; exit 1 naming the first violation`
 	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
-		fmt.Fprintf(out, "usage: kflex heap create|info ...\n\n%s\n", doc)
+		fmt.Fprintf(out, "usage: kflex heap create|info|check ...\n\n%s\n", doc)
 		if len(args) == 0 {
 			return fmt.Errorf("heap: %w: missing subcommand", errUsage)
 		}
@@ -33,6 +35,8 @@ func runHeap(args []string, out io.Writer) error {
 		return heapCreate(args[1:], out)
 	case "info":
 		return heapInfo(args[1:], out)
+	case "check":
+		return heapCheck(args[1:], out)
 	}
 	return fmt.Errorf("heap: %w: unknown subcommand %q", errUsage, args[0])
 }
@@ -78,55 +82,129 @@ func heapCreate(args []string, out io.Writer) error {
 
 // info is what heap info prints, and its JSON form.
 type info struct {
-	Path       string           `json:"path"`
-	Version    uint32           `json:"version"`
-	Size       uint64           `json:"size"`
-	CanonBase  string           `json:"canonical_base"`
-	Created    time.Time        `json:"created"`
-	CreatorPID uint32           `json:"creator_pid"`
-	Params     heap.Params      `json:"params"`
-	Layout     heap.Layout      `json:"layout"`
-	Owners     []mcs.OwnerState `json:"owners"`
-	Alloc      heap.Stats       `json:"alloc"`
+	Path       string             `json:"path"`
+	Version    uint32             `json:"version"`
+	Size       uint64             `json:"size"`
+	CanonBase  string             `json:"canonical_base"`
+	Created    time.Time          `json:"created"`
+	CreatorPID uint32             `json:"creator_pid"`
+	Params     heap.Params        `json:"params"`
+	Layout     heap.Layout        `json:"layout"`
+	Owners     []mcs.OwnerState   `json:"owners"`
+	Alloc      heap.Stats         `json:"alloc"`
+	Locks      []heap.LockReport  `json:"alloc_locks"`
+	Caches     []heap.CacheReport `json:"alloc_caches"`
+	Nodes      []queuedNode       `json:"queued_nodes"`
+	LockWords  []queuedLock       `json:"queued_locks"`
+	Problems   []string           `json:"problems,omitempty"` // what does not parse
+}
+
+// openInspect parses the [--json] PATH arguments of heap info and check and
+// maps the heap at PATH for reading only: nothing in its body is trusted, no
+// lock is taken and nothing is written.
+func openInspect(name, doc string, args []string, out io.Writer) (h *heap.Heap, path string, asJSON bool, err error) {
+	fs := newFlags(name, "[--json] PATH", doc, out)
+	js := fs.Bool("json", false, "print one JSON object")
+	if err := parse(fs, args, 1); err != nil {
+		return nil, "", false, err
+	}
+	h, err = heap.Open(fs.Arg(0), &heap.Options{Inspect: true})
+	return h, fs.Arg(0), *js, err
+}
+
+func printJSON(out io.Writer, v any) error {
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
 }
 
 func heapInfo(args []string, out io.Writer) error {
-	fs := newFlags("heap info", "[--json] PATH", "Describe the heap at PATH: header, attached processes, allocator.", out)
-	asJSON := fs.Bool("json", false, "print one JSON object")
-	if err := parse(fs, args, 1); err != nil {
-		return err
-	}
-	h, err := heap.Open(fs.Arg(0), nil)
+	h, path, asJSON, err := openInspect("heap info", "Describe the heap at PATH: header, attached processes, allocator and its locks, queued lock nodes. Takes no lock.", args, out)
 	if err != nil {
 		return err
 	}
 	defer h.Close()
 	hdr := h.Header()
-	in := info{Path: fs.Arg(0), Version: hdr.Version, Size: hdr.Size,
+	rep, rerr := h.Inspect()
+	in := info{Path: path, Version: hdr.Version, Size: hdr.Size,
 		CanonBase: fmt.Sprintf("%#x", hdr.CanonBase), Created: time.Unix(0, hdr.Created),
 		CreatorPID: hdr.CreatorPID, Params: hdr.Params, Layout: hdr.Layout,
-		Owners: mcs.Owners(h), Alloc: h.Stats()}
-	if *asJSON {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		return enc.Encode(in)
+		Owners: mcs.Owners(h), Alloc: rep.Stats, Locks: rep.Locks, Caches: rep.Caches}
+	in.Nodes, in.LockWords = queues(h)
+	for _, e := range unjoin(rerr) {
+		in.Problems = append(in.Problems, e.Error())
 	}
+	if asJSON {
+		if err := printJSON(out, in); err != nil {
+			return err
+		}
+	} else {
+		printInfo(out, &in, hdr)
+	}
+	if len(in.Problems) > 0 {
+		return fmt.Errorf("heap %s: %d allocator words do not parse, first: %s", in.Path, len(in.Problems), in.Problems[0])
+	}
+	return nil
+}
+
+// unjoin lists the errors errors.Join joined into err.
+func unjoin(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	if err != nil {
+		return []error{err}
+	}
+	return nil
+}
+
+func printInfo(out io.Writer, in *info, hdr heap.Header) {
 	fmt.Fprintf(out, "heap %s\n  layout version %d, size %s (2^%d), canonical base %#x\n",
 		in.Path, in.Version, human(in.Size), bits.TrailingZeros64(in.Size), hdr.CanonBase)
 	fmt.Fprintf(out, "  created %s by pid %d\n", in.Created.Format(time.RFC3339), in.CreatorPID)
 	fmt.Fprintf(out, "  owner slots %d, queue nodes per process %d, allocator caches %d\n",
 		hdr.MaxProcs, hdr.NodesPerProc, hdr.Params.Caches)
-	fmt.Fprintf(out, "attached processes: %d\n", len(in.Owners))
+	dead := 0
+	for _, o := range in.Owners {
+		if o.Dead {
+			dead++
+		}
+	}
+	fmt.Fprintf(out, "attached processes: %d (%d dead)\n", len(in.Owners), dead)
 	for _, o := range in.Owners {
 		state := "alive"
 		if o.Dead {
 			state = "DEAD (reported by the kernel)"
 		}
-		fmt.Fprintf(out, "  slot %d: pid %d, tid %d, %s\n", o.Slot, o.PID, o.TID, state)
+		fmt.Fprintf(out, "  slot %d: pid %d, tid %d, gen %d, %s\n", o.Slot, o.PID, o.TID, o.Gen, state)
+	}
+	held := 0
+	for _, l := range in.Locks {
+		if l.Held {
+			held++
+		}
+	}
+	fmt.Fprintf(out, "allocator locks: %d, %d held\n", len(in.Locks), held)
+	for _, l := range in.Locks {
+		if !l.Held && l.Takeovers == 0 {
+			continue
+		}
+		state := "free"
+		if l.Held {
+			state = fmt.Sprintf("held by %s (%s)", l.Holder, l.State)
+			if l.Redo > 0 {
+				state += fmt.Sprintf(", %d redo entries committed", l.Redo)
+			}
+		}
+		fmt.Fprintf(out, "  %s: %s; taken over from dead holders %d times\n", l.Name, state, l.Takeovers)
+	}
+	fmt.Fprintf(out, "allocator cache slots: %d claimed, %d of dead processes\n", len(in.Caches), in.Alloc.DeadCaches)
+	for _, c := range in.Caches {
+		fmt.Fprintf(out, "  cache %d: %s (%s), %d objects\n", c.Index, c.Owner, c.State, c.Objects)
 	}
 	s := in.Alloc
-	fmt.Fprintf(out, "allocator: %d of %d pages free; %d live objects, %s\n",
-		s.FreePages, s.Pages, s.LiveObjects, human(s.LiveBytes))
+	fmt.Fprintf(out, "allocator: %d of %d pages free; %d live objects, %s; %d objects stranded in dead caches\n",
+		s.FreePages, s.Pages, s.LiveObjects, human(s.LiveBytes), s.Stranded)
 	for _, c := range s.Classes {
 		if c.Slabs > 0 {
 			fmt.Fprintf(out, "  %5d B: %d slabs, %d live, %d free, %d cached\n",
@@ -135,6 +213,56 @@ func heapInfo(args []string, out io.Writer) error {
 	}
 	if s.LargeRuns > 0 {
 		fmt.Fprintf(out, "  large: %d runs, %d pages\n", s.LargeRuns, s.LargePages)
+	}
+	fmt.Fprintf(out, "queued lock nodes: %d\n", len(in.Nodes))
+	for _, n := range in.Nodes {
+		fmt.Fprintf(out, "  node %d (slot %d): %s on lock %#x, next %s\n", n.Index, n.Slot, n.State, n.Lock, n.nextString())
+	}
+	for _, l := range in.LockWords {
+		fmt.Fprintf(out, "  lock %#x: %s\n", l.Offset, l.Word)
+	}
+	for _, p := range in.Problems {
+		fmt.Fprintf(out, "does not parse: %s\n", p)
+	}
+}
+
+// checkResult is heap check's JSON form.
+type checkResult struct {
+	Path    string             `json:"path"`
+	OK      bool               `json:"ok"`
+	Summary *heap.CheckSummary `json:"summary,omitempty"`
+	Error   string             `json:"error,omitempty"`
+	Offset  *uint64            `json:"offset,omitempty"` // of the first violation
+	Field   string             `json:"field,omitempty"`
+}
+
+func heapCheck(args []string, out io.Writer) error {
+	h, path, asJSON, err := openInspect("heap check", "Verify the allocator's invariants in the heap at PATH (meant for a heap no live process is changing). Takes no lock; exits 1 naming the first violation.", args, out)
+	if err != nil {
+		return err
+	}
+	defer h.Close()
+	sum, cerr := h.Check()
+	res := checkResult{Path: path, OK: cerr == nil}
+	if cerr == nil {
+		res.Summary = &sum
+	} else {
+		res.Error = cerr.Error()
+		var fe *heap.FieldError
+		if errors.As(cerr, &fe) {
+			res.Offset, res.Field = &fe.Offset, fe.Field
+		}
+	}
+	switch {
+	case asJSON:
+		if err := printJSON(out, res); err != nil {
+			return err
+		}
+	case cerr == nil:
+		fmt.Fprintf(out, "%s: %s\n", res.Path, sum)
+	}
+	if cerr != nil {
+		return fmt.Errorf("heap check %s: %w", res.Path, cerr)
 	}
 	return nil
 }

@@ -27,9 +27,9 @@ import (
 )
 
 // TestMain lets the test binary stand in for kflex when the demo re-executes
-// itself as a worker.
+// itself as a worker, and the recovery bench as a lock holder.
 func TestMain(m *testing.M) {
-	if (len(os.Args) > 1 && os.Args[1] == "demo-worker") || os.Getenv("KFLEX_CLI") == "1" {
+	if (len(os.Args) > 1 && (os.Args[1] == "demo-worker" || os.Args[1] == "bench-holder")) || os.Getenv("KFLEX_CLI") == "1" {
 		os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 	}
 	testutil.Main(m)
@@ -191,6 +191,14 @@ func TestBenchJSON(t *testing.T) {
 	figures = nil
 	require.NoError(t, json.Unmarshal([]byte(stdout), &figures))
 	for _, k := range []string{"handoff_ns", "extension_lock_unlock_ns", "invoke_us"} {
+		assert.Greater(t, figures[k], 0.0, k)
+	}
+
+	code, stdout, stderr = kflex("bench", "--json", "--kills", "5", "--robust", filepath.Join(t.TempDir(), "none"), "recovery")
+	require.Equal(t, 0, code, stderr)
+	figures = nil
+	require.NoError(t, json.Unmarshal([]byte(stdout), &figures))
+	for _, k := range []string{"recovery.go_p50_us", "recovery.go_p99_us", "recovery.jit_p50_us", "recovery.jit_p99_us"} {
 		assert.Greater(t, figures[k], 0.0, k)
 	}
 }

@@ -105,6 +105,10 @@ func NewMachine() *Machine {
 // abi.ErrCancelled. Any goroutine may call it. It stays set until ClearCancel.
 func (m *Machine) Cancel() { atomic.StoreUint32(&m.term, abi.Terminate) }
 
+// Cancelled reports whether the terminate word is set: a helper that waits
+// checks it to leave early.
+func (m *Machine) Cancelled() bool { return atomic.LoadUint32(&m.term) != 0 }
+
 // ClearCancel clears the terminate word, before a run that must not inherit
 // an earlier cancel.
 func (m *Machine) ClearCancel() {
@@ -306,7 +310,7 @@ func (m *Machine) run(p *Program, r *[11]uint64) (uint64, error) {
 			if int(in.target) <= pc && op != opCall && op != 0x8d && op != 0x95 {
 				// A backward jump (taken or not): a cancellation point, as in
 				// the JIT, and now and then a yield.
-				if atomic.LoadUint32(&m.term) != 0 {
+				if atomic.LoadUint32(&m.term) != 0 && !in.shielded {
 					return m.cancelled(pc, n, r, &frames, depth, "at a back-edge")
 				}
 				if backEdges--; backEdges == 0 {
@@ -344,7 +348,7 @@ func (m *Machine) run(p *Program, r *[11]uint64) (uint64, error) {
 				if op == 0x8d { // callx: helper number in dst
 					id = int32(r[in.dst])
 				}
-				if atomic.LoadUint32(&m.term) != 0 { // a helper call: a cancellation point
+				if atomic.LoadUint32(&m.term) != 0 && !in.shielded { // a helper call: a cancellation point
 					return m.cancelled(pc, n, r, &frames, depth, "at a helper call")
 				}
 				h := m.Helpers[id]
@@ -353,6 +357,9 @@ func (m *Machine) run(p *Program, r *[11]uint64) (uint64, error) {
 				}
 				v, err := h(m, r[1], r[2], r[3], r[4], r[5])
 				if err != nil {
+					if errors.Is(err, abi.ErrCancelled) { // the helper stopped the program
+						return m.cancelled(pc, n, r, &frames, depth, "in a helper")
+					}
 					return m.fail(pc, n, ErrHelperFailed, fmt.Sprintf("helper %d: %v", id, err))
 				}
 				r[0] = v

@@ -19,6 +19,23 @@ type insn struct {
 	imm    int32  // raw immediate
 	k      uint64 // immediate sign-extended to 64 bits, or lddw's 64-bit value
 	target int32  // slot a jump or local call goes to
+	// shielded: not a cancellation point even if it is a back-edge or a
+	// helper call (PrepareWith's Shielded).
+	shielded bool
+}
+
+// Range is the instruction slots [Start, End).
+type Range struct{ Start, End int }
+
+// Options prepare a program.
+type Options struct {
+	// Shielded are slot ranges where a cancel does not stop the program:
+	// their back-edges and helper calls do not test the terminate word. They
+	// are for code that must not stop halfway and leaves by itself when
+	// cancelled (the lock's subprograms: their helper returns an error
+	// wrapping abi.ErrCancelled once it has left the queue). The JIT takes
+	// the same ranges (jit.Options.Shielded).
+	Shielded []Range
 }
 
 // Program is validated bytecode, pre-decoded for the interpreter. It is
@@ -49,7 +66,10 @@ func LoadBytes(raw []byte) (*Program, error) {
 
 // Prepare pre-decodes bp, which is validated already, for execution; it
 // refuses what the interpreter cannot run (lddw pseudo sources, kfuncs).
-func Prepare(bp *bytecode.Program) (*Program, error) {
+func Prepare(bp *bytecode.Program) (*Program, error) { return PrepareWith(bp, Options{}) }
+
+// PrepareWith is Prepare with options.
+func PrepareWith(bp *bytecode.Program, o Options) (*Program, error) {
 	slots := bp.Slots()
 	p := &Program{code: make([]insn, len(slots)), insns: bp.Instructions()}
 	for slot, sl := range slots {
@@ -70,6 +90,11 @@ func Prepare(bp *bytecode.Program) (*Program, error) {
 			if in.op == opCall && in.src == bytecode.CallKfunc {
 				return nil, &bytecode.Error{Insn: slot, Reason: fmt.Sprintf("call to kernel function (BTF id %d) is not supported", in.imm)}
 			}
+		}
+	}
+	for _, r := range o.Shielded {
+		for slot := max(r.Start, 0); slot < min(r.End, len(p.code)); slot++ {
+			p.code[slot].shielded = true
 		}
 	}
 	return p, nil

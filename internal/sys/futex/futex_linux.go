@@ -67,3 +67,63 @@ func Wake(addr *uint32, n int) (int, error) {
 	}
 	return int(r), nil
 }
+
+// sysFutexWaitv is futex_waitv(2) (Linux 5.16), the same number on every
+// architecture.
+const sysFutexWaitv = 449
+
+// waitvFlags: a 32-bit futex (FUTEX2_SIZE_U32), shared unless private is added.
+const waitvU32 = 2
+
+// waitv is the kernel's struct futex_waitv.
+type waitv struct {
+	val   uint64
+	uaddr uint64
+	flags uint32
+	_     uint32
+}
+
+// WaitAny sleeps while *addrs[i] == vals[i] for every i, until a wake on any
+// of the words, for at most timeout (forever if timeout < 0). It returns nil
+// in every case a caller re-checks (woken, a word no longer held its value, a
+// signal, the timeout), as Wait does. At most 128 words (the kernel's limit).
+//
+// A woken sleeper cannot tell which word woke it: callers re-read them all.
+func WaitAny(addrs []*uint32, vals []uint32, timeout time.Duration) error {
+	var ws [8]waitv
+	if len(addrs) > len(ws) || len(addrs) != len(vals) {
+		return errors.New("futex waitv: bad word list")
+	}
+	for i, a := range addrs {
+		ws[i] = waitv{val: uint64(vals[i]), uaddr: uint64(uintptr(unsafe.Pointer(a))), flags: waitvU32}
+	}
+	var tsp unsafe.Pointer
+	var ts unix.Timespec
+	if timeout >= 0 {
+		// futex_waitv's timeout is absolute, on the clock named by its last
+		// argument.
+		if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
+			return err
+		}
+		ts = unix.NsecToTimespec(unix.TimespecToNsec(ts) + int64(timeout))
+		tsp = unsafe.Pointer(&ts)
+	}
+	call := func() unix.Errno {
+		_, _, e := unix.Syscall6(sysFutexWaitv, uintptr(unsafe.Pointer(&ws[0])), uintptr(len(addrs)), 0,
+			uintptr(tsp), unix.CLOCK_MONOTONIC, 0)
+		return e
+	}
+	e := call()
+	if e == unix.EFAULT {
+		// As futex does: memory the kernel cannot key a shared futex on.
+		for i := range addrs {
+			ws[i].flags |= private
+		}
+		e = call()
+	}
+	switch e {
+	case 0, unix.EAGAIN, unix.EINTR, unix.ETIMEDOUT:
+		return nil
+	}
+	return errors.Join(errors.New("futex waitv"), e)
+}

@@ -1,0 +1,167 @@
+package bench
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/cilium/ebpf/asm"
+
+	"github.com/kflex-go/kflex/bytecode"
+	"github.com/kflex-go/kflex/heap"
+	"github.com/kflex-go/kflex/mcs"
+	"github.com/kflex-go/kflex/serve"
+)
+
+// Holder is what MeasureRecovery kills: a command that attaches to the heap
+// file at path, takes the lock at heap offset lock (mcs.Mutex.Lock), prints
+// "held" and waits.
+type Holder func(path string, lock uint64) *exec.Cmd
+
+// HoldAndWait is a Holder's body: it does what Holder says, in this process.
+func HoldAndWait(path string, lock uint64) error {
+	h, err := heap.Open(path, nil)
+	if err != nil {
+		return err
+	}
+	p, err := mcs.Attach(h)
+	if err != nil {
+		return err
+	}
+	m, err := p.Mutex(lock)
+	if err != nil {
+		return err
+	}
+	if err := m.Lock(); err != nil && !errors.Is(err, mcs.ErrOwnerDied) {
+		return err
+	}
+	fmt.Println("held")
+	time.Sleep(time.Minute)
+	return errors.New("holder: not killed")
+}
+
+// MeasureRecovery measures how long after SIGKILL of a Go lock holder the
+// next waiter has the lock, kills times for each waiter: a goroutine of this
+// process (recovery.go_*), and an extension in a JIT executor of a runtime
+// in this process (recovery.jit_*). Each round starts a holder, lets the
+// waiter queue and fall asleep (Go) or spin (JIT) for 2 ms, kills the holder
+// and times from the kill to the waiter's return with the owner-died result.
+// Figures: p50 and p99 in microseconds.
+func MeasureRecovery(kills int, holder Holder) (map[string]float64, error) {
+	dir, err := os.MkdirTemp("", "kflex-recovery")
+	if err != nil {
+		return nil, err
+	}
+	defer os.RemoveAll(dir)
+	path := filepath.Join(dir, "heap")
+	h, err := heap.Create(path, &heap.Options{Params: heap.Params{Size: 8 << 20}})
+	if err != nil {
+		return nil, err
+	}
+	defer h.Close()
+	insns, err := bytecode.Assemble(mcs.LockOnceProgram)
+	if err != nil {
+		return nil, err
+	}
+	rt, err := serve.NewWith(h, map[string]asm.Instructions{"lockonce": insns}, serve.Options{JIT: 1})
+	if err != nil {
+		return nil, err
+	}
+	defer rt.Close()
+	lock, err := h.Alloc(8)
+	if err != nil {
+		return nil, err
+	}
+	*h.Uint64(lock) = 0
+	m, err := rt.Process().Mutex(lock)
+	if err != nil {
+		return nil, err
+	}
+	waiters := map[string]func() error{
+		"go": func() error {
+			err := m.Lock()
+			if !errors.Is(err, mcs.ErrOwnerDied) {
+				return fmt.Errorf("go waiter: lock returned %v, not owner died", err)
+			}
+			m.Consistent()
+			m.Unlock()
+			return nil
+		},
+		"jit": func() error {
+			r0, err := rt.Invoke(context.Background(), "lockonce", h.Base()+lock)
+			if err == nil && int64(r0) != mcs.LockOwnerDied {
+				err = fmt.Errorf("jit waiter: r0 %d, not LockOwnerDied", int64(r0))
+			}
+			return err
+		},
+	}
+	figures := map[string]float64{}
+	for _, name := range []string{"go", "jit"} {
+		lat := make([]float64, 0, kills)
+		for range kills {
+			d, err := killOnce(holder(path, lock), func() bool { return atomic.LoadUint64(h.Uint64(lock))>>32 != 0 }, waiters[name])
+			if err != nil {
+				return nil, fmt.Errorf("recovery, %s waiter: %w", name, err)
+			}
+			lat = append(lat, float64(d.Nanoseconds())/1e3)
+		}
+		slices.Sort(lat)
+		figures["recovery."+name+"_p50_us"] = lat[len(lat)/2]
+		figures["recovery."+name+"_p99_us"] = lat[len(lat)*99/100]
+	}
+	figures["recovery.kills"] = float64(kills)
+	return figures, nil
+}
+
+// killOnce starts the holder, starts wait once queued reports the lock has
+// a queue, kills the holder 2 ms later and returns the time from the kill
+// to wait's return.
+func killOnce(cmd *exec.Cmd, queued func() bool, wait func() error) (time.Duration, error) {
+	out, err := cmd.StdoutPipe()
+	if err != nil {
+		return 0, err
+	}
+	if err := cmd.Start(); err != nil {
+		return 0, err
+	}
+	defer cmd.Wait()
+	defer cmd.Process.Signal(syscall.SIGKILL)
+	sc := bufio.NewScanner(out)
+	if !sc.Scan() || sc.Text() != "held" {
+		return 0, fmt.Errorf("holder did not take the lock (%q)", sc.Text())
+	}
+	type result struct {
+		at  time.Time
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		err := wait()
+		done <- result{time.Now(), err}
+	}()
+	for deadline := time.Now().Add(10 * time.Second); !queued(); {
+		if time.Now().After(deadline) {
+			return 0, errors.New("the waiter never queued")
+		}
+		time.Sleep(50 * time.Microsecond)
+	}
+	time.Sleep(2 * time.Millisecond)
+	killed := time.Now()
+	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
+		return 0, err
+	}
+	select {
+	case r := <-done:
+		return r.at.Sub(killed), r.err
+	case <-time.After(10 * time.Second):
+		return 0, errors.New("the waiter still waits 10 s after the kill")
+	}
+}

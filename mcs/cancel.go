@@ -1,0 +1,88 @@
+package mcs
+
+import (
+	"fmt"
+	"math"
+	"sync/atomic"
+
+	"github.com/kflex-go/kflex/internal/sys/futex"
+)
+
+// What a runtime does for an extension it cancels (package cancel): the
+// locks the verifier's table says the extension holds are abandoned, so that
+// the next acquirer takes them over with the owner-died result, as if their
+// holder had died (the extension may have left the data half-updated); and
+// an executor cancelled while it waits in mcs_lock leaves the queue.
+
+// abandonedOwner is the owner field of an abandoned lock: a slot + 1 beyond
+// every owner table (MaxProcs is at most 1<<16 - 2), so that every waiter's
+// holderDead reads it as a dead holder and takes the lock over.
+const abandonedOwner = 0xffff
+
+// Abandon gives up the lock at lock (an address in any view) that this
+// process holds with the held bits held (an executor's: Held), without
+// releasing it: the next acquirer takes it over and gets the owner-died
+// result (ErrOwnerDied, LockOwnerDied), and must repair the data and mark it
+// consistent. An error says the word is not held with those bits.
+func (p *Process) Abandon(lock, held uint64) error {
+	off := lock & p.h.Mask()
+	hdr := p.h.Header()
+	if off%8 != 0 || off < hdr.PagesOff || off > hdr.Size-8 {
+		return fmt.Errorf("mcs: abandon %#x: not a lock word in the heap", lock)
+	}
+	word := p.h.Uint64(off)
+	for {
+		w := atomic.LoadUint64(word)
+		if w&wordHeldMask != held&wordHeldMask {
+			return fmt.Errorf("mcs: abandon lock at heap offset %#x: word %#x is not held with %#x", off, w, held)
+		}
+		nw := w&^(wordGenMask|wordOwnerMask) | abandonedOwner<<wordOwnerShift
+		if atomic.CompareAndSwapUint64(word, w, nw) {
+			// Waiters asleep on the word wait for a value it no longer has;
+			// they wake, see the dead owner and take the lock over.
+			futex.Wake(lowHalf(word), math.MaxInt32)
+			return nil
+		}
+	}
+}
+
+// Leave takes an executor's node (index + 1 idx) out of the queue of the
+// lock at lock (any view), without the lock, for an extension cancelled while
+// it waited in mcs_lock (its helper, HelperLockCheck, calls this instead of
+// LockCheck). A waiting node is abandoned: the granter that reaches it skips
+// and frees it. The head hands its position on, or ends the queue. Leave
+// reports whether the node is free now; if not, a granter frees it later and
+// the executor must not queue with it until then.
+func (p *Process) Leave(lock, idx uint64) bool {
+	off := lock & p.h.Mask()
+	hdr := p.h.Header()
+	if off%8 != 0 || off < hdr.PagesOff || off > hdr.Size-8 || idx == 0 || idx > uint64(hdr.MaxProcs*hdr.NodesPerProc) {
+		return true // names nothing: nothing queued
+	}
+	m := &Mutex{p: p, word: p.h.Uint64(off), off: off}
+	me := uint32(idx)
+	n := p.node(me - 1)
+	for {
+		s := atomic.LoadUint32(n.state())
+		switch {
+		case s == nodeFree:
+			return true
+		case s == nodeAbandoned:
+			return false
+		case s == nodeHead || atomic.LoadUint32(n.prev()) == 0:
+			// The head (a node that found no predecessor keeps its waiting
+			// state): hand the position on.
+			m.grant(m.successor(n, me))
+			atomic.StoreUint32(n.state(), nodeFree)
+			return true
+		case atomic.CompareAndSwapUint32(n.state(), s, nodeAbandoned):
+			return false
+		}
+	}
+}
+
+// NodeFree reports whether node n is out of every queue, so that its
+// executor may queue with it again.
+func (p *Process) NodeFree(n Node) bool {
+	return atomic.LoadUint32(p.node(n.Index).state()) == nodeFree
+}

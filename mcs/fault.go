@@ -1,0 +1,18 @@
+package mcs
+
+// Fault points: the named steps of the lock protocol where a test kills the
+// process (TestKillAtEveryPoint). Built with the kflexfault tag, fault(pt)
+// SIGKILLs the process when the environment variable KFLEX_FAULT names pt;
+// without the tag it is an empty function, and the calls compile to nothing.
+const (
+	FaultSwapped    = "swapped"     // after the tail swap, before linking to the predecessor
+	FaultLinked     = "linked"      // linked behind the predecessor, not yet head
+	FaultParked     = "parked"      // asleep in the queue, not yet head
+	FaultHead       = "head"        // the head, running, the lock not yet free
+	FaultHeadParked = "head-parked" // the head, asleep on the lock word
+	FaultTaken      = "taken"       // holding the lock, the head position not handed on
+	FaultGranted    = "granted"     // holding the lock, the successor granted, node not freed
+)
+
+// FaultPoints lists the fault points in protocol order.
+var FaultPoints = []string{FaultSwapped, FaultLinked, FaultParked, FaultHead, FaultHeadParked, FaultTaken, FaultGranted}

@@ -1,0 +1,93 @@
+//go:build kflexfault
+
+package mcs
+
+import (
+	"fmt"
+	"syscall"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestKillAtEveryPoint kills a child at each fault point of the protocol (its
+// own SIGKILL, at the named step: go test -tags kflexfault) while it queues on
+// a lock this process holds, between a waiter of ours ahead of it (ahead) or
+// not, and one behind it. The waiters get the lock, in order, with
+// ErrOwnerDied where the child died holding it; the lock is then usable by
+// everyone, and the node and owner tables are as they began.
+func TestKillAtEveryPoint(t *testing.T) {
+	for _, c := range []struct {
+		point string
+		ahead bool // a waiter of ours queued ahead of the child
+		held  bool // the child dies holding the lock
+	}{
+		{FaultSwapped, false, false},
+		{FaultSwapped, true, false}, // the MCS window: swapped the tail, not linked
+		{FaultLinked, true, false},
+		{FaultParked, true, false},
+		{FaultHead, false, false},
+		{FaultHead, true, false},
+		{FaultHeadParked, false, false},
+		{FaultTaken, false, true},
+		{FaultTaken, true, true},
+		{FaultGranted, false, true},
+		{FaultGranted, true, true},
+	} {
+		t.Run(fmt.Sprintf("%s/ahead=%v", c.point, c.ahead), func(t *testing.T) {
+			sc := newScene(t, c.ahead)
+			w, off, m, first, tail := sc.w, sc.off, sc.m, sc.first, sc.tail
+			x := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+c.point)
+			tail = w.queuedAfter(t, off, tail)
+			// Reached without the lock changing hands: let the child die there
+			// before anyone moves.
+			before := c.point != FaultTaken && c.point != FaultGranted && !(c.point == FaultHead && c.ahead)
+			if before {
+				requireKilled(t, x)
+			}
+			third := lockAsync(mutex(t, w.p, off), &sc.seq, 3)
+			w.queuedAfter(t, off, tail)
+			m.Unlock()
+			if !before {
+				requireKilled(t, x)
+			}
+			if first != nil {
+				require.NoError(t, result(t, first))
+			}
+			err := result(t, third)
+			if c.held {
+				require.ErrorIs(t, err, ErrOwnerDied)
+			} else {
+				require.NoError(t, err)
+			}
+			if c.ahead {
+				assert.Equal(t, []int{1, 3}, sc.seq)
+			} else {
+				assert.Equal(t, []int{3}, sc.seq)
+			}
+			w.settled(t, off, 0)
+		})
+	}
+}
+
+// requireKilled waits for the child to die of its fault point's SIGKILL.
+func requireKilled(t *testing.T, x *lockerChild) {
+	t.Helper()
+	st := x.wait(t)
+	ws, _ := st.Sys().(syscall.WaitStatus)
+	require.True(t, ws.Signaled() && ws.Signal() == syscall.SIGKILL, "the child reached its fault point: %v", st)
+}
+
+// TestUnstickDeadSuccessor: the KernelStuck case proper. A kernel-form holder
+// waited for a successor that died between its tail swap and its link;
+// Unstick finds it by its prev, skips it, ends the queue and releases the lock.
+func TestUnstickDeadSuccessor(t *testing.T) {
+	w := newWorld(t, 1<<20)
+	off := w.locks(t, 1)[0]
+	n := w.stuckHolder(t, off)
+	x := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultSwapped)
+	requireKilled(t, x)
+	require.NoError(t, w.p.Unstick(off, n, KernelStuck))
+	w.settled(t, off, 0)
+}

@@ -1,0 +1,287 @@
+package mcs
+
+import (
+	"errors"
+	"fmt"
+	"math"
+	"runtime"
+	"sync/atomic"
+
+	"github.com/kflex-go/kflex/heap"
+	"github.com/kflex-go/kflex/internal/sys/futex"
+)
+
+// Recovery from dead processes. The kernel reports a death in the dead
+// process's liveness word (owner.go); nobody polls /proc. Whoever waits for
+// a dead party repairs around it, and every repair is a compare-and-swap, so
+// that of two parties that find the same dead one exactly one acts:
+//
+//   - The holder died: the queue's head (or, with no queue, a newcomer) takes
+//     the lock over with the owner-died bit set (takeover). A holder is dead
+//     when its slot's liveness word says so, is free, or belongs to a later
+//     attach (the word's generation differs from the slot's).
+//   - A waiter died. Its granter skips it (grant), as it skips an abandoned
+//     node. Its successor, watching its predecessor's liveness while it
+//     waits (repair): a dead head (or a dead waiter that was the head at
+//     once, prev 0, or one freed without granting) is replaced, the
+//     successor taking the head position; a dead waiter is abandoned and the
+//     successor waits behind that waiter's predecessor instead.
+//   - A waiter died between its tail swap and its link to its predecessor
+//     (the MCS window): the predecessor, waiting for the link, finds it by
+//     its prev field among the dead slots' nodes (deadSuccessor) and links it
+//     itself; it is then skipped as any dead waiter is.
+//
+// Waiters see deaths fast: spinners read the liveness word every deathEvery
+// polls; parked Go waiters sleep on it too (futex_waitv), after setting
+// FUTEX_WAITERS in it, so the kernel wakes one of them at the death; whoever
+// acts on a death wakes the others.
+//
+// The tests kill child processes at each named step of the protocol (the
+// Fault points, with the kflexfault build tag): TestKillAtEveryPoint.
+
+// Errors of Lock, TryLock and LockExtended.
+var (
+	// ErrOwnerDied: the lock was taken over from a holder that died. The lock
+	// is held; the data it protects may be inconsistent. Repair it and call
+	// Consistent before Unlock, or the lock becomes not recoverable.
+	ErrOwnerDied = errors.New("mcs: lock holder died; lock taken over, data may need repair")
+	// ErrNotRecoverable: a holder that got ErrOwnerDied unlocked without
+	// Consistent. The lock is not held and cannot be taken again.
+	ErrNotRecoverable = errors.New("mcs: lock not recoverable")
+)
+
+// slotDead reports whether a slot whose liveness word reads live has no live
+// process: the kernel marked it, or it is free.
+func slotDead(live uint32) bool { return live == 0 || live&futex.OwnerDied != 0 }
+
+// liveWord is slot's liveness word.
+func (p *Process) liveWord(slot uint32) *uint32 {
+	return p.h.Uint32(p.h.OwnerRecord(slot, heap.OwnerLive))
+}
+
+// holderDead reports whether the holder named by the held lock word w is dead.
+func (p *Process) holderDead(w uint64) bool {
+	o := wordOwner(w)
+	if o == 0 {
+		return false // free, or held with no owner recorded: nobody to judge
+	}
+	if o > p.h.Header().MaxProcs {
+		return true // nobody: a corrupt word
+	}
+	live, gen := p.h.OwnerLiveness(o - 1)
+	return slotDead(live) || gen&0xfff != wordGen(w)
+}
+
+// nodeOwner is the owner slot + 1 of the node with index+1 idx (0 for none).
+func (p *Process) nodeOwner(idx uint32) uint32 {
+	if idx == 0 {
+		return 0
+	}
+	return (idx-1)/p.h.Header().NodesPerProc + 1
+}
+
+// nodeDead reports whether the process owning the node with index+1 idx is
+// dead. A queued node's slot is not reclaimed while the node is in a queue
+// (Reap), so the slot still names its owner.
+func (p *Process) nodeDead(idx uint32) bool {
+	return slotDead(atomic.LoadUint32(p.liveWord(p.nodeOwner(idx) - 1)))
+}
+
+// park2 sleeps on addr while it holds val, and on the liveness word of owner
+// slot owner-1 (none if owner is 0), for at most the park timeout. It sets
+// FUTEX_WAITERS in the liveness word first: the kernel wakes a sleeper on it
+// at the process's death only if that bit is set.
+func (p *Process) park2(addr *uint32, val uint32, owner uint32) {
+	if owner == 0 || owner > p.h.Header().MaxProcs {
+		futex.Wait(addr, val, p.park)
+		return
+	}
+	lw := p.liveWord(owner - 1)
+	for {
+		v := atomic.LoadUint32(lw)
+		if slotDead(v) {
+			return // the caller looks again
+		}
+		if v&futex.Waiters == 0 && !atomic.CompareAndSwapUint32(lw, v, v|futex.Waiters) {
+			continue
+		}
+		futex.WaitAny([]*uint32{addr, lw}, []uint32{val, v | futex.Waiters}, p.park)
+		return
+	}
+}
+
+// wakeDeath wakes everyone asleep on owner slot owner-1's liveness word (the
+// kernel woke one of them): they wait for the same dead process.
+func (p *Process) wakeDeath(owner uint32) {
+	if owner != 0 && owner <= p.h.Header().MaxProcs {
+		futex.Wake(p.liveWord(owner-1), math.MaxInt32)
+	}
+}
+
+// takeOver replaces lock word w, held by a dead holder, with nw.
+func (m *Mutex) takeOver(w, nw uint64) bool {
+	if !atomic.CompareAndSwapUint64(m.word, w, nw) {
+		return false
+	}
+	m.p.wakeDeath(wordOwner(w))
+	return true
+}
+
+// repair looks at the predecessor of waiting node n and, if it is dead,
+// repairs the queue around it; it reports whether n is now the head. Dead
+// predecessors it abandons are appended to skipped: if n takes the head
+// position itself, nobody else will free them.
+func (m *Mutex) repair(n node, skipped *[]uint32) bool {
+	for {
+		pred := atomic.LoadUint32(n.prev())
+		if pred != 0 && !m.p.nodeDead(pred) {
+			return false
+		}
+		if pred != 0 {
+			pn := m.p.node(pred - 1)
+			s := atomic.LoadUint32(pn.state())
+			switch {
+			case s == nodeHead || (s == nodeWaiting || s == nodeParked) && atomic.LoadUint32(pn.prev()) == 0:
+				// A dead head (or a dead first waiter): nobody will grant us.
+				if !atomic.CompareAndSwapUint32(pn.state(), s, nodeFree) {
+					continue
+				}
+				m.p.wakeDeath(m.p.nodeOwner(pred))
+			case s == nodeFree:
+				// A dead predecessor that freed its node without granting us
+				// (a holder, or a skipper, killed just after): we are next.
+			case s == nodeWaiting || s == nodeParked:
+				if !atomic.CompareAndSwapUint32(pn.state(), s, nodeAbandoned) {
+					continue
+				}
+				m.p.wakeDeath(m.p.nodeOwner(pred))
+				fallthrough
+			default: // abandoned: wait behind its predecessor
+				*skipped = append(*skipped, pred)
+				atomic.StoreUint32(n.prev(), atomic.LoadUint32(pn.prev()))
+				continue
+			}
+		}
+		// We are the head. Our granter (if it lives) may grant us at the same
+		// time: both store head.
+		atomic.CompareAndSwapUint32(n.state(), nodeWaiting, nodeHead)
+		atomic.CompareAndSwapUint32(n.state(), nodeParked, nodeHead)
+		for _, i := range *skipped {
+			atomic.CompareAndSwapUint32(m.p.node(i-1).state(), nodeAbandoned, nodeFree)
+		}
+		return true
+	}
+}
+
+// deadSuccessor finds the node that swapped the tail after the node with
+// index+1 idx on the lock at heap offset lock and died before linking itself:
+// a node of a dead slot, queued on lock, whose prev is idx, and which really
+// is in the queue (it is the tail, or somebody queued behind it) rather than
+// one that died before its own swap. It returns its index + 1, or 0.
+func (p *Process) deadSuccessor(idx uint32, lock uint64, tail uint32) uint32 {
+	hdr := p.h.Header()
+	for s := range hdr.MaxProcs {
+		if !slotDead(atomic.LoadUint32(p.liveWord(s))) {
+			continue
+		}
+		for i := s * hdr.NodesPerProc; i < (s+1)*hdr.NodesPerProc; i++ {
+			n := p.node(i)
+			if atomic.LoadUint32(n.state()) == nodeFree || atomic.LoadUint32(n.prev()) != idx ||
+				atomic.LoadUint64(n.lock()) != lock {
+				continue
+			}
+			if tail == i+1 || atomic.LoadUint32(n.next()) != 0 || p.queuedBehind(i+1, lock) {
+				return i + 1
+			}
+		}
+	}
+	return 0
+}
+
+// queuedBehind reports whether some queued node on lock has the node with
+// index+1 idx as its prev.
+func (p *Process) queuedBehind(idx uint32, lock uint64) bool {
+	hdr := p.h.Header()
+	for i := range hdr.MaxProcs * hdr.NodesPerProc {
+		n := p.node(i)
+		if atomic.LoadUint32(n.state()) != nodeFree && atomic.LoadUint32(n.prev()) == idx &&
+			atomic.LoadUint64(n.lock()) == lock {
+			return true
+		}
+	}
+	return false
+}
+
+// LockCheck is HelperLockCheck's implementation for the executors of process
+// p: the recovery protocol's checks for a bytecode waiter, with mcs_lock's
+// arguments (lock word address in any view, node address, node index + 1,
+// held bits). A waiting node whose predecessor died is repaired (1: it is now
+// the head); a head whose holder died takes the lock over and hands the head
+// position on (LockOwnerDied); a head on a lock that is not recoverable leaves
+// the queue (LockNotRecoverable); otherwise 0. It yields the CPU first, as
+// HelperRelax does. Arguments that name no lock word or node are ignored (0).
+func (p *Process) LockCheck(lock, _, idx, held uint64) uint64 {
+	runtime.Gosched()
+	hdr := p.h.Header()
+	off := lock & p.h.Mask()
+	if off%8 != 0 || off < hdr.PagesOff || off > hdr.Size-8 || idx == 0 || idx > uint64(hdr.MaxProcs*hdr.NodesPerProc) {
+		return 0
+	}
+	m := &Mutex{p: p, word: p.h.Uint64(off), off: off, held: held}
+	me := uint32(idx)
+	n := p.node(me - 1)
+	if atomic.LoadUint32(n.state()) != nodeHead && atomic.LoadUint32(n.prev()) != 0 {
+		var skipped []uint32 // left to Reap: the executor keeps no list
+		if m.repair(n, &skipped) {
+			return 1
+		}
+		return 0
+	}
+	w := atomic.LoadUint64(m.word)
+	switch {
+	case notRecoverable(w):
+		m.grant(m.successor(n, me))
+		return r0(LockNotRecoverable)
+	case w&wordLocked != 0 && m.p.holderDead(w):
+		nw := takeover(w, held)
+		if wordTail(w) == me {
+			nw &^= wordTailMask
+		}
+		if !m.takeOver(w, nw) {
+			return 0
+		}
+		if wordTail(w) != me {
+			m.grant(m.successor(n, me))
+		}
+		return r0(LockOwnerDied)
+	}
+	return 0
+}
+
+// r0 is a signed result code as a register holds it.
+func r0(code int64) uint64 { return uint64(code) }
+
+// Unstick finishes from Go what the kernel form of mcs_lock left undone when
+// it returned r0 = KernelStuck or KernelStuckUnheld for node n on the lock at
+// heap offset lock: it hands the queue's head position on from n as the Go
+// side does (waiting for a live successor to link, finding by its prev one
+// that died before linking, skipping abandoned and dead nodes), frees n, and,
+// for KernelStuck, releases the lock the kernel program holds.
+func (p *Process) Unstick(lock uint64, n Node, r0 int32) error {
+	if r0 != KernelStuck && r0 != KernelStuckUnheld {
+		return fmt.Errorf("mcs: unstick after r0 = %d: not a stuck lock call", r0)
+	}
+	m, err := p.Mutex(lock)
+	if err != nil {
+		return err
+	}
+	node := p.node(n.Index)
+	if atomic.LoadUint32(node.state()) != nodeFree {
+		m.grant(m.successor(node, n.Index+1))
+		atomic.StoreUint32(node.state(), nodeFree)
+	}
+	if r0 == KernelStuck {
+		m.Unlock()
+	}
+	return nil
+}

@@ -1,0 +1,198 @@
+package serve_test
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/cilium/ebpf/asm"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kflex-go/kflex/bytecode"
+	"github.com/kflex-go/kflex/heap"
+	"github.com/kflex-go/kflex/internal/testutil"
+	"github.com/kflex-go/kflex/jit"
+	"github.com/kflex-go/kflex/mcs"
+	"github.com/kflex-go/kflex/serve"
+)
+
+const (
+	roleHolder  = "serve-holder"  // attaches, locks KFLEX_LOCK, says "held", waits to be killed
+	roleRuntime = "serve-runtime" // a runtime invoking lockOnce on KFLEX_LOCK; says "invoking"
+)
+
+// TestRecoveryChild is the child of the recovery tests; run directly it does
+// nothing.
+func TestRecoveryChild(t *testing.T) {
+	role := testutil.Role()
+	if role != roleHolder && role != roleRuntime {
+		t.Skip("child process of the recovery tests")
+	}
+	h, err := heap.Open(os.Getenv("KFLEX_HEAP"), nil)
+	require.NoError(t, err)
+	defer h.Close()
+	off := testutil.EnvUint(t, "KFLEX_LOCK")
+	if role == roleHolder {
+		p, err := mcs.Attach(h)
+		require.NoError(t, err)
+		m, err := p.Mutex(off)
+		require.NoError(t, err)
+		require.NoError(t, m.Lock())
+		fmt.Println("held")
+		time.Sleep(time.Minute) // killed long before
+		return
+	}
+	rt := lockRuntime(t, h, serve.Options{JIT: 1})
+	fmt.Println("invoking")
+	rt.Invoke(context.Background(), "lockonce", h.Base()+off) // killed while it waits
+}
+
+// lockRuntime is a runtime on h running lockOnce, closed with the test.
+func lockRuntime(t *testing.T, h *heap.Heap, o serve.Options) *serve.Runtime {
+	insns, err := bytecode.Assemble(mcs.LockOnceProgram)
+	require.NoError(t, err)
+	rt, err := serve.NewWith(h, map[string]asm.Instructions{"lockonce": insns}, o)
+	require.NoError(t, err)
+	t.Cleanup(func() { rt.Close() })
+	return rt
+}
+
+// recoveryWorld is a heap file with a lock word, for the recovery tests.
+func recoveryWorld(t *testing.T) (*heap.Heap, string, uint64) {
+	if err := jit.Supported(); err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	path := filepath.Join(t.TempDir(), "heap")
+	h, err := heap.Create(path, &heap.Options{Params: heap.Params{Size: 8 << 20}})
+	require.NoError(t, err)
+	t.Cleanup(func() { h.Close() })
+	off, err := h.Alloc(16)
+	require.NoError(t, err)
+	*h.Uint64(off) = 0
+	return h, path, off
+}
+
+// startChild starts a recovery child in role and waits for its first line.
+func startChild(t *testing.T, role, path string, off uint64, first string) *os.Process {
+	cmd := testutil.Child(t, "TestRecoveryChild", role, "KFLEX_HEAP="+path, fmt.Sprintf("KFLEX_LOCK=%d", off))
+	out, err := cmd.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, cmd.Start())
+	t.Cleanup(func() {
+		cmd.Process.Signal(syscall.SIGKILL)
+		cmd.Wait()
+	})
+	line := make(chan string, 1)
+	go func() {
+		sc := bufio.NewScanner(out)
+		sc.Scan()
+		line <- sc.Text()
+		for sc.Scan() {
+		}
+	}()
+	select {
+	case l := <-line:
+		require.Equal(t, first, l)
+	case <-time.After(20 * time.Second):
+		t.Fatal("child said nothing for 20 s")
+	}
+	return cmd.Process
+}
+
+// tablesSettled checks that, once reaped, only the processes in keep are
+// attached and every queue node is free.
+func tablesSettled(t *testing.T, h *heap.Heap, p *mcs.Process, keep int) {
+	mcs.Reap(h)
+	assert.Len(t, mcs.Owners(h), keep, "attached processes")
+	hdr := h.Header()
+	busy := 0
+	for i := range hdr.MaxProcs * hdr.NodesPerProc {
+		if p.QueueNode(i).State != mcs.NodeFree {
+			busy++
+		}
+	}
+	// The runtime's executors hold one node each, free while not queued.
+	assert.Zero(t, busy, "queue nodes in use")
+}
+
+// TestExtensionWaitsHolderKilled: a Go holder in a child process is SIGKILLed
+// while an extension (JIT, then interpreter) waits for its lock in the
+// runtime: Invoke returns the owner-died code, and the lock is free.
+func TestExtensionWaitsHolderKilled(t *testing.T) {
+	for _, o := range []serve.Options{{JIT: 1}, {Interpreted: 1}} {
+		t.Run(fmt.Sprintf("jit=%d", o.JIT), func(t *testing.T) {
+			h, path, off := recoveryWorld(t)
+			rt := lockRuntime(t, h, o)
+			holder := startChild(t, roleHolder, path, off, "held")
+			got := make(chan int64, 1)
+			go func() {
+				r0, err := rt.Invoke(context.Background(), "lockonce", h.Base()+off)
+				assert.NoError(t, err)
+				got <- int64(r0)
+			}()
+			require.Eventually(t, func() bool { return atomic.LoadUint64(h.Uint64(off))>>32 != 0 },
+				20*time.Second, 100*time.Microsecond, "the extension never queued")
+			killed := time.Now()
+			require.NoError(t, holder.Signal(syscall.SIGKILL))
+			select {
+			case r0 := <-got:
+				assert.Equal(t, int64(mcs.LockOwnerDied), r0)
+				t.Logf("SIGKILL of the holder -> Invoke returned: %v", time.Since(killed))
+			case <-time.After(20 * time.Second):
+				t.Fatal("Invoke still waits 20 s after the holder died")
+			}
+			assert.Zero(t, atomic.LoadUint64(h.Uint64(off)), "repaired and unlocked")
+			r0, err := rt.Invoke(context.Background(), "lockonce", h.Base()+off)
+			require.NoError(t, err)
+			assert.Zero(t, r0, "the lock is usable again")
+			holder.Wait()
+			tablesSettled(t, h, rt.Process(), 1)
+		})
+	}
+}
+
+// TestRuntimeKilledWhileQueued: a runtime whose extension waits behind a live
+// Go holder is SIGKILLed; after the holder unlocks, everyone can lock, and
+// the dead runtime's node and slot are recovered.
+func TestRuntimeKilledWhileQueued(t *testing.T) {
+	h, path, off := recoveryWorld(t)
+	p, err := mcs.Attach(h)
+	require.NoError(t, err)
+	defer p.Detach()
+	m, err := p.Mutex(off)
+	require.NoError(t, err)
+	require.NoError(t, m.Lock())
+	runtime := startChild(t, roleRuntime, path, off, "invoking")
+	require.Eventually(t, func() bool { return atomic.LoadUint64(h.Uint64(off))>>32 != 0 },
+		20*time.Second, 100*time.Microsecond, "the extension never queued")
+	require.NoError(t, runtime.Signal(syscall.SIGKILL))
+	runtime.Wait()
+	m.Unlock()
+	done := make(chan error, 1)
+	go func() {
+		err := m.Lock()
+		if err == nil {
+			m.Unlock()
+		}
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(20 * time.Second):
+		t.Fatalf("a later locker hangs: word %+v", mcs.DecodeWord(atomic.LoadUint64(h.Uint64(off))))
+	}
+	rt := lockRuntime(t, h, serve.Options{JIT: 1})
+	r0, err := rt.Invoke(context.Background(), "lockonce", h.Base()+off)
+	require.NoError(t, err)
+	assert.Zero(t, r0)
+	assert.Zero(t, atomic.LoadUint64(h.Uint64(off)))
+	tablesSettled(t, h, p, 2)
+}
