@@ -51,9 +51,6 @@ const numPlaces = 10 + frameSize/8
 
 func stackPlace(off int64) int { return 10 + int(-off/8) - 1 }
 
-// allocSite is the helper call that made allocation id (1 + its slot), or 0.
-func (s *State) allocSite(id int) int32 { return s.Allocs[id] }
-
 // hasAllocs reports whether s holds any unpublished allocation.
 func (s *State) hasAllocs() bool { return s.Allocs != [maxAllocs]int32{} }
 
