@@ -71,7 +71,7 @@ func MeasureRecovery(kills int, holder Holder) (map[string]float64, error) {
 	if err != nil {
 		return nil, err
 	}
-	rt, err := serve.NewWith(h, map[string]asm.Instructions{"lockonce": insns}, serve.Options{JIT: 1})
+	rt, err := serve.NewWith(h, map[string]asm.Instructions{"lockonce": insns}, serve.Options{JIT: 1, Budget: -1})
 	if err != nil {
 		return nil, err
 	}

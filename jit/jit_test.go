@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -159,14 +160,19 @@ func TestGCWhileLooping(t *testing.T) {
 		done <- err
 	}()
 	time.Sleep(20 * time.Millisecond)
-	var worst time.Duration
-	for range 5 {
+	// Without the budget exits a collection waits forever. On a loaded
+	// machine (make test runs packages side by side on two cores) one
+	// collection in five can take seconds for want of a CPU: judge the
+	// median.
+	var took [5]time.Duration
+	for i := range took {
 		start := time.Now()
 		runtime.GC()
-		worst = max(worst, time.Since(start))
+		took[i] = time.Since(start)
 	}
-	t.Logf("slowest GC while the program loops: %v", worst)
-	assert.Less(t, worst, 500*time.Millisecond)
+	slices.Sort(took[:])
+	t.Logf("GCs while the program loops: median %v, slowest %v", took[2], took[4])
+	assert.Less(t, took[2], 500*time.Millisecond)
 	select {
 	case err := <-done:
 		t.Fatalf("the program ended by itself: %v", err)

@@ -87,7 +87,7 @@ func mixedContention(t *testing.T, h *heap.Heap, a *kernel.Arena, childEnv strin
 	}
 	insns, err := bytecode.Assemble(counter8)
 	require.NoError(t, err)
-	rt, err := serve.NewWith(h, map[string]asm.Instructions{"counter8": insns}, serve.Options{JIT: 4, Interpreted: 1})
+	rt, err := serve.NewWith(h, map[string]asm.Instructions{"counter8": insns}, serve.Options{JIT: 4, Interpreted: 1, Budget: -1})
 	require.NoError(t, err)
 	defer rt.Close()
 	locks, err := h.Alloc(8 * 16)

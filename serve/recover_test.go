@@ -58,6 +58,7 @@ func TestRecoveryChild(t *testing.T) {
 func lockRuntime(t *testing.T, h *heap.Heap, o serve.Options) *serve.Runtime {
 	insns, err := bytecode.Assemble(mcs.LockOnceProgram)
 	require.NoError(t, err)
+	o.Budget = -1 // the waits end with the recovery under test, never a budget
 	rt, err := serve.NewWith(h, map[string]asm.Instructions{"lockonce": insns}, o)
 	require.NoError(t, err)
 	t.Cleanup(func() { rt.Close() })
