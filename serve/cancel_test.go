@@ -224,3 +224,58 @@ func TestCancelOnDisconnect(t *testing.T) {
 	assert.Empty(t, rt.Running(), "the dead process's calls still run")
 	t.Logf("after the client's death the next call returned in %v", took)
 }
+
+// TestClientCancels: a client's context reaches the extension running for
+// it (InvokeContext sends the cancel), and an operator's CancelProgram stops
+// every running invocation of a program, whoever made it.
+func TestClientCancels(t *testing.T) {
+	rt := cancelRuntime(t, serve.Options{JIT: 1, Interpreted: 1, Budget: -1})
+	sock := filepath.Join(t.TempDir(), "sock")
+	ln, err := serve.Listen(sock, io.Discard)
+	require.NoError(t, err)
+	served := make(chan error, 1)
+	go func() { served <- rt.Serve(ln) }()
+	defer func() {
+		ln.Close()
+		require.NoError(t, <-served)
+	}()
+	c, err := userspace.Dial(sock, nil)
+	require.NoError(t, err)
+	defer c.Close()
+
+	ctx, stop := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer stop()
+	start := time.Now()
+	_, err = c.InvokeContext(ctx, "spin", 0)
+	var ie *userspace.InvokeError
+	require.ErrorAs(t, err, &ie)
+	assert.Contains(t, ie.Message, "program spin cancelled at instruction")
+	assert.Contains(t, ie.Message, "the caller's context ended")
+	assert.Less(t, time.Since(start), 5*time.Second)
+
+	_, err = c.InvokeContext(ctx, "spin", 0) // ended already: nothing sent
+	assert.ErrorIs(t, err, context.DeadlineExceeded)
+
+	errs := make(chan error, 2)
+	for range 2 {
+		go func() { _, err := c.Invoke("spin", 0); errs <- err }()
+	}
+	waitRunning(t, rt, 2)
+	op, err := userspace.Dial(sock, nil) // the operator's own connection
+	require.NoError(t, err)
+	defer op.Close()
+	n, err := op.CancelProgram("spin")
+	require.NoError(t, err)
+	assert.Equal(t, 2, n)
+	for range 2 {
+		err := <-errs
+		require.ErrorAs(t, err, &ie)
+		assert.Contains(t, ie.Message, "cancelled on request")
+	}
+	n, err = op.CancelProgram("spin")
+	require.NoError(t, err)
+	assert.Zero(t, n, "nothing runs now")
+	r0, err := c.Invoke("add1", 1)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(2), r0)
+}

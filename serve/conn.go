@@ -2,6 +2,7 @@ package serve
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -48,6 +49,7 @@ func (rt *Runtime) serveConn(c *net.UnixConn) {
 	s := &connServer{rt: rt, c: c, pid: p.pid, slots: make(chan struct{}, len(rt.all)),
 		rbuf: make([]byte, wire.MaxRequest+1), wake: make(chan struct{}, 1), done: make(chan struct{})}
 	s.ctx, s.disconnect = context.WithCancelCause(context.Background())
+	s.calls = map[uint64]*call{}
 	defer s.disconnect(cancel.ErrDisconnect)
 	s.asleep.Store(true)
 	s.wg.Add(2)
@@ -99,6 +101,9 @@ type connServer struct {
 	ctx        context.Context
 	disconnect context.CancelCauseFunc
 
+	callsMu sync.Mutex
+	calls   map[uint64]*call // in flight, by request id
+
 	wmu  sync.Mutex // results are written whole, one at a time
 	wbuf []byte
 }
@@ -135,12 +140,21 @@ func (s *connServer) read() {
 			}
 			continue
 		}
+		switch req.Op {
+		case wire.OpCancel:
+			s.cancelCall(req.Arg)
+			continue
+		case wire.OpCancelProgram:
+			s.write(req.ID, uint64(s.rt.Cancel(req.Name)), nil)
+			continue
+		}
 		if !s.takeSlot() {
 			s.end()
 			return
 		}
+		c := s.startCall(req)
 		if s.running.Add(1) > 1 {
-			s.wg.Go(func() { s.run(req) })
+			s.wg.Go(func() { s.run(c) })
 			continue
 		}
 		seq := s.seq.Add(1)
@@ -148,7 +162,7 @@ func (s *connServer) read() {
 		if s.asleep.Load() && s.asleep.CompareAndSwap(true, false) {
 			s.wake <- struct{}{}
 		}
-		s.run(req)
+		s.run(c)
 		if !s.inline.CompareAndSwap(seq, 0) {
 			return // the watchdog gave the reading to another goroutine
 		}
@@ -205,9 +219,46 @@ func (s *connServer) end() {
 	s.disconnect(cancel.ErrDisconnect)
 }
 
-// run runs req, answers it and gives back its place among the running.
-func (s *connServer) run(req wire.Request) {
-	r0, err := s.rt.Invoke(s.ctx, req.Name, req.Arg)
+// call is a request in flight, which its process may cancel (OpCancel).
+type call struct {
+	req  wire.Request
+	ctx  context.Context
+	stop context.CancelCauseFunc
+}
+
+// errCallerCancelled ends a call whose process cancelled it: the
+// invocation ends with cause cancel.Context.
+var errCallerCancelled = errors.New("the caller cancelled the call")
+
+// startCall registers req before it runs, so that a cancel read after it
+// finds it.
+func (s *connServer) startCall(req wire.Request) *call {
+	ctx, stop := context.WithCancelCause(s.ctx)
+	c := &call{req: req, ctx: ctx, stop: stop}
+	s.callsMu.Lock()
+	s.calls[req.ID] = c
+	s.callsMu.Unlock()
+	return c
+}
+
+// cancelCall cancels the call with request id, if it is still in flight.
+func (s *connServer) cancelCall(id uint64) {
+	s.callsMu.Lock()
+	c := s.calls[id]
+	s.callsMu.Unlock()
+	if c != nil {
+		c.stop(errCallerCancelled)
+	}
+}
+
+// run runs c, answers it and gives back its place among the running.
+func (s *connServer) run(c *call) {
+	req := c.req
+	r0, err := s.rt.Invoke(c.ctx, req.Name, req.Arg)
+	s.callsMu.Lock()
+	delete(s.calls, req.ID)
+	s.callsMu.Unlock()
+	c.stop(nil)
 	s.write(req.ID, r0, err)
 	s.running.Add(-1)
 	<-s.slots

@@ -1,6 +1,7 @@
 package userspace
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -53,34 +54,95 @@ func newClient(h *Heap, conn *net.UnixConn, path string) *Client {
 // before answering gives ErrRuntimeGone, and one that breaks the protocol
 // ErrMalformed.
 func (c *Client) Invoke(name string, arg uint64) (uint64, error) {
+	return c.InvokeContext(context.Background(), name, arg)
+}
+
+// InvokeContext is Invoke under ctx: when ctx ends before the result comes,
+// the runtime is told to cancel the call, which then ends at the extension's
+// next cancellation point with a cancellation (an *InvokeError whose message
+// names the instruction and the cause). A ctx that ended before the call is
+// an error wrapping ctx's, and nothing is sent.
+func (c *Client) InvokeContext(ctx context.Context, name string, arg uint64) (uint64, error) {
+	if err := ctx.Err(); err != nil {
+		return 0, fmt.Errorf("invoke %s: %w", name, err)
+	}
+	r, err := c.do(wire.Request{Op: wire.OpInvoke, Name: name, Arg: arg}, func(id uint64) func() bool {
+		if ctx.Done() == nil {
+			return nil
+		}
+		return context.AfterFunc(ctx, func() { c.send(wire.Request{Op: wire.OpCancel, Arg: id}) })
+	})
+	if err != nil {
+		return 0, err
+	}
+	return r.R0, r.Err
+}
+
+// CancelProgram asks the runtime to cancel every running invocation of
+// extension name, whichever process made it, and returns how many it
+// cancelled: an operator's request (kflex cancel).
+func (c *Client) CancelProgram(name string) (int, error) {
+	r, err := c.do(wire.Request{Op: wire.OpCancelProgram, Name: name}, nil)
+	if err == nil {
+		err = r.Err
+	}
+	return int(r.R0), err
+}
+
+// do sends r with the next request id and waits for its result. sent, if
+// not nil, is called with the id once r is on its way, and the func it
+// returns (if any) when the result is in.
+func (c *Client) do(r wire.Request, sent func(id uint64) func() bool) (wire.Result, error) {
 	var b [wire.MaxRequest]byte
 	c.mu.Lock()
 	if c.broken != nil {
 		c.mu.Unlock()
-		return 0, c.broken
+		return wire.Result{}, c.broken
 	}
 	c.nextID++
-	id := c.nextID
-	req, err := wire.AppendInvoke(b[:0], id, name, arg)
+	r.ID = c.nextID
+	req, err := wire.AppendRequest(b[:0], r)
 	if err != nil {
 		c.mu.Unlock()
-		return 0, err
+		return wire.Result{}, err
 	}
 	done := calls.Get().(chan wire.Result)
-	c.pending[id] = done
+	c.pending[r.ID] = done
 	c.mu.Unlock()
 
 	c.writeMu.Lock()
 	_, err = c.conn.Write(req)
 	c.writeMu.Unlock()
-	if err != nil && c.forget(id, done) {
+	if err != nil && c.forget(r.ID, done) {
 		// Not sent (a packet goes whole or not at all): nothing will answer.
 		calls.Put(done)
-		return 0, c.failure(fmt.Errorf("%w (%s) sending %s: %v", ErrRuntimeGone, c.path, name, err))
+		return wire.Result{}, c.failure(fmt.Errorf("%w (%s) sending %s: %v", ErrRuntimeGone, c.path, r.Name, err))
 	}
-	r := c.wait(id, done)
+	if sent != nil {
+		if stop := sent(r.ID); stop != nil {
+			defer stop()
+		}
+	}
+	res := c.wait(r.ID, done)
 	calls.Put(done)
-	return r.R0, r.Err
+	return res, nil
+}
+
+// send sends a request that gets no result (OpCancel), with an id of its
+// own. A failure is left to the calls that wait for results to see.
+func (c *Client) send(r wire.Request) {
+	var b [wire.MaxRequest]byte
+	c.mu.Lock()
+	c.nextID++
+	r.ID = c.nextID
+	c.mu.Unlock()
+	req, err := wire.AppendRequest(b[:0], r)
+	if err != nil {
+		return
+	}
+	c.writeMu.Lock()
+	c.conn.Write(req)
+	c.writeMu.Unlock()
 }
 
 // wait returns call id's result: read by this call itself if no other call

@@ -505,3 +505,61 @@ func (s *syncBuffer) String() string {
 	defer s.mu.Unlock()
 	return s.b.String()
 }
+
+// TestServeCancels: with no time budget (--budget 0), an endless extension
+// runs until 'kflex cancel' names it; --budget-for bounds one program; and
+// SIGTERM stops a runtime whose extensions run endlessly, promptly.
+func TestServeCancels(t *testing.T) {
+	dir := t.TempDir()
+	spin := filepath.Join(dir, "spin.s")
+	require.NoError(t, os.WriteFile(spin, []byte("mov %r0, 1\nloop:\nadd %r0, 1\njne %r0, 0, loop\nexit\n"), 0o600))
+	short := filepath.Join(dir, "short.s")
+	require.NoError(t, os.WriteFile(short, []byte("mov %r0, 1\nloop:\nadd %r0, 1\njne %r0, 0, loop\nexit\n"), 0o600))
+	sock := filepath.Join(dir, "sock")
+	cmd, out, c := startServe(t, sock, "--budget", "0", "--budget-for", "short@30ms", spin, short)
+	defer c.Close()
+
+	_, err := c.Invoke("short", 0)
+	var ie *userspace.InvokeError
+	require.ErrorAs(t, err, &ie)
+	assert.Contains(t, ie.Message, "its 30ms time budget ran out")
+
+	done := make(chan error, 1)
+	go func() { _, err := c.Invoke("spin", 0); done <- err }()
+	time.Sleep(50 * time.Millisecond)
+	select {
+	case err := <-done:
+		t.Fatalf("spin ended without a budget: %v", err)
+	default:
+	}
+	code, stdout, stderr := kflex("cancel", "--socket", sock, "--json", "spin")
+	require.Equal(t, 0, code, stderr)
+	assert.JSONEq(t, `{"program": "spin", "cancelled": 1}`, stdout)
+	require.ErrorAs(t, <-done, &ie)
+	assert.Contains(t, ie.Message, "cancelled on request")
+
+	code, _, stderr = kflex("cancel", "spin")
+	assert.Equal(t, 2, code)
+	assert.Contains(t, stderr, "need --socket")
+	code, _, stderr = kflex("serve", "--socket", sock, "--budget", "-1s", spin)
+	assert.Equal(t, 2, code)
+	assert.Contains(t, stderr, "--budget -1s is negative")
+
+	go func() { _, err := c.Invoke("spin", 0); done <- err }()
+	time.Sleep(50 * time.Millisecond)
+	start := time.Now()
+	require.NoError(t, cmd.Process.Signal(syscall.SIGTERM))
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	select {
+	case err := <-exited:
+		assert.NoError(t, err, "%s", out)
+	case <-time.After(10 * time.Second):
+		cmd.Process.Kill()
+		t.Fatalf("kflex serve did not exit within 10s of SIGTERM with an extension running: %s", out)
+	}
+	t.Logf("SIGTERM with an endless extension running: exited after %v", time.Since(start))
+	assert.Less(t, time.Since(start), 2*time.Second)
+	err = <-done
+	require.Error(t, err)
+}

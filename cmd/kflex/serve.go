@@ -25,7 +25,7 @@ func init() {
 }
 
 func runServe(args []string, out io.Writer) error {
-	fs := newFlags("serve", "--socket PATH [--heap PATH | --arena] [--size SIZE] [--threads N] [--every NAME@INTERVAL]... [--udp NAME@ADDR]... PROG...", `Run the extension runtime. It opens the heap file at --heap (creating it with
+	fs := newFlags("serve", "--socket PATH [--heap PATH | --arena] [--size SIZE] [--threads N] [--budget D] [--budget-for NAME@D]... [--every NAME@INTERVAL]... [--udp NAME@ADDR]... PROG...", `Run the extension runtime. It opens the heap file at --heap (creating it with
 --size if it does not exist; without --heap, an anonymous heap; with --arena, a
 heap in a new BPF arena of --size, at most 4G, which kernel programs can share:
 root and Linux 6.9+), compiles each
@@ -36,12 +36,32 @@ The runtime's own events run extensions too: --every runs NAME every INTERVAL
 (a Go duration, e.g. 100ms) with argument 0; --udp runs NAME on every datagram
 to ADDR (host:port), the datagram in the heap at the argument (r3) and its
 length in the context, and replies with a zero byte and r0 (8 bytes, little-
-endian) or a one byte and the error. Stops on SIGINT or SIGTERM.`, out)
+endian) or a one byte and the error. An invocation that runs longer than its
+time budget (--budget, --budget-for) is cancelled at its next cancellation
+point; so is one whose process disconnects, or that 'kflex cancel' names. What
+a cancelled extension holds is released: its locks pass to their next
+acquirer with the owner-died result, its unpublished allocations are freed.
+Stops on SIGINT or SIGTERM: running invocations are cancelled, and the command
+exits within a cancellation's time (milliseconds).`, out)
 	socket := fs.String("socket", "", "unix socket to listen on (required)")
 	heapPath := fs.String("heap", "", "heap file (default: an anonymous memfd heap)")
 	inArena := fs.Bool("arena", false, "put the heap in a new BPF arena")
 	sizeFlag := fs.String("size", "256M", "size of a new heap")
 	threads := fs.Int("threads", 2, "executor threads")
+	budget := fs.Duration("budget", serve.DefaultBudget, "time one invocation may run before it is cancelled (0: no limit)")
+	budgets := map[string]time.Duration{}
+	fs.Func("budget-for", "time budget of extension NAME: NAME@DURATION (repeatable; overrides --budget)", func(v string) error {
+		name, d, ok := strings.Cut(v, "@")
+		dur, err := time.ParseDuration(d)
+		if !ok || name == "" || err != nil || dur < 0 {
+			return fmt.Errorf("%q: want NAME@DURATION with a duration such as 2s (0: no limit)", v)
+		}
+		if dur == 0 {
+			dur = -1
+		}
+		budgets[name] = dur
+		return nil
+	})
 	var timers []timerFlag
 	var udps []udpFlag
 	fs.Func("every", "run extension NAME every INTERVAL: NAME@INTERVAL (repeatable)", func(v string) error {
@@ -90,7 +110,13 @@ endian) or a one byte and the error. Stops on SIGINT or SIGTERM.`, out)
 	if err != nil {
 		return fmt.Errorf("serve: %w: %v", errUsage, err)
 	}
-	opts := serve.Options{JIT: *threads, Trace: out}
+	if *budget < 0 {
+		return fmt.Errorf("serve: %w: --budget %v is negative", errUsage, *budget)
+	}
+	opts := serve.Options{JIT: *threads, Trace: out, Budget: *budget, Budgets: budgets}
+	if *budget == 0 {
+		opts.Budget = -1 // no limit
+	}
 	var h *heap.Heap
 	if *inArena {
 		a, err := kernel.NewArena(size)

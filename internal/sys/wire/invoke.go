@@ -9,8 +9,19 @@ import (
 // Op is what a request asks for.
 type Op uint32
 
-// OpInvoke runs an extension.
-const OpInvoke Op = 1
+// The requests a process may make.
+const (
+	// OpInvoke runs extension Name with argument Arg; the result is r0.
+	OpInvoke Op = 1
+	// OpCancel cancels the process's own request Arg, still in flight: it
+	// ends as if its caller's context had ended. It gets no result of its
+	// own (the cancelled request's result says what happened).
+	OpCancel Op = 2
+	// OpCancelProgram cancels every running invocation of extension Name,
+	// whoever made it (an operator's request: kflex cancel); the result's r0
+	// is how many it cancelled.
+	OpCancelProgram Op = 3
+)
 
 const (
 	MaxNameLen   = 64
@@ -46,16 +57,35 @@ func EncodeInvoke(id uint64, name string, arg uint64) ([]byte, error) {
 // AppendInvoke is EncodeInvoke appending to b: a caller with a buffer of
 // MaxRequest bytes encodes without allocating.
 func AppendInvoke(b []byte, id uint64, name string, arg uint64) ([]byte, error) {
-	if len(name) == 0 || len(name) > MaxNameLen {
-		return nil, fmt.Errorf("program name %q: want 1 to %d bytes", name, MaxNameLen)
+	return AppendRequest(b, Request{ID: id, Op: OpInvoke, Name: name, Arg: arg})
+}
+
+// AppendRequest appends request r to b.
+func AppendRequest(b []byte, r Request) ([]byte, error) {
+	if err := r.check(); err != nil {
+		return nil, err
 	}
-	if id == 0 {
-		return nil, fmt.Errorf("request id 0 is reserved")
+	b = binary.LittleEndian.AppendUint32(b, uint32(r.Op))
+	b = binary.LittleEndian.AppendUint64(b, r.ID)
+	b = binary.LittleEndian.AppendUint64(b, r.Arg)
+	return append(b, r.Name...), nil
+}
+
+// check says what is wrong with r, if anything.
+func (r Request) check() error {
+	switch {
+	case r.ID == 0:
+		return fmt.Errorf("request id 0 is reserved")
+	case r.Op == OpCancel:
+		if r.Name != "" || r.Arg == 0 {
+			return fmt.Errorf("cancel of request %d: want a request id and no name", r.Arg)
+		}
+	case r.Op != OpInvoke && r.Op != OpCancelProgram:
+		return fmt.Errorf("unknown op %d in request %d", r.Op, r.ID)
+	case len(r.Name) == 0 || len(r.Name) > MaxNameLen:
+		return fmt.Errorf("request %d names a program of %d bytes, want 1 to %d", r.ID, len(r.Name), MaxNameLen)
 	}
-	b = binary.LittleEndian.AppendUint32(b, uint32(OpInvoke))
-	b = binary.LittleEndian.AppendUint64(b, id)
-	b = binary.LittleEndian.AppendUint64(b, arg)
-	return append(b, name...), nil
+	return nil
 }
 
 // DecodeRequest reads a request. On error (wrapping ErrMalformed), the
@@ -67,14 +97,11 @@ func DecodeRequest(b []byte) (Request, error) {
 	}
 	r := Request{Op: Op(binary.LittleEndian.Uint32(b)), ID: binary.LittleEndian.Uint64(b[4:]),
 		Arg: binary.LittleEndian.Uint64(b[12:]), Name: string(b[headerSize:])}
-	switch {
-	case r.ID == 0:
+	if r.ID == 0 {
 		return Request{}, fmt.Errorf("%w: request id 0 is reserved", ErrMalformed)
-	case r.Op != OpInvoke:
-		return Request{ID: r.ID}, fmt.Errorf("%w: unknown op %d in request %d", ErrMalformed, r.Op, r.ID)
-	case len(r.Name) == 0 || len(r.Name) > MaxNameLen:
-		return Request{ID: r.ID}, fmt.Errorf("%w: request %d names a program of %d bytes, want 1 to %d",
-			ErrMalformed, r.ID, len(r.Name), MaxNameLen)
+	}
+	if err := r.check(); err != nil {
+		return Request{ID: r.ID}, fmt.Errorf("%w: %v", ErrMalformed, err)
 	}
 	return r, nil
 }

@@ -55,14 +55,23 @@ func TestRequest(t *testing.T) {
 	r, err := DecodeRequest(b)
 	require.NoError(t, err)
 	assert.Equal(t, Request{ID: 3, Op: OpInvoke, Arg: 41, Name: "prog"}, r)
+	for _, want := range []Request{{ID: 4, Op: OpCancel, Arg: 3}, {ID: 5, Op: OpCancelProgram, Name: "prog"}} {
+		b, err := AppendRequest(nil, want)
+		require.NoError(t, err)
+		r, err := DecodeRequest(b)
+		require.NoError(t, err)
+		assert.Equal(t, want, r)
+	}
 
 	_, err = EncodeInvoke(0, "prog", 0)
 	assert.ErrorContains(t, err, "request id 0 is reserved")
 	_, err = EncodeInvoke(1, string(make([]byte, MaxNameLen+1)), 0)
-	assert.ErrorContains(t, err, "want 1 to 64 bytes")
+	assert.ErrorContains(t, err, "names a program of 65 bytes, want 1 to 64")
 
 	unknownOp := append([]byte(nil), b...)
-	binary.LittleEndian.PutUint32(unknownOp, 2)
+	binary.LittleEndian.PutUint32(unknownOp, 9)
+	cancelNamed := append([]byte(nil), b...)
+	binary.LittleEndian.PutUint32(cancelNamed, uint32(OpCancel))
 	zeroID := append([]byte(nil), b...)
 	binary.LittleEndian.PutUint64(zeroID[4:], 0)
 	for _, tc := range []struct {
@@ -72,7 +81,8 @@ func TestRequest(t *testing.T) {
 	}{
 		{b[:19], 0, "request of 19 bytes, want at least 20"},
 		{zeroID, 0, "request id 0 is reserved"},
-		{unknownOp, 3, "unknown op 2 in request 3"},
+		{unknownOp, 3, "unknown op 9 in request 3"},
+		{cancelNamed, 3, "cancel of request 41: want a request id and no name"},
 		{b[:20], 3, "request 3 names a program of 0 bytes"},
 		{append(b, make([]byte, MaxNameLen)...), 3, "request 3 names a program of 68 bytes"},
 	} {
@@ -141,7 +151,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add(hello)
 	f.Fuzz(func(t *testing.T, b []byte) {
 		if r, err := DecodeRequest(b); err == nil {
-			again, err := EncodeInvoke(r.ID, r.Name, r.Arg)
+			again, err := AppendRequest(nil, r)
 			if err != nil || !bytes.Equal(again, b) {
 				t.Fatalf("request %+v decoded from %x encodes to %x, %v", r, b, again, err)
 			}

@@ -1,0 +1,43 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+
+	"github.com/kflex-go/kflex/userspace"
+)
+
+func init() {
+	commands["cancel"] = command{summary: "cancel the running invocations of an extension in a runtime", run: runCancel}
+}
+
+func runCancel(args []string, out io.Writer) error {
+	fs := newFlags("cancel", "--socket PATH [--json] PROGRAM", `Cancel every invocation of extension PROGRAM running in the runtime at
+--socket (kflex serve), whichever process made it: each stops at its next
+cancellation point, what it holds is released (its locks pass on with the
+owner-died result), and its caller gets a cancellation naming the instruction.
+Prints how many were cancelled.`, out)
+	socket := fs.String("socket", "", "the runtime's unix socket (required)")
+	asJSON := fs.Bool("json", false, `print {"program": ..., "cancelled": N}`)
+	if err := parse(fs, args, 1); err != nil {
+		return err
+	}
+	if *socket == "" {
+		return fmt.Errorf("cancel: %w: need --socket (see 'kflex cancel -h')", errUsage)
+	}
+	c, err := userspace.Dial(*socket, nil)
+	if err != nil {
+		return fmt.Errorf("cancel: %w", err)
+	}
+	defer c.Close()
+	n, err := c.CancelProgram(fs.Arg(0))
+	if err != nil {
+		return fmt.Errorf("cancel %s: %w", fs.Arg(0), err)
+	}
+	if *asJSON {
+		return json.NewEncoder(out).Encode(map[string]any{"program": fs.Arg(0), "cancelled": n})
+	}
+	fmt.Fprintf(out, "cancelled %d invocation(s) of %s\n", n, fs.Arg(0))
+	return nil
+}
