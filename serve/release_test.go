@@ -228,6 +228,12 @@ func TestCancelStorm(t *testing.T) {
 	w.mu.Unlock()
 	assert.Zero(t, *w.h.Uint64(w.lock), "the lock is free")
 	assert.Equal(t, before, w.h.Stats().LiveObjects, "no allocation leaked")
+	p := w.rt.Process()
+	per := w.h.Header().NodesPerProc
+	for i := p.Slot() * per; i < (p.Slot()+1)*per; i++ {
+		assert.Equal(t, uint32(mcs.NodeFree), p.QueueNode(i).State, "node %d is in no queue", i)
+	}
+	assert.Len(t, mcs.Owners(w.h), 1, "one owner slot: the runtime's")
 	r0, err := w.rt.Invoke(context.Background(), "add1", 41)
 	require.NoError(t, err)
 	assert.Equal(t, uint64(42), r0)
