@@ -34,9 +34,16 @@ var endless = map[string]string{
 	"add1":        "ldxdw %r0, [%r1+0]\nadd %r0, 1\nexit",
 }
 
-// cancelRuntime is a runtime with one executor of the given engine (or n of
-// each with both) and the endless programs.
+// cancelRuntime is a runtime with the executors o asks for and the endless
+// programs.
 func cancelRuntime(t testing.TB, o serve.Options) *serve.Runtime {
+	rt, _ := runtimeOf(t, endless, o)
+	return rt
+}
+
+// runtimeOf is a runtime on a new 8 MiB heap running the programs srcs
+// (name → assembler text), both closed when the test ends.
+func runtimeOf(t testing.TB, srcs map[string]string, o serve.Options) (*serve.Runtime, *heap.Heap) {
 	t.Helper()
 	if err := jit.Supported(); err != nil {
 		t.Skipf("skipped: %v", err)
@@ -44,7 +51,7 @@ func cancelRuntime(t testing.TB, o serve.Options) *serve.Runtime {
 	h, err := heap.Create(filepath.Join(t.TempDir(), "heap"), &heap.Options{Params: heap.Params{Size: 8 << 20}})
 	require.NoError(t, err)
 	progs := map[string]asm.Instructions{}
-	for name, src := range endless {
+	for name, src := range srcs {
 		insns, err := bytecode.Assemble(src)
 		require.NoError(t, err, name)
 		progs[name] = insns
@@ -56,7 +63,22 @@ func cancelRuntime(t testing.TB, o serve.Options) *serve.Runtime {
 		rt.Close()
 		h.Close()
 	})
-	return rt
+	return rt, h
+}
+
+// serveOn serves rt on a socket in the test's directory until the test ends,
+// and returns the socket's path.
+func serveOn(t *testing.T, rt *serve.Runtime) string {
+	sock := filepath.Join(t.TempDir(), "sock")
+	ln, err := serve.Listen(sock, io.Discard)
+	require.NoError(t, err)
+	served := make(chan error, 1)
+	go func() { served <- rt.Serve(ln) }()
+	t.Cleanup(func() {
+		ln.Close()
+		require.NoError(t, <-served)
+	})
+	return sock
 }
 
 var engines = map[string]serve.Options{"jit": {JIT: 1}, "interp": {Interpreted: 1}}
@@ -196,15 +218,7 @@ func TestCancelOnDisconnect(t *testing.T) {
 		select {} // until the parent kills us
 	}
 	rt := cancelRuntime(t, serve.Options{JIT: 1, Interpreted: 1, Budget: -1})
-	sock := filepath.Join(t.TempDir(), "sock")
-	ln, err := serve.Listen(sock, io.Discard)
-	require.NoError(t, err)
-	served := make(chan error, 1)
-	go func() { served <- rt.Serve(ln) }()
-	defer func() {
-		ln.Close()
-		require.NoError(t, <-served)
-	}()
+	sock := serveOn(t, rt)
 
 	cmd := testutil.Child(t, t.Name(), roleSpinner, "KFLEX_SOCKET="+sock)
 	require.NoError(t, cmd.Start())
@@ -230,15 +244,7 @@ func TestCancelOnDisconnect(t *testing.T) {
 // every running invocation of a program, whoever made it.
 func TestClientCancels(t *testing.T) {
 	rt := cancelRuntime(t, serve.Options{JIT: 1, Interpreted: 1, Budget: -1})
-	sock := filepath.Join(t.TempDir(), "sock")
-	ln, err := serve.Listen(sock, io.Discard)
-	require.NoError(t, err)
-	served := make(chan error, 1)
-	go func() { served <- rt.Serve(ln) }()
-	defer func() {
-		ln.Close()
-		require.NoError(t, <-served)
-	}()
+	sock := serveOn(t, rt)
 	c, err := userspace.Dial(sock, nil)
 	require.NoError(t, err)
 	defer c.Close()

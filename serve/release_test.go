@@ -4,22 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"math/rand/v2"
-	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf/asm"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/kflex-go/kflex/abi"
-	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/cancel"
 	"github.com/kflex-go/kflex/heap"
-	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/mcs"
 	"github.com/kflex-go/kflex/serve"
 )
@@ -69,29 +64,12 @@ type holdWorld struct {
 
 func newHoldWorld(t *testing.T, o serve.Options) *holdWorld {
 	t.Helper()
-	if err := jit.Supported(); err != nil {
-		t.Skipf("skipped: %v", err)
-	}
-	h, err := heap.Create(filepath.Join(t.TempDir(), "heap"), &heap.Options{Params: heap.Params{Size: 8 << 20}})
-	require.NoError(t, err)
-	progs := map[string]asm.Instructions{}
-	for name, src := range holding {
-		insns, err := bytecode.Assemble(src)
-		require.NoError(t, err, name)
-		progs[name] = insns
-	}
-	o.Trace = io.Discard
-	rt, err := serve.NewWith(h, progs, o)
-	require.NoError(t, err)
+	rt, h := runtimeOf(t, holding, o)
 	lock, err := h.Alloc(16)
 	require.NoError(t, err)
 	*h.Uint64(lock) = 0
 	mu, err := rt.Process().Mutex(lock)
 	require.NoError(t, err)
-	t.Cleanup(func() {
-		rt.Close()
-		h.Close()
-	})
 	return &holdWorld{h: h, rt: rt, lock: lock, mu: mu}
 }
 
