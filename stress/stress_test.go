@@ -1,0 +1,72 @@
+package stress
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kflex-go/kflex/internal/testutil"
+)
+
+func TestMain(m *testing.M) { testutil.Main(m) }
+
+// TestWorker is a worker process's body when Run re-executes this test binary.
+func TestWorker(t *testing.T) {
+	if testutil.Role() != "stress-worker" {
+		t.Skip("a stress worker, started by Run")
+	}
+	if err := WorkerMain(); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(3)
+	}
+}
+
+func workerCommand(t *testing.T) func() *exec.Cmd {
+	return func() *exec.Cmd { return testutil.Child(t, "TestWorker", "stress-worker") }
+}
+
+// TestKills: a few hundred SIGKILLs of four worker processes of four
+// goroutines on four locks: no violation, nobody stuck, nothing leaked, every
+// worker accounted for, and recoveries that really repaired torn data.
+func TestKills(t *testing.T) {
+	kills := 300 // about 5 s here, 7 s under -race (2 cores)
+	if testing.Short() {
+		kills = 100
+	}
+	cfg := Config{Procs: 4, Threads: 4, Locks: 4, Kills: kills, Command: workerCommand(t)}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rep, err := Run(ctx, cfg)
+	require.NoError(t, err)
+	t.Logf("%+v", rep)
+	assert.Equal(t, kills, rep.Kills)
+	assert.Zero(t, rep.Violations)
+	assert.Zero(t, rep.Stuck)
+	assert.Zero(t, rep.LeakedObjects)
+	assert.Zero(t, rep.Unaccounted)
+	knownBug(t, rep)
+	assert.NotZero(t, rep.Recoveries, "kills of holders were recovered")
+	assert.NotZero(t, rep.KilledHolding)
+	assert.NotZero(t, rep.Acquisitions)
+}
+
+// knownBug fails the test for any problem but the leftovers of the mcs.Reap
+// bug that TestReapAbandonedPair shows (abandoned nodes of dead processes on
+// free locks, and the dead processes' owner slots), which it logs.
+func knownBug(t *testing.T, rep Report) {
+	t.Helper()
+	if rep.AbandonedLeft == 0 {
+		assert.Zero(t, rep.Leaked)
+		assert.Empty(t, rep.Problems)
+		return
+	}
+	t.Logf("known mcs bug (TestReapAbandonedPair): %d abandoned nodes and %d owner slots left", rep.AbandonedLeft, rep.LeakedSlots)
+	assert.Equal(t, rep.AbandonedLeft, rep.LeakedNodes, "every leaked node is of the known kind")
+	assert.Len(t, rep.Problems, 1, "no problem but the known one: %q", rep.Problems)
+}
