@@ -52,6 +52,7 @@ func TestKills(t *testing.T) {
 	assert.Zero(t, rep.Unaccounted)
 	knownBug(t, rep)
 	assert.NotZero(t, rep.Recoveries, "kills of holders were recovered")
+	assert.NotZero(t, rep.Repaired, "some kills tore the data, and it was repaired")
 	assert.NotZero(t, rep.KilledHolding)
 	assert.NotZero(t, rep.Acquisitions)
 }
@@ -69,4 +70,23 @@ func knownBug(t *testing.T, rep Report) {
 	t.Logf("known mcs bug (TestReapAbandonedPair): %d abandoned nodes and %d owner slots left", rep.AbandonedLeft, rep.LeakedSlots)
 	assert.Equal(t, rep.AbandonedLeft, rep.LeakedNodes, "every leaked node is of the known kind")
 	assert.Len(t, rep.Problems, 1, "no problem but the known one: %q", rep.Problems)
+}
+
+// TestPlantedBugs: the harness can fail. A worker that marks the lock
+// consistent without repairing leaves torn data for the next holder, and
+// one that updates the pair without the lock tears it under everyone's nose:
+// both must be reported as violations.
+func TestPlantedBugs(t *testing.T) {
+	for _, plant := range []string{"norepair", "nolock"} {
+		t.Run(plant, func(t *testing.T) {
+			cfg := Config{Procs: 4, Threads: 4, Locks: 4, Kills: 60, Plant: plant, Command: workerCommand(t)}
+			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+			defer cancel()
+			rep, err := Run(ctx, cfg)
+			require.NoError(t, err)
+			t.Logf("%s: %d violations, %d recoveries, %d repaired in %d kills", plant, rep.Violations, rep.Recoveries, rep.Repaired, rep.Kills)
+			assert.NotZero(t, rep.Violations, "the planted bug is found")
+			assert.True(t, rep.Failed())
+		})
+	}
 }
