@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"runtime"
 	"slices"
 	"strconv"
 	"sync/atomic"
@@ -31,7 +32,10 @@ type Config struct {
 	// HeapPath is the heap file to create (it must not exist); "" makes one in
 	// a temporary directory, removed at the end.
 	HeapPath string
-	HeapSize uint64 // a power of two (64 MiB)
+	HeapSize uint64 // a power of two (256 MiB; sparse)
+	// MaxProcs is the heap's owner table size (256): room for the workers
+	// and for the slots of dead workers that mcs.Reap cannot free yet.
+	MaxProcs int
 	// Command returns the command that runs a worker: this binary re-executed
 	// so that it calls WorkerMain (IsWorker tells it). Run adds WorkerEnv to
 	// its environment (to os.Environ() if Env is nil). Required.
@@ -80,8 +84,9 @@ type Report struct {
 	RecoverySamples int     `json:"recovery_samples"`
 	Acquisitions    uint64  `json:"acquisitions"`
 	DurationS       float64 `json:"duration_s"`
-	// What the victim's goroutines were doing when the signal was sent (the
-	// first state found of holding, waiting, allocating): a kill counts once.
+	// What the victim's goroutines were doing when the signal was sent: the
+	// state the kill aimed at if one was in it, else the first found of
+	// holding, waiting, allocating. A kill counts once.
 	KilledHolding   int `json:"killed_holding"`
 	KilledWaiting   int `json:"killed_waiting"`
 	KilledAllocator int `json:"killed_allocator"`
@@ -118,11 +123,12 @@ func (c *Config) defaults() error {
 	def(&c.Locks, 4)
 	def(&c.Window, 200)
 	def(&c.ListCap, 16)
+	def(&c.MaxProcs, 256)
 	if c.Kills <= 0 && c.Duration <= 0 {
 		c.Kills = 100
 	}
 	if c.HeapSize == 0 {
-		c.HeapSize = 64 << 20
+		c.HeapSize = 256 << 20
 	}
 	if c.MaxWait <= 0 {
 		c.MaxWait = 2 * time.Second
@@ -206,7 +212,10 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 
 func (r *runner) setUp(plant uint64) error {
 	c := r.cfg
-	h, err := heap.Create(r.path, &heap.Options{Params: heap.Params{Size: c.HeapSize}})
+	// Nodes: one per goroutine waiting at once, few, so that the node table
+	// scans of mcs.Reap after every kill stay cheap with many slots.
+	h, err := heap.Create(r.path, &heap.Options{Params: heap.Params{Size: c.HeapSize,
+		MaxProcs: uint32(c.MaxProcs), NodesPerProc: uint32(max(16, c.Threads))}})
 	if err != nil {
 		return fmt.Errorf("stress: %w", err)
 	}
@@ -336,12 +345,15 @@ func (r *runner) kill(i int, aim uint64) {
 	state := uint64(stIdle)
 	deadline := time.Now().Add(20 * time.Millisecond)
 	for spins := 0; ; spins++ {
-		state = r.mostInteresting(i)
-		if aim == 0 || state == aim || time.Now().After(deadline) {
+		if aim != 0 && r.anyIn(i, aim) {
+			state = aim
+			break
+		}
+		if state = r.mostInteresting(i); aim == 0 || time.Now().After(deadline) {
 			break
 		}
 		if spins%64 == 63 {
-			time.Sleep(10 * time.Microsecond)
+			runtime.Gosched() // the workers need the CPU to get there
 		}
 	}
 	at := now()
@@ -390,6 +402,16 @@ func (r *runner) kill(i int, aim uint64) {
 		r.problem("heap reap after kill %d: %v", r.rep.Kills, err)
 	}
 	r.scan()
+}
+
+// anyIn reports whether one of worker i's goroutines is in state s.
+func (r *runner) anyIn(i int, s uint64) bool {
+	for th := range r.t.threads {
+		if r.t.load(r.t.thread(i, th)+rState) == s {
+			return true
+		}
+	}
+	return false
 }
 
 // mostInteresting is the state of worker i's goroutines that a kill aims at

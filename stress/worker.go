@@ -99,7 +99,7 @@ func (t *table) work(uh *userspace.Heap, proc, th int) error {
 		if insert {
 			t.store(rec+rHold, holdPending)
 			t.store(rec+rState, stAllocator)
-			off, err := h.Alloc(objSize)
+			off, err := h.Alloc(objSizes[rng.IntN(len(objSizes))])
 			if err != nil {
 				return fmt.Errorf("stress worker %d/%d: alloc: %w", proc, th, err)
 			}
@@ -182,6 +182,11 @@ func (t *table) work(uh *userspace.Heap, proc, th int) error {
 	}
 	return nil
 }
+
+// objSizes are the sizes of list objects: several size classes, so that
+// refills, flushes and slab carving (under the page lock) all happen, and
+// are killed in.
+var objSizes = []uint64{objSize, 48, 96, 256, 1024, 3072}
 
 // free frees x, named by the thread's hold word, and clears the hold.
 func (t *table) free(h interface{ Free(uint64) error }, rec, x uint64) error {
