@@ -109,6 +109,7 @@ func (r *runner) tables() {
 			r.problem("owner slot %d (pid %d) still attached at the end", o.Slot, o.PID)
 		}
 	}
+	stranded := map[uint32]bool{}
 	hdr := r.h.Header()
 	for i := range hdr.MaxProcs * hdr.NodesPerProc {
 		n := r.p.QueueNode(i)
@@ -120,9 +121,15 @@ func (r *runner) tables() {
 		if n.State == mcs.NodeAbandoned && dead[slot] && n.Lock%8 == 0 && n.Lock < hdr.Size &&
 			mcs.DecodeWord(r.t.load(n.Lock)).Tail == 0 {
 			r.rep.AbandonedLeft++
+			stranded[uint32(slot)] = true
 			continue
 		}
 		r.problem("queue node %d of slot %d at the end: %+v", i, slot, n)
+	}
+	for s, d := range dead {
+		if d && !stranded[s] {
+			r.problem("owner slot %d: dead, none of its nodes queued, not freed by mcs.Reap: %+v", s, mcs.Owners(r.h))
+		}
 	}
 	if r.rep.AbandonedLeft > 0 {
 		r.problem("%d abandoned queue nodes of dead processes left on free locks after mcs.Reap, and %d owner slots (TestReapAbandonedPair)",
