@@ -93,10 +93,13 @@ func (r *runner) finish(start time.Time) {
 }
 
 // tables checks that the owner table holds only the parent and the node
-// table no queued node. Nodes and slots left behind are leaked; abandoned
-// nodes of dead processes on locks with no queue, the only leftovers seen so
-// far, are counted apart (Report.AbandonedLeft): mcs.Reap does not free
-// abandoned dead nodes that name each other (TestReapAbandonedPair).
+// table no queued node. Nodes and slots left behind are leaked. Two kinds are
+// known mcs bugs, counted apart and reported with the prefix knownBug: nodes
+// of dead processes left on locks with no queue (DeadNodesLeft; mcs.Reap does
+// not free dead nodes that other dead nodes name, TestReapAbandonedPair), and
+// slots whose process was killed inside mcs.Attach, after claiming the slot
+// and before registering its robust list, which the kernel therefore never
+// marks dead (AttachLeft, TestKilledInAttach).
 func (r *runner) tables() {
 	dead := map[uint32]bool{}
 	for _, o := range mcs.Owners(r.h) {
@@ -106,7 +109,8 @@ func (r *runner) tables() {
 		r.rep.LeakedSlots++
 		dead[o.Slot] = o.Dead
 		if !o.Dead {
-			r.problem("owner slot %d (pid %d) still attached at the end", o.Slot, o.PID)
+			// Every worker is gone: nobody alive holds this slot.
+			r.rep.AttachLeft++
 		}
 	}
 	stranded := map[uint32]bool{}
@@ -118,24 +122,29 @@ func (r *runner) tables() {
 		}
 		r.rep.LeakedNodes++
 		slot := i / hdr.NodesPerProc
-		if n.State == mcs.NodeAbandoned && dead[slot] && n.Lock%8 == 0 && n.Lock < hdr.Size &&
-			mcs.DecodeWord(r.t.load(n.Lock)).Tail == 0 {
-			r.rep.AbandonedLeft++
-			stranded[uint32(slot)] = true
+		if dead[slot] && n.Lock%8 == 0 && n.Lock < hdr.Size && mcs.DecodeWord(r.t.load(n.Lock)).Tail == 0 {
+			r.rep.DeadNodesLeft++
+			stranded[slot] = true
 			continue
 		}
 		r.problem("queue node %d of slot %d at the end: %+v", i, slot, n)
 	}
 	for s, d := range dead {
 		if d && !stranded[s] {
-			r.problem("owner slot %d: dead, none of its nodes queued, not freed by mcs.Reap: %+v", s, mcs.Owners(r.h))
+			r.problem("owner slot %d: dead, none of its nodes queued, not freed by mcs.Reap", s)
 		}
 	}
-	if r.rep.AbandonedLeft > 0 {
-		r.problem("%d abandoned queue nodes of dead processes left on free locks after mcs.Reap, and %d owner slots (TestReapAbandonedPair)",
-			r.rep.AbandonedLeft, r.rep.LeakedSlots)
+	if r.rep.DeadNodesLeft > 0 {
+		r.problem("%s: %d nodes of dead processes left on locks with no queue after mcs.Reap, holding %d owner slots (TestReapAbandonedPair)",
+			knownBug, r.rep.DeadNodesLeft, len(stranded))
+	}
+	if r.rep.AttachLeft > 0 {
+		r.problem("%s: %d owner slots of processes killed inside mcs.Attach, never marked dead (TestKilledInAttach)", knownBug, r.rep.AttachLeft)
 	}
 }
+
+// knownBug opens the problems that known mcs bugs cause.
+const knownBug = "known mcs bug"
 
 // audit takes lock l as the parent, recovering it if its holder died, checks
 // its data and returns the list's objects; false if the lock could not be

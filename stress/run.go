@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"sort"
 	"strconv"
 	"sync/atomic"
 	"syscall"
@@ -70,17 +71,24 @@ type Report struct {
 	Stuck      int `json:"stuck"`
 	// Leaked: allocator objects, queue nodes and owner slots left at the end
 	// that nothing accounts for (LeakedObjects + LeakedNodes + LeakedSlots).
-	// AbandonedLeft are the leaked nodes of one known kind (tables).
+	// DeadNodesLeft and AttachLeft are leaked nodes and slots of the two
+	// kinds that known mcs bugs leave (tables).
 	Leaked        int `json:"leaked"`
 	LeakedObjects int `json:"leaked_objects"`
 	LeakedNodes   int `json:"leaked_nodes"`
 	LeakedSlots   int `json:"leaked_slots"`
-	AbandonedLeft int `json:"abandoned_left"`
+	DeadNodesLeft int `json:"dead_nodes_left"`
+	AttachLeft    int `json:"attach_left"`
 	// RecoveryP50us and P99us: from the SIGKILL of a worker holding a lock to
 	// the next acquisition of that lock (by anyone, with ErrOwnerDied), over
 	// RecoverySamples such kills.
+	// RecoveryParked counts samples of 9 ms or more: a waiter that found the
+	// death when its 10 ms park ended, not through the kernel's wake.
 	RecoveryP50us   float64 `json:"recovery_p50_us"`
+	RecoveryP90us   float64 `json:"recovery_p90_us"`
 	RecoveryP99us   float64 `json:"recovery_p99_us"`
+	RecoveryMaxUs   float64 `json:"recovery_max_us"`
+	RecoveryParked  int     `json:"recovery_parked"`
 	RecoverySamples int     `json:"recovery_samples"`
 	Acquisitions    uint64  `json:"acquisitions"`
 	DurationS       float64 `json:"duration_s"`
@@ -500,7 +508,9 @@ func (r *runner) snapshot(start time.Time) Report {
 	if n := len(r.samples); n > 0 {
 		s := slices.Clone(r.samples)
 		slices.Sort(s)
-		rep.RecoveryP50us, rep.RecoveryP99us, rep.RecoverySamples = s[n/2], s[min(n-1, n*99/100)], n
+		rep.RecoveryP50us, rep.RecoveryP90us, rep.RecoveryP99us = s[n/2], s[n*90/100], s[min(n-1, n*99/100)]
+		rep.RecoveryMaxUs, rep.RecoverySamples = s[n-1], n
+		rep.RecoveryParked = n - sort.SearchFloat64s(s, 9000)
 	}
 	rep.DurationS = time.Since(start).Seconds()
 	return rep

@@ -101,8 +101,8 @@ func summary(out io.Writer, r stress.Report) {
 	fmt.Fprintf(out, "kflex stress: %d processes x %d goroutines on %d locks, seed %d, %.1f s\n", r.Procs, r.Threads, r.Locks, r.Seed, r.DurationS)
 	fmt.Fprintf(out, "  kills         %d (holding a lock %d, waiting %d, in the allocator %d, elsewhere %d)\n",
 		r.Kills, r.KilledHolding, r.KilledWaiting, r.KilledAllocator, r.KilledOther)
-	fmt.Fprintf(out, "  recoveries    %d (torn data repaired %d); kill -> next acquisition p50 %.0f us, p99 %.0f us (%d samples)\n",
-		r.Recoveries, r.Repaired, r.RecoveryP50us, r.RecoveryP99us, r.RecoverySamples)
+	fmt.Fprintf(out, "  recoveries    %d (torn data repaired %d); kill -> next acquisition p50 %.0f us, p90 %.0f us, p99 %.0f us, max %.0f us (%d samples, %d of 9 ms or more)\n",
+		r.Recoveries, r.Repaired, r.RecoveryP50us, r.RecoveryP90us, r.RecoveryP99us, r.RecoveryMaxUs, r.RecoverySamples, r.RecoveryParked)
 	fmt.Fprintf(out, "  acquisitions  %d; longest lock wait %.1f ms\n", r.Acquisitions, r.MaxWaitMs)
 	fmt.Fprintf(out, "  orphans       %d objects killed outside the lists, explained by hold words, freed\n", r.Orphans)
 	fmt.Fprintf(out, "  violations %d, stuck %d, leaked %d (objects %d, queue nodes %d, owner slots %d), unexplained exits %d\n",
