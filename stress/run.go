@@ -273,7 +273,10 @@ func (r *runner) start(i int) error {
 	if cmd.Stderr == nil {
 		cmd.Stderr = os.Stderr
 	}
-	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
+	// Its own process group, so that a terminal's Ctrl-C reaches only the
+	// parent, which then stops the workers and checks; killed with the
+	// parent.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("stress: start worker %d: %w", i, err)
 	}

@@ -90,3 +90,13 @@ func TestPlantedBugs(t *testing.T) {
 		})
 	}
 }
+
+// TestConfigErrors: a run that cannot be carried out is an error, not a report.
+func TestConfigErrors(t *testing.T) {
+	_, err := Run(context.Background(), Config{})
+	assert.ErrorContains(t, err, "no worker command")
+	_, err = Run(context.Background(), Config{Plant: "bogus", Command: workerCommand(t)})
+	assert.ErrorContains(t, err, `unknown planted bug "bogus"`)
+	_, err = Run(context.Background(), Config{Procs: 100, Command: workerCommand(t)})
+	assert.ErrorContains(t, err, "at most 24 processes")
+}
