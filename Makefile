@@ -77,11 +77,13 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./internal/sys/wire
 	$(GO) test -run '^$$' -fuzz '^FuzzKernelDiff$$' -fuzztime $(FUZZTIME) -parallel 1 ./kernel
 
-# Longer runs of the multi-process and hammer tests.
-stress:
+# Longer runs of the multi-process and hammer tests, then kflex stress: 10,000
+# SIGKILLs of 4 worker processes (STRESS_KILLS=N to change), recovery checked.
+stress: build
 	CGO_ENABLED=1 $(GO) test -race -count $(STRESS_COUNT) -timeout 60m \
 		-run 'TestMultiProcess|TestHammer|TestFIFO|TestKernelMarksDeath|TestAllocHammer|TestListAcrossViews|TestMixedContention|TestKernelLock|TestClientsOnArena|TestLayoutContract' \
 		./mcs ./heap ./userspace ./serve ./kernel
+	$(BIN)/kflex stress --procs 4 --threads 4 --locks 4 --kills $${STRESS_KILLS:-10000} --json
 
 # The public bpf_conformance suite's test files through the plugin, both
 # engines: make conformance BPF_CONFORMANCE_TESTS=path/to/bpf_conformance/tests

@@ -1,0 +1,520 @@
+package stress
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"slices"
+	"sort"
+	"strconv"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/kflex-go/kflex/heap"
+	"github.com/kflex-go/kflex/mcs"
+)
+
+// Config is one stress run.
+type Config struct {
+	Procs   int // worker processes (4)
+	Threads int // goroutines per worker (4)
+	Locks   int // locks (4)
+	// Kills ends the run after that many kills; Duration after that long.
+	// With both set, whichever comes first; with neither, 100 kills.
+	Kills    int
+	Duration time.Duration
+	Seed     uint64 // the parent's schedule; 0 picks one (Report.Seed says which)
+	// HeapPath is the heap file to create (it must not exist); "" makes one in
+	// a temporary directory, removed at the end.
+	HeapPath string
+	HeapSize uint64 // a power of two (256 MiB; sparse)
+	// MaxProcs is the heap's owner table size (256): room for the workers
+	// and for the slots of dead workers that mcs.Reap cannot free yet.
+	MaxProcs int
+	// Command returns the command that runs a worker: this binary re-executed
+	// so that it calls WorkerMain (IsWorker tells it). Run adds WorkerEnv to
+	// its environment (to os.Environ() if Env is nil). Required.
+	Command func() *exec.Cmd
+	// MaxWait is the liveness bound: a Lock call (or a process's exit after
+	// the stop) longer than this is a stuck waiter (2 s).
+	MaxWait time.Duration
+	// MaxDelay bounds the parent's random pause before each kill (5 ms).
+	MaxDelay time.Duration
+	// Window is the holder's spin between the pair's two increments (200).
+	Window int
+	// ListCap is the length at which a lock's list stops growing (16).
+	ListCap int
+	// Plant is a bug for the harness to find: "" (none), "norepair" (a worker
+	// that got ErrOwnerDied marks the lock consistent without repairing) or
+	// "nolock" (workers sometimes update the pair without the lock).
+	Plant string
+	// Progress, if set, is called about every 200 ms with the figures so far.
+	Progress func(Report)
+}
+
+// Report is what a run found. Violations, Stuck, Leaked, Unaccounted and
+// Problems are failures (Failed).
+type Report struct {
+	Kills         int `json:"kills"`
+	Cancellations int `json:"cancellations"` // of extensions: none yet (no runtime in the run)
+	// Recoveries are acquisitions that returned ErrOwnerDied; Repaired those
+	// that found the data broken and repaired it.
+	Recoveries int `json:"recoveries"`
+	Repaired   int `json:"repaired"`
+	Violations int `json:"violations"`
+	Stuck      int `json:"stuck"`
+	// Leaked: allocator objects, queue nodes and owner slots left at the end
+	// that nothing accounts for (LeakedObjects + LeakedNodes + LeakedSlots).
+	// DeadNodesLeft and AttachLeft are leaked nodes and slots of the two
+	// kinds that known mcs bugs leave (tables).
+	Leaked        int `json:"leaked"`
+	LeakedObjects int `json:"leaked_objects"`
+	LeakedNodes   int `json:"leaked_nodes"`
+	LeakedSlots   int `json:"leaked_slots"`
+	DeadNodesLeft int `json:"dead_nodes_left"`
+	AttachLeft    int `json:"attach_left"`
+	// RecoveryP50us and P99us: from the SIGKILL of a worker holding a lock to
+	// the next acquisition of that lock (by anyone, with ErrOwnerDied), over
+	// RecoverySamples such kills.
+	// RecoveryParked counts samples of 9 ms or more: a waiter that found the
+	// death when its 10 ms park ended, not through the kernel's wake.
+	RecoveryP50us   float64 `json:"recovery_p50_us"`
+	RecoveryP90us   float64 `json:"recovery_p90_us"`
+	RecoveryP99us   float64 `json:"recovery_p99_us"`
+	RecoveryMaxUs   float64 `json:"recovery_max_us"`
+	RecoveryParked  int     `json:"recovery_parked"`
+	RecoverySamples int     `json:"recovery_samples"`
+	Acquisitions    uint64  `json:"acquisitions"`
+	DurationS       float64 `json:"duration_s"`
+	// What the victim's goroutines were doing when the signal was sent: the
+	// state the kill aimed at if one was in it, else the first found of
+	// holding, waiting, allocating. A kill counts once.
+	KilledHolding   int `json:"killed_holding"`
+	KilledWaiting   int `json:"killed_waiting"`
+	KilledAllocator int `json:"killed_allocator"`
+	KilledOther     int `json:"killed_other"`
+	// MaxWaitMs is the longest Lock call of any worker goroutine.
+	MaxWaitMs float64 `json:"max_wait_ms"`
+	// Orphans: objects that kills left allocated outside the lists and that
+	// dead threads' hold words explain; freed at the end.
+	Orphans     int      `json:"orphans"`
+	Unaccounted int      `json:"unaccounted"` // worker exits neither clean nor our SIGKILL
+	Procs       int      `json:"procs"`
+	Threads     int      `json:"threads"`
+	Locks       int      `json:"locks"`
+	Seed        uint64   `json:"seed"`
+	Problems    []string `json:"problems,omitempty"`
+}
+
+// Failed reports whether the run found anything wrong.
+func (r Report) Failed() bool {
+	return r.Violations > 0 || r.Stuck > 0 || r.Leaked > 0 || r.Unaccounted > 0 || len(r.Problems) > 0
+}
+
+func (c *Config) defaults() error {
+	if c.Command == nil {
+		return errors.New("stress: no worker command")
+	}
+	def := func(v *int, d int) {
+		if *v <= 0 {
+			*v = d
+		}
+	}
+	def(&c.Procs, 4)
+	def(&c.Threads, 4)
+	def(&c.Locks, 4)
+	def(&c.Window, 200)
+	def(&c.ListCap, 16)
+	def(&c.MaxProcs, 256)
+	if c.Kills <= 0 && c.Duration <= 0 {
+		c.Kills = 100
+	}
+	if c.HeapSize == 0 {
+		c.HeapSize = 256 << 20
+	}
+	if c.MaxWait <= 0 {
+		c.MaxWait = 2 * time.Second
+	}
+	if c.MaxDelay <= 0 {
+		c.MaxDelay = 5 * time.Millisecond
+	}
+	if c.Seed == 0 {
+		c.Seed = uint64(time.Now().UnixNano())
+	}
+	if c.Threads > 32 || c.Procs > 24 {
+		return fmt.Errorf("stress: at most 24 processes of 32 goroutines (%d, %d)", c.Procs, c.Threads)
+	}
+	return nil
+}
+
+var plants = map[string]uint64{"": plantNone, "norepair": plantNoRepair, "nolock": plantNoLock}
+
+// worker is one worker process slot: its current incarnation.
+type worker struct {
+	cmd    *exec.Cmd
+	done   chan struct{} // closed when cmd.Wait returned
+	killed bool
+}
+
+// runner is the parent's state during a run.
+type runner struct {
+	cfg     Config
+	h       *heap.Heap
+	p       *mcs.Process
+	t       *table
+	path    string
+	rng     *rand.Rand
+	workers []*worker
+	rep     Report
+	// pending recoveries: lock -> (kill time, its recovery count before the kill)
+	pending  map[int][2]uint64
+	samples  []float64
+	stuck    map[[2]uint64]bool // (thread record, wait start) seen over the bound
+	orphanOK map[uint64]int     // objects named by dead threads' holds
+	pendings int                // dead threads killed while allocating (one unknown orphan each)
+	auditing bool               // the parent's final takeovers: not latency samples
+}
+
+// Run runs the stress test that cfg describes until its kills or duration are
+// done or ctx ends, then stops the workers and checks the heap. The error is
+// for a run that could not be carried out; what the run found is in the
+// Report (Failed).
+func Run(ctx context.Context, cfg Config) (Report, error) {
+	if err := cfg.defaults(); err != nil {
+		return Report{}, err
+	}
+	plant, ok := plants[cfg.Plant]
+	if !ok {
+		return Report{}, fmt.Errorf("stress: unknown planted bug %q", cfg.Plant)
+	}
+	r := &runner{cfg: cfg, rng: rand.New(rand.NewPCG(cfg.Seed, 17)), pending: map[int][2]uint64{},
+		stuck: map[[2]uint64]bool{}, orphanOK: map[uint64]int{}}
+	r.rep = Report{Procs: cfg.Procs, Threads: cfg.Threads, Locks: cfg.Locks, Seed: cfg.Seed}
+	r.path = cfg.HeapPath
+	if r.path == "" {
+		dir, err := os.MkdirTemp("", "kflex-stress")
+		if err != nil {
+			return r.rep, err
+		}
+		defer os.RemoveAll(dir)
+		r.path = filepath.Join(dir, "heap")
+	}
+	if err := r.setUp(plant); err != nil {
+		return r.rep, err
+	}
+	defer r.h.Close()
+	defer r.p.Detach()
+	start := time.Now()
+	err := r.loop(ctx, start)
+	r.stop()
+	r.finish(start)
+	r.rep.DurationS = time.Since(start).Seconds()
+	return r.rep, err
+}
+
+func (r *runner) setUp(plant uint64) error {
+	c := r.cfg
+	// Nodes: one per goroutine waiting at once, few, so that the node table
+	// scans of mcs.Reap after every kill stay cheap with many slots.
+	h, err := heap.Create(r.path, &heap.Options{Params: heap.Params{Size: c.HeapSize,
+		MaxProcs: uint32(c.MaxProcs), NodesPerProc: uint32(max(16, c.Threads))}})
+	if err != nil {
+		return fmt.Errorf("stress: %w", err)
+	}
+	p, err := mcs.Attach(h)
+	if err != nil {
+		h.Close()
+		return fmt.Errorf("stress: %w", err)
+	}
+	r.h, r.p = h, p
+	size := tableSize(c.Procs, c.Threads, c.Locks)
+	off, err := h.Alloc(size)
+	if err != nil {
+		p.Detach()
+		h.Close()
+		return fmt.Errorf("stress: table: %w", err)
+	}
+	clear(h.Bytes(off, size))
+	t := &table{h: h, off: off, procs: c.Procs, threads: c.Threads, locks: c.Locks}
+	for i := range c.Locks {
+		s := sentinel(t.lock(i))
+		t.store(s+oNext, s)
+		t.store(s+oPrev, s)
+	}
+	for k, v := range map[uint64]uint64{tProcs: uint64(c.Procs), tThreads: uint64(c.Threads), tLocks: uint64(c.Locks),
+		tPlant: plant, tWindow: uint64(c.Window), tCap: uint64(c.ListCap)} {
+		t.store(off+k, v)
+	}
+	t.store(off+tMagic, magic)
+	atomic.StoreUint64(h.Root(tableRoot), off)
+	r.t = t
+	r.workers = make([]*worker, c.Procs)
+	for i := range c.Procs {
+		if err := r.start(i); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// start starts worker i.
+func (r *runner) start(i int) error {
+	cmd := r.cfg.Command()
+	if cmd.Env == nil {
+		cmd.Env = os.Environ()
+	}
+	cmd.Env = append(cmd.Env, WorkerEnv+"="+r.path+","+strconv.Itoa(i))
+	if cmd.Stderr == nil {
+		cmd.Stderr = os.Stderr
+	}
+	// Its own process group, so that a terminal's Ctrl-C reaches only the
+	// parent, which then stops the workers and checks; killed with the
+	// parent.
+	cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL, Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		return fmt.Errorf("stress: start worker %d: %w", i, err)
+	}
+	w := &worker{cmd: cmd, done: make(chan struct{})}
+	go func() { cmd.Wait(); close(w.done) }()
+	r.workers[i] = w
+	return nil
+}
+
+// loop kills and restarts workers until the run is over.
+func (r *runner) loop(ctx context.Context, start time.Time) error {
+	c := r.cfg
+	lastProgress := time.Now()
+	for {
+		if c.Kills > 0 && r.rep.Kills >= c.Kills || c.Duration > 0 && time.Since(start) >= c.Duration || ctx.Err() != nil {
+			return nil
+		}
+		// The schedule: victim, what to wait for, delay. All drawn up front
+		// so that a seed gives the same sequence of choices.
+		victim := r.rng.IntN(c.Procs)
+		aim := r.rng.IntN(4) // stHolding, stWaiting, stAllocator, or anything (0)
+		delay := time.Duration(r.rng.Int64N(int64(c.MaxDelay) + 1))
+		r.pause(delay)
+		if err := r.watch(); err != nil {
+			return err
+		}
+		r.kill(victim, uint64(aim))
+		if err := r.restart(victim); err != nil {
+			return err
+		}
+		if c.Progress != nil && time.Since(lastProgress) > 200*time.Millisecond {
+			lastProgress = time.Now()
+			c.Progress(r.snapshot(start))
+		}
+	}
+}
+
+// pause sleeps d while watching the run.
+func (r *runner) pause(d time.Duration) {
+	end := time.Now().Add(d)
+	for {
+		r.scan()
+		left := time.Until(end)
+		if left <= 0 {
+			return
+		}
+		time.Sleep(min(left, time.Millisecond))
+	}
+}
+
+// watch notices workers that exited on their own: they are unaccounted for,
+// and restarted.
+func (r *runner) watch() error {
+	for i, w := range r.workers {
+		select {
+		case <-w.done:
+			r.ended(i, w)
+			if err := r.start(i); err != nil {
+				return err
+			}
+		default:
+		}
+	}
+	return nil
+}
+
+// kill SIGKILLs worker i once one of its goroutines is in state aim (or after
+// 20 ms without one, or at once for aim 0), waits for it and settles what it
+// left: its held locks become pending recoveries, its hold words orphan
+// allowances.
+func (r *runner) kill(i int, aim uint64) {
+	w := r.workers[i]
+	before := make([]uint64, r.t.locks)
+	for l := range before {
+		before[l] = r.t.load(r.t.lock(l) + lRecoveries)
+	}
+	state := uint64(stIdle)
+	deadline := time.Now().Add(20 * time.Millisecond)
+	for spins := 0; ; spins++ {
+		if aim != 0 && r.anyIn(i, aim) {
+			state = aim
+			break
+		}
+		if state = r.mostInteresting(i); aim == 0 || time.Now().After(deadline) {
+			break
+		}
+		if spins%64 == 63 {
+			runtime.Gosched() // the workers need the CPU to get there
+		}
+	}
+	at := now()
+	w.killed = true
+	w.cmd.Process.Signal(syscall.SIGKILL)
+	select {
+	case <-w.done:
+	case <-time.After(r.cfg.MaxWait):
+		r.problem("worker %d (pid %d) still running %v after SIGKILL", i, w.cmd.Process.Pid, r.cfg.MaxWait)
+		<-w.done
+	}
+	r.rep.Kills++
+	switch state {
+	case stHolding:
+		r.rep.KilledHolding++
+	case stWaiting:
+		r.rep.KilledWaiting++
+	case stAllocator:
+		r.rep.KilledAllocator++
+	default:
+		r.rep.KilledOther++
+	}
+	r.ended(i, w)
+	for th := range r.t.threads {
+		rec := r.t.thread(i, th)
+		if l := r.t.load(rec + rHeldLock); l != 0 {
+			if _, ok := r.pending[int(l-1)]; !ok {
+				r.pending[int(l-1)] = [2]uint64{at, before[l-1]}
+			}
+		}
+		switch x := r.t.load(rec + rHold); x {
+		case 0:
+		case holdPending:
+			r.pendings++
+		default:
+			r.orphanOK[x]++
+		}
+		for _, f := range []uint64{rState, rWaitSince, rHeldLock, rHold} {
+			r.t.store(rec+f, 0)
+		}
+	}
+	// Give the dead's slots and allocator state back now, beside the live
+	// workers, as a runtime would.
+	mcs.Reap(r.h)
+	if _, err := r.h.Reap(); err != nil {
+		r.problem("heap reap after kill %d: %v", r.rep.Kills, err)
+	}
+	r.scan()
+}
+
+// anyIn reports whether one of worker i's goroutines is in state s.
+func (r *runner) anyIn(i int, s uint64) bool {
+	for th := range r.t.threads {
+		if r.t.load(r.t.thread(i, th)+rState) == s {
+			return true
+		}
+	}
+	return false
+}
+
+// mostInteresting is the state of worker i's goroutines that a kill aims at
+// first: holding, then waiting, then allocating.
+func (r *runner) mostInteresting(i int) uint64 {
+	best := uint64(stIdle)
+	for th := range r.t.threads {
+		s := r.t.load(r.t.thread(i, th) + rState)
+		if s == stHolding {
+			return s
+		}
+		if s == stWaiting || s == stAllocator && best != stWaiting {
+			best = s
+		}
+	}
+	return best
+}
+
+// restart starts worker i again.
+func (r *runner) restart(i int) error { return r.start(i) }
+
+// ended accounts for worker i's exit: our SIGKILL, or a clean exit after the
+// stop; anything else is unaccounted.
+func (r *runner) ended(i int, w *worker) {
+	ps := w.cmd.ProcessState
+	ws, _ := ps.Sys().(syscall.WaitStatus)
+	switch {
+	case w.killed && ws.Signaled() && ws.Signal() == syscall.SIGKILL:
+	case r.t.load(r.t.off+tStop) != 0 && ws.Exited() && ws.ExitStatus() == 0:
+	default:
+		r.rep.Unaccounted++
+		r.problem("worker %d (pid %d): %v", i, w.cmd.Process.Pid, ps)
+	}
+}
+
+// scan looks at every waiting goroutine (stuck over the bound?) and at the
+// pending recoveries (has someone taken the lock since the kill?).
+func (r *runner) scan() {
+	t := now()
+	bound := uint64(r.cfg.MaxWait.Nanoseconds())
+	for i := range r.cfg.Procs {
+		for th := range r.t.threads {
+			rec := r.t.thread(i, th)
+			if s := r.t.load(rec + rWaitSince); s != 0 && t > s && t-s > bound && !r.stuck[[2]uint64{rec, s}] {
+				r.stuck[[2]uint64{rec, s}] = true
+				r.rep.Stuck++
+				r.problem("worker %d goroutine %d waits for a lock for over %v", i, th, r.cfg.MaxWait)
+			}
+		}
+	}
+	for l, p := range r.pending {
+		rec := r.t.lock(l)
+		if r.t.load(rec+lRecoveries) > p[1] {
+			if at := r.t.load(rec + lRecoveredAt); at > p[0] && !r.auditing {
+				r.samples = append(r.samples, float64(at-p[0])/1e3)
+			}
+			delete(r.pending, l)
+		}
+	}
+}
+
+func (r *runner) problem(format string, args ...any) {
+	if len(r.rep.Problems) < 20 {
+		r.rep.Problems = append(r.rep.Problems, fmt.Sprintf(format, args...))
+	}
+}
+
+// snapshot is the report so far, from the heap's counters.
+func (r *runner) snapshot(start time.Time) Report {
+	rep := r.rep
+	rep.Problems = slices.Clone(rep.Problems)
+	var maxWait uint64
+	for i := range r.cfg.Procs {
+		for th := range r.t.threads {
+			rec := r.t.thread(i, th)
+			rep.Acquisitions += r.t.load(rec + rAcquired)
+			rep.Repaired += int(r.t.load(rec + rRepaired))
+			rep.Violations += int(r.t.load(rec + rViolation))
+			maxWait = max(maxWait, r.t.load(rec+rMaxWait))
+		}
+	}
+	for l := range r.t.locks {
+		rep.Recoveries += int(r.t.load(r.t.lock(l) + lRecoveries))
+	}
+	rep.MaxWaitMs = float64(maxWait) / 1e6
+	if n := len(r.samples); n > 0 {
+		s := slices.Clone(r.samples)
+		slices.Sort(s)
+		rep.RecoveryP50us, rep.RecoveryP90us, rep.RecoveryP99us = s[n/2], s[n*90/100], s[min(n-1, n*99/100)]
+		rep.RecoveryMaxUs, rep.RecoverySamples = s[n-1], n
+		rep.RecoveryParked = n - sort.SearchFloat64s(s, 9000)
+	}
+	rep.DurationS = time.Since(start).Seconds()
+	return rep
+}
