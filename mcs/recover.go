@@ -134,7 +134,12 @@ func (m *Mutex) takeOver(w, nw uint64) bool {
 func (m *Mutex) repair(n node, skipped *[]uint32) bool {
 	for {
 		pred := atomic.LoadUint32(n.prev())
-		if pred != 0 && !m.p.nodeDead(pred) {
+		// A live predecessor will grant us, or skip us past abandoned nodes,
+		// unless it is itself abandoned: a waiter that left (a kernel waiter
+		// that timed out, a cancelled extension) acts no more, alive or not,
+		// so we look through it to what is ahead of it.
+		if pred != 0 && !m.p.nodeDead(pred) &&
+			atomic.LoadUint32(m.p.node(pred-1).state()) != nodeAbandoned {
 			return false
 		}
 		if pred != 0 {
@@ -167,7 +172,12 @@ func (m *Mutex) repair(n node, skipped *[]uint32) bool {
 		atomic.CompareAndSwapUint32(n.state(), nodeWaiting, nodeHead)
 		atomic.CompareAndSwapUint32(n.state(), nodeParked, nodeHead)
 		for _, i := range *skipped {
-			atomic.CompareAndSwapUint32(m.p.node(i-1).state(), nodeAbandoned, nodeFree)
+			// A live owner's abandoned node may have been freed by a granter
+			// meanwhile and queued again elsewhere: free it only while it still
+			// names this lock.
+			if sn := m.p.node(i - 1); atomic.LoadUint64(sn.lock()) == m.off {
+				atomic.CompareAndSwapUint32(sn.state(), nodeAbandoned, nodeFree)
+			}
 		}
 		return true
 	}

@@ -15,6 +15,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/kflex-go/kflex/abi"
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/heap"
 	"github.com/kflex-go/kflex/internal/testutil"
@@ -26,24 +27,28 @@ import (
 const (
 	roleHolder  = "serve-holder"  // attaches, locks KFLEX_LOCK, says "held", waits to be killed
 	roleRuntime = "serve-runtime" // a runtime invoking lockOnce on KFLEX_LOCK; says "invoking"
+	roleWaiter  = "serve-waiter"  // attaches, says "locking", queues for KFLEX_LOCK, waits to be killed
 )
 
 // TestRecoveryChild is the child of the recovery tests; run directly it does
 // nothing.
 func TestRecoveryChild(t *testing.T) {
 	role := testutil.Role()
-	if role != roleHolder && role != roleRuntime {
+	if role != roleHolder && role != roleRuntime && role != roleWaiter {
 		t.Skip("child process of the recovery tests")
 	}
 	h, err := heap.Open(os.Getenv("KFLEX_HEAP"), nil)
 	require.NoError(t, err)
 	defer h.Close()
 	off := testutil.EnvUint(t, "KFLEX_LOCK")
-	if role == roleHolder {
+	if role == roleHolder || role == roleWaiter {
 		p, err := mcs.Attach(h)
 		require.NoError(t, err)
 		m, err := p.Mutex(off)
 		require.NoError(t, err)
+		if role == roleWaiter {
+			fmt.Println("locking")
+		}
 		require.NoError(t, m.Lock())
 		fmt.Println("held")
 		time.Sleep(time.Minute) // killed long before
@@ -196,4 +201,55 @@ func TestRuntimeKilledWhileQueued(t *testing.T) {
 	assert.Zero(t, r0)
 	assert.Zero(t, atomic.LoadUint64(h.Uint64(off)))
 	tablesSettled(t, h, p, 2)
+}
+
+// TestAbandonedBehindDead: an extension cancelled while it waits leaves its
+// node abandoned in the queue; when the waiter ahead of it and the holder
+// then die, the Go waiter behind it must look through the abandoned node to
+// the dead ones, become the head and take the lock over (owner died), not
+// wait forever for a grant nobody will give.
+func TestAbandonedBehindDead(t *testing.T) {
+	h, path, off := recoveryWorld(t)
+	word := h.Uint64(off)
+	tail := func() uint64 { return *word >> 32 }
+	waitTail := func(what string, from uint64) uint64 {
+		deadline := time.Now().Add(10 * time.Second)
+		for tail() == from {
+			if time.Now().After(deadline) {
+				t.Fatalf("%s never queued: word %#x", what, *word)
+			}
+			time.Sleep(100 * time.Microsecond)
+		}
+		return tail()
+	}
+	holder := startChild(t, roleHolder, path, off, "held")
+	waiter := startChild(t, roleWaiter, path, off, "locking")
+	qd := waitTail("the child waiter", 0)
+
+	rt := lockRuntime(t, h, serve.Options{JIT: 1})
+	invoked := make(chan error, 1)
+	go func() { _, err := rt.Invoke(context.Background(), "lockonce", h.Base()+off); invoked <- err }()
+	qe := waitTail("the extension", qd)
+
+	p, err := mcs.Attach(h)
+	require.NoError(t, err)
+	defer p.Detach()
+	m, err := p.Mutex(off)
+	require.NoError(t, err)
+	locked := make(chan error, 1)
+	go func() { locked <- m.Lock() }()
+	waitTail("the Go waiter", qe)
+
+	require.Equal(t, 1, rt.Cancel("lockonce"))
+	require.ErrorIs(t, <-invoked, abi.ErrCancelled)
+	require.NoError(t, waiter.Kill())
+	require.NoError(t, holder.Kill())
+	select {
+	case err := <-locked:
+		require.ErrorIs(t, err, mcs.ErrOwnerDied)
+		m.Consistent()
+		m.Unlock()
+	case <-time.After(10 * time.Second):
+		t.Fatalf("the Go waiter behind the abandoned node never got the lock: word %#x", *word)
+	}
 }
