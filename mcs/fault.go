@@ -14,5 +14,11 @@ const (
 	FaultGranted    = "granted"     // holding the lock, the successor granted, node not freed
 )
 
+// FaultAttachClaimed is the one fault point outside the lock protocol: in
+// Attach, after the designated thread has claimed its owner slot (the CAS of
+// its TID into the liveness word, with the slot's entry as the robust list's
+// list_op_pending) and before it links the entry into its robust list.
+const FaultAttachClaimed = "attach-claimed"
+
 // FaultPoints lists the fault points in protocol order.
 var FaultPoints = []string{FaultSwapped, FaultLinked, FaultParked, FaultHead, FaultHeadParked, FaultTaken, FaultGranted}

@@ -6,9 +6,12 @@ import (
 	"fmt"
 	"syscall"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
+
+	"github.com/kflex-go/kflex/internal/testutil"
 )
 
 // TestKillAtEveryPoint kills a child at each fault point of the protocol (its
@@ -89,5 +92,38 @@ func TestUnstickDeadSuccessor(t *testing.T) {
 	x := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultSwapped)
 	requireKilled(t, x)
 	require.NoError(t, w.p.Unstick(off, n, KernelStuck))
+	w.settled(t, off, 0)
+}
+
+// TestKilledInAttach kills a child inside Attach, after its designated
+// thread claimed an owner slot (the CAS of its TID into the liveness word)
+// and before it linked the slot's entry into its robust list
+// (FaultAttachClaimed). The kernel finds the entry as the list's
+// list_op_pending and marks the word: the slot reads dead, WaitDeath says
+// so, and Reap gives it back. Before the list was registered ahead of the
+// claim, such a slot read alive forever.
+func TestKilledInAttach(t *testing.T) {
+	w := newWorld(t, 1<<20)
+	off := w.locks(t, 1)[0]
+	for range 3 {
+		cmd := testutil.Child(t, "TestLockerChild", childLocker, "KFLEX_HEAP="+w.path,
+			fmt.Sprintf("KFLEX_LOCK=%d", off), "KFLEX_ACT="+actHold, "KFLEX_FAULT="+FaultAttachClaimed)
+		require.NoError(t, cmd.Start())
+		err := cmd.Wait()
+		ws, _ := cmd.ProcessState.Sys().(syscall.WaitStatus)
+		require.True(t, ws.Signaled() && ws.Signal() == syscall.SIGKILL, "the child reached its fault point: %v", err)
+
+		owners := Owners(w.h)
+		require.Len(t, owners, 2, "the child claimed a slot: %+v", owners)
+		var dead OwnerState
+		for _, o := range owners {
+			if o.Slot != w.p.Slot() {
+				dead = o
+			}
+		}
+		assert.True(t, WaitDeath(w.h, dead.Slot, 5*time.Second), "the kernel marked slot %d dead: %+v", dead.Slot, owners)
+		assert.Equal(t, 1, Reap(w.h), "the dead slot given back")
+		assert.Len(t, Owners(w.h), 1)
+	}
 	w.settled(t, off, 0)
 }

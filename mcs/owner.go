@@ -83,10 +83,24 @@ type robustHead struct {
 	listOpPending uint64
 }
 
-// liveness is the designated thread. It claims the slot with its TID, registers
-// the robust list, and then stays locked to its thread until Detach: if it
-// returned early, its thread would exit and the kernel would declare the process
-// dead while it lives.
+// liveness is the designated thread. It registers an empty robust list,
+// claims a slot with its TID under the list's list_op_pending protocol, and
+// then stays locked to its thread until Detach: if it returned early, its
+// thread would exit and the kernel would declare the process dead while it
+// lives.
+//
+// The order makes a death at any instruction safe. The list is registered
+// before any slot is claimed, and a slot is claimed with the kernel's
+// protocol for an entry being added: list_op_pending names the slot's entry
+// (its record's robust field) before the CAS of 0 -> TID into its liveness
+// word, and is cleared only once the entry is linked into the list. At the
+// thread's exit the kernel treats the pending entry like a listed one,
+// marking its word OWNER_DIED only if the word holds the exiting thread's
+// TID. So a death before the CAS leaves the slot free, one after it leaves
+// the slot marked dead (for Reap), and a pending entry naming a slot whose
+// CAS failed touches nothing: its word holds another TID. Nothing is written
+// into a slot's record before the CAS wins: its robust field belongs to its
+// owner's kernel list.
 func (p *Process) liveness(ready chan<- error) {
 	defer close(p.done)
 	runtime.LockOSThread()
@@ -103,13 +117,21 @@ func (p *Process) liveness(ready chan<- error) {
 	defer unix.Munmap(mem)
 	head := (*robustHead)(unsafe.Pointer(&mem[0]))
 	headAddr := uint64(uintptr(unsafe.Pointer(head)))
+	head.next = headAddr // empty: the list is circular
+	head.futexOffset = robustFutexOffset
+	if err := setRobustList(head); err != nil {
+		ready <- err
+		return
+	}
 
 	tid := uint32(unix.Gettid())
 	hdr := p.h.Header()
 	found := false
 	for range 2 { // a second time after reaping the slots of the dead
 		for s := range hdr.MaxProcs {
-			if atomic.CompareAndSwapUint32(p.h.Uint32(hdr.OwnerOff+uint64(s)*heap.OwnerRecordSize+ownerLive), 0, tid) {
+			rec := hdr.OwnerOff + uint64(s)*heap.OwnerRecordSize
+			atomic.StoreUint64(&head.listOpPending, uint64(uintptr(p.h.At(rec+ownerRobust))))
+			if atomic.CompareAndSwapUint32(p.h.Uint32(rec+ownerLive), 0, tid) {
 				p.slot, found = s, true
 				break
 			}
@@ -119,27 +141,26 @@ func (p *Process) liveness(ready chan<- error) {
 		}
 	}
 	if !found {
+		atomic.StoreUint64(&head.listOpPending, 0)
 		ready <- fmt.Errorf("%w: %d slots in use", ErrNoSlot, hdr.MaxProcs)
 		return
 	}
+	fault(FaultAttachClaimed)
+	// Ours now: link the entry (a circular list of one), then end the pending
+	// operation.
 	entry := p.h.At(p.record(ownerRobust))
-	*(*uint64)(entry) = headAddr // circular list of one entry
+	atomic.StoreUint64((*uint64)(entry), headAddr)
+	atomic.StoreUint64(&head.next, uint64(uintptr(entry)))
+	atomic.StoreUint64(&head.listOpPending, 0)
 	atomic.StoreUint32(p.h.Uint32(p.record(ownerPID)), uint32(os.Getpid()))
 	p.gen = atomic.AddUint32(p.h.Uint32(p.record(ownerGen)), 1)
 	atomic.StoreUint64(p.h.Uint64(p.record(ownerSince)), uint64(time.Now().UnixNano()))
-	head.next = uint64(uintptr(entry))
-	head.futexOffset = robustFutexOffset
-	if err := setRobustList(head); err != nil {
-		atomic.StoreUint32(p.h.Uint32(p.record(ownerLive)), 0)
-		ready <- err
-		return
-	}
 	ready <- nil
 
 	<-p.stop
 	// Detach: empty the list first, so that this thread's exit marks nothing,
 	// then free the slot.
-	head.next = headAddr
+	atomic.StoreUint64(&head.next, headAddr)
 	atomic.StoreUint32(p.h.Uint32(p.record(ownerLive)), 0)
 	p.wakeDeath(p.slot + 1) // nobody should wait for us now; if one does, it sees us gone
 }

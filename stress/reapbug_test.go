@@ -40,22 +40,20 @@ func attachAndWait() {
 // marked abandoned, X's prev moves past them, and they go on X's skipped
 // list, freed only when X becomes the head) and X is killed before it
 // becomes the head: X's successor repairs around X alone, and nobody is left
-// to free the pair. mcs.Reap should free them (nobody live will act on
-// them) and give the slot back, but reapNode's referenced() counts each as
-// referenced by the other (a non-free node on the same lock whose next or
-// prev names it), so neither is ever freed and the dead process's owner slot
-// is never reclaimed: each occurrence leaks an owner slot for good, and
-// Attach fails with ErrNoSlot once MaxProcs of them have accumulated. The
-// same rule strands dead head nodes that dead abandoned nodes name (seen in
-// the 10,000-kill run of seed 17: nodes in state head of two dead slots on a
-// free lock). The fix belongs in mcs: a reference from a node that nobody
-// live will act on (dead, abandoned or a dead head on a lock whose queue no
-// longer reaches it) should not keep a node.
+// to free the pair. mcs.Reap used to count each as referenced by the other
+// (a non-free node on the same lock whose next or prev named it), so neither
+// was ever freed and the dead process's owner slot was never reclaimed: each
+// occurrence leaked an owner slot for good, and Attach failed with ErrNoSlot
+// once MaxProcs of them had accumulated. The same rule stranded dead head
+// nodes that dead abandoned nodes named (seen in the 10,000-kill run of seed
+// 17: nodes in state head of two dead slots on a free lock). Reap now keeps a
+// dead node only while the live queue can reach it (from the lock's tail and
+// from live processes' queued nodes, along next and non-head prev), so it
+// frees the pair and gives the slot back.
 func TestReapAbandonedPair(t *testing.T) {
 	if testutil.Role() == "stress-attach" {
 		attachAndWait()
 	}
-	t.Skip("mcs bug: Reap leaves dead abandoned nodes that name each other (and their owner slot) forever")
 	path := filepath.Join(t.TempDir(), "heap")
 	h, err := heap.Create(path, &heap.Options{Params: heap.Params{Size: 8 << 20}})
 	require.NoError(t, err)
