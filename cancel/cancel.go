@@ -91,23 +91,29 @@ var ErrDisconnect = errors.New("the invoking process disconnected")
 type Watch struct {
 	terminate func()
 	budget    time.Duration
+	deadline  time.Time
 
 	mu     sync.Mutex
 	cause  Cause
-	timer  *time.Timer
 	unhook func() bool
 }
 
-// Start watches an invocation that terminate stops: it fires Budget after
-// budget (none if budget <= 0) and Context when ctx ends. Stop must be called
-// when the invocation returns.
+// Start watches an invocation that terminate stops: it fires Context when ctx
+// ends. Stop must be called when the invocation returns.
+//
+// The time budget is the engine's to enforce (Deadline: jit.Machine and
+// interp.Machine look at the clock where they return to Go anyway, every
+// abi.BackEdgeBudget back-edges): a timer per invocation would wake a
+// thread, which costs a lone caller's round trip several microseconds. The
+// watch attributes a cancellation that no other cause fired, past the
+// deadline, to Budget.
 func Start(ctx context.Context, budget time.Duration, terminate func()) *Watch {
 	w := &Watch{terminate: terminate, budget: budget}
+	if budget > 0 {
+		w.deadline = time.Now().Add(budget)
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
-	if budget > 0 {
-		w.timer = time.AfterFunc(budget, func() { w.Fire(Budget) })
-	}
 	if ctx.Done() != nil {
 		w.unhook = context.AfterFunc(ctx, func() {
 			if errors.Is(context.Cause(ctx), ErrDisconnect) {
@@ -137,6 +143,9 @@ func (w *Watch) Cause() Cause {
 	return w.cause
 }
 
+// Deadline is when the budget runs out (zero: no budget), for the engine.
+func (w *Watch) Deadline() time.Time { return w.deadline }
+
 // Stop ends the watch: no cause fires after it returns.
 func (w *Watch) Stop() {
 	w.mu.Lock()
@@ -144,9 +153,6 @@ func (w *Watch) Stop() {
 		w.cause = stopped
 	}
 	w.mu.Unlock()
-	if w.timer != nil {
-		w.timer.Stop()
-	}
 	if w.unhook != nil {
 		w.unhook()
 	}
@@ -171,6 +177,9 @@ func (w *Watch) Result(program string, err error) error {
 	c := w.Cause()
 	if c == stopped {
 		c = None
+		if !w.deadline.IsZero() && !time.Now().Before(w.deadline) {
+			c = Budget // the engine stopped itself at the deadline
+		}
 	}
 	return &Error{Program: program, Insn: insn, Cause: c, Budget: w.budget, Err: err}
 }

@@ -8,6 +8,7 @@ import (
 	"os"
 	"runtime"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"github.com/cilium/ebpf/asm"
@@ -173,6 +174,10 @@ type Machine struct {
 	// MayGoto is the number of may_goto instructions that fall through in one
 	// run (0: abi.MayGotoBudget).
 	MayGoto uint64
+	// Deadline, if not zero, cancels a run still going then: it is checked
+	// where the code returns to Go anyway, every abi.BackEdgeBudget
+	// back-edges, so a time budget costs no timer and no thread wake-up.
+	Deadline time.Time
 
 	ctx     *execContext // in ctxMem
 	ctxMem  []byte
@@ -361,6 +366,9 @@ func (m *Machine) run(p *Program, ctxAddr uint64, ctx []byte) (uint64, error) {
 			// runtime asked for happens now rather than never.
 			runtime.Gosched()
 			c.budget = abi.BackEdgeBudget
+			if !m.Deadline.IsZero() && time.Now().After(m.Deadline) {
+				m.Cancel() // stops at the next cancellation point: the back-edge it resumes at
+			}
 		case exitHelper:
 			if m.terminated() && (p.shielded == nil || !p.shielded[pc]) {
 				return 0, m.cancelled(p, pc, "at a helper call")

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	"github.com/kflex-go/kflex/cancel"
@@ -90,6 +91,15 @@ func (e *executor) cancel() {
 		e.im.Cancel()
 	} else {
 		e.m.Cancel()
+	}
+}
+
+// setDeadline is when e's engine cancels the run itself (zero: never).
+func (e *executor) setDeadline(d time.Time) {
+	if e.im != nil {
+		e.im.Deadline = d
+	} else {
+		e.m.Deadline = d
 	}
 }
 
@@ -203,4 +213,67 @@ func (rt *Runtime) releaseHeld(e *executor, name string, err error) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// callHook lets a connection cancel a call it made without a context per
+// call (a context's registration and an AfterFunc cost a lone caller's round
+// trip about a microsecond): the first cause fired is kept, and reaches the
+// call's watch as soon as it has one. A nil hook does nothing.
+type callHook struct {
+	mu      sync.Mutex
+	w       *cancel.Watch
+	fired   cancel.Cause
+	firedCh chan struct{} // closed when a cause fires; made only for a call waiting for an executor
+}
+
+// fire cancels the call for cause c.
+func (h *callHook) fire(c cancel.Cause) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.fired != cancel.None {
+		return
+	}
+	h.fired = c
+	if h.w != nil {
+		h.w.Fire(c)
+	}
+	if h.firedCh != nil {
+		close(h.firedCh)
+	}
+}
+
+// attach gives the hook the call's watch (nil when the run ended), firing a
+// cause that came before.
+func (h *callHook) attach(w *cancel.Watch) {
+	if h == nil {
+		return
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.w = w
+	if w != nil && h.fired != cancel.None {
+		w.Fire(h.fired)
+	}
+}
+
+// firedChan is closed once a cause fires (nil for a nil hook: never ready).
+func (h *callHook) firedChan() <-chan struct{} {
+	if h == nil {
+		return nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.firedCh == nil {
+		h.firedCh = make(chan struct{})
+		if h.fired != cancel.None {
+			close(h.firedCh)
+		}
+	}
+	return h.firedCh
+}
+
+func (h *callHook) cause() cancel.Cause {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return h.fired
 }

@@ -2,7 +2,6 @@ package serve
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -48,9 +47,7 @@ func (rt *Runtime) serveConn(c *net.UnixConn) {
 	}
 	s := &connServer{rt: rt, c: c, pid: p.pid, slots: make(chan struct{}, len(rt.all)),
 		rbuf: make([]byte, wire.MaxRequest+1), wake: make(chan struct{}, 1), done: make(chan struct{})}
-	s.ctx, s.disconnect = context.WithCancelCause(context.Background())
 	s.calls = map[uint64]*call{}
-	defer s.disconnect(cancel.ErrDisconnect)
 	s.asleep.Store(true)
 	s.wg.Add(2)
 	go s.watch()
@@ -96,13 +93,9 @@ type connServer struct {
 	wake    chan struct{}
 	done    chan struct{} // closed when reading ends
 
-	// The process's calls end with it: when its connection ends, whatever
-	// it started is cancelled (cancel.Disconnect).
-	ctx        context.Context
-	disconnect context.CancelCauseFunc
-
 	callsMu sync.Mutex
 	calls   map[uint64]*call // in flight, by request id
+	gone    bool             // the connection ended: its calls are cancelled (cancel.Disconnect)
 
 	wmu  sync.Mutex // results are written whole, one at a time
 	wbuf []byte
@@ -213,31 +206,40 @@ func (s *connServer) hungUp() bool {
 	return hup
 }
 
-// end ends reading, and cancels the connection's calls still running.
+// end ends reading, and cancels the connection's calls still running: the
+// process's calls end with it.
 func (s *connServer) end() {
 	close(s.done)
-	s.disconnect(cancel.ErrDisconnect)
+	s.callsMu.Lock()
+	s.gone = true
+	calls := make([]*call, 0, len(s.calls))
+	for _, c := range s.calls {
+		calls = append(calls, c)
+	}
+	s.callsMu.Unlock()
+	for _, c := range calls {
+		c.hook.fire(cancel.Disconnect)
+	}
 }
 
-// call is a request in flight, which its process may cancel (OpCancel).
+// call is a request in flight, which its process may cancel (OpCancel, or
+// by going away).
 type call struct {
 	req  wire.Request
-	ctx  context.Context
-	stop context.CancelCauseFunc
+	hook callHook
 }
-
-// errCallerCancelled ends a call whose process cancelled it: the
-// invocation ends with cause cancel.Context.
-var errCallerCancelled = errors.New("the caller cancelled the call")
 
 // startCall registers req before it runs, so that a cancel read after it
 // finds it.
 func (s *connServer) startCall(req wire.Request) *call {
-	ctx, stop := context.WithCancelCause(s.ctx)
-	c := &call{req: req, ctx: ctx, stop: stop}
+	c := &call{req: req}
 	s.callsMu.Lock()
 	s.calls[req.ID] = c
+	gone := s.gone
 	s.callsMu.Unlock()
+	if gone {
+		c.hook.fire(cancel.Disconnect)
+	}
 	return c
 }
 
@@ -247,18 +249,17 @@ func (s *connServer) cancelCall(id uint64) {
 	c := s.calls[id]
 	s.callsMu.Unlock()
 	if c != nil {
-		c.stop(errCallerCancelled)
+		c.hook.fire(cancel.Context)
 	}
 }
 
 // run runs c, answers it and gives back its place among the running.
 func (s *connServer) run(c *call) {
 	req := c.req
-	r0, err := s.rt.Invoke(c.ctx, req.Name, req.Arg)
+	r0, err := s.rt.invokeHooked(context.Background(), req.Name, req.Arg, 0, &c.hook)
 	s.callsMu.Lock()
 	delete(s.calls, req.ID)
 	s.callsMu.Unlock()
-	c.stop(nil)
 	s.write(req.ID, r0, err)
 	s.running.Add(-1)
 	<-s.slots

@@ -227,13 +227,21 @@ func (e *executor) unbind(h *heap.Heap) {
 // acquire takes a free executor and binds it to the calling goroutine. It
 // gives up when ctx ends or the runtime closes: a caller waiting for an
 // executor is cancelled as a running one would be.
-func (rt *Runtime) acquire(ctx context.Context) (*executor, cancel.Cause) {
+func (rt *Runtime) acquire(ctx context.Context, hook *callHook) (*executor, cancel.Cause) {
+	select {
+	case e := <-rt.execs:
+		e.bind(rt.h)
+		return e, cancel.None
+	default:
+	}
 	select {
 	case e := <-rt.execs:
 		e.bind(rt.h)
 		return e, cancel.None
 	case <-ctx.Done():
 		return nil, cancel.Context
+	case <-hook.firedChan():
+		return nil, hook.cause()
 	case <-rt.closed:
 		return nil, cancel.Shutdown
 	}
@@ -332,6 +340,12 @@ func (rt *Runtime) Invoke(ctx context.Context, name string, arg uint64) (uint64,
 
 // invokeData is Invoke for an argument that addresses dataLen bytes.
 func (rt *Runtime) invokeData(ctx context.Context, name string, arg, dataLen uint64) (uint64, error) {
+	return rt.invokeHooked(ctx, name, arg, dataLen, nil)
+}
+
+// invokeHooked is invokeData with hook (may be nil), through which the
+// connection that asked for the call cancels it.
+func (rt *Runtime) invokeHooked(ctx context.Context, name string, arg, dataLen uint64, hook *callHook) (uint64, error) {
 	if !rt.has(name) {
 		return 0, fmt.Errorf("no program %q", name)
 	}
@@ -343,7 +357,7 @@ func (rt *Runtime) invokeData(ctx context.Context, name string, arg, dataLen uin
 	rt.inflight.Add(1)
 	rt.mu.Unlock()
 	defer rt.inflight.Done()
-	e, why := rt.acquire(ctx)
+	e, why := rt.acquire(ctx, hook)
 	if e == nil {
 		return 0, &cancel.Error{Program: name, Insn: -1, Cause: why, Err: abi.ErrCancelled}
 	}
@@ -353,7 +367,10 @@ func (rt *Runtime) invokeData(ctx context.Context, name string, arg, dataLen uin
 	if err != nil {
 		return 0, err
 	}
+	e.setDeadline(r.watch.Deadline())
+	hook.attach(r.watch)
 	r0, err := rt.invoke(e, name, arg, dataLen)
+	hook.attach(nil)
 	if errors.Is(err, abi.ErrCancelled) {
 		if rerr := rt.releaseHeld(e, name, err); rerr != nil {
 			rt.tracef("kflex runtime: program %s cancelled: releasing what it held: %v\n", name, rerr)
@@ -381,7 +398,7 @@ func (rt *Runtime) invoke(e *executor, name string, arg, dataLen uint64) (uint64
 // SliceStatus is what an executor thread gets from rseq: whether the bytecode
 // lock's time-slice requests can reach the kernel.
 func (rt *Runtime) SliceStatus() rseq.Status {
-	e, _ := rt.acquire(context.Background())
+	e, _ := rt.acquire(context.Background(), nil)
 	if e == nil {
 		return rseq.Status(0)
 	}

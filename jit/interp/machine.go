@@ -7,6 +7,7 @@ import (
 	"math/bits"
 	"runtime"
 	"sync/atomic"
+	"time"
 	"unsafe"
 
 	"github.com/kflex-go/kflex/abi"
@@ -82,6 +83,10 @@ type Machine struct {
 	MayGoto uint64
 	// Executed counts instructions run by the last Run.
 	Executed uint64
+	// Deadline, if not zero, cancels a run still going then: it is checked
+	// where the interpreter yields anyway, every abi.BackEdgeBudget
+	// back-edges, so a time budget costs no timer.
+	Deadline time.Time
 	tracer   // Trace, in builds with -tags kflextrace (trace.go)
 
 	stack   []byte
@@ -316,6 +321,9 @@ func (m *Machine) run(p *Program, r *[11]uint64) (uint64, error) {
 				if backEdges--; backEdges == 0 {
 					backEdges = abi.BackEdgeBudget
 					runtime.Gosched()
+					if !m.Deadline.IsZero() && time.Now().After(m.Deadline) {
+						m.Cancel() // the next back-edge or helper call stops it
+					}
 				}
 			}
 			switch op {
