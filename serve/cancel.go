@@ -149,9 +149,17 @@ func (rt *Runtime) retireNode(e *executor) {
 	}
 }
 
-// reclaim gives back the nodes e retired that granters have freed, and
-// waits for e's own node if it is still in a queue.
-func (rt *Runtime) reclaim(e *executor) {
+// reclaimWait bounds how long an executor whose node is still abandoned in a
+// queue waits for a granter to free it.
+const reclaimWait = 100 * time.Millisecond
+
+// reclaim gives back the nodes e retired that granters have freed, and makes
+// sure e has a free node for its next call: its own once a granter frees it,
+// or a spare. It reports false when neither came within reclaimWait: the
+// queue that holds e's node has nobody left to pass it on (the waiters
+// ahead of it and the holder died, and nobody queued since), and e must not
+// run again until it does.
+func (rt *Runtime) reclaim(e *executor) bool {
 	kept := e.busy[:0]
 	for _, n := range e.busy {
 		if rt.proc.NodeFree(n) {
@@ -161,10 +169,19 @@ func (rt *Runtime) reclaim(e *executor) {
 		}
 	}
 	e.busy = kept
+	deadline := time.Now().Add(reclaimWait)
 	for spins := 0; !rt.proc.NodeFree(e.node); spins++ {
-		// Only after a cancel found no spare node: a granter frees it soon.
+		if n, ok := rt.proc.TryTakeNode(); ok {
+			e.busy = append(e.busy, e.node)
+			e.node = n
+			return true
+		}
+		if time.Now().After(deadline) {
+			return false
+		}
 		time.Sleep(time.Duration(min(spins, 100)) * 10 * time.Microsecond)
 	}
+	return true
 }
 
 // releaseHeld releases what a cancelled invocation of program name on e

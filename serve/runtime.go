@@ -94,6 +94,9 @@ type executor struct {
 	// Nodes this executor left abandoned in a queue when cancelled: a
 	// granter frees them, and then they go back to the process.
 	busy []mcs.Node
+	// stuck: its node stayed in a queue and no spare was free (reclaim); it
+	// runs nothing more.
+	stuck bool
 }
 
 // New attaches a runtime to h, compiles progs (name → program) and prepares
@@ -249,7 +252,9 @@ func (rt *Runtime) acquire(ctx context.Context, hook *callHook) (*executor, canc
 
 func (rt *Runtime) release(e *executor) {
 	e.unbind(rt.h)
-	rt.execs <- e
+	if !e.stuck {
+		rt.execs <- e
+	}
 }
 
 // helpers are executor e's helpers.
@@ -380,7 +385,10 @@ func (rt *Runtime) invokeHooked(ctx context.Context, name string, arg, dataLen u
 	// What a run that ended keeps allocated is published (returned or stored
 	// in the heap): no longer this invocation's.
 	clear(e.allocs)
-	rt.reclaim(e)
+	if !rt.reclaim(e) {
+		e.stuck = true
+		rt.tracef("kflex runtime: an executor leaves the pool: its queue node %d is still abandoned in the queue of a lock nobody passes on\n", e.node.Index)
+	}
 	return r0, rt.unwatch(r, err)
 }
 
@@ -461,7 +469,13 @@ func (rt *Runtime) Close() error {
 			rt.h.Free(e.scratch)
 		}
 		rt.h.Free(e.area)
-		rt.proc.GiveNode(e.node)
+		// A node still abandoned in a queue stays there: once this process
+		// detaches, the recovery protocol treats it as a dead waiter's.
+		for _, n := range append(e.busy, e.node) {
+			if rt.proc.NodeFree(n) {
+				rt.proc.GiveNode(n)
+			}
+		}
 	}
 	rt.all = nil
 	for _, p := range rt.progs {
