@@ -73,6 +73,13 @@ func (r *runner) finish(start time.Time) {
 			}
 		}
 	}
+	if r.rt != nil {
+		r.rt.mu.Lock()
+		for _, p := range r.rt.problems {
+			r.problem("%s", p)
+		}
+		r.rt.mu.Unlock()
+	}
 	r.objects(listed)
 	if sum, err := r.h.Check(); err != nil {
 		r.problem("heap check: %v", err)
@@ -84,15 +91,21 @@ func (r *runner) finish(start time.Time) {
 		r.rep.LeakedObjects += int(st.Stranded)
 		r.problem("allocator: %d dead caches holding %d stranded objects after reaping", st.DeadCaches, st.Stranded)
 	}
-	if want := uint64(1 + len(listed) + r.rep.LeakedObjects); st.LiveObjects != want {
-		r.problem("allocator: %d live objects, want %d (the table, %d on lists, %d leaked)", st.LiveObjects, want, len(listed), r.rep.LeakedObjects)
+	var rtLive uint64 // the runtime's executor stacks and rseq areas
+	if r.rt != nil {
+		rtLive = r.rt.live
+	}
+	if want := 1 + rtLive + uint64(len(listed)+r.rep.LeakedObjects); st.LiveObjects != want {
+		r.problem("allocator: %d live objects, want %d (the table, %d of the runtime, %d on lists, %d leaked)",
+			st.LiveObjects, want, rtLive, len(listed), r.rep.LeakedObjects)
 	}
 	r.rep.Leaked = r.rep.LeakedObjects + r.rep.LeakedNodes + r.rep.LeakedSlots
 	rep := r.snapshot(start)
 	r.rep = rep
 }
 
-// tables checks that the owner table holds only the parent and the node
+// tables checks that the owner table holds only the parent (with
+// Config.Runtime, the runtime's process, which the parent uses) and the node
 // table no queued node. Nodes and slots left behind are leaked. Two kinds are
 // known mcs bugs, counted apart and reported with the prefix knownBug: nodes
 // of dead processes left on locks with no queue (DeadNodesLeft; mcs.Reap does
@@ -223,7 +236,7 @@ func (r *runner) objects(listed map[uint64]bool) {
 		}
 	}
 	for x := range allocated {
-		if listed[x] {
+		if listed[x] || r.rt != nil && r.rt.objs[x] {
 			continue
 		}
 		switch {

@@ -37,6 +37,7 @@ const (
 	lRecoveries  = 48 // acquisitions that returned ErrOwnerDied
 	lRecoveredAt = 56 // CLOCK_MONOTONIC ns of the last such acquisition
 	lAcquired    = 64 // acquisitions
+	lIndex       = 72 // the lock's index (the extension's object magic)
 	lockRecSize  = 128
 
 	// Thread record.

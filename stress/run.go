@@ -54,6 +54,17 @@ type Config struct {
 	// that got ErrOwnerDied marks the lock consistent without repairing) or
 	// "nolock" (workers sometimes update the pair without the lock).
 	Plant string
+	// Runtime adds an extension runtime in the parent (serve, one JIT and one
+	// interpreting executor) whose extension takes the same locks, checks
+	// and repairs the same data and updates the pair, invoked on random
+	// locks and cancelled at random moments (Report.Cancellations).
+	// Off by default for now: a first run (2 procs, 2 locks, 50 kills) wedged
+	// at the stop with both executors in serve's reclaim, waiting for a
+	// queue node that no granter frees.
+	Runtime bool
+	// RuntimeWindow is the extension's loop between the pair's two
+	// increments, a cancellation point (4000 rounds).
+	RuntimeWindow int
 	// Progress, if set, is called about every 200 ms with the figures so far.
 	Progress func(Report)
 }
@@ -62,7 +73,7 @@ type Config struct {
 // Problems are failures (Failed).
 type Report struct {
 	Kills         int `json:"kills"`
-	Cancellations int `json:"cancellations"` // of extensions: none yet (no runtime in the run)
+	Cancellations int `json:"cancellations"` // of the runtime's invocations (Config.Runtime)
 	// Recoveries are acquisitions that returned ErrOwnerDied; Repaired those
 	// that found the data broken and repaired it.
 	Recoveries int `json:"recoveries"`
@@ -131,6 +142,7 @@ func (c *Config) defaults() error {
 	def(&c.Locks, 4)
 	def(&c.Window, 200)
 	def(&c.ListCap, 16)
+	def(&c.RuntimeWindow, 4000)
 	def(&c.MaxProcs, 256)
 	if c.Kills <= 0 && c.Duration <= 0 {
 		c.Kills = 100
@@ -179,6 +191,7 @@ type runner struct {
 	orphanOK map[uint64]int     // objects named by dead threads' holds
 	pendings int                // dead threads killed while allocating (one unknown orphan each)
 	auditing bool               // the parent's final takeovers: not latency samples
+	rt       *rtRun             // the runtime (Config.Runtime), whose process r.p is
 }
 
 // Run runs the stress test that cfg describes until its kills or duration are
@@ -209,9 +222,17 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		return r.rep, err
 	}
 	defer r.h.Close()
-	defer r.p.Detach()
+	if r.rt != nil {
+		defer r.rt.rt.Close() // and detaches its process, r.p
+		r.runRuntime()
+	} else {
+		defer r.p.Detach()
+	}
 	start := time.Now()
 	err := r.loop(ctx, start)
+	if r.rt != nil {
+		r.stopRuntime()
+	}
 	r.stop()
 	r.finish(start)
 	r.rep.DurationS = time.Since(start).Seconds()
@@ -223,20 +244,33 @@ func (r *runner) setUp(plant uint64) error {
 	// Nodes: one per goroutine waiting at once, few, so that the node table
 	// scans of mcs.Reap after every kill stay cheap with many slots.
 	h, err := heap.Create(r.path, &heap.Options{Params: heap.Params{Size: c.HeapSize,
-		MaxProcs: uint32(c.MaxProcs), NodesPerProc: uint32(max(16, c.Threads))}})
+		MaxProcs: uint32(c.MaxProcs), NodesPerProc: uint32(max(16, c.Threads, nodesForRuntime(c)))}})
 	if err != nil {
 		return fmt.Errorf("stress: %w", err)
 	}
-	p, err := mcs.Attach(h)
-	if err != nil {
-		h.Close()
-		return fmt.Errorf("stress: %w", err)
+	r.h = h
+	if c.Runtime {
+		if err := r.startRuntime(); err != nil {
+			h.Close()
+			return err
+		}
+	} else {
+		p, err := mcs.Attach(h)
+		if err != nil {
+			h.Close()
+			return fmt.Errorf("stress: %w", err)
+		}
+		r.p = p
 	}
-	r.h, r.p = h, p
+	p := r.p
 	size := tableSize(c.Procs, c.Threads, c.Locks)
 	off, err := h.Alloc(size)
 	if err != nil {
-		p.Detach()
+		if r.rt != nil {
+			r.rt.rt.Close()
+		} else {
+			p.Detach()
+		}
 		h.Close()
 		return fmt.Errorf("stress: table: %w", err)
 	}
@@ -246,6 +280,7 @@ func (r *runner) setUp(plant uint64) error {
 		s := sentinel(t.lock(i))
 		t.store(s+oNext, s)
 		t.store(s+oPrev, s)
+		t.store(t.lock(i)+lIndex, uint64(i))
 	}
 	for k, v := range map[uint64]uint64{tProcs: uint64(c.Procs), tThreads: uint64(c.Threads), tLocks: uint64(c.Locks),
 		tPlant: plant, tWindow: uint64(c.Window), tCap: uint64(c.ListCap)} {
@@ -506,6 +541,12 @@ func (r *runner) snapshot(start time.Time) Report {
 	}
 	for l := range r.t.locks {
 		rep.Recoveries += int(r.t.load(r.t.lock(l) + lRecoveries))
+	}
+	if x := r.rt; x != nil {
+		rep.Acquisitions += x.acquisitions.Load()
+		rep.Repaired += int(x.repaired.Load())
+		rep.Violations += int(x.violations.Load())
+		rep.Cancellations = int(x.cancellations.Load())
 	}
 	rep.MaxWaitMs = float64(maxWait) / 1e6
 	if n := len(r.samples); n > 0 {
