@@ -13,11 +13,13 @@ import (
 // not within the liveness bound is stuck, and killed.
 func (r *runner) stop() {
 	r.t.store(r.t.off+tStop, 1)
-	deadline := time.After(r.cfg.MaxWait + 5*time.Second)
+	deadline := time.Now().Add(r.cfg.MaxWait + 5*time.Second)
 	for i, w := range r.workers {
+		// A timer per worker: a channel from one time.After fires once, and a
+		// second stuck worker would then be waited for forever.
 		select {
 		case <-w.done:
-		case <-deadline:
+		case <-time.After(time.Until(deadline)):
 			r.rep.Stuck++
 			r.problem("worker %d (pid %d) still running %v after the stop", i, w.cmd.Process.Pid, r.cfg.MaxWait+5*time.Second)
 			w.killed = true
