@@ -34,7 +34,7 @@ test: lint
 	echo "# the interpreter's trace hook: every register of every generated run checked against the verifier's analysis"; \
 	$(GO) test -tags kflextrace -count=1 ./jit/interp ./verifier || status=1; \
 	echo "# the lock's fault points: a child killed at every step of the protocol"; \
-	$(GO) test -race -tags kflexfault -count=1 -run 'Kill|Killed|Reap|NotRecoverable' ./mcs || status=1; \
+	$(GO) test -race -tags kflexfault -count=1 -run 'Kill|Killed|Reap|NotRecoverable|DeadSuccessor' ./mcs || status=1; \
 	$(GO) run ./internal/hostprobe/summary $(FEATURE_LOG); \
 	exit $$status
 

@@ -153,6 +153,15 @@ func lockText(t target, d time.Duration) string {
 		case len(f) > 0 && f[0] == "@spin":
 			fmt.Fprintf(&b, "%s\n\tldxdw %%r6, [%%r10-48]\n\tjgt %%r0, %%r6, %s\n\tmay_goto %s\n\tja %s\n",
 				saveArgs("\tcall 5"), f[2], f[2], f[1])
+		case len(f) > 0 && f[0] == "@link" && t == forRuntime:
+			// The holder waits for its successor to link itself. Every
+			// RelaxEvery rounds HelperLockCheck (held bits 0: the holder's call)
+			// finds a successor that died before linking, by its prev, and
+			// links it; then the loop looks again.
+			fmt.Fprintf(&b, "\tadd %%r7, 1\n\tmov %%r6, %%r7\n\tand %%r6, %d\n\tjne %%r6, 0, %s\n%s\n\tja %s\n",
+				RelaxEvery-1, f[1], saveArgs(fmt.Sprintf("\tmov %%r4, 0\n\tcall %#x", HelperLockCheck)), f[1])
+		case len(f) > 0 && f[0] == "@link":
+			fmt.Fprintf(&b, "\tmay_goto %s\n\tja %s\n", f[2], f[1])
 		case len(f) > 0 && f[0] == "@retry" && t == forRuntime:
 			fmt.Fprintf(&b, "\tja %s\n", f[1])
 		case len(f) > 0 && f[0] == "@retry":
@@ -188,7 +197,10 @@ func saveArgs(call string) string {
 // ends a wait loop (Runtime: HelperLockCheck every RelaxEvery rounds; Kernel:
 // check the deadline and may_goto, to TIMEOUT when either runs out); "@retry
 // LOOP STUCK" goes back to a compare-and-swap loop (Kernel: bounded by
-// may_goto); "@deadline" sets the kernel form's deadline at [r10-48]; "call
+// may_goto); "@link LOOP STUCK" ends the holder's wait for its successor's
+// link (Runtime: HelperLockCheck with held bits 0 every RelaxEvery rounds,
+// which links a successor that died before linking; Kernel: as @retry);
+// "@deadline" sets the kernel form's deadline at [r10-48]; "call
 // @wake" and "call @slice_yield" call HelperWake and HelperSliceYield.
 //
 // Registers in mcs_lock after the fast path: r6-r9 and r0 are scratch; r4,
@@ -287,7 +299,7 @@ mcs_lock_taken:
 mcs_lock_next:
 	ldxw %r6, [%r2+0]
 	jne %r6, 0, mcs_lock_grant
-@retry mcs_lock_next mcs_lock_stuck
+@link mcs_lock_next mcs_lock_stuck
 mcs_lock_grant:
 	mov %r8, %r6
 	sub %r8, 1

@@ -4,6 +4,7 @@ package mcs
 
 import (
 	"fmt"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -12,6 +13,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kflex-go/kflex/internal/testutil"
+	"github.com/kflex-go/kflex/jit"
 )
 
 // TestKillAtEveryPoint kills a child at each fault point of the protocol (its
@@ -125,5 +127,44 @@ func TestKilledInAttach(t *testing.T) {
 		assert.Equal(t, 1, Reap(w.h), "the dead slot given back")
 		assert.Len(t, Owners(w.h), 1)
 	}
+	w.settled(t, off, 0)
+}
+
+// TestBytecodeHolderDeadSuccessor: a JIT extension that took the lock waits
+// for the successor that swapped itself in behind it to link itself; the
+// successor, a child, was killed in between (FaultSwapped). The extension's
+// HelperLockCheck finds it by its prev and links it; the extension grants it,
+// returns with the lock, and the next locker recovers past the dead node.
+// Before, the extension spun in mcs_lock_next forever.
+func TestBytecodeHolderDeadSuccessor(t *testing.T) {
+	if err := jit.Supported(); err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	jp, _ := compileBoth(t, LockOnceProgram)
+	sc := newScene(t, false)
+	w, off, m := sc.w, sc.off, sc.m
+	n := w.p.TakeNode()
+	defer w.p.GiveNode(n)
+	got := make(chan int64, 1)
+	jm := w.jitMachine(t)
+	go func() {
+		r0, err := jm.Run(jp, w.lockCtx(off, n))
+		assert.NoError(t, err)
+		got <- int64(r0)
+	}()
+	tail := w.queuedAfter(t, off, 0) // the extension, behind this process's hold
+	x := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultSwapped)
+	requireKilled(t, x)
+	require.NotEqual(t, tail, wordTail(atomic.LoadUint64(w.h.Uint64(off))), "the child swapped itself in")
+	m.Unlock()
+	select {
+	case r0 := <-got:
+		assert.Equal(t, int64(LockAcquired), r0)
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the extension still waits for its dead successor 20 s later: word %+v", DecodeWord(atomic.LoadUint64(w.h.Uint64(off))))
+	}
+	// The dead child is the queue's head now: the next locker steps past it.
+	require.NoError(t, m.Lock())
+	m.Unlock()
 	w.settled(t, off, 0)
 }

@@ -240,6 +240,18 @@ func (p *Process) LockCheck(lock, _, idx, held uint64) uint64 {
 	m := &Mutex{p: p, word: p.h.Uint64(off), off: off, held: held}
 	me := uint32(idx)
 	n := p.node(me - 1)
+	if held == 0 {
+		// The holder's call (mcs_lock_next): it waits for its successor to
+		// link itself. One that died between its tail swap and its link is
+		// found by its prev, and linked on its behalf; the holder then
+		// grants it, and the grant skips it.
+		if atomic.LoadUint32(n.next()) == 0 {
+			if s := p.deadSuccessor(me, off, wordTail(atomic.LoadUint64(m.word))); s != 0 {
+				atomic.CompareAndSwapUint32(n.next(), 0, s)
+			}
+		}
+		return 0
+	}
 	if atomic.LoadUint32(n.state()) != nodeHead && atomic.LoadUint32(n.prev()) != 0 {
 		var skipped []uint32 // left to Reap: the executor keeps no list
 		if m.repair(n, &skipped) {
