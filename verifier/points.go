@@ -116,3 +116,37 @@ func (s *State) allocPlaces(places []int) []Alloc {
 	}
 	return out
 }
+
+// releasable rejects a program that can be stopped while it holds a lock
+// whose address no callee-saved register keeps: a cancellation there could
+// not release the lock (the table names where each held lock's address is,
+// and the runtime releases exactly what it names). Stops happen at the
+// cancellation points, and in a callee of a call site; the lock's own
+// subprograms (Config.LockFunc, UnlockFunc) are not stopped midway (the
+// runtime shields them), so their call sites need no register.
+func (a *analysis) releasable(r *Result) error {
+	check := func(cp CancelPoint, where string) error {
+		for i, reg := range cp.LockRegs {
+			if reg == 0 {
+				return reject(cp.Slot, "%s with lock %d of %d held, and no callee-saved register (r6-r9) keeps its address: "+
+					"keep the address passed to %s in one while the lock is held, so that a cancellation can release it",
+					where, i+1, cp.Locks, a.cfg.LockFunc)
+			}
+		}
+		return nil
+	}
+	for _, cp := range r.CancelTable {
+		if err := check(cp, "a cancellation point"); err != nil {
+			return err
+		}
+	}
+	for _, cp := range r.CallTable {
+		if name := a.symbol(a.g.Calls[cp.Slot]); name == a.cfg.LockFunc || name == a.cfg.UnlockFunc {
+			continue
+		}
+		if err := check(cp, "a call"); err != nil {
+			return err
+		}
+	}
+	return nil
+}

@@ -337,6 +337,9 @@ func (a *analysis) run() (*Result, error) {
 	sortInts(r.CancelPoints)
 	r.CancelTable = a.table(r.CancelPoints, false)
 	r.CallTable = a.table(a.g.callSites(), true)
+	if err := a.releasable(r); err != nil {
+		return nil, err
+	}
 	return r, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strings"
 	"testing"
 
@@ -324,7 +325,9 @@ func TestLocksHeld(t *testing.T) {
 		return s
 	}
 	for _, tc := range []struct{ name, body, reject string }{
-		{"balanced", "call local lock\ncall 7\ncall local unlock\nmov %r0, 0\nexit", ""},
+		{"balanced", "mov %r6, %r1\nmov %r1, %r6\ncall local lock\ncall 7\nmov %r1, %r6\ncall local unlock\nmov %r0, 0\nexit", ""},
+		{"held across a helper call, its address kept nowhere", "call local lock\ncall 7\ncall local unlock\nmov %r0, 0\nexit",
+			"insn 1: a cancellation point with lock 1 of 1 held, and no callee-saved register (r6-r9) keeps its address"},
 		{"nested", "call local lock\ncall local lock\ncall local unlock\ncall local unlock\nmov %r0, 0\nexit", ""},
 		{"held at exit", "call local lock\nmov %r0, 0\nexit", "insn 2: exit with 1 lock(s) held, the last taken at insn 0"},
 		{"released twice", "call local lock\ncall local unlock\ncall local unlock\nmov %r0, 0\nexit", "insn 2: unlock without a lock held"},
@@ -341,8 +344,8 @@ func TestLocksHeld(t *testing.T) {
 			}
 			require.NoError(t, err)
 			if tc.name == "balanced" {
-				assert.Equal(t, []CancelPoint{{Slot: 1, Locks: 1, LockRegs: []int{0}}}, r.CancelTable,
-					"the helper call runs holding the lock, whose address no register keeps")
+				assert.Equal(t, []CancelPoint{{Slot: 3, Locks: 1, LockRegs: []int{6}}}, r.CancelTable,
+					"the helper call runs holding the lock, whose address r6 keeps")
 			}
 		})
 	}
@@ -355,7 +358,9 @@ func TestLocksHeld(t *testing.T) {
 
 // TestCancelTableRegisters: the cancellation table names the callee-saved
 // register that keeps each held lock's address (the one r1 was copied from
-// for the lock call), while neither changes; 0 where none is known to.
+// for the lock call), while neither changes; where none is known to at a
+// cancellation point, the program is rejected (a cancellation there could not
+// release the lock).
 func TestCancelTableRegisters(t *testing.T) {
 	cfg := testConfig
 	cfg.LockFunc, cfg.UnlockFunc = "lock", "unlock"
@@ -387,6 +392,10 @@ func TestCancelTableRegisters(t *testing.T) {
 			insns, err := bytecode.Assemble(tc.body + subs)
 			require.NoError(t, err)
 			r, err := Verify(insns, cfg)
+			if slices.ContainsFunc(tc.want, func(regs []int) bool { return slices.Contains(regs, 0) }) {
+				require.ErrorContains(t, err, "no callee-saved register (r6-r9) keeps its address")
+				return
+			}
 			require.NoError(t, err)
 			var got [][]int
 			for _, cp := range r.CancelTable {
