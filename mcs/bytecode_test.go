@@ -224,15 +224,7 @@ func TestBytecodeWaiterBehindDead(t *testing.T) {
 				require.Eventually(t, func() bool { return DecodeWord(atomic.LoadUint64(w.h.Uint64(off))).HeadSleeping },
 					20*time.Second, 100*time.Microsecond, "the child's head never slept")
 			}
-			n := w.p.TakeNode()
-			defer w.p.GiveNode(n)
-			got := make(chan int64, 1)
-			jm := w.jitMachine(t)
-			go func() {
-				r0, err := jm.Run(jp, w.lockCtx(off, n))
-				assert.NoError(t, err)
-				got <- int64(r0)
-			}()
+			got := w.runExtension(t, jp, off)
 			w.queuedAfter(t, off, tail)
 			c.kill()
 			m.Unlock()
@@ -248,4 +240,20 @@ func TestBytecodeWaiterBehindDead(t *testing.T) {
 			w.settled(t, off, 0)
 		})
 	}
+}
+
+// runExtension runs the compiled lock program jp on the lock at off in a JIT
+// machine of its own, with a node of this process's, in the background: its
+// r0 comes on the channel.
+func (w *world) runExtension(t *testing.T, jp *jit.Program, off uint64) <-chan int64 {
+	n := w.p.TakeNode()
+	t.Cleanup(func() { w.p.GiveNode(n) })
+	got := make(chan int64, 1)
+	jm := w.jitMachine(t)
+	go func() {
+		r0, err := jm.Run(jp, w.lockCtx(off, n))
+		assert.NoError(t, err)
+		got <- int64(r0)
+	}()
+	return got
 }

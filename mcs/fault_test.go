@@ -143,15 +143,7 @@ func TestBytecodeHolderDeadSuccessor(t *testing.T) {
 	jp, _ := compileBoth(t, LockOnceProgram)
 	sc := newScene(t, false)
 	w, off, m := sc.w, sc.off, sc.m
-	n := w.p.TakeNode()
-	defer w.p.GiveNode(n)
-	got := make(chan int64, 1)
-	jm := w.jitMachine(t)
-	go func() {
-		r0, err := jm.Run(jp, w.lockCtx(off, n))
-		assert.NoError(t, err)
-		got <- int64(r0)
-	}()
+	got := w.runExtension(t, jp, off)
 	tail := w.queuedAfter(t, off, 0) // the extension, behind this process's hold
 	x := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultSwapped)
 	requireKilled(t, x)

@@ -34,7 +34,7 @@ func (rt *Runtime) budget(name string) time.Duration {
 }
 
 // watch starts the watchdog of an invocation of name on e and registers it.
-func (rt *Runtime) watch(ctx context.Context, e *executor, name string) (*running, error) {
+func (rt *Runtime) watch(ctx context.Context, e *executor, name string) *running {
 	r := &running{program: name, watch: cancel.Start(ctx, rt.budget(name), e.cancel)}
 	rt.mu.Lock()
 	defer rt.mu.Unlock()
@@ -42,7 +42,7 @@ func (rt *Runtime) watch(ctx context.Context, e *executor, name string) (*runnin
 		r.watch.Fire(cancel.Shutdown)
 	}
 	rt.running[r] = struct{}{}
-	return r, nil
+	return r
 }
 
 // unwatch ends r's watch and turns err into what the caller sees.

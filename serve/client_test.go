@@ -14,6 +14,7 @@ import (
 	"golang.org/x/sys/unix"
 
 	"github.com/kflex-go/kflex/internal/sys/wire"
+	"github.com/kflex-go/kflex/mcs"
 	"github.com/kflex-go/kflex/userspace"
 )
 
@@ -59,12 +60,7 @@ func TestClientConcurrent(t *testing.T) {
 func TestPendingCallsFailOnClose(t *testing.T) {
 	const calls = 8
 	f := start(t)
-	c, err := userspace.Dial(f.socket, nil)
-	require.NoError(t, err)
-	defer c.Close()
-	lockPtr := c.Base() + userspace.Ptr(f.lock)
-	mu, err := c.Mutex(lockPtr)
-	require.NoError(t, err)
+	c, lockPtr, mu := f.dialLock(t)
 	require.NoError(t, mu.Lock())
 	errs := make(chan error, calls)
 	for range calls {
@@ -153,12 +149,7 @@ func TestMalformedRequests(t *testing.T) {
 // long. Twice: with the watchdog awake, and after it has gone to sleep.
 func TestLongCallRunsBeside(t *testing.T) {
 	f := start(t)
-	c, err := userspace.Dial(f.socket, nil)
-	require.NoError(t, err)
-	defer c.Close()
-	lockPtr := c.Base() + userspace.Ptr(f.lock)
-	mu, err := c.Mutex(lockPtr)
-	require.NoError(t, err)
+	c, lockPtr, mu := f.dialLock(t)
 	for _, pause := range []time.Duration{0, 200 * time.Millisecond} {
 		time.Sleep(pause)
 		mu.Lock()
@@ -210,4 +201,16 @@ func BenchmarkInvokeConcurrent(b *testing.B) {
 		}
 	})
 	b.ReportMetric(float64(b.Elapsed().Nanoseconds())/1e3/float64(b.N), "µs/invoke")
+}
+
+// dialLock attaches a client to f's runtime, closed when the test ends, and
+// returns it with f's lock: its address in the client's view, and a handle.
+func (f *fixture) dialLock(t *testing.T) (*userspace.Client, userspace.Ptr, *mcs.Mutex) {
+	c, err := userspace.Dial(f.socket, nil)
+	require.NoError(t, err)
+	t.Cleanup(func() { c.Close() })
+	lockPtr := c.Base() + userspace.Ptr(f.lock)
+	mu, err := c.Mutex(lockPtr)
+	require.NoError(t, err)
+	return c, lockPtr, mu
 }

@@ -368,10 +368,7 @@ func (rt *Runtime) invokeHooked(ctx context.Context, name string, arg, dataLen u
 	}
 	defer rt.release(e)
 	e.clearCancel()
-	r, err := rt.watch(ctx, e, name)
-	if err != nil {
-		return 0, err
-	}
+	r := rt.watch(ctx, e, name)
 	e.setDeadline(r.watch.Deadline())
 	hook.attach(r.watch)
 	r0, err := rt.invoke(e, name, arg, dataLen)
