@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"fmt"
 	"os"
-	"path/filepath"
 	"runtime"
 	"sync/atomic"
 	"testing"
@@ -41,13 +40,7 @@ func TestKilledInAttach(t *testing.T) {
 	if testutil.Role() == "stress-claim" {
 		claimAndWait(t)
 	}
-	path := filepath.Join(t.TempDir(), "heap")
-	h, err := heap.Create(path, &heap.Options{Params: heap.Params{Size: 8 << 20}})
-	require.NoError(t, err)
-	defer h.Close()
-	p, err := mcs.Attach(h)
-	require.NoError(t, err)
-	defer p.Detach()
+	path, h, p := attachedHeap(t)
 
 	slot := p.Slot() + 1
 	child := testutil.Child(t, "TestKilledInAttach", "stress-claim",

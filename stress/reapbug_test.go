@@ -54,13 +54,7 @@ func TestReapAbandonedPair(t *testing.T) {
 	if testutil.Role() == "stress-attach" {
 		attachAndWait()
 	}
-	path := filepath.Join(t.TempDir(), "heap")
-	h, err := heap.Create(path, &heap.Options{Params: heap.Params{Size: 8 << 20}})
-	require.NoError(t, err)
-	defer h.Close()
-	p, err := mcs.Attach(h)
-	require.NoError(t, err)
-	defer p.Detach()
+	path, h, p := attachedHeap(t)
 	lock, err := h.Alloc(8)
 	require.NoError(t, err)
 	*h.Uint64(lock) = 0
@@ -102,4 +96,17 @@ func TestReapAbandonedPair(t *testing.T) {
 	require.NoError(t, err)
 	require.NoError(t, m.Lock())
 	m.Unlock()
+}
+
+// attachedHeap is a new 8 MiB heap file and this process attached to it,
+// both closed when the test ends.
+func attachedHeap(t *testing.T) (string, *heap.Heap, *mcs.Process) {
+	path := filepath.Join(t.TempDir(), "heap")
+	h, err := heap.Create(path, &heap.Options{Params: heap.Params{Size: 8 << 20}})
+	require.NoError(t, err)
+	t.Cleanup(func() { h.Close() })
+	p, err := mcs.Attach(h)
+	require.NoError(t, err)
+	t.Cleanup(func() { p.Detach() })
+	return path, h, p
 }
