@@ -11,6 +11,7 @@ import (
 
 	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/heap"
+	"github.com/kflex-go/kflex/internal/hostprobe"
 	"github.com/kflex-go/kflex/internal/sys/arena"
 )
 
@@ -51,7 +52,7 @@ func NewArena(size uint64) (*Arena, error) {
 		MaxEntries: uint32(size / pageSize), MapExtra: uint64(uintptr(mem.Base))})
 	if err != nil {
 		mem.Close()
-		return nil, fmt.Errorf("BPF arena of %d bytes: %w", size, refused("BPF_MAP_CREATE(ARENA)", err))
+		return nil, refused(fmt.Sprintf("BPF arena of %d bytes", size), "BPF_MAP_CREATE(ARENA)", err)
 	}
 	a := &Arena{m: m, mem: mem}
 	if err := mem.Map(m.FD()); err != nil {
@@ -134,14 +135,14 @@ func (a *Arena) OpenHeap() (*heap.Heap, error) { return heap.OpenIn(a.mem.Base, 
 
 func (a *Arena) name() string { return fmt.Sprintf("arena %d", a.m.FD()) }
 
-// refused says what the kernel refused, in kflex's words: cilium/ebpf's text
-// for EPERM suggests raising RLIMIT_MEMLOCK, which is beside the point on the
-// kernels kflex needs (5.11+ account BPF memory by cgroup) and misleads where
-// the host forbids the call.
-func refused(call string, err error) error {
+// refused says what the kernel refused, in kflex's words, as the host probes
+// do (hostprobe.Refusal): cilium/ebpf's text for EPERM suggests raising
+// RLIMIT_MEMLOCK, which is beside the point on the kernels kflex needs (5.11+
+// account BPF memory by cgroup) and misleads where the host forbids the call.
+func refused(what, call string, err error) error {
 	var errno unix.Errno
 	if !errors.As(err, &errno) {
-		return fmt.Errorf("%s: %w", call, err)
+		return fmt.Errorf("%s: %s: %w", what, call, err)
 	}
-	return fmt.Errorf("the kernel refuses %s: %s (%w)", call, unix.ErrnoName(errno), errno)
+	return &hostprobe.Refusal{Feature: what, Call: call, Errno: errno}
 }
