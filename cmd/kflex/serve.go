@@ -1,8 +1,6 @@
 package main
 
 import (
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -46,8 +44,9 @@ exits within a cancellation's time (milliseconds).`, out)
 	socket := fs.String("socket", "", "unix socket to listen on (required)")
 	heapPath := fs.String("heap", "", "heap file (default: an anonymous memfd heap)")
 	inArena := fs.Bool("arena", false, "put the heap in a new BPF arena")
-	sizeFlag := fs.String("size", "256M", "size of a new heap")
-	threads := fs.Int("threads", 2, "executor threads")
+	size := byteSize(256 << 20)
+	fs.Var(&size, "size", "`SIZE` of a new heap (a power of two)")
+	threads := fs.Int("threads", 2, "executor threads (1 to 1024)")
 	budget := fs.Duration("budget", serve.DefaultBudget, "time one invocation may run before it is cancelled (0: no limit)")
 	budgets := map[string]time.Duration{}
 	fs.Func("budget-for", "time budget of extension NAME: NAME@DURATION (repeatable; overrides --budget)", func(v string) error {
@@ -82,17 +81,17 @@ exits within a cancellation's time (milliseconds).`, out)
 		udps = append(udps, udpFlag{name, ua})
 		return nil
 	})
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("serve: %w: %v", errUsage, err)
+	if err := parseArgs(fs, args); err != nil {
+		return err
 	}
 	if *socket == "" || fs.NArg() == 0 {
 		return fmt.Errorf("serve: %w: need --socket and at least one program (see 'kflex serve -h')", errUsage)
 	}
 	if *inArena && *heapPath != "" {
 		return fmt.Errorf("serve: %w: --heap and --arena exclude each other", errUsage)
+	}
+	if err := badFlags("serve", inRange("threads", *threads, 1, 1024), atLeast("budget", *budget, 0)); err != nil {
+		return err
 	}
 	progs := map[string]asm.Instructions{}
 	for _, path := range fs.Args() {
@@ -106,20 +105,14 @@ exits within a cancellation's time (milliseconds).`, out)
 		}
 		progs[name] = insns
 	}
-	size, err := parseSize(*sizeFlag)
-	if err != nil {
-		return fmt.Errorf("serve: %w: %v", errUsage, err)
-	}
-	if *budget < 0 {
-		return fmt.Errorf("serve: %w: --budget %v is negative", errUsage, *budget)
-	}
 	opts := serve.Options{JIT: *threads, Trace: out, Budget: *budget, Budgets: budgets}
 	if *budget == 0 {
 		opts.Budget = -1 // no limit
 	}
 	var h *heap.Heap
+	var err error
 	if *inArena {
-		a, err := kernel.NewArena(size)
+		a, err := kernel.NewArena(uint64(size))
 		if err != nil {
 			return fmt.Errorf("serve: %w", err)
 		}
@@ -128,7 +121,7 @@ exits within a cancellation's time (milliseconds).`, out)
 			return fmt.Errorf("serve: %w", err)
 		}
 		opts.ArenaFD = a.FD()
-	} else if h, err = openOrCreateHeap(*heapPath, size); err != nil {
+	} else if h, err = openOrCreateHeap(*heapPath, uint64(size)); err != nil {
 		return err
 	}
 	defer h.Close()
