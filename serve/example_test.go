@@ -18,48 +18,45 @@ import (
 	"github.com/kflex-go/kflex/userspace"
 )
 
-// assemble assembles extensions given as name → kflex assembler text.
-func assemble(srcs map[string]string) (map[string]asm.Instructions, error) {
+// newRuntime is a runtime on a new 16 MiB heap (a memfd), running the
+// extensions srcs (name → kflex assembler text) on executors as o says. A
+// program the verifier rejects is an error wrapping a *verifier.Error.
+// closeAll closes the runtime, then the heap.
+func newRuntime(srcs map[string]string, o serve.Options) (rt *serve.Runtime, h *heap.Heap, closeAll func(), err error) {
 	progs := map[string]asm.Instructions{}
 	for name, src := range srcs {
-		insns, err := bytecode.Assemble(src)
-		if err != nil {
-			return nil, fmt.Errorf("%s: %w", name, err)
+		if progs[name], err = bytecode.Assemble(src); err != nil {
+			return nil, nil, nil, fmt.Errorf("%s: %w", name, err)
 		}
-		progs[name] = insns
 	}
-	return progs, nil
+	if h, err = heap.CreateMemfd("example", &heap.Options{Params: heap.Params{Size: 16 << 20}}); err != nil {
+		return nil, nil, nil, err
+	}
+	if rt, err = serve.NewWith(h, progs, o); err != nil {
+		h.Close()
+		return nil, nil, nil, err
+	}
+	return rt, h, func() { rt.Close(); h.Close() }, nil
 }
 
 // ExampleRuntime_Invoke loads extensions into a runtime on a new heap and
 // invokes them from this process: one reads its argument, one allocates in
 // the heap through a helper, one runs past its time budget.
 func ExampleRuntime_Invoke() {
-	progs, err := assemble(map[string]string{
+	// One interpreting executor (every platform); JIT: n compiles (amd64).
+	rt, h, closeAll, err := newRuntime(map[string]string{
 		// r1 is the context: its first word is the argument (abi.CtxArg).
 		"add1": "ldxdw %r0, [%r1+0]\nadd %r0, 1\nexit",
 		// r0: 32 bytes from the heap's allocator, at an address in the
 		// runtime's view of the heap.
 		"alloc": fmt.Sprintf("mov %%r1, 32\ncall %d\nexit", serve.HelperAlloc),
 		"spin":  "mov %r0, 1\nloop:\nadd %r0, 1\njne %r0, 0, loop\nexit",
-	})
+	}, serve.Options{Interpreted: 1, Budget: 10 * time.Millisecond})
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	h, err := heap.CreateMemfd("example", &heap.Options{Params: heap.Params{Size: 16 << 20}})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer h.Close()
-	// One interpreting executor (every platform); JIT: n compiles (amd64).
-	rt, err := serve.NewWith(h, progs, serve.Options{Interpreted: 1, Budget: 10 * time.Millisecond})
-	if err != nil {
-		fmt.Println(err) // a program the verifier rejects is a *verifier.Error
-		return
-	}
-	defer rt.Close()
+	defer closeAll()
 	ctx := context.Background()
 
 	r0, err := rt.Invoke(ctx, "add1", 41)
@@ -88,23 +85,12 @@ func ExampleRuntime_Invoke() {
 // attach at a unix socket, as kflex serve does; here the process attached is
 // this one.
 func ExampleRuntime_Serve() {
-	progs, err := assemble(map[string]string{"add1": "ldxdw %r0, [%r1+0]\nadd %r0, 1\nexit"})
+	rt, h, closeAll, err := newRuntime(map[string]string{"add1": "ldxdw %r0, [%r1+0]\nadd %r0, 1\nexit"}, serve.Options{Interpreted: 1})
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	h, err := heap.CreateMemfd("example", &heap.Options{Params: heap.Params{Size: 16 << 20}})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer h.Close()
-	rt, err := serve.NewWith(h, progs, serve.Options{Interpreted: 1})
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer rt.Close()
+	defer closeAll()
 	dir, err := os.MkdirTemp("", "kflex-example")
 	if err != nil {
 		fmt.Println(err)

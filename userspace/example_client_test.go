@@ -32,70 +32,69 @@ var counter = `
 	exit
 ` + mcs.BytecodeLock
 
-// startRuntime runs an extension runtime in this process, as kflex serve
+// attachRuntime runs an extension runtime in this process, as kflex serve
 // would in another, on a new 16 MiB heap with the extensions srcs (name →
-// assembler text). Processes attach at the socket it returns; stop ends it.
-func startRuntime(srcs map[string]string, o serve.Options) (socket string, stop func(), err error) {
+// assembler text), and attaches to it at its socket as any process does
+// (userspace.Dial). detach closes the client and ends the runtime.
+func attachRuntime(srcs map[string]string, o serve.Options) (c *userspace.Client, detach func(), err error) {
 	progs := map[string]asm.Instructions{}
 	for name, src := range srcs {
 		if progs[name], err = bytecode.Assemble(src); err != nil {
-			return "", nil, fmt.Errorf("%s: %w", name, err)
+			return nil, nil, fmt.Errorf("%s: %w", name, err)
 		}
 	}
 	h, err := heap.CreateMemfd("example", &heap.Options{Params: heap.Params{Size: 16 << 20}})
 	if err != nil {
-		return "", nil, err
+		return nil, nil, err
+	}
+	var undo []func()
+	stop := func() {
+		for i := len(undo) - 1; i >= 0; i-- {
+			undo[i]()
+		}
+		h.Close()
 	}
 	rt, err := serve.NewWith(h, progs, o)
 	if err != nil {
-		h.Close()
-		return "", nil, err
+		stop()
+		return nil, nil, err
 	}
+	undo = append(undo, func() { rt.Close() })
 	dir, err := os.MkdirTemp("", "kflex-example")
 	if err != nil {
-		rt.Close()
-		h.Close()
-		return "", nil, err
+		stop()
+		return nil, nil, err
 	}
-	socket = filepath.Join(dir, "sock")
+	undo = append(undo, func() { os.RemoveAll(dir) })
+	socket := filepath.Join(dir, "sock")
 	ln, err := serve.Listen(socket, nil)
 	if err != nil {
-		rt.Close()
-		h.Close()
-		os.RemoveAll(dir)
-		return "", nil, err
+		stop()
+		return nil, nil, err
 	}
 	served := make(chan error, 1)
 	go func() { served <- rt.Serve(ln) }()
-	return socket, func() {
-		ln.Close()
-		<-served
-		rt.Close()
-		h.Close()
-		os.RemoveAll(dir)
-	}, nil
+	undo = append(undo, func() { ln.Close(); <-served })
+	if c, err = userspace.Dial(socket, nil); err != nil {
+		stop()
+		return nil, nil, err
+	}
+	return c, func() { c.Close(); stop() }, nil
 }
 
-// ExampleDial attaches to a runtime, allocates a lock and a counter in the
-// shared heap, and increments the counter both from Go, under the lock, and
-// through an extension that takes the same lock.
-func ExampleDial() {
+// ExampleClient_Invoke attaches to a runtime, allocates a lock and a counter
+// in the shared heap, and increments the counter both from Go, under the
+// lock, and through an extension that takes the same lock.
+func ExampleClient_Invoke() {
 	// The runtime would usually be kflex serve, in a process of its own.
 	// Its executors: JIT: n compiles the extensions (amd64); the
 	// interpreter runs them on every platform.
-	socket, stop, err := startRuntime(map[string]string{"counter": counter}, serve.Options{Interpreted: 1})
+	c, detach, err := attachRuntime(map[string]string{"counter": counter}, serve.Options{Interpreted: 1})
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	defer stop()
-
-	c, err := userspace.Dial(socket, nil)
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer c.Close()
+	defer detach()
 	// A lock word and the counter after it, in the heap both share.
 	obj, err := c.Alloc(16)
 	if err != nil {
@@ -133,20 +132,14 @@ func ExampleDial() {
 
 // ExampleInvokeError tells an invocation's failures apart by their code.
 func ExampleInvokeError() {
-	socket, stop, err := startRuntime(map[string]string{
+	c, detach, err := attachRuntime(map[string]string{
 		"spin": "mov %r0, 1\nloop:\nadd %r0, 1\njne %r0, 0, loop\nexit",
 	}, serve.Options{Interpreted: 1, Budget: -1})
 	if err != nil {
 		fmt.Println(err)
 		return
 	}
-	defer stop()
-	c, err := userspace.Dial(socket, nil)
-	if err != nil {
-		fmt.Println(err)
-		return
-	}
-	defer c.Close()
+	defer detach()
 
 	_, err = c.Invoke("nope", 0)
 	fmt.Println(errors.Is(err, userspace.ErrNoSuchProgram), err)

@@ -12,7 +12,6 @@ import (
 	"slices"
 	"sort"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -244,29 +243,11 @@ func TestSizeFlag(t *testing.T) {
 	}
 }
 
-// syncWriter is a bytes.Buffer the progress goroutine and the test share.
-type syncWriter struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (w *syncWriter) Write(p []byte) (int, error) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.Write(p)
-}
-
-func (w *syncWriter) String() string {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.b.String()
-}
-
 // TestProgress: the progress line is redrawn in place with the phase and
 // its time, notes go above it, and the end clears it; without a terminal
 // nothing is drawn.
 func TestProgress(t *testing.T) {
-	var w syncWriter
+	var w syncBuffer
 	p := startProgress(&w, "kflex bench jit", time.Millisecond)
 	p.phase("5 programs")
 	require.Eventually(t, func() bool { return strings.Count(w.String(), "\rkflex bench jit: 5 programs, ") >= 3 },
