@@ -72,7 +72,17 @@ func (a *analysis) pointerAt(pc int, s *State, base uint8, off int16, size int) 
 		return HeapChecked, 0, nil
 	}
 	// The access sanitizes the register in place: afterwards it is checked.
-	s.set(base, heapPointer(false, pc+1)) // masked and rebased: a new value
+	// It is a new value, but one that still names the lock it may keep the
+	// address of: the lock subprograms reached that lock through the same
+	// mask-and-rebase, and the runtime releases a lock by its address
+	// masked to a heap offset, which the rebase does not change.
+	held := s.Held
+	s.set(base, heapPointer(false, pc+1))
+	for i, r := range held {
+		if r == int8(base) {
+			s.Held[i] = r
+		}
+	}
 	return HeapSanitize, 0, nil
 }
 

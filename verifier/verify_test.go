@@ -375,6 +375,8 @@ func TestCancelTableRegisters(t *testing.T) {
 		{"a copy of a copy", "ldxdw %r8, [%r1+0]\nmov %r2, %r8\nmov %r1, %r2\ncall local lock\ncall 7\nmov %r1, %r8\ncall local unlock\nmov %r0, 0\nexit",
 			[][]int{{8}}},
 		{"kept nowhere", "ldxdw %r1, [%r1+0]\ncall local lock\ncall 7\ncall local unlock\nmov %r0, 0\nexit", [][]int{{0}}},
+		{"r6 sanitized in place by an access (the same lock)", lock6 + "ldxdw %r0, [%r6+8]\ncall 7\nstxdw [%r6+16], %r0\ncall 7\nmov %r1, %r6\ncall local unlock\nmov %r0, 0\nexit",
+			[][]int{{6}, {6}}},
 		{"r6 changed while held", lock6 + "add %r6, 8\ncall 7\nsub %r6, 8\nmov %r1, %r6\ncall local unlock\nmov %r0, 0\nexit",
 			[][]int{{0}}},
 		{"r6 changed before the call", "ldxdw %r6, [%r1+0]\nmov %r1, %r6\nmov %r6, 0\ncall local lock\ncall 7\ncall local unlock\nmov %r0, 0\nexit",
