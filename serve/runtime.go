@@ -63,6 +63,7 @@ type Runtime struct {
 	stops   []func() // stop the event sources (timers, UDP sockets)
 	wg      sync.WaitGroup
 	yields  atomic.Uint64
+	stuck   atomic.Int64  // executors out of the pool (Stuck)
 	shareFD int           // what attached processes map the heap from
 	kind    wire.HeapKind // and what it is
 
@@ -296,9 +297,13 @@ func (rt *Runtime) helpers(e *executor) map[int32]interp.Helper {
 			return 0, nil
 		},
 		abi.HelperLockCheck: func(_ interp.Memory, lock, node, idx, held, _ uint64) (uint64, error) {
-			if e.cancelled() {
+			// held 0 is the holder's call (mcs_lock_next: it holds the lock
+			// and waits for its successor to link): it is not stopped there,
+			// where the verifier's table cannot name the lock it holds, but at
+			// the program's next cancellation point, where it does.
+			if held != 0 && e.cancelled() {
 				// The lock's subprograms are shielded from cancels (loader.Shielded):
-				// they leave here, out of the queue, and stop the program.
+				// a waiter leaves here, out of the queue, and stops the program.
 				if !rt.proc.Leave(lock, idx) {
 					rt.retireNode(e)
 				}
@@ -399,6 +404,7 @@ func (rt *Runtime) invokeHooked(ctx context.Context, name string, arg, dataLen u
 	clear(e.allocs)
 	if !rt.reclaim(e) {
 		e.stuck = true
+		rt.stuck.Add(1)
 		rt.tracef("kflex runtime: an executor leaves the pool: its queue node %d is still abandoned in the queue of a lock nobody passes on\n", e.node.Index)
 	}
 	return r0, rt.unwatch(r, err)
@@ -425,6 +431,11 @@ func (rt *Runtime) SliceStatus() rseq.Status {
 	defer rt.release(e)
 	return e.status
 }
+
+// Stuck is how many executors left the pool for good: cancelled in a lock's
+// queue, their node stayed abandoned there, no granter came to free it and
+// no spare node was left (reclaim).
+func (rt *Runtime) Stuck() int { return int(rt.stuck.Load()) }
 
 // SliceYields counts how often extensions gave back an extended time slice.
 func (rt *Runtime) SliceYields() uint64 { return rt.yields.Load() }
