@@ -133,12 +133,19 @@ func (m *Mutex) takeOver(w, nw uint64) bool {
 // position itself, nobody else will free them.
 func (m *Mutex) repair(n node, skipped *[]uint32) bool {
 	for {
+		front := uint32(0) // the first node behind the dead head we replace
 		pred := atomic.LoadUint32(n.prev())
 		// A live predecessor will grant us, or skip us past abandoned nodes,
 		// unless it is itself abandoned: a waiter that left (a kernel waiter
 		// that timed out, a cancelled extension) acts no more, alive or not,
-		// so we look through it to what is ahead of it.
-		if pred != 0 && !m.p.nodeDead(pred) &&
+		// so we look through it to what is ahead of it. Nor will one whose
+		// node has left this queue: a node is freed only after its grant
+		// (which, had it reached us, made us the head), so a predecessor we
+		// reached through abandoned nodes and find freed, or queued on
+		// another lock, is one that died or was reaped without granting, and
+		// its slot may live again in another process. Its liveness says
+		// nothing about our queue.
+		if pred != 0 && !m.p.nodeDead(pred) && !m.gone(pred) &&
 			atomic.LoadUint32(m.p.node(pred-1).state()) != nodeAbandoned {
 			return false
 		}
@@ -146,15 +153,24 @@ func (m *Mutex) repair(n node, skipped *[]uint32) bool {
 			pn := m.p.node(pred - 1)
 			s := atomic.LoadUint32(pn.state())
 			switch {
+			case atomic.LoadUint64(pn.lock()) != m.off:
+				// Queued elsewhere now: it left ours long ago, and its next
+				// is another queue's. We are next.
+			case s == nodeFree && atomic.LoadUint32(n.state()) == nodeHead:
+				return true // its grant came after all
 			case s == nodeHead || (s == nodeWaiting || s == nodeParked) && atomic.LoadUint32(pn.prev()) == 0:
 				// A dead head (or a dead first waiter): nobody will grant us.
+				front = atomic.LoadUint32(pn.next())
 				if !atomic.CompareAndSwapUint32(pn.state(), s, nodeFree) {
 					continue
 				}
 				m.p.wakeDeath(m.p.nodeOwner(pred))
 			case s == nodeFree:
-				// A dead predecessor that freed its node without granting us
-				// (a holder, or a skipper, killed just after): we are next.
+				// A predecessor that freed its node without granting us (a
+				// holder, or a skipper, killed just after; or reaped): we are
+				// next. Its next still names who was behind, unless it was
+				// queued again since: freeAhead checks each node it visits.
+				front = atomic.LoadUint32(pn.next())
 			case s == nodeWaiting || s == nodeParked:
 				if !atomic.CompareAndSwapUint32(pn.state(), s, nodeAbandoned) {
 					continue
@@ -167,10 +183,14 @@ func (m *Mutex) repair(n node, skipped *[]uint32) bool {
 				continue
 			}
 		}
+		if pred == 0 && len(*skipped) > 0 {
+			front = (*skipped)[len(*skipped)-1] // the first in the queue, abandoned
+		}
 		// We are the head. Our granter (if it lives) may grant us at the same
 		// time: both store head.
 		atomic.CompareAndSwapUint32(n.state(), nodeWaiting, nodeHead)
 		atomic.CompareAndSwapUint32(n.state(), nodeParked, nodeHead)
+		m.freeAhead(front, n)
 		for _, i := range *skipped {
 			// A live owner's abandoned node may have been freed by a granter
 			// meanwhile and queued again elsewhere: free it only while it still
@@ -180,6 +200,37 @@ func (m *Mutex) repair(n node, skipped *[]uint32) bool {
 			}
 		}
 		return true
+	}
+}
+
+// gone reports whether the node with index+1 pred has left this lock's
+// queue: freed, or queued on another lock.
+func (m *Mutex) gone(pred uint32) bool {
+	pn := m.p.node(pred - 1)
+	return atomic.LoadUint32(pn.state()) == nodeFree || atomic.LoadUint64(pn.lock()) != m.off
+}
+
+// freeAhead frees the abandoned nodes from the one with index+1 idx along
+// the next links up to n, which has just made itself the head past them.
+// Nobody else will: the dead head ahead of them grants no more, and a waiter
+// that skipped them on its way forward (its prev moved past them) keeps the
+// list of what it skipped only in its own memory — lost if it died, and
+// never kept by an executor's lock call — so without this walk the nodes of a
+// live process that abandoned them (a cancelled extension's) would never be
+// freed. The walk stops at anything not abandoned on this lock: a node freed
+// meanwhile may be queued elsewhere already, and its next is not ours.
+func (m *Mutex) freeAhead(idx uint32, n node) {
+	total := m.p.h.Header().MaxProcs * m.p.h.Header().NodesPerProc
+	for steps := uint32(0); idx != 0 && idx <= total && steps < total; steps++ {
+		x := m.p.node(idx - 1)
+		if x.p == n.p || atomic.LoadUint64(x.lock()) != m.off || atomic.LoadUint32(x.state()) != nodeAbandoned {
+			return
+		}
+		next := atomic.LoadUint32(x.next())
+		if !atomic.CompareAndSwapUint32(x.state(), nodeAbandoned, nodeFree) {
+			return
+		}
+		idx = next
 	}
 }
 
