@@ -58,9 +58,8 @@ type Config struct {
 	// interpreting executor) whose extension takes the same locks, checks
 	// and repairs the same data and updates the pair, invoked on random
 	// locks and cancelled at random moments (Report.Cancellations).
-	// Off by default for now: a first run (2 procs, 2 locks, 50 kills) wedged
-	// at the stop with both executors in serve's reclaim, waiting for a
-	// queue node that no granter frees.
+	// An executor that leaves the runtime's pool (serve's reclaim found its
+	// queue node stranded and no spare) counts as stuck.
 	Runtime bool
 	// RuntimeWindow is the extension's loop between the pair's two
 	// increments, a cancellation point (4000 rounds).
@@ -102,7 +101,10 @@ type Report struct {
 	RecoveryParked  int     `json:"recovery_parked"`
 	RecoverySamples int     `json:"recovery_samples"`
 	Acquisitions    uint64  `json:"acquisitions"`
-	DurationS       float64 `json:"duration_s"`
+	// ExtensionAcquisitions are the runtime's (Config.Runtime), also counted
+	// in Acquisitions.
+	ExtensionAcquisitions uint64  `json:"extension_acquisitions"`
+	DurationS             float64 `json:"duration_s"`
 	// What the victim's goroutines were doing when the signal was sent: the
 	// state the kill aimed at if one was in it, else the first found of
 	// holding, waiting, allocating. A kill counts once.
@@ -544,6 +546,7 @@ func (r *runner) snapshot(start time.Time) Report {
 	}
 	if x := r.rt; x != nil {
 		rep.Acquisitions += x.acquisitions.Load()
+		rep.ExtensionAcquisitions = x.acquisitions.Load()
 		rep.Repaired += int(x.repaired.Load())
 		rep.Violations += int(x.violations.Load())
 		rep.Cancellations = int(x.cancellations.Load())

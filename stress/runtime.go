@@ -54,7 +54,8 @@ func extension(heapSize, pagesOff uint64, listCap, window int) string {
 	}
 	text := fmt.Sprintf(`
 	mov %%r9, %%r1
-	ldxdw %%r1, [%%r9+0]@lock
+	ldxdw %%r7, [%%r9+0]
+	mov %%r1, %%r7@lock
 	stxdw [%%r10-8], %%r0
 	mov %%r8, 0
 	stxdw [%%r10-16], %%r8
@@ -62,7 +63,6 @@ func extension(heapSize, pagesOff uint64, listCap, window int) string {
 	mov %%r8, %[2]d
 	ja release
 held:
-	ldxdw %%r7, [%%r9+0]
 	ldxdw %%r0, [%%r7+%[3]d]
 	ldxdw %%r1, [%%r7+%[4]d]
 	jeq %%r0, %%r1, pair_ok
@@ -118,7 +118,7 @@ cut:
 `+flag(extCut)+`checked:
 	ldxdw %%r0, [%%r10-8]
 	jne %%r0, %[17]d, update
-	ldxdw %%r1, [%%r9+0]@consistent
+	mov %%r1, %%r7@consistent
 	mov %%r0, 1
 	lock add [%%r7+%[18]d], %%r0
 `+flag(extDied)+`update:
@@ -133,7 +133,7 @@ window:
 	lock add [%%r7+%[4]d], %%r0
 	ldxdw %%r8, [%%r10-16]
 release:
-	ldxdw %%r1, [%%r9+0]@unlock
+	mov %%r1, %%r7@unlock
 	mov %%r0, %%r8
 	exit
 `,
@@ -151,7 +151,8 @@ type rtRun struct {
 	objs map[uint64]bool // its allocations (executor stacks, rseq areas)
 	live uint64          // and how many the allocator counts
 
-	stop          chan struct{}
+	ctx           context.Context // ends at the stop, also for an invoker waiting for an executor
+	stop          context.CancelFunc
 	wg            sync.WaitGroup
 	acquisitions  atomic.Uint64
 	repaired      atomic.Int64
@@ -182,7 +183,8 @@ func (r *runner) startRuntime() error {
 	if err != nil {
 		return fmt.Errorf("stress: runtime: %w", err)
 	}
-	x := &rtRun{rt: rt, objs: map[uint64]bool{}, live: h.Stats().LiveObjects - liveBefore, stop: make(chan struct{})}
+	x := &rtRun{rt: rt, objs: map[uint64]bool{}, live: h.Stats().LiveObjects - liveBefore}
+	x.ctx, x.stop = context.WithCancel(context.Background())
 	for off := range allocated(r) {
 		if !before[off] {
 			x.objs[off] = true
@@ -227,12 +229,12 @@ func (r *runner) runRuntime() {
 		x.wg.Go(func() {
 			for {
 				select {
-				case <-x.stop:
+				case <-x.ctx.Done():
 					return
 				default:
 				}
 				i := rng.IntN(t.locks)
-				ctx, done := context.Background(), func() {}
+				ctx, done := x.ctx, func() {}
 				if rng.IntN(4) == 0 {
 					ctx, done = context.WithTimeout(ctx, time.Duration(rng.Int64N(int64(time.Millisecond))))
 				}
@@ -255,7 +257,7 @@ func (r *runner) runRuntime() {
 	x.wg.Go(func() {
 		for {
 			select {
-			case <-x.stop:
+			case <-x.ctx.Done():
 				return
 			case <-time.After(time.Duration(rng.Int64N(int64(2 * time.Millisecond)))):
 				x.rt.Cancel(extName)
@@ -288,7 +290,13 @@ func (x *rtRun) account(i int, r0 uint64) {
 // is stuck.
 func (r *runner) stopRuntime() {
 	x := r.rt
-	close(x.stop)
+	x.stop()
+	defer func() {
+		if n := x.rt.Stuck(); n > 0 {
+			r.rep.Stuck += n
+			r.problem("%d of the runtime's executors left its pool: cancelled in a queue, their node stayed abandoned with no spare left", n)
+		}
+	}()
 	done := make(chan struct{})
 	go func() { x.wg.Wait(); close(done) }()
 	deadline := time.After(r.cfg.MaxWait)

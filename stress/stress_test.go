@@ -32,14 +32,17 @@ func workerCommand(t *testing.T) func() *exec.Cmd {
 }
 
 // TestKills: a few hundred SIGKILLs of four worker processes of four
-// goroutines on four locks: no violation, nobody stuck, nothing leaked, every
-// worker accounted for, and recoveries that really repaired torn data.
+// goroutines on four locks, with the extension runtime's JIT and interpreter
+// executors in the parent taking the same locks and cancelled at random: no
+// violation, nobody stuck, nothing leaked, every worker accounted for,
+// recoveries that really repaired torn data, and extensions that both
+// completed and were cancelled.
 func TestKills(t *testing.T) {
 	kills := 300 // about 5 s here, 7 s under -race (2 cores)
 	if testing.Short() {
 		kills = 100
 	}
-	cfg := Config{Procs: 4, Threads: 4, Locks: 4, Kills: kills, Command: workerCommand(t)}
+	cfg := Config{Procs: 4, Threads: 4, Locks: 4, Kills: kills, Runtime: true, Command: workerCommand(t)}
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 	rep, err := Run(ctx, cfg)
@@ -55,6 +58,8 @@ func TestKills(t *testing.T) {
 	assert.NotZero(t, rep.Repaired, "some kills tore the data, and it was repaired")
 	assert.NotZero(t, rep.KilledHolding)
 	assert.NotZero(t, rep.Acquisitions)
+	assert.NotZero(t, rep.ExtensionAcquisitions, "the runtime's extensions took the locks")
+	assert.NotZero(t, rep.Cancellations, "the runtime's extensions were cancelled")
 }
 
 // knownBugs fails the test for any problem, the leftovers of the two mcs

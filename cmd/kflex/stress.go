@@ -19,7 +19,7 @@ func init() {
 }
 
 func runStress(args []string, out io.Writer) error {
-	fs := newFlags("stress", "[--procs P] [--threads T] [--locks L] [--kills N | --duration D] [--seed S] [--heap PATH] [--json]",
+	fs := newFlags("stress", "[--procs P] [--threads T] [--locks L] [--kills N | --duration D] [--seed S] [--heap PATH] [--runtime=false] [--json]",
 		`Starts P worker processes (this binary, re-executed) of T goroutines each on
 one heap. They take L locks, each guarding a pair of counters and a doubly
 linked list of heap objects that a holder updates in steps, and allocate and
@@ -29,7 +29,11 @@ restarts it, and goes on for N kills or for D. A holder that gets the
 owner-died result repairs torn data (repaired); torn data under a clean lock is
 a violation; a lock wait over 2 s is a stuck waiter; at the end every lock is
 taken once more, the dead are reaped and the heap is checked: objects, queue
-nodes or owner slots that nothing accounts for are leaked. The seed reproduces
+nodes or owner slots that nothing accounts for are leaked. Beside them, the
+extension runtime runs in the parent (one JIT and one interpreting executor):
+its extension takes the same locks, checks and repairs the same data, and is
+cancelled at random, while it waits, holds or runs (cancellations); an
+executor whose queue node stays stranded counts as stuck. The seed reproduces
 the parent's schedule of kills, not the OS's timing.
 Recovery latency: from the SIGKILL of a worker holding a lock to the next
 acquisition of that lock (with the owner-died result), as the acquirer's clock
@@ -43,6 +47,7 @@ Exit status 1 on any violation, stuck waiter, leak or unexplained exit.`, out)
 	seed := fs.Uint64("seed", 0, "the kill schedule's seed (0: from the clock; the report says which)")
 	path := fs.String("heap", "", "heap file to create (default: a temporary file, removed at the end)")
 	asJSON := fs.Bool("json", false, "print one JSON object")
+	withRuntime := fs.Bool("runtime", true, "run the extension runtime's executors on the same locks, cancelled at random")
 	plant := fs.String("plant", "", "a planted bug the run must report: norepair or nolock (checks the harness)")
 	if err := parse(fs, args, 0); err != nil {
 		return err
@@ -59,7 +64,7 @@ Exit status 1 on any violation, stuck waiter, leak or unexplained exit.`, out)
 		*kills = 1000
 	}
 	cfg := stress.Config{Procs: *procs, Threads: *threads, Locks: *locks, Kills: *kills, Duration: *duration,
-		Seed: *seed, HeapPath: *path, Plant: *plant, Command: workerCommand}
+		Seed: *seed, HeapPath: *path, Plant: *plant, Runtime: *withRuntime, Command: workerCommand}
 	if isTerminal(os.Stderr) {
 		cfg.Progress = func(r stress.Report) {
 			fmt.Fprintf(os.Stderr, "\r%s %6.1fs", progressLine(r, *kills), r.DurationS)
@@ -107,7 +112,8 @@ func summary(out io.Writer, r stress.Report) {
 		r.Kills, r.KilledHolding, r.KilledWaiting, r.KilledAllocator, r.KilledOther)
 	fmt.Fprintf(out, "  recoveries    %d (torn data repaired %d); kill -> next acquisition p50 %.0f us, p90 %.0f us, p99 %.0f us, max %.0f us (%d samples, %d of 9 ms or more)\n",
 		r.Recoveries, r.Repaired, r.RecoveryP50us, r.RecoveryP90us, r.RecoveryP99us, r.RecoveryMaxUs, r.RecoverySamples, r.RecoveryParked)
-	fmt.Fprintf(out, "  acquisitions  %d; longest lock wait %.1f ms\n", r.Acquisitions, r.MaxWaitMs)
+	fmt.Fprintf(out, "  acquisitions  %d (by extensions %d, cancelled %d); longest lock wait %.1f ms\n",
+		r.Acquisitions, r.ExtensionAcquisitions, r.Cancellations, r.MaxWaitMs)
 	fmt.Fprintf(out, "  orphans       %d objects killed outside the lists, explained by hold words, freed\n", r.Orphans)
 	fmt.Fprintf(out, "  violations %d, stuck %d, leaked %d (objects %d, queue nodes %d, owner slots %d), unexplained exits %d\n",
 		r.Violations, r.Stuck, r.Leaked, r.LeakedObjects, r.LeakedNodes, r.LeakedSlots, r.Unaccounted)
