@@ -106,37 +106,70 @@ func MeasureRecovery(kills int, holder Holder) (map[string]float64, error) {
 	figures := map[string]float64{}
 	for _, name := range []string{"go", "jit"} {
 		lat := make([]float64, 0, kills)
+		var wake []float64
+		var ways mcs.WaitStats
 		for range kills {
-			d, err := killOnce(holder(path, lock), func() bool { return atomic.LoadUint64(h.Uint64(lock))>>32 != 0 }, waiters[name])
+			before := rt.Process().WaitStats()
+			killed, got, err := killOnce(holder(path, lock), func() bool { return atomic.LoadUint64(h.Uint64(lock))>>32 != 0 }, waiters[name])
 			if err != nil {
 				return nil, fmt.Errorf("recovery, %s waiter: %w", name, err)
 			}
-			lat = append(lat, float64(d.Nanoseconds())/1e3)
+			after := rt.Process().WaitStats()
+			ways = addStats(ways, after.Sub(before))
+			lat = append(lat, micros(got.Sub(killed)))
+			if after.LastWake.After(killed) {
+				wake = append(wake, micros(after.LastWake.Sub(killed)))
+			}
 		}
-		slices.Sort(lat)
-		figures[name+".p50_us"] = lat[len(lat)/2]
-		figures[name+".p99_us"] = lat[len(lat)*99/100]
+		prefix := name
+		figures[prefix+".p50_us"], figures[prefix+".p99_us"] = percentiles(lat)
+		if len(wake) > 0 {
+			figures[prefix+".wake_p50_us"], figures[prefix+".wake_p99_us"] = percentiles(wake)
+		}
+		for way := range mcs.NumWays {
+			figures[prefix+".seen_"+way.String()] = float64(ways.Seen[way])
+			if way != mcs.Polled {
+				figures[prefix+".parks_"+way.String()] = float64(ways.Parks[way])
+			}
+		}
 	}
 	figures["kills"] = float64(kills)
 	return figures, nil
 }
 
+// addStats is the sum of two spans' counts.
+func addStats(a, b mcs.WaitStats) mcs.WaitStats {
+	for i := range a.Parks {
+		a.Parks[i] += b.Parks[i]
+		a.Seen[i] += b.Seen[i]
+	}
+	return a
+}
+
+func micros(d time.Duration) float64 { return float64(d.Nanoseconds()) / 1e3 }
+
+// percentiles sorts xs and returns its p50 and p99.
+func percentiles(xs []float64) (p50, p99 float64) {
+	slices.Sort(xs)
+	return xs[len(xs)/2], xs[len(xs)*99/100]
+}
+
 // killOnce starts the holder, starts wait once queued reports the lock has
-// a queue, kills the holder 2 ms later and returns the time from the kill
-// to wait's return.
-func killOnce(cmd *exec.Cmd, queued func() bool, wait func() error) (time.Duration, error) {
+// a queue, kills the holder 2 ms later and returns when it killed it and
+// when wait returned.
+func killOnce(cmd *exec.Cmd, queued func() bool, wait func() error) (killed, returned time.Time, err error) {
 	out, err := cmd.StdoutPipe()
 	if err != nil {
-		return 0, err
+		return killed, returned, err
 	}
 	if err := cmd.Start(); err != nil {
-		return 0, err
+		return killed, returned, err
 	}
 	defer cmd.Wait()
 	defer cmd.Process.Signal(syscall.SIGKILL)
 	sc := bufio.NewScanner(out)
 	if !sc.Scan() || sc.Text() != "held" {
-		return 0, fmt.Errorf("holder did not take the lock (%q)", sc.Text())
+		return killed, returned, fmt.Errorf("holder did not take the lock (%q)", sc.Text())
 	}
 	type result struct {
 		at  time.Time
@@ -149,19 +182,19 @@ func killOnce(cmd *exec.Cmd, queued func() bool, wait func() error) (time.Durati
 	}()
 	for deadline := time.Now().Add(10 * time.Second); !queued(); {
 		if time.Now().After(deadline) {
-			return 0, errors.New("the waiter never queued")
+			return killed, returned, errors.New("the waiter never queued")
 		}
 		time.Sleep(50 * time.Microsecond)
 	}
 	time.Sleep(2 * time.Millisecond)
-	killed := time.Now()
+	killed = time.Now()
 	if err := cmd.Process.Signal(syscall.SIGKILL); err != nil {
-		return 0, err
+		return killed, returned, err
 	}
 	select {
 	case r := <-done:
-		return r.at.Sub(killed), r.err
+		return killed, r.at, r.err
 	case <-time.After(10 * time.Second):
-		return 0, errors.New("the waiter still waits 10 s after the kill")
+		return killed, returned, errors.New("the waiter still waits 10 s after the kill")
 	}
 }

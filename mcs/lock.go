@@ -98,6 +98,7 @@ func (m *Mutex) try(w uint64) (attempt, error) {
 		return busy, ErrNotRecoverable
 	case w&wordLocked != 0 && wordTail(w) == 0 && m.p.holderDead(w):
 		if m.takeOver(w, takeover(w, m.held)) {
+			m.p.sawDeath(Polled)
 			return taken, ErrOwnerDied
 		}
 		return retry, nil
@@ -220,6 +221,7 @@ func (m *Mutex) lockQueued() error {
 	// Wait for the holder to release, or to die, then take the lock. If we
 	// are still the tail, the queue empties; otherwise the tail stays.
 	var err error
+	how := Polled // how the next look at the holder learns of its death
 	for spins := 0; ; {
 		w = atomic.LoadUint64(m.word)
 		if w&wordLocked == 0 {
@@ -242,12 +244,14 @@ func (m *Mutex) lockQueued() error {
 				nw &^= wordTailMask
 			}
 			if m.takeOver(w, nw) {
+				m.p.sawDeath(how)
 				err = ErrOwnerDied
 				break
 			}
 			continue
 		}
 		if spins < spinIters {
+			how = Polled
 			spins++
 			pause(pausePerTry)
 			continue
@@ -261,7 +265,7 @@ func (m *Mutex) lockQueued() error {
 			continue
 		}
 		fault(FaultHeadParked)
-		m.p.park2(lowHalf(m.word), uint32(sw), wordOwner(w))
+		how = m.p.park2(lowHalf(m.word), uint32(sw), wordOwner(w))
 		// Running again: no more barging ahead of us.
 		atomic.AndUint64(m.word, ^uint64(wordHeadBits))
 		spins = 0
@@ -290,15 +294,17 @@ func (m *Mutex) leave(n node, me uint32) {
 // head, or, the predecessor having died, until repair puts it there.
 func (m *Mutex) waitHead(n node, me uint32) {
 	var skipped []uint32 // dead predecessors abandoned on the way
+	how := Polled
 	for spins := 0; ; {
 		s := atomic.LoadUint32(n.state())
 		if s == nodeHead {
 			return
 		}
-		if spins%deathEvery == 0 && m.repair(n, &skipped) {
+		if spins%deathEvery == 0 && m.repair(n, &skipped, how) {
 			return
 		}
 		if spins < spinIters {
+			how = Polled
 			spins++
 			pause(pausePerTry)
 			continue
@@ -309,7 +315,7 @@ func (m *Mutex) waitHead(n node, me uint32) {
 		fault(FaultParked)
 		// Asleep on our state and on the predecessor's liveness word, so that
 		// either a grant or the predecessor's death wakes us.
-		m.p.park2(n.state(), nodeParked, m.p.nodeOwner(atomic.LoadUint32(n.prev())))
+		how = m.p.park2(n.state(), nodeParked, m.p.nodeOwner(atomic.LoadUint32(n.prev())))
 		spins = 0
 	}
 }

@@ -3,6 +3,7 @@ package mcs
 import (
 	"errors"
 	"fmt"
+	"math"
 	"os"
 	"runtime"
 	"sync/atomic"
@@ -43,7 +44,8 @@ type Process struct {
 	gen   uint32      // the slot's generation when we attached
 	nodes chan uint32 // free node indices of this process's range
 
-	park time.Duration // how long a waiter parks before it re-checks
+	park   time.Duration // how long a waiter parks before it re-checks
+	counts waitCounts    // how waits ended (WaitStats)
 
 	stop chan struct{}
 	done chan struct{}
@@ -161,8 +163,23 @@ func (p *Process) liveness(ready chan<- error) {
 	// Detach: empty the list first, so that this thread's exit marks nothing,
 	// then free the slot.
 	atomic.StoreUint64(&head.next, headAddr)
-	atomic.StoreUint32(p.h.Uint32(p.record(ownerLive)), 0)
-	p.wakeDeath(p.slot + 1) // nobody should wait for us now; if one does, it sees us gone
+	lw := p.h.Uint32(p.record(ownerLive))
+	for !freeSlot(lw, atomic.LoadUint32(lw)) { // a waiter may be setting FUTEX_WAITERS
+	}
+}
+
+// freeSlot frees an owner slot whose liveness word lw reads live, and wakes
+// whoever sleeps on the word (FUTEX_WAITERS): nobody should wait for a
+// process that detached or was reaped, and one that does wakes to see it
+// gone. It reports false, freeing nothing, if the word changed.
+func freeSlot(lw *uint32, live uint32) bool {
+	if !atomic.CompareAndSwapUint32(lw, live, 0) {
+		return false
+	}
+	if live&futex.Waiters != 0 {
+		futex.Wake(lw, math.MaxInt32)
+	}
+	return true
 }
 
 func setRobustList(head *robustHead) error {
@@ -234,6 +251,7 @@ func WaitDeath(h *heap.Heap, slot uint32, timeout time.Duration) bool {
 	for {
 		v := atomic.LoadUint32(w)
 		if v&futex.OwnerDied != 0 {
+			wakeDead(w) // the death's one wake may have been ours: pass it on
 			return true
 		}
 		if v == 0 {

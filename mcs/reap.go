@@ -48,7 +48,7 @@ func Reap(h *heap.Heap) int {
 			continue
 		}
 		lw := h.Uint32(h.OwnerRecord(s, heap.OwnerLive))
-		if live := atomic.LoadUint32(lw); heap.OwnerDead(live) && atomic.CompareAndSwapUint32(lw, live, 0) {
+		if live := atomic.LoadUint32(lw); heap.OwnerDead(live) && freeSlot(lw, live) {
 			freed++
 		}
 	}

@@ -88,33 +88,66 @@ func (p *Process) nodeDead(idx uint32) bool {
 }
 
 // park2 sleeps on addr while it holds val, and on the liveness word of owner
-// slot owner-1 (none if owner is 0), for at most the park timeout. It sets
-// FUTEX_WAITERS in the liveness word first: the kernel wakes a sleeper on it
-// at the process's death only if that bit is set.
-func (p *Process) park2(addr *uint32, val uint32, owner uint32) {
+// slot owner-1 (none if owner is 0), for at most the park timeout, and says
+// how the sleep ended. It sets FUTEX_WAITERS in the liveness word first: the
+// kernel wakes a sleeper on it at the process's death only if that bit is
+// set, and then only one.
+func (p *Process) park2(addr *uint32, val uint32, owner uint32) Way {
+	how := NoSleep
 	if owner == 0 || owner > p.h.Header().MaxProcs {
-		futex.Wait(addr, val, p.park)
-		return
+		r, _ := futex.WaitAny([]*uint32{addr}, []uint32{val}, p.park)
+		how = parkWay(r)
+	} else {
+		lw := p.liveWord(owner - 1)
+		for {
+			v := atomic.LoadUint32(lw)
+			if slotDead(v) {
+				break // the caller looks again
+			}
+			if v&futex.Waiters == 0 && !atomic.CompareAndSwapUint32(lw, v, v|futex.Waiters) {
+				continue
+			}
+			r, _ := futex.WaitAny([]*uint32{addr, lw}, []uint32{val, v | futex.Waiters}, p.park)
+			if how = parkWay(r); how == DeathWake {
+				// The death's one wake was spent on us, whatever we do next:
+				// the others asleep on the word (waiting for other locks the
+				// dead process held, or behind its other nodes) are ours to
+				// wake. Even a waiter whose own word was woken first (granted,
+				// or the lock released) may have taken it: a sleeper stays
+				// queued on the liveness word until it runs, and WaitAny then
+				// reports the liveness word (futex.WaitAny).
+				wakeDead(lw)
+			}
+			break
+		}
 	}
-	lw := p.liveWord(owner - 1)
-	for {
-		v := atomic.LoadUint32(lw)
-		if slotDead(v) {
-			return // the caller looks again
-		}
-		if v&futex.Waiters == 0 && !atomic.CompareAndSwapUint32(lw, v, v|futex.Waiters) {
-			continue
-		}
-		futex.WaitAny([]*uint32{addr, lw}, []uint32{val, v | futex.Waiters}, p.park)
-		return
+	p.counts.parked(how)
+	return how
+}
+
+// wakeDeath wakes everyone asleep on owner slot owner-1's liveness word, if
+// the process died: they wait for the same dead process.
+func (p *Process) wakeDeath(owner uint32) {
+	if owner != 0 && owner <= p.h.Header().MaxProcs {
+		wakeDead(p.liveWord(owner - 1))
 	}
 }
 
-// wakeDeath wakes everyone asleep on owner slot owner-1's liveness word (the
-// kernel woke one of them): they wait for the same dead process.
-func (p *Process) wakeDeath(owner uint32) {
-	if owner != 0 && owner <= p.h.Header().MaxProcs {
-		futex.Wake(p.liveWord(owner-1), math.MaxInt32)
+// wakeDead wakes everyone asleep on liveness word lw if it says its process
+// is dead (marked, or the slot freed) and somebody may sleep on it
+// (FUTEX_WAITERS, which the kernel keeps when it marks the word). The first
+// caller clears the bit and wakes: nobody sleeps on a dead process's word
+// afterwards (park2 looks first), so later callers need no system call.
+func wakeDead(lw *uint32) {
+	for {
+		v := atomic.LoadUint32(lw)
+		if v&futex.Waiters == 0 || v&^futex.Waiters != 0 && v&futex.OwnerDied == 0 {
+			return
+		}
+		if atomic.CompareAndSwapUint32(lw, v, v&^futex.Waiters) {
+			futex.Wake(lw, math.MaxInt32)
+			return
+		}
 	}
 }
 
@@ -130,9 +163,10 @@ func (m *Mutex) takeOver(w, nw uint64) bool {
 // repair looks at the predecessor of waiting node n and, if it is dead,
 // repairs the queue around it; it reports whether n is now the head. Dead
 // predecessors it abandons are appended to skipped: if n takes the head
-// position itself, nobody else will free them.
-func (m *Mutex) repair(n node, skipped *[]uint32) bool {
-	for {
+// position itself, nobody else will free them. A death it acts on is
+// counted as learned the way how.
+func (m *Mutex) repair(n node, skipped *[]uint32, how Way) bool {
+	for seen := false; ; {
 		front := uint32(0) // the first node behind the dead head we replace
 		pred := atomic.LoadUint32(n.prev())
 		// A live predecessor will grant us, or skip us past abandoned nodes,
@@ -150,6 +184,10 @@ func (m *Mutex) repair(n node, skipped *[]uint32) bool {
 			return false
 		}
 		if pred != 0 {
+			if !seen && m.p.nodeDead(pred) {
+				seen = true
+				m.p.sawDeath(how)
+			}
 			pn := m.p.node(pred - 1)
 			s := atomic.LoadUint32(pn.state())
 			switch {
@@ -305,7 +343,7 @@ func (p *Process) LockCheck(lock, _, idx, held uint64) uint64 {
 	}
 	if atomic.LoadUint32(n.state()) != nodeHead && atomic.LoadUint32(n.prev()) != 0 {
 		var skipped []uint32 // left to Reap: the executor keeps no list
-		if m.repair(n, &skipped) {
+		if m.repair(n, &skipped, Polled) {
 			return 1
 		}
 		return 0
@@ -323,6 +361,7 @@ func (p *Process) LockCheck(lock, _, idx, held uint64) uint64 {
 		if !m.takeOver(w, nw) {
 			return 0
 		}
+		p.sawDeath(Polled)
 		if wordTail(w) != me {
 			m.grant(m.successor(n, me))
 		}

@@ -169,6 +169,8 @@ func TestKillStorm(t *testing.T) {
 	}
 	t.Logf("%d kills; acquisitions: %d our goroutines', %d our executors', %d the children's", kills,
 		*w.h.Uint64(off + 16), *w.h.Uint64(off + 32), *w.h.Uint64(off + 24))
+	ws := w.p.WaitStats()
+	t.Logf("our waiters: parks %v, deaths seen %v (by %v)", ws.Parks, ws.Seen, wayNames)
 	assert.NotZero(t, *w.h.Uint64(off + 32), "the executors took the lock too")
 	assert.NotZero(t, *w.h.Uint64(off + 24), "the children took the lock too")
 	assert.Zero(t, *w.h.Uint64(off + 8), "nobody inside")

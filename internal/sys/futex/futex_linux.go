@@ -83,16 +83,29 @@ type waitv struct {
 	_     uint32
 }
 
+// What WaitAny's sleep ended with when no word's wake ended it.
+const (
+	TimedOut    = -1 // the timeout passed
+	Changed     = -2 // a word did not hold its value: no sleep
+	Interrupted = -3 // a signal
+)
+
 // WaitAny sleeps while *addrs[i] == vals[i] for every i, until a wake on any
-// of the words, for at most timeout (forever if timeout < 0). It returns nil
-// in every case a caller re-checks (woken, a word no longer held its value, a
-// signal, the timeout), as Wait does. At most 128 words (the kernel's limit).
+// of the words, for at most timeout (forever if timeout < 0). It returns the
+// index of the word whose wake ended the sleep, or TimedOut, Changed or
+// Interrupted: every outcome is one a caller re-checks its condition after,
+// as with Wait (a wake may be spurious, or meant for an earlier sleep). At
+// most 8 words.
 //
-// A woken sleeper cannot tell which word woke it: callers re-read them all.
-func WaitAny(addrs []*uint32, vals []uint32, timeout time.Duration) error {
+// A wake on one word takes the sleeper off that word's queue only: until it
+// runs, it is still queued on the others, and a wake of one sleeper on them
+// (FUTEX_WAKE of 1, the kernel's wake at a robust futex owner's death) may be
+// spent on it. A sleeper that returns with one word's wake and finds another
+// word changed must assume that it took a wake meant for someone else.
+func WaitAny(addrs []*uint32, vals []uint32, timeout time.Duration) (int, error) {
 	var ws [8]waitv
 	if len(addrs) > len(ws) || len(addrs) != len(vals) {
-		return errors.New("futex waitv: bad word list")
+		return 0, errors.New("futex waitv: bad word list")
 	}
 	for i, a := range addrs {
 		ws[i] = waitv{val: uint64(vals[i]), uaddr: uint64(uintptr(unsafe.Pointer(a))), flags: waitvU32}
@@ -103,27 +116,33 @@ func WaitAny(addrs []*uint32, vals []uint32, timeout time.Duration) error {
 		// futex_waitv's timeout is absolute, on the clock named by its last
 		// argument.
 		if err := unix.ClockGettime(unix.CLOCK_MONOTONIC, &ts); err != nil {
-			return err
+			return 0, err
 		}
 		ts = unix.NsecToTimespec(unix.TimespecToNsec(ts) + int64(timeout))
 		tsp = unsafe.Pointer(&ts)
 	}
-	call := func() unix.Errno {
-		_, _, e := unix.Syscall6(sysFutexWaitv, uintptr(unsafe.Pointer(&ws[0])), uintptr(len(addrs)), 0,
+	call := func() (uintptr, unix.Errno) {
+		r, _, e := unix.Syscall6(sysFutexWaitv, uintptr(unsafe.Pointer(&ws[0])), uintptr(len(addrs)), 0,
 			uintptr(tsp), unix.CLOCK_MONOTONIC, 0)
-		return e
+		return r, e
 	}
-	e := call()
+	r, e := call()
 	if e == unix.EFAULT {
 		// As futex does: memory the kernel cannot key a shared futex on.
 		for i := range addrs {
 			ws[i].flags |= private
 		}
-		e = call()
+		r, e = call()
 	}
 	switch e {
-	case 0, unix.EAGAIN, unix.EINTR, unix.ETIMEDOUT:
-		return nil
+	case 0:
+		return int(r), nil
+	case unix.EAGAIN:
+		return Changed, nil
+	case unix.EINTR:
+		return Interrupted, nil
+	case unix.ETIMEDOUT:
+		return TimedOut, nil
 	}
-	return errors.Join(errors.New("futex waitv"), e)
+	return 0, errors.Join(errors.New("futex waitv"), e)
 }

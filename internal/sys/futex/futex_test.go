@@ -49,27 +49,35 @@ func TestWake(t *testing.T) {
 	}
 }
 
-// TestWaitAny: a sleeper on two words is woken by a wake on either, returns at
-// once when a word no longer holds its value, and times out.
+// TestWaitAny: a sleeper on two words is woken by a wake on either and says
+// which, returns at once when a word no longer holds its value, and times
+// out.
 func TestWaitAny(t *testing.T) {
 	var a, b uint32
 	start := time.Now()
-	require.NoError(t, WaitAny([]*uint32{&a, &b}, []uint32{0, 1}, time.Second)) // b != 1
+	r, err := WaitAny([]*uint32{&a, &b}, []uint32{0, 1}, time.Second) // b != 1
+	require.NoError(t, err)
+	assert.Equal(t, Changed, r)
 	assert.Less(t, time.Since(start), 500*time.Millisecond)
 
 	start = time.Now()
-	require.NoError(t, WaitAny([]*uint32{&a, &b}, []uint32{0, 0}, 20*time.Millisecond))
+	r, err = WaitAny([]*uint32{&a, &b}, []uint32{0, 0}, 20*time.Millisecond)
+	require.NoError(t, err)
+	assert.Equal(t, TimedOut, r)
 	assert.GreaterOrEqual(t, time.Since(start), 20*time.Millisecond)
 
-	for _, w := range []*uint32{&a, &b} {
+	for i, w := range []*uint32{&a, &b} {
 		atomic.StoreUint32(&a, 0)
 		atomic.StoreUint32(&b, 0)
-		done := make(chan struct{})
+		woken := make(chan int, 1)
 		go func() {
-			for atomic.LoadUint32(w) == 0 {
-				WaitAny([]*uint32{&a, &b}, []uint32{0, 0}, 10*time.Second)
+			for {
+				r, _ := WaitAny([]*uint32{&a, &b}, []uint32{0, 0}, 10*time.Second)
+				if r >= 0 || atomic.LoadUint32(w) != 0 {
+					woken <- r
+					return
+				}
 			}
-			close(done)
 		}()
 		time.Sleep(time.Millisecond) // most often asleep by now: the wake is what returns it
 		atomic.StoreUint32(w, 1)
@@ -78,7 +86,10 @@ func TestWaitAny(t *testing.T) {
 				_, err := Wake(w, 1)
 				require.NoError(t, err)
 				select {
-				case <-done:
+				case r := <-woken:
+					if r >= 0 {
+						assert.Equal(t, i, r, "the woken word's index")
+					}
 					return
 				case <-time.After(time.Millisecond):
 				}
