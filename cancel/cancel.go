@@ -51,6 +51,27 @@ var causeText = [...]string{
 	Request:    "cancelled on request",
 }
 
+var causeName = [...]string{
+	None:       "none",
+	Budget:     "budget",
+	Context:    "context",
+	Disconnect: "disconnect",
+	Shutdown:   "shutdown",
+	Request:    "request",
+}
+
+// Causes is how many causes there are: every Cause below it has a Name.
+const Causes = len(causeName)
+
+// Name is c in one word ("budget", "context", "disconnect", "shutdown",
+// "request"; "none"), for metric labels and log attributes.
+func (c Cause) Name() string {
+	if int(c) < len(causeName) {
+		return causeName[c]
+	}
+	return fmt.Sprintf("cause%d", uint8(c))
+}
+
 func (c Cause) String() string {
 	if int(c) < len(causeText) {
 		return causeText[c]
