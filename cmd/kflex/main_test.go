@@ -297,7 +297,7 @@ func TestServeStaleSocket(t *testing.T) {
 
 	cmd, out, c := startServe(t, sock, prog)
 	defer c.Close()
-	assert.Contains(t, out.String(), "kflex runtime: replaced stale socket "+sock)
+	assert.Contains(t, out.String(), `level=WARN msg="replaced a stale socket: no runtime answered on it" socket=`+sock)
 	r0, err := c.Invoke("add1", 1)
 	require.NoError(t, err)
 	assert.Equal(t, uint64(2), r0)
