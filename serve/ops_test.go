@@ -13,7 +13,6 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -29,29 +28,12 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kflex-go/kflex/cancel"
+	"github.com/kflex-go/kflex/heap"
 	"github.com/kflex-go/kflex/internal/testutil"
 	"github.com/kflex-go/kflex/mcs"
 	"github.com/kflex-go/kflex/serve"
 	"github.com/kflex-go/kflex/userspace"
 )
-
-// logBuffer collects a logger's lines for a test to read while it logs.
-type logBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *logBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.Write(p)
-}
-
-func (b *logBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
-}
 
 // textLog is a logger of every level writing text lines without the time
 // to w.
@@ -248,7 +230,7 @@ func idleClient(t *testing.T, socket string) *exec.Cmd {
 // itself) with their owner slots; the log says who attached, who died (a
 // child killed) and who detached.
 func TestStatusAndLog(t *testing.T) {
-	var log logBuffer
+	var log testutil.Buffer
 	rt, _ := runtimeOf(t, endless, serve.Options{JIT: 1, Budget: 10 * time.Millisecond, Logger: textLog(&log)})
 	sock := serveOn(t, rt)
 	a, b := idleClient(t, sock), idleClient(t, sock)
@@ -332,4 +314,33 @@ func TestSocketMode(t *testing.T) {
 		_, err = os.Stat(path)
 		assert.ErrorIs(t, err, os.ErrNotExist, "nothing created")
 	}
+}
+
+// BenchmarkMetricsCost is what metrics add to an invocation of an empty
+// extension: in process (Runtime.Invoke) and from a client over the socket,
+// each alternated with a runtime without metrics (testutil.Alternate), so
+// that a loaded machine's drift reaches both alike.
+func BenchmarkMetricsCost(b *testing.B) {
+	plain := start(b)
+	h, err := heap.Create(filepath.Join(b.TempDir(), "heap"), &heap.Options{Params: heap.Params{Size: 8 << 20}})
+	require.NoError(b, err)
+	metered := startOn(b, h, serve.Options{JIT: 2, Metrics: prometheus.NewRegistry()})
+	ctx := context.Background()
+	b.Run("invoke", func(b *testing.B) {
+		ns := testutil.Alternate(b, 100, func() { plain.rt.Invoke(ctx, "empty", 0) }, func() { metered.rt.Invoke(ctx, "empty", 0) })
+		b.ReportMetric(ns[0], "ns/plain")
+		b.ReportMetric(ns[1], "ns/metrics")
+	})
+	b.Run("client", func(b *testing.B) {
+		var clients []*userspace.Client
+		for _, f := range []*fixture{plain, metered} {
+			c, err := userspace.Dial(f.socket, nil)
+			require.NoError(b, err)
+			defer c.Close()
+			clients = append(clients, c)
+		}
+		ns := testutil.Alternate(b, 20, func() { clients[0].Invoke("empty", 0) }, func() { clients[1].Invoke("empty", 0) })
+		b.ReportMetric(ns[0], "ns/plain")
+		b.ReportMetric(ns[1], "ns/metrics")
+	})
 }

@@ -65,7 +65,7 @@ type Runtime struct {
 	stats    map[string]*progStats       // every program's counters (stats.go)
 	execs    chan *executor
 	all      []*executor
-	nexec    int // executors made (len(all) until Close)
+	nexec    int // executors the pool has (len(all) once New returns, until Close)
 	trace    io.Writer
 	traceMu  sync.Mutex
 	log      *slog.Logger
@@ -165,7 +165,7 @@ func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runti
 		return nil, err
 	}
 	rt := &Runtime{h: h, proc: proc, progs: map[string]*jit.Program{}, iprogs: map[string]*interp.Program{}, verified: map[string]*verifier.Result{},
-		stats: map[string]*progStats{}, execs: make(chan *executor, n), trace: o.Trace, log: o.Logger, conns: map[net.Conn]peer{}, shareFD: h.Fd(), kind: wire.HeapFile,
+		stats: map[string]*progStats{}, execs: make(chan *executor, n), nexec: n, trace: o.Trace, log: o.Logger, conns: map[net.Conn]peer{}, shareFD: h.Fd(), kind: wire.HeapFile,
 		defaultBudget: o.Budget, budgets: o.Budgets, running: map[*running]struct{}{}, closed: make(chan struct{})}
 	switch {
 	case o.Budget == 0:
@@ -210,7 +210,6 @@ func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runti
 		rt.all = append(rt.all, e)
 		rt.execs <- e
 	}
-	rt.nexec = n
 	return rt, nil
 }
 
