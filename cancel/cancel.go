@@ -112,6 +112,7 @@ var ErrDisconnect = errors.New("the invoking process disconnected")
 type Watch struct {
 	terminate func()
 	budget    time.Duration
+	start     time.Time // with a budget
 	deadline  time.Time
 
 	mu     sync.Mutex
@@ -131,7 +132,8 @@ type Watch struct {
 func Start(ctx context.Context, budget time.Duration, terminate func()) *Watch {
 	w := &Watch{terminate: terminate, budget: budget}
 	if budget > 0 {
-		w.deadline = time.Now().Add(budget)
+		w.start = time.Now()
+		w.deadline = w.start.Add(budget)
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -163,6 +165,11 @@ func (w *Watch) Cause() Cause {
 	defer w.mu.Unlock()
 	return w.cause
 }
+
+// Started is when the watch began, if it has a budget (zero otherwise: it
+// read no clock), for a caller that times the invocation with one clock
+// read fewer.
+func (w *Watch) Started() time.Time { return w.start }
 
 // Deadline is when the budget runs out (zero: no budget), for the engine.
 func (w *Watch) Deadline() time.Time { return w.deadline }

@@ -438,7 +438,7 @@ func (rt *Runtime) run(ctx context.Context, ps *progStats, arg, dataLen uint64, 
 	var r0 uint64
 	var err error
 	if rt.metrics != nil {
-		r0, err = rt.metrics.timed(rt, e, arg, dataLen)
+		r0, err = rt.metrics.timed(rt, e, r.watch.Started(), arg, dataLen)
 	} else {
 		r0, err = rt.invoke(e, name, arg, dataLen)
 	}
