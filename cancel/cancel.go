@@ -51,6 +51,27 @@ var causeText = [...]string{
 	Request:    "cancelled on request",
 }
 
+var causeName = [...]string{
+	None:       "none",
+	Budget:     "budget",
+	Context:    "context",
+	Disconnect: "disconnect",
+	Shutdown:   "shutdown",
+	Request:    "request",
+}
+
+// Causes is how many causes there are: every Cause below it has a Name.
+const Causes = len(causeName)
+
+// Name is c in one word ("budget", "context", "disconnect", "shutdown",
+// "request"; "none"), for metric labels and log attributes.
+func (c Cause) Name() string {
+	if int(c) < len(causeName) {
+		return causeName[c]
+	}
+	return fmt.Sprintf("cause%d", uint8(c))
+}
+
 func (c Cause) String() string {
 	if int(c) < len(causeText) {
 		return causeText[c]
@@ -91,6 +112,7 @@ var ErrDisconnect = errors.New("the invoking process disconnected")
 type Watch struct {
 	terminate func()
 	budget    time.Duration
+	start     time.Time // with a budget
 	deadline  time.Time
 
 	mu     sync.Mutex
@@ -110,7 +132,8 @@ type Watch struct {
 func Start(ctx context.Context, budget time.Duration, terminate func()) *Watch {
 	w := &Watch{terminate: terminate, budget: budget}
 	if budget > 0 {
-		w.deadline = time.Now().Add(budget)
+		w.start = time.Now()
+		w.deadline = w.start.Add(budget)
 	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
@@ -142,6 +165,11 @@ func (w *Watch) Cause() Cause {
 	defer w.mu.Unlock()
 	return w.cause
 }
+
+// Started is when the watch began, if it has a budget (zero otherwise: it
+// read no clock), for a caller that times the invocation with one clock
+// read fewer.
+func (w *Watch) Started() time.Time { return w.start }
 
 // Deadline is when the budget runs out (zero: no budget), for the engine.
 func (w *Watch) Deadline() time.Time { return w.deadline }

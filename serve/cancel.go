@@ -216,7 +216,9 @@ func (rt *Runtime) releaseHeld(e *executor, name string, err error) error {
 		}
 		if err := rt.proc.Abandon(lock, rt.proc.Held()); err != nil {
 			errs = append(errs, err)
+			continue
 		}
+		rt.counts.abandoned.Add(1)
 	}
 	for _, a := range held.Allocs() {
 		off := a.Ptr & rt.h.Mask()

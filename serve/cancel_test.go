@@ -70,7 +70,7 @@ func runtimeOf(t testing.TB, srcs map[string]string, o serve.Options) (*serve.Ru
 // and returns the socket's path.
 func serveOn(t *testing.T, rt *serve.Runtime) string {
 	sock := filepath.Join(t.TempDir(), "sock")
-	ln, err := serve.Listen(sock, io.Discard)
+	ln, err := serve.Listen(sock, serve.ListenOptions{})
 	require.NoError(t, err)
 	served := make(chan error, 1)
 	go func() { served <- rt.Serve(ln) }()

@@ -26,28 +26,34 @@ import (
 // goroutine that read it; those that come while it runs start beside it
 // once it has run for 5 to 10 ms (see connServer).
 func (rt *Runtime) serveConn(c *net.UnixConn) {
+	var s *connServer
 	defer func() {
 		rt.mu.Lock()
-		if p := rt.conns[c]; p.pidfd >= 0 {
+		p := rt.conns[c]
+		if p.pidfd >= 0 {
 			unix.Close(p.pidfd)
 		}
 		delete(rt.conns, c)
 		rt.mu.Unlock()
 		c.Close()
+		if s != nil {
+			rt.gone(p, s.cancelled)
+		}
 	}()
 	p, err := identify(c)
 	if err != nil {
-		rt.tracef("kflex runtime: refusing a connection: %v\n", err)
+		rt.log.Warn("refusing a connection", "err", err)
 		return
 	}
 	rt.mu.Lock()
 	rt.conns[c] = p
 	rt.mu.Unlock()
+	rt.log.Info("process attached", "pid", p.pid, "uid", p.uid)
 	hello, oob := wire.EncodeHello(wire.Hello{HeapSize: rt.h.Size(), Kind: rt.kind}, rt.shareFD)
 	if _, _, err := c.WriteMsgUnix(hello, oob, nil); err != nil {
 		return
 	}
-	s := &connServer{rt: rt, c: c, pid: p.pid, slots: make(chan struct{}, len(rt.all)),
+	s = &connServer{rt: rt, c: c, pid: p.pid, slots: make(chan struct{}, len(rt.all)),
 		rbuf: make([]byte, wire.MaxRequest+1), wake: make(chan struct{}, 1), done: make(chan struct{})}
 	s.calls = map[uint64]*call{}
 	s.asleep.Store(true)
@@ -95,9 +101,10 @@ type connServer struct {
 	wake    chan struct{}
 	done    chan struct{} // closed when reading ends
 
-	callsMu sync.Mutex
-	calls   map[uint64]*call // in flight, by request id
-	gone    bool             // the connection ended: its calls are cancelled (cancel.Disconnect)
+	callsMu   sync.Mutex
+	calls     map[uint64]*call // in flight, by request id
+	gone      bool             // the connection ended: its calls are cancelled (cancel.Disconnect)
+	cancelled int              // how many that cancelled; read once the goroutines are done
 
 	wmu  sync.Mutex // results are written whole, one at a time
 	wbuf []byte
@@ -129,7 +136,7 @@ func (s *connServer) read() {
 			if req.ID == 0 {
 				// No id to answer: the process and the runtime no longer agree
 				// on what is in flight.
-				s.rt.tracef("kflex runtime: process %d: %v: closing its connection\n", s.pid, err)
+				s.rt.log.Warn("closing a connection: a request without an id", "pid", s.pid, "err", err)
 				s.end()
 				return
 			}
@@ -140,7 +147,12 @@ func (s *connServer) read() {
 			s.cancelCall(req.Arg)
 			continue
 		case wire.OpCancelProgram:
-			s.write(req.ID, uint64(s.rt.Cancel(req.Name)), nil)
+			n := s.rt.Cancel(req.Name)
+			s.rt.log.Info("cancel requested", "pid", s.pid, "program", req.Name, "cancelled", n)
+			s.write(req.ID, uint64(n), nil)
+			continue
+		case wire.OpStatus:
+			s.writeStatus(req.ID)
 			continue
 		}
 		if !s.takeSlot() {
@@ -218,6 +230,7 @@ func (s *connServer) end() {
 	for _, c := range s.calls {
 		calls = append(calls, c)
 	}
+	s.cancelled = len(calls)
 	s.callsMu.Unlock()
 	for _, c := range calls {
 		c.hook.fire(cancel.Disconnect)
@@ -349,6 +362,19 @@ func invokeFailure(err error) error {
 		code = wire.CodeRejected
 	}
 	return &wire.InvokeError{Code: code, Message: err.Error()}
+}
+
+// writeStatus answers request id with the runtime's status.
+func (s *connServer) writeStatus(id uint64) {
+	b, err := wire.EncodeStatus(s.rt.Status())
+	if err != nil {
+		s.write(id, 0, err)
+		return
+	}
+	s.wmu.Lock()
+	defer s.wmu.Unlock()
+	s.wbuf = wire.AppendData(s.wbuf[:0], id, 0, b)
+	s.c.Write(s.wbuf)
 }
 
 func (rt *Runtime) tracef(format string, args ...any) {

@@ -97,7 +97,7 @@ func ExampleRuntime_Serve() {
 		return
 	}
 	defer os.RemoveAll(dir)
-	ln, err := serve.Listen(filepath.Join(dir, "sock"), nil)
+	ln, err := serve.Listen(filepath.Join(dir, "sock"), serve.ListenOptions{})
 	if err != nil {
 		fmt.Println(err)
 		return

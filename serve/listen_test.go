@@ -27,10 +27,10 @@ func TestListenStale(t *testing.T) {
 	require.NoError(t, err, "the stale socket file is there")
 
 	var log bytes.Buffer
-	ln, err := serve.Listen(path, &log)
+	ln, err := serve.Listen(path, serve.ListenOptions{Logger: textLog(&log)})
 	require.NoError(t, err)
 	defer ln.Close()
-	assert.Equal(t, "kflex runtime: replaced stale socket "+path+" (no runtime answered on it)\n", log.String())
+	assert.Equal(t, "level=WARN msg=\"replaced a stale socket: no runtime answered on it\" socket="+path+"\n", log.String())
 	c, err := net.DialUnix("unixpacket", nil, &net.UnixAddr{Name: path, Net: "unixpacket"})
 	require.NoError(t, err, "the new socket accepts")
 	c.Close()
@@ -41,7 +41,7 @@ func TestListenStale(t *testing.T) {
 func TestListenLive(t *testing.T) {
 	f := start(t)
 	var log bytes.Buffer
-	_, err := serve.Listen(f.socket, &log)
+	_, err := serve.Listen(f.socket, serve.ListenOptions{Logger: textLog(&log)})
 	assert.ErrorIs(t, err, serve.ErrAlreadyServing)
 	assert.EqualError(t, err, "a kflex runtime is already serving at "+f.socket)
 	assert.Empty(t, log.String())
@@ -59,7 +59,7 @@ func TestListenNotSocket(t *testing.T) {
 	file := filepath.Join(dir, "notes")
 	require.NoError(t, os.WriteFile(file, []byte("keep me"), 0o600))
 	for path, what := range map[string]string{file: "a regular file", dir: "a directory"} {
-		_, err := serve.Listen(path, nil)
+		_, err := serve.Listen(path, serve.ListenOptions{})
 		assert.ErrorIs(t, err, serve.ErrNotSocket)
 		assert.EqualError(t, err, "listen on "+path+": not a socket: "+what+" is there, which is left alone")
 	}

@@ -31,7 +31,7 @@ func FuzzProtocol(f *testing.F) {
 		c := rawConn(t, fx.socket)
 		deadline := time.Now().Add(5 * time.Second)
 		require.NoError(t, c.SetDeadline(deadline))
-		buf := make([]byte, wire.MaxResult+1)
+		buf := make([]byte, wire.MaxPacket+1)
 		for len(data) > 0 {
 			n := min(int(data[0]), len(data)-1)
 			packet := data[1 : 1+n]

@@ -5,6 +5,14 @@
 // it over a unix socket (the protocol is package internal/sys/wire;
 // userspace.Dial is the client side).
 //
+// An operator sees what it does through a *slog.Logger (Options.Logger:
+// processes attaching, detaching and dying, cancellations, failures, locks
+// taken over from dead holders) and, with Options.Metrics, Prometheus
+// metrics (metrics.go: invocations, errors and run times per program,
+// cancellations by cause, lock waits, owner-died recoveries, the heap's
+// allocator, executors and processes). Status, and OpStatus on the socket
+// (kflex status), list the programs and the connected processes.
+//
 // Layer 6 (serve, kernel): the runtime, above the engines and the lock; only
 // the harnesses and the commands import it.
 package serve
@@ -14,6 +22,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log/slog"
 	"net"
 	"runtime"
 	"sync"
@@ -21,6 +30,7 @@ import (
 	"time"
 
 	"github.com/cilium/ebpf/asm"
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/sys/unix"
 
 	"github.com/kflex-go/kflex/abi"
@@ -52,10 +62,15 @@ type Runtime struct {
 	progs    map[string]*jit.Program
 	iprogs   map[string]*interp.Program  // for interpreting executors
 	verified map[string]*verifier.Result // each program's analysis: its cancellation tables
+	stats    map[string]*progStats       // every program's counters (stats.go)
 	execs    chan *executor
 	all      []*executor
+	nexec    int // executors the pool has (len(all) once New returns, until Close)
 	trace    io.Writer
 	traceMu  sync.Mutex
+	log      *slog.Logger
+	counts   counters
+	metrics  *metrics // nil without Options.Metrics
 
 	mu      sync.Mutex
 	conns   map[net.Conn]peer
@@ -98,6 +113,9 @@ type executor struct {
 	// stuck: its node stayed in a queue and no spare was free (reclaim); it
 	// runs nothing more.
 	stuck bool
+
+	prog *progStats // the program it runs, or ran last
+	wait lockWait   // with metrics: the lock wait in progress (metrics.go)
 }
 
 // New attaches a runtime to h, compiles progs (name → program) and prepares
@@ -120,6 +138,15 @@ type Options struct {
 	// program.
 	Budget  time.Duration
 	Budgets map[string]time.Duration
+	// Logger receives the runtime's log (nil: discarded): Info for processes
+	// attaching and detaching and for cancellations, Warn for deaths
+	// noticed, budgets run out and failed invocations, Error for what the
+	// runtime could not do.
+	Logger *slog.Logger
+	// Metrics, if not nil, is where the runtime registers its Prometheus
+	// metrics (metrics.go); without it, the invocation path measures no
+	// time.
+	Metrics prometheus.Registerer
 }
 
 // NewWith is New with every option.
@@ -131,12 +158,15 @@ func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runti
 	if o.Trace == nil {
 		o.Trace = io.Discard
 	}
+	if o.Logger == nil {
+		o.Logger = slog.New(slog.DiscardHandler)
+	}
 	proc, err := mcs.Attach(h)
 	if err != nil {
 		return nil, err
 	}
 	rt := &Runtime{h: h, proc: proc, progs: map[string]*jit.Program{}, iprogs: map[string]*interp.Program{}, verified: map[string]*verifier.Result{},
-		execs: make(chan *executor, n), trace: o.Trace, conns: map[net.Conn]peer{}, shareFD: h.Fd(), kind: wire.HeapFile,
+		stats: map[string]*progStats{}, execs: make(chan *executor, n), nexec: n, trace: o.Trace, log: o.Logger, conns: map[net.Conn]peer{}, shareFD: h.Fd(), kind: wire.HeapFile,
 		defaultBudget: o.Budget, budgets: o.Budgets, running: map[*running]struct{}{}, closed: make(chan struct{})}
 	switch {
 	case o.Budget == 0:
@@ -160,10 +190,17 @@ func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runti
 		if p.Interp != nil {
 			rt.iprogs[name] = p.Interp
 		}
+		rt.stats[name] = &progStats{name: name}
 	}
 	if err := rt.checkBudgets(); err != nil {
 		rt.Close()
 		return nil, err
+	}
+	if o.Metrics != nil {
+		if err := rt.registerMetrics(o.Metrics); err != nil {
+			rt.Close()
+			return nil, err
+		}
 	}
 	for i := range n {
 		e, err := rt.newExecutor(i >= o.JIT)
@@ -260,6 +297,14 @@ func (rt *Runtime) release(e *executor) {
 
 // helpers are executor e's helpers.
 func (rt *Runtime) helpers(e *executor) map[int32]interp.Helper {
+	hs := rt.baseHelpers(e)
+	if rt.metrics != nil {
+		rt.metrics.watchWaits(rt, e, hs)
+	}
+	return hs
+}
+
+func (rt *Runtime) baseHelpers(e *executor) map[int32]interp.Helper {
 	h := rt.h
 	return map[int32]interp.Helper{
 		HelperAlloc: func(_ interp.Memory, size, _, _, _, _ uint64) (uint64, error) {
@@ -309,7 +354,12 @@ func (rt *Runtime) helpers(e *executor) map[int32]interp.Helper {
 				}
 				return 0, fmt.Errorf("waiting for a lock: %w", abi.ErrCancelled)
 			}
-			return rt.proc.LockCheck(lock, node, idx, held), nil
+			r0 := rt.proc.LockCheck(lock, node, idx, held)
+			if int64(r0) == mcs.LockOwnerDied {
+				rt.counts.recoveries.Add(1)
+				rt.log.Warn("lock taken over from a dead holder", "program", e.prog.name, "lock", fmt.Sprintf("%#x", lock&h.Mask()))
+			}
+			return r0, nil
 		},
 		abi.HelperSliceYield: func(interp.Memory, uint64, uint64, uint64, uint64, uint64) (uint64, error) {
 			rt.yields.Add(1)
@@ -371,9 +421,22 @@ func (rt *Runtime) InvokeData(ctx context.Context, name string, arg, dataLen uin
 // invokeHooked is InvokeData with hook (may be nil), through which the
 // connection that asked for the call cancels it.
 func (rt *Runtime) invokeHooked(ctx context.Context, name string, arg, dataLen uint64, hook *callHook) (uint64, error) {
-	if !rt.has(name) {
+	ps := rt.stats[name]
+	if ps == nil {
+		rt.log.Debug("invocation of an unknown program", "program", name)
 		return 0, noProgram(name)
 	}
+	r0, err := rt.run(ctx, ps, arg, dataLen, hook)
+	ps.invocations.Add(1)
+	if err != nil {
+		rt.failed(ps, err)
+	}
+	return r0, err
+}
+
+// run is invokeHooked for program ps.
+func (rt *Runtime) run(ctx context.Context, ps *progStats, arg, dataLen uint64, hook *callHook) (uint64, error) {
+	name := ps.name
 	rt.mu.Lock()
 	if rt.closing {
 		rt.mu.Unlock()
@@ -388,14 +451,21 @@ func (rt *Runtime) invokeHooked(ctx context.Context, name string, arg, dataLen u
 	}
 	defer rt.release(e)
 	e.clearCancel()
+	e.prog = ps
 	r := rt.watch(ctx, e, name)
 	e.setDeadline(r.watch.Deadline())
 	hook.attach(r.watch)
-	r0, err := rt.invoke(e, name, arg, dataLen)
+	var r0 uint64
+	var err error
+	if rt.metrics != nil {
+		r0, err = rt.metrics.timed(rt, e, r.watch.Started(), arg, dataLen)
+	} else {
+		r0, err = rt.invoke(e, name, arg, dataLen)
+	}
 	hook.attach(nil)
 	if errors.Is(err, abi.ErrCancelled) {
 		if rerr := rt.releaseHeld(e, name, err); rerr != nil {
-			rt.tracef("kflex runtime: program %s cancelled: releasing what it held: %v\n", name, rerr)
+			rt.log.Error("releasing what a cancelled invocation held", "program", name, "err", rerr)
 			err = fmt.Errorf("%w (releasing what it held: %v)", err, rerr)
 		}
 	}
@@ -405,7 +475,7 @@ func (rt *Runtime) invokeHooked(ctx context.Context, name string, arg, dataLen u
 	if !rt.reclaim(e) {
 		e.stuck = true
 		rt.stuck.Add(1)
-		rt.tracef("kflex runtime: an executor leaves the pool: its queue node %d is still abandoned in the queue of a lock nobody passes on\n", e.node.Index)
+		rt.log.Error("an executor leaves the pool: its queue node is still abandoned in the queue of a lock nobody passes on", "node", e.node.Index)
 	}
 	return r0, rt.unwatch(r, err)
 }
@@ -449,6 +519,8 @@ func (rt *Runtime) Serve(ln *net.UnixListener) error {
 	if rt.shareFD < 0 {
 		return fmt.Errorf("serve: heap %s has no descriptor to give attached processes (a heap in an arena needs Options.ArenaFD)", rt.h.Name())
 	}
+	rt.log.Info("serving", "socket", ln.Addr().String(), "heap", rt.h.Name(), "heap_bytes", rt.h.Size(),
+		"executors", rt.nexec, "programs", rt.programNames())
 	for {
 		c, err := ln.AcceptUnix()
 		if err != nil {
@@ -474,6 +546,7 @@ func (rt *Runtime) Close() error {
 	}
 	rt.closing = true
 	close(rt.closed)
+	rt.log.Info("closing: cancelling what runs, disconnecting every process")
 	stops := rt.stops
 	for c := range rt.conns {
 		c.Close()
@@ -503,6 +576,9 @@ func (rt *Runtime) Close() error {
 	rt.all = nil
 	for _, p := range rt.progs {
 		p.Close()
+	}
+	if rt.metrics != nil {
+		rt.metrics.close()
 	}
 	return rt.proc.Detach()
 }

@@ -1,7 +1,6 @@
 package serve_test
 
 import (
-	"bufio"
 	"context"
 	"fmt"
 	"io"
@@ -201,16 +200,7 @@ func TestClientsKnown(t *testing.T) {
 	}
 	f := start(t)
 	assert.Empty(t, f.rt.Clients())
-	cmd := testutil.Child(t, "TestClientsKnown", roleIdle, "KFLEX_SOCKET="+f.socket)
-	stdin, err := cmd.StdinPipe()
-	require.NoError(t, err)
-	defer stdin.Close()
-	stdout, err := cmd.StdoutPipe()
-	require.NoError(t, err)
-	require.NoError(t, cmd.Start())
-	line, err := bufio.NewReader(stdout).ReadString('\n')
-	require.NoError(t, err)
-	require.Contains(t, line, "attached")
+	cmd := idleClient(t, f.socket)
 	clients := f.rt.Clients()
 	require.Len(t, clients, 1)
 	assert.Equal(t, cmd.Process.Pid, clients[0].PID)

@@ -1,6 +1,7 @@
 package userspace
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -46,7 +47,7 @@ var calls = sync.Pool{New: func() any { return make(chan wire.Result, 1) }}
 
 func newClient(h *Heap, conn *net.UnixConn, path string) *Client {
 	return &Client{Heap: h, conn: conn, path: path, pending: map[uint64]chan wire.Result{},
-		rbuf: make([]byte, wire.MaxResult+1)}
+		rbuf: make([]byte, wire.MaxPacket+1)}
 }
 
 // Invoke runs extension name in the runtime with argument arg and returns its
@@ -88,6 +89,39 @@ func (c *Client) CancelProgram(name string) (int, error) {
 		err = r.Err
 	}
 	return int(r.R0), err
+}
+
+// Status describes what a runtime runs (Client.Status).
+type Status = wire.Status
+
+// ProgramStatus and ProcessStatus are the entries of a Status.
+type (
+	ProgramStatus = wire.ProgramStatus
+	ProcessStatus = wire.ProcessStatus
+)
+
+// Status asks the runtime what it runs: its programs, with their invocations
+// and errors so far, and the processes connected to it, this one included
+// (kflex status). A runtime older than this request is an error wrapping
+// ErrVersion.
+func (c *Client) Status() (Status, error) {
+	r, err := c.do(wire.Request{Op: wire.OpStatus}, nil)
+	if err == nil {
+		err = r.Err
+	}
+	switch {
+	case wire.IsUnknownOp(err):
+		return Status{}, fmt.Errorf("%w: the runtime at %s does not answer status requests (it is older than them): %v", ErrVersion, c.path, err)
+	case err != nil:
+		return Status{}, fmt.Errorf("status of the runtime at %s: %w", c.path, err)
+	case r.Data == nil:
+		return Status{}, fmt.Errorf("status of the runtime at %s: %w: a result without data", c.path, ErrMalformed)
+	}
+	s, err := wire.DecodeStatus(r.Data)
+	if err != nil {
+		return Status{}, fmt.Errorf("status of the runtime at %s: %w", c.path, err)
+	}
+	return s, nil
 }
 
 // do sends r with the next request id and waits for its result. sent, if
@@ -182,6 +216,9 @@ func (c *Client) read(id uint64, done chan wire.Result) wire.Result {
 		if err != nil {
 			c.fail(fmt.Errorf("kflex runtime at %s: %w", c.path, err))
 			break
+		}
+		if r.Data != nil {
+			r.Data = bytes.Clone(r.Data) // the next read reuses rbuf
 		}
 		c.mu.Lock()
 		call, ok := c.pending[r.ID]

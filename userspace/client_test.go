@@ -135,7 +135,8 @@ func TestMalformedResults(t *testing.T) {
 		"short":          {[]byte{0, 0, 0}, "result of 3 bytes"},
 		"unknown id":     {wire.EncodeResult(99, 0, nil), "result for request 99, which no call is waiting for"},
 		"unknown status": {unknownStatus, "unknown status 9"},
-		"too long":       {make([]byte, wire.MaxResult+1), fmt.Sprintf("result of %d bytes", wire.MaxResult+1)},
+		"too long":       {make([]byte, wire.MaxResult+1), fmt.Sprintf("result 0 of %d bytes, want at most %d", wire.MaxResult+1, wire.MaxResult)},
+		"too much data":  {wire.AppendData(nil, 1, 0, make([]byte, wire.MaxData+1)), fmt.Sprintf("result of %d bytes", wire.MaxPacket+1)},
 		"refused":        {wire.EncodeResult(0, 0, assert.AnError), "refused a request"},
 	} {
 		t.Run(name, func(t *testing.T) {
@@ -198,4 +199,38 @@ func TestResultsOutOfOrder(t *testing.T) {
 	defer c.mu.Unlock()
 	assert.Empty(t, c.pending)
 	assert.False(t, c.reading, "the last call gave up the reading")
+}
+
+// TestStatusOldRuntime: a runtime that predates the status request answers
+// it as an unknown op (as DecodeRequest makes it answer), which Status
+// reports as ErrVersion; one that answers with data that is not a status is
+// malformed.
+func TestStatusOldRuntime(t *testing.T) {
+	answer := func(reply func(req wire.Request, err error) []byte) string {
+		return fakeRuntime(t, func(c *net.UnixConn) {
+			buf := make([]byte, wire.MaxRequest+1)
+			n, err := c.Read(buf)
+			require.NoError(t, err)
+			b := buf[:n]
+			req, _ := wire.DecodeRequest(b)
+			req.ID = binary.LittleEndian.Uint64(b[4:])
+			binary.LittleEndian.PutUint32(b, 99) // an op the runtime does not know, as op 4 is to an old one
+			_, err = wire.DecodeRequest(b)
+			c.Write(reply(req, err))
+		})
+	}
+	sock := answer(func(req wire.Request, err error) []byte { return wire.EncodeResult(req.ID, 0, err) })
+	c, err := Dial(sock, nil)
+	require.NoError(t, err)
+	defer c.Close()
+	_, err = c.Status()
+	assert.ErrorIs(t, err, ErrVersion)
+	assert.ErrorContains(t, err, "does not answer status requests")
+
+	sock = answer(func(req wire.Request, _ error) []byte { return wire.AppendData(nil, req.ID, 0, []byte("{")) })
+	c2, err := Dial(sock, nil)
+	require.NoError(t, err)
+	defer c2.Close()
+	_, err = c2.Status()
+	assert.ErrorIs(t, err, ErrMalformed)
 }

@@ -67,7 +67,7 @@ func attachRuntime(srcs map[string]string, o serve.Options) (c *userspace.Client
 	}
 	undo = append(undo, func() { os.RemoveAll(dir) })
 	socket := filepath.Join(dir, "sock")
-	ln, err := serve.Listen(socket, nil)
+	ln, err := serve.Listen(socket, serve.ListenOptions{})
 	if err != nil {
 		stop()
 		return nil, nil, err

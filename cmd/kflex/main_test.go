@@ -12,7 +12,6 @@ import (
 	"regexp"
 	"slices"
 	"strings"
-	"sync"
 	"syscall"
 	"testing"
 	"time"
@@ -361,7 +360,7 @@ func TestServeStaleSocket(t *testing.T) {
 
 	cmd, out, c := startServe(t, sock, prog)
 	defer c.Close()
-	assert.Contains(t, out.String(), "kflex runtime: replaced stale socket "+sock)
+	assert.Contains(t, out.String(), `level=WARN msg="replaced a stale socket: no runtime answered on it" socket=`+sock)
 	r0, err := c.Invoke("add1", 1)
 	require.NoError(t, err)
 	assert.Equal(t, uint64(2), r0)
@@ -555,22 +554,7 @@ func TestServeEvents(t *testing.T) {
 }
 
 // syncBuffer is a bytes.Buffer a child's output and the test may share.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-
-func (s *syncBuffer) String() string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.String()
-}
+type syncBuffer = testutil.Buffer
 
 // TestServeCancels: with no time budget (--budget 0), an endless extension
 // runs until 'kflex cancel' names it; --budget-for bounds one program; and

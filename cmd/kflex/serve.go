@@ -23,7 +23,7 @@ func init() {
 }
 
 func runServe(args []string, out io.Writer) error {
-	fs := newFlags("serve", "--socket PATH [--heap PATH | --arena] [--size SIZE] [--threads N] [--budget D] [--budget-for NAME@D]... [--every NAME@INTERVAL]... [--udp NAME@ADDR]... PROG...", `Run the extension runtime. It opens the heap file at --heap (creating it with
+	fs := newFlags("serve", "--socket PATH [--socket-mode MODE] [--heap PATH | --arena] [--size SIZE] [--threads N] [--budget D] [--budget-for NAME@D]... [--every NAME@INTERVAL]... [--udp NAME@ADDR]... [--metrics ADDR] [--log-level LEVEL] [--log-format text|json] PROG...", `Run the extension runtime. It opens the heap file at --heap (creating it with
 --size if it does not exist; without --heap, an anonymous heap; with --arena, a
 heap in a new BPF arena of --size, at most 4G, which kernel programs can share:
 root and Linux 6.9+), compiles each
@@ -40,7 +40,13 @@ point; so is one whose process disconnects, or that 'kflex cancel' names. What
 a cancelled extension holds is released: its locks pass to their next
 acquirer with the owner-died result, its unpublished allocations are freed.
 Stops on SIGINT or SIGTERM: running invocations are cancelled, and the command
-exits within a cancellation's time (milliseconds).`, out)
+exits within a cancellation's time (milliseconds).
+The runtime logs to stderr (--log-level, --log-format): its start, processes
+attaching, detaching and dying, cancellations and failures. --metrics serves
+Prometheus metrics (invocations, errors and run times per program,
+cancellations by cause, lock waits, owner-died recoveries, the heap's
+allocator, executors, attached processes); 'kflex status' lists the programs
+and attached processes of a running runtime.`, out)
 	socket := fs.String("socket", "", "unix socket to listen on (required)")
 	heapPath := fs.String("heap", "", "heap file (default: an anonymous memfd heap)")
 	inArena := fs.Bool("arena", false, "put the heap in a new BPF arena")
@@ -81,6 +87,7 @@ exits within a cancellation's time (milliseconds).`, out)
 		udps = append(udps, udpFlag{name, ua})
 		return nil
 	})
+	ops := addOpsFlags(fs)
 	if err := parseArgs(fs, args); err != nil {
 		return err
 	}
@@ -105,7 +112,8 @@ exits within a cancellation's time (milliseconds).`, out)
 		}
 		progs[name] = insns
 	}
-	opts := serve.Options{JIT: *threads, Trace: out, Budget: *budget, Budgets: budgets}
+	log := ops.logger(os.Stderr)
+	opts := serve.Options{JIT: *threads, Trace: out, Budget: *budget, Budgets: budgets, Logger: log}
 	if *budget == 0 {
 		opts.Budget = -1 // no limit
 	}
@@ -125,6 +133,14 @@ exits within a cancellation's time (milliseconds).`, out)
 		return err
 	}
 	defer h.Close()
+	reg, stopMetrics, err := ops.startMetrics(log)
+	if err != nil {
+		return err
+	}
+	defer stopMetrics() // before the heap closes: a scrape reads it
+	if reg != nil {
+		opts.Metrics = reg
+	}
 	rt, err := serve.NewWith(h, progs, opts)
 	if err != nil {
 		return err
@@ -162,7 +178,7 @@ exits within a cancellation's time (milliseconds).`, out)
 			udpErrs <- err
 		}()
 	}
-	ln, err := serve.Listen(*socket, out) // replacing a stale socket, refusing a live one
+	ln, err := serve.Listen(*socket, serve.ListenOptions{Mode: ops.socketMode, Logger: log}) // replacing a stale socket, refusing a live one
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
 	}

@@ -113,8 +113,16 @@ func relative(path string) (string, bool) {
 	return strings.CutPrefix(path, module+"/")
 }
 
-func isCilium(path string) bool {
-	return path == "github.com/cilium/ebpf" || strings.HasPrefix(path, "github.com/cilium/ebpf/")
+// appForbidden reports whether the application stack must not import path:
+// cilium/ebpf (the engines' instructions) or Prometheus's client (the
+// runtime's metrics).
+func appForbidden(path string) bool {
+	for _, mod := range []string{"github.com/cilium/ebpf", "github.com/prometheus"} {
+		if path == mod || strings.HasPrefix(path, mod+"/") {
+			return true
+		}
+	}
+	return false
 }
 
 // Package is what go list -json says of a package: its non-test imports.
@@ -137,7 +145,7 @@ func check(pkgs []Package) []string {
 			continue
 		}
 		for _, imp := range p.Imports {
-			if isCilium(imp) && appStack(rel) {
+			if appForbidden(imp) && appStack(rel) {
 				errs = append(errs, fmt.Sprintf("%s (application stack) imports %s", rel, imp))
 				continue
 			}
@@ -164,6 +172,8 @@ func TestCheckFindsBreaches(t *testing.T) {
 	graph := []Package{
 		{kflex("heap"), []string{kflex("internal/sys/vm"), kflex("serve"), "golang.org/x/sys/unix"}},
 		{kflex("userspace"), []string{kflex("mcs"), "github.com/cilium/ebpf/asm"}},
+		{kflex("heap"), []string{"github.com/prometheus/client_golang/prometheus"}},
+		{kflex("serve"), []string{"github.com/prometheus/client_golang/prometheus"}},
 		{kflex("internal/sys/vm"), []string{kflex("internal/sys/arena")}},
 		{kflex("internal/sys/arena"), []string{kflex("internal/sys/vm")}},
 		{kflex("mcs"), []string{kflex("heap"), kflex("bytecode")}},
@@ -178,6 +188,7 @@ func TestCheckFindsBreaches(t *testing.T) {
 	assert.ElementsMatch(t, []string{
 		"heap (rank 1) imports serve (rank 6)",
 		"userspace (application stack) imports github.com/cilium/ebpf/asm",
+		"heap (application stack) imports github.com/prometheus/client_golang/prometheus",
 		"internal/sys/vm (rank 0a) imports internal/sys/arena (rank 0b)",
 		"mcs (application stack) imports bytecode (an engine)",
 		"jit/interp (rank 3) imports jit/amd64 (rank 3)",

@@ -17,8 +17,11 @@
 //	process → runtime:              request = op u32 id u64 arg u64 name[1..64]
 //	runtime → process:              result  = status u32 id u64 r0 u64 message...
 //
-// The only op is OpInvoke: run the extension called name with argument arg.
-// A process may have many requests in flight on one connection; the runtime
+// OpInvoke runs the extension called name with argument arg; OpCancel and
+// OpCancelProgram cancel invocations; OpStatus asks what the runtime runs,
+// answered with status 2 (success with a payload: a Status in JSON, at most
+// MaxData bytes). Ops were added within version 3: a runtime answers an op it
+// does not know with a failure naming it (IsUnknownOp). A process may have many requests in flight on one connection; the runtime
 // serves them concurrently and answers each with a result carrying the
 // request's id, in any order. Ids are the process's choice; 0 is reserved:
 // a result with id 0 answers a request too short to carry an id, and the

@@ -21,6 +21,10 @@ const (
 	// whoever made it (an operator's request: kflex cancel); the result's r0
 	// is how many it cancelled.
 	OpCancelProgram Op = 3
+	// OpStatus asks what the runtime runs (no name, Arg 0): the result
+	// carries a Status (status.go). A runtime older than this op answers
+	// it as any unknown op, with a failure naming it (IsUnknownOp).
+	OpStatus Op = 4
 )
 
 const (
@@ -29,11 +33,15 @@ const (
 	headerSize   = 4 + 8 + 8
 	statusOK     = 0
 	statusFailed = 1
+	statusData   = 2 // success with a payload: the answer to OpStatus
 	// MaxRequest and MaxResult are the largest packets of each kind: read
 	// into a buffer one byte longer, so that a longer packet is malformed
-	// rather than silently cut short.
+	// rather than silently cut short. MaxPacket is the largest result of
+	// any kind, a status included: a client that asks for the status reads
+	// into a buffer of MaxPacket + 1.
 	MaxRequest = headerSize + MaxNameLen
 	MaxResult  = headerSize + MaxMessage
+	MaxPacket  = headerSize + MaxData
 )
 
 // ErrMalformed is a message that does not follow the protocol: too short or
@@ -80,8 +88,12 @@ func (r Request) check() error {
 		if r.Name != "" || r.Arg == 0 {
 			return fmt.Errorf("cancel of request %d: want a request id and no name", r.Arg)
 		}
+	case r.Op == OpStatus:
+		if r.Name != "" || r.Arg != 0 {
+			return fmt.Errorf("status request %d: want no name and argument 0", r.ID)
+		}
 	case r.Op != OpInvoke && r.Op != OpCancelProgram:
-		return fmt.Errorf("unknown op %d in request %d", r.Op, r.ID)
+		return fmt.Errorf("%s %d in request %d", unknownOp, r.Op, r.ID)
 	case len(r.Name) == 0 || len(r.Name) > MaxNameLen:
 		return fmt.Errorf("request %d names a program of %d bytes, want 1 to %d", r.ID, len(r.Name), MaxNameLen)
 	}
@@ -196,23 +208,29 @@ func (e *InvokeError) Is(target error) bool {
 	return ok && err == target
 }
 
-// Result is the runtime's answer to request ID: R0, or the failure Err (an
-// *InvokeError; R0 is then 0, its code having gone to Err).
+// Result is the runtime's answer to request ID: R0 (and, for OpStatus, Data),
+// or the failure Err (an *InvokeError; R0 is then 0, its code having gone to
+// Err).
 type Result struct {
-	ID  uint64
-	R0  uint64
-	Err error
+	ID   uint64
+	R0   uint64
+	Data []byte // aliases the packet it was decoded from
+	Err  error
 }
 
 // DecodeResult reads the runtime's answer to a request. An error (wrapping
 // ErrMalformed) means b is not a result; a failure the runtime reported is
 // the result's Err.
 func DecodeResult(b []byte) (Result, error) {
-	if len(b) < headerSize || len(b) > MaxResult {
-		return Result{}, fmt.Errorf("%w: result of %d bytes, want %d to %d", ErrMalformed, len(b), headerSize, MaxResult)
+	if len(b) < headerSize || len(b) > MaxPacket {
+		return Result{}, fmt.Errorf("%w: result of %d bytes, want %d to %d", ErrMalformed, len(b), headerSize, MaxPacket)
 	}
 	r := Result{ID: binary.LittleEndian.Uint64(b[4:])}
-	switch status := binary.LittleEndian.Uint32(b); status {
+	status := binary.LittleEndian.Uint32(b)
+	if status != statusData && len(b) > MaxResult {
+		return Result{}, fmt.Errorf("%w: result %d of %d bytes, want at most %d", ErrMalformed, r.ID, len(b), MaxResult)
+	}
+	switch status {
 	case statusOK:
 		if len(b) != headerSize {
 			return Result{}, fmt.Errorf("%w: success result %d with %d bytes of message", ErrMalformed, r.ID, len(b)-headerSize)
@@ -220,6 +238,8 @@ func DecodeResult(b []byte) (Result, error) {
 		r.R0 = binary.LittleEndian.Uint64(b[12:])
 	case statusFailed:
 		r.Err = &InvokeError{Code: Code(binary.LittleEndian.Uint64(b[12:])), Message: string(b[headerSize:])}
+	case statusData:
+		r.R0, r.Data = binary.LittleEndian.Uint64(b[12:]), b[headerSize:]
 	default:
 		return Result{}, fmt.Errorf("%w: result %d has unknown status %d", ErrMalformed, r.ID, status)
 	}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"os"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -55,7 +56,7 @@ func TestRequest(t *testing.T) {
 	r, err := DecodeRequest(b)
 	require.NoError(t, err)
 	assert.Equal(t, Request{ID: 3, Op: OpInvoke, Arg: 41, Name: "prog"}, r)
-	for _, want := range []Request{{ID: 4, Op: OpCancel, Arg: 3}, {ID: 5, Op: OpCancelProgram, Name: "prog"}} {
+	for _, want := range []Request{{ID: 4, Op: OpCancel, Arg: 3}, {ID: 5, Op: OpCancelProgram, Name: "prog"}, {ID: 6, Op: OpStatus}} {
 		b, err := AppendRequest(nil, want)
 		require.NoError(t, err)
 		r, err := DecodeRequest(b)
@@ -72,6 +73,8 @@ func TestRequest(t *testing.T) {
 	binary.LittleEndian.PutUint32(unknownOp, 9)
 	cancelNamed := append([]byte(nil), b...)
 	binary.LittleEndian.PutUint32(cancelNamed, uint32(OpCancel))
+	statusNamed := append([]byte(nil), b...)
+	binary.LittleEndian.PutUint32(statusNamed, uint32(OpStatus))
 	zeroID := append([]byte(nil), b...)
 	binary.LittleEndian.PutUint64(zeroID[4:], 0)
 	for _, tc := range []struct {
@@ -83,6 +86,7 @@ func TestRequest(t *testing.T) {
 		{zeroID, 0, "request id 0 is reserved"},
 		{unknownOp, 3, "unknown op 9 in request 3"},
 		{cancelNamed, 3, "cancel of request 41: want a request id and no name"},
+		{statusNamed, 3, "status request 3: want no name and argument 0"},
 		{b[:20], 3, "request 3 names a program of 0 bytes"},
 		{append(b, make([]byte, MaxNameLen)...), 3, "request 3 names a program of 68 bytes"},
 	} {
@@ -107,15 +111,16 @@ func TestResult(t *testing.T) {
 
 	ok := EncodeResult(1, 0, nil)
 	status := append([]byte(nil), ok...)
-	binary.LittleEndian.PutUint32(status, 2)
+	binary.LittleEndian.PutUint32(status, 3)
 	for _, tc := range []struct {
 		b   []byte
 		msg string
 	}{
-		{ok[:19], "result of 19 bytes, want 20 to 4116"},
-		{make([]byte, MaxResult+1), "result of 4117 bytes"},
+		{ok[:19], "result of 19 bytes, want 20 to 61460"},
+		{make([]byte, MaxResult+1), "result 0 of 4117 bytes, want at most 4116"},
+		{AppendData(nil, 1, 0, make([]byte, MaxData+1)), "result of 61461 bytes"},
 		{append(ok, 'x'), "success result 1 with 1 bytes of message"},
-		{status, "result 1 has unknown status 2"},
+		{status, "result 1 has unknown status 3"},
 	} {
 		_, err := DecodeResult(tc.b)
 		assert.ErrorIs(t, err, ErrMalformed, tc.msg)
@@ -184,6 +189,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add(EncodeResult(7, 42, nil))
 	f.Add(EncodeResult(7, 0, errors.New("no program")))
 	f.Add(EncodeResult(7, 0, &InvokeError{Code: CodeCancelled, Message: "cancelled on request"}))
+	f.Add(AppendData(nil, 7, 0, []byte(`{"executors":1}`)))
 	hello, _ := EncodeHello(Hello{HeapSize: 1 << 20, Kind: HeapFile}, -1)
 	f.Add(hello)
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -194,11 +200,60 @@ func FuzzDecode(f *testing.F) {
 			}
 		}
 		if r, err := DecodeResult(b); err == nil {
-			// A failure's code and message encode back as they came.
-			if again := EncodeResult(r.ID, r.R0, r.Err); !bytes.Equal(again, b) {
+			// A failure's code and message, and status data, encode back as
+			// they came.
+			again := EncodeResult(r.ID, r.R0, r.Err)
+			if r.Data != nil {
+				again = AppendData(nil, r.ID, r.R0, r.Data)
+			}
+			if !bytes.Equal(again, b) {
 				t.Fatalf("result %+v decoded from %x encodes to %x", r, b, again)
 			}
 		}
 		DecodeHello(b, nil)
 	})
+}
+
+// TestStatus: a status goes through a data result whole; one too large for a
+// packet is cut, processes first, and says so; an old runtime's answer to
+// the op is recognised.
+func TestStatus(t *testing.T) {
+	since := time.Date(2026, 12, 7, 13, 0, 0, 0, time.UTC)
+	want := Status{Executors: 2, Busy: 1,
+		Programs:  []ProgramStatus{{Name: "add1", Engine: "jit", Invocations: 5, Errors: 1}},
+		Processes: []ProcessStatus{{PID: 42, Slot: 3, Since: since}, {PID: 43, Slot: -1}}}
+	b, err := EncodeStatus(want)
+	require.NoError(t, err)
+	assert.Contains(t, string(b), `"programs":[{"name":"add1","engine":"jit","invocations":5,"errors":1}]`)
+	r, err := DecodeResult(AppendData(nil, 8, 0, b))
+	require.NoError(t, err)
+	assert.Equal(t, uint64(8), r.ID)
+	got, err := DecodeStatus(r.Data)
+	require.NoError(t, err)
+	assert.Equal(t, want, got)
+
+	big := want
+	big.Processes = make([]ProcessStatus, 5000)
+	b, err = EncodeStatus(big)
+	require.NoError(t, err)
+	assert.LessOrEqual(t, len(b), MaxData)
+	got, err = DecodeStatus(b)
+	require.NoError(t, err)
+	assert.True(t, got.Truncated)
+	assert.Equal(t, want.Programs, got.Programs, "programs kept")
+	assert.Less(t, len(got.Processes), 5000)
+	assert.NotEmpty(t, got.Processes)
+
+	_, err = DecodeStatus([]byte("{"))
+	assert.ErrorIs(t, err, ErrMalformed)
+
+	// What a runtime answers an op it does not know (before OpStatus, 4).
+	unknown := make([]byte, headerSize)
+	binary.LittleEndian.PutUint32(unknown, 99)
+	binary.LittleEndian.PutUint64(unknown[4:], 5)
+	_, err = DecodeRequest(unknown)
+	r, derr := DecodeResult(EncodeResult(5, 0, err))
+	require.NoError(t, derr)
+	assert.True(t, IsUnknownOp(r.Err), "%v", r.Err)
+	assert.False(t, IsUnknownOp(&InvokeError{Message: "no program \"x\""}))
 }
