@@ -140,6 +140,10 @@ func (s *connServer) read() {
 		case wire.OpCancelProgram:
 			s.write(req.ID, uint64(s.rt.Cancel(req.Name)), nil)
 			continue
+		case wire.OpGlobal:
+			addr, err := s.rt.globalFor(req.Name, req.Arg)
+			s.write(req.ID, addr, err)
+			continue
 		}
 		if !s.takeSlot() {
 			s.end()

@@ -14,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"maps"
 	"net"
 	"runtime"
 	"sync"
@@ -31,6 +32,7 @@ import (
 	"github.com/kflex-go/kflex/jit/interp"
 	"github.com/kflex-go/kflex/loader"
 	"github.com/kflex-go/kflex/mcs"
+	"github.com/kflex-go/kflex/object"
 	"github.com/kflex-go/kflex/rseq"
 	"github.com/kflex-go/kflex/verifier"
 )
@@ -71,6 +73,11 @@ type Runtime struct {
 	running       map[*running]struct{} // under mu
 	closed        chan struct{}         // closed when Close begins
 	inflight      sync.WaitGroup        // Invoke calls, which Close waits for
+
+	// The C extensions' global variables, by name, and the heap objects
+	// holding them, which Close frees (globals.go).
+	globals      map[string]global
+	globalAllocs []uint64
 }
 
 // executor is one JIT machine with its own stack in the heap, its queue node
@@ -119,6 +126,11 @@ type Options struct {
 	// program.
 	Budget  time.Duration
 	Budgets map[string]time.Duration
+	// Objects are ELF objects (object.Read; object.Object.Select keeps
+	// some of their programs) whose programs run beside progs, under their
+	// function names. Their globals are allocated in the heap and
+	// initialised before their programs are linked (globals.go).
+	Objects []*object.Object
 }
 
 // NewWith is New with every option.
@@ -136,7 +148,8 @@ func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runti
 	}
 	rt := &Runtime{h: h, proc: proc, progs: map[string]*jit.Program{}, iprogs: map[string]*interp.Program{}, verified: map[string]*verifier.Result{},
 		execs: make(chan *executor, n), trace: o.Trace, conns: map[net.Conn]peer{}, shareFD: h.Fd(), kind: wire.HeapFile,
-		defaultBudget: o.Budget, budgets: o.Budgets, running: map[*running]struct{}{}, closed: make(chan struct{})}
+		defaultBudget: o.Budget, budgets: o.Budgets, running: map[*running]struct{}{}, closed: make(chan struct{}),
+		globals: map[string]global{}}
 	switch {
 	case o.Budget == 0:
 		rt.defaultBudget = DefaultBudget
@@ -145,6 +158,13 @@ func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runti
 	}
 	if o.ArenaFD > 0 {
 		rt.shareFD, rt.kind = o.ArenaFD, wire.HeapArena
+	}
+	all := map[string]asm.Instructions{}
+	maps.Copy(all, progs)
+	progs = all
+	if err := rt.loadObjects(o.Objects, progs); err != nil {
+		rt.Close()
+		return nil, err
 	}
 	for name, insns := range progs {
 		p, err := loader.Load(insns, loader.Options{JIT: o.JIT > 0, Interp: o.Interpreted > 0})
@@ -478,5 +498,6 @@ func (rt *Runtime) Close() error {
 	for _, p := range rt.progs {
 		p.Close()
 	}
+	rt.freeGlobals()
 	return rt.proc.Detach()
 }

@@ -72,7 +72,12 @@ func (a *analysis) pointerAt(pc int, s *State, base uint8, off int16, size int) 
 		return HeapChecked, 0, nil
 	}
 	// The access sanitizes the register in place: afterwards it is checked.
-	s.set(base, heapPointer(false, pc+1)) // masked and rebased: a new value
+	// It is a new value (masked and rebased), but the same heap word: a
+	// lock whose address it kept is still named by it (the runtime releases
+	// a lock by its offset in the heap, mcs.Process.Abandon).
+	held := s.Held
+	s.set(base, heapPointer(false, pc+1))
+	s.Held = held
 	return HeapSanitize, 0, nil
 }
 

@@ -34,8 +34,9 @@ var layers = []layer{
 	// 1: the heap, pointer translation and rseq time slices; the bytecode
 	// format (decoding, validation, the assembler).
 	{"1", []string{"heap", "translate", "rseq", "bytecode"}},
-	// 2: the lock on the heap; the verifier on the bytecode.
-	{"2", []string{"mcs", "verifier"}},
+	// 2: the lock on the heap; the verifier on the bytecode; ELF objects
+	// read into bytecode.
+	{"2", []string{"mcs", "verifier", "object"}},
 	// 3: what applications link; the engines' parts (code generator,
 	// interpreter).
 	{"3", []string{"userspace", "jit/amd64", "jit/interp"}},
@@ -66,7 +67,7 @@ const appTop = "3"
 
 // engines are the packages below layer 4 that are not part of the application
 // stack: the bytecode and the BPF engines, built on cilium/ebpf's instructions.
-var engines = []string{"bytecode", "verifier", "jit/..."}
+var engines = []string{"bytecode", "verifier", "object", "jit/..."}
 
 // matches reports whether rel is entry or, for "dir/...", below it.
 func matches(rel, entry string) bool {

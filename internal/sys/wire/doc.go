@@ -17,8 +17,9 @@
 //	process → runtime:              request = op u32 id u64 arg u64 name[1..64]
 //	runtime → process:              result  = status u32 id u64 r0 u64 message...
 //
-// The only op is OpInvoke: run the extension called name with argument arg.
-// A process may have many requests in flight on one connection; the runtime
+// The ops (invoke.go): OpInvoke runs the extension called name with argument
+// arg; OpCancel and OpCancelProgram cancel calls; OpGlobal finds a global
+// variable of the extensions by name. A process may have many requests in flight on one connection; the runtime
 // serves them concurrently and answers each with a result carrying the
 // request's id, in any order. Ids are the process's choice; 0 is reserved:
 // a result with id 0 answers a request too short to carry an id, and the

@@ -21,6 +21,11 @@ const (
 	// whoever made it (an operator's request: kflex cancel); the result's r0
 	// is how many it cancelled.
 	OpCancelProgram Op = 3
+	// OpGlobal finds the global variable Name of the runtime's extensions
+	// (a C global, which lives in the heap); Arg is how many bytes the
+	// process will access there, and a smaller global is a failure. The
+	// result's r0 is its address in the runtime's view.
+	OpGlobal Op = 4
 )
 
 const (
@@ -80,7 +85,7 @@ func (r Request) check() error {
 		if r.Name != "" || r.Arg == 0 {
 			return fmt.Errorf("cancel of request %d: want a request id and no name", r.Arg)
 		}
-	case r.Op != OpInvoke && r.Op != OpCancelProgram:
+	case r.Op != OpInvoke && r.Op != OpCancelProgram && r.Op != OpGlobal:
 		return fmt.Errorf("unknown op %d in request %d", r.Op, r.ID)
 	case len(r.Name) == 0 || len(r.Name) > MaxNameLen:
 		return fmt.Errorf("request %d names a program of %d bytes, want 1 to %d", r.ID, len(r.Name), MaxNameLen)

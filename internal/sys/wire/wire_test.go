@@ -55,7 +55,7 @@ func TestRequest(t *testing.T) {
 	r, err := DecodeRequest(b)
 	require.NoError(t, err)
 	assert.Equal(t, Request{ID: 3, Op: OpInvoke, Arg: 41, Name: "prog"}, r)
-	for _, want := range []Request{{ID: 4, Op: OpCancel, Arg: 3}, {ID: 5, Op: OpCancelProgram, Name: "prog"}} {
+	for _, want := range []Request{{ID: 4, Op: OpCancel, Arg: 3}, {ID: 5, Op: OpCancelProgram, Name: "prog"}, {ID: 6, Op: OpGlobal, Name: "table", Arg: 520}} {
 		b, err := AppendRequest(nil, want)
 		require.NoError(t, err)
 		r, err := DecodeRequest(b)
