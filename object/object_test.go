@@ -3,7 +3,11 @@ package object_test
 import (
 	"bytes"
 	"encoding/binary"
+	"fmt"
 	"os"
+	"path/filepath"
+	"regexp"
+	"strconv"
 	"testing"
 
 	"github.com/cilium/ebpf/asm"
@@ -323,4 +327,49 @@ func FuzzRead(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestHeaderIsABI: include/kflex.h states abi's numbers: the helpers a C
+// program may call (not the lock's own), the context's fields in order,
+// kflex_lock's results and the lock's subprograms.
+func TestHeaderIsABI(t *testing.T) {
+	b, err := os.ReadFile(filepath.Join(testutil.ModuleRoot(t), "include", "kflex.h"))
+	require.NoError(t, err)
+	h := string(b)
+	declared := map[string]int64{}
+	for _, m := range regexp.MustCompile(`\(\*const kflex_(\w+)\)\([^)]*\) = \(void \*\)(0x[0-9a-f]+);`).FindAllStringSubmatch(h, -1) {
+		n, err := strconv.ParseInt(m[2], 0, 64)
+		require.NoError(t, err)
+		declared[m[1]] = n
+	}
+	lockOwn := map[int32]bool{abi.HelperWake: true, abi.HelperSliceYield: true, abi.HelperRelax: true, abi.HelperLockCheck: true}
+	want := map[string]int64{}
+	for id, p := range abi.Prototypes() {
+		if !lockOwn[id] {
+			want[p.Name] = int64(id)
+		}
+	}
+	assert.Equal(t, want, declared, "helpers")
+
+	body := regexp.MustCompile(`(?s)struct kflex_ctx \{(.*?)\};`).FindStringSubmatch(h)
+	require.NotNil(t, body, "struct kflex_ctx")
+	var fields []string
+	for _, m := range regexp.MustCompile(`kflex_u64 (\w+);`).FindAllStringSubmatch(body[1], -1) {
+		fields = append(fields, m[1])
+	}
+	var ctx []string
+	for _, f := range abi.CtxFields {
+		require.Equal(t, 8, f.Size, f.Name)
+		ctx = append(ctx, f.Name)
+	}
+	assert.Equal(t, ctx, fields, "struct kflex_ctx")
+
+	for name, v := range map[string]int{"KFLEX_LOCK_ACQUIRED": abi.LockAcquired, "KFLEX_LOCK_OWNER_DIED": abi.LockOwnerDied,
+		"KFLEX_LOCK_NOT_RECOVERABLE": abi.LockNotRecoverable} {
+		assert.Regexp(t, fmt.Sprintf(`#define %s \(?%d\)?\n`, name, v), h)
+	}
+	assert.Contains(t, h, "extern int "+abi.LockFunc+"(")
+	assert.Contains(t, h, "extern int "+abi.UnlockFunc+"(")
+	assert.Contains(t, abi.ConsistentCall, "mov %r0, -3", "kflex_consistent clears bit 1: ~2")
+	assert.Contains(t, h, "__atomic_fetch_and(&lock->word, ~(kflex_u64)2,")
 }

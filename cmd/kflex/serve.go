@@ -8,12 +8,9 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/cilium/ebpf/asm"
 
 	"github.com/kflex-go/kflex/heap"
 	"github.com/kflex-go/kflex/kernel"
@@ -29,8 +26,10 @@ func runServe(args []string, out io.Writer) error {
 --size if it does not exist; without --heap, an anonymous heap; with --arena, a
 heap in a new BPF arena of --size, at most 4G, which kernel programs can share:
 root and Linux 6.9+), compiles each
-PROG (ELF object, kflex assembler text or raw bytecode; its name is the file name
-without extension) and serves processes that attach at --socket
+PROG (an ELF object: every program in it, under its function name, or with
+OBJ:NAME the one named; its globals live in the heap, where processes find
+them by name (userspace Client.Global). Or kflex assembler text or raw
+bytecode, named by the file name without extension) and serves processes that attach at --socket
 (userspace.Dial): they receive the heap and invoke the extensions by name.
 The runtime's own events run extensions too: --every runs NAME every INTERVAL
 (a Go duration, e.g. 100ms) with argument 0; --udp runs NAME on every datagram
@@ -94,17 +93,9 @@ exits within a cancellation's time (milliseconds).`, out)
 	if *inArena && *heapPath != "" {
 		return fmt.Errorf("serve: %w: --heap and --arena exclude each other", errUsage)
 	}
-	progs := map[string]asm.Instructions{}
-	for _, path := range fs.Args() {
-		insns, err := loadProgram(path)
-		if err != nil {
-			return err
-		}
-		name := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
-		if _, dup := progs[name]; dup {
-			return fmt.Errorf("serve: two programs named %q", name)
-		}
-		progs[name] = insns
+	progs, objs, err := loadPrograms(fs.Args())
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
 	}
 	size, err := parseSize(*sizeFlag)
 	if err != nil {
@@ -113,7 +104,7 @@ exits within a cancellation's time (milliseconds).`, out)
 	if *budget < 0 {
 		return fmt.Errorf("serve: %w: --budget %v is negative", errUsage, *budget)
 	}
-	opts := serve.Options{JIT: *threads, Trace: out, Budget: *budget, Budgets: budgets}
+	opts := serve.Options{JIT: *threads, Trace: out, Budget: *budget, Budgets: budgets, Objects: objs}
 	if *budget == 0 {
 		opts.Budget = -1 // no limit
 	}
@@ -181,6 +172,9 @@ exits within a cancellation's time (milliseconds).`, out)
 	names := make([]string, 0, len(progs))
 	for n := range progs {
 		names = append(names, n)
+	}
+	for _, obj := range objs {
+		names = append(names, obj.Names()...)
 	}
 	fmt.Fprintf(out, "kflex runtime: heap %s (%d MiB), %d executors (%v), extensions %v, listening on %s\n",
 		h.Name(), h.Size()>>20, *threads, rt.SliceStatus(), names, *socket)
