@@ -50,8 +50,8 @@ var layers = []layer{
 	// 7: program harnesses for tests and benchmarks: only the harnesses
 	// above, tests and cmd import them.
 	{"7", []string{"internal/isatest", "internal/progen", "internal/benchprog"}},
-	// 8: harnesses over the whole runtime: measurements, stress runs
-	// (planned), programs users copy (planned), this test.
+	// 8: harnesses over the whole runtime: measurements, stress runs,
+	// programs users copy (examples/: Go clients of C extensions), this test.
 	{"8", []string{"bench", "stress/...", "examples/...", "internal/layers"}},
 	// 9: the commands, and make test's summary of the host's features.
 	{"9", []string{"cmd/...", "internal/hostprobe/summary"}},
