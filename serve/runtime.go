@@ -3,7 +3,9 @@
 // (guards stay only on accesses the verifier cannot place in the stack or the
 // context) and runs them on a pool of executors for the processes attached to
 // it over a unix socket (the protocol is package internal/sys/wire;
-// userspace.Dial is the client side).
+// userspace.Dial is the client side). Programs come as bytecode or in ELF
+// objects (Options.Objects: C extensions), whose globals the runtime places
+// in the heap and which applications find by name (globals.go).
 //
 // Layer 6 (serve, kernel): the runtime, above the engines and the lock; only
 // the harnesses and the commands import it.
