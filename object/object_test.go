@@ -32,17 +32,24 @@ func build(t *testing.T, src string, flags ...string) *object.Object {
 	return obj
 }
 
-// run links program name of obj with its globals at addr, verifies it with
-// the runtime's configuration and runs it in the interpreter with arg,
-// returning r0 (the programs here touch no memory but the context).
-func run(t *testing.T, obj *object.Object, name string, arg uint64) uint64 {
+// link is program name of obj linked by the loader, its globals laid out
+// from 4096.
+func link(t *testing.T, obj *object.Object, name string) asm.Instructions {
 	t.Helper()
 	p, err := obj.Program(name)
 	require.NoError(t, err)
 	addr, _ := obj.Layout(4096)
 	insns, err := loader.Link(p, addr)
 	require.NoError(t, err)
-	lp, err := loader.Load(insns, loader.Options{Interp: true})
+	return insns
+}
+
+// run links program name of obj, verifies it with the runtime's
+// configuration and runs it in the interpreter with arg, returning r0 (the
+// programs here touch no memory but the context).
+func run(t *testing.T, obj *object.Object, name string, arg uint64) uint64 {
+	t.Helper()
+	lp, err := loader.Load(link(t, obj, name), loader.Options{Interp: true})
 	require.NoError(t, err)
 	r0, err := interp.NewMachine().Run(lp.Interp, abi.Context{Arg: arg}.Bytes())
 	require.NoError(t, err)
@@ -61,10 +68,7 @@ KFLEX_PROG kflex_u64 grab(const struct kflex_ctx *ctx)
 		kflex_free(p);
 	return p != 0;
 }`)
-	p, err := obj.Program("grab")
-	require.NoError(t, err)
-	insns, err := loader.Link(p, nil)
-	require.NoError(t, err)
+	insns := link(t, obj, "grab")
 	var helpers []int64
 	for _, ins := range insns {
 		if ins.OpCode.JumpOp() == asm.Call && ins.Src == asm.R0 {
@@ -72,7 +76,7 @@ KFLEX_PROG kflex_u64 grab(const struct kflex_ctx *ctx)
 		}
 	}
 	assert.Equal(t, []int64{abi.HelperAlloc, abi.HelperFree}, helpers)
-	_, err = loader.Load(insns, loader.Options{})
+	_, err := loader.Load(insns, loader.Options{})
 	assert.NoError(t, err)
 }
 
@@ -84,12 +88,8 @@ func TestCalledFunction(t *testing.T) {
 static __attribute__((noinline)) kflex_u64 twice(kflex_u64 x) { return 2 * x; }
 __attribute__((noinline)) kflex_u64 plus1(kflex_u64 x) { return twice(x) + 1; }
 KFLEX_PROG kflex_u64 calc(const struct kflex_ctx *ctx) { return plus1(ctx->arg) + twice(ctx->arg); }`)
-	p, err := obj.Program("calc")
-	require.NoError(t, err)
-	insns, err := loader.Link(p, nil)
-	require.NoError(t, err)
 	var syms []string
-	for _, ins := range insns {
+	for _, ins := range link(t, obj, "calc") {
 		if s := ins.Symbol(); s != "" {
 			syms = append(syms, s)
 		}
@@ -223,8 +223,7 @@ KFLEX_PROG kflex_u64 odd(const struct kflex_ctx *ctx) { return mystery(); }`)
 	p, err := obj.Program("locked")
 	require.NoError(t, err)
 	assert.Equal(t, []string{abi.LockFunc, abi.UnlockFunc}, p.Externs())
-	insns, err := loader.Link(p, nil)
-	require.NoError(t, err)
+	insns := link(t, obj, "locked")
 	count := map[string]int{}
 	for _, ins := range insns {
 		count[ins.Symbol()]++

@@ -48,68 +48,6 @@ static __attribute__((noinline)) struct entry *find(struct bucket *b, kflex_u64 
 	return 0;
 }
 
-/* lock takes b's lock; a holder that died left each chain whole (every
- * change below is one store), so there is nothing to repair. */
-static __attribute__((always_inline)) inline int lock(const struct kflex_ctx *ctx, struct bucket *b)
-{
-	int r = kflex_lock(ctx, &b->lock);
-
-	if (r == KFLEX_LOCK_OWNER_DIED) {
-		kflex_consistent(&b->lock);
-		r = KFLEX_LOCK_ACQUIRED;
-	}
-	return r;
-}
-
-/* put sets key to value: 1 if it added the key, 0 if it was there, -1 if
- * the heap is full, -2 if the bucket's lock is not recoverable. */
-KFLEX_PROG kflex_s64 put(const struct kflex_ctx *ctx, kflex_u64 len, struct request *req)
-{
-	struct bucket *b = bucket_of(req->key);
-	struct entry *e;
-	kflex_s64 ret = 0;
-
-	if (lock(ctx, b) != KFLEX_LOCK_ACQUIRED) {
-		kflex_unlock(ctx, &b->lock);
-		return -2;
-	}
-	e = find(b, req->key);
-	if (e) {
-		e->value = req->value;
-	} else if ((e = kflex_alloc(sizeof(*e))) == 0) {
-		ret = -1;
-	} else {
-		e->key = req->key;
-		e->value = req->value;
-		e->next = b->head;
-		b->head = e;
-		__atomic_fetch_add(&table.count, 1, __ATOMIC_RELAXED);
-		ret = 1;
-	}
-	kflex_unlock(ctx, &b->lock);
-	return ret;
-}
-
-/* get stores key's value in the request: 1, or 0 if key is not there. */
-KFLEX_PROG kflex_s64 get(const struct kflex_ctx *ctx, kflex_u64 len, struct request *req)
-{
-	struct bucket *b = bucket_of(req->key);
-	struct entry *e;
-	kflex_s64 ret = 0;
-
-	if (lock(ctx, b) != KFLEX_LOCK_ACQUIRED) {
-		kflex_unlock(ctx, &b->lock);
-		return -2;
-	}
-	e = find(b, req->key);
-	if (e) {
-		req->value = e->value;
-		ret = 1;
-	}
-	kflex_unlock(ctx, &b->lock);
-	return ret;
-}
-
 /* unlink takes key's entry out of b's chain and returns it, or 0; b is
  * locked. */
 static __attribute__((noinline)) struct entry *unlink(struct bucket *b, kflex_u64 key)
@@ -125,22 +63,76 @@ static __attribute__((noinline)) struct entry *unlink(struct bucket *b, kflex_u6
 	return 0;
 }
 
-/* del removes key: 1, or 0 if it was not there. */
-KFLEX_PROG kflex_s64 del(const struct kflex_ctx *ctx, kflex_u64 len, struct request *req)
+enum op { PUT, GET, DEL };
+
+/* apply does op on key's bucket under its lock:
+ *   PUT sets key to value: 1 if it added the key, 0 if it was there, -1 if
+ *       the heap is full;
+ *   GET stores key's value in the request: 1, or 0 if key is not there;
+ *   DEL removes key: 1, or 0 if it was not there.
+ * -2: the bucket's lock is not recoverable. A holder that died left each
+ * chain whole (every change is one store), so there is nothing to repair. */
+static __attribute__((noinline)) kflex_s64 apply(const struct kflex_ctx *ctx, struct request *req, int op)
 {
 	struct bucket *b = bucket_of(req->key);
-	struct entry *e;
+	struct entry *e, *gone = 0;
+	kflex_s64 ret = 0;
+	int r = kflex_lock(ctx, &b->lock);
 
-	if (lock(ctx, b) != KFLEX_LOCK_ACQUIRED) {
+	if (r == KFLEX_LOCK_NOT_RECOVERABLE) {
 		kflex_unlock(ctx, &b->lock);
 		return -2;
 	}
-	e = unlink(b, req->key);
-	if (e)
-		__atomic_fetch_sub(&table.count, 1, __ATOMIC_RELAXED);
+	if (r == KFLEX_LOCK_OWNER_DIED)
+		kflex_consistent(&b->lock);
+	switch (op) {
+	case PUT:
+		e = find(b, req->key);
+		if (e) {
+			e->value = req->value;
+		} else if ((e = kflex_alloc(sizeof(*e))) == 0) {
+			ret = -1;
+		} else {
+			e->key = req->key;
+			e->value = req->value;
+			e->next = b->head;
+			b->head = e;
+			__atomic_fetch_add(&table.count, 1, __ATOMIC_RELAXED);
+			ret = 1;
+		}
+		break;
+	case GET:
+		e = find(b, req->key);
+		if (e) {
+			req->value = e->value;
+			ret = 1;
+		}
+		break;
+	default:
+		gone = unlink(b, req->key);
+		if (gone) {
+			__atomic_fetch_sub(&table.count, 1, __ATOMIC_RELAXED);
+			ret = 1;
+		}
+	}
 	kflex_unlock(ctx, &b->lock);
-	if (!e)
-		return 0;
-	kflex_free(e);
-	return 1;
+	if (gone)
+		kflex_free(gone);
+	return ret;
+}
+
+/* The programs: what apply says of each op. */
+KFLEX_PROG kflex_s64 put(const struct kflex_ctx *ctx, kflex_u64 len, struct request *req)
+{
+	return apply(ctx, req, PUT);
+}
+
+KFLEX_PROG kflex_s64 get(const struct kflex_ctx *ctx, kflex_u64 len, struct request *req)
+{
+	return apply(ctx, req, GET);
+}
+
+KFLEX_PROG kflex_s64 del(const struct kflex_ctx *ctx, kflex_u64 len, struct request *req)
+{
+	return apply(ctx, req, DEL);
 }
