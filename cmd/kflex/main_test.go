@@ -166,7 +166,7 @@ func TestJITDisasm(t *testing.T) {
 	require.NoError(t, os.WriteFile(fake, []byte("\x7fELF junk"), 0o600))
 	code, _, stderr = kflex("jit", "--disasm", fake)
 	assert.Equal(t, 1, code)
-	assert.Contains(t, stderr, fake+": read ELF")
+	assert.Contains(t, stderr, fake+": not an ELF object")
 	code, _, stderr = kflex("jit")
 	assert.Equal(t, 2, code)
 	assert.Contains(t, stderr, "want 1 argument(s)")
