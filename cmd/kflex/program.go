@@ -35,12 +35,15 @@ func progArg(arg string) (path, name string) {
 
 // nominalGlobals is where a program's globals are when no heap holds them
 // (kflex verify, kflex jit): the heap offset of its first page, as a
-// runtime's first allocation could be. The verdict does not depend on it.
+// runtime's first allocation could be. The verdict does not depend on it,
+// but a program linked so must not run on a heap: its globals would be the
+// heap's header. One that runs places them in the heap, as serve does
+// (object.Object.Layout from an allocation, Section.Image to fill it).
 const nominalGlobals = 4096
 
-// loadProgram reads the one program arg names: an ELF object's program
-// (OBJ:NAME, or the object's only one), its globals placed at
-// nominalGlobals; kflex assembler text; or raw bytecode.
+// loadProgram reads the one program arg names, to verify or disassemble:
+// an ELF object's program (OBJ:NAME, or the object's only one), its globals
+// placed at nominalGlobals; kflex assembler text; or raw bytecode.
 func loadProgram(arg string) (asm.Instructions, error) {
 	path, name := progArg(arg)
 	b, err := os.ReadFile(path)
