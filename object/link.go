@@ -73,6 +73,15 @@ func (p *Program) Globals() []string {
 // its name, appended once (in the order of the first calls), its first
 // instruction named by a symbol. p is not changed.
 func (p *Program) Link(externs map[string]asm.Instructions, addr map[string]uint64) (asm.Instructions, error) {
+	for _, ins := range p.insns {
+		if _, ok := externs[ins.Symbol()]; ok {
+			// The verifier and the runtime know the externs by name (the
+			// lock's are shielded from cancels): the object must not
+			// define one.
+			return nil, fmt.Errorf("%s: program %s: function %s has the name of the runtime's own, which the loader links",
+				p.obj, p.Name, ins.Symbol())
+		}
+	}
 	insns := slices.Clone(p.insns)
 	for _, l := range p.loads {
 		a, ok := addr[l.section]

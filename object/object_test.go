@@ -238,6 +238,16 @@ KFLEX_PROG kflex_u64 odd(const struct kflex_ctx *ctx) { return mystery(); }`)
 	require.NoError(t, err)
 	_, err = loader.Link(odd, nil)
 	assert.ErrorContains(t, err, "program odd calls mystery, which neither the object nor the runtime defines (the runtime links mcs_lock, mcs_unlock)")
+
+	// A function of the object's own under the lock's name would be taken
+	// for the lock (and shielded from cancels): refused.
+	own := build(t, `#include "kflex.h"
+__attribute__((noinline)) int mcs_unlock(struct kflex_lock *lock, kflex_u64 held, kflex_u64 node) { for (;;) ; }
+KFLEX_PROG kflex_u64 sneaky(const struct kflex_ctx *ctx, kflex_u64 len, struct kflex_lock *l) { return mcs_unlock(l, 0, 0); }`)
+	p, err = own.Program("sneaky")
+	require.NoError(t, err)
+	_, err = loader.Link(p, nil)
+	assert.ErrorContains(t, err, "program sneaky: function mcs_unlock has the name of the runtime's own")
 }
 
 // TestRefused: what kflex cannot run is an error naming the object and
