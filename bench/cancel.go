@@ -31,8 +31,8 @@ var cancelLoops = map[string]string{
 // MeasureCancel times cancellation (`kflex bench cancel`): for each engine
 // (jit, interp) and loop shape (loop: no helper call; helper_loop: a helper
 // call every round), the time from Runtime.Cancel to the invocation's
-// return, over stops cancellations at random moments (ENGINE[_helper]_p50_us,
-// _p99_us, _max_us); and the cost of the JIT's cancellation checks on the
+// return, over stops cancellations at random moments (ENGINE[_helper].p50_us,
+// .p99_us, .max_us); and the cost of the JIT's cancellation checks on the
 // benchmark corpus's loop program, run with and without them side by side
 // for per each (check_cost_pct).
 func MeasureCancel(stops int, per time.Duration) (map[string]float64, error) {
@@ -72,9 +72,9 @@ func MeasureCancel(stops int, per time.Duration) (map[string]float64, error) {
 				return nil, fmt.Errorf("%s %s: %w", engine, name, err)
 			}
 			slices.Sort(lat)
-			figures[key+"_p50_us"] = us(lat[len(lat)/2])
-			figures[key+"_p99_us"] = us(lat[len(lat)*99/100])
-			figures[key+"_max_us"] = us(lat[len(lat)-1])
+			figures[key+".p50_us"] = us(lat[len(lat)/2])
+			figures[key+".p99_us"] = us(lat[len(lat)*99/100])
+			figures[key+".max_us"] = us(lat[len(lat)-1])
 		}
 		if err := rt.Close(); err != nil {
 			return nil, err

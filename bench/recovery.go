@@ -50,11 +50,11 @@ func HoldAndWait(path string, lock uint64) error {
 
 // MeasureRecovery measures how long after SIGKILL of a Go lock holder the
 // next waiter has the lock, kills times for each waiter: a goroutine of this
-// process (recovery.go_*), and an extension in a JIT executor of a runtime
-// in this process (recovery.jit_*). Each round starts a holder, lets the
+// process (go.*), and an extension in a JIT executor of a runtime in this
+// process (jit.*). Each round starts a holder, lets the
 // waiter queue and fall asleep (Go) or spin (JIT) for 2 ms, kills the holder
 // and times from the kill to the waiter's return with the owner-died result.
-// Figures: p50 and p99 in microseconds.
+// Figures: WAITER.p50_us and WAITER.p99_us, in microseconds, and kills.
 func MeasureRecovery(kills int, holder Holder) (map[string]float64, error) {
 	dir, err := os.MkdirTemp("", "kflex-recovery")
 	if err != nil {
@@ -114,10 +114,10 @@ func MeasureRecovery(kills int, holder Holder) (map[string]float64, error) {
 			lat = append(lat, float64(d.Nanoseconds())/1e3)
 		}
 		slices.Sort(lat)
-		figures["recovery."+name+"_p50_us"] = lat[len(lat)/2]
-		figures["recovery."+name+"_p99_us"] = lat[len(lat)*99/100]
+		figures[name+".p50_us"] = lat[len(lat)/2]
+		figures[name+".p99_us"] = lat[len(lat)*99/100]
 	}
-	figures["recovery.kills"] = float64(kills)
+	figures["kills"] = float64(kills)
 	return figures, nil
 }
 

@@ -31,6 +31,12 @@ func KernelText(s Slot, helper func(int32) string) string {
 	return fmt.Sprintf("invalid opcode %#02x (op %#02x)", s.Op, op)
 }
 
+// KernelLine is slot pc's line in Linux's verifier log: "12: (bf) r6 = r1",
+// the slot number, the opcode in hex and KernelText.
+func KernelLine(pc int, s Slot, helper func(int32) string) string {
+	return fmt.Sprintf("%d: (%02x) %s", pc, s.Op, KernelText(s, helper))
+}
+
 var aluSymbols = map[uint8]string{0x00: "+=", 0x10: "-=", 0x20: "*=", 0x30: "/=", 0x40: "|=", 0x50: "&=",
 	0x60: "<<=", 0x70: ">>=", 0x90: "%=", 0xa0: "^=", 0xb0: "=", 0xc0: "s>>="}
 

@@ -59,15 +59,22 @@ const (
 // Params are the creation parameters of a heap; Layout derives every offset
 // from them, so two processes that agree on Params agree on the layout.
 type Params struct {
-	Size         uint64 // S: a power of two in [MinSize, MaxSize]
-	MaxProcs     uint32 // processes that can be attached at once
-	NodesPerProc uint32 // MCS queue nodes per process: its goroutines waiting at once
-	Caches       uint32 // allocator cache slots (threads allocating at once)
+	Size         uint64 `json:"size"`           // S: a power of two in [MinSize, MaxSize]
+	MaxProcs     uint32 `json:"max_procs"`      // processes that can be attached at once
+	NodesPerProc uint32 `json:"nodes_per_proc"` // MCS queue nodes per process: its goroutines waiting at once
+	Caches       uint32 `json:"caches"`         // allocator cache slots (threads allocating at once)
 }
 
 // Layout gives the byte offset of each region of a heap.
 type Layout struct {
-	OwnerOff, NodeOff, AllocOff, CacheOff, PageMapOff, ObjBitsOff, FreeBitsOff, PagesOff uint64
+	OwnerOff    uint64 `json:"owner_off"`
+	NodeOff     uint64 `json:"node_off"`
+	AllocOff    uint64 `json:"alloc_off"`
+	CacheOff    uint64 `json:"cache_off"`
+	PageMapOff  uint64 `json:"page_map_off"`
+	ObjBitsOff  uint64 `json:"obj_bits_off"`
+	FreeBitsOff uint64 `json:"free_bits_off"`
+	PagesOff    uint64 `json:"pages_off"`
 }
 
 // Header is the decoded first page of a heap file.

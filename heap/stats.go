@@ -7,28 +7,29 @@ import "sync/atomic"
 // each exact but not all from the same instant (a class's Live is then clamped
 // at zero).
 type Stats struct {
-	Pages      uint64 // allocatable pages
-	FreePages  uint64
-	LargeRuns  uint64 // live allocations above MaxSmall
-	LargePages uint64
-	Classes    [numClasses]ClassStats
+	Pages      uint64                 `json:"pages"` // allocatable pages
+	FreePages  uint64                 `json:"free_pages"`
+	LargeRuns  uint64                 `json:"large_runs"` // live allocations above MaxSmall
+	LargePages uint64                 `json:"large_pages"`
+	Classes    [numClasses]ClassStats `json:"classes"`
 	// LiveObjects and LiveBytes count allocated objects of every size.
-	LiveObjects, LiveBytes uint64
+	LiveObjects uint64 `json:"live_objects"`
+	LiveBytes   uint64 `json:"live_bytes"`
 	// DeadCaches are cache slots whose owner process is dead, and Stranded the
 	// objects they hold, until a survivor reaps them (Reap, or a claim of the
 	// slot). Stranded objects are counted in the classes' Cached.
-	DeadCaches int
-	Stranded   uint64
+	DeadCaches int    `json:"dead_caches"`
+	Stranded   uint64 `json:"stranded"`
 }
 
 // ClassStats describe one size class.
 type ClassStats struct {
-	Size        uint64
-	Slabs       uint64 // slabs carved from the page allocator
-	Carved      uint64 // objects ever carved from those slabs
-	CentralFree uint64 // in the shared free list
-	Cached      uint64 // in per-thread cache slots of any process
-	Live        uint64 // allocated: Carved - CentralFree - Cached
+	Size        uint64 `json:"size"`
+	Slabs       uint64 `json:"slabs"`        // slabs carved from the page allocator
+	Carved      uint64 `json:"carved"`       // objects ever carved from those slabs
+	CentralFree uint64 `json:"central_free"` // in the shared free list
+	Cached      uint64 `json:"cached"`       // in per-thread cache slots of any process
+	Live        uint64 `json:"live"`         // allocated: Carved - CentralFree - Cached
 }
 
 // Stats reports the allocator's state.

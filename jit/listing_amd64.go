@@ -7,23 +7,33 @@ import (
 	"github.com/cilium/ebpf/asm"
 	"golang.org/x/arch/x86/x86asm"
 
+	"github.com/kflex-go/kflex/abi"
 	"github.com/kflex-go/kflex/bytecode"
 )
 
 // Listing writes the machine code generated for insns, each eBPF instruction
-// followed by its amd64 instructions, then the out-of-line exits.
+// (in the text of Linux's verifier log, as kflex's verifier logs it:
+// bytecode.KernelLine, helpers named by abi.Prototypes; a subprogram's
+// symbol on a line of its own) followed by its amd64 instructions, then the
+// out-of-line exits.
 func Listing(w io.Writer, insns asm.Instructions, g Guard) error {
 	p, err := bytecode.NewProgram(insns)
 	if err != nil {
 		return err
 	}
-	text, starts, err := compileWithMap(p.Slots(), g)
+	slots := p.Slots()
+	text, starts, err := compileWithMap(slots, g)
 	if err != nil {
 		return err
 	}
+	helpers := abi.Prototypes()
+	helper := func(id int32) string { return helpers[id].Name }
 	slot := 0
 	for _, ins := range insns {
-		fmt.Fprintf(w, "%4d: %v\n", slot, ins)
+		if sym := ins.Symbol(); sym != "" {
+			fmt.Fprintf(w, "%s:\n", sym)
+		}
+		fmt.Fprintf(w, "  %s\n", bytecode.KernelLine(slot, slots[slot], helper))
 		next := slot + int(ins.Width())
 		if err := disasm(w, text, starts[slot], starts[next]); err != nil {
 			return err

@@ -1,7 +1,9 @@
 package serve_test
 
 import (
+	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"net"
 	"runtime"
@@ -15,6 +17,7 @@ import (
 
 	"github.com/kflex-go/kflex/internal/sys/wire"
 	"github.com/kflex-go/kflex/mcs"
+	"github.com/kflex-go/kflex/serve"
 	"github.com/kflex-go/kflex/userspace"
 )
 
@@ -213,4 +216,59 @@ func (f *fixture) dialLock(t *testing.T) (*userspace.Client, userspace.Ptr, *mcs
 	mu, err := c.Mutex(lockPtr)
 	require.NoError(t, err)
 	return c, lockPtr, mu
+}
+
+// TestInvokeErrorCodes: each kind of failure reaches a client with its code,
+// which errors.Is tests against userspace's sentinels, and in process the
+// same missing program matches serve.ErrNoProgram.
+func TestInvokeErrorCodes(t *testing.T) {
+	rt, _ := runtimeOf(t, map[string]string{
+		"add1": "ldxdw %r0, [%r1+0]\nadd %r0, 1\nexit",
+		"spin": "mov %r0, 1\nloop:\nadd %r0, 1\njne %r0, 0, loop\nexit",
+		// An atomic add at a misaligned heap address faults.
+		"misaligned": "mov %r1, 1\nlock add [%r3+1], %r1\nmov %r0, 0\nexit",
+	}, serve.Options{JIT: 1, Budget: 20 * time.Millisecond})
+	sock := serveOn(t, rt)
+	c, err := userspace.Dial(sock, nil)
+	require.NoError(t, err)
+	defer c.Close()
+	sentinels := map[userspace.Code]error{userspace.CodeFailed: userspace.ErrFailed, userspace.CodeNoProgram: userspace.ErrNoSuchProgram,
+		userspace.CodeRejected: userspace.ErrRejected, userspace.CodeCancelled: userspace.ErrCancelled}
+	check := func(err error, code userspace.Code, msg string) {
+		t.Helper()
+		var ie *userspace.InvokeError
+		require.ErrorAs(t, err, &ie)
+		assert.Equal(t, code, ie.Code)
+		assert.Contains(t, ie.Message, msg)
+		for c, s := range sentinels {
+			assert.Equal(t, c == code, errors.Is(err, s), "%v is %v", err, s)
+		}
+	}
+	_, err = c.Invoke("nope", 0)
+	check(err, userspace.CodeNoProgram, `no program "nope"`)
+	_, err = c.Invoke("spin", 0)
+	check(err, userspace.CodeCancelled, "its 20ms time budget ran out")
+	_, err = c.Invoke("misaligned", 0)
+	check(err, userspace.CodeFailed, "misaligned atomic access")
+	r0, err := c.Invoke("add1", 1)
+	require.NoError(t, err)
+	assert.Equal(t, uint64(2), r0)
+
+	raw := rawConn(t, sock)
+	req, err := wire.EncodeInvoke(5, "add1", 0)
+	require.NoError(t, err)
+	binary.LittleEndian.PutUint32(req, 9) // an op no runtime serves
+	_, err = raw.Write(req)
+	require.NoError(t, err)
+	buf := make([]byte, wire.MaxResult+1)
+	n, err := raw.Read(buf)
+	require.NoError(t, err)
+	res, err := wire.DecodeResult(buf[:n])
+	require.NoError(t, err)
+	check(res.Err, userspace.CodeRejected, "unknown op 9 in request 5")
+
+	_, err = rt.Invoke(context.Background(), "nope", 0)
+	assert.ErrorIs(t, err, serve.ErrNoProgram)
+	assert.ErrorIs(t, err, userspace.ErrNoSuchProgram, "the same sentinel")
+	assert.EqualError(t, err, `no program "nope"`)
 }

@@ -2,6 +2,7 @@ package serve
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -10,6 +11,7 @@ import (
 
 	"golang.org/x/sys/unix"
 
+	"github.com/kflex-go/kflex/abi"
 	"github.com/kflex-go/kflex/cancel"
 	"github.com/kflex-go/kflex/internal/sys/wire"
 )
@@ -330,8 +332,29 @@ func (s *connServer) patrol(t *time.Ticker) bool {
 func (s *connServer) write(id, r0 uint64, err error) {
 	s.wmu.Lock()
 	defer s.wmu.Unlock()
-	s.wbuf = wire.AppendResult(s.wbuf[:0], id, r0, err)
+	s.wbuf = wire.AppendResult(s.wbuf[:0], id, r0, invokeFailure(err))
 	s.c.Write(s.wbuf)
+}
+
+// invokeFailure is err (nil: none) as a result reports it: its text, and
+// the code a client tests (userspace.ErrNoSuchProgram, ErrRejected,
+// ErrCancelled, ErrFailed).
+func invokeFailure(err error) error {
+	if err == nil {
+		return nil
+	}
+	code := wire.CodeFailed
+	switch {
+	case errors.Is(err, ErrNoProgram):
+		code = wire.CodeNoProgram
+	case errors.Is(err, abi.ErrCancelled):
+		code = wire.CodeCancelled
+	case errors.Is(err, wire.ErrMalformed):
+		code = wire.CodeRejected
+	case errors.Is(err, wire.ErrNoGlobal):
+		code = wire.CodeNoGlobal
+	}
+	return &wire.InvokeError{Code: code, Message: err.Error()}
 }
 
 func (rt *Runtime) tracef(format string, args ...any) {

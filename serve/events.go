@@ -34,7 +34,7 @@ func (rt *Runtime) Every(name string, interval time.Duration, arg uint64) (*Time
 		return nil, fmt.Errorf("serve: timer for %s: interval %v is not positive", name, interval)
 	}
 	if !rt.has(name) {
-		return nil, fmt.Errorf("serve: timer: no program %q", name)
+		return nil, fmt.Errorf("serve: timer: %w", noProgram(name))
 	}
 	t := &Timer{stop: make(chan struct{}), done: make(chan struct{})}
 	t.ctx, t.end = context.WithCancel(context.Background())
@@ -97,7 +97,7 @@ const MaxDatagram = 64 << 10
 // byte and the error's text.
 func (rt *Runtime) ServeUDP(conn *net.UDPConn, name string) error {
 	if !rt.has(name) {
-		return fmt.Errorf("serve: udp: no program %q", name)
+		return fmt.Errorf("serve: udp: %w", noProgram(name))
 	}
 	if !rt.track(func() { conn.Close() }) {
 		return errClosed
@@ -131,7 +131,7 @@ func (rt *Runtime) onDatagram(name string, data []byte) (uint64, error) {
 	}
 	defer rt.h.Free(off)
 	copy(rt.h.Bytes(off, uint64(len(data))), data)
-	return rt.invokeData(context.Background(), name, rt.h.Base()+off, uint64(len(data)))
+	return rt.InvokeData(context.Background(), name, rt.h.Base()+off, uint64(len(data)))
 }
 
 var errClosed = errors.New("serve: runtime closed")

@@ -8,6 +8,7 @@ import (
 
 	"github.com/cilium/ebpf/asm"
 
+	"github.com/kflex-go/kflex/internal/sys/wire"
 	"github.com/kflex-go/kflex/loader"
 	"github.com/kflex-go/kflex/object"
 )
@@ -94,11 +95,11 @@ func (rt *Runtime) globalFor(name string, size uint64) (uint64, error) {
 	g, ok := rt.globals[name]
 	switch {
 	case !ok && len(rt.globals) == 0:
-		return 0, fmt.Errorf("no global %q: the runtime's extensions have no global variables", name)
+		return 0, fmt.Errorf("%w %q: the runtime's extensions have no global variables", wire.ErrNoGlobal, name)
 	case !ok:
-		return 0, fmt.Errorf("no global %q (there are %s)", name, strings.Join(rt.Globals(), ", "))
+		return 0, fmt.Errorf("%w %q (there are %s)", wire.ErrNoGlobal, name, strings.Join(rt.Globals(), ", "))
 	case size > g.size:
-		return 0, fmt.Errorf("global %s is %d bytes, not %d", name, g.size, size)
+		return 0, fmt.Errorf("%w: %s is %d bytes, not %d", wire.ErrNoGlobal, name, g.size, size)
 	}
 	return g.addr, nil
 }

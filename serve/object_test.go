@@ -189,9 +189,11 @@ func TestCExtension(t *testing.T) {
 	assert.Equal(t, int32(0), *(*int32)(c.Pointer(lastLock)), "repaired: KFLEX_LOCK_ACQUIRED")
 
 	_, err = c.Global("nope", 8)
-	assert.ErrorContains(t, err, `global nope: extension failed: no global "nope" (there are last_lock, scale, step, tally)`)
+	assert.EqualError(t, err, `no such global "nope" (there are last_lock, scale, step, tally)`)
+	assert.ErrorIs(t, err, userspace.ErrNoSuchGlobal)
 	_, err = c.Global("step", 16)
-	assert.ErrorContains(t, err, "global step is 8 bytes, not 16")
+	assert.EqualError(t, err, "no such global: step is 8 bytes, not 16")
+	assert.ErrorIs(t, err, userspace.ErrNoSuchGlobal)
 }
 
 // TestObjectsRefused: objects the runtime cannot load together are errors

@@ -353,28 +353,43 @@ var (
 	UnlockCall = abi.UnlockCall
 )
 
+// ErrNoProgram is matched (errors.Is) by the error of an invocation, timer or
+// UDP socket naming a program the runtime does not have. It is
+// userspace.ErrNoSuchProgram, which a client's invocation of such a program
+// matches too.
+var ErrNoProgram = wire.ErrNoProgram
+
+// noProgram is the error for a program the runtime does not have.
+type noProgram string
+
+func (n noProgram) Error() string        { return fmt.Sprintf("no program %q", string(n)) }
+func (n noProgram) Is(target error) bool { return target == ErrNoProgram }
+
 // Invoke runs program name on a free executor with arg in its context and
 // returns r0. It is cancelled (an error wrapping abi.ErrCancelled, a
 // *cancel.Error naming the instruction and the cause) when ctx ends, when the
-// program's time budget runs out, on Cancel, and when the runtime closes.
+// program's time budget runs out, on Cancel, and when the runtime closes. A
+// name the runtime does not know is an error matching ErrNoProgram.
 //
 // The executor is bound to the calling thread for the call only: a goroutine
 // locked to its thread while it waits for the next request would need that
 // very thread woken for it, which costs tens of microseconds here.
 func (rt *Runtime) Invoke(ctx context.Context, name string, arg uint64) (uint64, error) {
-	return rt.invokeData(ctx, name, arg, 0)
+	return rt.InvokeData(ctx, name, arg, 0)
 }
 
-// invokeData is Invoke for an argument that addresses dataLen bytes.
-func (rt *Runtime) invokeData(ctx context.Context, name string, arg, dataLen uint64) (uint64, error) {
+// InvokeData is Invoke for an argument that addresses dataLen bytes of data
+// in the heap (the context's data_len, abi.CtxDataLen), as ServeUDP passes a
+// datagram.
+func (rt *Runtime) InvokeData(ctx context.Context, name string, arg, dataLen uint64) (uint64, error) {
 	return rt.invokeHooked(ctx, name, arg, dataLen, nil)
 }
 
-// invokeHooked is invokeData with hook (may be nil), through which the
+// invokeHooked is InvokeData with hook (may be nil), through which the
 // connection that asked for the call cancels it.
 func (rt *Runtime) invokeHooked(ctx context.Context, name string, arg, dataLen uint64, hook *callHook) (uint64, error) {
 	if !rt.has(name) {
-		return 0, fmt.Errorf("no program %q", name)
+		return 0, noProgram(name)
 	}
 	rt.mu.Lock()
 	if rt.closing {

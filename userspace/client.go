@@ -50,17 +50,18 @@ func newClient(h *Heap, conn *net.UnixConn, path string) *Client {
 }
 
 // Invoke runs extension name in the runtime with argument arg and returns its
-// r0. An extension's failure is an *InvokeError; a runtime that goes away
-// before answering gives ErrRuntimeGone, and one that breaks the protocol
-// ErrMalformed.
+// r0. An invocation's failure is an *InvokeError, which errors.Is matches
+// against its kind (ErrNoSuchProgram, ErrCancelled, ErrRejected, ErrFailed);
+// a runtime that goes away before answering gives ErrRuntimeGone, and one
+// that breaks the protocol ErrMalformed.
 func (c *Client) Invoke(name string, arg uint64) (uint64, error) {
 	return c.InvokeContext(context.Background(), name, arg)
 }
 
 // InvokeContext is Invoke under ctx: when ctx ends before the result comes,
 // the runtime is told to cancel the call, which then ends at the extension's
-// next cancellation point with a cancellation (an *InvokeError whose message
-// names the instruction and the cause). A ctx that ended before the call is
+// next cancellation point with a cancellation (an *InvokeError matching
+// ErrCancelled, whose message names the instruction and the cause). A ctx that ended before the call is
 // an error wrapping ctx's, and nothing is sent.
 func (c *Client) InvokeContext(ctx context.Context, name string, arg uint64) (uint64, error) {
 	if err := ctx.Err(); err != nil {
@@ -94,15 +95,15 @@ func (c *Client) CancelProgram(name string) (int, error) {
 // initialised it when it loaded their object, and this is its address in
 // this process's view. size is how many bytes the caller will access there
 // (its Go type's size, say): a smaller global is an error, as is an unknown
-// name (an *InvokeError listing the globals there are). Globals live as long
-// as the runtime that loaded them.
+// name (an *InvokeError matching ErrNoSuchGlobal, listing the globals there
+// are). Globals live as long as the runtime that loaded them.
 func (c *Client) Global(name string, size uint64) (Ptr, error) {
 	r, err := c.do(wire.Request{Op: wire.OpGlobal, Name: name, Arg: size}, nil)
 	if err == nil {
 		err = r.Err
 	}
 	if err != nil {
-		return 0, fmt.Errorf("global %s: %w", name, err)
+		return 0, err
 	}
 	return c.Local(r.R0), nil
 }

@@ -25,10 +25,38 @@ var (
 	ErrMalformed   = wire.ErrMalformed
 )
 
-// InvokeError is an extension's failure as the runtime reported it (the
-// extension ran and failed, or there is no such extension); Invoke returns it
-// as a *InvokeError.
+// InvokeError is an invocation's failure as the runtime reported it; Invoke
+// returns it as a *InvokeError. Its Code says what kind of failure it is,
+// and errors.Is matches it against the code's sentinel: ErrNoSuchProgram,
+// ErrRejected, ErrCancelled or ErrFailed.
 type InvokeError = wire.InvokeError
+
+// Code is an *InvokeError's kind.
+type Code = wire.Code
+
+// The kinds of failure an invocation reports, and their sentinels:
+// ErrFailed, the extension ran and failed (a fault, a helper's error), or
+// the runtime did not say; ErrNoSuchProgram, the runtime has no extension of
+// that name; ErrRejected, the runtime refused the request itself (it breaks
+// the protocol); ErrCancelled, the invocation was cancelled (its time budget
+// ran out, its context ended, an operator cancelled it, or the runtime was
+// closing) and what it held was released; ErrNoSuchGlobal (Client.Global),
+// the runtime has no global variable of that name, or a smaller one.
+const (
+	CodeFailed    = wire.CodeFailed
+	CodeNoProgram = wire.CodeNoProgram
+	CodeRejected  = wire.CodeRejected
+	CodeCancelled = wire.CodeCancelled
+	CodeNoGlobal  = wire.CodeNoGlobal
+)
+
+var (
+	ErrFailed        = wire.ErrFailed
+	ErrNoSuchProgram = wire.ErrNoProgram
+	ErrRejected      = wire.ErrRejected
+	ErrCancelled     = wire.ErrCancelled
+	ErrNoSuchGlobal  = wire.ErrNoGlobal
+)
 
 // Dial attaches to the runtime listening at socket: it receives the heap's
 // file descriptor, maps the heap and joins its owner table.

@@ -1,10 +1,12 @@
 package userspace_test
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
 
+	"github.com/kflex-go/kflex/mcs"
 	"github.com/kflex-go/kflex/userspace"
 )
 
@@ -62,4 +64,42 @@ func Example() {
 	// 10
 	// 20
 	// 30
+}
+
+// ExampleHeap_NewMutex takes a heap lock as every process must: a holder
+// that died leaves the lock to the next one with mcs.ErrOwnerDied, which
+// repairs what the lock guards and marks it consistent before unlocking.
+func ExampleHeap_NewMutex() {
+	dir, _ := os.MkdirTemp("", "kflex-example")
+	defer os.RemoveAll(dir)
+	h, err := userspace.Create(filepath.Join(dir, "heap"), 1<<20, nil)
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	defer h.Close()
+	mu, lockPtr, err := h.NewMutex()
+	if err != nil {
+		fmt.Println(err)
+		return
+	}
+	balance, _ := h.Alloc(8)
+	*h.Uint64(balance) = 100
+	h.SetRoot(0, lockPtr) // where other processes find them
+	h.SetRoot(1, balance)
+
+	switch err := mu.Lock(); {
+	case errors.Is(err, mcs.ErrOwnerDied):
+		// Held now, taken over from a dead holder: repair the balance
+		// (here: nothing half-done to undo), then say so.
+		mu.Consistent()
+	case err != nil: // mcs.ErrNotRecoverable: an earlier taker did not repair
+		fmt.Println(err)
+		return
+	}
+	*h.Uint64(balance) -= 30
+	mu.Unlock()
+	fmt.Println("balance:", *h.Uint64(h.Root(1)))
+	// Output:
+	// balance: 70
 }

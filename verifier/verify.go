@@ -395,7 +395,7 @@ func (a *analysis) pathLog(pc int, st *State) []string {
 	helper := func(id int32) string { return a.cfg.Helpers[id].Name }
 	for _, p := range path {
 		s := a.slots[p]
-		line := fmt.Sprintf("%d: (%02x) %s", p, s.Op, bytecode.KernelText(s, helper))
+		line := bytecode.KernelLine(p, s, helper)
 		regs := a.in[p]
 		if p == pc && st != nil {
 			regs = st

@@ -1,16 +1,16 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
-	"sort"
+	"slices"
 	"strconv"
 	"time"
 
 	"github.com/kflex-go/kflex/bench"
+	"github.com/kflex-go/kflex/internal/benchprog"
 	"github.com/kflex-go/kflex/kernel"
 )
 
@@ -22,82 +22,106 @@ func init() {
 func runBench(args []string, out io.Writer) error {
 	fs := newFlags("bench", "[--json] [--time D] [--rounds N] [--kills N] [--robust BIN] jit|lock|recovery|cancel", `jit: run kflex's benchmark programs (a counter loop, hash-table lookup and
 insert, a linked-list walk, a skip-list search) on the JIT, with every memory
-access guarded, with loads unguarded (performance mode) and unguarded, and on the
-interpreter. Reports ns per run, the JIT's speedup over the interpreter and the
-guards' overhead. Where this process can use BPF arenas (root, Linux 6.9+), the
-programs also run in the kernel (XDP test runs) and in kflex's JIT on the same
-arena, in the form the kernel accepts: PROGRAM.kernel_ns, PROGRAM.jit_arena_ns
-and their ratio PROGRAM.jit_vs_kernel (the kernel's time excludes the entry
-from user space; "empty" measures that entry for both).
-lock: the handoff latency of one lock between a goroutine and an extension, an
-extension's uncontended lock+unlock, and the cost of invoking an empty extension
-from an attached process. Where this process can use BPF arenas, also one
-uncontended lock+unlock of the lock's kernel form, the same bytecode in the
-kernel and in kflex's JIT on one arena heap (kernel.* figures; jit_vs_kernel
-is the ratio net of each side's entry cost).
+access guarded (jit_ns), with loads unguarded (performance mode:
+jit_perfmode_ns) and unguarded (jit_unguarded_ns), and on the interpreter
+(interp_ns); a row per program, with the JIT's speedup over the interpreter,
+the guards' overhead (guard_overhead_pct) and the instructions one run
+executes (insns). Where this process can use BPF arenas (root, Linux 6.9+),
+the programs also run in the kernel (XDP test runs) and in kflex's JIT on the
+same arena, in the form the kernel accepts: kernel_ns, jit_arena_ns and their
+ratio jit_vs_kernel (the kernel's time excludes the entry from user space;
+"empty" measures that entry for both).
+lock: the handoff latency of one lock between a goroutine and an extension
+(handoff_ns), an extension's uncontended lock+unlock (extension_lock_unlock_ns),
+and the cost of invoking an empty extension from an attached process
+(invoke_us). Where this process can use BPF arenas, also one uncontended
+lock+unlock of the lock's kernel form, the same bytecode in the kernel and in
+kflex's JIT on one arena heap (the row kernel; lock_jit_vs_kernel is the
+ratio net of each side's entry cost).
 recovery: SIGKILL of a Go lock holder (a child process) -> the next waiter has
-the lock (with the owner-died result), p50 and p99 in µs over --kills kills,
-for a Go waiter (recovery.go_*) and a JIT extension waiting in a runtime
-(recovery.jit_*), and, in the same run, glibc's robust mutex (recovery.glibc_*)
-measured by --robust (bench/robustmutex, built by make bench) when it exists.
-cancel: the time from a cancel request to the invocation's return, p50, p99 and
-max over --rounds/100 stops (at least 200) at random moments, in the JIT and the
-interpreter, for a tight loop and a loop calling a helper (jit_p50_us,
-jit_helper_p99_us, ...); and check_cost_pct, how much slower the benchmark loop
-runs with the JIT's cancellation checks than without, side by side.
-With --json the figures are one flat JSON object.`, out)
-	asJSON := fs.Bool("json", false, "print one flat JSON object")
-	per := fs.Duration("time", 200*time.Millisecond, "time spent on each measurement (jit, cancel)")
-	rounds := fs.Int("rounds", 100000, "handoffs and lock rounds (lock); cancellations: rounds/100 (cancel)")
-	kills := fs.Int("kills", 500, "holders killed per waiter (recovery)")
+the lock (with the owner-died result), p50_us and p99_us over --kills kills,
+for a Go waiter (row go) and a JIT extension waiting in a runtime (row jit),
+and, in the same run, glibc's robust mutex (row glibc) measured by --robust
+(bench/robustmutex, built by make bench) when it exists.
+cancel: the time from a cancel request to the invocation's return, p50_us,
+p99_us and max_us over --rounds/100 stops (at least 200) at random moments, in
+the JIT and the interpreter, for a tight loop and a loop calling a helper
+(rows jit, jit_helper, interp, interp_helper); and check_cost_pct, how much
+slower the benchmark loop runs with the JIT's cancellation checks than
+without, side by side.
+Prints a table: a row per program (jit), waiter (recovery) or engine and loop
+(cancel), then the figures that belong to no row. On a terminal, stderr shows
+what is being measured meanwhile. With --json, one object: suite, rows (each
+with its name and figures) and the figures of no row.`, out)
+	asJSON := fs.Bool("json", false, "print one JSON object")
+	per := fs.Duration("time", 200*time.Millisecond, "time spent on each measurement (jit, cancel; 1ms to 1h)")
+	rounds := fs.Int("rounds", 100000, "handoffs and lock rounds (lock); cancellations: rounds/100 (cancel); 1 to 1e9")
+	kills := fs.Int("kills", 500, "holders killed per waiter (recovery; 1 to 1e6)")
 	robust := fs.String("robust", "bin/robust-pthread", "the robust-mutex baseline's binary (recovery)")
 	if err := parse(fs, args, 1); err != nil {
 		return err
 	}
-	var figures map[string]float64
-	var err error
-	switch fs.Arg(0) {
-	case "jit":
-		if figures, err = bench.MeasureJIT(*per); err == nil {
-			err = vsKernel(func() error { return bench.MeasureJITVsKernel(*per, figures) })
-		}
-	case "lock":
-		if figures, err = bench.MeasureLock(*rounds); err == nil {
-			err = vsKernel(func() error { return lockVsKernel(*rounds, figures) })
-		}
-	case "recovery":
-		if figures, err = bench.MeasureRecovery(*kills, holderCommand); err == nil {
-			err = robustKill(*robust, *kills, figures)
-		}
-	case "cancel":
-		figures, err = bench.MeasureCancel(max(*rounds/100, 200), *per)
-	default:
-		return fmt.Errorf("bench: %w: unknown suite %q (want jit, lock, recovery or cancel)", errUsage, fs.Arg(0))
+	if err := badFlags("bench", inRange("time", *per, time.Millisecond, time.Hour),
+		inRange("rounds", *rounds, 1, 1_000_000_000), inRange("kills", *kills, 1, 1_000_000)); err != nil {
+		return err
 	}
+	suite := fs.Arg(0)
+	if !slices.Contains([]string{"jit", "lock", "recovery", "cancel"}, suite) {
+		return fmt.Errorf("bench: %w: unknown suite %q (want jit, lock, recovery or cancel)", errUsage, suite)
+	}
+	var w io.Writer
+	if isTerminal(os.Stderr) {
+		w = os.Stderr
+	}
+	p := startProgress(w, "kflex bench "+suite, progressTick)
+	figures, err := measure(p, suite, *per, *rounds, *kills, *robust)
+	p.end()
 	if err != nil {
 		return err
 	}
+	rows, scalars := benchRows(figures)
 	if *asJSON {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		return enc.Encode(figures)
+		return writeJSON(out, benchJSON(suite, rows, scalars))
 	}
-	keys := make([]string, 0, len(figures))
-	for k := range figures {
-		keys = append(keys, k)
+	return writeBenchTable(out, rows, scalars)
+}
+
+// measure runs suite, saying on p what it measures.
+func measure(p *progress, suite string, per time.Duration, rounds, kills int, robust string) (figures map[string]float64, err error) {
+	switch suite {
+	case "jit":
+		p.phase(fmt.Sprintf("%d programs on the JIT and the interpreter", len(benchprog.Corpus)))
+		if figures, err = bench.MeasureJIT(per); err == nil {
+			err = vsKernel(p, func() error {
+				p.phase("the programs in the kernel and in the JIT on its arena")
+				return bench.MeasureJITVsKernel(per, figures)
+			})
+		}
+	case "lock":
+		p.phase(fmt.Sprintf("lock handoffs, lock+unlock and invocations, %d rounds", rounds))
+		if figures, err = bench.MeasureLock(rounds); err == nil {
+			err = vsKernel(p, func() error {
+				p.phase("lock+unlock in the kernel and in the JIT on its arena")
+				return lockVsKernel(rounds, figures)
+			})
+		}
+	case "recovery":
+		p.phase(fmt.Sprintf("SIGKILL of a lock holder, %d kills for a Go and a JIT waiter", kills))
+		if figures, err = bench.MeasureRecovery(kills, holderCommand); err == nil {
+			err = robustKill(p, robust, kills, figures)
+		}
+	case "cancel":
+		p.phase(fmt.Sprintf("%d cancellations per engine and loop, then the checks' cost", max(rounds/100, 200)))
+		figures, err = bench.MeasureCancel(max(rounds/100, 200), per)
 	}
-	sort.Strings(keys)
-	for _, k := range keys {
-		fmt.Fprintf(out, "%-40s %12.2f\n", k, figures[k])
-	}
-	return nil
+	return figures, err
 }
 
 // vsKernel runs a comparison with the kernel, or says on stderr why it cannot
 // run here.
-func vsKernel(measure func() error) error {
+func vsKernel(p *progress, measure func() error) error {
 	if err := kernel.HaveArena(); err != nil {
-		fmt.Fprintf(os.Stderr, "kflex bench: no kernel comparison: %v\n", err)
+		p.note("kflex bench: no kernel comparison: %v", err)
 		return nil
 	}
 	return measure()
@@ -138,13 +162,14 @@ func runBenchHolder(args []string, _ io.Writer) error {
 	return bench.HoldAndWait(args[0], lock)
 }
 
-// robustKill adds glibc's robust mutex figures (recovery.glibc_p50_us and
-// _p99_us) from the baseline binary's kill mode, or says on stderr why not.
-func robustKill(bin string, kills int, figures map[string]float64) error {
+// robustKill adds glibc's robust mutex figures (glibc.p50_us and .p99_us)
+// from the baseline binary's kill mode, or says on stderr why not.
+func robustKill(p *progress, bin string, kills int, figures map[string]float64) error {
 	if _, err := os.Stat(bin); err != nil {
-		fmt.Fprintf(os.Stderr, "kflex bench: no glibc comparison: %v (make bench builds it)\n", err)
+		p.note("kflex bench: no glibc comparison: %v (make bench builds it)", err)
 		return nil
 	}
+	p.phase(fmt.Sprintf("SIGKILL of a glibc robust mutex's holder, %d kills", kills))
 	out, err := exec.Command(bin, "kill", strconv.Itoa(kills)).Output()
 	if err != nil {
 		return fmt.Errorf("%s kill: %w", bin, err)
@@ -154,6 +179,6 @@ func robustKill(bin string, kills int, figures map[string]float64) error {
 	if _, err := fmt.Sscanf(string(out), "robust-pthread kill n=%d p50_us=%g p99_us=%g", &n, &p50, &p99); err != nil {
 		return fmt.Errorf("%s kill: %q: %w", bin, out, err)
 	}
-	figures["recovery.glibc_p50_us"], figures["recovery.glibc_p99_us"] = p50, p99
+	figures["glibc.p50_us"], figures["glibc.p99_us"] = p50, p99
 	return nil
 }

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"fmt"
 	"io"
 
@@ -36,7 +35,7 @@ Prints how many were cancelled.`, out)
 		return fmt.Errorf("cancel %s: %w", fs.Arg(0), err)
 	}
 	if *asJSON {
-		return json.NewEncoder(out).Encode(map[string]any{"program": fs.Arg(0), "cancelled": n})
+		return writeJSON(out, map[string]any{"program": fs.Arg(0), "cancelled": n})
 	}
 	fmt.Fprintf(out, "cancelled %d invocation(s) of %s\n", n, fs.Arg(0))
 	return nil

@@ -1,8 +1,8 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"math/bits"
@@ -15,7 +15,7 @@ import (
 )
 
 func init() {
-	commands["heap"] = command{summary: "create or inspect a shared heap file", run: runHeap}
+	commands["heap"] = command{summary: "create or inspect a shared heap file", run: runHeap, subcommands: true}
 }
 
 func runHeap(args []string, out io.Writer) error {
@@ -23,12 +23,12 @@ func runHeap(args []string, out io.Writer) error {
   create [--size SIZE] PATH   create a heap file (SIZE a power of two: 1M ... 64G; default 256M)
   info [--json] PATH          print a heap's header, owner table, allocator state and locks
   check [--json] PATH         verify the allocator's invariants; exit 1 naming the first violation`
-	if len(args) == 0 || args[0] == "-h" || args[0] == "--help" {
+	if len(args) == 0 {
+		return fmt.Errorf("heap: %w: missing subcommand (create, info or check)", errUsage)
+	}
+	if args[0] == "-h" || args[0] == "-help" || args[0] == "--help" {
 		fmt.Fprintf(out, "usage: kflex heap create|info|check ...\n\n%s\n", doc)
-		if len(args) == 0 {
-			return fmt.Errorf("heap: %w: missing subcommand", errUsage)
-		}
-		return nil
+		return flag.ErrHelp
 	}
 	switch args[0] {
 	case "create":
@@ -61,15 +61,12 @@ func parseSize(s string) (uint64, error) {
 
 func heapCreate(args []string, out io.Writer) error {
 	fs := newFlags("heap create", "[--size SIZE] PATH", "Create a sparse heap file at PATH (which must not exist).", out)
-	sizeFlag := fs.String("size", "256M", "heap size: a power of two from 1M to 64G")
+	size := byteSize(256 << 20)
+	fs.Var(&size, "size", "heap `SIZE`: a power of two from 1M to 64G")
 	if err := parse(fs, args, 1); err != nil {
 		return err
 	}
-	size, err := parseSize(*sizeFlag)
-	if err != nil {
-		return fmt.Errorf("heap create: %w: %v", errUsage, err)
-	}
-	h, err := heap.Create(fs.Arg(0), &heap.Options{Params: heap.Params{Size: size}})
+	h, err := heap.Create(fs.Arg(0), &heap.Options{Params: heap.Params{Size: uint64(size)}})
 	if err != nil {
 		return err
 	}
@@ -90,13 +87,30 @@ type info struct {
 	CreatorPID uint32             `json:"creator_pid"`
 	Params     heap.Params        `json:"params"`
 	Layout     heap.Layout        `json:"layout"`
-	Owners     []mcs.OwnerState   `json:"owners"`
+	Owners     []owner            `json:"owners"`
 	Alloc      heap.Stats         `json:"alloc"`
 	Locks      []heap.LockReport  `json:"alloc_locks"`
 	Caches     []heap.CacheReport `json:"alloc_caches"`
 	Nodes      []queuedNode       `json:"queued_nodes"`
 	LockWords  []queuedLock       `json:"queued_locks"`
 	Problems   []string           `json:"problems,omitempty"` // what does not parse
+}
+
+// owner is an occupied slot of the owner table (mcs.OwnerState).
+type owner struct {
+	Slot uint32 `json:"slot"`
+	PID  uint32 `json:"pid"`
+	TID  uint32 `json:"tid"`  // of the designated thread
+	Dead bool   `json:"dead"` // the kernel reported the process's death
+	Gen  uint32 `json:"gen"`
+}
+
+func owners(h *heap.Heap) []owner {
+	var out []owner
+	for _, o := range mcs.Owners(h) {
+		out = append(out, owner(o))
+	}
+	return out
 }
 
 // openInspect parses the [--json] PATH arguments of heap info and check and
@@ -112,12 +126,6 @@ func openInspect(name, doc string, args []string, out io.Writer) (h *heap.Heap, 
 	return h, fs.Arg(0), *js, err
 }
 
-func printJSON(out io.Writer, v any) error {
-	enc := json.NewEncoder(out)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
-}
-
 func heapInfo(args []string, out io.Writer) error {
 	h, path, asJSON, err := openInspect("heap info", "Describe the heap at PATH: header, attached processes, allocator and its locks, queued lock nodes. Takes no lock.", args, out)
 	if err != nil {
@@ -129,13 +137,13 @@ func heapInfo(args []string, out io.Writer) error {
 	in := info{Path: path, Version: hdr.Version, Size: hdr.Size,
 		CanonBase: fmt.Sprintf("%#x", hdr.CanonBase), Created: time.Unix(0, hdr.Created),
 		CreatorPID: hdr.CreatorPID, Params: hdr.Params, Layout: hdr.Layout,
-		Owners: mcs.Owners(h), Alloc: rep.Stats, Locks: rep.Locks, Caches: rep.Caches}
+		Owners: owners(h), Alloc: rep.Stats, Locks: rep.Locks, Caches: rep.Caches}
 	in.Nodes, in.LockWords = queues(h)
 	for _, e := range unjoin(rerr) {
 		in.Problems = append(in.Problems, e.Error())
 	}
 	if asJSON {
-		if err := printJSON(out, in); err != nil {
+		if err := writeJSON(out, in); err != nil {
 			return err
 		}
 	} else {
@@ -255,7 +263,7 @@ func heapCheck(args []string, out io.Writer) error {
 	}
 	switch {
 	case asJSON:
-		if err := printJSON(out, res); err != nil {
+		if err := writeJSON(out, res); err != nil {
 			return err
 		}
 	case cerr == nil:

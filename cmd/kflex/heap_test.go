@@ -70,6 +70,7 @@ func TestHeapCheck(t *testing.T) {
 
 	code, stdout, _ = kflexWithin(t, "heap", "check", "--json", path)
 	require.Equal(t, 0, code)
+	assertSnakeCase(t, stdout)
 	var res checkResult
 	require.NoError(t, json.Unmarshal([]byte(stdout), &res))
 	assert.True(t, res.OK)
@@ -85,6 +86,7 @@ func TestHeapCheck(t *testing.T) {
 	assert.Contains(t, stderr, fmt.Sprintf("heap check %s: page map entry of page %d at %#x: ", path, page+1, entry+4))
 	code, stdout, _ = kflexWithin(t, "heap", "check", "--json", path)
 	assert.Equal(t, 1, code)
+	assertSnakeCase(t, stdout)
 	res = checkResult{}
 	require.NoError(t, json.Unmarshal([]byte(stdout), &res))
 	assert.False(t, res.OK)

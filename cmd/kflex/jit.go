@@ -12,8 +12,10 @@ func init() {
 }
 
 func runJIT(args []string, out io.Writer) error {
-	fs := newFlags("jit", "--disasm PROG", `Compile PROG (an ELF object, kflex assembler text, or raw bytecode) and
-print each eBPF instruction with the machine code generated for it.`, out)
+	fs := newFlags("jit", "--disasm [--guard all|stores|none] PROG", `Compile PROG (an ELF object, kflex assembler text, or raw bytecode) and
+print each eBPF instruction, in the kernel's verifier-log text that kflex
+verify's rejection logs use ("3: (85) call time#1262878738"), with the amd64
+code generated for it, then the out-of-line exits.`, out)
 	disasm := fs.Bool("disasm", false, "print the listing (the only mode for now)")
 	guard := fs.String("guard", "all", "memory guards: all, stores (performance mode), none")
 	if err := parse(fs, args, 1); err != nil {

@@ -1,25 +1,33 @@
 // Command kflex is the command line of the kflex runtime: creating and inspecting
-// shared heaps, and a demo of processes sharing a heap and its locks.
+// shared heaps, verifying, compiling and running extensions, the runtime
+// itself (serve), and the measurements and stress runs.
 //
 // Layer 9 (commands: cmd/kflex, cmd/kflex-bpf-conformance): the top; nothing
 // imports it.
 package main
 
 import (
+	"bytes"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
 	"io"
 	"os"
 	"sort"
+	"strings"
+
+	"github.com/kflex-go/kflex/verifier"
 )
 
 // command is one subcommand: its one-line summary, and run, which parses args
-// itself and writes its output to out.
+// itself and writes its output to out. subcommands: its first argument names
+// one (heap create), whose usage a bad command line prints.
 type command struct {
-	summary string
-	run     func(args []string, out io.Writer) error
-	hidden  bool
+	summary     string
+	run         func(args []string, out io.Writer) error
+	hidden      bool
+	subcommands bool
 }
 
 var commands = map[string]command{}
@@ -39,29 +47,35 @@ func usage(w io.Writer) {
 	for _, n := range names {
 		fmt.Fprintf(w, "  %-12s %s\n", n, commands[n].summary)
 	}
-	fmt.Fprintln(w, "\n'kflex help <command>' or 'kflex <command> -h' describes one command.")
+	fmt.Fprintln(w, "\n'kflex help <command>' or 'kflex <command> -h' describes one command;\n'kflex --version' prints the version.")
 }
 
 func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
+// run runs the command line args and returns the exit status: 0 on success
+// (and on help asked for, printed on out), 1 when the command failed, 2 on a
+// bad command line (the usage then goes to errOut).
 func run(args []string, out, errOut io.Writer) int {
 	if len(args) == 0 {
 		usage(errOut)
 		return 2
 	}
 	name := args[0]
-	if name == "help" || name == "-h" || name == "--help" {
+	switch name {
+	case "help", "-h", "-help", "--help":
 		if len(args) > 1 {
 			if c, ok := commands[args[1]]; ok {
-				return report(c.run([]string{"-h"}, out), errOut)
+				return report(c, args[2:], c.run(append(args[2:], "-h"), out), false, errOut, out)
 			}
 			fmt.Fprintf(errOut, "kflex help: unknown command %q\n", args[1])
 			return 2
 		}
 		usage(out)
 		return 0
+	case "-version", "--version":
+		name = "version"
 	}
 	c, ok := commands[name]
 	if !ok {
@@ -69,52 +83,78 @@ func run(args []string, out, errOut io.Writer) int {
 		usage(errOut)
 		return 2
 	}
-	return report(c.run(args[1:], out), errOut)
+	w := &watchedWriter{w: out}
+	return report(c, args[1:], c.run(args[1:], w), w.wrote, errOut, out)
 }
 
-func report(err error, errOut io.Writer) int {
-	switch {
-	case err == nil, errors.Is(err, flag.ErrHelp):
+// report prints err, the error of command c run with args (which wrote to
+// out if wrote), and returns the exit status. A bad command line gets the
+// command's usage on errOut. With --json, a command that failed without
+// printing its JSON object gets {"error": ...} on out.
+func report(c command, args []string, err error, wrote bool, errOut, out io.Writer) int {
+	if err == nil || errors.Is(err, flag.ErrHelp) {
 		return 0
-	case errors.Is(err, errUsage):
-		fmt.Fprintln(errOut, "kflex:", err)
-		return 2
-	default:
-		fmt.Fprintln(errOut, "kflex:", err)
+	}
+	fmt.Fprintln(errOut, "kflex:", err)
+	if wantsJSON(args) && !wrote {
+		jsonError(out, err)
+	}
+	if !errors.Is(err, errUsage) {
 		return 1
 	}
+	if !c.hidden {
+		fmt.Fprintln(errOut)
+		commandUsage(c, args, errOut)
+	}
+	return 2
 }
 
-// newFlags returns a flag set for a subcommand that reports errors instead of
-// exiting, and prints its usage to out on -h.
-func newFlags(name, argsUsage, doc string, out io.Writer) *flag.FlagSet {
-	fs := flag.NewFlagSet(name, flag.ContinueOnError)
-	fs.SetOutput(out)
-	fs.Usage = func() {
-		fmt.Fprintf(out, "usage: kflex %s %s\n\n%s\n", name, argsUsage, doc)
-		if hasFlags(fs) {
-			fmt.Fprintln(out, "\nflags:")
-			fs.PrintDefaults()
+// commandUsage prints the usage of c (of its subcommand named in args, if
+// it has subcommands and that one prints one).
+func commandUsage(c command, args []string, w io.Writer) {
+	if c.subcommands && len(args) > 0 && !strings.HasPrefix(args[0], "-") {
+		var b bytes.Buffer
+		if errors.Is(c.run([]string{args[0], "-h"}, &b), flag.ErrHelp) {
+			w.Write(b.Bytes())
+			return
 		}
 	}
-	return fs
+	c.run([]string{"-h"}, w)
 }
 
-func hasFlags(fs *flag.FlagSet) (any bool) {
-	fs.VisitAll(func(*flag.Flag) { any = true })
-	return any
+// errorJSON is what a command run with --json prints when it fails without
+// printing its own object: the message, and for a program the verifier
+// rejected, where and why, and the path to it.
+type errorJSON struct {
+	Error  string   `json:"error"`
+	Insn   *int     `json:"insn,omitempty"`
+	Reason string   `json:"reason,omitempty"`
+	Log    []string `json:"log,omitempty"`
 }
 
-// parse parses args and checks the number of positional arguments.
-func parse(fs *flag.FlagSet, args []string, npos int) error {
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("%s: %w: %v", fs.Name(), errUsage, err)
+// writeJSON writes v as one indented JSON object.
+func writeJSON(out io.Writer, v any) error {
+	enc := json.NewEncoder(out)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+func jsonError(out io.Writer, err error) {
+	e := errorJSON{Error: err.Error()}
+	var ve *verifier.Error
+	if errors.As(err, &ve) {
+		e.Insn, e.Reason, e.Log = &ve.Insn, ve.Reason, ve.Log
 	}
-	if fs.NArg() != npos {
-		return fmt.Errorf("%s: %w: want %d argument(s), got %d (see 'kflex %s -h')", fs.Name(), errUsage, npos, fs.NArg(), fs.Name())
-	}
-	return nil
+	writeJSON(out, e)
+}
+
+// watchedWriter notes whether anything was written to it.
+type watchedWriter struct {
+	w     io.Writer
+	wrote bool
+}
+
+func (w *watchedWriter) Write(p []byte) (int, error) {
+	w.wrote = w.wrote || len(p) > 0
+	return w.w.Write(p)
 }

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -18,6 +21,7 @@ import (
 	"github.com/stretchr/testify/require"
 	"golang.org/x/sys/unix"
 
+	"github.com/kflex-go/kflex/internal/benchprog"
 	"github.com/kflex-go/kflex/internal/hostprobe"
 	"github.com/kflex-go/kflex/internal/testutil"
 	"github.com/kflex-go/kflex/kernel"
@@ -74,6 +78,7 @@ func TestHeapCreateInfo(t *testing.T) {
 
 	code, stdout, _ = kflex("heap", "info", "--json", path)
 	require.Equal(t, 0, code)
+	assertSnakeCase(t, stdout)
 	var in info
 	require.NoError(t, json.Unmarshal([]byte(stdout), &in))
 	assert.Equal(t, uint64(2<<20), in.Size)
@@ -95,8 +100,9 @@ func TestHeapBadInput(t *testing.T) {
 		msg  string
 	}{
 		{[]string{"heap", "create", "--size", "3M", filepath.Join(dir, "a")}, 1, "size 3145728 is not a power of two"},
-		{[]string{"heap", "create", "--size", "lots", filepath.Join(dir, "a")}, 2, `bad size "lots"`},
-		{[]string{"heap", "create", "--size", "0", filepath.Join(dir, "a")}, 2, `bad size "0"`},
+		{[]string{"heap", "create", "--size", "lots", filepath.Join(dir, "a")}, 2, `invalid value "lots" for flag -size: want a number of bytes`},
+		{[]string{"heap", "create", "--size", "0", filepath.Join(dir, "a")}, 2, `invalid value "0" for flag -size`},
+		{[]string{"heap", "create", "--size", "-5M", filepath.Join(dir, "a")}, 2, `invalid value "-5M" for flag -size`},
 		{[]string{"heap", "create"}, 2, "want 1 argument(s), got 0"},
 		{[]string{"heap", "create", "--bogus", "x"}, 2, "flag provided but not defined: -bogus"},
 		{[]string{"heap", "info", notHeap}, 1, "heap " + notHeap + ": not a kflex heap (bad magic)"},
@@ -123,6 +129,13 @@ func TestDemo(t *testing.T) {
 	code, stdout, _ = kflex("heap", "info", path)
 	require.Equal(t, 0, code)
 	assert.Contains(t, stdout, "DEAD (reported by the kernel)")
+	code, stdout, _ = kflex("heap", "info", path, "--json")
+	require.Equal(t, 0, code)
+	assertSnakeCase(t, stdout)
+	var in info
+	require.NoError(t, json.Unmarshal([]byte(stdout), &in))
+	require.NotEmpty(t, in.Owners)
+	assert.True(t, in.Owners[len(in.Owners)-1].Dead, "the victim, in the owner table: %s", stdout)
 }
 
 func TestRseqCheck(t *testing.T) {
@@ -147,7 +160,8 @@ func TestJITDisasm(t *testing.T) {
 	require.NoError(t, os.WriteFile(text, []byte("mov %r0, 7\nexit\n"), 0o600))
 	code, stdout, stderr := kflex("jit", "--disasm", text)
 	require.Equal(t, 0, code, stderr)
-	assert.Contains(t, stdout, "0: MovImm dst: r0 imm: 7")
+	assert.Contains(t, stdout, "  0: (b7) r0 = 7\n", "the kernel's instruction text, as kflex verify logs it")
+	assert.Contains(t, stdout, "  1: (95) exit\n")
 	assert.Contains(t, stdout, "mov eax, 0x7")
 	assert.Contains(t, stdout, "exits and the shared exit path")
 
@@ -172,35 +186,85 @@ func TestJITDisasm(t *testing.T) {
 	assert.Contains(t, stderr, "want 1 argument(s)")
 }
 
-func TestBenchJSON(t *testing.T) {
+// benchResult is kflex bench --json's object.
+type benchResult struct {
+	Suite string           `json:"suite"`
+	Rows  []map[string]any `json:"rows"`
+}
+
+// row is the row named name, or nil.
+func (b benchResult) row(name string) map[string]any {
+	for _, r := range b.Rows {
+		if r["name"] == name {
+			return r
+		}
+	}
+	return nil
+}
+
+// TestBench: kflex bench prints a table with a row per program (waiter),
+// and with --json one object with the suite, its rows and the figures of no
+// row, under snake_case keys.
+func TestBench(t *testing.T) {
 	code, stdout, stderr := kflex("bench", "--json", "--time", "5ms", "jit")
 	require.Equal(t, 0, code, stderr)
-	var figures map[string]float64
-	require.NoError(t, json.Unmarshal([]byte(stdout), &figures))
-	for _, k := range []string{"loop.jit_ns", "loop.interp_ns", "loop.speedup", "hash-lookup.guard_overhead_pct",
-		"skiplist-search.jit_perfmode_ns", "list-walk.insns"} {
-		assert.Contains(t, figures, k)
+	var res benchResult
+	require.NoError(t, json.Unmarshal([]byte(stdout), &res))
+	assertSnakeCase(t, stdout)
+	assert.Equal(t, "jit", res.Suite)
+	require.Len(t, res.Rows, len(benchprog.Corpus))
+	for _, r := range res.Rows {
+		for _, k := range []string{"jit_ns", "jit_perfmode_ns", "jit_unguarded_ns", "interp_ns", "insns", "speedup"} {
+			assert.Greater(t, r[k], 0.0, "%v %s", r["name"], k)
+		}
+		assert.Contains(t, r, "guard_overhead_pct")
 	}
-	assert.Greater(t, figures["loop.speedup"], 1.0, "the JIT beats the interpreter")
+	require.NotNil(t, res.row("loop"))
+	assert.Greater(t, res.row("loop")["speedup"], 1.0, "the JIT beats the interpreter")
+	assert.Equal(t, 7004.0, res.row("loop")["insns"])
+
+	code, stdout, stderr = kflex("bench", "jit", "--time", "5ms")
+	require.Equal(t, 0, code, stderr)
+	lines := strings.Split(strings.TrimRight(stdout, "\n"), "\n")
+	require.Len(t, lines, 1+len(benchprog.Corpus), stdout)
+	header := strings.Fields(lines[0])
+	for _, c := range []string{"guard_overhead_pct", "insns", "interp_ns", "jit_ns", "jit_perfmode_ns", "jit_unguarded_ns", "speedup"} {
+		assert.Contains(t, header, c, "a column per figure")
+	}
+	var loop []string
+	for _, l := range lines[1:] {
+		if f := strings.Fields(l); f[0] == "loop" {
+			loop = f
+		}
+	}
+	require.Len(t, loop, 1+len(header), "a row per program, by name, a cell per column: %s", stdout)
+	assert.Equal(t, "7004", loop[1+slices.Index(header, "insns")], "the loop's instructions, in the insns column")
+	assert.NotContains(t, stdout, "loop.jit_ns", "no flat key list")
+
 	code, _, stderr = kflex("bench", "locks")
 	assert.Equal(t, 2, code)
 	assert.Contains(t, stderr, `unknown suite "locks"`)
 
 	code, stdout, stderr = kflex("bench", "--json", "--rounds", "2000", "lock")
 	require.Equal(t, 0, code, stderr)
-	figures = nil
+	var figures map[string]any
 	require.NoError(t, json.Unmarshal([]byte(stdout), &figures))
+	assertSnakeCase(t, stdout)
 	for _, k := range []string{"handoff_ns", "extension_lock_unlock_ns", "invoke_us"} {
 		assert.Greater(t, figures[k], 0.0, k)
 	}
 
-	code, stdout, stderr = kflex("bench", "--json", "--kills", "5", "--robust", filepath.Join(t.TempDir(), "none"), "recovery")
+	code, stdout, stderr = kflex("bench", "--kills", "5", "--robust", filepath.Join(t.TempDir(), "none"), "recovery", "--json")
 	require.Equal(t, 0, code, stderr)
-	figures = nil
-	require.NoError(t, json.Unmarshal([]byte(stdout), &figures))
-	for _, k := range []string{"recovery.go_p50_us", "recovery.go_p99_us", "recovery.jit_p50_us", "recovery.jit_p99_us"} {
-		assert.Greater(t, figures[k], 0.0, k)
+	res = benchResult{}
+	require.NoError(t, json.Unmarshal([]byte(stdout), &res))
+	assertSnakeCase(t, stdout)
+	for _, w := range []string{"go", "jit"} {
+		require.NotNil(t, res.row(w), w)
+		assert.Greater(t, res.row(w)["p50_us"], 0.0, w)
+		assert.GreaterOrEqual(t, res.row(w)["p99_us"], res.row(w)["p50_us"], w)
 	}
+	assert.Contains(t, stdout, `"kills": 5`)
 }
 
 // TestServe runs "kflex serve" as a process, attaches to it, invokes an
@@ -354,6 +418,7 @@ func TestVerify(t *testing.T) {
 		fmt.Sprintf("\ncall %d\nmov %%r1, %%r6\n", serve.HelperTime)+serve.UnlockCall+"\nmov %r0, 0\nexit\n"+mcs.BytecodeLock), 0o600))
 	code, stdout, stderr = kflex("verify", "--json", locked)
 	require.Equal(t, 0, code, stderr)
+	assertSnakeCase(t, stdout)
 	require.NoError(t, json.Unmarshal([]byte(stdout), &rep))
 	assert.Contains(t, rep["cancel_table"], map[string]any{"slot": 8.0, "locks": 1.0, "lock_regs": []any{6.0}})
 	code, stdout, _ = kflex("verify", locked)
@@ -417,6 +482,7 @@ func TestVerifyJSON(t *testing.T) {
 			code, stdout, stderr := kflex("verify", "--json", tc.path)
 			assert.Equal(t, tc.code, code, stderr)
 			assert.Contains(t, stderr, tc.stderr)
+			assertSnakeCase(t, stdout)
 			var rep map[string]any
 			require.NoError(t, json.Unmarshal([]byte(stdout), &rep), stdout)
 			for _, k := range []string{"verdict", "accepted", "insns_processed", "states", "peak_states", "guards_total",
@@ -535,6 +601,7 @@ func TestServeCancels(t *testing.T) {
 	code, stdout, stderr := kflex("cancel", "--socket", sock, "--json", "spin")
 	require.Equal(t, 0, code, stderr)
 	assert.JSONEq(t, `{"program": "spin", "cancelled": 1}`, stdout)
+	assertSnakeCase(t, stdout)
 	require.ErrorAs(t, <-done, &ie)
 	assert.Contains(t, ie.Message, "cancelled on request")
 
@@ -543,7 +610,7 @@ func TestServeCancels(t *testing.T) {
 	assert.Contains(t, stderr, "need --socket")
 	code, _, stderr = kflex("serve", "--socket", sock, "--budget", "-1s", spin)
 	assert.Equal(t, 2, code)
-	assert.Contains(t, stderr, "--budget -1s is negative")
+	assert.Contains(t, stderr, "--budget -1s: want at least 0s")
 
 	go func() { _, err := c.Invoke("spin", 0); done <- err }()
 	time.Sleep(50 * time.Millisecond)
@@ -562,4 +629,33 @@ func TestServeCancels(t *testing.T) {
 	assert.Less(t, time.Since(start), 2*time.Second)
 	err = <-done
 	require.Error(t, err)
+}
+
+var snakeCase = regexp.MustCompile(`^[a-z][a-z0-9]*(_[a-z0-9]+)*$`)
+
+// assertSnakeCase checks that out is one JSON object whose keys, at every
+// depth, are snake_case.
+func assertSnakeCase(t *testing.T, out string) {
+	t.Helper()
+	var v any
+	dec := json.NewDecoder(strings.NewReader(out))
+	require.NoError(t, dec.Decode(&v), "%s", out)
+	_, err := dec.Token()
+	require.ErrorIs(t, err, io.EOF, "one object, nothing after it: %s", out)
+	require.IsType(t, map[string]any{}, v, "an object: %s", out)
+	var walk func(path string, v any)
+	walk = func(path string, v any) {
+		switch v := v.(type) {
+		case map[string]any:
+			for k, e := range v {
+				assert.Regexp(t, snakeCase, k, "key %s.%s", path, k)
+				walk(path+"."+k, e)
+			}
+		case []any:
+			for i, e := range v {
+				walk(fmt.Sprintf("%s[%d]", path, i), e)
+			}
+		}
+	}
+	walk("", v)
 }

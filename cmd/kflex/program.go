@@ -37,8 +37,8 @@ func progArg(arg string) (path, name string) {
 // (kflex verify, kflex jit): the heap offset of its first page, as a
 // runtime's first allocation could be. The verdict does not depend on it,
 // but a program linked so must not run on a heap: its globals would be the
-// heap's header. One that runs places them in the heap, as serve does
-// (object.Object.Layout from an allocation, Section.Image to fill it).
+// heap's header. One that runs goes to a runtime as its object
+// (loadRunnable), and the runtime places its globals in the heap.
 const nominalGlobals = 4096
 
 // loadProgram reads the one program arg names, to verify or disassemble:
@@ -67,7 +67,7 @@ func loadProgram(arg string) (asm.Instructions, error) {
 			return nil, err
 		}
 	case len(obj.Programs) > 1:
-		return nil, fmt.Errorf("%s holds programs %s: choose one with %s:NAME", path, strings.Join(obj.Names(), ", "), path)
+		return nil, chooseOne(path, obj)
 	default:
 		p = obj.Programs[0]
 	}
@@ -135,6 +135,32 @@ func loadPrograms(args []string) (map[string]asm.Instructions, []*object.Object,
 		out = append(out, obj)
 	}
 	return progs, out, nil
+}
+
+// loadRunnable reads the one program arg names, to run it in a runtime: its
+// name, and either the program (progs, one) or the ELF object holding it
+// (objs, one, selected to that program), whose globals the runtime places in
+// its heap.
+func loadRunnable(arg string) (string, map[string]asm.Instructions, []*object.Object, error) {
+	path, name := progArg(arg)
+	progs, objs, err := loadPrograms([]string{arg})
+	switch {
+	case err != nil:
+		return "", nil, nil, err
+	case len(objs) == 0:
+		for n := range progs {
+			return n, progs, nil, nil
+		}
+	case name == "" && len(objs[0].Programs) > 1:
+		return "", nil, nil, chooseOne(path, objs[0])
+	}
+	return objs[0].Programs[0].Name, nil, objs, nil
+}
+
+// chooseOne is the error for an object of several programs where one is
+// wanted.
+func chooseOne(path string, obj *object.Object) error {
+	return fmt.Errorf("%s holds programs %s: choose one with %s:NAME", path, strings.Join(obj.Names(), ", "), path)
 }
 
 func isELF(b []byte) bool { return bytes.HasPrefix(b, []byte("\x7fELF")) }

@@ -21,8 +21,11 @@ extension kflex's lock holders request. Where the extension exists, run a short
 test in the style of the kernel's selftest: a noise thread on the same CPU, and
 count the critical sections that were never interrupted, extended (then
 yielded), or interrupted without an extension.`, out)
-	duration := fs.Duration("duration", time.Second, "length of the test where the extension exists")
+	duration := fs.Duration("duration", time.Second, "length of the test where the extension exists (1ms to 1h)")
 	if err := parse(fs, args, 0); err != nil {
+		return err
+	}
+	if err := badFlags("rseq-check", inRange("duration", *duration, time.Millisecond, time.Hour)); err != nil {
 		return err
 	}
 	f := rseq.Probe()

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"errors"
-	"flag"
 	"fmt"
 	"io"
 	"net"
@@ -45,8 +43,9 @@ exits within a cancellation's time (milliseconds).`, out)
 	socket := fs.String("socket", "", "unix socket to listen on (required)")
 	heapPath := fs.String("heap", "", "heap file (default: an anonymous memfd heap)")
 	inArena := fs.Bool("arena", false, "put the heap in a new BPF arena")
-	sizeFlag := fs.String("size", "256M", "size of a new heap")
-	threads := fs.Int("threads", 2, "executor threads")
+	size := byteSize(256 << 20)
+	fs.Var(&size, "size", "`SIZE` of a new heap (a power of two)")
+	threads := fs.Int("threads", 2, "executor threads (1 to 1024)")
 	budget := fs.Duration("budget", serve.DefaultBudget, "time one invocation may run before it is cancelled (0: no limit)")
 	budgets := map[string]time.Duration{}
 	fs.Func("budget-for", "time budget of extension NAME: NAME@DURATION (repeatable; overrides --budget)", func(v string) error {
@@ -81,11 +80,8 @@ exits within a cancellation's time (milliseconds).`, out)
 		udps = append(udps, udpFlag{name, ua})
 		return nil
 	})
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return err
-		}
-		return fmt.Errorf("serve: %w: %v", errUsage, err)
+	if err := parseArgs(fs, args); err != nil {
+		return err
 	}
 	if *socket == "" || fs.NArg() == 0 {
 		return fmt.Errorf("serve: %w: need --socket and at least one program (see 'kflex serve -h')", errUsage)
@@ -93,16 +89,12 @@ exits within a cancellation's time (milliseconds).`, out)
 	if *inArena && *heapPath != "" {
 		return fmt.Errorf("serve: %w: --heap and --arena exclude each other", errUsage)
 	}
+	if err := badFlags("serve", inRange("threads", *threads, 1, 1024), atLeast("budget", *budget, 0)); err != nil {
+		return err
+	}
 	progs, objs, err := loadPrograms(fs.Args())
 	if err != nil {
 		return fmt.Errorf("serve: %w", err)
-	}
-	size, err := parseSize(*sizeFlag)
-	if err != nil {
-		return fmt.Errorf("serve: %w: %v", errUsage, err)
-	}
-	if *budget < 0 {
-		return fmt.Errorf("serve: %w: --budget %v is negative", errUsage, *budget)
 	}
 	opts := serve.Options{JIT: *threads, Trace: out, Budget: *budget, Budgets: budgets, Objects: objs}
 	if *budget == 0 {
@@ -110,7 +102,7 @@ exits within a cancellation's time (milliseconds).`, out)
 	}
 	var h *heap.Heap
 	if *inArena {
-		a, err := kernel.NewArena(size)
+		a, err := kernel.NewArena(uint64(size))
 		if err != nil {
 			return fmt.Errorf("serve: %w", err)
 		}
@@ -119,7 +111,7 @@ exits within a cancellation's time (milliseconds).`, out)
 			return fmt.Errorf("serve: %w", err)
 		}
 		opts.ArenaFD = a.FD()
-	} else if h, err = openOrCreateHeap(*heapPath, size); err != nil {
+	} else if h, err = openOrCreateHeap(*heapPath, uint64(size)); err != nil {
 		return err
 	}
 	defer h.Close()

@@ -2,15 +2,13 @@ package main
 
 import (
 	"context"
-	"encoding/json"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
 	"os/signal"
 	"strings"
-
-	"golang.org/x/sys/unix"
+	"time"
 
 	"github.com/kflex-go/kflex/stress"
 )
@@ -37,17 +35,25 @@ Recovery latency: from the SIGKILL of a worker holding a lock to the next
 acquisition of that lock (with the owner-died result), as the acquirer's clock
 reads it.
 Exit status 1 on any violation, stuck waiter, leak or unexplained exit.`, out)
-	procs := fs.Int("procs", 4, "worker processes")
-	threads := fs.Int("threads", 4, "goroutines per worker")
-	locks := fs.Int("locks", 4, "locks")
+	procs := fs.Int("procs", 4, "worker processes (1 to 64)")
+	threads := fs.Int("threads", 4, "goroutines per worker (1 to 64)")
+	locks := fs.Int("locks", 4, "locks (1 to 1024)")
 	kills := fs.Int("kills", 0, "stop after N kills (1000 when --duration is not given)")
-	duration := fs.Duration("duration", 0, "stop after this long")
+	duration := fs.Duration("duration", 0, "stop after this long (at most 24h)")
 	seed := fs.Uint64("seed", 0, "the kill schedule's seed (0: from the clock; the report says which)")
 	path := fs.String("heap", "", "heap file to create (default: a temporary file, removed at the end)")
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	plant := fs.String("plant", "", "a planted bug the run must report: norepair or nolock (checks the harness)")
 	if err := parse(fs, args, 0); err != nil {
 		return err
+	}
+	if err := badFlags("stress", inRange("procs", *procs, 1, 64), inRange("threads", *threads, 1, 64),
+		inRange("locks", *locks, 1, 1024), inRange("kills", *kills, 0, 10_000_000),
+		inRange("duration", *duration, 0, 24*time.Hour)); err != nil {
+		return err
+	}
+	if *plant != "" && *plant != "norepair" && *plant != "nolock" {
+		return fmt.Errorf("stress: %w: --plant %q: want norepair or nolock", errUsage, *plant)
 	}
 	if *kills == 0 && *duration == 0 {
 		*kills = 1000
@@ -69,9 +75,7 @@ Exit status 1 on any violation, stuck waiter, leak or unexplained exit.`, out)
 		return err
 	}
 	if *asJSON {
-		enc := json.NewEncoder(out)
-		enc.SetIndent("", "  ")
-		if err := enc.Encode(rep); err != nil {
+		if err := writeJSON(out, rep); err != nil {
 			return err
 		}
 	} else {
@@ -113,12 +117,6 @@ func summary(out io.Writer, r stress.Report) {
 	if !r.Failed() {
 		fmt.Fprintln(out, "  ok")
 	}
-}
-
-// isTerminal reports whether f is a terminal.
-func isTerminal(f *os.File) bool {
-	_, err := unix.IoctlGetTermios(int(f.Fd()), unix.TCGETS)
-	return err == nil
 }
 
 // workerCommand is stress.Run's worker: this binary's stress-worker.

@@ -15,6 +15,7 @@ func TestStress(t *testing.T) {
 	code, stdout, stderr := kflex("stress", "--kills", "40", "--procs", "4", "--json")
 	var rep map[string]any
 	require.NoError(t, json.Unmarshal([]byte(stdout), &rep), "stdout %q, stderr %q", stdout, stderr)
+	assertSnakeCase(t, stdout)
 	for _, k := range []string{"kills", "cancellations", "recoveries", "violations", "stuck", "leaked",
 		"recovery_p50_us", "recovery_p99_us", "acquisitions", "duration_s"} {
 		assert.Contains(t, rep, k)

@@ -1,7 +1,6 @@
 package main
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -73,8 +72,11 @@ cancel_points, cancel_table [{slot, locks, lock_regs}]; the statistics are
 (rejected, invalid or unreadable; the reason also on stderr; verdict error
 if the verifier failed otherwise), 2 on a bad command line (no JSON).`, out)
 	asJSON := fs.Bool("json", false, "print one JSON object")
-	ctxSize := fs.Int("ctx-size", abi.CtxSize, "bytes of context r1 points to")
+	ctxSize := fs.Int("ctx-size", abi.CtxSize, "bytes of context r1 points to (0 to 65536)")
 	if err := parse(fs, args, 1); err != nil {
+		return err
+	}
+	if err := badFlags("verify", inRange("ctx-size", *ctxSize, 0, 1<<16)); err != nil {
 		return err
 	}
 	rep := verifyReport{CancelPoints: []int{}, CancelTable: []cancelRow{}}
@@ -129,10 +131,7 @@ if the verifier failed otherwise), 2 on a bad command line (no JSON).`, out)
 			}
 		}
 	} else if rep.Verdict != verdictError {
-		fmt.Fprintf(out, "%s: rejected at instruction %d: %s\n", fs.Arg(0), *rep.Error.Insn, rep.Error.Reason)
-		for _, l := range rep.Log {
-			fmt.Fprintf(out, "  %s\n", l)
-		}
+		printRejection(out, fs.Arg(0), ve)
 	}
 	switch rep.Verdict {
 	case verdictError:
@@ -145,11 +144,14 @@ if the verifier failed otherwise), 2 on a bad command line (no JSON).`, out)
 	return nil
 }
 
-// writeJSON writes v as one indented JSON object.
-func writeJSON(out io.Writer, v any) error {
-	enc := json.NewEncoder(out)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+// printRejection prints the verifier's rejection of the program at path:
+// the instruction and the reason, then the path to it, one instruction a
+// line with the registers before it.
+func printRejection(out io.Writer, path string, ve *verifier.Error) {
+	fmt.Fprintf(out, "%s: rejected at instruction %d: %s\n", path, ve.Insn, ve.Reason)
+	for _, l := range ve.Log {
+		fmt.Fprintf(out, "  %s\n", l)
+	}
 }
 
 // lockRegsText names the registers keeping held locks' addresses: "r6, r7",

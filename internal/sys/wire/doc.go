@@ -24,5 +24,8 @@
 // request's id, in any order. Ids are the process's choice; 0 is reserved:
 // a result with id 0 answers a request too short to carry an id, and the
 // runtime closes the connection after sending it. Status 0 is success (r0 is
-// the extension's result); status 1 is failure, and message says what failed.
+// the extension's result); status 1 is failure, r0 the failure's kind (Code:
+// failed, no such program, rejected, cancelled) and message says what
+// failed. The codes came after version 3 and keep to it: a runtime from
+// before sends 0 (failed), and a client from before ignores r0 on failure.
 package wire

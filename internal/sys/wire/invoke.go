@@ -111,37 +111,103 @@ func DecodeRequest(b []byte) (Request, error) {
 	return r, nil
 }
 
-// EncodeResult answers request id: r0, or, if err is not nil, its text.
+// EncodeResult answers request id: r0, or, if err is not nil, its text and
+// code (AppendResult).
 func EncodeResult(id, r0 uint64, err error) []byte {
 	return AppendResult(nil, id, r0, err)
 }
 
 // AppendResult is EncodeResult appending to b: a caller reusing a buffer
-// encodes without allocating.
+// encodes without allocating. A failure's code is err's if err is an
+// *InvokeError (whose Message is then the text), else CodeFailed.
 func AppendResult(b []byte, id, r0 uint64, err error) []byte {
 	if err == nil {
 		b = binary.LittleEndian.AppendUint32(b, statusOK)
 		b = binary.LittleEndian.AppendUint64(b, id)
 		return binary.LittleEndian.AppendUint64(b, r0)
 	}
-	msg := err.Error()
+	code, msg := CodeFailed, ""
+	if ie, ok := err.(*InvokeError); ok {
+		code, msg = ie.Code, ie.Message
+	} else {
+		msg = err.Error()
+	}
 	if len(msg) > MaxMessage {
 		msg = msg[:MaxMessage]
 	}
 	b = binary.LittleEndian.AppendUint32(b, statusFailed)
 	b = binary.LittleEndian.AppendUint64(b, id)
-	b = binary.LittleEndian.AppendUint64(b, 0)
+	b = binary.LittleEndian.AppendUint64(b, uint64(code))
 	return append(b, msg...)
 }
 
-// InvokeError is an extension's failure as the runtime reported it: it ran
-// and failed, there is no such extension, or the request was malformed.
-type InvokeError struct{ Message string }
+// Code says what kind of failure a result reports. It travels in a failed
+// result's r0 field, which runtimes of version 3 before codes left 0
+// (CodeFailed) and clients before codes ignore: the protocol stays version 3.
+// A code this build does not know is kept as it came; it matches none of the
+// sentinels below.
+type Code uint64
 
-func (e *InvokeError) Error() string { return "extension failed: " + e.Message }
+const (
+	// CodeFailed: the extension ran and failed (a fault, a helper's error),
+	// or the runtime did not say (it predates codes).
+	CodeFailed Code = 0
+	// CodeNoProgram: the runtime has no extension of that name.
+	CodeNoProgram Code = 1
+	// CodeRejected: the runtime refused the request itself: it does not
+	// follow the protocol (an unknown op, a name too long).
+	CodeRejected Code = 2
+	// CodeCancelled: the invocation was cancelled before it ended: its time
+	// budget ran out, its caller's context ended, an operator cancelled it
+	// (kflex cancel), or the runtime was closing. What it held was released.
+	CodeCancelled Code = 3
+	// CodeNoGlobal: OpGlobal found no global variable of that name, or one
+	// smaller than the request asked for.
+	CodeNoGlobal Code = 4
+)
+
+// The sentinels an *InvokeError matches (errors.Is), one per Code.
+var (
+	ErrFailed    = errors.New("extension failed")
+	ErrNoProgram = errors.New("no such program")
+	ErrRejected  = errors.New("request rejected")
+	ErrCancelled = errors.New("invocation cancelled")
+	ErrNoGlobal  = errors.New("no such global")
+)
+
+var codeErrs = map[Code]error{CodeFailed: ErrFailed, CodeNoProgram: ErrNoProgram, CodeRejected: ErrRejected, CodeCancelled: ErrCancelled,
+	CodeNoGlobal: ErrNoGlobal}
+
+func (c Code) String() string {
+	if err, ok := codeErrs[c]; ok {
+		return err.Error()
+	}
+	return fmt.Sprintf("code %d", uint64(c))
+}
+
+// InvokeError is an invocation's failure as the runtime reported it: its
+// kind (Code; errors.Is matches the code's sentinel, ErrNoProgram for
+// CodeNoProgram) and the runtime's message.
+type InvokeError struct {
+	Code    Code
+	Message string
+}
+
+func (e *InvokeError) Error() string {
+	if e.Code == CodeFailed {
+		return "extension failed: " + e.Message
+	}
+	return e.Message // the runtime's message says what happened
+}
+
+// Is reports whether target is the sentinel of e's code.
+func (e *InvokeError) Is(target error) bool {
+	err, ok := codeErrs[e.Code]
+	return ok && err == target
+}
 
 // Result is the runtime's answer to request ID: R0, or the failure Err (an
-// *InvokeError).
+// *InvokeError; R0 is then 0, its code having gone to Err).
 type Result struct {
 	ID  uint64
 	R0  uint64
@@ -163,7 +229,7 @@ func DecodeResult(b []byte) (Result, error) {
 		}
 		r.R0 = binary.LittleEndian.Uint64(b[12:])
 	case statusFailed:
-		r.Err = &InvokeError{Message: string(b[headerSize:])}
+		r.Err = &InvokeError{Code: Code(binary.LittleEndian.Uint64(b[12:])), Message: string(b[headerSize:])}
 	default:
 		return Result{}, fmt.Errorf("%w: result %d has unknown status %d", ErrMalformed, r.ID, status)
 	}

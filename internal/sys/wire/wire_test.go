@@ -123,6 +123,42 @@ func TestResult(t *testing.T) {
 	}
 }
 
+// TestResultCodes: a failure's code goes in the result's r0 field and comes
+// back on the *InvokeError, which matches its code's sentinel and no other;
+// an error of another type is CodeFailed; a code from a newer runtime is kept
+// and matches no sentinel.
+func TestResultCodes(t *testing.T) {
+	sentinels := []error{ErrFailed, ErrNoProgram, ErrRejected, ErrCancelled, ErrNoGlobal}
+	for code, want := range map[Code]error{CodeFailed: ErrFailed, CodeNoProgram: ErrNoProgram, CodeRejected: ErrRejected, CodeCancelled: ErrCancelled, CodeNoGlobal: ErrNoGlobal} {
+		b := EncodeResult(4, 0, &InvokeError{Code: code, Message: "what happened"})
+		assert.Equal(t, uint64(code), binary.LittleEndian.Uint64(b[12:]), "the code is in r0's place")
+		r, err := DecodeResult(b)
+		require.NoError(t, err)
+		assert.Equal(t, Result{ID: 4, Err: &InvokeError{Code: code, Message: "what happened"}}, r)
+		for _, s := range sentinels {
+			assert.Equal(t, s == want, errors.Is(r.Err, s), "%v is %v", code, s)
+		}
+	}
+	r, err := DecodeResult(EncodeResult(5, 0, errors.New("fault at 3")))
+	require.NoError(t, err)
+	assert.Equal(t, &InvokeError{Code: CodeFailed, Message: "fault at 3"}, r.Err)
+	assert.EqualError(t, r.Err, "extension failed: fault at 3")
+	r, err = DecodeResult(EncodeResult(6, 0, &InvokeError{Code: CodeNoProgram, Message: `no program "x"`}))
+	require.NoError(t, err)
+	assert.EqualError(t, r.Err, `no program "x"`, "a code other than failed: the runtime's message alone")
+
+	future := EncodeResult(7, 0, &InvokeError{Code: 9, Message: "new"})
+	r, err = DecodeResult(future)
+	require.NoError(t, err)
+	var ie *InvokeError
+	require.ErrorAs(t, r.Err, &ie)
+	assert.Equal(t, Code(9), ie.Code)
+	assert.Equal(t, "code 9", ie.Code.String())
+	for _, s := range sentinels {
+		assert.NotErrorIs(t, r.Err, s)
+	}
+}
+
 // TestAppendNoAlloc: a request or result appended to a buffer large enough
 // allocates nothing (Client.Invoke and the runtime encode into buffers they
 // reuse).
@@ -147,6 +183,7 @@ func FuzzDecode(f *testing.F) {
 	f.Add(inv)
 	f.Add(EncodeResult(7, 42, nil))
 	f.Add(EncodeResult(7, 0, errors.New("no program")))
+	f.Add(EncodeResult(7, 0, &InvokeError{Code: CodeCancelled, Message: "cancelled on request"}))
 	hello, _ := EncodeHello(Hello{HeapSize: 1 << 20, Kind: HeapFile}, -1)
 	f.Add(hello)
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -156,8 +193,9 @@ func FuzzDecode(f *testing.F) {
 				t.Fatalf("request %+v decoded from %x encodes to %x, %v", r, b, again, err)
 			}
 		}
-		if r, err := DecodeResult(b); err == nil && r.Err == nil {
-			if again := EncodeResult(r.ID, r.R0, nil); !bytes.Equal(again, b) {
+		if r, err := DecodeResult(b); err == nil {
+			// A failure's code and message encode back as they came.
+			if again := EncodeResult(r.ID, r.R0, r.Err); !bytes.Equal(again, b) {
 				t.Fatalf("result %+v decoded from %x encodes to %x", r, b, again)
 			}
 		}
