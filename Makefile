@@ -9,7 +9,7 @@ RACE_PKGS   := ./...
 FUZZTIME    ?= 30s
 STRESS_COUNT ?= 20
 
-.PHONY: all build demo test bench fuzz stress conformance lint clean
+.PHONY: all build demo examples test bench fuzz stress conformance lint clean
 
 all: build
 
@@ -19,6 +19,17 @@ build:
 
 demo: build
 	$(BIN)/kflex demo
+
+# The C extensions of examples/ (examples/NAME/bpf/NAME.c), built for BPF with
+# include/kflex.h: kflex serve loads bin/examples/NAME.o. CI installs clang-19.
+CLANG    ?= clang-19
+EXAMPLES := $(BIN)/examples/hashtab.o
+examples: $(EXAMPLES)
+
+.SECONDEXPANSION:
+$(BIN)/examples/%.o: examples/$$*/bpf/$$*.c include/kflex.h
+	@mkdir -p $(@D)
+	$(CLANG) -O2 -g -target bpf -mcpu=v4 -Wall -I include -c $< -o $@
 
 # The tests: vet and format first, then every package with the race detector.
 # A test that needs a kernel feature asks the host with a raw probe that runs no
@@ -69,6 +80,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzHeapInspect$$' -fuzztime $(FUZZTIME) ./heap
 	$(GO) test -run '^$$' -fuzz '^FuzzTranslate$$' -fuzztime $(FUZZTIME) ./translate
 	$(GO) test -run '^$$' -fuzz '^FuzzRoundTrip$$' -fuzztime $(FUZZTIME) ./bytecode
+	$(GO) test -run '^$$' -fuzz '^FuzzRead$$' -fuzztime $(FUZZTIME) ./object
 	$(GO) test -run '^$$' -fuzz '^FuzzInterp$$' -fuzztime $(FUZZTIME) ./jit/interp
 	$(GO) test -run '^$$' -fuzz '^FuzzDifferential$$' -fuzztime $(FUZZTIME) ./jit
 	$(GO) test -tags kflextrace -run '^$$' -fuzz '^FuzzVerifier$$' -fuzztime $(FUZZTIME) ./verifier

@@ -61,7 +61,9 @@ func EncodeWords(words ...uint64) []byte {
 }
 
 // The subprograms of the bytecode lock (mcs.BytecodeLock), by name: the
-// verifier counts the locks a program holds through them.
+// verifier counts the locks a program holds through them. C extensions call
+// them through include/kflex.h's kflex_lock and kflex_unlock, and the loader
+// links them in (loader.Externs).
 const (
 	LockFunc   = "mcs_lock"
 	UnlockFunc = "mcs_unlock"

@@ -154,6 +154,10 @@ func (s *connServer) read() {
 		case wire.OpStatus:
 			s.writeStatus(req.ID)
 			continue
+		case wire.OpGlobal:
+			addr, err := s.rt.globalFor(req.Name, req.Arg)
+			s.write(req.ID, addr, err)
+			continue
 		}
 		if !s.takeSlot() {
 			s.end()
@@ -360,6 +364,8 @@ func invokeFailure(err error) error {
 		code = wire.CodeCancelled
 	case errors.Is(err, wire.ErrMalformed):
 		code = wire.CodeRejected
+	case errors.Is(err, wire.ErrNoGlobal):
+		code = wire.CodeNoGlobal
 	}
 	return &wire.InvokeError{Code: code, Message: err.Error()}
 }

@@ -3,7 +3,9 @@
 // (guards stay only on accesses the verifier cannot place in the stack or the
 // context) and runs them on a pool of executors for the processes attached to
 // it over a unix socket (the protocol is package internal/sys/wire;
-// userspace.Dial is the client side).
+// userspace.Dial is the client side). Programs come as bytecode or in ELF
+// objects (Options.Objects: C extensions), whose globals the runtime places
+// in the heap and which applications find by name (globals.go).
 //
 // An operator sees what it does through a *slog.Logger (Options.Logger:
 // processes attaching, detaching and dying, cancellations, failures, locks
@@ -23,6 +25,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"maps"
 	"net"
 	"runtime"
 	"sync"
@@ -41,6 +44,7 @@ import (
 	"github.com/kflex-go/kflex/jit/interp"
 	"github.com/kflex-go/kflex/loader"
 	"github.com/kflex-go/kflex/mcs"
+	"github.com/kflex-go/kflex/object"
 	"github.com/kflex-go/kflex/rseq"
 	"github.com/kflex-go/kflex/verifier"
 )
@@ -87,6 +91,11 @@ type Runtime struct {
 	running       map[*running]struct{} // under mu
 	closed        chan struct{}         // closed when Close begins
 	inflight      sync.WaitGroup        // Invoke calls, which Close waits for
+
+	// The C extensions' global variables, by name, and the heap objects
+	// holding them, which Close frees (globals.go).
+	globals      map[string]global
+	globalAllocs []uint64
 }
 
 // executor is one JIT machine with its own stack in the heap, its queue node
@@ -147,6 +156,11 @@ type Options struct {
 	// metrics (metrics.go); without it, the invocation path measures no
 	// time.
 	Metrics prometheus.Registerer
+	// Objects are ELF objects (object.Read; object.Object.Select keeps
+	// some of their programs) whose programs run beside progs, under their
+	// function names. Their globals are allocated in the heap and
+	// initialised before their programs are linked (globals.go).
+	Objects []*object.Object
 }
 
 // NewWith is New with every option.
@@ -167,7 +181,8 @@ func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runti
 	}
 	rt := &Runtime{h: h, proc: proc, progs: map[string]*jit.Program{}, iprogs: map[string]*interp.Program{}, verified: map[string]*verifier.Result{},
 		stats: map[string]*progStats{}, execs: make(chan *executor, n), nexec: n, trace: o.Trace, log: o.Logger, conns: map[net.Conn]peer{}, shareFD: h.Fd(), kind: wire.HeapFile,
-		defaultBudget: o.Budget, budgets: o.Budgets, running: map[*running]struct{}{}, closed: make(chan struct{})}
+		defaultBudget: o.Budget, budgets: o.Budgets, running: map[*running]struct{}{}, closed: make(chan struct{}),
+		globals: map[string]global{}}
 	switch {
 	case o.Budget == 0:
 		rt.defaultBudget = DefaultBudget
@@ -176,6 +191,13 @@ func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runti
 	}
 	if o.ArenaFD > 0 {
 		rt.shareFD, rt.kind = o.ArenaFD, wire.HeapArena
+	}
+	all := map[string]asm.Instructions{}
+	maps.Copy(all, progs)
+	progs = all
+	if err := rt.loadObjects(o.Objects, progs); err != nil {
+		rt.Close()
+		return nil, err
 	}
 	for name, insns := range progs {
 		p, err := loader.Load(insns, loader.Options{JIT: o.JIT > 0, Interp: o.Interpreted > 0})
@@ -580,5 +602,6 @@ func (rt *Runtime) Close() error {
 	if rt.metrics != nil {
 		rt.metrics.close()
 	}
+	rt.freeGlobals()
 	return rt.proc.Detach()
 }

@@ -124,6 +124,24 @@ func (c *Client) Status() (Status, error) {
 	return s, nil
 }
 
+// Global finds the global variable name of the runtime's C extensions (see
+// include/kflex.h): it lives in the heap, where the runtime allocated and
+// initialised it when it loaded their object, and this is its address in
+// this process's view. size is how many bytes the caller will access there
+// (its Go type's size, say): a smaller global is an error, as is an unknown
+// name (an *InvokeError matching ErrNoSuchGlobal, listing the globals there
+// are). Globals live as long as the runtime that loaded them.
+func (c *Client) Global(name string, size uint64) (Ptr, error) {
+	r, err := c.do(wire.Request{Op: wire.OpGlobal, Name: name, Arg: size}, nil)
+	if err == nil {
+		err = r.Err
+	}
+	if err != nil {
+		return 0, err
+	}
+	return c.Local(r.R0), nil
+}
+
 // do sends r with the next request id and waits for its result. sent, if
 // not nil, is called with the id once r is on its way, and the func it
 // returns (if any) when the result is in.

@@ -40,12 +40,14 @@ type Code = wire.Code
 // that name; ErrRejected, the runtime refused the request itself (it breaks
 // the protocol); ErrCancelled, the invocation was cancelled (its time budget
 // ran out, its context ended, an operator cancelled it, or the runtime was
-// closing) and what it held was released.
+// closing) and what it held was released; ErrNoSuchGlobal (Client.Global),
+// the runtime has no global variable of that name, or a smaller one.
 const (
 	CodeFailed    = wire.CodeFailed
 	CodeNoProgram = wire.CodeNoProgram
 	CodeRejected  = wire.CodeRejected
 	CodeCancelled = wire.CodeCancelled
+	CodeNoGlobal  = wire.CodeNoGlobal
 )
 
 var (
@@ -53,6 +55,7 @@ var (
 	ErrNoSuchProgram = wire.ErrNoProgram
 	ErrRejected      = wire.ErrRejected
 	ErrCancelled     = wire.ErrCancelled
+	ErrNoSuchGlobal  = wire.ErrNoGlobal
 )
 
 // Dial attaches to the runtime listening at socket: it receives the heap's

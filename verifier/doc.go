@@ -48,7 +48,8 @@
 // every path. Result.CancelTable says how many are held at each cancellation
 // point (back-edges and helper calls), and which callee-saved register keeps
 // each one's address (the one r1 was copied from for the lock call, while
-// neither changed), for the runtime to release them when it stops the
+// neither changed; an access that sanitizes it in place leaves it naming the
+// same heap word), for the runtime to release them when it stops the
 // program there. Result.CallTable says the same of every bpf-to-bpf call
 // site: what the caller holds while the callee runs (points.go). A program
 // stopped in a subprogram holds what its frame's cancellation point lists

@@ -179,7 +179,7 @@ func TestJITDisasm(t *testing.T) {
 	require.NoError(t, os.WriteFile(fake, []byte("\x7fELF junk"), 0o600))
 	code, _, stderr = kflex("jit", "--disasm", fake)
 	assert.Equal(t, 1, code)
-	assert.Contains(t, stderr, fake+": read ELF")
+	assert.Contains(t, stderr, fake+": not an ELF object")
 	code, _, stderr = kflex("jit")
 	assert.Equal(t, 2, code)
 	assert.Contains(t, stderr, "want 1 argument(s)")
@@ -472,7 +472,7 @@ func TestVerifyJSON(t *testing.T) {
 		{"unknown opcode", write("op.bin", "\xff\x00\x00\x00\x00\x00\x00\x00\x95\x00\x00\x00\x00\x00\x00\x00"),
 			"invalid", 1, insn(0), "ALUOp(240)Reg: unknown opcode", "not valid bytecode"},
 		{"does not parse", write("bad.s", "frob %r0\n"), "unreadable", 1, map[string]any{}, "", `unknown mnemonic "frob"`},
-		{"bad ELF", write("bad.o", "\x7fELF\x02\x01"), "unreadable", 1, map[string]any{}, "", "read ELF"},
+		{"bad ELF", write("bad.o", "\x7fELF\x02\x01"), "unreadable", 1, map[string]any{}, "", "bad.o: not an ELF object"},
 		{"raw bytes cut short", write("short.bin", "\x95\x00\x00\x00"), "unreadable", 1, map[string]any{}, "",
 			"bytecode length 4 is not a multiple of 8"},
 		{"missing file", filepath.Join(dir, "none.s"), "unreadable", 1, map[string]any{}, "", "no such file"},

@@ -9,13 +9,10 @@ import (
 	"io"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"slices"
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/cilium/ebpf/asm"
 
 	"github.com/kflex-go/kflex/serve"
 	"github.com/kflex-go/kflex/verifier"
@@ -91,17 +88,17 @@ exit status 1, naming the run.`, out)
 		return err
 	}
 	path := fs.Arg(0)
-	insns, err := loadProgram(path)
+	name, progs, objs, err := loadRunnable(path)
 	if err != nil {
 		return fmt.Errorf("run: %w", err)
 	}
+	opts.Objects = objs
 	h, err := openOrCreateHeap(*heapPath, uint64(size))
 	if err != nil {
 		return fmt.Errorf("run: %w", err)
 	}
 	defer h.Close()
-	name := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
-	rt, err := serve.NewWith(h, map[string]asm.Instructions{name: insns}, opts)
+	rt, err := serve.NewWith(h, progs, opts)
 	if err != nil {
 		var ve *verifier.Error
 		if errors.As(err, &ve) {

@@ -6,12 +6,9 @@ import (
 	"net"
 	"os"
 	"os/signal"
-	"path/filepath"
 	"strings"
 	"syscall"
 	"time"
-
-	"github.com/cilium/ebpf/asm"
 
 	"github.com/kflex-go/kflex/heap"
 	"github.com/kflex-go/kflex/kernel"
@@ -27,8 +24,10 @@ func runServe(args []string, out io.Writer) error {
 --size if it does not exist; without --heap, an anonymous heap; with --arena, a
 heap in a new BPF arena of --size, at most 4G, which kernel programs can share:
 root and Linux 6.9+), compiles each
-PROG (ELF object, kflex assembler text or raw bytecode; its name is the file name
-without extension) and serves processes that attach at --socket
+PROG (an ELF object: every program in it, under its function name, or with
+OBJ:NAME the one named; its globals live in the heap, where processes find
+them by name (userspace Client.Global). Or kflex assembler text or raw
+bytecode, named by the file name without extension) and serves processes that attach at --socket
 (userspace.Dial): they receive the heap and invoke the extensions by name.
 The runtime's own events run extensions too: --every runs NAME every INTERVAL
 (a Go duration, e.g. 100ms) with argument 0; --udp runs NAME on every datagram
@@ -100,25 +99,16 @@ and attached processes of a running runtime.`, out)
 	if err := badFlags("serve", inRange("threads", *threads, 1, 1024), atLeast("budget", *budget, 0)); err != nil {
 		return err
 	}
-	progs := map[string]asm.Instructions{}
-	for _, path := range fs.Args() {
-		insns, err := loadProgram(path)
-		if err != nil {
-			return err
-		}
-		name := strings.TrimSuffix(filepath.Base(path), filepath.Ext(path))
-		if _, dup := progs[name]; dup {
-			return fmt.Errorf("serve: two programs named %q", name)
-		}
-		progs[name] = insns
+	progs, objs, err := loadPrograms(fs.Args())
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
 	}
 	log := ops.logger(os.Stderr)
-	opts := serve.Options{JIT: *threads, Trace: out, Budget: *budget, Budgets: budgets, Logger: log}
+	opts := serve.Options{JIT: *threads, Trace: out, Budget: *budget, Budgets: budgets, Logger: log, Objects: objs}
 	if *budget == 0 {
 		opts.Budget = -1 // no limit
 	}
 	var h *heap.Heap
-	var err error
 	if *inArena {
 		a, err := kernel.NewArena(uint64(size))
 		if err != nil {
@@ -190,6 +180,9 @@ and attached processes of a running runtime.`, out)
 	names := make([]string, 0, len(progs))
 	for n := range progs {
 		names = append(names, n)
+	}
+	for _, obj := range objs {
+		names = append(names, obj.Names()...)
 	}
 	fmt.Fprintf(out, "kflex runtime: heap %s (%d MiB), %d executors (%v), extensions %v, listening on %s\n",
 		h.Name(), h.Size()>>20, *threads, rt.SliceStatus(), names, *socket)

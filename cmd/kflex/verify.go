@@ -52,7 +52,7 @@ type verifyError struct {
 }
 
 func runVerify(args []string, out io.Writer) error {
-	fs := newFlags("verify", "[--json] [--ctx-size N] PROG", `Verify PROG (ELF object, kflex assembler text or raw bytecode) as the extension
+	fs := newFlags("verify", "[--json] [--ctx-size N] PROG", `Verify PROG (ELF object, OBJ:NAME for one of several programs; kflex assembler text or raw bytecode) as the extension
 runtime would: the context of kflex serve (six read-only words; --ctx-size
 replaces it with that many bytes, any access in bounds), its helpers (which
 take numbers, not the context or frame pointers), and r3 at entry the

@@ -1,6 +1,7 @@
 // Package hostprobe asks the host kernel, with raw system calls and no kflex
 // code, whether it offers a feature some tests need: BPF program loads and
-// test runs, BPF arenas, the rseq time-slice extension. Its answer decides whether those tests run or skip,
+// test runs, BPF arenas, the rseq time-slice extension; and whether clang-19,
+// which builds the tests' C extensions, is installed. Its answer decides whether those tests run or skip,
 // so it must not depend on the code under test: a kflex regression then shows
 // as a failure of a test that ran, never as a skip.
 //
@@ -13,6 +14,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"os/exec"
 	"runtime"
 	"sync"
 	"unsafe"
@@ -24,6 +26,7 @@ import (
 // raw probe that asks for it.
 type Feature struct {
 	Name  string
+	What  string // "kernel feature", or "host tool" (a program tests run)
 	probe func() error
 
 	once sync.Once
@@ -66,7 +69,9 @@ func (f *Feature) Offered() error {
 
 // New is a feature with the given probe: for tests of decisions made on a
 // probe's answer.
-func New(name string, probe func() error) *Feature { return &Feature{Name: name, probe: probe} }
+func New(name string, probe func() error) *Feature {
+	return &Feature{Name: name, What: "kernel feature", probe: probe}
+}
 
 // The features kflex's tests ask for.
 var (
@@ -78,10 +83,23 @@ var (
 	// SliceExtension: the kernel answers a query of the rseq time-slice
 	// extension (Linux 7.0+ with CONFIG_RSEQ_SLICE_EXTENSION).
 	SliceExtension = New("rseq time-slice extension", probeSliceExtension)
+	// Clang: clang-19 is on the PATH, which builds the C extensions of the
+	// tests (BPF objects).
+	Clang = &Feature{Name: "clang-19", What: "host tool", probe: probeClang}
 )
 
 // All is every feature, in the order the test summary lists them.
-var All = []*Feature{Programs, Arena, SliceExtension}
+var All = []*Feature{Programs, Arena, SliceExtension, Clang}
+
+// ClangName is the C compiler the tests build extensions with.
+const ClangName = "clang-19"
+
+func probeClang() error {
+	if _, err := exec.LookPath(ClangName); err != nil {
+		return fmt.Errorf("%s: not on the PATH (apt-get install clang-19): %w", ClangName, err)
+	}
+	return nil
+}
 
 func probeSliceExtension() error {
 	_, _, errno := unix.RawSyscall6(unix.SYS_PRCTL, unix.PR_RSEQ_SLICE_EXTENSION, unix.PR_RSEQ_SLICE_EXTENSION_GET, 0, 0, 0, 0)

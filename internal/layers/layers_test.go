@@ -34,8 +34,9 @@ var layers = []layer{
 	// 1: the heap, pointer translation and rseq time slices; the bytecode
 	// format (decoding, validation, the assembler).
 	{"1", []string{"heap", "translate", "rseq", "bytecode"}},
-	// 2: the lock on the heap; the verifier on the bytecode.
-	{"2", []string{"mcs", "verifier"}},
+	// 2: the lock on the heap; the verifier on the bytecode; ELF objects
+	// read into bytecode.
+	{"2", []string{"mcs", "verifier", "object"}},
 	// 3: what applications link; the engines' parts (code generator,
 	// interpreter).
 	{"3", []string{"userspace", "jit/amd64", "jit/interp"}},
@@ -49,8 +50,8 @@ var layers = []layer{
 	// 7: program harnesses for tests and benchmarks: only the harnesses
 	// above, tests and cmd import them.
 	{"7", []string{"internal/isatest", "internal/progen", "internal/benchprog"}},
-	// 8: harnesses over the whole runtime: measurements, stress runs
-	// (planned), programs users copy (planned), this test.
+	// 8: harnesses over the whole runtime: measurements, stress runs,
+	// programs users copy (examples/: Go clients of C extensions), this test.
 	{"8", []string{"bench", "stress/...", "examples/...", "internal/layers"}},
 	// 9: the commands, and make test's summary of the host's features.
 	{"9", []string{"cmd/...", "internal/hostprobe/summary"}},
@@ -66,7 +67,7 @@ const appTop = "3"
 
 // engines are the packages below layer 4 that are not part of the application
 // stack: the bytecode and the BPF engines, built on cilium/ebpf's instructions.
-var engines = []string{"bytecode", "verifier", "jit/..."}
+var engines = []string{"bytecode", "verifier", "object", "jit/..."}
 
 // matches reports whether rel is entry or, for "dir/...", below it.
 func matches(rel, entry string) bool {

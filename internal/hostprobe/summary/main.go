@@ -1,5 +1,5 @@
-// Command summary prints one line per kernel feature that kflex's tests ask
-// the host for, saying whether the tests that need it ran or skipped, and
+// Command summary prints one line per kernel feature (and host tool:
+// clang-19) that kflex's tests ask the host for, saying whether the tests that need it ran or skipped, and
 // why: make test runs it last on the log the test binaries wrote
 // (testutil.FeatureLogEnv), so a skip is never silent in CI output.
 //
@@ -60,11 +60,11 @@ func main() {
 }
 
 func line(feat *hostprobe.Feature, t *tally) string {
-	head := "kernel feature " + feat.Name + ": "
+	head := feat.What + " " + feat.Name + ": "
 	if t == nil {
 		answer := "offered"
 		if err := feat.Offered(); err != nil {
-			answer = strings.TrimPrefix(err.Error(), head[len("kernel feature "):])
+			answer = strings.TrimPrefix(err.Error(), feat.Name+": ")
 		}
 		return head + "no test asked for it (host: " + answer + ")"
 	}

@@ -20,8 +20,9 @@
 // OpInvoke runs the extension called name with argument arg; OpCancel and
 // OpCancelProgram cancel invocations; OpStatus asks what the runtime runs,
 // answered with status 2 (success with a payload: a Status in JSON, at most
-// MaxData bytes). Ops were added within version 3: a runtime answers an op it
-// does not know with a failure naming it (IsUnknownOp). A process may have many requests in flight on one connection; the runtime
+// MaxData bytes); OpGlobal finds a global variable of the extensions by name.
+// Ops were added within version 3: a runtime answers an op it does not know
+// with a failure naming it (IsUnknownOp). A process may have many requests in flight on one connection; the runtime
 // serves them concurrently and answers each with a result carrying the
 // request's id, in any order. Ids are the process's choice; 0 is reserved:
 // a result with id 0 answers a request too short to carry an id, and the

@@ -25,6 +25,11 @@ const (
 	// carries a Status (status.go). A runtime older than this op answers
 	// it as any unknown op, with a failure naming it (IsUnknownOp).
 	OpStatus Op = 4
+	// OpGlobal finds the global variable Name of the runtime's extensions
+	// (a C global, which lives in the heap); Arg is how many bytes the
+	// process will access there, and a smaller global is a failure. The
+	// result's r0 is its address in the runtime's view.
+	OpGlobal Op = 5
 )
 
 const (
@@ -92,7 +97,7 @@ func (r Request) check() error {
 		if r.Name != "" || r.Arg != 0 {
 			return fmt.Errorf("status request %d: want no name and argument 0", r.ID)
 		}
-	case r.Op != OpInvoke && r.Op != OpCancelProgram:
+	case r.Op != OpInvoke && r.Op != OpCancelProgram && r.Op != OpGlobal:
 		return fmt.Errorf("%s %d in request %d", unknownOp, r.Op, r.ID)
 	case len(r.Name) == 0 || len(r.Name) > MaxNameLen:
 		return fmt.Errorf("request %d names a program of %d bytes, want 1 to %d", r.ID, len(r.Name), MaxNameLen)
@@ -168,6 +173,9 @@ const (
 	// budget ran out, its caller's context ended, an operator cancelled it
 	// (kflex cancel), or the runtime was closing. What it held was released.
 	CodeCancelled Code = 3
+	// CodeNoGlobal: OpGlobal found no global variable of that name, or one
+	// smaller than the request asked for.
+	CodeNoGlobal Code = 4
 )
 
 // The sentinels an *InvokeError matches (errors.Is), one per Code.
@@ -176,9 +184,11 @@ var (
 	ErrNoProgram = errors.New("no such program")
 	ErrRejected  = errors.New("request rejected")
 	ErrCancelled = errors.New("invocation cancelled")
+	ErrNoGlobal  = errors.New("no such global")
 )
 
-var codeErrs = map[Code]error{CodeFailed: ErrFailed, CodeNoProgram: ErrNoProgram, CodeRejected: ErrRejected, CodeCancelled: ErrCancelled}
+var codeErrs = map[Code]error{CodeFailed: ErrFailed, CodeNoProgram: ErrNoProgram, CodeRejected: ErrRejected, CodeCancelled: ErrCancelled,
+	CodeNoGlobal: ErrNoGlobal}
 
 func (c Code) String() string {
 	if err, ok := codeErrs[c]; ok {

@@ -56,7 +56,7 @@ func TestRequest(t *testing.T) {
 	r, err := DecodeRequest(b)
 	require.NoError(t, err)
 	assert.Equal(t, Request{ID: 3, Op: OpInvoke, Arg: 41, Name: "prog"}, r)
-	for _, want := range []Request{{ID: 4, Op: OpCancel, Arg: 3}, {ID: 5, Op: OpCancelProgram, Name: "prog"}, {ID: 6, Op: OpStatus}} {
+	for _, want := range []Request{{ID: 4, Op: OpCancel, Arg: 3}, {ID: 5, Op: OpCancelProgram, Name: "prog"}, {ID: 6, Op: OpStatus}, {ID: 7, Op: OpGlobal, Name: "table", Arg: 520}} {
 		b, err := AppendRequest(nil, want)
 		require.NoError(t, err)
 		r, err := DecodeRequest(b)
@@ -133,8 +133,8 @@ func TestResult(t *testing.T) {
 // an error of another type is CodeFailed; a code from a newer runtime is kept
 // and matches no sentinel.
 func TestResultCodes(t *testing.T) {
-	sentinels := []error{ErrFailed, ErrNoProgram, ErrRejected, ErrCancelled}
-	for code, want := range map[Code]error{CodeFailed: ErrFailed, CodeNoProgram: ErrNoProgram, CodeRejected: ErrRejected, CodeCancelled: ErrCancelled} {
+	sentinels := []error{ErrFailed, ErrNoProgram, ErrRejected, ErrCancelled, ErrNoGlobal}
+	for code, want := range map[Code]error{CodeFailed: ErrFailed, CodeNoProgram: ErrNoProgram, CodeRejected: ErrRejected, CodeCancelled: ErrCancelled, CodeNoGlobal: ErrNoGlobal} {
 		b := EncodeResult(4, 0, &InvokeError{Code: code, Message: "what happened"})
 		assert.Equal(t, uint64(code), binary.LittleEndian.Uint64(b[12:]), "the code is in r0's place")
 		r, err := DecodeResult(b)
