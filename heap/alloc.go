@@ -94,6 +94,7 @@ type allocator struct {
 	mu      sync.Mutex
 	slots   []*cacheSlot
 	noSlots atomic.Bool // every slot in the heap is taken: use the central pools
+	owned   owned       // this process's owned objects (owned.go)
 }
 
 // cacheSlot is one claimed cache slot; a goroutine owns it between get and put.

@@ -18,6 +18,7 @@ import (
 //	offset 12  pid     u32
 //	offset 16  gen     u32  bumped on every attach to the slot
 //	offset 24  since   u64  attach time, Unix nanoseconds
+//	offset 32  owned   u64  the process's owned objects (owned.go)
 //
 // A free slot has live == 0. A slot whose live word has OWNER_DIED set belongs
 // to a dead process: it stays reserved until what it held is recovered. The
@@ -65,6 +66,7 @@ func (h *Heap) BindOwner(slot uint32) {
 	_, gen := h.OwnerLiveness(slot)
 	a.rename(cur, &identity{word: attachedIdent(slot, gen)})
 	a.mu.Unlock()
+	h.startOwned(slot)
 	h.Reap()
 }
 
@@ -74,6 +76,9 @@ func (h *Heap) BindOwner(slot uint32) {
 // that nobody takes one over from a process that merely detached.
 func (h *Heap) UnbindOwner(slot uint32) {
 	a := h.allocator()
+	if s, _, ok := a.boundSlot(); ok && s == slot {
+		h.endOwned(slot) // errors: a registry overwritten in the heap, which Check reports
+	}
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	cur := a.id.Load()

@@ -11,12 +11,14 @@ type ReapStats struct {
 	Locks   int // allocator locks taken over from dead holders
 	Slots   int // dead processes' cache slots emptied and freed
 	Objects int // objects those slots held, now in the central pools
+	Owned   int // objects dead processes owned (AllocOwned), freed
 }
 
 // Reap recovers what dead processes left in the allocator: it takes over every
 // allocator lock a dead process holds (finishing its critical section) and
 // releases it, and empties every cache slot whose owner is dead into the central
-// pools, freeing the slot. Allocation does the same lazily — a waiter takes over
+// pools, freeing the slot, and frees the objects a dead process owned
+// (AllocOwned). Allocation does the same lazily — a waiter takes over
 // a dead holder's lock, a process claiming a cache slot drains a dead owner's —
 // so Reap is for a survivor that wants it done now; BindOwner (mcs.Attach) runs
 // it.
@@ -55,6 +57,13 @@ func (h *Heap) Reap() (ReapStats, error) {
 		atomic.CompareAndSwapUint64(w, me, 0)
 		st.Slots++
 		st.Objects += k
+	}
+	for s := range h.hdr.Params.MaxProcs {
+		if live, _ := h.OwnerLiveness(s); live == 0 || OwnerDead(live) {
+			n, err := h.reapOwned(s)
+			st.Owned += n
+			errs = errors.Join(errs, err)
+		}
 	}
 	return st, errs
 }

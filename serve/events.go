@@ -125,11 +125,11 @@ func (rt *Runtime) ServeUDP(conn *net.UDPConn, name string) error {
 }
 
 func (rt *Runtime) onDatagram(name string, data []byte) (uint64, error) {
-	off, err := rt.h.Alloc(uint64(max(len(data), 1)))
+	off, err := rt.h.AllocOwned(uint64(max(len(data), 1)))
 	if err != nil {
 		return 0, fmt.Errorf("datagram of %d bytes: %w", len(data), err)
 	}
-	defer rt.h.Free(off)
+	defer rt.h.FreeOwned(off)
 	copy(rt.h.Bytes(off, uint64(len(data))), data)
 	return rt.InvokeData(context.Background(), name, rt.h.Base()+off, uint64(len(data)))
 }

@@ -55,7 +55,7 @@ func (rt *Runtime) placeGlobals(obj *object.Object) (map[string]uint64, error) {
 	}
 	align := obj.Align()
 	_, span := obj.Layout(0)
-	off, err := rt.h.Alloc(max(span+align-1, 1))
+	off, err := rt.h.AllocOwned(max(span+align-1, 1))
 	if err != nil {
 		return nil, fmt.Errorf("serve: %s: globals of %d bytes: %w", obj.Name, span, err)
 	}
@@ -107,7 +107,7 @@ func (rt *Runtime) globalFor(name string, size uint64) (uint64, error) {
 // freeGlobals gives the globals' memory back to the heap.
 func (rt *Runtime) freeGlobals() {
 	for _, off := range rt.globalAllocs {
-		rt.h.Free(off)
+		rt.h.FreeOwned(off)
 	}
 	rt.globalAllocs = nil
 }

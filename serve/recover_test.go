@@ -166,7 +166,8 @@ func TestExtensionWaitsHolderKilled(t *testing.T) {
 
 // TestRuntimeKilledWhileQueued: a runtime whose extension waits behind a live
 // Go holder is SIGKILLed; after the holder unlocks, everyone can lock, and
-// the dead runtime's node and slot are recovered.
+// the dead runtime's node, slot and heap objects (executor stacks, rseq
+// areas: AllocOwned) are recovered.
 func TestRuntimeKilledWhileQueued(t *testing.T) {
 	h, path, off := recoveryWorld(t)
 	p, err := mcs.Attach(h)
@@ -175,6 +176,7 @@ func TestRuntimeKilledWhileQueued(t *testing.T) {
 	m, err := p.Mutex(off)
 	require.NoError(t, err)
 	require.NoError(t, m.Lock())
+	live := h.Stats().LiveObjects
 	runtime := startChild(t, roleRuntime, path, off, "invoking")
 	require.Eventually(t, func() bool { return atomic.LoadUint64(h.Uint64(off))>>32 != 0 },
 		20*time.Second, 100*time.Microsecond, "the extension never queued")
@@ -195,6 +197,9 @@ func TestRuntimeKilledWhileQueued(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatalf("a later locker hangs: word %+v", mcs.DecodeWord(atomic.LoadUint64(h.Uint64(off))))
 	}
+	_, err = h.Reap()
+	require.NoError(t, err)
+	assert.Equal(t, live, h.Stats().LiveObjects, "the dead runtime's executor stacks and rseq areas (owned objects) are back in the heap")
 	rt := lockRuntime(t, h, serve.Options{JIT: 1})
 	r0, err := rt.Invoke(context.Background(), "lockonce", h.Base()+off)
 	require.NoError(t, err)

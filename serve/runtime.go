@@ -239,7 +239,7 @@ func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runti
 func (rt *Runtime) newExecutor(interpreted bool) (*executor, error) {
 	h := rt.h
 	if interpreted {
-		area, err := h.Alloc(rseq.AreaSize)
+		area, err := h.AllocOwned(rseq.AreaSize)
 		if err != nil {
 			return nil, fmt.Errorf("serve: executor rseq area: %w", err)
 		}
@@ -249,19 +249,19 @@ func (rt *Runtime) newExecutor(interpreted bool) (*executor, error) {
 		im.Helpers = rt.helpers(e)
 		return e, nil
 	}
-	scratch, err := h.Alloc(jit.ScratchSize)
+	scratch, err := h.AllocOwned(jit.ScratchSize)
 	if err != nil {
 		return nil, fmt.Errorf("serve: executor stack: %w", err)
 	}
-	area, err := h.Alloc(rseq.AreaSize)
+	area, err := h.AllocOwned(rseq.AreaSize)
 	if err != nil {
-		h.Free(scratch)
+		h.FreeOwned(scratch)
 		return nil, fmt.Errorf("serve: executor rseq area: %w", err)
 	}
 	m, err := jit.NewMachineIn(jit.Region{Base: h.At(0), Size: h.Size(), Canon: h.CanonBase(), Scratch: scratch})
 	if err != nil {
-		h.Free(scratch)
-		h.Free(area)
+		h.FreeOwned(scratch)
+		h.FreeOwned(area)
 		return nil, err
 	}
 	e := &executor{m: m, node: rt.proc.TakeNode(), scratch: scratch, area: area, allocs: map[uint64]struct{}{}}
@@ -584,9 +584,9 @@ func (rt *Runtime) Close() error {
 	for _, e := range rt.all {
 		if e.m != nil {
 			e.m.Close()
-			rt.h.Free(e.scratch)
+			rt.h.FreeOwned(e.scratch)
 		}
-		rt.h.Free(e.area)
+		rt.h.FreeOwned(e.area)
 		// A node still abandoned in a queue stays there: once this process
 		// detaches, the recovery protocol treats it as a dead waiter's.
 		for _, n := range append(e.busy, e.node) {
