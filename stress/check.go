@@ -75,12 +75,8 @@ func (r *runner) finish(start time.Time) {
 			}
 		}
 	}
-	if r.rt != nil {
-		r.rt.mu.Lock()
-		for _, p := range r.rt.problems {
-			r.problem("%s", p)
-		}
-		r.rt.mu.Unlock()
+	if n := r.t.load(r.t.off + tRtStuck); n > 0 {
+		r.problem("%d of the runtime's executors left its pool: cancelled in a queue, their node stayed abandoned with no spare left", n)
 	}
 	r.objects(listed)
 	if sum, err := r.h.Check(); err != nil {
@@ -93,13 +89,9 @@ func (r *runner) finish(start time.Time) {
 		r.rep.LeakedObjects += int(st.Stranded)
 		r.problem("allocator: %d dead caches holding %d stranded objects after reaping", st.DeadCaches, st.Stranded)
 	}
-	var rtLive uint64 // the runtime's executor stacks and rseq areas
-	if r.rt != nil {
-		rtLive = r.rt.live
-	}
-	if want := 1 + rtLive + uint64(len(listed)+r.rep.LeakedObjects); st.LiveObjects != want {
-		r.problem("allocator: %d live objects, want %d (the table, %d of the runtime, %d on lists, %d leaked)",
-			st.LiveObjects, want, rtLive, len(listed), r.rep.LeakedObjects)
+	if want := 1 + uint64(len(listed)+r.rep.LeakedObjects); st.LiveObjects != want {
+		r.problem("allocator: %d live objects, want %d (the table, %d on lists, %d leaked)",
+			st.LiveObjects, want, len(listed), r.rep.LeakedObjects)
 	}
 	r.rep.Leaked = r.rep.LeakedObjects + r.rep.LeakedNodes + r.rep.LeakedSlots
 	rep := r.snapshot(start)
@@ -238,7 +230,7 @@ func (r *runner) objects(listed map[uint64]bool) {
 		}
 	}
 	for x := range allocated {
-		if listed[x] || r.rt != nil && r.rt.objs[x] {
+		if listed[x] {
 			continue
 		}
 		switch {

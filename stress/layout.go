@@ -27,6 +27,16 @@ const (
 	tCap     = 56 // list length at which inserts stop
 	tHeader  = 128
 
+	// The extension runtime's process (Config.Runtime): its window, its
+	// owner slot + 1 while it runs (0: none), and what its invocations saw.
+	tRtWindow        = 64
+	tRtSlot          = 72
+	tRtAcquired      = 80
+	tRtRepaired      = 88
+	tRtViolations    = 96
+	tRtCancellations = 104
+	tRtStuck         = 112 // executors that left its pool
+
 	// Lock record.
 	lWord        = 0  // the mcs lock word
 	lA           = 8  // pair: a == b outside the critical section

@@ -54,12 +54,17 @@ type Config struct {
 	// that got ErrOwnerDied marks the lock consistent without repairing) or
 	// "nolock" (workers sometimes update the pair without the lock).
 	Plant string
-	// Runtime adds an extension runtime in the parent (serve, one JIT and one
-	// interpreting executor) whose extension takes the same locks, checks
-	// and repairs the same data and updates the pair, invoked on random
-	// locks and cancelled at random moments (Report.Cancellations).
-	// An executor that leaves the runtime's pool (serve's reclaim found its
-	// queue node stranded and no spare) counts as stuck.
+	// Runtime adds the extension runtime's process (serve, one JIT and one
+	// interpreting executor), started like a worker, whose extension takes
+	// the same locks, checks and repairs the same data and updates the
+	// pair, invoked on random locks and cancelled at random moments
+	// (Report.Cancellations). The parent kills it as it kills the workers
+	// (Report.KilledRuntime), aiming at moments when an executor holds a
+	// lock or waits in a queue, and restarts it; what it held is recovered
+	// like a worker's, and its heap objects (executor stacks, rseq areas)
+	// go back to the heap. An executor that leaves the runtime's pool
+	// (serve's reclaim found its queue node stranded and no spare) counts as
+	// stuck.
 	Runtime bool
 	// RuntimeWindow is the extension's loop between the pair's two
 	// increments, a cancellation point (4000 rounds).
@@ -112,6 +117,9 @@ type Report struct {
 	KilledWaiting   int `json:"killed_waiting"`
 	KilledAllocator int `json:"killed_allocator"`
 	KilledOther     int `json:"killed_other"`
+	// KilledRuntime counts the kills of the runtime's process (also counted
+	// by what its executors were doing).
+	KilledRuntime int `json:"killed_runtime"`
 	// MaxWaitMs is the longest Lock call of any worker goroutine.
 	MaxWaitMs float64 `json:"max_wait_ms"`
 	// Orphans: objects that kills left allocated outside the lists and that
@@ -193,7 +201,6 @@ type runner struct {
 	orphanOK map[uint64]int     // objects named by dead threads' holds
 	pendings int                // dead threads killed while allocating (one unknown orphan each)
 	auditing bool               // the parent's final takeovers: not latency samples
-	rt       *rtRun             // the runtime (Config.Runtime), whose process r.p is
 }
 
 // Run runs the stress test that cfg describes until its kills or duration are
@@ -224,17 +231,9 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		return r.rep, err
 	}
 	defer r.h.Close()
-	if r.rt != nil {
-		defer r.rt.rt.Close() // and detaches its process, r.p
-		r.runRuntime()
-	} else {
-		defer r.p.Detach()
-	}
+	defer r.p.Detach()
 	start := time.Now()
 	err := r.loop(ctx, start)
-	if r.rt != nil {
-		r.stopRuntime()
-	}
 	r.stop()
 	r.finish(start)
 	r.rep.DurationS = time.Since(start).Seconds()
@@ -251,28 +250,16 @@ func (r *runner) setUp(plant uint64) error {
 		return fmt.Errorf("stress: %w", err)
 	}
 	r.h = h
-	if c.Runtime {
-		if err := r.startRuntime(); err != nil {
-			h.Close()
-			return err
-		}
-	} else {
-		p, err := mcs.Attach(h)
-		if err != nil {
-			h.Close()
-			return fmt.Errorf("stress: %w", err)
-		}
-		r.p = p
+	p, err := mcs.Attach(h)
+	if err != nil {
+		h.Close()
+		return fmt.Errorf("stress: %w", err)
 	}
-	p := r.p
+	r.p = p
 	size := tableSize(c.Procs, c.Threads, c.Locks)
 	off, err := h.Alloc(size)
 	if err != nil {
-		if r.rt != nil {
-			r.rt.rt.Close()
-		} else {
-			p.Detach()
-		}
+		p.Detach()
 		h.Close()
 		return fmt.Errorf("stress: table: %w", err)
 	}
@@ -285,14 +272,14 @@ func (r *runner) setUp(plant uint64) error {
 		t.store(t.lock(i)+lIndex, uint64(i))
 	}
 	for k, v := range map[uint64]uint64{tProcs: uint64(c.Procs), tThreads: uint64(c.Threads), tLocks: uint64(c.Locks),
-		tPlant: plant, tWindow: uint64(c.Window), tCap: uint64(c.ListCap)} {
+		tPlant: plant, tWindow: uint64(c.Window), tCap: uint64(c.ListCap), tRtWindow: uint64(c.RuntimeWindow)} {
 		t.store(off+k, v)
 	}
 	t.store(off+tMagic, magic)
 	atomic.StoreUint64(h.Root(tableRoot), off)
 	r.t = t
-	r.workers = make([]*worker, c.Procs)
-	for i := range c.Procs {
+	r.workers = make([]*worker, c.Procs+r.runtimes())
+	for i := range r.workers {
 		if err := r.start(i); err != nil {
 			return err
 		}
@@ -306,7 +293,11 @@ func (r *runner) start(i int) error {
 	if cmd.Env == nil {
 		cmd.Env = os.Environ()
 	}
-	cmd.Env = append(cmd.Env, WorkerEnv+"="+r.path+","+strconv.Itoa(i))
+	idx := strconv.Itoa(i)
+	if i == r.cfg.Procs {
+		idx = RuntimeWorker
+	}
+	cmd.Env = append(cmd.Env, WorkerEnv+"="+r.path+","+idx)
 	if cmd.Stderr == nil {
 		cmd.Stderr = os.Stderr
 	}
@@ -333,8 +324,8 @@ func (r *runner) loop(ctx context.Context, start time.Time) error {
 		}
 		// The schedule: victim, what to wait for, delay. All drawn up front
 		// so that a seed gives the same sequence of choices.
-		victim := r.rng.IntN(c.Procs)
-		aim := r.rng.IntN(4) // stHolding, stWaiting, stAllocator, or anything (0)
+		victim := r.rng.IntN(len(r.workers)) // c.Procs: the runtime
+		aim := r.rng.IntN(4)                 // stHolding, stWaiting, stAllocator, or anything (0)
 		delay := time.Duration(r.rng.Int64N(int64(c.MaxDelay) + 1))
 		r.pause(delay)
 		if err := r.watch(); err != nil {
@@ -383,21 +374,29 @@ func (r *runner) watch() error {
 // kill SIGKILLs worker i once one of its goroutines is in state aim (or after
 // 20 ms without one, or at once for aim 0), waits for it and settles what it
 // left: its held locks become pending recoveries, its hold words orphan
-// allowances.
+// allowances. Worker Procs is the runtime: its executors' states are read
+// from the lock words and its queue nodes.
 func (r *runner) kill(i int, aim uint64) {
 	w := r.workers[i]
 	before := make([]uint64, r.t.locks)
 	for l := range before {
 		before[l] = r.t.load(r.t.lock(l) + lRecoveries)
 	}
+	rt := r.t.load(r.t.off + tRtSlot)
+	isRuntime := i == r.cfg.Procs
 	state := uint64(stIdle)
 	deadline := time.Now().Add(20 * time.Millisecond)
 	for spins := 0; ; spins++ {
-		if aim != 0 && r.anyIn(i, aim) {
+		if !isRuntime && aim != 0 && r.anyIn(i, aim) {
 			state = aim
 			break
 		}
-		if state = r.mostInteresting(i); aim == 0 || time.Now().After(deadline) {
+		if isRuntime {
+			state = r.runtimeState(rt)
+		} else {
+			state = r.mostInteresting(i)
+		}
+		if aim == 0 || state == aim || time.Now().After(deadline) {
 			break
 		}
 		if spins%64 == 63 {
@@ -425,22 +424,35 @@ func (r *runner) kill(i int, aim uint64) {
 		r.rep.KilledOther++
 	}
 	r.ended(i, w)
-	for th := range r.t.threads {
-		rec := r.t.thread(i, th)
-		if l := r.t.load(rec + rHeldLock); l != 0 {
-			if _, ok := r.pending[int(l-1)]; !ok {
-				r.pending[int(l-1)] = [2]uint64{at, before[l-1]}
+	pend := func(l int) {
+		if _, ok := r.pending[l]; !ok {
+			r.pending[l] = [2]uint64{at, before[l]}
+		}
+	}
+	if isRuntime {
+		r.rep.KilledRuntime++
+		for l := range r.t.locks {
+			if r.runtimeHolds(rt, l) {
+				pend(l)
 			}
 		}
-		switch x := r.t.load(rec + rHold); x {
-		case 0:
-		case holdPending:
-			r.pendings++
-		default:
-			r.orphanOK[x]++
-		}
-		for _, f := range []uint64{rState, rWaitSince, rHeldLock, rHold} {
-			r.t.store(rec+f, 0)
+		r.t.store(r.t.off+tRtSlot, 0)
+	} else {
+		for th := range r.t.threads {
+			rec := r.t.thread(i, th)
+			if l := r.t.load(rec + rHeldLock); l != 0 {
+				pend(int(l - 1))
+			}
+			switch x := r.t.load(rec + rHold); x {
+			case 0:
+			case holdPending:
+				r.pendings++
+			default:
+				r.orphanOK[x]++
+			}
+			for _, f := range []uint64{rState, rWaitSince, rHeldLock, rHold} {
+				r.t.store(rec+f, 0)
+			}
 		}
 	}
 	// Give the dead's slots and allocator state back now, beside the live
@@ -450,6 +462,28 @@ func (r *runner) kill(i int, aim uint64) {
 		r.problem("heap reap after kill %d: %v", r.rep.Kills, err)
 	}
 	r.scan()
+}
+
+// runtimeState is what the runtime process (owner slot + 1 rt) does, as a
+// kill aims at it: one of its executors holds a lock, or waits for one.
+func (r *runner) runtimeState(rt uint64) uint64 {
+	for l := range r.t.locks {
+		if r.runtimeHolds(rt, l) {
+			return stHolding
+		}
+	}
+	if r.runtimeQueued(rt) {
+		return stWaiting
+	}
+	return stIdle
+}
+
+// runtimes is how many runtime processes the run has (Config.Runtime): 0 or 1.
+func (r *runner) runtimes() int {
+	if r.cfg.Runtime {
+		return 1
+	}
+	return 0
 }
 
 // anyIn reports whether one of worker i's goroutines is in state s.
@@ -544,12 +578,13 @@ func (r *runner) snapshot(start time.Time) Report {
 	for l := range r.t.locks {
 		rep.Recoveries += int(r.t.load(r.t.lock(l) + lRecoveries))
 	}
-	if x := r.rt; x != nil {
-		rep.Acquisitions += x.acquisitions.Load()
-		rep.ExtensionAcquisitions = x.acquisitions.Load()
-		rep.Repaired += int(x.repaired.Load())
-		rep.Violations += int(x.violations.Load())
-		rep.Cancellations = int(x.cancellations.Load())
+	rep.ExtensionAcquisitions = r.t.load(r.t.off + tRtAcquired)
+	rep.Acquisitions += rep.ExtensionAcquisitions
+	rep.Repaired += int(r.t.load(r.t.off + tRtRepaired))
+	rep.Violations += int(r.t.load(r.t.off + tRtViolations))
+	rep.Cancellations = int(r.t.load(r.t.off + tRtCancellations))
+	if n := int(r.t.load(r.t.off + tRtStuck)); n > 0 {
+		rep.Stuck += n
 	}
 	rep.MaxWaitMs = float64(maxWait) / 1e6
 	if n := len(r.samples); n > 0 {

@@ -5,17 +5,17 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"math/bits"
 	"math/rand/v2"
+	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/cilium/ebpf/asm"
 
 	"github.com/kflex-go/kflex/abi"
 	"github.com/kflex-go/kflex/bytecode"
+	"github.com/kflex-go/kflex/heap"
 	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/mcs"
 	"github.com/kflex-go/kflex/serve"
@@ -144,176 +144,129 @@ release:
 	return strings.NewReplacer("@lock", abi.LockCall, "@consistent", abi.ConsistentCall, "@unlock", abi.UnlockCall).Replace(text) + mcs.BytecodeLock
 }
 
-// rtRun is the runtime in the parent: its executors run the extension on
-// random locks from invoker goroutines while a canceller cancels them.
-type rtRun struct {
-	rt   *serve.Runtime
-	objs map[uint64]bool // its allocations (executor stacks, rseq areas)
-	live uint64          // and how many the allocator counts
+// RuntimeWorker is WorkerEnv's INDEX for the extension runtime's process
+// (Config.Runtime), which the parent kills and restarts like a worker.
+const RuntimeWorker = "runtime"
 
-	ctx           context.Context // ends at the stop, also for an invoker waiting for an executor
-	stop          context.CancelFunc
-	wg            sync.WaitGroup
-	acquisitions  atomic.Uint64
-	repaired      atomic.Int64
-	violations    atomic.Int64
-	cancellations atomic.Int64
-	mu            sync.Mutex
-	problems      []string
-}
-
-// startRuntime creates the runtime (one JIT, one interpreting executor) on
-// the run's heap; r.p becomes its process.
-func (r *runner) startRuntime() error {
-	if err := jit.Supported(); err != nil {
-		return fmt.Errorf("stress: runtime: %w", err)
-	}
-	h, c := r.h, r.cfg
-	if h.Base()%h.Size() != 0 {
-		return fmt.Errorf("stress: runtime: heap base %#x not aligned to its size", h.Base())
-	}
-	insns, err := bytecode.Assemble(extension(h.Size(), h.Header().PagesOff, c.ListCap, c.RuntimeWindow))
+// runtimeMain is the runtime process's body: it opens the heap, starts a
+// runtime (one JIT, one interpreting executor) whose extension takes the
+// table's locks, and invokes it on random locks from one goroutine per
+// executor while a canceller cancels invocations at random, until the table's
+// stop word is set. What it sees is counted in the table's header (tRt*): a
+// kill loses nothing but the invocations in flight. A worker's exit status
+// says whether it could do its job.
+func runtimeMain(path string) error {
+	h, err := heap.Open(path, nil)
 	if err != nil {
-		return fmt.Errorf("stress: extension: %w", err)
+		return fmt.Errorf("stress runtime: %w", err)
 	}
-	before := allocated(r)
-	liveBefore := h.Stats().LiveObjects
+	defer h.Close()
+	t, ok := openTable(h)
+	if !ok {
+		return fmt.Errorf("stress runtime: no stress table in %s", path)
+	}
+	if err := jit.Supported(); err != nil {
+		return fmt.Errorf("stress runtime: %w", err)
+	}
+	if h.Base()%h.Size() != 0 {
+		return fmt.Errorf("stress runtime: heap base %#x not aligned to its size", h.Base())
+	}
+	insns, err := bytecode.Assemble(extension(h.Size(), h.Header().PagesOff, int(t.load(t.off+tCap)), int(t.load(t.off+tRtWindow))))
+	if err != nil {
+		return fmt.Errorf("stress runtime: extension: %w", err)
+	}
 	rt, err := serve.NewWith(h, map[string]asm.Instructions{extName: insns},
 		serve.Options{JIT: 1, Interpreted: 1, Budget: -1, Trace: io.Discard})
 	if err != nil {
-		return fmt.Errorf("stress: runtime: %w", err)
+		return fmt.Errorf("stress runtime: %w", err)
 	}
-	x := &rtRun{rt: rt, objs: map[uint64]bool{}, live: h.Stats().LiveObjects - liveBefore}
-	x.ctx, x.stop = context.WithCancel(context.Background())
-	for off := range allocated(r) {
-		if !before[off] {
-			x.objs[off] = true
-		}
+	defer rt.Close()
+	t.store(t.off+tRtSlot, uint64(rt.Process().Slot())+1)
+	go orphaned()
+	ctx, stop := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	seed := uint64(os.Getpid())
+	for g := range 2 {
+		rng := rand.New(rand.NewPCG(seed, 100+uint64(g)))
+		wg.Go(func() { t.invoke(ctx, rt, rng) })
 	}
-	r.rt, r.p = x, rt.Process()
+	rng := rand.New(rand.NewPCG(seed, 200))
+	for t.load(t.off+tStop) == 0 {
+		time.Sleep(time.Duration(rng.Int64N(int64(2 * time.Millisecond))))
+		rt.Cancel(extName)
+	}
+	stop()
+	wg.Wait()
+	if n := rt.Stuck(); n > 0 {
+		t.add(t.off+tRtStuck, uint64(n))
+		fmt.Fprintf(os.Stderr, "stress runtime: %d executors left the pool: cancelled in a queue, their node stayed abandoned with no spare left\n", n)
+	}
 	return nil
 }
 
-// allocated is the set of allocated small objects (the allocator's bitmap).
-func allocated(r *runner) map[uint64]bool {
-	hdr := r.h.Header()
-	set := map[uint64]bool{}
-	for w := hdr.ObjBitsOff; w < hdr.FreeBitsOff; w += 8 {
-		v := atomic.LoadUint64(r.h.Uint64(w))
-		for v != 0 {
-			b := uint64(bits.TrailingZeros64(v))
-			v &= v - 1
-			if off := ((w-hdr.ObjBitsOff)*8 + b) * 8; off >= hdr.PagesOff {
-				set[off] = true
-			}
+// invoke runs the extension on random locks until ctx ends, a quarter of the
+// invocations under a context of 0-1 ms, and counts what they returned.
+func (t *table) invoke(ctx context.Context, rt *serve.Runtime, rng *rand.Rand) {
+	for ctx.Err() == nil {
+		i := rng.IntN(t.locks)
+		c, done := ctx, func() {}
+		if rng.IntN(4) == 0 {
+			c, done = context.WithTimeout(ctx, time.Duration(rng.Int64N(int64(time.Millisecond))))
+		}
+		r0, err := rt.Invoke(c, extName, t.h.Base()+t.lock(i))
+		done()
+		switch {
+		case errors.Is(err, abi.ErrCancelled):
+			t.add(t.off+tRtCancellations, 1)
+		case err != nil:
+			t.rtViolation("extension on lock %d: %v", i, err)
+		default:
+			t.account(i, r0)
 		}
 	}
-	return set
-}
-
-func (x *rtRun) problem(format string, args ...any) {
-	x.mu.Lock()
-	defer x.mu.Unlock()
-	if len(x.problems) < 10 {
-		x.problems = append(x.problems, fmt.Sprintf(format, args...))
-	}
-}
-
-// run starts the invokers (one per executor) and the canceller, each with
-// its own stream of the seed: invocations on random locks, a quarter of them
-// under a context of 0-1 ms; Runtime.Cancel at random moments 0-2 ms apart.
-func (r *runner) runRuntime() {
-	x, t, seed := r.rt, r.t, r.cfg.Seed
-	for g := range 2 {
-		rng := rand.New(rand.NewPCG(seed, 100+uint64(g)))
-		x.wg.Go(func() {
-			for {
-				select {
-				case <-x.ctx.Done():
-					return
-				default:
-				}
-				i := rng.IntN(t.locks)
-				ctx, done := x.ctx, func() {}
-				if rng.IntN(4) == 0 {
-					ctx, done = context.WithTimeout(ctx, time.Duration(rng.Int64N(int64(time.Millisecond))))
-				}
-				r0, err := x.rt.Invoke(ctx, extName, r.h.Base()+t.lock(i))
-				done()
-				if err != nil {
-					if errors.Is(err, abi.ErrCancelled) {
-						x.cancellations.Add(1)
-					} else {
-						x.violations.Add(1)
-						x.problem("extension on lock %d: %v", i, err)
-					}
-					continue
-				}
-				x.account(i, r0)
-			}
-		})
-	}
-	rng := rand.New(rand.NewPCG(seed, 200))
-	x.wg.Go(func() {
-		for {
-			select {
-			case <-x.ctx.Done():
-				return
-			case <-time.After(time.Duration(rng.Int64N(int64(2 * time.Millisecond)))):
-				x.rt.Cancel(extName)
-			}
-		}
-	})
 }
 
 // account counts what one invocation returned.
-func (x *rtRun) account(i int, r0 uint64) {
+func (t *table) account(i int, r0 uint64) {
 	switch {
 	case r0&extNotRecv != 0:
-		x.violations.Add(1)
-		x.problem("extension on lock %d: LockNotRecoverable", i)
+		t.rtViolation("extension on lock %d: LockNotRecoverable", i)
 		return
 	case r0&extCut != 0:
-		x.violations.Add(1)
-		x.problem("extension on lock %d: the list's forward chain does not parse", i)
+		t.rtViolation("extension on lock %d: the list's forward chain does not parse", i)
 	case r0&extBroken != 0 && r0&extDied != 0:
-		x.repaired.Add(1)
+		t.add(t.off+tRtRepaired, 1)
 	case r0&extBroken != 0:
-		x.violations.Add(1)
-		x.problem("extension on lock %d: data broken under a clean lock", i)
+		t.rtViolation("extension on lock %d: data broken under a clean lock", i)
 	}
-	x.acquisitions.Add(1)
+	t.add(t.off+tRtAcquired, 1)
 }
 
-// stopRuntime stops the invokers and the canceller: a last Runtime.Cancel
-// ends an invocation that waits; one still running after the liveness bound
-// is stuck.
-func (r *runner) stopRuntime() {
-	x := r.rt
-	x.stop()
-	defer func() {
-		if n := x.rt.Stuck(); n > 0 {
-			r.rep.Stuck += n
-			r.problem("%d of the runtime's executors left its pool: cancelled in a queue, their node stayed abandoned with no spare left", n)
-		}
-	}()
-	done := make(chan struct{})
-	go func() { x.wg.Wait(); close(done) }()
-	deadline := time.After(r.cfg.MaxWait)
-	for {
-		select {
-		case <-done:
-			return
-		case <-deadline:
-			r.rep.Stuck++
-			r.problem("the runtime's invocations still run %v after the stop: %v", r.cfg.MaxWait, x.rt.Running())
-			x.rt.Cancel("")
-			<-done
-			return
-		case <-time.After(10 * time.Millisecond):
-			x.rt.Cancel(extName)
+// rtViolation counts a violation the runtime saw and says what it was on
+// stderr, which the parent's is.
+func (t *table) rtViolation(format string, args ...any) {
+	t.add(t.off+tRtViolations, 1)
+	fmt.Fprintf(os.Stderr, "stress runtime: "+format+"\n", args...)
+}
+
+// runtimeHolds reports whether the runtime process (owner slot + 1 rt) holds
+// lock l, and runtimeQueued whether one of its nodes waits in a queue.
+func (r *runner) runtimeHolds(rt uint64, l int) bool {
+	w := mcs.DecodeWord(r.t.load(r.t.lock(l) + lWord))
+	return rt != 0 && w.Locked && uint64(w.Owner) == rt
+}
+
+func (r *runner) runtimeQueued(rt uint64) bool {
+	if rt == 0 {
+		return false
+	}
+	hdr := r.h.Header()
+	for i := uint32(rt-1) * hdr.NodesPerProc; i < uint32(rt)*hdr.NodesPerProc; i++ {
+		if s := r.p.QueueNode(i).State; s == mcs.NodeWaiting || s == mcs.NodeParked || s == mcs.NodeHead {
+			return true
 		}
 	}
+	return false
 }
 
 // nodesForRuntime is the nodes per process the runtime needs: an executor

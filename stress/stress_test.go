@@ -32,8 +32,9 @@ func workerCommand(t *testing.T) func() *exec.Cmd {
 }
 
 // TestKills: a few hundred SIGKILLs of four worker processes of four
-// goroutines on four locks, with the extension runtime's JIT and interpreter
-// executors in the parent taking the same locks and cancelled at random: no
+// goroutines on four locks, with the extension runtime's process, whose JIT
+// and interpreter executors take the same locks and are cancelled at random,
+// killed and restarted like the workers: no
 // violation, nobody stuck, nothing leaked, every worker accounted for,
 // recoveries that really repaired torn data, and extensions that both
 // completed and were cancelled.
@@ -60,6 +61,7 @@ func TestKills(t *testing.T) {
 	assert.NotZero(t, rep.Acquisitions)
 	assert.NotZero(t, rep.ExtensionAcquisitions, "the runtime's extensions took the locks")
 	assert.NotZero(t, rep.Cancellations, "the runtime's extensions were cancelled")
+	assert.NotZero(t, rep.KilledRuntime, "the runtime's process was killed too")
 }
 
 // knownBugs fails the test for any problem, the leftovers of the two mcs

@@ -17,7 +17,7 @@ import (
 )
 
 // WorkerEnv names the environment variable that makes a process a worker:
-// "HEAPPATH,INDEX". Config.Command's process must call WorkerMain when it is
+// "HEAPPATH,INDEX", INDEX RuntimeWorker for the extension runtime's process. Config.Command's process must call WorkerMain when it is
 // set (IsWorker).
 const WorkerEnv = "KFLEX_STRESS_WORKER"
 
@@ -32,6 +32,9 @@ func IsWorker() bool { return os.Getenv(WorkerEnv) != "" }
 func WorkerMain() error {
 	spec := os.Getenv(WorkerEnv)
 	path, idx, ok := strings.Cut(spec, ",")
+	if ok && idx == RuntimeWorker {
+		return runtimeMain(path)
+	}
 	proc, err := strconv.Atoi(idx)
 	if !ok || err != nil {
 		return fmt.Errorf("stress worker: %s=%q: want PATH,INDEX", WorkerEnv, spec)

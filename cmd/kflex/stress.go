@@ -30,10 +30,12 @@ owner-died result repairs torn data (repaired); torn data under a clean lock is
 a violation; a lock wait over 2 s is a stuck waiter; at the end every lock is
 taken once more, the dead are reaped and the heap is checked: objects, queue
 nodes or owner slots that nothing accounts for are leaked. Beside them, the
-extension runtime runs in the parent (one JIT and one interpreting executor):
-its extension takes the same locks, checks and repairs the same data, and is
-cancelled at random, while it waits, holds or runs (cancellations); an
-executor whose queue node stays stranded counts as stuck. The seed reproduces
+extension runtime runs in a process of its own (one JIT and one interpreting
+executor): its extension takes the same locks, checks and repairs the same
+data, and is cancelled at random, while it waits, holds or runs
+(cancellations); the runtime's process is killed and restarted like a worker,
+aimed at moments when an executor holds a lock or waits; an executor whose
+queue node stays stranded counts as stuck. The seed reproduces
 the parent's schedule of kills, not the OS's timing.
 Recovery latency: from the SIGKILL of a worker holding a lock to the next
 acquisition of that lock (with the owner-died result), as the acquirer's clock
@@ -108,8 +110,8 @@ func progressLine(r stress.Report, target int) string {
 // summary prints the human report.
 func summary(out io.Writer, r stress.Report) {
 	fmt.Fprintf(out, "kflex stress: %d processes x %d goroutines on %d locks, seed %d, %.1f s\n", r.Procs, r.Threads, r.Locks, r.Seed, r.DurationS)
-	fmt.Fprintf(out, "  kills         %d (holding a lock %d, waiting %d, in the allocator %d, elsewhere %d)\n",
-		r.Kills, r.KilledHolding, r.KilledWaiting, r.KilledAllocator, r.KilledOther)
+	fmt.Fprintf(out, "  kills         %d (holding a lock %d, waiting %d, in the allocator %d, elsewhere %d; of the runtime %d)\n",
+		r.Kills, r.KilledHolding, r.KilledWaiting, r.KilledAllocator, r.KilledOther, r.KilledRuntime)
 	fmt.Fprintf(out, "  recoveries    %d (torn data repaired %d); kill -> next acquisition p50 %.0f us, p90 %.0f us, p99 %.0f us, max %.0f us (%d samples, %d of 9 ms or more)\n",
 		r.Recoveries, r.Repaired, r.RecoveryP50us, r.RecoveryP90us, r.RecoveryP99us, r.RecoveryMaxUs, r.RecoverySamples, r.RecoveryParked)
 	fmt.Fprintf(out, "  acquisitions  %d (by extensions %d, cancelled %d); longest lock wait %.1f ms\n",
