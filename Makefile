@@ -46,6 +46,8 @@ test: lint
 	$(GO) test -tags kflextrace -count=1 ./jit/interp ./verifier || status=1; \
 	echo "# the lock's fault points: a child killed at every step of the protocol"; \
 	$(GO) test -race -tags kflexfault -count=1 -run 'Kill|Killed|Reap|NotRecoverable|DeadSuccessor' ./mcs || status=1; \
+	echo "# a live successor stopped at a fault point: the runtime's holder waits for its link"; \
+	$(GO) test -race -tags kflexfault -count=1 -run 'TestHolderCancelledAwaitingLink' ./serve || status=1; \
 	$(GO) run ./internal/hostprobe/summary $(FEATURE_LOG); \
 	exit $$status
 
@@ -54,7 +56,7 @@ lint:
 	$(GO) vet ./...
 	GOARCH=arm64 $(GO) vet ./...   # other architectures build, with the interpreter
 	$(GO) vet -tags kflextrace ./jit/interp ./verifier
-	$(GO) vet -tags kflexfault ./mcs
+	$(GO) vet -tags kflexfault ./mcs ./serve
 	$(GO) run $(STATICCHECK) ./...
 
 # Benchmarks, with the robust pthread mutex baseline built from C and run in the

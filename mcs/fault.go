@@ -2,8 +2,10 @@ package mcs
 
 // Fault points: the named steps of the lock protocol where a test kills the
 // process (TestKillAtEveryPoint). Built with the kflexfault tag, fault(pt)
-// SIGKILLs the process when the environment variable KFLEX_FAULT names pt;
-// without the tag it is an empty function, and the calls compile to nothing.
+// SIGKILLs the process when the environment variable KFLEX_FAULT names pt
+// (or, with KFLEX_FAULT_ACTION=stop, FaultActionStop, SIGSTOPs it there: a
+// live party frozen at that step until SIGCONT); without the tag it is an
+// empty function, and the calls compile to nothing.
 const (
 	FaultSwapped    = "swapped"     // after the tail swap, before linking to the predecessor
 	FaultLinked     = "linked"      // linked behind the predecessor, not yet head
@@ -19,6 +21,10 @@ const (
 // its TID into the liveness word, with the slot's entry as the robust list's
 // list_op_pending) and before it links the entry into its robust list.
 const FaultAttachClaimed = "attach-claimed"
+
+// FaultActionStop, as KFLEX_FAULT_ACTION, stops the process at its fault
+// point instead of killing it.
+const FaultActionStop = "stop"
 
 // FaultPoints lists the fault points in protocol order.
 var FaultPoints = []string{FaultSwapped, FaultLinked, FaultParked, FaultHead, FaultHeadParked, FaultTaken, FaultGranted}

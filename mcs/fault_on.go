@@ -4,18 +4,32 @@ package mcs
 
 import (
 	"os"
+	"runtime"
 	"syscall"
 )
 
 // FaultInjection reports whether this build kills itself at fault points.
 const FaultInjection = true
 
-var faultAt = os.Getenv("KFLEX_FAULT")
+var (
+	faultAt = os.Getenv("KFLEX_FAULT")
+	// faultStop: KFLEX_FAULT_ACTION=stop freezes the process at the point
+	// instead (SIGSTOP); it goes on from there when it gets SIGCONT.
+	faultStop = os.Getenv("KFLEX_FAULT_ACTION") == FaultActionStop
+)
 
-// fault kills the process at point pt if KFLEX_FAULT names it.
+// fault kills (or stops) the process at point pt if KFLEX_FAULT names it.
 func fault(pt string) {
-	if pt == faultAt {
-		syscall.Kill(os.Getpid(), syscall.SIGKILL)
-		select {}
+	if pt != faultAt {
+		return
 	}
+	if faultStop {
+		// At this thread, so that it stops before its next instruction.
+		runtime.LockOSThread()
+		syscall.Tgkill(os.Getpid(), syscall.Gettid(), syscall.SIGSTOP)
+		runtime.UnlockOSThread()
+		return
+	}
+	syscall.Kill(os.Getpid(), syscall.SIGKILL)
+	select {}
 }

@@ -377,13 +377,21 @@ func TestReapAfterKills(t *testing.T) {
 func (w *world) stuckHolder(t *testing.T, off uint64) Node {
 	n := w.p.TakeNode()
 	t.Cleanup(func() { w.p.GiveNode(n) })
-	node := w.p.node(n.Index)
-	atomic.StoreUint32(node.next(), 0)
-	atomic.StoreUint32(node.prev(), 0)
-	atomic.StoreUint64(node.lock(), off)
-	atomic.StoreUint32(node.state(), nodeHead)
+	w.setNode(n.Index, QueueNode{State: NodeHead, Lock: off})
 	atomic.StoreUint64(w.h.Uint64(off), w.p.Held()|uint64(n.Index+1)<<wordTailShift)
 	return n
+}
+
+// setNode writes node idx (of any slot) as the protocol would have left it:
+// q's links, lock and state, and the owner its index gives. Tests build with
+// it the queues that a history of deaths and departures leaves.
+func (w *world) setNode(idx uint32, q QueueNode) {
+	n := w.p.node(idx)
+	atomic.StoreUint32(n.next(), q.Next)
+	atomic.StoreUint32(n.owner(), w.p.nodeOwner(idx+1))
+	atomic.StoreUint32(n.prev(), q.Prev)
+	atomic.StoreUint64(n.lock(), q.Lock)
+	atomic.StoreUint32(n.state(), q.State)
 }
 
 // TestUnstick: after a kernel waiter's KernelStuck (faked: the kernel form

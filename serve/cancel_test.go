@@ -50,6 +50,14 @@ func runtimeOf(t testing.TB, srcs map[string]string, o serve.Options) (*serve.Ru
 	}
 	h, err := heap.Create(filepath.Join(t.TempDir(), "heap"), &heap.Options{Params: heap.Params{Size: 8 << 20}})
 	require.NoError(t, err)
+	t.Cleanup(func() { h.Close() })
+	return runtimeOn(t, h, srcs, o), h
+}
+
+// runtimeOn is a runtime on h running the programs srcs (name → assembler
+// text), closed when the test ends (before h, if h was made first).
+func runtimeOn(t testing.TB, h *heap.Heap, srcs map[string]string, o serve.Options) *serve.Runtime {
+	t.Helper()
 	progs := map[string]asm.Instructions{}
 	for name, src := range srcs {
 		insns, err := bytecode.Assemble(src)
@@ -59,11 +67,8 @@ func runtimeOf(t testing.TB, srcs map[string]string, o serve.Options) (*serve.Ru
 	o.Trace = io.Discard
 	rt, err := serve.NewWith(h, progs, o)
 	require.NoError(t, err)
-	t.Cleanup(func() {
-		rt.Close()
-		h.Close()
-	})
-	return rt, h
+	t.Cleanup(func() { rt.Close() })
+	return rt
 }
 
 // serveOn serves rt on a socket in the test's directory until the test ends,

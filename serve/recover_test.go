@@ -3,6 +3,7 @@ package serve_test
 import (
 	"bufio"
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -11,12 +12,10 @@ import (
 	"testing"
 	"time"
 
-	"github.com/cilium/ebpf/asm"
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
 	"github.com/kflex-go/kflex/abi"
-	"github.com/kflex-go/kflex/bytecode"
 	"github.com/kflex-go/kflex/heap"
 	"github.com/kflex-go/kflex/internal/testutil"
 	"github.com/kflex-go/kflex/jit"
@@ -28,26 +27,37 @@ const (
 	roleHolder  = "serve-holder"  // attaches, locks KFLEX_LOCK, says "held", waits to be killed
 	roleRuntime = "serve-runtime" // a runtime invoking lockOnce on KFLEX_LOCK; says "invoking"
 	roleWaiter  = "serve-waiter"  // attaches, says "locking", queues for KFLEX_LOCK, waits to be killed
+	roleOnce    = "serve-once"    // attaches, says "locking", locks KFLEX_LOCK (owner died: repairs), unlocks, exits
 )
 
 // TestRecoveryChild is the child of the recovery tests; run directly it does
 // nothing.
 func TestRecoveryChild(t *testing.T) {
 	role := testutil.Role()
-	if role != roleHolder && role != roleRuntime && role != roleWaiter {
+	if role != roleHolder && role != roleRuntime && role != roleWaiter && role != roleOnce {
 		t.Skip("child process of the recovery tests")
 	}
 	h, err := heap.Open(os.Getenv("KFLEX_HEAP"), nil)
 	require.NoError(t, err)
 	defer h.Close()
 	off := testutil.EnvUint(t, "KFLEX_LOCK")
-	if role == roleHolder || role == roleWaiter {
+	if role == roleHolder || role == roleWaiter || role == roleOnce {
 		p, err := mcs.Attach(h)
 		require.NoError(t, err)
+		defer p.Detach() // before h.Close: roleOnce returns
 		m, err := p.Mutex(off)
 		require.NoError(t, err)
-		if role == roleWaiter {
+		if role != roleHolder {
 			fmt.Println("locking")
+		}
+		if role == roleOnce {
+			if err := m.Lock(); errors.Is(err, mcs.ErrOwnerDied) {
+				m.Consistent()
+			} else {
+				require.NoError(t, err)
+			}
+			m.Unlock()
+			return
 		}
 		require.NoError(t, m.Lock())
 		fmt.Println("held")
@@ -61,13 +71,8 @@ func TestRecoveryChild(t *testing.T) {
 
 // lockRuntime is a runtime on h running lockOnce, closed with the test.
 func lockRuntime(t *testing.T, h *heap.Heap, o serve.Options) *serve.Runtime {
-	insns, err := bytecode.Assemble(mcs.LockOnceProgram)
-	require.NoError(t, err)
 	o.Budget = -1 // the waits end with the recovery under test, never a budget
-	rt, err := serve.NewWith(h, map[string]asm.Instructions{"lockonce": insns}, o)
-	require.NoError(t, err)
-	t.Cleanup(func() { rt.Close() })
-	return rt
+	return runtimeOn(t, h, map[string]string{"lockonce": mcs.LockOnceProgram}, o)
 }
 
 // recoveryWorld is a heap file with a lock word, for the recovery tests.
@@ -85,9 +90,10 @@ func recoveryWorld(t *testing.T) (*heap.Heap, string, uint64) {
 	return h, path, off
 }
 
-// startChild starts a recovery child in role and waits for its first line.
-func startChild(t *testing.T, role, path string, off uint64, first string) *os.Process {
-	cmd := testutil.Child(t, "TestRecoveryChild", role, "KFLEX_HEAP="+path, fmt.Sprintf("KFLEX_LOCK=%d", off))
+// startChild starts a recovery child in role, with extra environment, and
+// waits for its first line.
+func startChild(t *testing.T, role, path string, off uint64, first string, env ...string) *os.Process {
+	cmd := testutil.Child(t, "TestRecoveryChild", role, append(env, "KFLEX_HEAP="+path, fmt.Sprintf("KFLEX_LOCK=%d", off))...)
 	out, err := cmd.StdoutPipe()
 	require.NoError(t, err)
 	require.NoError(t, cmd.Start())

@@ -1,0 +1,169 @@
+package mcs
+
+import (
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kflex-go/kflex/internal/sys/futex"
+)
+
+// The tests here build, node by node (setNode), queues that deaths and
+// departures leave behind, and check that the waiter behind them repairs
+// its way to the lock and frees what nobody else will.
+
+// attached is another attach of this test's heap: a second live owner slot,
+// as another process would have, detached with the test (or by done).
+func (w *world) attached(t *testing.T) (p *Process, done func()) {
+	t.Helper()
+	p, err := Attach(w.h)
+	require.NoError(t, err)
+	done = func() { p.Detach() }
+	t.Cleanup(done)
+	return p, done
+}
+
+// left is a node of p's, queued on the lock at off behind the node with
+// index+1 prev and then left (Leave, as a cancelled extension's executor
+// leaves): abandoned, its owner alive.
+func (w *world) left(t *testing.T, p *Process, off uint64, prev, next uint32) Node {
+	t.Helper()
+	n := p.TakeNode()
+	w.setNode(n.Index, QueueNode{Next: next, State: NodeWaiting, Prev: prev, Lock: off})
+	require.False(t, p.Leave(off, uint64(n.Index)+1), "a waiting node is abandoned, not freed")
+	require.Equal(t, uint32(NodeAbandoned), p.QueueNode(n.Index).State)
+	return n
+}
+
+// deadSlot is the owner slot of a child that attached and was SIGKILLed
+// (holding the spare lock at off, which nobody needs).
+func (w *world) deadSlot(t *testing.T, off uint64) uint32 {
+	t.Helper()
+	c := w.startLocker(t, off, actHold)
+	require.Equal(t, "held", c.line(t))
+	c.kill()
+	require.True(t, WaitDeath(w.h, c.slot, 5*time.Second) || slotDead(atomic.LoadUint32(w.p.liveWord(c.slot))))
+	return c.slot
+}
+
+// repaired waits (boundedly) for a lockAsync's result on the lock at off,
+// of a waiter that only its own repair can make the head. Past the bound it
+// grants the waiter (the tail) itself, so that a failing test leaves no
+// waiter behind on a heap its cleanup unmaps.
+func (w *world) repaired(t *testing.T, off uint64, done chan error) {
+	t.Helper()
+	select {
+	case err := <-done:
+		require.NoError(t, err, "W gets the lock")
+	case <-time.After(10 * time.Second):
+		n := w.p.node(wordTail(atomic.LoadUint64(w.h.Uint64(off))) - 1)
+		atomic.StoreUint32(n.state(), nodeHead)
+		futex.Wake(n.state(), 1)
+		<-done
+		t.Fatalf("W still waited 10 s later, for a predecessor that will never grant it")
+	}
+}
+
+// TestRepairPastGonePredecessor: a Go waiter W queues behind A, a live
+// process's node that its waiter left (abandoned); A's predecessor P has
+// left the queue since, without granting: freed, or queued on another lock,
+// its slot alive (in another process, as a reaped slot's may be). The lock
+// is free. W looks through A to P, finds P gone, and makes itself the head:
+// it gets the lock, and frees A. Before, P's live slot made W wait for a
+// grant from P forever.
+func TestRepairPastGonePredecessor(t *testing.T) {
+	for _, requeued := range []bool{false, true} {
+		name := map[bool]string{false: "freed", true: "requeued"}[requeued]
+		t.Run(name, func(t *testing.T) {
+			w := newWorld(t, 1<<20)
+			offs := w.locks(t, 2)
+			off, other := offs[0], offs[1]
+			pp, ppDone := w.attached(t)
+			pa, paDone := w.attached(t)
+			pn := pp.TakeNode()
+			p := QueueNode{Lock: off} // freed: what its holder left
+			if requeued {
+				p = QueueNode{State: NodeWaiting, Lock: other}
+			}
+			w.setNode(pn.Index, p)
+			a := w.left(t, pa, off, pn.Index+1, 0)
+			if !requeued {
+				w.setNode(pn.Index, QueueNode{Next: a.Index + 1, Lock: off})
+			}
+			atomic.StoreUint64(w.h.Uint64(off), uint64(a.Index+1)<<wordTailShift) // free, A the tail
+			before := pp.QueueNode(pn.Index)
+
+			var seq []int
+			w.repaired(t, off, lockAsync(mutex(t, w.p, off), &seq, 1))
+			assert.Equal(t, []int{1}, seq)
+			assert.True(t, pa.NodeFree(a), "A freed by W, which skipped it")
+			assert.Equal(t, before, pp.QueueNode(pn.Index), "P untouched")
+
+			w.setNode(pn.Index, QueueNode{}) // P leaves the other lock's queue
+			pp.GiveNode(pn)
+			pa.GiveNode(a)
+			ppDone()
+			paDone()
+			w.settled(t, off, 0)
+		})
+	}
+}
+
+// TestRepairFreesAbandonedAhead: D, a dead child's node, is the queue's head;
+// behind it A, a live process's node its waiter left; behind A a waiter
+// whose prev has already been moved past A to D, as repair moves it, by a
+// skipper that kept the list of what it skipped only in its memory:
+//
+//   - executor: the waiter itself, an executor's lock call (HelperLockCheck
+//     keeps no list between calls), with W's prev at D;
+//   - skipper: S, a waiter of the dead child's, died after it skipped A; a
+//     Go waiter W queues behind S.
+//
+// The lock is free. W repairs past D and makes itself the head, and frees
+// the abandoned nodes between D and itself: A, whose live owner will never
+// free it, included. Before, A stayed abandoned for good.
+func TestRepairFreesAbandonedAhead(t *testing.T) {
+	for _, via := range []string{"executor", "skipper"} {
+		t.Run(via, func(t *testing.T) {
+			w := newWorld(t, 1<<20)
+			offs := w.locks(t, 2)
+			off := offs[0]
+			dead := w.deadSlot(t, offs[1])
+			d := dead * w.h.Header().NodesPerProc // D, and S after it
+			pa, paDone := w.attached(t)
+			a := w.left(t, pa, off, d+1, 0)
+			w.setNode(d, QueueNode{Next: a.Index + 1, State: NodeHead, Lock: off})
+
+			if via == "executor" {
+				n := w.p.TakeNode()
+				w.setNode(a.Index, QueueNode{Next: n.Index + 1, State: NodeAbandoned, Prev: d + 1, Lock: off})
+				w.setNode(n.Index, QueueNode{State: NodeWaiting, Prev: d + 1, Lock: off})
+				atomic.StoreUint64(w.h.Uint64(off), uint64(n.Index+1)<<wordTailShift)
+				require.Equal(t, uint64(1), w.p.LockCheck(w.h.Base()+off, 0, uint64(n.Index)+1, w.p.Held()), "W made itself the head")
+				assert.Equal(t, uint32(NodeHead), w.p.QueueNode(n.Index).State)
+				assert.True(t, pa.NodeFree(a), "A freed by W")
+				require.True(t, w.p.Leave(off, uint64(n.Index)+1), "W, the head and the tail, ends the queue")
+				w.p.GiveNode(n)
+			} else {
+				s := d + 1
+				w.setNode(a.Index, QueueNode{Next: s + 1, State: NodeAbandoned, Prev: d + 1, Lock: off})
+				w.setNode(s, QueueNode{State: NodeWaiting, Prev: d + 1, Lock: off})
+				atomic.StoreUint64(w.h.Uint64(off), uint64(s+1)<<wordTailShift)
+				var seq []int
+				w.repaired(t, off, lockAsync(mutex(t, w.p, off), &seq, 1))
+				assert.Equal(t, []int{1}, seq)
+				assert.True(t, pa.NodeFree(a), "A freed by W")
+				assert.Equal(t, uint32(NodeFree), w.p.QueueNode(s).State, "S freed by W")
+			}
+			assert.Equal(t, uint32(NodeFree), w.p.QueueNode(d).State, "D freed by W")
+			if pa.NodeFree(a) {
+				pa.GiveNode(a)
+			}
+			paDone()
+			w.settled(t, off, 0)
+		})
+	}
+}

@@ -1,0 +1,113 @@
+//go:build kflexfault
+
+package serve_test
+
+import (
+	"context"
+	"os"
+	"strconv"
+	"strings"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
+	"github.com/kflex-go/kflex/abi"
+	"github.com/kflex-go/kflex/mcs"
+)
+
+// TestHolderCancelledAwaitingLink: an extension that has just taken a lock
+// inside mcs_lock, and waits there for its successor to link itself (the
+// @link loop: HelperLockCheck with held bits 0), is cancelled. The successor
+// is a live child frozen between its tail swap and its link (mcs.FaultSwapped
+// with the stop action). The holder's call is no cancellation point: Invoke
+// goes on until the child, resumed, links; the extension grants it and stops
+// at its loop, where the verifier's table names the lock, which is abandoned;
+// the child takes it over and exits. Before, the cancel stopped the program
+// inside mcs_lock: nothing named the lock, which stayed held by the runtime's
+// live slot, and the resumed child waited for it forever.
+func TestHolderCancelledAwaitingLink(t *testing.T) {
+	for engine, o := range engines {
+		t.Run(engine, func(t *testing.T) {
+			h, path, off := recoveryWorld(t)
+			o.Budget = -1 // only the cancel under test stops it
+			rt := runtimeOn(t, h, map[string]string{"lockloop": holding["lockloop"]}, o)
+			word := h.Uint64(off)
+			state := func() mcs.LockState { return mcs.DecodeWord(atomic.LoadUint64(word)) }
+			executor := rt.Process().Slot() + 1
+
+			// The lock's first holder: Go code of a slot of its own, so that
+			// the word tells it from the executor.
+			p, err := mcs.Attach(h)
+			require.NoError(t, err)
+			t.Cleanup(func() { p.Detach() })
+			m, err := p.Mutex(off)
+			require.NoError(t, err)
+			require.NoError(t, m.Lock())
+
+			invoked := make(chan error, 1)
+			go func() { _, err := rt.Invoke(context.Background(), "lockloop", h.Base()+off); invoked <- err }()
+			require.Eventually(t, func() bool { return state().Tail != 0 },
+				20*time.Second, 100*time.Microsecond, "the extension never queued")
+			ext := state().Tail
+
+			child := startChild(t, roleOnce, path, off, "locking",
+				"KFLEX_FAULT="+mcs.FaultSwapped, "KFLEX_FAULT_ACTION="+mcs.FaultActionStop)
+			exited := make(chan *os.ProcessState, 1)
+			go func() {
+				st, _ := child.Wait()
+				exited <- st
+			}()
+			require.Eventually(t, func() bool { return state().Tail != ext && stopped(t, child.Pid) },
+				20*time.Second, 100*time.Microsecond, "the child never stopped behind the extension")
+			succ := state().Tail
+
+			m.Unlock()
+			require.Eventually(t, func() bool { s := state(); return s.Locked && s.Owner == executor },
+				20*time.Second, 100*time.Microsecond, "the extension never took the lock: %+v", state())
+
+			// Waiting for the frozen child's link: cancels there change nothing.
+			for deadline := time.Now().Add(50 * time.Millisecond); time.Now().Before(deadline); {
+				require.Equal(t, 1, rt.Cancel("lockloop"))
+				select {
+				case err := <-invoked:
+					t.Fatalf("Invoke returned while its successor was stopped before linking: %v", err)
+				case <-time.After(time.Millisecond):
+				}
+			}
+			require.True(t, stopped(t, child.Pid), "the child is still stopped")
+			s := state()
+			require.True(t, s.Locked && s.Owner == executor && s.Tail == succ, "the extension holds the lock: %+v", s)
+
+			require.NoError(t, child.Signal(syscall.SIGCONT))
+			select {
+			case err := <-invoked:
+				require.ErrorIs(t, err, abi.ErrCancelled, "stopped at the loop, past mcs_lock")
+			case <-time.After(20 * time.Second):
+				t.Fatalf("Invoke still runs 20 s after the child went on: word %+v", state())
+			}
+			select {
+			case st := <-exited:
+				require.True(t, st.Success(), "the child: %v", st)
+			case <-time.After(5 * time.Second):
+				t.Fatalf("the child never got the lock: word %+v (the extension's slot is %d)", state(), executor)
+			}
+			assert.Zero(t, atomic.LoadUint64(word), "the lock is free: not left held by the runtime's slot")
+			assert.Zero(t, rt.Stuck(), "executors out of the pool")
+			tablesSettled(t, h, rt.Process(), 2)
+		})
+	}
+}
+
+// stopped reports whether process pid is stopped by a signal.
+func stopped(t *testing.T, pid int) bool {
+	t.Helper()
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	require.NoError(t, err)
+	// pid (comm) state ...: comm may hold anything but the last ')'.
+	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	return len(fields) > 0 && fields[0] == "T"
+}
