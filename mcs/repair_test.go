@@ -38,9 +38,9 @@ func (w *world) left(t *testing.T, p *Process, off uint64, prev, next uint32) No
 	return n
 }
 
-// deadSlot is the owner slot of a child that attached and was SIGKILLed
+// killedSlot is the owner slot of a child that attached and was SIGKILLed
 // (holding the spare lock at off, which nobody needs).
-func (w *world) deadSlot(t *testing.T, off uint64) uint32 {
+func (w *world) killedSlot(t *testing.T, off uint64) uint32 {
 	t.Helper()
 	c := w.startLocker(t, off, actHold)
 	require.Equal(t, "held", c.line(t))
@@ -131,7 +131,7 @@ func TestRepairFreesAbandonedAhead(t *testing.T) {
 			w := newWorld(t, 1<<20)
 			offs := w.locks(t, 2)
 			off := offs[0]
-			dead := w.deadSlot(t, offs[1])
+			dead := w.killedSlot(t, offs[1])
 			d := dead * w.h.Header().NodesPerProc // D, and S after it
 			pa, paDone := w.attached(t)
 			a := w.left(t, pa, off, d+1, 0)
