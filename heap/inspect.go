@@ -15,7 +15,17 @@ import (
 type Report struct {
 	Locks  []LockReport  `json:"locks"`  // the page lock, then the classes'
 	Caches []CacheReport `json:"caches"` // cache slots that have an owner
+	Owned  []OwnedReport `json:"owned"`  // owner slots with owned objects (AllocOwned)
 	Stats  Stats         `json:"stats"`
+}
+
+// OwnedReport is one owner slot's registry of owned objects: how many it
+// lists, and whether the slot's process is dead (its objects are freed at the
+// next Reap).
+type OwnedReport struct {
+	Slot    uint32 `json:"slot"`
+	Dead    bool   `json:"dead"`
+	Objects int    `json:"objects"`
 }
 
 // LockReport describes one allocator lock.
@@ -131,9 +141,37 @@ func (h *Heap) Inspect() (Report, error) {
 		}
 		rep.Caches = append(rep.Caches, c)
 	}
+	for slot := range h.hdr.Params.MaxProcs {
+		o, err := h.inspectOwned(slot)
+		errs = append(errs, err)
+		if o.Objects > 0 {
+			rep.Owned = append(rep.Owned, o)
+		}
+	}
 	rep.Stats = h.Stats()
 	errs = append(errs, h.classFields())
 	return rep, errors.Join(errs...)
+}
+
+// inspectOwned counts the objects slot's registry lists, walking at most as
+// many blocks as the heap can hold.
+func (h *Heap) inspectOwned(slot uint32) (OwnedReport, error) {
+	live, _ := h.OwnerLiveness(slot)
+	r := OwnedReport{Slot: slot, Dead: live == 0 || OwnerDead(live)}
+	field := h.OwnerRecord(slot, OwnerOwned)
+	b := h.load(field) & ownedOffMask
+	for blocks := uint64(0); b != 0; blocks++ {
+		if blocks > h.hdr.Size/ownedBlockSize || b%8 != 0 || b < h.hdr.PagesOff || b > h.hdr.Size-ownedBlockSize {
+			return r, fieldErr(field, fmt.Sprintf("owner slot %d owned objects", slot), "registry block %#x is not in the heap", b)
+		}
+		for i := range uint64(ownedPerBlock) {
+			if h.load(b+8+i*8) != 0 {
+				r.Objects++
+			}
+		}
+		b = h.load(b)
+	}
+	return r, nil
 }
 
 // checkState is the check of attaching: each allocator word that must parse on

@@ -91,6 +91,7 @@ type info struct {
 	Alloc      heap.Stats         `json:"alloc"`
 	Locks      []heap.LockReport  `json:"alloc_locks"`
 	Caches     []heap.CacheReport `json:"alloc_caches"`
+	Owned      []heap.OwnedReport `json:"owned_objects"`
 	Nodes      []queuedNode       `json:"queued_nodes"`
 	LockWords  []queuedLock       `json:"queued_locks"`
 	Problems   []string           `json:"problems,omitempty"` // what does not parse
@@ -137,7 +138,7 @@ func heapInfo(args []string, out io.Writer) error {
 	in := info{Path: path, Version: hdr.Version, Size: hdr.Size,
 		CanonBase: fmt.Sprintf("%#x", hdr.CanonBase), Created: time.Unix(0, hdr.Created),
 		CreatorPID: hdr.CreatorPID, Params: hdr.Params, Layout: hdr.Layout,
-		Owners: owners(h), Alloc: rep.Stats, Locks: rep.Locks, Caches: rep.Caches}
+		Owners: owners(h), Alloc: rep.Stats, Locks: rep.Locks, Caches: rep.Caches, Owned: rep.Owned}
 	in.Nodes, in.LockWords = queues(h)
 	for _, e := range unjoin(rerr) {
 		in.Problems = append(in.Problems, e.Error())
@@ -209,6 +210,14 @@ func printInfo(out io.Writer, in *info, hdr heap.Header) {
 	fmt.Fprintf(out, "allocator cache slots: %d claimed, %d of dead processes\n", len(in.Caches), in.Alloc.DeadCaches)
 	for _, c := range in.Caches {
 		fmt.Fprintf(out, "  cache %d: %s (%s), %d objects\n", c.Index, c.Owner, c.State, c.Objects)
+	}
+	fmt.Fprintf(out, "owned objects (freed at detach, or by the next reap after a death): %d slots\n", len(in.Owned))
+	for _, o := range in.Owned {
+		state := "alive"
+		if o.Dead {
+			state = "dead: freed at the next reap"
+		}
+		fmt.Fprintf(out, "  slot %d (%s): %d objects\n", o.Slot, state, o.Objects)
 	}
 	s := in.Alloc
 	fmt.Fprintf(out, "allocator: %d of %d pages free; %d live objects, %s; %d objects stranded in dead caches\n",
