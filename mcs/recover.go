@@ -169,56 +169,79 @@ func (m *Mutex) repair(n node, skipped *[]uint32, how Way) bool {
 	for seen := false; ; {
 		front := uint32(0) // the first node behind the dead head we replace
 		pred := atomic.LoadUint32(n.prev())
-		// A live predecessor will grant us, or skip us past abandoned nodes,
-		// unless it is itself abandoned: a waiter that left (a kernel waiter
-		// that timed out, a cancelled extension) acts no more, alive or not,
-		// so we look through it to what is ahead of it. Nor will one whose
-		// node has left this queue: a node is freed only after its grant
-		// (which, had it reached us, made us the head), so a predecessor we
-		// reached through abandoned nodes and find freed, or queued on
-		// another lock, is one that died or was reaped without granting, and
-		// its slot may live again in another process. Its liveness says
-		// nothing about our queue.
-		if pred != 0 && !m.p.nodeDead(pred) && !m.gone(pred) &&
-			atomic.LoadUint32(m.p.node(pred-1).state()) != nodeAbandoned {
-			return false
-		}
 		if pred != 0 {
-			if !seen && m.p.nodeDead(pred) {
-				seen = true
-				m.p.sawDeath(how)
-			}
 			pn := m.p.node(pred - 1)
+			// One look at the predecessor's state: everything below is decided
+			// on it. A live predecessor's node goes on being used: freed after
+			// its grant to us, then (an executor's node, reused by every lock
+			// call) queued again at once, on this lock, behind us. A second
+			// look may see that next use, and acting on it (freeing or
+			// abandoning a node that is queued behind us) loses a waiter and
+			// lets two parties think they are the head.
 			s := atomic.LoadUint32(pn.state())
-			switch {
-			case atomic.LoadUint64(pn.lock()) != m.off:
-				// Queued elsewhere now: it left ours long ago, and its next
-				// is another queue's. We are next.
-			case s == nodeFree && atomic.LoadUint32(n.state()) == nodeHead:
-				return true // its grant came after all
-			case s == nodeHead || (s == nodeWaiting || s == nodeParked) && atomic.LoadUint32(pn.prev()) == 0:
-				// A dead head (or a dead first waiter): nobody will grant us.
-				front = atomic.LoadUint32(pn.next())
-				if !atomic.CompareAndSwapUint32(pn.state(), s, nodeFree) {
+			dead := m.p.nodeDead(pred)
+			// A live predecessor will grant us, or skip us past abandoned
+			// nodes, unless it is itself abandoned: a waiter that left (a
+			// kernel waiter that timed out, a cancelled extension) acts no
+			// more, alive or not, so we look through it to what is ahead of
+			// it.
+			if !dead && s != nodeAbandoned {
+				if !m.gone(pn, s) {
+					return false
+				}
+				// Nor will one whose node has left this queue, freed or
+				// queued on another lock: a node is freed only after its
+				// grant, so either the grant reached us (we are the head),
+				// or a live granter is handing the head position past it to
+				// us (a leaving or abandoned node is freed before the grant
+				// of its successor), or it died or was reaped without
+				// granting, and its slot lives again in another process (a
+				// predecessor reached through abandoned nodes: Reap frees
+				// no slot that a waiting node names as its prev). We are
+				// next; its node is not ours to touch.
+				if atomic.LoadUint32(n.state()) == nodeHead {
+					return true // its grant came
+				}
+				if s == nodeFree {
+					front = atomic.LoadUint32(pn.next())
+				}
+			} else {
+				if !seen && dead {
+					seen = true
+					m.p.sawDeath(how)
+				}
+				switch {
+				case atomic.LoadUint64(pn.lock()) != m.off:
+					// Queued elsewhere now: it left ours long ago, and its
+					// next is another queue's. We are next.
+				case s == nodeFree && atomic.LoadUint32(n.state()) == nodeHead:
+					return true // its grant came after all
+				case s == nodeHead || (s == nodeWaiting || s == nodeParked) && atomic.LoadUint32(pn.prev()) == 0:
+					// A dead head (or a dead first waiter): nobody will grant
+					// us.
+					front = atomic.LoadUint32(pn.next())
+					if !atomic.CompareAndSwapUint32(pn.state(), s, nodeFree) {
+						continue
+					}
+					m.p.wakeDeath(m.p.nodeOwner(pred))
+				case s == nodeFree:
+					// A dead predecessor that freed its node without granting
+					// us (a holder, or a skipper, killed just after; or
+					// reaped): we are next. Its next still names who was
+					// behind, unless it was queued again since: freeAhead
+					// checks each node it visits.
+					front = atomic.LoadUint32(pn.next())
+				case s == nodeWaiting || s == nodeParked:
+					if !atomic.CompareAndSwapUint32(pn.state(), s, nodeAbandoned) {
+						continue
+					}
+					m.p.wakeDeath(m.p.nodeOwner(pred))
+					fallthrough
+				default: // abandoned: wait behind its predecessor
+					*skipped = append(*skipped, pred)
+					atomic.StoreUint32(n.prev(), atomic.LoadUint32(pn.prev()))
 					continue
 				}
-				m.p.wakeDeath(m.p.nodeOwner(pred))
-			case s == nodeFree:
-				// A predecessor that freed its node without granting us (a
-				// holder, or a skipper, killed just after; or reaped): we are
-				// next. Its next still names who was behind, unless it was
-				// queued again since: freeAhead checks each node it visits.
-				front = atomic.LoadUint32(pn.next())
-			case s == nodeWaiting || s == nodeParked:
-				if !atomic.CompareAndSwapUint32(pn.state(), s, nodeAbandoned) {
-					continue
-				}
-				m.p.wakeDeath(m.p.nodeOwner(pred))
-				fallthrough
-			default: // abandoned: wait behind its predecessor
-				*skipped = append(*skipped, pred)
-				atomic.StoreUint32(n.prev(), atomic.LoadUint32(pn.prev()))
-				continue
 			}
 		}
 		if pred == 0 && len(*skipped) > 0 {
@@ -241,11 +264,10 @@ func (m *Mutex) repair(n node, skipped *[]uint32, how Way) bool {
 	}
 }
 
-// gone reports whether the node with index+1 pred has left this lock's
-// queue: freed, or queued on another lock.
-func (m *Mutex) gone(pred uint32) bool {
-	pn := m.p.node(pred - 1)
-	return atomic.LoadUint32(pn.state()) == nodeFree || atomic.LoadUint64(pn.lock()) != m.off
+// gone reports whether node pn, seen in state s, has left this lock's queue:
+// freed, or queued on another lock.
+func (m *Mutex) gone(pn node, s uint32) bool {
+	return s == nodeFree || atomic.LoadUint64(pn.lock()) != m.off
 }
 
 // freeAhead frees the abandoned nodes from the one with index+1 idx along

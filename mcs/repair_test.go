@@ -167,3 +167,77 @@ func TestRepairFreesAbandonedAhead(t *testing.T) {
 		})
 	}
 }
+
+// TestRepairLeavesRequeuedPredecessor: W, a Go waiter, was granted the head
+// by E, an executor of its own process, which freed its node and at once
+// queued it again on the same lock for its next lock call (mcs_lock writes
+// the node's state, then its prev: "empty" while prev is still 0 from its
+// previous call, "behind" once it names W). W's repair, looking at E just
+// after the grant, must not mistake that next use for a node that left the
+// queue and then act on it: before, repair judged E gone on one look at
+// its state (free) and chose what to do on a second (waiting), freeing E's
+// queued node as a dead head's (empty) or abandoning it (behind): E then
+// held the lock waiting forever for a successor's link, while W's next
+// lock call sat as the head behind it (the pingpong hang of `kflex bench
+// lock`; TestPingPong). E's node flips between the two uses here while W
+// repairs; any change E did not make fails the test.
+func TestRepairLeavesRequeuedPredecessor(t *testing.T) {
+	for _, ePrev := range []string{"empty", "behind"} {
+		t.Run(ePrev, func(t *testing.T) {
+			w := newWorld(t, 1<<20)
+			off := w.locks(t, 1)[0]
+			m := mutex(t, w.p, off)
+			wn, en := w.p.TakeNode(), w.p.TakeNode()
+			w.setNode(wn.Index, QueueNode{State: NodeHead, Prev: en.Index + 1, Lock: off})
+			q := QueueNode{Lock: off}
+			if ePrev == "behind" {
+				q.Prev = wn.Index + 1
+			}
+			w.setNode(en.Index, q)
+			atomic.StoreUint64(w.h.Uint64(off), uint64(wn.Index+1)<<wordTailShift)
+
+			es := w.p.node(en.Index).state()
+			stop, touched := make(chan struct{}), make(chan uint32, 1)
+			flipped := make(chan struct{})
+			go func() {
+				defer close(flipped)
+				for {
+					select {
+					case <-stop:
+						return
+					default:
+					}
+					if !atomic.CompareAndSwapUint32(es, nodeFree, nodeWaiting) ||
+						!atomic.CompareAndSwapUint32(es, nodeWaiting, nodeFree) {
+						touched <- atomic.LoadUint32(es)
+						return
+					}
+				}
+			}()
+			n := w.p.node(wn.Index)
+			var skipped []uint32
+			for end := time.Now().Add(300 * time.Millisecond); time.Now().Before(end) && len(touched) == 0; {
+				for range 1000 {
+					m.repair(n, &skipped, Polled)
+				}
+			}
+			close(stop)
+			<-flipped
+			select {
+			case s := <-touched:
+				t.Errorf("W's repair changed E's queued node to state %d", s)
+			default:
+			}
+			got := w.p.QueueNode(wn.Index)
+			assert.Equal(t, uint32(NodeHead), got.State, "W stays the head")
+			assert.Equal(t, en.Index+1, got.Prev, "W looked through nothing")
+			assert.Empty(t, skipped)
+
+			w.setNode(en.Index, QueueNode{})
+			w.setNode(wn.Index, QueueNode{})
+			atomic.StoreUint64(w.h.Uint64(off), 0)
+			w.p.GiveNode(en)
+			w.p.GiveNode(wn)
+		})
+	}
+}
