@@ -116,7 +116,8 @@ func summary(out io.Writer, r stress.Report) {
 		r.Recoveries, r.Repaired, r.RecoveryP50us, r.RecoveryP90us, r.RecoveryP99us, r.RecoveryMaxUs, r.RecoverySamples, r.RecoveryParked)
 	fmt.Fprintf(out, "  acquisitions  %d (by extensions %d, cancelled %d); longest lock wait %.1f ms\n",
 		r.Acquisitions, r.ExtensionAcquisitions, r.Cancellations, r.MaxWaitMs)
-	fmt.Fprintf(out, "  orphans       %d objects killed outside the lists, explained by hold words, freed\n", r.Orphans)
+	fmt.Fprintf(out, "  orphans       %d objects killed outside the lists, explained by hold words, freed; %d stranded by kills of the runtime while it started\n",
+		r.Orphans, r.StrandedAtStart)
 	fmt.Fprintf(out, "  violations %d, stuck %d, leaked %d (objects %d, queue nodes %d, owner slots %d), unexplained exits %d\n",
 		r.Violations, r.Stuck, r.Leaked, r.LeakedObjects, r.LeakedNodes, r.LeakedSlots, r.Unaccounted)
 	for _, p := range r.Problems {
