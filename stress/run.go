@@ -30,6 +30,14 @@ type Config struct {
 	Kills    int
 	Duration time.Duration
 	Seed     uint64 // the parent's schedule; 0 picks one (Report.Seed says which)
+	// Schedule, if set, makes the parent's first choices in Seed's stead,
+	// one byte each; for every kill: the victim (the byte modulo Procs), the
+	// aim (modulo the number of aims: anywhere, waiting, holding,
+	// allocating, and in a build with mcs's fault points each of those
+	// points, see faultAims) and the pause before it (byte/255 of MaxDelay).
+	// Seed's generator makes the choices after the last byte, and the
+	// runtime's (Config.Runtime). FuzzCrossProcess's input is one.
+	Schedule []byte
 	// HeapPath is the heap file to create (it must not exist); "" makes one in
 	// a temporary directory, removed at the end.
 	HeapPath string
@@ -112,6 +120,9 @@ type Report struct {
 	KilledWaiting   int `json:"killed_waiting"`
 	KilledAllocator int `json:"killed_allocator"`
 	KilledOther     int `json:"killed_other"`
+	// KilledFault: workers that killed themselves at the mcs fault point a
+	// kill armed them with (builds with -tags kflexfault).
+	KilledFault int `json:"killed_fault"`
 	// MaxWaitMs is the longest Lock call of any worker goroutine.
 	MaxWaitMs float64 `json:"max_wait_ms"`
 	// Orphans: objects that kills left allocated outside the lists and that
@@ -174,7 +185,18 @@ type worker struct {
 	cmd    *exec.Cmd
 	done   chan struct{} // closed when cmd.Wait returned
 	killed bool
+	fault  string // the mcs fault point armed in it, at which it kills itself
 }
+
+// sigkilled reports whether the exited worker died of SIGKILL that the parent
+// sent or that its armed fault point sent.
+func (w *worker) sigkilled() bool {
+	ws, _ := w.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	return (w.killed || w.fault != "") && ws.Signaled() && ws.Signal() == syscall.SIGKILL
+}
+
+// killFault is the state of a worker that killed itself at its fault point.
+const killFault = ^uint64(0)
 
 // runner is the parent's state during a run.
 type runner struct {
@@ -183,7 +205,7 @@ type runner struct {
 	p       *mcs.Process
 	t       *table
 	path    string
-	rng     *rand.Rand
+	sched   schedule
 	workers []*worker
 	rep     Report
 	// pending recoveries: lock -> (kill time, its recovery count before the kill)
@@ -208,7 +230,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	if !ok {
 		return Report{}, fmt.Errorf("stress: unknown planted bug %q", cfg.Plant)
 	}
-	r := &runner{cfg: cfg, rng: rand.New(rand.NewPCG(cfg.Seed, 17)), pending: map[int][2]uint64{},
+	r := &runner{cfg: cfg, sched: schedule{cfg.Schedule, rand.New(rand.NewPCG(cfg.Seed, 17))}, pending: map[int][2]uint64{},
 		stuck: map[[2]uint64]bool{}, orphanOK: map[uint64]int{}}
 	r.rep = Report{Procs: cfg.Procs, Threads: cfg.Threads, Locks: cfg.Locks, Seed: cfg.Seed}
 	r.path = cfg.HeapPath
@@ -293,20 +315,23 @@ func (r *runner) setUp(plant uint64) error {
 	r.t = t
 	r.workers = make([]*worker, c.Procs)
 	for i := range c.Procs {
-		if err := r.start(i); err != nil {
+		if err := r.start(i, ""); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// start starts worker i.
-func (r *runner) start(i int) error {
+// start starts worker i, with mcs fault point fault armed if not "".
+func (r *runner) start(i int, fault string) error {
 	cmd := r.cfg.Command()
 	if cmd.Env == nil {
 		cmd.Env = os.Environ()
 	}
 	cmd.Env = append(cmd.Env, WorkerEnv+"="+r.path+","+strconv.Itoa(i))
+	if fault != "" {
+		cmd.Env = append(cmd.Env, faultEnv+"="+fault)
+	}
 	if cmd.Stderr == nil {
 		cmd.Stderr = os.Stderr
 	}
@@ -317,7 +342,7 @@ func (r *runner) start(i int) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("stress: start worker %d: %w", i, err)
 	}
-	w := &worker{cmd: cmd, done: make(chan struct{})}
+	w := &worker{cmd: cmd, done: make(chan struct{}), fault: fault}
 	go func() { cmd.Wait(); close(w.done) }()
 	r.workers[i] = w
 	return nil
@@ -327,21 +352,30 @@ func (r *runner) start(i int) error {
 func (r *runner) loop(ctx context.Context, start time.Time) error {
 	c := r.cfg
 	lastProgress := time.Now()
-	for {
-		if c.Kills > 0 && r.rep.Kills >= c.Kills || c.Duration > 0 && time.Since(start) >= c.Duration || ctx.Err() != nil {
-			return nil
-		}
+	over := func() bool {
+		return c.Kills > 0 && r.rep.Kills >= c.Kills || c.Duration > 0 && time.Since(start) >= c.Duration || ctx.Err() != nil
+	}
+	for !over() {
 		// The schedule: victim, what to wait for, delay. All drawn up front
-		// so that a seed gives the same sequence of choices.
-		victim := r.rng.IntN(c.Procs)
-		aim := r.rng.IntN(4) // stHolding, stWaiting, stAllocator, or anything (0)
-		delay := time.Duration(r.rng.Int64N(int64(c.MaxDelay) + 1))
-		r.pause(delay)
+		// so that a seed (or Config.Schedule) gives the same sequence of
+		// choices.
+		victim := r.sched.intN(c.Procs)
+		aim := r.sched.intN(len(aims))
+		r.pause(r.sched.delay(c.MaxDelay))
 		if err := r.watch(); err != nil {
 			return err
 		}
+		if over() { // the last kill was a worker's at its fault point
+			return nil
+		}
+		// A fault point is reached by the process it is armed in: the
+		// victim is killed at once and its next incarnation armed.
+		fault := faultPoint(aim)
+		if fault != "" {
+			aim = stIdle
+		}
 		r.kill(victim, uint64(aim))
-		if err := r.restart(victim); err != nil {
+		if err := r.start(victim, fault); err != nil {
 			return err
 		}
 		if c.Progress != nil && time.Since(lastProgress) > 200*time.Millisecond {
@@ -349,6 +383,7 @@ func (r *runner) loop(ctx context.Context, start time.Time) error {
 			c.Progress(r.snapshot(start))
 		}
 	}
+	return nil
 }
 
 // pause sleeps d while watching the run.
@@ -364,14 +399,14 @@ func (r *runner) pause(d time.Duration) {
 	}
 }
 
-// watch notices workers that exited on their own: they are unaccounted for,
-// and restarted.
+// watch notices workers that exited on their own (exited) and restarts them,
+// unarmed.
 func (r *runner) watch() error {
 	for i, w := range r.workers {
 		select {
 		case <-w.done:
-			r.ended(i, w)
-			if err := r.start(i); err != nil {
+			r.exited(i, w)
+			if err := r.start(i, ""); err != nil {
 				return err
 			}
 		default:
@@ -413,6 +448,26 @@ func (r *runner) kill(i int, aim uint64) {
 		r.problem("worker %d (pid %d) still running %v after SIGKILL", i, w.cmd.Process.Pid, r.cfg.MaxWait)
 		<-w.done
 	}
+	r.settle(i, w, state, at, before)
+}
+
+// exited accounts for an exit of worker i that the parent did not cause: a
+// death at its armed fault point is a kill (settle), anything else goes to
+// ended.
+func (r *runner) exited(i int, w *worker) {
+	if !w.killed && w.sigkilled() {
+		r.settle(i, w, killFault, 0, nil)
+		return
+	}
+	r.ended(i, w)
+}
+
+// settle counts the death of worker i, which was in state when killed at
+// time at, and settles what it left: its held locks become pending
+// recoveries (measured from at against the recovery counts before; not for
+// a death found after the fact, before nil), its hold words orphan
+// allowances; then the dead are reaped.
+func (r *runner) settle(i int, w *worker, state, at uint64, before []uint64) {
 	r.rep.Kills++
 	switch state {
 	case stHolding:
@@ -421,13 +476,15 @@ func (r *runner) kill(i int, aim uint64) {
 		r.rep.KilledWaiting++
 	case stAllocator:
 		r.rep.KilledAllocator++
+	case killFault:
+		r.rep.KilledFault++
 	default:
 		r.rep.KilledOther++
 	}
 	r.ended(i, w)
 	for th := range r.t.threads {
 		rec := r.t.thread(i, th)
-		if l := r.t.load(rec + rHeldLock); l != 0 {
+		if l := r.t.load(rec + rHeldLock); l != 0 && before != nil {
 			if _, ok := r.pending[int(l-1)]; !ok {
 				r.pending[int(l-1)] = [2]uint64{at, before[l-1]}
 			}
@@ -478,16 +535,13 @@ func (r *runner) mostInteresting(i int) uint64 {
 	return best
 }
 
-// restart starts worker i again.
-func (r *runner) restart(i int) error { return r.start(i) }
-
-// ended accounts for worker i's exit: our SIGKILL, or a clean exit after the
-// stop; anything else is unaccounted.
+// ended accounts for worker i's exit: our SIGKILL or its fault point's, or a
+// clean exit after the stop; anything else is unaccounted.
 func (r *runner) ended(i int, w *worker) {
 	ps := w.cmd.ProcessState
 	ws, _ := ps.Sys().(syscall.WaitStatus)
 	switch {
-	case w.killed && ws.Signaled() && ws.Signal() == syscall.SIGKILL:
+	case w.sigkilled():
 	case r.t.load(r.t.off+tStop) != 0 && ws.Exited() && ws.ExitStatus() == 0:
 	default:
 		r.rep.Unaccounted++
