@@ -77,6 +77,8 @@ $(BIN)/robust-pthread: bench/robustmutex/robust.c
 
 # Each fuzz target for FUZZTIME (go test fuzzes one target per run). The kernel
 # differential target paces its program loads (see kernel/diff_test.go).
+# FuzzCrossProcess runs real worker processes and kills them; with
+# -tags kflexfault its kills also aim at mcs's fault points.
 fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzParseHeader$$' -fuzztime $(FUZZTIME) ./heap
 	$(GO) test -run '^$$' -fuzz '^FuzzHeapInspect$$' -fuzztime $(FUZZTIME) ./heap
@@ -90,6 +92,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzProtocol$$' -fuzztime $(FUZZTIME) ./serve
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./internal/sys/wire
 	$(GO) test -run '^$$' -fuzz '^FuzzKernelDiff$$' -fuzztime $(FUZZTIME) -parallel 1 ./kernel
+	$(GO) test -run '^$$' -fuzz '^FuzzCrossProcess$$' -fuzztime $(FUZZTIME) ./stress
 
 # Longer runs of the multi-process and hammer tests, then kflex stress: 10,000
 # SIGKILLs of 4 worker processes (STRESS_KILLS=N to change), recovery checked.

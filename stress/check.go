@@ -26,7 +26,7 @@ func (r *runner) stop() {
 			w.cmd.Process.Signal(os.Kill)
 			<-w.done
 		}
-		r.ended(i, w)
+		r.exited(i, w)
 	}
 	r.scan()
 }

@@ -46,6 +46,14 @@
 //
 // Config.Seed drives the parent's choices: which worker, what to wait for
 // before the kill (a thread holding, waiting, in the allocator, or nothing),
-// and the delay. Where the workers are in their loop when the signal lands
-// depends on the OS scheduler and is not reproducible.
+// and the delay; Config.Schedule's bytes, if any, make the first of them
+// (FuzzCrossProcess). Where the workers are in their loop when the signal
+// lands depends on the OS scheduler and is not reproducible.
+//
+// Built with -tags kflexfault, a kill can also aim at one of mcs's fault
+// points (the steps of the lock protocol, and Attach's claim): the victim is
+// killed at once and restarted with that point armed, and the new
+// incarnation kills itself when one of its goroutines reaches it (the MCS
+// window between the tail swap and the link, among others), which no timing
+// of a signal from outside hits reliably.
 package stress

@@ -30,6 +30,14 @@ type Config struct {
 	Kills    int
 	Duration time.Duration
 	Seed     uint64 // the parent's schedule; 0 picks one (Report.Seed says which)
+	// Schedule, if set, makes the parent's first choices in Seed's stead,
+	// one byte each; for every kill: the victim (the byte modulo Procs), the
+	// aim (modulo the number of aims: anywhere, waiting, holding,
+	// allocating, and in a build with mcs's fault points each of those
+	// points, see faultAims) and the pause before it (byte/255 of MaxDelay).
+	// Seed's generator makes the choices after the last byte, and the
+	// runtime's (Config.Runtime). FuzzCrossProcess's input is one.
+	Schedule []byte
 	// HeapPath is the heap file to create (it must not exist); "" makes one in
 	// a temporary directory, removed at the end.
 	HeapPath string
@@ -117,6 +125,9 @@ type Report struct {
 	KilledWaiting   int `json:"killed_waiting"`
 	KilledAllocator int `json:"killed_allocator"`
 	KilledOther     int `json:"killed_other"`
+	// KilledFault: workers that killed themselves at the mcs fault point a
+	// kill armed them with (builds with -tags kflexfault).
+	KilledFault int `json:"killed_fault"`
 	// KilledRuntime counts the kills of the runtime's process (also counted
 	// by what its executors were doing).
 	KilledRuntime int `json:"killed_runtime"`
@@ -186,7 +197,18 @@ type worker struct {
 	cmd    *exec.Cmd
 	done   chan struct{} // closed when cmd.Wait returned
 	killed bool
+	fault  string // the mcs fault point armed in it, at which it kills itself
 }
+
+// sigkilled reports whether the exited worker died of SIGKILL that the parent
+// sent or that its armed fault point sent.
+func (w *worker) sigkilled() bool {
+	ws, _ := w.cmd.ProcessState.Sys().(syscall.WaitStatus)
+	return (w.killed || w.fault != "") && ws.Signaled() && ws.Signal() == syscall.SIGKILL
+}
+
+// killFault is the state of a worker that killed itself at its fault point.
+const killFault = ^uint64(0)
 
 // runner is the parent's state during a run.
 type runner struct {
@@ -195,7 +217,7 @@ type runner struct {
 	p       *mcs.Process
 	t       *table
 	path    string
-	rng     *rand.Rand
+	sched   schedule
 	workers []*worker
 	rep     Report
 	// pending recoveries: lock -> (kill time, its recovery count before the kill)
@@ -222,7 +244,7 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	if !ok {
 		return Report{}, fmt.Errorf("stress: unknown planted bug %q", cfg.Plant)
 	}
-	r := &runner{cfg: cfg, rng: rand.New(rand.NewPCG(cfg.Seed, 17)), pending: map[int][2]uint64{},
+	r := &runner{cfg: cfg, sched: schedule{cfg.Schedule, rand.New(rand.NewPCG(cfg.Seed, 17))}, pending: map[int][2]uint64{},
 		stuck: map[[2]uint64]bool{}, orphanOK: map[uint64]int{}}
 	r.rep = Report{Procs: cfg.Procs, Threads: cfg.Threads, Locks: cfg.Locks, Seed: cfg.Seed}
 	r.path = cfg.HeapPath
@@ -287,15 +309,15 @@ func (r *runner) setUp(plant uint64) error {
 	r.t = t
 	r.workers = make([]*worker, c.Procs+r.runtimes())
 	for i := range r.workers {
-		if err := r.start(i); err != nil {
+		if err := r.start(i, ""); err != nil {
 			return err
 		}
 	}
 	return nil
 }
 
-// start starts worker i.
-func (r *runner) start(i int) error {
+// start starts worker i, with mcs fault point fault armed if not "".
+func (r *runner) start(i int, fault string) error {
 	cmd := r.cfg.Command()
 	if cmd.Env == nil {
 		cmd.Env = os.Environ()
@@ -305,6 +327,9 @@ func (r *runner) start(i int) error {
 		idx = RuntimeWorker
 	}
 	cmd.Env = append(cmd.Env, WorkerEnv+"="+r.path+","+idx)
+	if fault != "" {
+		cmd.Env = append(cmd.Env, faultEnv+"="+fault)
+	}
 	if cmd.Stderr == nil {
 		cmd.Stderr = os.Stderr
 	}
@@ -315,7 +340,7 @@ func (r *runner) start(i int) error {
 	if err := cmd.Start(); err != nil {
 		return fmt.Errorf("stress: start worker %d: %w", i, err)
 	}
-	w := &worker{cmd: cmd, done: make(chan struct{})}
+	w := &worker{cmd: cmd, done: make(chan struct{}), fault: fault}
 	go func() { cmd.Wait(); close(w.done) }()
 	r.workers[i] = w
 	return nil
@@ -325,21 +350,33 @@ func (r *runner) start(i int) error {
 func (r *runner) loop(ctx context.Context, start time.Time) error {
 	c := r.cfg
 	lastProgress := time.Now()
-	for {
-		if c.Kills > 0 && r.rep.Kills >= c.Kills || c.Duration > 0 && time.Since(start) >= c.Duration || ctx.Err() != nil {
-			return nil
-		}
+	over := func() bool {
+		return c.Kills > 0 && r.rep.Kills >= c.Kills || c.Duration > 0 && time.Since(start) >= c.Duration || ctx.Err() != nil
+	}
+	for !over() {
 		// The schedule: victim, what to wait for, delay. All drawn up front
-		// so that a seed gives the same sequence of choices.
-		victim := r.rng.IntN(len(r.workers)) // c.Procs: the runtime
-		aim := r.rng.IntN(4)                 // stHolding, stWaiting, stAllocator, or anything (0)
-		delay := time.Duration(r.rng.Int64N(int64(c.MaxDelay) + 1))
-		r.pause(delay)
+		// so that a seed (or Config.Schedule) gives the same sequence of
+		// choices.
+		victim := r.sched.intN(len(r.workers)) // c.Procs: the runtime
+		aim := r.sched.intN(len(aims))
+		r.pause(r.sched.delay(c.MaxDelay))
 		if err := r.watch(); err != nil {
 			return err
 		}
+		if over() { // the last kill was a worker's at its fault point
+			return nil
+		}
+		// A fault point is reached by the process it is armed in: the
+		// victim is killed at once and its next incarnation armed.
+		fault := faultPoint(aim)
+		if fault != "" {
+			aim = stIdle
+		}
+		if victim == c.Procs {
+			fault = "" // the runtime's lock is bytecode: no fault points
+		}
 		r.kill(victim, uint64(aim))
-		if err := r.restart(victim); err != nil {
+		if err := r.start(victim, fault); err != nil {
 			return err
 		}
 		if c.Progress != nil && time.Since(lastProgress) > 200*time.Millisecond {
@@ -347,6 +384,7 @@ func (r *runner) loop(ctx context.Context, start time.Time) error {
 			c.Progress(r.snapshot(start))
 		}
 	}
+	return nil
 }
 
 // pause sleeps d while watching the run.
@@ -362,14 +400,14 @@ func (r *runner) pause(d time.Duration) {
 	}
 }
 
-// watch notices workers that exited on their own: they are unaccounted for,
-// and restarted.
+// watch notices workers that exited on their own (exited) and restarts them,
+// unarmed.
 func (r *runner) watch() error {
 	for i, w := range r.workers {
 		select {
 		case <-w.done:
-			r.ended(i, w)
-			if err := r.start(i); err != nil {
+			r.exited(i, w)
+			if err := r.start(i, ""); err != nil {
 				return err
 			}
 		default:
@@ -381,8 +419,7 @@ func (r *runner) watch() error {
 // kill SIGKILLs worker i once one of its goroutines is in state aim (or after
 // 20 ms without one, or at once for aim 0), waits for it and settles what it
 // left: its held locks become pending recoveries, its hold words orphan
-// allowances. Worker Procs is the runtime: its executors' states are read
-// from the lock words and its queue nodes.
+// allowances.
 func (r *runner) kill(i int, aim uint64) {
 	w := r.workers[i]
 	before := make([]uint64, r.t.locks)
@@ -419,6 +456,47 @@ func (r *runner) kill(i int, aim uint64) {
 		r.problem("worker %d (pid %d) still running %v after SIGKILL", i, w.cmd.Process.Pid, r.cfg.MaxWait)
 		<-w.done
 	}
+	if isRuntime {
+		r.settleRuntime(w, state, at, before, rt)
+		return
+	}
+	r.settle(i, w, state, at, before)
+}
+
+// exited accounts for an exit of worker i that the parent did not cause: a
+// death at its armed fault point is a kill (settle), anything else goes to
+// ended.
+func (r *runner) exited(i int, w *worker) {
+	if !w.killed && w.sigkilled() {
+		r.settle(i, w, killFault, 0, nil)
+		return
+	}
+	r.ended(i, w)
+}
+
+// settleRuntime is settle for the runtime's process, which was in state
+// (read from the lock words and its nodes, its owner slot + 1 rt, 0 while it
+// started) when killed at time at: the locks the dead slot holds become
+// pending recoveries.
+func (r *runner) settleRuntime(w *worker, state, at uint64, before []uint64, rt uint64) {
+	r.count(state)
+	r.rep.KilledRuntime++
+	r.ended(r.cfg.Procs, w)
+	if rt == 0 {
+		r.rtStartKills++
+		r.pendings++ // a registry block is a small object: an orphan
+	}
+	for l := range r.t.locks {
+		if r.runtimeHolds(rt, l) {
+			r.pend(l, at, before)
+		}
+	}
+	r.t.store(r.t.off+tRtSlot, 0)
+	r.reap()
+}
+
+// count counts a kill of a process that was in state.
+func (r *runner) count(state uint64) {
 	r.rep.Kills++
 	switch state {
 	case stHolding:
@@ -427,52 +505,56 @@ func (r *runner) kill(i int, aim uint64) {
 		r.rep.KilledWaiting++
 	case stAllocator:
 		r.rep.KilledAllocator++
+	case killFault:
+		r.rep.KilledFault++
 	default:
 		r.rep.KilledOther++
 	}
-	r.ended(i, w)
-	pend := func(l int) {
-		if _, ok := r.pending[l]; !ok {
-			r.pending[l] = [2]uint64{at, before[l]}
-		}
+}
+
+// pend makes lock l a pending recovery, measured from at against its
+// recovery count before (not for a death found after the fact: before nil).
+func (r *runner) pend(l int, at uint64, before []uint64) {
+	if _, ok := r.pending[l]; !ok && before != nil {
+		r.pending[l] = [2]uint64{at, before[l]}
 	}
-	if isRuntime {
-		r.rep.KilledRuntime++
-		if rt == 0 {
-			r.rtStartKills++
-			r.pendings++ // a registry block is a small object: an orphan
-		}
-		for l := range r.t.locks {
-			if r.runtimeHolds(rt, l) {
-				pend(l)
-			}
-		}
-		r.t.store(r.t.off+tRtSlot, 0)
-	} else {
-		for th := range r.t.threads {
-			rec := r.t.thread(i, th)
-			if l := r.t.load(rec + rHeldLock); l != 0 {
-				pend(int(l - 1))
-			}
-			switch x := r.t.load(rec + rHold); x {
-			case 0:
-			case holdPending:
-				r.pendings++
-			default:
-				r.orphanOK[x]++
-			}
-			for _, f := range []uint64{rState, rWaitSince, rHeldLock, rHold} {
-				r.t.store(rec+f, 0)
-			}
-		}
-	}
-	// Give the dead's slots and allocator state back now, beside the live
-	// workers, as a runtime would.
+}
+
+// reap gives the dead's slots and allocator state back now, beside the live
+// workers, as a runtime would.
+func (r *runner) reap() {
 	mcs.Reap(r.h)
 	if _, err := r.h.Reap(); err != nil {
 		r.problem("heap reap after kill %d: %v", r.rep.Kills, err)
 	}
 	r.scan()
+}
+
+// settle counts the death of worker i, which was in state when killed at
+// time at, and settles what it left: its held locks become pending
+// recoveries (measured from at against the recovery counts before; not for
+// a death found after the fact, before nil), its hold words orphan
+// allowances; then the dead are reaped.
+func (r *runner) settle(i int, w *worker, state, at uint64, before []uint64) {
+	r.count(state)
+	r.ended(i, w)
+	for th := range r.t.threads {
+		rec := r.t.thread(i, th)
+		if l := r.t.load(rec + rHeldLock); l != 0 {
+			r.pend(int(l-1), at, before)
+		}
+		switch x := r.t.load(rec + rHold); x {
+		case 0:
+		case holdPending:
+			r.pendings++
+		default:
+			r.orphanOK[x]++
+		}
+		for _, f := range []uint64{rState, rWaitSince, rHeldLock, rHold} {
+			r.t.store(rec+f, 0)
+		}
+	}
+	r.reap()
 }
 
 // runtimeState is what the runtime process (owner slot + 1 rt) does, as a
@@ -523,16 +605,13 @@ func (r *runner) mostInteresting(i int) uint64 {
 	return best
 }
 
-// restart starts worker i again.
-func (r *runner) restart(i int) error { return r.start(i) }
-
-// ended accounts for worker i's exit: our SIGKILL, or a clean exit after the
-// stop; anything else is unaccounted.
+// ended accounts for worker i's exit: our SIGKILL or its fault point's, or a
+// clean exit after the stop; anything else is unaccounted.
 func (r *runner) ended(i int, w *worker) {
 	ps := w.cmd.ProcessState
 	ws, _ := ps.Sys().(syscall.WaitStatus)
 	switch {
-	case w.killed && ws.Signaled() && ws.Signal() == syscall.SIGKILL:
+	case w.sigkilled():
 	case r.t.load(r.t.off+tStop) != 0 && ws.Exited() && ws.ExitStatus() == 0:
 	default:
 		r.rep.Unaccounted++
@@ -594,9 +673,7 @@ func (r *runner) snapshot(start time.Time) Report {
 	rep.Repaired += int(r.t.load(r.t.off + tRtRepaired))
 	rep.Violations += int(r.t.load(r.t.off + tRtViolations))
 	rep.Cancellations = int(r.t.load(r.t.off + tRtCancellations))
-	if n := int(r.t.load(r.t.off + tRtStuck)); n > 0 {
-		rep.Stuck += n
-	}
+	rep.Stuck += int(r.t.load(r.t.off + tRtStuck))
 	rep.MaxWaitMs = float64(maxWait) / 1e6
 	if n := len(r.samples); n > 0 {
 		s := slices.Clone(r.samples)
