@@ -156,10 +156,23 @@ const reclaimWait = 100 * time.Millisecond
 // reclaim gives back the nodes e retired that granters have freed, and makes
 // sure e has a free node for its next call: its own once a granter frees it,
 // or a spare. It reports false when neither came within reclaimWait: the
-// queue that holds e's node has nobody left to pass it on (the waiters
-// ahead of it and the holder died, and nobody queued since), and e must not
-// run again until it does.
+// queue that holds e's node has nobody passing it on for now (the waiters
+// ahead of it and the holder died, and nobody queued since; or many
+// cancellations in a stalled queue used every spare), and e leaves the pool
+// until it does (rejoin).
 func (rt *Runtime) reclaim(e *executor) bool {
+	deadline := time.Now().Add(reclaimWait)
+	for spins := 0; !rt.reclaimNow(e); spins++ {
+		if time.Now().After(deadline) {
+			return false
+		}
+		time.Sleep(time.Duration(min(spins, 100)) * 10 * time.Microsecond)
+	}
+	return true
+}
+
+// reclaimNow is one look of reclaim's: it reports whether e has a free node.
+func (rt *Runtime) reclaimNow(e *executor) bool {
 	kept := e.busy[:0]
 	for _, n := range e.busy {
 		if rt.proc.NodeFree(n) {
@@ -169,19 +182,36 @@ func (rt *Runtime) reclaim(e *executor) bool {
 		}
 	}
 	e.busy = kept
-	deadline := time.Now().Add(reclaimWait)
-	for spins := 0; !rt.proc.NodeFree(e.node); spins++ {
-		if n, ok := rt.proc.TryTakeNode(); ok {
-			e.busy = append(e.busy, e.node)
-			e.node = n
-			return true
-		}
-		if time.Now().After(deadline) {
-			return false
-		}
-		time.Sleep(time.Duration(min(spins, 100)) * 10 * time.Microsecond)
+	if rt.proc.NodeFree(e.node) {
+		return true
 	}
-	return true
+	if n, ok := rt.proc.TryTakeNode(); ok {
+		e.busy = append(e.busy, e.node)
+		e.node = n
+		return true
+	}
+	return false
+}
+
+// rejoin puts e, out of the pool (reclaim), back once it has a free node
+// again — a granter passed its queue on, or another executor gave a spare
+// back — looking every 10 ms; or leaves it out when the runtime closes.
+func (rt *Runtime) rejoin(e *executor) {
+	defer rt.inflight.Done()
+	for {
+		select {
+		case <-rt.closed:
+			return
+		case <-time.After(10 * time.Millisecond):
+		}
+		if rt.reclaimNow(e) {
+			e.stuck = false
+			rt.stuck.Add(-1)
+			rt.log.Info("an executor is back in the pool: its queue node was passed on", "node", e.node.Index)
+			rt.execs <- e
+			return
+		}
+	}
 }
 
 // releaseHeld releases what a cancelled invocation of program name on e

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -21,6 +22,7 @@ import (
 	"github.com/kflex-go/kflex/heap"
 	"github.com/kflex-go/kflex/internal/testutil"
 	"github.com/kflex-go/kflex/jit"
+	"github.com/kflex-go/kflex/mcs"
 	"github.com/kflex-go/kflex/serve"
 	"github.com/kflex-go/kflex/userspace"
 )
@@ -289,4 +291,59 @@ func TestClientCancels(t *testing.T) {
 	r0, err := c.Invoke("add1", 1)
 	require.NoError(t, err)
 	assert.Equal(t, uint64(2), r0)
+}
+
+// TestExecutorRejoinsPool: an executor cancelled while it waits behind a
+// live waiter leaves its node abandoned in the queue; with no spare node
+// (one node per process) it leaves the pool — invocations then find no
+// executor — and comes back once the queue passes on and frees its node.
+func TestExecutorRejoinsPool(t *testing.T) {
+	if err := jit.Supported(); err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	h, err := heap.Create(filepath.Join(t.TempDir(), "heap"), &heap.Options{Params: heap.Params{Size: 8 << 20, NodesPerProc: 1}})
+	require.NoError(t, err)
+	t.Cleanup(func() { h.Close() })
+	rt := runtimeOn(t, h, map[string]string{"lockonce": mcs.LockOnceProgram}, serve.Options{JIT: 1, Budget: -1})
+	p, err := mcs.Attach(h)
+	require.NoError(t, err)
+	defer p.Detach()
+	off, err := h.Alloc(8)
+	require.NoError(t, err)
+	*h.Uint64(off) = 0
+	m, err := p.Mutex(off)
+	require.NoError(t, err)
+	tail := func() uint32 { return mcs.DecodeWord(atomic.LoadUint64(h.Uint64(off))).Tail }
+
+	require.NoError(t, m.Lock()) // the holder
+	waited := make(chan error, 1)
+	go func() { // a live waiter, the queue's head
+		err := m.Lock()
+		if err == nil {
+			m.Unlock()
+		}
+		waited <- err
+	}()
+	require.Eventually(t, func() bool { return tail() != 0 }, 10*time.Second, 100*time.Microsecond)
+	head := tail()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	invoked := make(chan error, 1)
+	go func() { _, err := rt.Invoke(ctx, "lockonce", h.Base()+off); invoked <- err }()
+	require.Eventually(t, func() bool { return tail() != head }, 10*time.Second, 100*time.Microsecond, "the extension queues behind the waiter")
+	cancel()
+	require.ErrorIs(t, <-invoked, abi.ErrCancelled)
+	assert.Equal(t, 1, rt.Stuck(), "its node abandoned behind a live waiter and no spare: the executor is out of the pool")
+	short, done := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	_, err = rt.Invoke(short, "lockonce", h.Base()+off)
+	done()
+	require.ErrorIs(t, err, abi.ErrCancelled, "no executor to run it")
+
+	m.Unlock() // the waiter takes the lock, and its unlock skips and frees the abandoned node
+	require.NoError(t, <-waited)
+	require.Eventually(t, func() bool { return rt.Stuck() == 0 }, 5*time.Second, time.Millisecond, "the executor rejoins the pool")
+	r0, err := rt.Invoke(context.Background(), "lockonce", h.Base()+off)
+	require.NoError(t, err)
+	assert.Zero(t, r0)
+	assert.Zero(t, atomic.LoadUint64(h.Uint64(off)), "the lock is free")
 }

@@ -120,7 +120,7 @@ type executor struct {
 	// granter frees them, and then they go back to the process.
 	busy []mcs.Node
 	// stuck: its node stayed in a queue and no spare was free (reclaim); it
-	// runs nothing more.
+	// is out of the pool until rejoin finds a free node for it.
 	stuck bool
 
 	prog *progStats // the program it runs, or ran last
@@ -314,7 +314,12 @@ func (rt *Runtime) release(e *executor) {
 	e.unbind(rt.h)
 	if !e.stuck {
 		rt.execs <- e
+		return
 	}
+	// Out of the pool until its node is free again. The invocation that
+	// releases e is still counted in inflight, so Close waits for this too.
+	rt.inflight.Add(1)
+	go rt.rejoin(e)
 }
 
 // helpers are executor e's helpers.
@@ -497,7 +502,7 @@ func (rt *Runtime) run(ctx context.Context, ps *progStats, arg, dataLen uint64, 
 	if !rt.reclaim(e) {
 		e.stuck = true
 		rt.stuck.Add(1)
-		rt.log.Error("an executor leaves the pool: its queue node is still abandoned in the queue of a lock nobody passes on", "node", e.node.Index)
+		rt.log.Warn("an executor leaves the pool until its queue node is passed on: it is still abandoned in the queue of a lock nobody passes on, and no spare is free", "node", e.node.Index)
 	}
 	return r0, rt.unwatch(r, err)
 }
@@ -524,9 +529,10 @@ func (rt *Runtime) SliceStatus() rseq.Status {
 	return e.status
 }
 
-// Stuck is how many executors left the pool for good: cancelled in a lock's
+// Stuck is how many executors are out of the pool: cancelled in a lock's
 // queue, their node stayed abandoned there, no granter came to free it and
-// no spare node was left (reclaim).
+// no spare node was left (reclaim); each comes back once one is free
+// (rejoin).
 func (rt *Runtime) Stuck() int { return int(rt.stuck.Load()) }
 
 // SliceYields counts how often extensions gave back an extended time slice.
