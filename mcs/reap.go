@@ -8,9 +8,10 @@ import (
 
 // Reap gives the owner slots of dead processes back, once no queue needs
 // their nodes, and reports how many it freed. A dead process's node that
-// nobody will act on is freed here: one that is alone at the head of its
-// queue (its lock's tail, with nobody ahead to grant it: the queue is
-// ended), and one that the live queue can no longer reach (reachable). Nodes
+// nobody will act on is freed here: one in a queue whose every node, from
+// its lock's tail back to its head, is a dead process's (endDeadQueue: the
+// queue is ended; a lone dead head is the simplest such queue), and one that
+// the live queue can no longer reach (reachable). Nodes
 // that a live party will still skip or replace are left to it, and their
 // slot to a later Reap. A slot is freed only when none of its nodes is
 // queued and no waiting node names one as its predecessor; the generation
@@ -158,11 +159,16 @@ func endDeadQueue(h *heap.Heap, word *uint64, lock uint64, tail uint32) bool {
 	//     Its lock and unlock change the word, failing our CAS: we reload
 	//     and retry while the tail is the same, since the held bits do not
 	//     bear on the queue we judged.
-	//   - The dead nodes change only by others' CAS: a granter, a repairing
-	//     successor and deadSuccessor's linker are live nodes of this queue
-	//     (none: we checked), and another Reap ending the same queue changes
-	//     the tail first, failing our CAS.
-	//
+	//   - The dead nodes change only by others' CAS, and nobody else will
+	//     make one: a granter (grant, skipping dead nodes, or a leaving head)
+	//     is the predecessor of the node it grants, named by that node's prev
+	//     (repair moves a prev only past a dead or abandoned node), so it is
+	//     in the chain while its node is queued, and the kernel form's
+	//     leaving head, which frees its node before it grants on, leaves a
+	//     free node in the chain; a repairing successor and deadSuccessor's
+	//     linker are live nodes behind, which would be the tail or in the
+	//     chain; none is live (we checked). Another Reap ending the same
+	//     queue clears the tail first, failing our CAS.
 	//
 	// The tail's slot is looked at again before each CAS: a tail that is the
 	// same index but lives again (another Reap ended this queue and freed the
