@@ -8,9 +8,10 @@ import (
 
 // Reap gives the owner slots of dead processes back, once no queue needs
 // their nodes, and reports how many it freed. A dead process's node that
-// nobody will act on is freed here: one that is alone at the head of its
-// queue (its lock's tail, with nobody ahead to grant it: the queue is
-// ended), and one that the live queue can no longer reach (reachable). Nodes
+// nobody will act on is freed here: one in a queue whose every node, from
+// its lock's tail back to its head, is a dead process's (endDeadQueue: the
+// queue is ended; a lone dead head is the simplest such queue), and one that
+// the live queue can no longer reach (reachable). Nodes
 // that a live party will still skip or replace are left to it, and their
 // slot to a later Reap. A slot is freed only when none of its nodes is
 // queued and no waiting node names one as its predecessor; the generation
@@ -69,20 +70,136 @@ func reapNode(h *heap.Heap, i uint32) bool {
 		return false // not a node the lock wrote: leave it alone
 	}
 	word := h.Uint64(lock)
+	if tail := wordTail(atomic.LoadUint64(word)); tail != 0 && endDeadQueue(h, word, lock, tail) {
+		// The queue this node's lock had is over, and its nodes are free:
+		// this one, if it was among them; if not, it is judged below against
+		// whatever queue the lock has now.
+		if s = atomic.LoadUint32(n.state()); s == nodeFree {
+			return true
+		}
+	}
 	w := atomic.LoadUint64(word)
 	if wordTail(w) == me {
-		// Last in its queue. Alone at the head, nobody will act on it: end
-		// the queue. Otherwise a live granter ahead will skip it.
-		headLike := s == nodeHead || (s == nodeWaiting || s == nodeParked) && atomic.LoadUint32(n.prev()) == 0
-		if !headLike || !atomic.CompareAndSwapUint64(word, w, w&^(wordTailMask|wordHeadBits)) {
-			return false
-		}
-		return atomic.CompareAndSwapUint32(n.state(), s, nodeFree)
+		// Last in a queue that a live party is in (endDeadQueue would have
+		// ended it otherwise): a live granter ahead will skip it, or a live
+		// head will end the queue past it.
+		return false
 	}
 	if reachable(h, me, lock, wordTail(w)) {
 		return false
 	}
 	return atomic.CompareAndSwapUint32(n.state(), s, nodeFree)
+}
+
+// endDeadQueue ends the queue on the lock word at heap offset lock (word, in
+// our view) whose tail was tail (index + 1) if nobody alive is in it, and
+// frees its nodes; it reports whether it did.
+//
+// A queue is dead when its nodes, from the tail back along prev to its head
+// (a node granted the head, or one waiting or parked with prev 0, the head at
+// once), are all of dead processes and queued on this lock. Nobody will act on
+// them: a grant, a skip, a link (deadSuccessor), a repair and a head's
+// hand-off come only from a live node of the queue, and none is left; and a
+// newcomer may not come, or not soon: while the dead head is marked asleep
+// (wordHeadSleeping, which only the head clears) newcomers take a free lock
+// without queueing, so none queues behind the tail to repair around the dead
+// (the cross-process fuzzer's dead-sleeping-head-left-queued: two nodes and
+// their slot leaked for good). A lone head-like tail is the one-node case.
+//
+// The walk follows the edges a newcomer's repair would, the tail's prev
+// chain: each prev is the tail that its node's swap replaced, or (moved by
+// a repair) that node's prev, so a chain that starts at the lock's tail stays
+// inside the queue. Abandoned nodes of dead processes are walked through, as
+// repair walks through them; abandoned nodes the chain skips (a repair moved
+// a prev past them) hang off the chain by next only, and once the queue is
+// ended they are unreachable and reapNode frees them. A live node anywhere
+// in the chain, or one that is free, queued elsewhere or out of range (a stale
+// or corrupt link), leaves the queue alone. The walk is bounded by the node
+// table's size: a corrupt heap may hold a cycle.
+func endDeadQueue(h *heap.Heap, word *uint64, lock uint64, tail uint32) bool {
+	hdr := h.Header()
+	total := hdr.MaxProcs * hdr.NodesPerProc
+	var chain, states []uint32
+	for idx := tail; ; {
+		if idx == 0 || idx > total || uint32(len(chain)) >= total {
+			return false
+		}
+		x := nodeAt(h, idx-1)
+		s := atomic.LoadUint32(x.state())
+		if s != nodeWaiting && s != nodeParked && s != nodeHead && s != nodeAbandoned ||
+			atomic.LoadUint64(x.lock()) != lock ||
+			!slotDead(atomic.LoadUint32(h.Uint32(h.OwnerRecord((idx-1)/hdr.NodesPerProc, heap.OwnerLive)))) {
+			return false
+		}
+		chain, states = append(chain, idx), append(states, s)
+		if s == nodeHead {
+			break
+		}
+		if idx = atomic.LoadUint32(x.prev()); idx == 0 {
+			break // the head at once (or an abandoned one that was)
+		}
+	}
+	// End the queue: clear the tail, and the head bits, which describe its
+	// dead head, as a lone head's own hand-off does (successor). The CAS makes
+	// this safe against everyone who may touch the word meanwhile, because it
+	// succeeds only while the tail is still the one whose chain we judged:
+	//
+	//   - A newcomer swapping the tail: its swap and our CAS are on one word;
+	//     if its swap lands first (it queued behind the dead tail), the tail
+	//     differs and we give up (its repair will free the dead nodes); if
+	//     ours lands first, its CAS fails and it reloads a word with no queue,
+	//     taking the lock or queueing as the head of a new one. The tail
+	//     names a node behind which nobody queued as long as it is the tail
+	//     (a tail changes only by a swap to a new node, or to 0), so a
+	//     successful CAS removes nobody alive.
+	//   - A holder (a barger, or one that took the lock before the head
+	//     died): its bits are kept; its unlock, in Go (unlockSlow) or bytecode
+	//     (mcs_unlock), looks only at the head bits to decide on a wake, and
+	//     with them clear it releases without one, which nobody needs.
+	//     Its lock and unlock change the word, failing our CAS: we reload
+	//     and retry while the tail is the same, since the held bits do not
+	//     bear on the queue we judged.
+	//   - The dead nodes change only by others' CAS, and nobody else will
+	//     make one: a granter (grant, skipping dead nodes, or a leaving head)
+	//     is the predecessor of the node it grants, named by that node's prev
+	//     (repair moves a prev only past a dead or abandoned node), so it is
+	//     in the chain while its node is queued, and the kernel form's
+	//     leaving head, which frees its node before it grants on, leaves a
+	//     free node in the chain; a repairing successor and deadSuccessor's
+	//     linker are live nodes behind, which would be the tail or in the
+	//     chain; none is live (we checked). Another Reap ending the same
+	//     queue clears the tail first, failing our CAS.
+	//
+	// The tail's slot is looked at again before each CAS: a tail that is the
+	// same index but lives again (another Reap ended this queue and freed the
+	// slot, and a new process attached to it and queued the node on this
+	// lock while we were descheduled) is not the queue we judged. As with
+	// Reap's other look-then-CAS steps, this narrows that window to a few
+	// instructions rather than closing it.
+	//
+	// The retries are bounded: a lock busy enough to change under us every
+	// time is left to a later Reap.
+	tailLive := h.Uint32(h.OwnerRecord((tail-1)/hdr.NodesPerProc, heap.OwnerLive))
+	for try := 0; ; try++ {
+		w := atomic.LoadUint64(word)
+		if wordTail(w) != tail || try == 64 || !slotDead(atomic.LoadUint32(tailLive)) {
+			return false
+		}
+		if atomic.CompareAndSwapUint64(word, w, w&^(wordTailMask|wordHeadBits)) {
+			break
+		}
+	}
+	// The queue is ours alone now: free its nodes from the states we saw. A
+	// node is freed only if it is still on this lock in that state (its
+	// process is dead, so nobody but another Reap changes it, and that one
+	// frees it too).
+	for k, idx := range chain {
+		x := nodeAt(h, idx-1)
+		if atomic.LoadUint64(x.lock()) == lock {
+			atomic.CompareAndSwapUint32(x.state(), states[k], nodeFree)
+		}
+	}
+	return true
 }
 
 // reachable reports whether the queue on the lock at heap offset lock, whose

@@ -1,0 +1,107 @@
+package mcs
+
+import (
+	"sync/atomic"
+	"testing"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+)
+
+// TestReapEndsDeadSleepingQueue: H, a dead process's node, is the queue's
+// head, asleep (head-sleeping set); behind it P, a dead process's node, is
+// parked and the lock word's tail. The lock is free. Newcomers take it
+// without queueing (the head sleeps), so nobody queues behind P and repairs:
+// a live newcomer barges and unlocks, and the queue stays. Reap ends it (no
+// tail, no head bits), frees H and P, and reclaims the slots. Before, Reap
+// kept both (P is the tail, a root of reachable, and not head-like; H is
+// P's prev) and the slot leaked for good (the cross-process fuzzer's
+// dead-sleeping-head-left-queued). H and P are of one dead process, as in
+// the fuzzer's run, or of two.
+func TestReapEndsDeadSleepingQueue(t *testing.T) {
+	for _, procs := range []string{"one", "two"} {
+		t.Run(procs, func(t *testing.T) {
+			w := newWorld(t, 1<<20)
+			offs := w.locks(t, 3)
+			off := offs[0]
+			npp := w.h.Header().NodesPerProc
+			hd := w.killedSlot(t, offs[1])
+			h, p := hd*npp, hd*npp+1
+			if procs == "two" {
+				p = w.killedSlot(t, offs[2]) * npp
+			}
+			w.setNode(h, QueueNode{Next: p + 1, State: NodeHead, Lock: off})
+			w.setNode(p, QueueNode{State: NodeParked, Prev: h + 1, Lock: off})
+			atomic.StoreUint64(w.h.Uint64(off), wordHeadSleeping|uint64(p+1)<<wordTailShift)
+
+			m := mutex(t, w.p, off)
+			require.NoError(t, m.Lock(), "a newcomer barges past the sleeping head")
+			require.Empty(t, w.p.QueueNode(w.p.Slot()*npp).State, "without queueing")
+			m.Unlock()
+			got := DecodeWord(atomic.LoadUint64(w.h.Uint64(off)))
+			require.Equal(t, p+1, got.Tail, "the dead queue stays after the barger's unlock")
+			require.True(t, got.HeadSleeping)
+
+			want := map[string]int{"one": 1, "two": 2}[procs]
+			assert.Equal(t, want, Reap(w.h), "the dead slots reclaimed")
+			assert.Zero(t, atomic.LoadUint64(w.h.Uint64(off)), "no tail, no head bits")
+			assert.Equal(t, uint32(NodeFree), w.p.QueueNode(h).State, "H freed")
+			assert.Equal(t, uint32(NodeFree), w.p.QueueNode(p).State, "P freed")
+			w.settled(t, off, 0)
+		})
+	}
+}
+
+// TestReapKeepsQueueWithLiveNode: as TestReapEndsDeadSleepingQueue, but a
+// live process's node is in the chain from the tail back to the head: a
+// waiter behind the dead head (it will repair around it), or the head
+// itself (asleep, and it will wake). Reap leaves the lock word and every
+// node as they are, and so the slot of the dead.
+func TestReapKeepsQueueWithLiveNode(t *testing.T) {
+	for _, live := range []string{"waiter", "head"} {
+		t.Run(live, func(t *testing.T) {
+			w := newWorld(t, 1<<20)
+			offs := w.locks(t, 2)
+			off := offs[0]
+			npp := w.h.Header().NodesPerProc
+			dead := w.killedSlot(t, offs[1])
+			pl, plDone := w.attached(t)
+			l := pl.TakeNode()
+			d0, d1 := dead*npp, dead*npp+1
+			var idx []uint32
+			if live == "waiter" {
+				// D0 (dead head) <- L (live, waiting) <- D1 (dead, parked: tail)
+				w.setNode(d0, QueueNode{Next: l.Index + 1, State: NodeHead, Lock: off})
+				w.setNode(l.Index, QueueNode{Next: d1 + 1, State: NodeWaiting, Prev: d0 + 1, Lock: off})
+				w.setNode(d1, QueueNode{State: NodeParked, Prev: l.Index + 1, Lock: off})
+				idx = []uint32{d0, l.Index, d1}
+			} else {
+				// L (live head, asleep) <- D0 (dead, parked) <- D1 (dead, parked: tail)
+				w.setNode(l.Index, QueueNode{Next: d0 + 1, State: NodeHead, Lock: off})
+				w.setNode(d0, QueueNode{Next: d1 + 1, State: NodeParked, Prev: l.Index + 1, Lock: off})
+				w.setNode(d1, QueueNode{State: NodeParked, Prev: d0 + 1, Lock: off})
+				idx = []uint32{l.Index, d0, d1}
+			}
+			word := wordHeadSleeping | uint64(d1+1)<<wordTailShift
+			atomic.StoreUint64(w.h.Uint64(off), word)
+			var before []QueueNode
+			for _, i := range idx {
+				before = append(before, w.p.QueueNode(i))
+			}
+
+			assert.Zero(t, Reap(w.h), "the dead slot is kept")
+			assert.Equal(t, word, atomic.LoadUint64(w.h.Uint64(off)), "lock word untouched")
+			for k, i := range idx {
+				assert.Equal(t, before[k], w.p.QueueNode(i), "node %d untouched", i)
+			}
+
+			for _, i := range idx {
+				w.setNode(i, QueueNode{})
+			}
+			atomic.StoreUint64(w.h.Uint64(off), 0)
+			pl.GiveNode(l)
+			plDone()
+			w.settled(t, off, 0)
+		})
+	}
+}
