@@ -66,6 +66,9 @@ func heapCreate(args []string, out io.Writer) error {
 	if err := parse(fs, args, 1); err != nil {
 		return err
 	}
+	if err := badFlags("heap create", heapSize("size", size)); err != nil {
+		return err
+	}
 	h, err := heap.Create(fs.Arg(0), &heap.Options{Params: heap.Params{Size: uint64(size)}})
 	if err != nil {
 		return err

@@ -98,7 +98,9 @@ func TestHeapBadInput(t *testing.T) {
 		code int
 		msg  string
 	}{
-		{[]string{"heap", "create", "--size", "3M", filepath.Join(dir, "a")}, 1, "size 3145728 is not a power of two"},
+		{[]string{"heap", "create", "--size", "3M", filepath.Join(dir, "a")}, 2, "--size 3M: want a power of two from 1M to 64G"},
+		{[]string{"heap", "create", "--size", "512K", filepath.Join(dir, "a")}, 2, "--size 512K: want a power of two from 1M to 64G"},
+		{[]string{"heap", "create", "--size", "128G", filepath.Join(dir, "a")}, 2, "--size 128G: want a power of two from 1M to 64G"},
 		{[]string{"heap", "create", "--size", "lots", filepath.Join(dir, "a")}, 2, `invalid value "lots" for flag -size: want a number of bytes`},
 		{[]string{"heap", "create", "--size", "0", filepath.Join(dir, "a")}, 2, `invalid value "0" for flag -size`},
 		{[]string{"heap", "create", "--size", "-5M", filepath.Join(dir, "a")}, 2, `invalid value "-5M" for flag -size`},

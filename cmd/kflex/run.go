@@ -68,7 +68,7 @@ exit status 1, naming the run.`, out)
 	if err := parse(fs, args, 1); err != nil {
 		return err
 	}
-	if err := badFlags("run", inRange("repeat", *repeat, 1, maxRepeat), atLeast("budget", *budget, 0)); err != nil {
+	if err := badFlags("run", inRange("repeat", *repeat, 1, maxRepeat), atLeast("budget", *budget, 0), heapSize("size", size)); err != nil {
 		return err
 	}
 	opts := serve.Options{Budget: *budget}

@@ -96,7 +96,7 @@ and attached processes of a running runtime.`, out)
 	if *inArena && *heapPath != "" {
 		return fmt.Errorf("serve: %w: --heap and --arena exclude each other", errUsage)
 	}
-	if err := badFlags("serve", inRange("threads", *threads, 1, 1024), atLeast("budget", *budget, 0)); err != nil {
+	if err := badFlags("serve", inRange("threads", *threads, 1, 1024), atLeast("budget", *budget, 0), heapSize("size", size)); err != nil {
 		return err
 	}
 	progs, objs, err := loadPrograms(fs.Args())
