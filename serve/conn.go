@@ -147,6 +147,10 @@ func (s *connServer) read() {
 			s.cancelCall(req.Arg)
 			continue
 		case wire.OpCancelProgram:
+			if s.rt.stats[req.Name] == nil {
+				s.write(req.ID, 0, noProgram(req.Name)) // as an invocation of it would fail
+				continue
+			}
 			n := s.rt.Cancel(req.Name)
 			s.rt.log.Info("cancel requested", "pid", s.pid, "program", req.Name, "cancelled", n)
 			s.write(req.ID, uint64(n), nil)

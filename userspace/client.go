@@ -82,7 +82,8 @@ func (c *Client) InvokeContext(ctx context.Context, name string, arg uint64) (ui
 
 // CancelProgram asks the runtime to cancel every running invocation of
 // extension name, whichever process made it, and returns how many it
-// cancelled: an operator's request (kflex cancel).
+// cancelled: an operator's request (kflex cancel). A name the runtime does
+// not serve is an error matching ErrNoSuchProgram.
 func (c *Client) CancelProgram(name string) (int, error) {
 	r, err := c.do(wire.Request{Op: wire.OpCancelProgram, Name: name}, nil)
 	if err == nil {

@@ -591,6 +591,11 @@ func TestServeCancels(t *testing.T) {
 	require.ErrorAs(t, <-done, &ie)
 	assert.Contains(t, ie.Message, "cancelled on request")
 
+	code, stdout, stderr = kflex("cancel", "--socket", sock, "--json", "spinn")
+	assert.Equal(t, 1, code, "a program the runtime does not serve")
+	assert.JSONEq(t, `{"error": "cancel spinn: no program \"spinn\""}`, stdout)
+	assert.Contains(t, stderr, `kflex: cancel spinn: no program "spinn"`)
+
 	code, _, stderr = kflex("cancel", "spin")
 	assert.Equal(t, 2, code)
 	assert.Contains(t, stderr, "need --socket")
