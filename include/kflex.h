@@ -17,7 +17,9 @@
  *
  * r1 = ctx: the context below, read-only; r2 = its length (48 bytes);
  * r3 = arg: the invoker's argument (ctx->arg) as a pointer into the heap. The
- * return value (r0) is what the invoker gets. Static functions and functions
+ * return value (r0) is what the invoker gets. A program's name is at most 64
+ * bytes (clients send it; a longer one is refused at load), and so is the
+ * name of a global that clients find. Static functions and functions
  * in .text are subprograms, called as usual (bpf-to-bpf calls, at most 7
  * deep, no recursion).
  *

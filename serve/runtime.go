@@ -200,6 +200,10 @@ func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runti
 		return nil, err
 	}
 	for name, insns := range progs {
+		if len(name) > wire.MaxNameLen {
+			rt.Close()
+			return nil, fmt.Errorf("serve: program %s: a name of %d bytes, which no client could invoke: at most %d", name, len(name), wire.MaxNameLen)
+		}
 		p, err := loader.Load(insns, loader.Options{JIT: o.JIT > 0, Interp: o.Interpreted > 0})
 		if err != nil {
 			rt.Close()

@@ -101,7 +101,7 @@ func (r Request) check() error {
 	case r.Op != OpInvoke && r.Op != OpCancelProgram && r.Op != OpGlobal:
 		return fmt.Errorf("%s %d in request %d", unknownOp, r.Op, r.ID)
 	case len(r.Name) == 0 || len(r.Name) > MaxNameLen:
-		return fmt.Errorf("request %d names a program of %d bytes, want 1 to %d", r.ID, len(r.Name), MaxNameLen)
+		return fmt.Errorf("request %d: a name of %d bytes, want 1 to %d", r.ID, len(r.Name), MaxNameLen)
 	}
 	return nil
 }
