@@ -396,6 +396,8 @@ func TestCancelTableRegisters(t *testing.T) {
 			r, err := Verify(insns, cfg)
 			if slices.ContainsFunc(tc.want, func(regs []int) bool { return slices.Contains(regs, 0) }) {
 				require.ErrorContains(t, err, "no callee-saved register (r6-r9) keeps its address")
+				require.ErrorContains(t, err, "in C: a local pointer variable passed to kflex_lock and kflex_unlock; a global lock through kflex_keep(&lock)",
+					"what a C programmer does about it")
 				return
 			}
 			require.NoError(t, err)
