@@ -147,6 +147,8 @@ func heapInfo(args []string, out io.Writer) error {
 		in.Problems = append(in.Problems, e.Error())
 	}
 	if asJSON {
+		in.Owners, in.Locks, in.Caches = nonNil(in.Owners), nonNil(in.Locks), nonNil(in.Caches)
+		in.Nodes, in.LockWords = nonNil(in.Nodes), nonNil(in.LockWords)
 		if err := writeJSON(out, in); err != nil {
 			return err
 		}

@@ -82,6 +82,9 @@ func TestHeapCreateInfo(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(stdout), &in))
 	assert.Equal(t, uint64(2<<20), in.Size)
 	assert.Equal(t, in.Alloc.Pages, in.Alloc.FreePages)
+	for _, list := range []string{"owners", "alloc_locks", "alloc_caches", "queued_nodes", "queued_locks"} {
+		assert.Contains(t, stdout, `"`+list+`": [`, "an empty list is [], not null: jq's .%s[] works", list)
+	}
 
 	code, _, stderr = kflex("heap", "create", path)
 	assert.Equal(t, 1, code)
