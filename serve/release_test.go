@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -110,6 +111,33 @@ func TestCancelAbandonsHeldLock(t *testing.T) {
 			assert.Zero(t, *w.h.Uint64(w.lock), "the lock is free again")
 			require.NoError(t, w.lockGo(t), "and taken normally after repair")
 			w.mu.Unlock()
+		})
+	}
+}
+
+// TestCancelNotRecoverable: an extension whose mcs_lock returned
+// LockNotRecoverable holds nothing (mcs_unlock changes nothing); cancelled
+// there, it has nothing to release, and its cancellation says nothing of a
+// failed release: the word stays not recoverable.
+func TestCancelNotRecoverable(t *testing.T) {
+	for engine, o := range engines {
+		t.Run(engine, func(t *testing.T) {
+			o.Budget = 20 * time.Millisecond
+			var log strings.Builder // written by the invocations, read after them
+			o.Logger = textLog(&log)
+			w := newHoldWorld(t, o)
+			_, err := w.invoke(context.Background(), "lockloop")
+			require.ErrorIs(t, err, abi.ErrCancelled)
+			require.ErrorIs(t, w.lockGo(t), mcs.ErrOwnerDied)
+			w.mu.Unlock() // without Consistent: not recoverable from now on
+			word := *w.h.Uint64(w.lock)
+			require.ErrorIs(t, w.lockGo(t), mcs.ErrNotRecoverable)
+
+			_, err = w.invoke(context.Background(), "lockloop") // its lock call returns LockNotRecoverable; it loops on
+			require.ErrorIs(t, err, abi.ErrCancelled)
+			assert.NotContains(t, log.String(), "level=ERROR", "nothing failed to be released")
+			assert.Equal(t, word, *w.h.Uint64(w.lock), "the word is as it was")
+			require.ErrorIs(t, w.lockGo(t), mcs.ErrNotRecoverable)
 		})
 	}
 }
