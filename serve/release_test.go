@@ -36,6 +36,21 @@ loop:
 	mov %r0, 0
 	exit
 ` + mcs.BytecodeLock,
+	// lockclobber takes the lock, overwrites its word (a bug of its own),
+	// and loops: what a cancel finds there is not the lock it took.
+	"lockclobber": `
+	mov %r9, %r1
+	ldxdw %r8, [%r9+0]
+	mov %r1, %r8` + abi.LockCall + `
+	stdw [%r8+0], 0
+	mov %r7, 1
+loop:
+	add %r7, 1
+	jne %r7, 0, loop
+	mov %r1, %r8` + abi.UnlockCall + `
+	mov %r0, 0
+	exit
+` + mcs.BytecodeLock,
 	// lockonce waits for the lock if it is held (cancelled while it waits).
 	"lockonce": mcs.LockOnceProgram,
 	// allocloop allocates, then loops holding the allocation in r6.
@@ -113,6 +128,21 @@ func TestCancelAbandonsHeldLock(t *testing.T) {
 			w.mu.Unlock()
 		})
 	}
+}
+
+// TestCancelReleaseFails: a cancelled extension whose lock cannot be
+// released as the verifier's table says (it overwrote the word) gets a
+// cancellation that says so, not only a log line.
+func TestCancelReleaseFails(t *testing.T) {
+	o := engines["interp"]
+	o.Budget = 20 * time.Millisecond
+	w := newHoldWorld(t, o)
+	_, err := w.invoke(context.Background(), "lockclobber")
+	var ce *cancel.Error
+	require.ErrorAs(t, err, &ce)
+	assert.Equal(t, cancel.Budget, ce.Cause)
+	assert.ErrorContains(t, err, "(releasing what it held: mcs: abandon lock at heap offset")
+	assert.ErrorContains(t, err, "is not held with")
 }
 
 // TestCancelNotRecoverable: an extension whose mcs_lock returned

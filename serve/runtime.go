@@ -494,10 +494,10 @@ func (rt *Runtime) run(ctx context.Context, ps *progStats, arg, dataLen uint64, 
 		r0, err = rt.invoke(e, name, arg, dataLen)
 	}
 	hook.attach(nil)
+	var rerr error
 	if errors.Is(err, abi.ErrCancelled) {
-		if rerr := rt.releaseHeld(e, name, err); rerr != nil {
+		if rerr = rt.releaseHeld(e, name, err); rerr != nil {
 			rt.log.Error("releasing what a cancelled invocation held", "program", name, "err", rerr)
-			err = fmt.Errorf("%w (releasing what it held: %v)", err, rerr)
 		}
 	}
 	// What a run that ended keeps allocated is published (returned or stored
@@ -508,7 +508,11 @@ func (rt *Runtime) run(ctx context.Context, ps *progStats, arg, dataLen uint64, 
 		rt.stuck.Add(1)
 		rt.log.Warn("an executor leaves the pool until its queue node is passed on: it is still abandoned in the queue of a lock nobody passes on, and no spare is free", "node", e.node.Index)
 	}
-	return r0, rt.unwatch(r, err)
+	err = rt.unwatch(r, err)
+	if rerr != nil { // after unwatch, whose *cancel.Error says only where and why it stopped
+		err = fmt.Errorf("%w (releasing what it held: %v)", err, rerr)
+	}
+	return r0, err
 }
 
 func (rt *Runtime) invoke(e *executor, name string, arg, dataLen uint64) (uint64, error) {
