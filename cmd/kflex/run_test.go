@@ -2,14 +2,17 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/kflex-go/kflex/abi"
 	"github.com/kflex-go/kflex/heap"
 )
 
@@ -52,6 +55,18 @@ func TestRun(t *testing.T) {
 	code, stdout, _ = kflex("run", neg)
 	require.Equal(t, 0, code)
 	assert.Contains(t, stdout, "r0 = 18446744073709551486 (0xffffffffffffff7e, -130)")
+}
+
+// TestRunTrace: what the program traces (kflex_trace) is printed, as kflex
+// serve prints it, once per run.
+func TestRunTrace(t *testing.T) {
+	trace := writeProg(t, "trace.s", fmt.Sprintf("mov %%r1, 0x65\ncall %d\nmov %%r0, 0\nexit\n", abi.HelperTrace))
+	code, stdout, stderr := kflex("run", "--repeat", "2", trace)
+	require.Equal(t, 0, code, stderr)
+	assert.Equal(t, 2, strings.Count(stdout, "trace: 0x65\n"), stdout)
+	code, stdout, stderr = kflex("run", "--json", trace)
+	require.Equal(t, 0, code, stderr)
+	assert.NotContains(t, stdout, "trace:", "stdout holds only the JSON object")
 }
 
 // TestRunData: --ctx's bytes are in the heap at the argument, data_len is
