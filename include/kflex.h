@@ -103,7 +103,8 @@ static long (*const kflex_trace)(kflex_u64 v) = (void *)0x4b460014;
  *   KFLEX_LOCK_NOT_RECOVERABLE  the lock is not held, and never will be.
  *
  * Call kflex_unlock on every path after kflex_lock, whatever it returned
- * (on a lock not recoverable it changes nothing): the verifier checks it.
+ * (on a lock not recoverable it changes nothing), in the same function: a
+ * function returns holding no lock. The verifier checks it.
  * While a lock is held across a cancellation point (a loop, a helper call,
  * a call of a subprogram), its address must stay in a local variable that
  * the compiler keeps in a register, so that a cancellation can release it:
