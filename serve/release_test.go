@@ -24,33 +24,10 @@ import (
 // context's first word) stays in r8, where the verifier's table finds it.
 var holding = map[string]string{
 	// lockloop takes the lock and loops, holding it, until cancelled.
-	"lockloop": `
-	mov %r9, %r1
-	ldxdw %r8, [%r9+0]
-	mov %r1, %r8` + abi.LockCall + `
-	mov %r7, 1
-loop:
-	add %r7, 1
-	jne %r7, 0, loop
-	mov %r1, %r8` + abi.UnlockCall + `
-	mov %r0, 0
-	exit
-` + mcs.BytecodeLock,
+	"lockloop": lockHolding(""),
 	// lockclobber takes the lock, overwrites its word (a bug of its own),
 	// and loops: what a cancel finds there is not the lock it took.
-	"lockclobber": `
-	mov %r9, %r1
-	ldxdw %r8, [%r9+0]
-	mov %r1, %r8` + abi.LockCall + `
-	stdw [%r8+0], 0
-	mov %r7, 1
-loop:
-	add %r7, 1
-	jne %r7, 0, loop
-	mov %r1, %r8` + abi.UnlockCall + `
-	mov %r0, 0
-	exit
-` + mcs.BytecodeLock,
+	"lockclobber": lockHolding("\n\tstdw [%r8+0], 0"),
 	// lockonce waits for the lock if it is held (cancelled while it waits).
 	"lockonce": mcs.LockOnceProgram,
 	// allocloop allocates, then loops holding the allocation in r6.
@@ -69,6 +46,23 @@ out:
 	mov %%r0, 0
 	exit`, abi.HelperAlloc, abi.HelperFree),
 	"add1": "ldxdw %r0, [%r1+0]\nadd %r0, 1\nexit",
+}
+
+// lockHolding is a program that takes the lock at the context's first word
+// (its address in r8), runs body, and loops holding it until cancelled.
+func lockHolding(body string) string {
+	return `
+	mov %r9, %r1
+	ldxdw %r8, [%r9+0]
+	mov %r1, %r8` + abi.LockCall + body + `
+	mov %r7, 1
+loop:
+	add %r7, 1
+	jne %r7, 0, loop
+	mov %r1, %r8` + abi.UnlockCall + `
+	mov %r0, 0
+	exit
+` + mcs.BytecodeLock
 }
 
 type holdWorld struct {
