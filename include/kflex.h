@@ -77,7 +77,8 @@ struct kflex_ctx {
 /* kflex_alloc returns size bytes of the heap, not zeroed, or 0. */
 static void *(*const kflex_alloc)(kflex_u64 size) = (void *)0x4b460010;
 /* kflex_free returns what kflex_alloc gave to the heap: 0, or 1 if p is not
- * the allocator's. */
+ * the allocator's or is the runtime's own (a global, an executor's stack),
+ * which it leaves alone. */
 static long (*const kflex_free)(void *p) = (void *)0x4b460011;
 /* kflex_time is monotonic nanoseconds. */
 static kflex_u64 (*const kflex_time)(void) = (void *)0x4b460012;

@@ -269,3 +269,26 @@ func TestCancelStorm(t *testing.T) {
 	assert.Equal(t, uint64(42), r0)
 	t.Logf("%d rounds: %d cancelled, %d owner-died takeovers by the Go side", rounds, cancelled.Load(), ownerDied.Load())
 }
+
+// TestFreeOwnedRefused: kflex_free of an object the runtime owns (its
+// extensions' globals, its executors' stacks and rseq areas) returns 1 and
+// frees nothing; what the extension allocated it frees, 0.
+func TestFreeOwnedRefused(t *testing.T) {
+	free := fmt.Sprintf("ldxdw %%r1, [%%r1+0]\ncall %d\nexit", abi.HelperFree)
+	for engine, o := range engines {
+		t.Run(engine, func(t *testing.T) {
+			rt, h := runtimeOf(t, map[string]string{"free": free}, o)
+			owned, err := h.AllocOwned(64) // this process is the runtime's: its object
+			require.NoError(t, err)
+			r0, err := rt.Invoke(context.Background(), "free", h.Base()+owned)
+			require.NoError(t, err)
+			assert.Equal(t, uint64(1), r0, "the runtime's own object is not the extension's to free")
+			require.NoError(t, h.FreeOwned(owned), "still allocated, still owned")
+			plain, err := h.Alloc(64)
+			require.NoError(t, err)
+			r0, err = rt.Invoke(context.Background(), "free", h.Base()+plain)
+			require.NoError(t, err)
+			assert.Zero(t, r0)
+		})
+	}
+}

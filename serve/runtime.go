@@ -347,7 +347,9 @@ func (rt *Runtime) baseHelpers(e *executor) map[int32]interp.Helper {
 			return h.Base() + off, nil
 		},
 		HelperFree: func(_ interp.Memory, p, _, _, _, _ uint64) (uint64, error) {
-			if h.Free(p&h.Mask()) != nil {
+			// The runtime's own objects (globals, executor stacks and rseq
+			// areas) are not the extension's to free.
+			if off := p & h.Mask(); h.Owned(off) || h.Free(off) != nil {
 				return 1, nil
 			}
 			delete(e.allocs, p&h.Mask())
