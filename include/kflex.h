@@ -28,10 +28,13 @@
  * The heap is shared by the runtime and every attached process. Any pointer
  * may be dereferenced: the runtime confines every access to the heap (an
  * address outside it wraps into it), so a wrong pointer reads or writes a
- * wrong place of the heap, never the runtime's memory. Pointers stored in the
- * heap are in the runtime's view, which is the view a program sees: store
- * and follow them as usual (Go code converts with userspace's LoadPtr and
- * StorePtr). Each stack frame is 512 bytes.
+ * wrong place of the heap, never the runtime's memory. A NULL pointer is the
+ * heap's first page, its header: the runtime puts the header back after the
+ * invocation (and logs it), but what a wild store hits elsewhere (the lock
+ * queues' nodes, the allocator's tables, another's data) stays hit. Pointers
+ * stored in the heap are in the runtime's view, which is the view a program
+ * sees: store and follow them as usual (Go code converts with userspace's
+ * LoadPtr and StorePtr). Each stack frame is 512 bytes.
  *
  * Globals (.data, .rodata, .bss) live in the heap too: the runtime allocates
  * and initialises them when it loads the object, and frees them when it

@@ -49,6 +49,7 @@ func (rt *Runtime) serveConn(c *net.UnixConn) {
 	rt.conns[c] = p
 	rt.mu.Unlock()
 	rt.log.Info("process attached", "pid", p.pid, "uid", p.uid)
+	rt.restoreHeader("attaching_pid", p.pid) // it maps the heap and checks the header
 	hello, oob := wire.EncodeHello(wire.Hello{HeapSize: rt.h.Size(), Kind: rt.kind}, rt.shareFD)
 	if _, _, err := c.WriteMsgUnix(hello, oob, nil); err != nil {
 		return

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"path/filepath"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -291,4 +292,25 @@ func TestFreeOwnedRefused(t *testing.T) {
 			assert.Zero(t, r0)
 		})
 	}
+}
+
+// TestNullStoreHeaderRestored: an extension's store through a NULL pointer
+// (r3 with argument 0: the heap's offset 0) overwrites the heap's header;
+// the runtime puts it back after the invocation, says so, and the heap file
+// opens again.
+func TestNullStoreHeaderRestored(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "heap")
+	h, err := heap.Create(path, &heap.Options{Params: heap.Params{Size: 8 << 20}})
+	require.NoError(t, err)
+	t.Cleanup(func() { h.Close() })
+	var log strings.Builder // written by the invocation, read after it
+	o := engines["interp"]
+	o.Logger = textLog(&log)
+	rt := runtimeOn(t, h, map[string]string{"null": "stdw [%r3+0], 0x41\nmov %r0, 0\nexit"}, o)
+	_, err = rt.Invoke(context.Background(), "null", 0)
+	require.NoError(t, err)
+	h2, err := heap.Open(path, nil)
+	require.NoError(t, err, "the header is whole again")
+	h2.Close()
+	assert.Contains(t, log.String(), `level=WARN msg="the heap's header was overwritten (a store through a NULL or wild pointer?): restored" program=null`)
 }

@@ -496,6 +496,7 @@ func (rt *Runtime) run(ctx context.Context, ps *progStats, arg, dataLen uint64, 
 		r0, err = rt.invoke(e, name, arg, dataLen)
 	}
 	hook.attach(nil)
+	rt.restoreHeader("program", name)
 	var rerr error
 	if errors.Is(err, abi.ErrCancelled) {
 		if rerr = rt.releaseHeld(e, name, err); rerr != nil {
@@ -515,6 +516,16 @@ func (rt *Runtime) run(ctx context.Context, ps *progStats, arg, dataLen uint64, 
 		err = fmt.Errorf("%w (releasing what it held: %v)", err, rerr)
 	}
 	return r0, err
+}
+
+// restoreHeader puts the heap's header back if something overwrote it (a
+// store through a NULL pointer: heap.RestoreHeader), so that processes can
+// still attach, and says who it suspects (the program that just ran, or
+// the process about to attach: its predecessors wrote the heap too).
+func (rt *Runtime) restoreHeader(suspect ...any) {
+	if rt.h.RestoreHeader() {
+		rt.log.Warn("the heap's header was overwritten (a store through a NULL or wild pointer?): restored", suspect...)
+	}
 }
 
 func (rt *Runtime) invoke(e *executor, name string, arg, dataLen uint64) (uint64, error) {
