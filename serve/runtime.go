@@ -31,6 +31,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf/asm"
 	"github.com/prometheus/client_golang/prometheus"
@@ -103,12 +104,15 @@ type Runtime struct {
 // binds it to the calling goroutine's OS thread: the thread registers the area,
 // and the node points at its slice-request byte, so that the bytecode lock asks
 // the scheduler not to preempt the thread while an extension holds a heap lock.
+// Where the kernel offers no slice extension, the thread registers a private
+// area instead, out of the extensions' reach (rseqarea.go).
 type executor struct {
 	m       *jit.Machine
 	im      *interp.Machine // instead of m: an interpreting executor
 	node    mcs.Node
 	scratch uint64
-	area    uint64 // heap offset of the rseq area
+	area    uint64         // heap offset of the rseq area
+	private unsafe.Pointer // the rseq area outside the heap, where it is there (rseqarea.go)
 	th      *rseq.Thread
 	status  rseq.Status // of the last binding
 
@@ -241,6 +245,20 @@ func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runti
 }
 
 func (rt *Runtime) newExecutor(interpreted bool) (*executor, error) {
+	private, err := privateRseq()
+	if err != nil {
+		return nil, err
+	}
+	e, err := rt.newEngine(interpreted)
+	if err != nil {
+		freePrivateRseq(private)
+		return nil, err
+	}
+	e.private = private
+	return e, nil
+}
+
+func (rt *Runtime) newEngine(interpreted bool) (*executor, error) {
 	h := rt.h
 	if interpreted {
 		area, err := h.AllocOwned(rseq.AreaSize)
@@ -274,14 +292,21 @@ func (rt *Runtime) newExecutor(interpreted bool) (*executor, error) {
 }
 
 // bind locks the calling goroutine to its thread and registers the thread's
-// rseq area in the heap.
+// rseq area: the one in the heap, or its private one (rseqarea.go). The node
+// points at the slice-request byte of the heap's either way, which the
+// bytecode lock writes; without the slice extension no kernel reads it.
 func (e *executor) bind(h *heap.Heap) {
 	runtime.LockOSThread()
+	area := h.At(e.area)
 	clear(h.Bytes(e.area, rseq.AreaSize))
-	e.th = rseq.RegisterAt(h.At(e.area))
+	if e.private != nil {
+		area = e.private
+		clear(unsafe.Slice((*byte)(area), rseq.AreaSize))
+	}
+	e.th = rseq.RegisterAt(area)
 	e.status = e.th.Status()
 	if req := e.th.RequestByte(); req != 0 {
-		*h.Uint64(e.node.Off + mcs.NodeSliceReq) = h.Base() + e.area + uint64(req-uintptr(h.At(e.area)))
+		*h.Uint64(e.node.Off + mcs.NodeSliceReq) = h.Base() + e.area + uint64(req-uintptr(area))
 	}
 }
 
@@ -614,6 +639,7 @@ func (rt *Runtime) Close() error {
 			rt.h.FreeOwned(e.scratch)
 		}
 		rt.h.FreeOwned(e.area)
+		freePrivateRseq(e.private)
 		// A node still abandoned in a queue stays there: once this process
 		// detaches, the recovery protocol treats it as a dead waiter's.
 		for _, n := range append(e.busy, e.node) {
