@@ -1,6 +1,7 @@
 package heap
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 	"io"
@@ -24,6 +25,26 @@ type Heap struct {
 
 	allocOnce sync.Once
 	alloc     *allocator
+
+	headerOnce sync.Once
+	header     [hdrEnd]byte // the header's immutable bytes, as h.hdr encodes them (RestoreHeader)
+}
+
+// RestoreHeader rewrites the header's immutable bytes (magic, parameters,
+// layout, checksum) from h's own copy if they differ from it, and reports
+// whether they did. Every attached process, and every extension, may write
+// the heap's first page as any other: an extension's store through a NULL
+// pointer lands there (the sandbox wraps addresses into the heap), and a
+// header overwritten so leaves a file that no process can open ("not a kflex
+// heap") until this puts it back. The root words after it are not touched.
+func (h *Heap) RestoreHeader() bool {
+	h.headerOnce.Do(func() { h.hdr.encode(h.header[:]) })
+	b := unsafe.Slice((*byte)(h.m.base), hdrEnd)
+	if bytes.Equal(b, h.header[:]) {
+		return false
+	}
+	copy(b, h.header[:])
+	return true
 }
 
 // Options control how a heap is created or mapped.

@@ -49,6 +49,34 @@ func TestCreateOpenAligned(t *testing.T) {
 	assert.Equal(t, int64(4<<20), st.Size())
 }
 
+// TestRestoreHeader: a header overwritten through the mapping (an
+// extension's NULL-pointer store) makes the file unopenable; RestoreHeader
+// puts back its bytes, and only those: the root words stay as written.
+func TestRestoreHeader(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "heap")
+	h, err := Create(path, &Options{Params: Params{Size: 4 << 20}})
+	require.NoError(t, err)
+	defer h.Close()
+	h2, err := Open(path, nil)
+	require.NoError(t, err)
+	defer h2.Close()
+	assert.False(t, h.RestoreHeader(), "an intact header is left alone")
+	assert.False(t, h2.RestoreHeader(), "as another process's copy has it too")
+
+	*h.Root(0) = 0x1234
+	*h.Uint64(0) = 0x4141414141414141 // the magic
+	*h.Uint64(hdrSize) = 0            // and a field
+	_, err = Open(path, nil)
+	require.ErrorIs(t, err, ErrNotHeap)
+	assert.True(t, h2.RestoreHeader())
+	h3, err := Open(path, nil)
+	require.NoError(t, err, "openable again")
+	defer h3.Close()
+	assert.Equal(t, h.Header(), h3.Header())
+	assert.Equal(t, uint64(0x1234), *h3.Root(0), "the root words are not the header's")
+	assert.False(t, h.RestoreHeader())
+}
+
 func TestMapAtForcedBase(t *testing.T) {
 	h := newTestHeap(t, 1<<20)
 	// Far from Go's heap (0xc0_0000_0000) and from mmap's top-down area.

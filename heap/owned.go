@@ -41,10 +41,25 @@ var ErrNotOwner = errors.New("heap: owned allocation by a process with no owner 
 
 // owned is this process's registry (its own view of the blocks).
 type owned struct {
-	mu    sync.Mutex
-	slot  uint32            // whose registry; valid while bound
-	where map[uint64]uint64 // object offset -> offset of its entry
-	empty []uint64          // entries free for reuse
+	mu     sync.Mutex
+	slot   uint32              // whose registry; valid while bound
+	where  map[uint64]uint64   // object offset -> offset of its entry
+	blocks map[uint64]struct{} // the registry's blocks
+	empty  []uint64            // entries free for reuse
+}
+
+// Owned reports whether off is this process's own: an object AllocOwned
+// returned and FreeOwned has not freed, or a block of their registry. A
+// plain Free of one (an extension's kflex_free of a global, say) would leave
+// the registry naming memory the heap may give to someone else, which
+// FreeOwned, UnbindOwner or a reaper would then free under them.
+func (h *Heap) Owned(off uint64) bool {
+	o := &h.allocator().owned
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	_, obj := o.where[off]
+	_, block := o.blocks[off]
+	return obj || block
 }
 
 // AllocOwned is Alloc for an object that belongs to this process: UnbindOwner
@@ -106,6 +121,7 @@ func (h *Heap) growOwned(slot, gen uint32) error {
 	atomic.StoreUint64(h.Uint64(b), atomic.LoadUint64(field)&ownedOffMask)
 	atomic.StoreUint64(field, uint64(gen&0xffff)<<48|b)
 	o := &h.allocator().owned
+	o.blocks[b] = struct{}{}
 	for i := range uint64(ownedPerBlock) {
 		o.empty = append(o.empty, b+8+i*8)
 	}
@@ -119,7 +135,7 @@ func (h *Heap) startOwned(slot uint32) error {
 	o := &h.allocator().owned
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.slot, o.where, o.empty = slot, map[uint64]uint64{}, nil
+	o.slot, o.where, o.blocks, o.empty = slot, map[uint64]uint64{}, map[uint64]struct{}{}, nil
 	_, err := h.reapOwned(slot)
 	return err
 }
@@ -130,7 +146,7 @@ func (h *Heap) endOwned(slot uint32) error {
 	o := &h.allocator().owned
 	o.mu.Lock()
 	defer o.mu.Unlock()
-	o.where, o.empty = nil, nil
+	o.where, o.blocks, o.empty = nil, nil, nil
 	_, err := h.reapOwned(slot)
 	return err
 }

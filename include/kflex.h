@@ -17,7 +17,9 @@
  *
  * r1 = ctx: the context below, read-only; r2 = its length (48 bytes);
  * r3 = arg: the invoker's argument (ctx->arg) as a pointer into the heap. The
- * return value (r0) is what the invoker gets. Static functions and functions
+ * return value (r0) is what the invoker gets. A program's name is at most 64
+ * bytes (clients send it; a longer one is refused at load), and so is the
+ * name of a global that clients find. Static functions and functions
  * in .text are subprograms, called as usual (bpf-to-bpf calls, at most 7
  * deep, no recursion).
  *
@@ -26,10 +28,13 @@
  * The heap is shared by the runtime and every attached process. Any pointer
  * may be dereferenced: the runtime confines every access to the heap (an
  * address outside it wraps into it), so a wrong pointer reads or writes a
- * wrong place of the heap, never the runtime's memory. Pointers stored in the
- * heap are in the runtime's view, which is the view a program sees: store
- * and follow them as usual (Go code converts with userspace's LoadPtr and
- * StorePtr). Each stack frame is 512 bytes.
+ * wrong place of the heap, never the runtime's memory. A NULL pointer is the
+ * heap's first page, its header: the runtime puts the header back after the
+ * invocation (and logs it), but what a wild store hits elsewhere (the lock
+ * queues' nodes, the allocator's tables, another's data) stays hit. Pointers
+ * stored in the heap are in the runtime's view, which is the view a program
+ * sees: store and follow them as usual (Go code converts with userspace's
+ * LoadPtr and StorePtr). Each stack frame is 512 bytes.
  *
  * Globals (.data, .rodata, .bss) live in the heap too: the runtime allocates
  * and initialises them when it loads the object, and frees them when it
@@ -75,7 +80,8 @@ struct kflex_ctx {
 /* kflex_alloc returns size bytes of the heap, not zeroed, or 0. */
 static void *(*const kflex_alloc)(kflex_u64 size) = (void *)0x4b460010;
 /* kflex_free returns what kflex_alloc gave to the heap: 0, or 1 if p is not
- * the allocator's. */
+ * the allocator's or is the runtime's own (a global, an executor's stack),
+ * which it leaves alone. */
 static long (*const kflex_free)(void *p) = (void *)0x4b460011;
 /* kflex_time is monotonic nanoseconds. */
 static kflex_u64 (*const kflex_time)(void) = (void *)0x4b460012;
@@ -101,7 +107,8 @@ static long (*const kflex_trace)(kflex_u64 v) = (void *)0x4b460014;
  *   KFLEX_LOCK_NOT_RECOVERABLE  the lock is not held, and never will be.
  *
  * Call kflex_unlock on every path after kflex_lock, whatever it returned
- * (on a lock not recoverable it changes nothing): the verifier checks it.
+ * (on a lock not recoverable it changes nothing), in the same function: a
+ * function returns holding no lock. The verifier checks it.
  * While a lock is held across a cancellation point (a loop, a helper call,
  * a call of a subprogram), its address must stay in a local variable that
  * the compiler keeps in a register, so that a cancellation can release it:

@@ -23,7 +23,9 @@ const abandonedOwner = 0xffff
 // process holds with the held bits held (an executor's: Held), without
 // releasing it: the next acquirer takes it over and gets the owner-died
 // result (ErrOwnerDied, LockOwnerDied), and must repair the data and mark it
-// consistent. An error says the word is not held with those bits.
+// consistent. An error says the word is not held with those bits; on a lock
+// not recoverable, which nobody holds (the extension's mcs_lock returned
+// LockNotRecoverable), it wraps ErrNotRecoverable: there is nothing to give up.
 func (p *Process) Abandon(lock, held uint64) error {
 	off := lock & p.h.Mask()
 	hdr := p.h.Header()
@@ -33,6 +35,9 @@ func (p *Process) Abandon(lock, held uint64) error {
 	word := p.h.Uint64(off)
 	for {
 		w := atomic.LoadUint64(word)
+		if notRecoverable(w) {
+			return fmt.Errorf("mcs: abandon lock at heap offset %#x: %w, held by nobody", off, ErrNotRecoverable)
+		}
 		if w&wordHeldMask != held&wordHeldMask {
 			return fmt.Errorf("mcs: abandon lock at heap offset %#x: word %#x is not held with %#x", off, w, held)
 		}

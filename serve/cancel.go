@@ -10,6 +10,7 @@ import (
 
 	"github.com/kflex-go/kflex/cancel"
 	"github.com/kflex-go/kflex/jit/interp"
+	"github.com/kflex-go/kflex/mcs"
 )
 
 // DefaultBudget is how long one invocation may run when Options.Budget does
@@ -244,7 +245,9 @@ func (rt *Runtime) releaseHeld(e *executor, name string, err error) error {
 			errs = append(errs, errors.New("a held lock whose address no register keeps"))
 			continue
 		}
-		if err := rt.proc.Abandon(lock, rt.proc.Held()); err != nil {
+		if err := rt.proc.Abandon(lock, rt.proc.Held()); errors.Is(err, mcs.ErrNotRecoverable) {
+			continue // its mcs_lock returned LockNotRecoverable: not held, as mcs_unlock would find it
+		} else if err != nil {
 			errs = append(errs, err)
 			continue
 		}

@@ -288,6 +288,9 @@ func TestClientCancels(t *testing.T) {
 	n, err = op.CancelProgram("spin")
 	require.NoError(t, err)
 	assert.Zero(t, n, "nothing runs now")
+	_, err = op.CancelProgram("spinn") // a typo is an error, not "0 cancelled"
+	assert.ErrorIs(t, err, userspace.ErrNoSuchProgram)
+	assert.ErrorContains(t, err, `no program "spinn"`)
 	r0, err := c.Invoke("add1", 1)
 	require.NoError(t, err)
 	assert.Equal(t, uint64(2), r0)

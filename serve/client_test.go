@@ -130,7 +130,7 @@ func TestMalformedRequests(t *testing.T) {
 	r, err = exchange(noName[:len(noName)-1])
 	require.NoError(t, err)
 	assert.Equal(t, uint64(6), r.ID)
-	assert.ErrorContains(t, r.Err, "request 6 names a program of 0 bytes")
+	assert.ErrorContains(t, r.Err, "request 6: a name of 0 bytes")
 
 	good, _ := wire.EncodeInvoke(7, "add1", 41)
 	r, err = exchange(good)

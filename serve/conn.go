@@ -49,6 +49,7 @@ func (rt *Runtime) serveConn(c *net.UnixConn) {
 	rt.conns[c] = p
 	rt.mu.Unlock()
 	rt.log.Info("process attached", "pid", p.pid, "uid", p.uid)
+	rt.restoreHeader("attaching_pid", p.pid) // it maps the heap and checks the header
 	hello, oob := wire.EncodeHello(wire.Hello{HeapSize: rt.h.Size(), Kind: rt.kind}, rt.shareFD)
 	if _, _, err := c.WriteMsgUnix(hello, oob, nil); err != nil {
 		return
@@ -147,6 +148,10 @@ func (s *connServer) read() {
 			s.cancelCall(req.Arg)
 			continue
 		case wire.OpCancelProgram:
+			if s.rt.stats[req.Name] == nil {
+				s.write(req.ID, 0, noProgram(req.Name)) // as an invocation of it would fail
+				continue
+			}
 			n := s.rt.Cancel(req.Name)
 			s.rt.log.Info("cancel requested", "pid", s.pid, "program", req.Name, "cancelled", n)
 			s.write(req.ID, uint64(n), nil)

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -23,18 +25,10 @@ import (
 // context's first word) stays in r8, where the verifier's table finds it.
 var holding = map[string]string{
 	// lockloop takes the lock and loops, holding it, until cancelled.
-	"lockloop": `
-	mov %r9, %r1
-	ldxdw %r8, [%r9+0]
-	mov %r1, %r8` + abi.LockCall + `
-	mov %r7, 1
-loop:
-	add %r7, 1
-	jne %r7, 0, loop
-	mov %r1, %r8` + abi.UnlockCall + `
-	mov %r0, 0
-	exit
-` + mcs.BytecodeLock,
+	"lockloop": lockHolding(""),
+	// lockclobber takes the lock, overwrites its word (a bug of its own),
+	// and loops: what a cancel finds there is not the lock it took.
+	"lockclobber": lockHolding("\n\tstdw [%r8+0], 0"),
 	// lockonce waits for the lock if it is held (cancelled while it waits).
 	"lockonce": mcs.LockOnceProgram,
 	// allocloop allocates, then loops holding the allocation in r6.
@@ -53,6 +47,23 @@ out:
 	mov %%r0, 0
 	exit`, abi.HelperAlloc, abi.HelperFree),
 	"add1": "ldxdw %r0, [%r1+0]\nadd %r0, 1\nexit",
+}
+
+// lockHolding is a program that takes the lock at the context's first word
+// (its address in r8), runs body, and loops holding it until cancelled.
+func lockHolding(body string) string {
+	return `
+	mov %r9, %r1
+	ldxdw %r8, [%r9+0]
+	mov %r1, %r8` + abi.LockCall + body + `
+	mov %r7, 1
+loop:
+	add %r7, 1
+	jne %r7, 0, loop
+	mov %r1, %r8` + abi.UnlockCall + `
+	mov %r0, 0
+	exit
+` + mcs.BytecodeLock
 }
 
 type holdWorld struct {
@@ -110,6 +121,48 @@ func TestCancelAbandonsHeldLock(t *testing.T) {
 			assert.Zero(t, *w.h.Uint64(w.lock), "the lock is free again")
 			require.NoError(t, w.lockGo(t), "and taken normally after repair")
 			w.mu.Unlock()
+		})
+	}
+}
+
+// TestCancelReleaseFails: a cancelled extension whose lock cannot be
+// released as the verifier's table says (it overwrote the word) gets a
+// cancellation that says so, not only a log line.
+func TestCancelReleaseFails(t *testing.T) {
+	o := engines["interp"]
+	o.Budget = 20 * time.Millisecond
+	w := newHoldWorld(t, o)
+	_, err := w.invoke(context.Background(), "lockclobber")
+	var ce *cancel.Error
+	require.ErrorAs(t, err, &ce)
+	assert.Equal(t, cancel.Budget, ce.Cause)
+	assert.ErrorContains(t, err, "(releasing what it held: mcs: abandon lock at heap offset")
+	assert.ErrorContains(t, err, "is not held with")
+}
+
+// TestCancelNotRecoverable: an extension whose mcs_lock returned
+// LockNotRecoverable holds nothing (mcs_unlock changes nothing); cancelled
+// there, it has nothing to release, and its cancellation says nothing of a
+// failed release: the word stays not recoverable.
+func TestCancelNotRecoverable(t *testing.T) {
+	for engine, o := range engines {
+		t.Run(engine, func(t *testing.T) {
+			o.Budget = 20 * time.Millisecond
+			var log strings.Builder // written by the invocations, read after them
+			o.Logger = textLog(&log)
+			w := newHoldWorld(t, o)
+			_, err := w.invoke(context.Background(), "lockloop")
+			require.ErrorIs(t, err, abi.ErrCancelled)
+			require.ErrorIs(t, w.lockGo(t), mcs.ErrOwnerDied)
+			w.mu.Unlock() // without Consistent: not recoverable from now on
+			word := *w.h.Uint64(w.lock)
+			require.ErrorIs(t, w.lockGo(t), mcs.ErrNotRecoverable)
+
+			_, err = w.invoke(context.Background(), "lockloop") // its lock call returns LockNotRecoverable; it loops on
+			require.ErrorIs(t, err, abi.ErrCancelled)
+			assert.NotContains(t, log.String(), "level=ERROR", "nothing failed to be released")
+			assert.Equal(t, word, *w.h.Uint64(w.lock), "the word is as it was")
+			require.ErrorIs(t, w.lockGo(t), mcs.ErrNotRecoverable)
 		})
 	}
 }
@@ -216,4 +269,48 @@ func TestCancelStorm(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, uint64(42), r0)
 	t.Logf("%d rounds: %d cancelled, %d owner-died takeovers by the Go side", rounds, cancelled.Load(), ownerDied.Load())
+}
+
+// TestFreeOwnedRefused: kflex_free of an object the runtime owns (its
+// extensions' globals, its executors' stacks and rseq areas) returns 1 and
+// frees nothing; what the extension allocated it frees, 0.
+func TestFreeOwnedRefused(t *testing.T) {
+	free := fmt.Sprintf("ldxdw %%r1, [%%r1+0]\ncall %d\nexit", abi.HelperFree)
+	for engine, o := range engines {
+		t.Run(engine, func(t *testing.T) {
+			rt, h := runtimeOf(t, map[string]string{"free": free}, o)
+			owned, err := h.AllocOwned(64) // this process is the runtime's: its object
+			require.NoError(t, err)
+			r0, err := rt.Invoke(context.Background(), "free", h.Base()+owned)
+			require.NoError(t, err)
+			assert.Equal(t, uint64(1), r0, "the runtime's own object is not the extension's to free")
+			require.NoError(t, h.FreeOwned(owned), "still allocated, still owned")
+			plain, err := h.Alloc(64)
+			require.NoError(t, err)
+			r0, err = rt.Invoke(context.Background(), "free", h.Base()+plain)
+			require.NoError(t, err)
+			assert.Zero(t, r0)
+		})
+	}
+}
+
+// TestNullStoreHeaderRestored: an extension's store through a NULL pointer
+// (r3 with argument 0: the heap's offset 0) overwrites the heap's header;
+// the runtime puts it back after the invocation, says so, and the heap file
+// opens again.
+func TestNullStoreHeaderRestored(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "heap")
+	h, err := heap.Create(path, &heap.Options{Params: heap.Params{Size: 8 << 20}})
+	require.NoError(t, err)
+	t.Cleanup(func() { h.Close() })
+	var log strings.Builder // written by the invocation, read after it
+	o := engines["interp"]
+	o.Logger = textLog(&log)
+	rt := runtimeOn(t, h, map[string]string{"null": "stdw [%r3+0], 0x41\nmov %r0, 0\nexit"}, o)
+	_, err = rt.Invoke(context.Background(), "null", 0)
+	require.NoError(t, err)
+	h2, err := heap.Open(path, nil)
+	require.NoError(t, err, "the header is whole again")
+	h2.Close()
+	assert.Contains(t, log.String(), `level=WARN msg="the heap's header was overwritten (a store through a NULL or wild pointer?): restored" program=null`)
 }

@@ -31,6 +31,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/cilium/ebpf/asm"
 	"github.com/prometheus/client_golang/prometheus"
@@ -103,12 +104,15 @@ type Runtime struct {
 // binds it to the calling goroutine's OS thread: the thread registers the area,
 // and the node points at its slice-request byte, so that the bytecode lock asks
 // the scheduler not to preempt the thread while an extension holds a heap lock.
+// Where the kernel offers no slice extension, the thread registers a private
+// area instead, out of the extensions' reach (rseqarea.go).
 type executor struct {
 	m       *jit.Machine
 	im      *interp.Machine // instead of m: an interpreting executor
 	node    mcs.Node
 	scratch uint64
-	area    uint64 // heap offset of the rseq area
+	area    uint64         // heap offset of the rseq area
+	private unsafe.Pointer // the rseq area outside the heap, where it is there (rseqarea.go)
 	th      *rseq.Thread
 	status  rseq.Status // of the last binding
 
@@ -200,6 +204,10 @@ func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runti
 		return nil, err
 	}
 	for name, insns := range progs {
+		if len(name) > wire.MaxNameLen {
+			rt.Close()
+			return nil, fmt.Errorf("serve: program %s: a name of %d bytes, which no client could invoke: at most %d", name, len(name), wire.MaxNameLen)
+		}
 		p, err := loader.Load(insns, loader.Options{JIT: o.JIT > 0, Interp: o.Interpreted > 0})
 		if err != nil {
 			rt.Close()
@@ -237,6 +245,20 @@ func NewWith(h *heap.Heap, progs map[string]asm.Instructions, o Options) (*Runti
 }
 
 func (rt *Runtime) newExecutor(interpreted bool) (*executor, error) {
+	private, err := privateRseq()
+	if err != nil {
+		return nil, err
+	}
+	e, err := rt.newEngine(interpreted)
+	if err != nil {
+		freePrivateRseq(private)
+		return nil, err
+	}
+	e.private = private
+	return e, nil
+}
+
+func (rt *Runtime) newEngine(interpreted bool) (*executor, error) {
 	h := rt.h
 	if interpreted {
 		area, err := h.AllocOwned(rseq.AreaSize)
@@ -270,14 +292,21 @@ func (rt *Runtime) newExecutor(interpreted bool) (*executor, error) {
 }
 
 // bind locks the calling goroutine to its thread and registers the thread's
-// rseq area in the heap.
+// rseq area: the one in the heap, or its private one (rseqarea.go). The node
+// points at the slice-request byte of the heap's either way, which the
+// bytecode lock writes; without the slice extension no kernel reads it.
 func (e *executor) bind(h *heap.Heap) {
 	runtime.LockOSThread()
+	area := h.At(e.area)
 	clear(h.Bytes(e.area, rseq.AreaSize))
-	e.th = rseq.RegisterAt(h.At(e.area))
+	if e.private != nil {
+		area = e.private
+		clear(unsafe.Slice((*byte)(area), rseq.AreaSize))
+	}
+	e.th = rseq.RegisterAt(area)
 	e.status = e.th.Status()
 	if req := e.th.RequestByte(); req != 0 {
-		*h.Uint64(e.node.Off + mcs.NodeSliceReq) = h.Base() + e.area + uint64(req-uintptr(h.At(e.area)))
+		*h.Uint64(e.node.Off + mcs.NodeSliceReq) = h.Base() + e.area + uint64(req-uintptr(area))
 	}
 }
 
@@ -343,7 +372,9 @@ func (rt *Runtime) baseHelpers(e *executor) map[int32]interp.Helper {
 			return h.Base() + off, nil
 		},
 		HelperFree: func(_ interp.Memory, p, _, _, _, _ uint64) (uint64, error) {
-			if h.Free(p&h.Mask()) != nil {
+			// The runtime's own objects (globals, executor stacks and rseq
+			// areas) are not the extension's to free.
+			if off := p & h.Mask(); h.Owned(off) || h.Free(off) != nil {
 				return 1, nil
 			}
 			delete(e.allocs, p&h.Mask())
@@ -490,10 +521,11 @@ func (rt *Runtime) run(ctx context.Context, ps *progStats, arg, dataLen uint64, 
 		r0, err = rt.invoke(e, name, arg, dataLen)
 	}
 	hook.attach(nil)
+	rt.restoreHeader("program", name)
+	var rerr error
 	if errors.Is(err, abi.ErrCancelled) {
-		if rerr := rt.releaseHeld(e, name, err); rerr != nil {
+		if rerr = rt.releaseHeld(e, name, err); rerr != nil {
 			rt.log.Error("releasing what a cancelled invocation held", "program", name, "err", rerr)
-			err = fmt.Errorf("%w (releasing what it held: %v)", err, rerr)
 		}
 	}
 	// What a run that ended keeps allocated is published (returned or stored
@@ -504,7 +536,21 @@ func (rt *Runtime) run(ctx context.Context, ps *progStats, arg, dataLen uint64, 
 		rt.stuck.Add(1)
 		rt.log.Warn("an executor leaves the pool until its queue node is passed on: it is still abandoned in the queue of a lock nobody passes on, and no spare is free", "node", e.node.Index)
 	}
-	return r0, rt.unwatch(r, err)
+	err = rt.unwatch(r, err)
+	if rerr != nil { // after unwatch, whose *cancel.Error says only where and why it stopped
+		err = fmt.Errorf("%w (releasing what it held: %v)", err, rerr)
+	}
+	return r0, err
+}
+
+// restoreHeader puts the heap's header back if something overwrote it (a
+// store through a NULL pointer: heap.RestoreHeader), so that processes can
+// still attach, and says who it suspects (the program that just ran, or
+// the process about to attach: its predecessors wrote the heap too).
+func (rt *Runtime) restoreHeader(suspect ...any) {
+	if rt.h.RestoreHeader() {
+		rt.log.Warn("the heap's header was overwritten (a store through a NULL or wild pointer?): restored", suspect...)
+	}
 }
 
 func (rt *Runtime) invoke(e *executor, name string, arg, dataLen uint64) (uint64, error) {
@@ -593,6 +639,7 @@ func (rt *Runtime) Close() error {
 			rt.h.FreeOwned(e.scratch)
 		}
 		rt.h.FreeOwned(e.area)
+		freePrivateRseq(e.private)
 		// A node still abandoned in a queue stays there: once this process
 		// detaches, the recovery protocol treats it as a dead waiter's.
 		for _, n := range append(e.busy, e.node) {

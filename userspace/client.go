@@ -82,7 +82,8 @@ func (c *Client) InvokeContext(ctx context.Context, name string, arg uint64) (ui
 
 // CancelProgram asks the runtime to cancel every running invocation of
 // extension name, whichever process made it, and returns how many it
-// cancelled: an operator's request (kflex cancel).
+// cancelled: an operator's request (kflex cancel). A name the runtime does
+// not serve is an error matching ErrNoSuchProgram.
 func (c *Client) CancelProgram(name string) (int, error) {
 	r, err := c.do(wire.Request{Op: wire.OpCancelProgram, Name: name}, nil)
 	if err == nil {
@@ -130,7 +131,8 @@ func (c *Client) Status() (Status, error) {
 // this process's view. size is how many bytes the caller will access there
 // (its Go type's size, say): a smaller global is an error, as is an unknown
 // name (an *InvokeError matching ErrNoSuchGlobal, listing the globals there
-// are). Globals live as long as the runtime that loaded them.
+// are). Names are at most 64 bytes (wire.MaxNameLen). Globals live as long
+// as the runtime that loaded them.
 func (c *Client) Global(name string, size uint64) (Ptr, error) {
 	r, err := c.do(wire.Request{Op: wire.OpGlobal, Name: name, Arg: size}, nil)
 	if err == nil {

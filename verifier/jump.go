@@ -4,6 +4,11 @@ import (
 	"github.com/kflex-go/kflex/bytecode"
 )
 
+// sameFunction is the rule that a program breaks where a lock is released
+// that its function does not hold, or a function returns holding one: locks
+// are counted per frame.
+const sameFunction = "a lock is taken and released in the same function, which returns holding none"
+
 func (a *analysis) jump(pc int, s *State, in bytecode.Slot) error {
 	succ := a.g.Succ[pc]
 	switch in.Op {
@@ -16,7 +21,7 @@ func (a *analysis) jump(pc int, s *State, in bytecode.Slot) error {
 			return reject(pc, "exit with a %v pointer in R0", r0.Kind)
 		}
 		if s.Locks != 0 {
-			return reject(pc, "exit with %d lock(s) held, the last taken at insn %d", s.Locks, s.LockSite-1)
+			return reject(pc, "exit with %d lock(s) held, the last taken at insn %d (%s)", s.Locks, s.LockSite-1, sameFunction)
 		}
 		return s.checkExit(pc, len(a.g.Subprogs) < 2 || pc < a.g.Subprogs[1])
 	case 0x85, 0x8d: // call, callx
@@ -222,7 +227,7 @@ func (a *analysis) localCall(pc int, s *State, in bytecode.Slot) error {
 		s.LockSite = pc + 1
 	case name == a.cfg.UnlockFunc:
 		if s.Locks == 0 {
-			return reject(pc, "%s without a lock held", name)
+			return reject(pc, "%s without a lock held (%s)", name, sameFunction)
 		}
 		s.release(lockReg)
 	}

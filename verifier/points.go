@@ -129,7 +129,8 @@ func (a *analysis) releasable(r *Result) error {
 		for i, reg := range cp.LockRegs {
 			if reg == 0 {
 				return reject(cp.Slot, "%s with lock %d of %d held, and no callee-saved register (r6-r9) keeps its address: "+
-					"keep the address passed to %s in one while the lock is held, so that a cancellation can release it",
+					"keep the address passed to %s in one while the lock is held, so that a cancellation can release it "+
+					"(in C: a local pointer variable passed to kflex_lock and kflex_unlock; a global lock through kflex_keep(&lock), include/kflex.h)",
 					where, i+1, cp.Locks, a.cfg.LockFunc)
 			}
 		}

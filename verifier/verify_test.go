@@ -329,8 +329,10 @@ func TestLocksHeld(t *testing.T) {
 		{"held across a helper call, its address kept nowhere", "call local lock\ncall 7\ncall local unlock\nmov %r0, 0\nexit",
 			"insn 1: a cancellation point with lock 1 of 1 held, and no callee-saved register (r6-r9) keeps its address"},
 		{"nested", "call local lock\ncall local lock\ncall local unlock\ncall local unlock\nmov %r0, 0\nexit", ""},
-		{"held at exit", "call local lock\nmov %r0, 0\nexit", "insn 2: exit with 1 lock(s) held, the last taken at insn 0"},
+		{"held at exit", "call local lock\nmov %r0, 0\nexit", "insn 2: exit with 1 lock(s) held, the last taken at insn 0 (a lock is taken and released in the same function"},
 		{"released twice", "call local lock\ncall local unlock\ncall local unlock\nmov %r0, 0\nexit", "insn 2: unlock without a lock held"},
+		{"taken in a subprogram, released by its caller", "call local take\ncall local unlock\nmov %r0, 0\nexit\ntake:\ncall local lock\nmov %r0, 0\nexit",
+			"insn 1: unlock without a lock held (a lock is taken and released in the same function, which returns holding none)"},
 		{"on one path only", "ldxdw %r6, [%r1+0]\njeq %r6, 0, +1\ncall local lock\nmov %r0, 0\nexit",
 			"insn 3: paths meet here holding different numbers of locks"},
 	} {
@@ -396,6 +398,8 @@ func TestCancelTableRegisters(t *testing.T) {
 			r, err := Verify(insns, cfg)
 			if slices.ContainsFunc(tc.want, func(regs []int) bool { return slices.Contains(regs, 0) }) {
 				require.ErrorContains(t, err, "no callee-saved register (r6-r9) keeps its address")
+				require.ErrorContains(t, err, "in C: a local pointer variable passed to kflex_lock and kflex_unlock; a global lock through kflex_keep(&lock)",
+					"what a C programmer does about it")
 				return
 			}
 			require.NoError(t, err)

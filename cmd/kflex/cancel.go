@@ -16,7 +16,8 @@ func runCancel(args []string, out io.Writer) error {
 --socket (kflex serve), whichever process made it: each stops at its next
 cancellation point, what it holds is released (its locks pass on with the
 owner-died result), and its caller gets a cancellation naming the instruction.
-Prints how many were cancelled.`, out)
+Prints how many were cancelled. A runtime that does not answer within 10s is
+an error.`, out)
 	socket := fs.String("socket", "", "the runtime's unix socket (required)")
 	asJSON := fs.Bool("json", false, `print {"program": ..., "cancelled": N}`)
 	if err := parse(fs, args, 1); err != nil {
@@ -25,13 +26,11 @@ Prints how many were cancelled.`, out)
 	if *socket == "" {
 		return fmt.Errorf("cancel: %w: need --socket (see 'kflex cancel -h')", errUsage)
 	}
-	c, err := userspace.Dial(*socket, nil)
-	if err != nil {
-		return fmt.Errorf("cancel: %w", err)
-	}
-	defer c.Close()
-	n, err := c.CancelProgram(fs.Arg(0))
-	if err != nil {
+	var n int
+	if err := askRuntime(*socket, func(c *userspace.Client) (err error) {
+		n, err = c.CancelProgram(fs.Arg(0))
+		return err
+	}); err != nil {
 		return fmt.Errorf("cancel %s: %w", fs.Arg(0), err)
 	}
 	if *asJSON {

@@ -206,6 +206,8 @@ func TestNumbersRefused(t *testing.T) {
 		{[]string{"serve", "--socket", sock, "--threads", "0", prog}, "--threads 0: want 1 to 1024"},
 		{[]string{"serve", "--socket", sock, "--threads", "100000", prog}, "--threads 100000: want 1 to 1024"},
 		{[]string{"serve", "--socket", sock, "--size", "-1G", prog}, `invalid value "-1G" for flag -size`},
+		{[]string{"serve", "--socket", sock, "--size", "3M", prog}, "--size 3M: want a power of two from 1M to 64G"},
+		{[]string{"run", "--size", "128G", prog}, "--size 128G: want a power of two from 1M to 64G"},
 		{[]string{"serve", "--socket", sock, "--budget-for", "p@-1s", prog}, `"p@-1s": want NAME@DURATION`},
 		{[]string{"stress", "--procs", "-5"}, "--procs -5: want 1 to 64"},
 		{[]string{"stress", "--threads", "0"}, "--threads 0: want 1 to 64"},

@@ -10,6 +10,8 @@ import (
 	"strings"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/kflex-go/kflex/heap"
 )
 
 // The command line's conventions, the same for every command:
@@ -131,6 +133,16 @@ func (s *byteSize) Set(v string) error {
 		return errors.New("want a number of bytes with an optional K, M or G suffix, at least 1")
 	}
 	*s = byteSize(n)
+	return nil
+}
+
+// heapSize refuses a heap size that is not a power of two from 1M to 64G
+// (heap.MinSize, heap.MaxSize), as inRange does, naming flag name.
+func heapSize(name string, s byteSize) error {
+	if n := uint64(s); n < heap.MinSize || n > heap.MaxSize || n&(n-1) != 0 {
+		lo, hi := byteSize(heap.MinSize), byteSize(heap.MaxSize)
+		return fmt.Errorf("--%s %s: want a power of two from %s to %s", name, s.String(), lo.String(), hi.String())
+	}
 	return nil
 }
 

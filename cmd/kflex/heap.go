@@ -66,6 +66,9 @@ func heapCreate(args []string, out io.Writer) error {
 	if err := parse(fs, args, 1); err != nil {
 		return err
 	}
+	if err := badFlags("heap create", heapSize("size", size)); err != nil {
+		return err
+	}
 	h, err := heap.Create(fs.Arg(0), &heap.Options{Params: heap.Params{Size: uint64(size)}})
 	if err != nil {
 		return err
@@ -144,6 +147,8 @@ func heapInfo(args []string, out io.Writer) error {
 		in.Problems = append(in.Problems, e.Error())
 	}
 	if asJSON {
+		in.Owners, in.Locks, in.Caches = nonNil(in.Owners), nonNil(in.Locks), nonNil(in.Caches)
+		in.Nodes, in.LockWords = nonNil(in.Nodes), nonNil(in.LockWords)
 		if err := writeJSON(out, in); err != nil {
 			return err
 		}

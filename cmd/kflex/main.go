@@ -139,6 +139,15 @@ func writeJSON(out io.Writer, v any) error {
 	return enc.Encode(v)
 }
 
+// nonNil is s, or an empty slice for nil: a list in JSON output is [] when
+// empty, never null.
+func nonNil[T any](s []T) []T {
+	if s == nil {
+		return []T{}
+	}
+	return s
+}
+
 func jsonError(out io.Writer, err error) {
 	e := errorJSON{Error: err.Error()}
 	var ve *verifier.Error

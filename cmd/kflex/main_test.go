@@ -82,6 +82,9 @@ func TestHeapCreateInfo(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(stdout), &in))
 	assert.Equal(t, uint64(2<<20), in.Size)
 	assert.Equal(t, in.Alloc.Pages, in.Alloc.FreePages)
+	for _, list := range []string{"owners", "alloc_locks", "alloc_caches", "queued_nodes", "queued_locks"} {
+		assert.Contains(t, stdout, `"`+list+`": [`, "an empty list is [], not null: jq's .%s[] works", list)
+	}
 
 	code, _, stderr = kflex("heap", "create", path)
 	assert.Equal(t, 1, code)
@@ -98,7 +101,9 @@ func TestHeapBadInput(t *testing.T) {
 		code int
 		msg  string
 	}{
-		{[]string{"heap", "create", "--size", "3M", filepath.Join(dir, "a")}, 1, "size 3145728 is not a power of two"},
+		{[]string{"heap", "create", "--size", "3M", filepath.Join(dir, "a")}, 2, "--size 3M: want a power of two from 1M to 64G"},
+		{[]string{"heap", "create", "--size", "512K", filepath.Join(dir, "a")}, 2, "--size 512K: want a power of two from 1M to 64G"},
+		{[]string{"heap", "create", "--size", "128G", filepath.Join(dir, "a")}, 2, "--size 128G: want a power of two from 1M to 64G"},
 		{[]string{"heap", "create", "--size", "lots", filepath.Join(dir, "a")}, 2, `invalid value "lots" for flag -size: want a number of bytes`},
 		{[]string{"heap", "create", "--size", "0", filepath.Join(dir, "a")}, 2, `invalid value "0" for flag -size`},
 		{[]string{"heap", "create", "--size", "-5M", filepath.Join(dir, "a")}, 2, `invalid value "-5M" for flag -size`},
@@ -365,9 +370,13 @@ func TestServeStaleSocket(t *testing.T) {
 	require.NoError(t, err)
 	assert.Equal(t, uint64(2), r0)
 
-	code, _, stderr := kflex("serve", "--socket", sock, "--size", "16M", prog)
+	newHeap := filepath.Join(dir, "heap")
+	code, _, stderr := kflex("serve", "--socket", sock, "--size", "16M", "--heap", newHeap, "--every", "add1@1ms", prog)
 	assert.Equal(t, 1, code)
 	assert.Contains(t, stderr, "a kflex runtime is already serving at "+sock)
+	assert.NotContains(t, stderr, "closing", "refused before a runtime was made (and its timer ran)")
+	_, err = os.Stat(newHeap)
+	assert.ErrorIs(t, err, os.ErrNotExist, "refused before the heap was created")
 	code, _, stderr = kflex("serve", "--socket", prog, "--size", "16M", prog)
 	assert.Equal(t, 1, code)
 	assert.Contains(t, stderr, "listen on "+prog+": not a socket")
@@ -588,6 +597,11 @@ func TestServeCancels(t *testing.T) {
 	assertSnakeCase(t, stdout)
 	require.ErrorAs(t, <-done, &ie)
 	assert.Contains(t, ie.Message, "cancelled on request")
+
+	code, stdout, stderr = kflex("cancel", "--socket", sock, "--json", "spinn")
+	assert.Equal(t, 1, code, "a program the runtime does not serve")
+	assert.JSONEq(t, `{"error": "cancel spinn: no program \"spinn\""}`, stdout)
+	assert.Contains(t, stderr, `kflex: cancel spinn: no program "spinn"`)
 
 	code, _, stderr = kflex("cancel", "spin")
 	assert.Equal(t, 2, code)

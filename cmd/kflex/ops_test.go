@@ -151,4 +151,18 @@ func TestStatusErrors(t *testing.T) {
 	assert.Contains(t, stderr, "kflex: status: no kflex runtime at ")
 	code, _, stderr = kflex("status", "--socket", "s", "extra")
 	assert.Equal(t, 2, code, stderr)
+
+	// A runtime that takes the connection and never answers (stopped, or
+	// wedged): status and cancel give up rather than hang.
+	silent := filepath.Join(t.TempDir(), "silent")
+	ln, err := net.ListenUnix("unixpacket", &net.UnixAddr{Name: silent, Net: "unixpacket"})
+	require.NoError(t, err)
+	defer ln.Close() // resets the connections it never accepted: the dials end
+	defer func(d time.Duration) { answerWithin = d }(answerWithin)
+	answerWithin = 100 * time.Millisecond
+	for _, args := range [][]string{{"status", "--socket", silent}, {"cancel", "--socket", silent, "p"}} {
+		code, _, stderr = kflex(args...)
+		assert.Equal(t, 1, code, "%v: %s", args, stderr)
+		assert.Contains(t, stderr, "the kflex runtime at "+silent+" did not answer within 100ms", args)
+	}
 }

@@ -52,10 +52,11 @@ and the context's data_len is their length (as kflex serve --udp passes
 them). Prints r0 (of the last run) and the time per run: the mean, and with
 --repeat the minimum, median and maximum. A time is a whole invocation:
 binding an executor, the budget's watchdog and the engine's run (kflex bench
-measures the engines alone). A program the verifier rejects is not run: the
-rejection is printed as kflex verify prints it, exit status 1. A run that
-fails (a fault, its time budget running out, SIGINT) ends the command with
-exit status 1, naming the run.`, out)
+measures the engines alone). What the program traces (kflex_trace) is
+printed as kflex serve prints it, on stderr with --json. A program the
+verifier rejects is not run: the rejection is printed as kflex verify prints
+it, exit status 1. A run that fails (a fault, its time budget running out,
+SIGINT) ends the command with exit status 1, naming the run.`, out)
 	arg := fs.Uint64("arg", 0, "the context's argument")
 	ctxHex := fs.String("ctx", "", "data for the program, in hex (at most 64K bytes): its heap address is the argument")
 	heapPath := fs.String("heap", "", "heap file to run on (default: a temporary heap)")
@@ -68,10 +69,13 @@ exit status 1, naming the run.`, out)
 	if err := parse(fs, args, 1); err != nil {
 		return err
 	}
-	if err := badFlags("run", inRange("repeat", *repeat, 1, maxRepeat), atLeast("budget", *budget, 0)); err != nil {
+	if err := badFlags("run", inRange("repeat", *repeat, 1, maxRepeat), atLeast("budget", *budget, 0), heapSize("size", size)); err != nil {
 		return err
 	}
-	opts := serve.Options{Budget: *budget}
+	opts := serve.Options{Budget: *budget, Trace: out} // kflex_trace's lines, as kflex serve prints them
+	if *asJSON {
+		opts.Trace = os.Stderr // stdout holds the one JSON object
+	}
 	switch *engine {
 	case "jit":
 		opts.JIT = 1

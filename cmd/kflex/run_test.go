@@ -2,15 +2,21 @@ package main
 
 import (
 	"encoding/json"
+	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"testing"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/kflex-go/kflex/abi"
 	"github.com/kflex-go/kflex/heap"
+	"github.com/kflex-go/kflex/mcs"
+	"github.com/kflex-go/kflex/rseq"
 )
 
 // writeProg writes assembler text src to a new file name and returns its path.
@@ -52,6 +58,18 @@ func TestRun(t *testing.T) {
 	code, stdout, _ = kflex("run", neg)
 	require.Equal(t, 0, code)
 	assert.Contains(t, stdout, "r0 = 18446744073709551486 (0xffffffffffffff7e, -130)")
+}
+
+// TestRunTrace: what the program traces (kflex_trace) is printed, as kflex
+// serve prints it, once per run.
+func TestRunTrace(t *testing.T) {
+	trace := writeProg(t, "trace.s", fmt.Sprintf("mov %%r1, 0x65\ncall %d\nmov %%r0, 0\nexit\n", abi.HelperTrace))
+	code, stdout, stderr := kflex("run", "--repeat", "2", trace)
+	require.Equal(t, 0, code, stderr)
+	assert.Equal(t, 2, strings.Count(stdout, "trace: 0x65\n"), stdout)
+	code, stdout, stderr = kflex("run", "--json", trace)
+	require.Equal(t, 0, code, stderr)
+	assert.NotContains(t, stdout, "trace:", "stdout holds only the JSON object")
 }
 
 // TestRunData: --ctx's bytes are in the heap at the argument, data_len is
@@ -113,4 +131,38 @@ func TestRunFails(t *testing.T) {
 	code, _, stderr = kflex("run", "--engine", "interp", misaligned)
 	assert.Equal(t, 1, code)
 	assert.Contains(t, stderr, "run 1 of 1: instruction 1: misaligned atomic access")
+}
+
+// TestRseqAreaOutOfReach: an extension cannot kill the runtime through its
+// thread's rseq area. Where kflex registers the area (glibc's rseq off), a
+// program that finds it through its queue node's slice-request pointer and
+// points its rseq_cs at garbage got the process killed (SIGSEGV) at its
+// next preemption; the area the kernel reads is now private memory, out of
+// the program's reach, wherever the kernel offers no slice extension (which
+// needs it in the heap).
+func TestRseqAreaOutOfReach(t *testing.T) {
+	if rseq.Probe().SliceExtension {
+		t.Skip("skipped: with the slice extension the rseq area is in the heap (serve/rseqarea.go)")
+	}
+	prog := writeProg(t, "rseqcs.s", fmt.Sprintf(`ldxdw %%r2, [%%r1+%d]
+	ldxdw %%r2, [%%r2+%d]
+	mov %%r0, 1
+	jeq %%r2, 0, out
+	stdw [%%r2-20], 16
+	mov %%r6, 0
+loop:
+	call %d
+	add %%r6, 1
+	jne %%r6, 2000000, loop
+	mov %%r0, 0
+out:
+	exit
+`, abi.CtxNode, mcs.NodeSliceReq, abi.HelperCPU))
+	cmd := exec.Command(os.Args[0], "run", "--json", "--budget", "0", prog)
+	cmd.Env = append(os.Environ(), "KFLEX_CLI=1", "GLIBC_TUNABLES=glibc.pthread.rseq=0")
+	out, err := cmd.CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	var rep runReport
+	require.NoError(t, json.Unmarshal(out, &rep), "%s", out)
+	t.Logf("r0 %d (0: the program wrote the heap's area, 1: it found none)", rep.R0)
 }

@@ -96,7 +96,7 @@ and attached processes of a running runtime.`, out)
 	if *inArena && *heapPath != "" {
 		return fmt.Errorf("serve: %w: --heap and --arena exclude each other", errUsage)
 	}
-	if err := badFlags("serve", inRange("threads", *threads, 1, 1024), atLeast("budget", *budget, 0)); err != nil {
+	if err := badFlags("serve", inRange("threads", *threads, 1, 1024), atLeast("budget", *budget, 0), heapSize("size", size)); err != nil {
 		return err
 	}
 	progs, objs, err := loadPrograms(fs.Args())
@@ -104,6 +104,15 @@ and attached processes of a running runtime.`, out)
 		return fmt.Errorf("serve: %w", err)
 	}
 	log := ops.logger(os.Stderr)
+	// The socket first: a runtime already serving there ends the command
+	// before it opens (or creates) the heap, places globals in it or runs
+	// an event. Connections wait in the backlog until Serve.
+	ln, err := serve.Listen(*socket, serve.ListenOptions{Mode: ops.socketMode, Logger: log}) // replacing a stale socket, refusing a live one
+	if err != nil {
+		return fmt.Errorf("serve: %w", err)
+	}
+	defer os.Remove(*socket)
+	defer ln.Close() // Serve closes it too; this is for the returns before it
 	opts := serve.Options{JIT: *threads, Trace: out, Budget: *budget, Budgets: budgets, Logger: log, Objects: objs}
 	if *budget == 0 {
 		opts.Budget = -1 // no limit
@@ -168,11 +177,6 @@ and attached processes of a running runtime.`, out)
 			udpErrs <- err
 		}()
 	}
-	ln, err := serve.Listen(*socket, serve.ListenOptions{Mode: ops.socketMode, Logger: log}) // replacing a stale socket, refusing a live one
-	if err != nil {
-		return fmt.Errorf("serve: %w", err)
-	}
-	defer os.Remove(*socket)
 	go func() {
 		<-sig
 		ln.Close()

@@ -52,4 +52,7 @@ func TestHashtab(t *testing.T) {
 	assert.Contains(t, out.String(), "put 500 keys from 4 goroutines")
 	assert.Contains(t, out.String(), "walked the table from Go under its locks: 500 entries in 64 buckets")
 	assert.Contains(t, out.String(), "walked the table from Go under its locks: 250 entries in 64 buckets")
+	assert.Contains(t, out.String(), "walked the table from Go under its locks: 0 entries in 64 buckets")
+	out.Reset()
+	require.NoError(t, run(socket, 500, 4, &out), "a second run against the same runtime: %s", out.String())
 }

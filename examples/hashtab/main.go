@@ -56,7 +56,8 @@ func main() {
 
 // run puts keys 1..keys (key k → k*k) from workers goroutines, gets them
 // back, walks the table from Go under its locks, deletes the odd keys and
-// walks it again.
+// walks it again, then deletes the rest: it leaves the table empty, as it
+// found it, so that it can run again against the same runtime.
 func run(socket string, keys, workers int, out io.Writer) error {
 	c, err := userspace.Dial(socket, nil)
 	if err != nil {
@@ -82,17 +83,29 @@ func run(socket string, keys, workers int, out io.Writer) error {
 	if err := walk(c, tp, keys, out); err != nil {
 		return err
 	}
-	del := func(k uint64) error {
-		if k%2 == 0 {
-			return nil
+	// del deletes the keys of one parity: the odd ones, then the rest.
+	del := func(parity uint64) func(uint64) error {
+		return func(k uint64) error {
+			if k%2 != parity {
+				return nil
+			}
+			return call(c, "del", k, 0, 1)
 		}
-		return call(c, "del", k, 0, 1)
 	}
-	if err := parallel(keys, workers, del); err != nil {
-		return err
+	for _, step := range []struct {
+		parity uint64
+		what   string
+		left   int
+	}{{1, "the odd keys", keys / 2}, {0, "the even keys: the table is empty again", 0}} {
+		if err := parallel(keys, workers, del(step.parity)); err != nil {
+			return err
+		}
+		fmt.Fprintf(out, "deleted %s\n", step.what)
+		if err := walk(c, tp, step.left, out); err != nil {
+			return err
+		}
 	}
-	fmt.Fprintf(out, "deleted the odd keys\n")
-	return walk(c, tp, keys/2, out)
+	return nil
 }
 
 // call invokes program prog on a request (key, value) in the heap and

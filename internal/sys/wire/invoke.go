@@ -19,7 +19,8 @@ const (
 	OpCancel Op = 2
 	// OpCancelProgram cancels every running invocation of extension Name,
 	// whoever made it (an operator's request: kflex cancel); the result's r0
-	// is how many it cancelled.
+	// is how many it cancelled; a name the runtime does not serve fails
+	// with CodeNoProgram.
 	OpCancelProgram Op = 3
 	// OpStatus asks what the runtime runs (no name, Arg 0): the result
 	// carries a Status (status.go). A runtime older than this op answers
@@ -100,7 +101,7 @@ func (r Request) check() error {
 	case r.Op != OpInvoke && r.Op != OpCancelProgram && r.Op != OpGlobal:
 		return fmt.Errorf("%s %d in request %d", unknownOp, r.Op, r.ID)
 	case len(r.Name) == 0 || len(r.Name) > MaxNameLen:
-		return fmt.Errorf("request %d names a program of %d bytes, want 1 to %d", r.ID, len(r.Name), MaxNameLen)
+		return fmt.Errorf("request %d: a name of %d bytes, want 1 to %d", r.ID, len(r.Name), MaxNameLen)
 	}
 	return nil
 }

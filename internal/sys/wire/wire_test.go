@@ -67,7 +67,7 @@ func TestRequest(t *testing.T) {
 	_, err = EncodeInvoke(0, "prog", 0)
 	assert.ErrorContains(t, err, "request id 0 is reserved")
 	_, err = EncodeInvoke(1, string(make([]byte, MaxNameLen+1)), 0)
-	assert.ErrorContains(t, err, "names a program of 65 bytes, want 1 to 64")
+	assert.ErrorContains(t, err, "a name of 65 bytes, want 1 to 64")
 
 	unknownOp := append([]byte(nil), b...)
 	binary.LittleEndian.PutUint32(unknownOp, 9)
@@ -87,8 +87,8 @@ func TestRequest(t *testing.T) {
 		{unknownOp, 3, "unknown op 9 in request 3"},
 		{cancelNamed, 3, "cancel of request 41: want a request id and no name"},
 		{statusNamed, 3, "status request 3: want no name and argument 0"},
-		{b[:20], 3, "request 3 names a program of 0 bytes"},
-		{append(b, make([]byte, MaxNameLen)...), 3, "request 3 names a program of 68 bytes"},
+		{b[:20], 3, "request 3: a name of 0 bytes"},
+		{append(b, make([]byte, MaxNameLen)...), 3, "request 3: a name of 68 bytes"},
 	} {
 		r, err := DecodeRequest(tc.b)
 		assert.ErrorIs(t, err, ErrMalformed, tc.msg)
