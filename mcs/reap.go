@@ -66,6 +66,13 @@ func reapNode(h *heap.Heap, i uint32) bool {
 	me := i + 1
 	lock := atomic.LoadUint64(n.lock())
 	hdr := h.Header()
+	if lock == 0 {
+		// Never queued: a waiter writes its node's lock before its tail swap
+		// (Go and bytecode alike) and nothing clears it, so a node that names
+		// no lock belongs to a process killed while it set the node up for
+		// its first wait, after the state and before the lock.
+		return atomic.CompareAndSwapUint32(n.state(), s, nodeFree)
+	}
 	if lock%8 != 0 || lock < hdr.PagesOff || lock > hdr.Size-8 {
 		return false // not a node the lock wrote: leave it alone
 	}
