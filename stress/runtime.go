@@ -7,6 +7,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"os"
+	"runtime/pprof"
 	"strings"
 	"sync"
 	"time"
@@ -183,6 +184,7 @@ func runtimeMain(path string) error {
 	defer rt.Close()
 	t.store(t.off+tRtSlot, uint64(rt.Process().Slot())+1)
 	go orphaned()
+	go t.dumpIfStuck()
 	ctx, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	seed := uint64(os.Getpid())
@@ -207,6 +209,19 @@ func runtimeMain(path string) error {
 		fmt.Fprintf(os.Stderr, "stress runtime: %d executors still out of the pool 2 s after the stop: their queue node stayed abandoned\n", n)
 	}
 	return nil
+}
+
+// dumpIfStuck writes the runtime's goroutines to stderr if it still runs
+// 4 s after the table's stop word is set: the parent counts a worker still
+// running 7 s after the stop as stuck and kills it, and this says first where
+// the runtime waits.
+func (t *table) dumpIfStuck() {
+	for t.load(t.off+tStop) == 0 {
+		time.Sleep(10 * time.Millisecond)
+	}
+	time.Sleep(4 * time.Second)
+	fmt.Fprintln(os.Stderr, "stress runtime: still running 4 s after the stop; its goroutines:")
+	pprof.Lookup("goroutine").WriteTo(os.Stderr, 2)
 }
 
 // invoke runs the extension on random locks until ctx ends, a quarter of the
