@@ -184,7 +184,8 @@ func runtimeMain(path string) error {
 	defer rt.Close()
 	t.store(t.off+tRtSlot, uint64(rt.Process().Slot())+1)
 	go orphaned()
-	go t.dumpIfStuck()
+	stopping := make(chan struct{})
+	go dumpIfStuck(stopping)
 	ctx, stop := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	seed := uint64(os.Getpid())
@@ -197,6 +198,7 @@ func runtimeMain(path string) error {
 		time.Sleep(time.Duration(rng.Int64N(int64(2 * time.Millisecond))))
 		rt.Cancel(extName)
 	}
+	close(stopping)
 	stop()
 	wg.Wait()
 	// An executor out of the pool comes back once its queue passes on
@@ -212,13 +214,12 @@ func runtimeMain(path string) error {
 }
 
 // dumpIfStuck writes the runtime's goroutines to stderr if it still runs
-// 4 s after the table's stop word is set: the parent counts a worker still
-// running 7 s after the stop as stuck and kills it, and this says first where
-// the runtime waits.
-func (t *table) dumpIfStuck() {
-	for t.load(t.off+tStop) == 0 {
-		time.Sleep(10 * time.Millisecond)
-	}
+// 4 s after it saw the table's stop word (stopping closed): the parent counts
+// a worker still running 7 s after the stop as stuck and kills it, and this
+// says first where the runtime waits. It does not touch the heap, which the
+// runtime unmaps when it ends.
+func dumpIfStuck(stopping <-chan struct{}) {
+	<-stopping
 	time.Sleep(4 * time.Second)
 	fmt.Fprintln(os.Stderr, "stress runtime: still running 4 s after the stop; its goroutines:")
 	pprof.Lookup("goroutine").WriteTo(os.Stderr, 2)
