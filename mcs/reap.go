@@ -92,10 +92,27 @@ func reapNode(h *heap.Heap, i uint32) bool {
 		// head will end the queue past it.
 		return false
 	}
-	if reachable(h, me, lock, wordTail(w)) {
+	if reachable(h, me, lock, wordTail(w)) || awaitedLink(h, n, lock, wordTail(w)) {
 		return false
 	}
 	return atomic.CompareAndSwapUint32(n.state(), s, nodeFree)
+}
+
+// awaitedLink reports whether node n, dead, swapped the tail behind a
+// predecessor it never linked to (the predecessor's next is still 0) that a
+// granter may yet reach: that granter finds n by its prev (deadSuccessor) to
+// go on to whoever is behind n. A waiter that repaired past n moved its own
+// prev beyond it, so nothing else names n; freed, the granter would wait for
+// the link forever.
+func awaitedLink(h *heap.Heap, n node, lock uint64, tail uint32) bool {
+	pred := atomic.LoadUint32(n.prev())
+	hdr := h.Header()
+	if pred == 0 || pred > hdr.MaxProcs*hdr.NodesPerProc {
+		return false
+	}
+	p := nodeAt(h, pred-1)
+	return atomic.LoadUint32(p.state()) != nodeFree && atomic.LoadUint64(p.lock()) == lock &&
+		atomic.LoadUint32(p.next()) == 0 && reachable(h, pred, lock, tail)
 }
 
 // endDeadQueue ends the queue on the lock word at heap offset lock (word, in

@@ -124,3 +124,32 @@ func TestReapNodeNeverQueued(t *testing.T) {
 		assert.NotEqual(t, dead, o.Slot, "the dead slot is reclaimed")
 	}
 }
+
+// TestReapKeepsUnlinkedDeadSuccessor: D, a dead process's node, swapped the
+// tail behind A (an abandoned node of a live process) and died before linking
+// itself (A.next stays 0); W, behind D, repaired past D and A (its prev now
+// names X, the head). Nothing names D any more, but a granter walking from X
+// to A finds whoever is behind A only through D (deadSuccessor, by D's prev):
+// Reap must keep D, and its slot, until then. Before, Reap freed D as
+// unreachable and the granter waited for A's link forever.
+func TestReapKeepsUnlinkedDeadSuccessor(t *testing.T) {
+	w := newWorld(t, 1<<20)
+	offs := w.locks(t, 2)
+	off := offs[0]
+	npp := w.h.Header().NodesPerProc
+	dead := w.killedSlot(t, offs[1])
+	me := w.p.Slot() * npp
+	x, a, wn, d := me+1, me+2, me+3, dead*npp+1
+	w.setNode(x, QueueNode{Next: a + 1, State: NodeHead, Lock: off})
+	w.setNode(a, QueueNode{State: NodeAbandoned, Prev: x + 1, Lock: off})
+	w.setNode(d, QueueNode{Next: wn + 1, State: NodeAbandoned, Prev: a + 1, Lock: off})
+	w.setNode(wn, QueueNode{State: NodeWaiting, Prev: x + 1, Lock: off})
+	atomic.StoreUint64(w.h.Uint64(off), uint64(wn+1)<<wordTailShift)
+	Reap(w.h)
+	assert.Equal(t, uint32(NodeAbandoned), w.p.QueueNode(d).State, "D is kept for the granter at A")
+	for _, n := range []uint32{x, a, wn, d} {
+		w.setNode(n, QueueNode{})
+	}
+	atomic.StoreUint64(w.h.Uint64(off), 0)
+	Reap(w.h)
+}
