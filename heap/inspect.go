@@ -158,20 +158,14 @@ func (h *Heap) Inspect() (Report, error) {
 func (h *Heap) inspectOwned(slot uint32) (OwnedReport, error) {
 	live, _ := h.OwnerLiveness(slot)
 	r := OwnedReport{Slot: slot, Dead: live == 0 || OwnerDead(live)}
-	field := h.OwnerRecord(slot, OwnerOwned)
-	b := h.load(field) & ownedOffMask
-	for blocks := uint64(0); b != 0; blocks++ {
-		if blocks > h.hdr.Size/ownedBlockSize || b%8 != 0 || b < h.hdr.PagesOff || b > h.hdr.Size-ownedBlockSize {
-			return r, fieldErr(field, fmt.Sprintf("owner slot %d owned objects", slot), "registry block %#x is not in the heap", b)
-		}
+	err := h.ownedBlocks(slot, h.load(h.OwnerRecord(slot, OwnerOwned)), func(b uint64) {
 		for i := range uint64(ownedPerBlock) {
 			if h.load(b+8+i*8) != 0 {
 				r.Objects++
 			}
 		}
-		b = h.load(b)
-	}
-	return r, nil
+	})
+	return r, err
 }
 
 // checkState is the check of attaching: each allocator word that must parse on

@@ -163,11 +163,7 @@ func (h *Heap) reapOwned(slot uint32) (int, error) {
 	}
 	var errs error
 	n := 0
-	b := v & ownedOffMask
-	for blocks := uint64(0); b != 0; blocks++ {
-		if blocks > h.hdr.Size/ownedBlockSize || b%8 != 0 || b < h.hdr.PagesOff || b > h.hdr.Size-ownedBlockSize {
-			return n, errors.Join(errs, fmt.Errorf("owner slot %d: owned objects' registry block %#x is not in the heap", slot, b))
-		}
+	err := h.ownedBlocks(slot, v, func(b uint64) {
 		for i := range uint64(ownedPerBlock) {
 			if off := atomic.LoadUint64(h.Uint64(b + 8 + i*8)); off != 0 {
 				if err := h.Free(off); err != nil {
@@ -177,13 +173,28 @@ func (h *Heap) reapOwned(slot uint32) (int, error) {
 				n++
 			}
 		}
-		next := atomic.LoadUint64(h.Uint64(b))
 		if err := h.Free(b); err != nil {
 			errs = errors.Join(errs, fmt.Errorf("owner slot %d: owned objects' registry: %w", slot, err))
 		}
+	})
+	return n, errors.Join(errs, err)
+}
+
+// ownedBlocks calls visit on each block of the registry chain that owned
+// field value v names (slot's), reading a block's next link before the visit
+// (which may free it). It walks at most as many blocks as the heap can hold;
+// a link that leaves the heap's pages ends the walk with an error.
+func (h *Heap) ownedBlocks(slot uint32, v uint64, visit func(block uint64)) error {
+	b := v & ownedOffMask
+	for blocks := uint64(0); b != 0; blocks++ {
+		if blocks > h.hdr.Size/ownedBlockSize || b%8 != 0 || b < h.hdr.PagesOff || b > h.hdr.Size-ownedBlockSize {
+			return fieldErr(h.OwnerRecord(slot, OwnerOwned), fmt.Sprintf("owner slot %d owned objects", slot), "registry block %#x is not in the heap", b)
+		}
+		next := h.load(b)
+		visit(b)
 		b = next
 	}
-	return n, errs
+	return nil
 }
 
 // boundSlot is the owner slot and generation this process is bound to.
