@@ -78,11 +78,7 @@ func (a *analysis) pointerAt(pc int, s *State, base uint8, off int16, size int) 
 	// masked to a heap offset, which the rebase does not change.
 	held := s.Held
 	s.set(base, heapPointer(false, pc+1))
-	for i, r := range held {
-		if r == int8(base) {
-			s.Held[i] = r
-		}
-	}
+	s.Held = held
 	return HeapSanitize, 0, nil
 }
 
