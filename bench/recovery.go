@@ -54,7 +54,9 @@ func HoldAndWait(path string, lock uint64) error {
 // process (jit.*). Each round starts a holder, lets the
 // waiter queue and fall asleep (Go) or spin (JIT) for 2 ms, kills the holder
 // and times from the kill to the waiter's return with the owner-died result.
-// Figures: WAITER.p50_us and WAITER.p99_us, in microseconds, and kills.
+// Figures: WAITER.p50_us and WAITER.p99_us, in microseconds, kills, and
+// realtime_liveness (1 when the holders' deaths are marked by a thread at a
+// real-time priority).
 func MeasureRecovery(kills int, holder Holder) (map[string]float64, error) {
 	dir, err := os.MkdirTemp("", "kflex-recovery")
 	if err != nil {
@@ -134,6 +136,13 @@ func MeasureRecovery(kills int, holder Holder) (map[string]float64, error) {
 		}
 	}
 	figures["kills"] = float64(kills)
+	// The holders are started like this process: with its privileges, so
+	// their designated threads sleep at a real-time priority when this
+	// process's does (mcs.Process.RealtimeLiveness).
+	figures["realtime_liveness"] = 0
+	if rt.Process().RealtimeLiveness() {
+		figures["realtime_liveness"] = 1
+	}
 	return figures, nil
 }
 

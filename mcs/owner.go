@@ -44,8 +44,9 @@ type Process struct {
 	gen   uint32      // the slot's generation when we attached
 	nodes chan uint32 // free node indices of this process's range
 
-	park   time.Duration // how long a waiter parks before it re-checks
-	counts waitCounts    // how waits ended (WaitStats)
+	park     time.Duration // how long a waiter parks before it re-checks
+	realtime bool          // the designated thread sleeps at a real-time priority
+	counts   waitCounts    // how waits ended (WaitStats)
 
 	stop chan struct{}
 	done chan struct{}
@@ -157,9 +158,13 @@ func (p *Process) liveness(ready chan<- error) {
 	atomic.StoreUint32(p.h.Uint32(p.record(ownerPID)), uint32(os.Getpid()))
 	p.gen = atomic.AddUint32(p.h.Uint32(p.record(ownerGen)), 1)
 	atomic.StoreUint64(p.h.Uint64(p.record(ownerSince)), uint64(time.Now().UnixNano()))
+	p.realtime = setRealtime(true) == nil
 	ready <- nil
 
 	<-p.stop
+	if p.realtime {
+		setRealtime(false) // the loop below may spin against a waiter on the word
+	}
 	// Detach: empty the list first, so that this thread's exit marks nothing,
 	// then free the slot.
 	atomic.StoreUint64(&head.next, headAddr)
@@ -182,6 +187,22 @@ func freeSlot(lw *uint32, live uint32) bool {
 	return true
 }
 
+// setRealtime moves the calling thread into SCHED_FIFO at the lowest
+// real-time priority, or back to SCHED_NORMAL. The designated thread sleeps in
+// it: it costs nothing until the process dies, and then the thread runs its
+// exit, which marks the liveness word, ahead of every ordinary thread, the
+// dying process's many among them (RATIONALE.md: "Why does the designated
+// thread sleep at a real-time priority?"). Without CAP_SYS_NICE or an
+// RLIMIT_RTPRIO the kernel refuses and the thread stays as it was.
+func setRealtime(on bool) error {
+	attr := unix.SchedAttr{Policy: unix.SCHED_NORMAL}
+	if on {
+		// RESET_ON_FORK: a thread it ever clones starts ordinary.
+		attr = unix.SchedAttr{Policy: unix.SCHED_FIFO, Priority: 1, Flags: unix.SCHED_FLAG_RESET_ON_FORK}
+	}
+	return unix.SchedSetAttr(0, &attr, 0)
+}
+
 func setRobustList(head *robustHead) error {
 	_, _, e := unix.RawSyscall(unix.SYS_SET_ROBUST_LIST, uintptr(unsafe.Pointer(head)), unsafe.Sizeof(*head), 0)
 	if e != 0 {
@@ -189,6 +210,11 @@ func setRobustList(head *robustHead) error {
 	}
 	return nil
 }
+
+// RealtimeLiveness reports whether the kernel let the designated thread sleep
+// at a real-time priority (SCHED_FIFO), which makes the kernel mark this
+// process's death sooner when its machine is busy.
+func (p *Process) RealtimeLiveness() bool { return p.realtime }
 
 // Slot is this process's index in the owner table.
 func (p *Process) Slot() uint32 { return p.slot }

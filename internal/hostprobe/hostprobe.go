@@ -1,6 +1,6 @@
 // Package hostprobe asks the host kernel, with raw system calls and no kflex
 // code, whether it offers a feature some tests need: BPF program loads and
-// test runs, BPF arenas, the rseq time-slice extension; and whether clang-19,
+// test runs, BPF arenas, the rseq time-slice extension, real-time scheduling; and whether clang-19,
 // which builds the tests' C extensions, is installed. Its answer decides whether those tests run or skip,
 // so it must not depend on the code under test: a kflex regression then shows
 // as a failure of a test that ran, never as a skip.
@@ -83,13 +83,16 @@ var (
 	// SliceExtension: the kernel answers a query of the rseq time-slice
 	// extension (Linux 7.0+ with CONFIG_RSEQ_SLICE_EXTENSION).
 	SliceExtension = New("rseq time-slice extension", probeSliceExtension)
+	// Realtime: a thread may move itself into SCHED_FIFO (CAP_SYS_NICE or an
+	// RLIMIT_RTPRIO, and no cgroup that forbids it).
+	Realtime = New("real-time scheduling", probeRealtime)
 	// Clang: clang-19 is on the PATH, which builds the C extensions of the
 	// tests (BPF objects).
 	Clang = &Feature{Name: "clang-19", What: "host tool", probe: probeClang}
 )
 
 // All is every feature, in the order the test summary lists them.
-var All = []*Feature{Programs, Arena, SliceExtension, Clang}
+var All = []*Feature{Programs, Arena, SliceExtension, Realtime, Clang}
 
 // ClangName is the C compiler the tests build extensions with.
 const ClangName = "clang-19"
@@ -107,6 +110,23 @@ func probeSliceExtension() error {
 		return &Refusal{Call: "prctl(PR_RSEQ_SLICE_EXTENSION_GET)", Errno: errno}
 	}
 	return nil
+}
+
+// probeRealtime asks on a thread of its own, which exits with its answer, so
+// that no thread of the test process is left at a real-time priority.
+func probeRealtime() error {
+	errc := make(chan error)
+	go func() {
+		runtime.LockOSThread() // never unlocked: the thread exits with the goroutine
+		attr := unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_FIFO, Priority: 1}
+		_, _, errno := unix.RawSyscall(unix.SYS_SCHED_SETATTR, 0, uintptr(unsafe.Pointer(&attr)), 0)
+		if errno != 0 {
+			errc <- &Refusal{Call: "sched_setattr(SCHED_FIFO, 1)", Errno: errno}
+			return
+		}
+		errc <- nil
+	}()
+	return <-errc
 }
 
 const (
