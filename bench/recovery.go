@@ -54,8 +54,10 @@ func HoldAndWait(path string, lock uint64) error {
 // process (jit.*). Each round starts a holder, lets the
 // waiter queue and fall asleep (Go) or spin (JIT) for 2 ms, kills the holder
 // and times from the kill to the waiter's return with the owner-died result.
-// Figures: WAITER.p50_us and WAITER.p99_us, in microseconds, kills, and
-// realtime_liveness (1 when the holders' deaths are marked by a thread at a
+// Figures: WAITER.p50_us and WAITER.p99_us, in microseconds, that time;
+// WAITER.took_p50_us and took_p99_us, to the moment the waiter took the lock
+// over (for the JIT waiter, before its program and Invoke return);
+// WAITER.wake_*, to a Go waiter's wake; kills; and realtime_liveness (1 when the holders' deaths are marked by a thread at a
 // real-time priority).
 func MeasureRecovery(kills int, holder Holder) (map[string]float64, error) {
 	dir, err := os.MkdirTemp("", "kflex-recovery")
@@ -108,7 +110,7 @@ func MeasureRecovery(kills int, holder Holder) (map[string]float64, error) {
 	figures := map[string]float64{}
 	for _, name := range []string{"go", "jit"} {
 		lat := make([]float64, 0, kills)
-		var wake []float64
+		var wake, took []float64
 		var ways mcs.WaitStats
 		for range kills {
 			before := rt.Process().WaitStats()
@@ -122,11 +124,17 @@ func MeasureRecovery(kills int, holder Holder) (map[string]float64, error) {
 			if after.LastWake.After(killed) {
 				wake = append(wake, micros(after.LastWake.Sub(killed)))
 			}
+			if after.LastDeath.After(killed) {
+				took = append(took, micros(after.LastDeath.Sub(killed)))
+			}
 		}
 		prefix := name
 		figures[prefix+".p50_us"], figures[prefix+".p99_us"] = percentiles(lat)
 		if len(wake) > 0 {
 			figures[prefix+".wake_p50_us"], figures[prefix+".wake_p99_us"] = percentiles(wake)
+		}
+		if len(took) > 0 {
+			figures[prefix+".took_p50_us"], figures[prefix+".took_p99_us"] = percentiles(took)
 		}
 		for way := range mcs.NumWays {
 			figures[prefix+".seen_"+way.String()] = float64(ways.Seen[way])

@@ -42,6 +42,9 @@ type WaitStats struct {
 	Seen  [NumWays]uint64
 	// LastWake is when the latest park that slept ended (zero if none has).
 	LastWake time.Time
+	// LastDeath is when a waiter of this process last acted on a death (zero
+	// if none has): for a takeover, the moment the waiter had the lock.
+	LastDeath time.Time
 }
 
 // Sub is s minus an earlier snapshot: what happened between the two.
@@ -61,6 +64,7 @@ var epoch = time.Now()
 type waitCounts struct {
 	parks, seen [NumWays]atomic.Uint64
 	lastWake    atomic.Int64 // since epoch, ns; 0: never
+	lastDeath   atomic.Int64 // since epoch, ns; 0: never
 }
 
 // parked counts a park that ended the way how.
@@ -78,14 +82,24 @@ func (p *Process) WaitStats() WaitStats {
 		s.Parks[i] = p.counts.parks[i].Load()
 		s.Seen[i] = p.counts.seen[i].Load()
 	}
-	if d := p.counts.lastWake.Load(); d != 0 {
-		s.LastWake = epoch.Add(time.Duration(d))
-	}
+	s.LastWake = sinceEpoch(p.counts.lastWake.Load())
+	s.LastDeath = sinceEpoch(p.counts.lastDeath.Load())
 	return s
 }
 
+// sinceEpoch is the time d ns after epoch, or the zero time for 0 (never).
+func sinceEpoch(d int64) time.Time {
+	if d == 0 {
+		return time.Time{}
+	}
+	return epoch.Add(time.Duration(d))
+}
+
 // sawDeath counts a death acted on, learned the way how.
-func (p *Process) sawDeath(how Way) { p.counts.seen[how].Add(1) }
+func (p *Process) sawDeath(how Way) {
+	p.counts.lastDeath.Store(int64(time.Since(epoch)))
+	p.counts.seen[how].Add(1)
+}
 
 // parkWay is the Way of futex.WaitAny's result r for a sleep on a waiter's
 // own word (index 0) and a liveness word (index 1).
