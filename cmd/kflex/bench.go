@@ -42,7 +42,11 @@ recovery: SIGKILL of a Go lock holder (a child process) -> the next waiter has
 the lock (with the owner-died result), p50_us and p99_us over --kills kills,
 for a Go waiter (row go) and a JIT extension waiting in a runtime (row jit),
 and, in the same run, glibc's robust mutex (row glibc) measured by --robust
-(bench/robustmutex, built by make bench) when it exists.
+(bench/robustmutex, built by make bench) when it exists. took_p50_us and
+took_p99_us time the kill to the moment the waiter took the lock over (for the
+JIT waiter, before its program and Invoke return), wake_* a Go waiter's wake,
+seen_* and parks_* how waiters learned of the deaths; realtime_liveness is 1
+when the holders' designated threads sleep at a real-time priority.
 cancel: the time from a cancel request to the invocation's return, p50_us,
 p99_us and max_us over --rounds/100 stops (at least 200) at random moments, in
 the JIT and the interpreter, for a tight loop and a loop calling a helper
