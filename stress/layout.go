@@ -37,6 +37,10 @@ const (
 	tRtCancellations = 104
 	tRtStuck         = 112 // executors that left its pool
 
+	// tKernel: 1 when goroutine 0 of every worker is a kernel executor
+	// (Config.Kernel).
+	tKernel = 120
+
 	// Lock record.
 	lWord        = 0  // the mcs lock word
 	lA           = 8  // pair: a == b outside the critical section
@@ -60,7 +64,12 @@ const (
 	rRepaired  = 48 // broken invariants found after ErrOwnerDied and repaired
 	rViolation = 56 // broken invariants under a nil Lock, unparsable lists, ErrNotRecoverable
 	rOps       = 64 // loop iterations
-	threadSize = 128
+	// A kernel executor's (Config.Kernel): bounded kernel waits that timed
+	// out and were retried, and hand-offs the kernel could not finish that
+	// Go finished (mcs.Process.Unstick).
+	rKernelTimeouts = 72
+	rKernelUnstuck  = 80
+	threadSize      = 128
 
 	// List object: forward and backward links (heap offsets of the next
 	// object, or of the sentinel's lNext word), a magic word naming its lock.

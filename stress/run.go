@@ -74,6 +74,13 @@ type Config struct {
 	// (serve's reclaim found its queue node stranded and no spare) counts as
 	// stuck.
 	Runtime bool
+	// Kernel puts the heap in a BPF arena and makes goroutine 0 of every
+	// worker a kernel executor: it takes and releases the locks with the
+	// lock's kernel form, run in Linux (BPF_PROG_TEST_RUN of a syscall
+	// program) on the same lock words, queue nodes and data as everyone
+	// else, and is killed with its worker. It needs a host that offers BPF
+	// arenas, and excludes HeapPath (the heap is not a file).
+	Kernel bool
 	// RuntimeWindow is the extension's loop between the pair's two
 	// increments, a cancellation point (4000 rounds).
 	RuntimeWindow int
@@ -116,8 +123,15 @@ type Report struct {
 	Acquisitions    uint64  `json:"acquisitions"`
 	// ExtensionAcquisitions are the runtime's (Config.Runtime), also counted
 	// in Acquisitions.
-	ExtensionAcquisitions uint64  `json:"extension_acquisitions"`
-	DurationS             float64 `json:"duration_s"`
+	ExtensionAcquisitions uint64 `json:"extension_acquisitions"`
+	// KernelAcquisitions are the kernel executors' (Config.Kernel), also
+	// counted in Acquisitions; KernelTimeouts their bounded waits that
+	// timed out and were retried; KernelUnstuck the hand-offs the kernel
+	// could not finish in its bound and Go finished.
+	KernelAcquisitions uint64  `json:"kernel_acquisitions"`
+	KernelTimeouts     uint64  `json:"kernel_timeouts"`
+	KernelUnstuck      uint64  `json:"kernel_unstuck"`
+	DurationS          float64 `json:"duration_s"`
 	// What the victim's goroutines were doing when the signal was sent: the
 	// state the kill aimed at if one was in it, else the first found of
 	// holding, waiting, allocating. A kill counts once.
@@ -184,6 +198,9 @@ func (c *Config) defaults() error {
 	if c.Seed == 0 {
 		c.Seed = uint64(time.Now().UnixNano())
 	}
+	if c.Kernel && c.HeapPath != "" {
+		return errors.New("stress: a heap path with kernel executors: their heap is a BPF arena, not a file")
+	}
 	if c.Threads > 32 || c.Procs > 24 {
 		return fmt.Errorf("stress: at most 24 processes of 32 goroutines (%d, %d)", c.Procs, c.Threads)
 	}
@@ -214,6 +231,7 @@ const killFault = ^uint64(0)
 type runner struct {
 	cfg     Config
 	h       *heap.Heap
+	k       *kernelRun // Config.Kernel
 	p       *mcs.Process
 	t       *table
 	path    string
@@ -248,6 +266,9 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 		stuck: map[[2]uint64]bool{}, orphanOK: map[uint64]int{}}
 	r.rep = Report{Procs: cfg.Procs, Threads: cfg.Threads, Locks: cfg.Locks, Seed: cfg.Seed}
 	r.path = cfg.HeapPath
+	if cfg.Kernel {
+		r.path = arenaPath
+	}
 	if r.path == "" {
 		dir, err := os.MkdirTemp("", "kflex-stress")
 		if err != nil {
@@ -258,6 +279,9 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	}
 	if err := r.setUp(plant); err != nil {
 		return r.rep, err
+	}
+	if r.k != nil {
+		defer r.k.close() // after the heap's Close
 	}
 	defer r.h.Close()
 	defer r.p.Detach()
@@ -273,15 +297,28 @@ func (r *runner) setUp(plant uint64) error {
 	c := r.cfg
 	// Nodes: one per goroutine waiting at once, few, so that the node table
 	// scans of mcs.Reap after every kill stay cheap with many slots.
-	h, err := heap.Create(r.path, &heap.Options{Params: heap.Params{Size: c.HeapSize,
-		MaxProcs: uint32(c.MaxProcs), NodesPerProc: uint32(max(16, c.Threads, nodesForRuntime(c)))}})
+	opts := &heap.Options{Params: heap.Params{Size: c.HeapSize,
+		MaxProcs: uint32(c.MaxProcs), NodesPerProc: uint32(max(16, c.Threads, nodesForRuntime(c)))}}
+	var h *heap.Heap
+	var err error
+	if c.Kernel {
+		r.k, h, err = newKernelRun(c.HeapSize, opts)
+	} else {
+		h, err = heap.Create(r.path, opts)
+	}
 	if err != nil {
 		return fmt.Errorf("stress: %w", err)
 	}
 	r.h = h
+	closeAll := func() {
+		h.Close()
+		if r.k != nil {
+			r.k.close()
+		}
+	}
 	p, err := mcs.Attach(h)
 	if err != nil {
-		h.Close()
+		closeAll()
 		return fmt.Errorf("stress: %w", err)
 	}
 	r.p = p
@@ -289,7 +326,7 @@ func (r *runner) setUp(plant uint64) error {
 	off, err := h.Alloc(size)
 	if err != nil {
 		p.Detach()
-		h.Close()
+		closeAll()
 		return fmt.Errorf("stress: table: %w", err)
 	}
 	clear(h.Bytes(off, size))
@@ -301,7 +338,8 @@ func (r *runner) setUp(plant uint64) error {
 		t.store(t.lock(i)+lIndex, uint64(i))
 	}
 	for k, v := range map[uint64]uint64{tProcs: uint64(c.Procs), tThreads: uint64(c.Threads), tLocks: uint64(c.Locks),
-		tPlant: plant, tWindow: uint64(c.Window), tCap: uint64(c.ListCap), tRtWindow: uint64(c.RuntimeWindow)} {
+		tPlant: plant, tWindow: uint64(c.Window), tCap: uint64(c.ListCap), tRtWindow: uint64(c.RuntimeWindow),
+		tKernel: boolWord(c.Kernel)} {
 		t.store(off+k, v)
 	}
 	t.store(off+tMagic, magic)
@@ -332,6 +370,9 @@ func (r *runner) start(i int, fault string) error {
 	}
 	if cmd.Stderr == nil {
 		cmd.Stderr = os.Stderr
+	}
+	if r.k != nil {
+		cmd.ExtraFiles = r.k.files // arenaFD, holdFD, releaseFD
 	}
 	// Its own process group, so that a terminal's Ctrl-C reaches only the
 	// parent, which then stops the workers and checks; killed with the
@@ -645,6 +686,13 @@ func (r *runner) scan() {
 	}
 }
 
+func boolWord(b bool) uint64 {
+	if b {
+		return 1
+	}
+	return 0
+}
+
 func (r *runner) problem(format string, args ...any) {
 	if len(r.rep.Problems) < 20 {
 		r.rep.Problems = append(r.rep.Problems, fmt.Sprintf(format, args...))
@@ -660,6 +708,11 @@ func (r *runner) snapshot(start time.Time) Report {
 		for th := range r.t.threads {
 			rec := r.t.thread(i, th)
 			rep.Acquisitions += r.t.load(rec + rAcquired)
+			if th == 0 && r.cfg.Kernel {
+				rep.KernelAcquisitions += r.t.load(rec + rAcquired)
+				rep.KernelTimeouts += r.t.load(rec + rKernelTimeouts)
+				rep.KernelUnstuck += r.t.load(rec + rKernelUnstuck)
+			}
 			rep.Repaired += int(r.t.load(rec + rRepaired))
 			rep.Violations += int(r.t.load(rec + rViolation))
 			maxWait = max(maxWait, r.t.load(rec+rMaxWait))

@@ -16,7 +16,6 @@ import (
 
 	"github.com/kflex-go/kflex/abi"
 	"github.com/kflex-go/kflex/bytecode"
-	"github.com/kflex-go/kflex/heap"
 	"github.com/kflex-go/kflex/jit"
 	"github.com/kflex-go/kflex/mcs"
 	"github.com/kflex-go/kflex/serve"
@@ -157,10 +156,11 @@ const RuntimeWorker = "runtime"
 // kill loses nothing but the invocations in flight. A worker's exit status
 // says whether it could do its job.
 func runtimeMain(path string) error {
-	h, err := heap.Open(path, nil)
+	h, _, closeKernel, err := openWorkerHeap(path)
 	if err != nil {
 		return fmt.Errorf("stress runtime: %w", err)
 	}
+	defer closeKernel()
 	defer h.Close()
 	t, ok := openTable(h)
 	if !ok {

@@ -11,6 +11,7 @@ import (
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
 
+	"github.com/kflex-go/kflex/internal/hostprobe"
 	"github.com/kflex-go/kflex/internal/testutil"
 )
 
@@ -103,4 +104,33 @@ func TestConfigErrors(t *testing.T) {
 	assert.ErrorContains(t, err, `unknown planted bug "bogus"`)
 	_, err = Run(context.Background(), Config{Procs: 100, Command: workerCommand(t)})
 	assert.ErrorContains(t, err, "at most 24 processes")
+	_, err = Run(context.Background(), Config{Kernel: true, HeapPath: "/tmp/x", Command: workerCommand(t)})
+	assert.ErrorContains(t, err, "not a file")
+}
+
+// TestKillsKernel is TestKills with kernel executors: goroutine 0 of every
+// worker takes the locks with the lock's kernel form, in Linux, on a heap in
+// a BPF arena, and is killed with its worker. Where the host refuses arenas,
+// Run must say so.
+func TestKillsKernel(t *testing.T) {
+	cfg := Config{Procs: 4, Threads: 4, Locks: 4, Kills: 200, Runtime: true, Kernel: true, Command: workerCommand(t)}
+	if hostprobe.Arena.Offered() != nil {
+		_, err := Run(context.Background(), cfg)
+		assert.ErrorContains(t, err, "kernel executors", "a host without arenas gets an error naming what failed")
+	}
+	testutil.Kernel(t, hostprobe.Arena, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	rep, err := Run(ctx, cfg)
+	require.NoError(t, err)
+	t.Logf("%+v", rep)
+	assert.Equal(t, cfg.Kills, rep.Kills)
+	assert.Zero(t, rep.Violations)
+	assert.Zero(t, rep.Stuck)
+	assert.Zero(t, rep.LeakedObjects)
+	assert.Zero(t, rep.Unaccounted)
+	knownBugs(t, rep)
+	assert.NotZero(t, rep.Recoveries, "kills of holders were recovered")
+	assert.NotZero(t, rep.KernelAcquisitions, "the kernel executors took the locks")
+	assert.NotZero(t, rep.ExtensionAcquisitions, "the runtime's extensions took the locks")
 }

@@ -39,7 +39,12 @@ func WorkerMain() error {
 	if !ok || err != nil {
 		return fmt.Errorf("stress worker: %s=%q: want PATH,INDEX", WorkerEnv, spec)
 	}
-	uh, err := userspace.Attach(path, nil)
+	raw, k, closeKernel, err := openWorkerHeap(path)
+	if err != nil {
+		return fmt.Errorf("stress worker: %w", err)
+	}
+	defer closeKernel()
+	uh, err := userspace.AttachHeap(raw)
 	if err != nil {
 		return fmt.Errorf("stress worker: %w", err)
 	}
@@ -48,11 +53,20 @@ func WorkerMain() error {
 	if !ok || proc < 0 || proc >= t.procs {
 		return fmt.Errorf("stress worker %d: no stress table in %s", proc, path)
 	}
+	if t.load(t.off+tKernel) != 0 && k == nil {
+		return fmt.Errorf("stress worker %d: the run has kernel executors, but the heap %s is not in a BPF arena", proc, path)
+	}
 	go orphaned()
 	var wg sync.WaitGroup
 	errs := make([]error, t.threads)
 	for th := range t.threads {
-		wg.Go(func() { errs[th] = t.work(uh, proc, th) })
+		wg.Go(func() {
+			if th == 0 && t.load(t.off+tKernel) != 0 {
+				errs[th] = t.kernelWork(uh, k, proc)
+				return
+			}
+			errs[th] = t.work(uh, proc, th, nil)
+		})
 	}
 	wg.Wait()
 	return errors.Join(errs...)
@@ -70,20 +84,38 @@ func orphaned() {
 	}
 }
 
+// kernelWork is goroutine 0 of a worker with kernel executors: work, taking
+// and releasing the locks with the kernel form of the lock on this thread.
+func (t *table) kernelWork(uh *userspace.Heap, k *workerKernel, proc int) error {
+	runtime.LockOSThread() // the queue node is this thread's
+	defer runtime.UnlockOSThread()
+	p := uh.Process()
+	n := p.TakeNode()
+	defer p.GiveNode(n)
+	lockers := make([]locker, t.locks)
+	for i := range lockers {
+		lockers[i] = newKernelLocker(k, p, t, t.thread(proc, 0), t.lock(i)+lWord, n)
+	}
+	return t.work(uh, proc, 0, lockers)
+}
+
 // work is one worker goroutine: over and over, maybe allocate an object, take
 // a random lock, check (or repair) its data, update the pair, insert the object
-// or remove one, unlock, free what it removed.
-func (t *table) work(uh *userspace.Heap, proc, th int) error {
+// or remove one, unlock, free what it removed. lockers, if not nil, take the
+// locks instead of the Go lock (kernelWork).
+func (t *table) work(uh *userspace.Heap, proc, th int, lockers []locker) error {
 	h, p := uh.Raw(), uh.Process()
 	rec := t.thread(proc, th)
 	rng := rand.New(rand.NewPCG(uint64(os.Getpid()), uint64(th)))
-	mutexes := make([]*mcs.Mutex, t.locks)
-	for i := range mutexes {
-		m, err := p.Mutex(t.lock(i) + lWord)
-		if err != nil {
-			return err
+	if lockers == nil {
+		lockers = make([]locker, t.locks)
+		for i := range lockers {
+			m, err := p.Mutex(t.lock(i) + lWord)
+			if err != nil {
+				return err
+			}
+			lockers[i] = m
 		}
-		mutexes[i] = m
 	}
 	plant, window, limit := t.load(t.off+tPlant), int(t.load(t.off+tWindow)), t.load(t.off+tCap)
 	var objs []uint64
@@ -111,7 +143,7 @@ func (t *table) work(uh *userspace.Heap, proc, th int) error {
 			x = off
 			t.store(x+oMagic, 0)
 		}
-		m := mutexes[i]
+		m := lockers[i]
 		start := now()
 		t.store(rec+rWaitSince, start)
 		t.store(rec+rState, stWaiting)

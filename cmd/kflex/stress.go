@@ -19,7 +19,7 @@ func init() {
 }
 
 func runStress(args []string, out io.Writer) error {
-	fs := newFlags("stress", "[--procs P] [--threads T] [--locks L] [--kills N | --duration D] [--seed S] [--heap PATH] [--runtime=false] [--json]",
+	fs := newFlags("stress", "[--procs P] [--threads T] [--locks L] [--kills N | --duration D] [--seed S] [--heap PATH] [--runtime=false] [--kernel] [--json]",
 		`Starts P worker processes (this binary, re-executed) of T goroutines each on
 one heap. They take L locks, each guarding a pair of counters and a doubly
 linked list of heap objects that a holder updates in steps, and allocate and
@@ -35,7 +35,12 @@ executor): its extension takes the same locks, checks and repairs the same
 data, and is cancelled at random, while it waits, holds or runs
 (cancellations); the runtime's process is killed and restarted like a worker,
 aimed at moments when an executor holds a lock or waits; an executor whose
-queue node stays stranded counts as stuck. The seed reproduces
+queue node stays stranded counts as stuck. With --kernel the heap is a BPF
+arena (the host must offer them; --heap is refused) and goroutine 0 of every
+worker is a kernel executor: it takes the locks with the lock's kernel form, run
+in Linux by BPF_PROG_TEST_RUN, retrying the kernel's bounded waits (kernel
+timeouts), and finishing from Go a hand-off the kernel could not (unstuck).
+The seed reproduces
 the parent's schedule of kills, not the OS's timing.
 Recovery latency: from the SIGKILL of a worker holding a lock to the next
 acquisition of that lock (with the owner-died result), as the acquirer's clock
@@ -50,6 +55,7 @@ Exit status 1 on any violation, stuck waiter, leak or unexplained exit.`, out)
 	path := fs.String("heap", "", "heap file to create (default: a temporary file, removed at the end)")
 	asJSON := fs.Bool("json", false, "print one JSON object")
 	withRuntime := fs.Bool("runtime", true, "run the extension runtime's executors on the same locks, cancelled at random")
+	withKernel := fs.Bool("kernel", false, "goroutine 0 of every worker takes the locks in Linux, on a heap in a BPF arena")
 	plant := fs.String("plant", "", "a planted bug the run must report: norepair or nolock (checks the harness)")
 	if err := parse(fs, args, 0); err != nil {
 		return err
@@ -66,7 +72,7 @@ Exit status 1 on any violation, stuck waiter, leak or unexplained exit.`, out)
 		*kills = 1000
 	}
 	cfg := stress.Config{Procs: *procs, Threads: *threads, Locks: *locks, Kills: *kills, Duration: *duration,
-		Seed: *seed, HeapPath: *path, Plant: *plant, Runtime: *withRuntime, Command: workerCommand}
+		Seed: *seed, HeapPath: *path, Plant: *plant, Runtime: *withRuntime, Kernel: *withKernel, Command: workerCommand}
 	if isTerminal(os.Stderr) {
 		cfg.Progress = func(r stress.Report) {
 			fmt.Fprintf(os.Stderr, "\r%s %6.1fs", progressLine(r, *kills), r.DurationS)
@@ -116,6 +122,10 @@ func summary(out io.Writer, r stress.Report) {
 		r.Recoveries, r.Repaired, r.RecoveryP50us, r.RecoveryP90us, r.RecoveryP99us, r.RecoveryMaxUs, r.RecoverySamples, r.RecoveryParked)
 	fmt.Fprintf(out, "  acquisitions  %d (by extensions %d, cancelled %d); longest lock wait %.1f ms\n",
 		r.Acquisitions, r.ExtensionAcquisitions, r.Cancellations, r.MaxWaitMs)
+	if r.KernelAcquisitions > 0 || r.KernelTimeouts > 0 {
+		fmt.Fprintf(out, "  kernel        %d acquisitions in Linux; %d bounded waits timed out and retried, %d hand-offs finished from Go\n",
+			r.KernelAcquisitions, r.KernelTimeouts, r.KernelUnstuck)
+	}
 	fmt.Fprintf(out, "  orphans       %d objects killed outside the lists, explained by hold words, freed; %d stranded by kills of the runtime while it started\n",
 		r.Orphans, r.StrandedAtStart)
 	fmt.Fprintf(out, "  violations %d, stuck %d, leaked %d (objects %d, queue nodes %d, owner slots %d), unexplained exits %d\n",

@@ -1,0 +1,212 @@
+package stress
+
+import (
+	"fmt"
+	"os"
+	"runtime"
+	"time"
+
+	"github.com/cilium/ebpf"
+	"golang.org/x/sys/unix"
+
+	"github.com/kflex-go/kflex/heap"
+	"github.com/kflex-go/kflex/kernel"
+	"github.com/kflex-go/kflex/mcs"
+)
+
+// With Config.Kernel the heap is a BPF arena, and every process of the run
+// gets it and the two kernel lock programs as inherited descriptors, loaded
+// once by the parent: restarting thousands of workers must not load
+// thousands of programs (RATIONALE.md: program loads are paced).
+const (
+	arenaFD   = 3 // the arena map
+	holdFD    = 4 // kernel.LockHold
+	releaseFD = 5 // kernel.LockRelease
+
+	// arenaPath stands for the heap's path in WorkerEnv: the heap is in the
+	// arena behind arenaFD.
+	arenaPath = "arena"
+)
+
+// kernelRun is the parent's arena and kernel programs (Config.Kernel).
+type kernelRun struct {
+	a             *kernel.Arena
+	hold, release *kernel.KernelLocker
+	files         []*os.File // duplicates of their descriptors, for ExtraFiles
+}
+
+// newKernelRun creates the arena, formats the heap in it and loads the lock
+// programs.
+func newKernelRun(size uint64, opts *heap.Options) (*kernelRun, *heap.Heap, error) {
+	a, err := kernel.NewArena(size)
+	if err != nil {
+		return nil, nil, fmt.Errorf("kernel executors: %w", err)
+	}
+	k := &kernelRun{a: a}
+	h, err := a.NewHeap(opts)
+	if err == nil {
+		k.hold, err = kernel.LoadLockProgram(a, kernel.LockHold, mcs.KernelSpinTimeout)
+	}
+	if err == nil {
+		k.release, err = kernel.LoadLockProgram(a, kernel.LockRelease, mcs.KernelSpinTimeout)
+	}
+	for _, fd := range []int{a.FD(), fdOf(k.hold), fdOf(k.release)} {
+		if err != nil {
+			break
+		}
+		// A duplicate: an os.File closes its descriptor when collected.
+		var nfd int
+		if nfd, err = unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0); err == nil {
+			k.files = append(k.files, os.NewFile(uintptr(nfd), "kflex-stress-kernel"))
+		}
+	}
+	if err != nil {
+		if h != nil {
+			h.Close()
+		}
+		k.close()
+		return nil, nil, fmt.Errorf("kernel executors: %w", err)
+	}
+	return k, h, nil
+}
+
+func fdOf(l *kernel.KernelLocker) int {
+	if l == nil {
+		return -1
+	}
+	return l.FD()
+}
+
+// close releases the programs and the arena (after the heap's Close).
+func (k *kernelRun) close() {
+	for _, f := range k.files {
+		f.Close()
+	}
+	for _, l := range []*kernel.KernelLocker{k.hold, k.release} {
+		if l != nil {
+			l.Close()
+		}
+	}
+	k.a.Close()
+}
+
+// workerKernel is a worker's view of the parent's kernelRun.
+type workerKernel struct {
+	a             *kernel.Arena
+	hold, release *kernel.KernelLocker
+}
+
+// openWorkerHeap opens the run's heap in a worker: the file at path, or, for
+// arenaPath, the arena and lock programs it inherited. close releases what it
+// opened after the heap's own Close.
+func openWorkerHeap(path string) (h *heap.Heap, k *workerKernel, close func(), err error) {
+	if path != arenaPath {
+		h, err := heap.Open(path, nil)
+		return h, nil, func() {}, err
+	}
+	a, err := kernel.OpenArena(arenaFD)
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("inherited arena: %w", err)
+	}
+	k = &workerKernel{a: a}
+	if k.hold, err = inheritedProgram(holdFD); err == nil {
+		k.release, err = inheritedProgram(releaseFD)
+	}
+	if err == nil {
+		h, err = a.OpenHeap()
+	}
+	close = func() {
+		for _, l := range []*kernel.KernelLocker{k.hold, k.release} {
+			if l != nil {
+				l.Close()
+			}
+		}
+		a.Close()
+	}
+	if err != nil {
+		close()
+		return nil, nil, nil, err
+	}
+	return h, k, close, nil
+}
+
+func inheritedProgram(fd int) (*kernel.KernelLocker, error) {
+	p, err := ebpf.NewProgramFromFD(fd)
+	if err != nil {
+		return nil, fmt.Errorf("inherited lock program (fd %d): %w", fd, err)
+	}
+	return &kernel.KernelLocker{Program: &kernel.Program{Program: p, Type: kernel.Syscall}}, nil
+}
+
+// locker is how a worker goroutine takes and gives back a lock: *mcs.Mutex,
+// or a kernelLocker.
+type locker interface {
+	Lock() error
+	Consistent()
+	Unlock()
+}
+
+// kernelLocker takes and releases one lock with the kernel form of the
+// lock (mcs.KernelLock), run in the kernel by BPF_PROG_TEST_RUN on the
+// calling thread, with the thread's own queue node. The kernel form never
+// takes a lock over from a dead holder: it times out (mcs.KernelTimedOut) and
+// is retried here until a Go waiter has taken it over, repaired and released
+// it. Counts go to the thread record: rKernelTimeouts, rKernelUnstuck.
+type kernelLocker struct {
+	k   *workerKernel
+	p   *mcs.Process
+	t   *table
+	rec uint64 // the thread record
+	off uint64 // the lock word's heap offset
+	n   mcs.Node
+	ctx []byte
+}
+
+func newKernelLocker(k *workerKernel, p *mcs.Process, t *table, rec, off uint64, n mcs.Node) *kernelLocker {
+	h := p.Heap()
+	return &kernelLocker{k: k, p: p, t: t, rec: rec, off: off, n: n, ctx: kernel.LockArgs{Lock: h.Base() + off,
+		Node: n, Held: p.Held(), Base: h.Base(), Table: h.Header().NodeOff}.Context()}
+}
+
+// Lock takes the lock, retrying the kernel's bounded waits. The calling
+// goroutine must be locked to its thread: the node is the thread's.
+func (l *kernelLocker) Lock() error {
+	for {
+		r0, err := l.k.hold.Lock(l.ctx)
+		switch {
+		case err != nil:
+			return fmt.Errorf("kernel lock at %#x: %w", l.off, err)
+		case r0 == mcs.LockAcquired:
+			return nil
+		case r0 == mcs.LockNotRecoverable:
+			return mcs.ErrNotRecoverable
+		case r0 == mcs.KernelTimedOut:
+			l.t.add(l.rec+rKernelTimeouts, 1)
+			runtime.Gosched()
+		case r0 == mcs.KernelNodeBusy: // its abandoned node is not yet freed
+			time.Sleep(50 * time.Microsecond)
+		case r0 == mcs.KernelStuck || r0 == mcs.KernelStuckUnheld:
+			// The hand-off the kernel could not finish, done from Go; the
+			// lock is released and taken again from the start.
+			if err := l.p.Unstick(l.off, l.n, r0); err != nil {
+				return fmt.Errorf("kernel lock at %#x: %w", l.off, err)
+			}
+			l.t.add(l.rec+rKernelUnstuck, 1)
+		default:
+			return fmt.Errorf("kernel lock at %#x: r0 %d", l.off, r0)
+		}
+	}
+}
+
+// Consistent is never needed: the kernel form never reports a dead owner.
+func (l *kernelLocker) Consistent() {}
+
+// Unlock releases the lock with the kernel form's mcs_unlock.
+func (l *kernelLocker) Unlock() {
+	if r0, err := l.k.release.Lock(l.ctx); err != nil || r0 != 0 {
+		// The worker cannot go on holding a lock it could not release: the
+		// parent counts its exit as unaccounted.
+		fmt.Fprintf(os.Stderr, "stress worker: kernel unlock at %#x: r0 %d, %v\n", l.off, r0, err)
+		os.Exit(3)
+	}
+}
