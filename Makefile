@@ -98,8 +98,8 @@ fuzz:
 # SIGKILLs of 4 worker processes (STRESS_KILLS=N to change), recovery checked.
 stress: build
 	CGO_ENABLED=1 $(GO) test -race -count $(STRESS_COUNT) -timeout 60m \
-		-run 'TestMultiProcess|TestHammer|TestFIFO|TestKernelMarksDeath|TestAllocHammer|TestListAcrossViews|TestMixedContention|TestKernelLock|TestClientsOnArena|TestLayoutContract' \
-		./mcs ./heap ./userspace ./serve ./kernel
+		-run 'TestMultiProcess|TestHammer|TestFIFO|TestKernelMarksDeath|TestAllocHammer|TestListAcrossViews|TestMixedContention|TestKernelLock|TestClientsOnArena|TestLayoutContract|TestKillsKernel' \
+		./mcs ./heap ./userspace ./serve ./kernel ./stress
 	$(BIN)/kflex stress --procs 4 --threads 4 --locks 4 --kills $${STRESS_KILLS:-10000} --json
 
 # The public bpf_conformance suite's test files through the plugin, both
