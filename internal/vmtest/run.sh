@@ -45,26 +45,29 @@ if [ ${#need[@]} -gt 0 ]; then
 	apt_install "${need[@]}"
 fi
 
-# --- the kernel: from bookworm-backports, cached in bin/vm --------------------
+# --- the kernel: a Debian package, cached in bin/vm ---------------------------
+# apt-get download with apt state of its own (bin/vm/apt) listing the backports
+# suites: the host's sources and priorities stay as they are, and any of their
+# kernels can be named (KFLEX_VM_KERNEL=linux-image-6.18.15+deb13-amd64 from
+# trixie-backports, say).
 mkdir -p "$CACHE"
 VMLINUZ=$CACHE/$KERNEL_PKG.vmlinuz
 if [ ! -s "$VMLINUZ" ]; then
-	backports=/etc/apt/sources.list.d/kflex-backports.sources
-	if ! grep -rqs 'bookworm-backports' /etc/apt/sources.list /etc/apt/sources.list.d/; then
-		say "adding bookworm-backports to apt's sources ($backports)"
-		cat >"$backports" <<-'EOF'
-			Types: deb
-			URIs: http://deb.debian.org/debian
-			Suites: bookworm-backports
-			Components: main
-			Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
-		EOF
-		apt_updated=
-	fi
-	[ -n "$apt_updated" ] || { apt-get update -q >/dev/null; apt_updated=1; }
+	apt=$CACHE/apt
+	mkdir -p "$apt/lists/partial" "$apt/cache/archives/partial"
+	keys=/usr/share/keyrings/debian-archive-keyring.gpg
+	[ -s "$keys" ] || apt_install debian-archive-keyring
+	cat >"$apt/sources.list" <<-EOF
+		deb [signed-by=$keys] http://deb.debian.org/debian bookworm-backports main
+		deb [signed-by=$keys] http://deb.debian.org/debian trixie-backports main
+	EOF
+	aptopts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
+		-o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o Dir::State::Status=/dev/null)
+	say "downloading $KERNEL_PKG (bookworm-backports, trixie-backports)"
+	apt-get "${aptopts[@]}" update -q >/dev/null
 	dl=$(mktemp -d)
-	say "downloading $KERNEL_PKG"
-	(cd "$dl" && apt-get download -q "$KERNEL_PKG" 2>&1 | grep -v '^W: Download is performed unsandboxed' || true)
+	chmod 755 "$dl" # apt's sandbox user writes there
+	(cd "$dl" && apt-get "${aptopts[@]}" download -q "$KERNEL_PKG")
 	deb=$(ls "$dl"/*.deb 2>/dev/null | head -1)
 	[ -n "$deb" ] || { say "apt-get download $KERNEL_PKG failed"; exit 1; }
 	dpkg-deb -x "$deb" "$dl/x"

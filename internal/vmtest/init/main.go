@@ -8,8 +8,8 @@
 // powers the machine off.
 //
 // The result is "fail" when a test binary fails, when the kernel refuses BPF
-// programs or arenas, or when any test skipped for want of one of them: the
-// machine exists so that those tests run.
+// programs or arenas, when any test skipped for want of one of them, or when
+// no test ran on an arena: the machine exists so that those tests run.
 //
 // The plan (/kflex/plan) has one line per test binary: the directory to run
 // it in, the binary, then its arguments, separated by tabs.
@@ -106,7 +106,12 @@ func run() bool {
 		fmt.Printf("KFLEX-VM: summary: %v\n", err)
 		ok = false
 	}
-	if skips := kernelSkips(); len(skips) > 0 {
+	skips, arenaRan := kernelLog()
+	if arenaRan == 0 {
+		fmt.Println("KFLEX-VM: no test ran on a BPF arena")
+		ok = false
+	}
+	if len(skips) > 0 {
 		fmt.Printf("KFLEX-VM: %d tests skipped a kernel feature inside the VM, where it must be offered:\n", len(skips))
 		for _, s := range skips {
 			fmt.Println("KFLEX-VM:   " + s)
@@ -201,21 +206,26 @@ func isKernelThread(pid int) bool {
 	return err != nil || len(b) == 0
 }
 
-// kernelSkips are the feature log's lines of tests that skipped BPF programs
-// or arenas.
-func kernelSkips() []string {
+// kernelLog reads the feature log: the lines of tests that skipped BPF
+// programs or arenas, and how many tests ran on an arena.
+func kernelLog() (skips []string, arenaRan int) {
 	b, err := os.ReadFile(featureLog)
 	if err != nil {
-		return nil
+		return nil, 0
 	}
-	var out []string
 	for _, l := range strings.Split(string(b), "\n") {
 		f := strings.Split(l, "\t")
-		if len(f) == 4 && f[1] == "skipped" && (f[0] == hostprobe.Programs.Name || f[0] == hostprobe.Arena.Name) {
-			out = append(out, f[3]+": "+f[2])
+		if len(f) != 4 || (f[0] != hostprobe.Programs.Name && f[0] != hostprobe.Arena.Name) {
+			continue
+		}
+		switch {
+		case f[1] == "skipped":
+			skips = append(skips, f[3]+": "+f[2])
+		case f[0] == hostprobe.Arena.Name:
+			arenaRan++
 		}
 	}
-	return out
+	return skips, arenaRan
 }
 
 func mountAll() error {
