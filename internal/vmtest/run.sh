@@ -66,13 +66,26 @@ if [ ! -s "$VMLINUZ" ]; then
 	say "downloading $KERNEL_PKG (bookworm-backports, trixie-backports)"
 	apt-get "${aptopts[@]}" update -q >/dev/null
 	dl=$(mktemp -d)
-	chmod 755 "$dl" # apt's sandbox user writes there
+	chown _apt "$dl" 2>/dev/null || true # apt's sandbox user downloads there
 	(cd "$dl" && apt-get "${aptopts[@]}" download -q "$KERNEL_PKG")
-	deb=$(ls "$dl"/*.deb 2>/dev/null | head -1)
-	[ -n "$deb" ] || { say "apt-get download $KERNEL_PKG failed"; exit 1; }
-	dpkg-deb -x "$deb" "$dl/x"
-	cp "$dl"/x/boot/config-* "$CACHE/$KERNEL_PKG.config"
-	cp "$dl"/x/boot/vmlinuz-* "$VMLINUZ.tmp" && mv "$VMLINUZ.tmp" "$VMLINUZ"
+	for deb in "$dl"/*.deb; do dpkg-deb -x "$deb" "$dl/x"; done
+	if ! ls "$dl"/x/boot/vmlinuz-* >/dev/null 2>&1; then
+		# Since Linux 7, Debian's linux-image-V is a metapackage: the image
+		# is in linux-binary-V, the config in linux-base-V.
+		parts=$(apt-cache "${aptopts[@]}" show "$KERNEL_PKG" | sed -n 's/^Depends: //p' | head -1 |
+			grep -o 'linux-\(binary\|base\)-[^ ,]*' || true)
+		[ -n "$parts" ] || { say "$KERNEL_PKG has no kernel image"; exit 1; }
+		say "downloading $parts"
+		rm -f "$dl"/*.deb
+		(cd "$dl" && apt-get "${aptopts[@]}" download -q $parts)
+		for deb in "$dl"/*.deb; do dpkg-deb -x "$deb" "$dl/x"; done
+	fi
+	# /boot/vmlinuz-V and /boot/config-V; since 7, /usr/lib/modules/V/vmlinuz and config.
+	vmlinuz=$(find "$dl/x/boot" "$dl/x/usr/lib/modules" -maxdepth 2 -name 'vmlinuz*' -type f 2>/dev/null | head -1 || true)
+	config=$(find "$dl/x/boot" "$dl/x/usr/lib/modules" -maxdepth 2 -name 'config*' -type f 2>/dev/null | head -1 || true)
+	[ -n "$vmlinuz" ] && [ -n "$config" ] || { say "no vmlinuz or config in $KERNEL_PKG"; exit 1; }
+	cp "$config" "$CACHE/$KERNEL_PKG.config"
+	cp "$vmlinuz" "$VMLINUZ.tmp" && mv "$VMLINUZ.tmp" "$VMLINUZ"
 	rm -rf "$dl"
 fi
 # Everything the tests need is built into Debian's kernel: no modules in the

@@ -107,7 +107,8 @@ func run() bool {
 		ok = false
 	}
 	skips, arenaRan := kernelLog()
-	if arenaRan == 0 {
+	fmt.Printf("KFLEX-VM: the tests that ran on a BPF arena: %s\n", strings.Join(arenaRan, " "))
+	if len(arenaRan) == 0 {
 		fmt.Println("KFLEX-VM: no test ran on a BPF arena")
 		ok = false
 	}
@@ -207,11 +208,11 @@ func isKernelThread(pid int) bool {
 }
 
 // kernelLog reads the feature log: the lines of tests that skipped BPF
-// programs or arenas, and how many tests ran on an arena.
-func kernelLog() (skips []string, arenaRan int) {
+// programs or arenas, and the tests that ran on an arena.
+func kernelLog() (skips, arenaRan []string) {
 	b, err := os.ReadFile(featureLog)
 	if err != nil {
-		return nil, 0
+		return nil, nil
 	}
 	for _, l := range strings.Split(string(b), "\n") {
 		f := strings.Split(l, "\t")
@@ -222,7 +223,7 @@ func kernelLog() (skips []string, arenaRan int) {
 		case f[1] == "skipped":
 			skips = append(skips, f[3]+": "+f[2])
 		case f[0] == hostprobe.Arena.Name:
-			arenaRan++
+			arenaRan = append(arenaRan, f[3])
 		}
 	}
 	return skips, arenaRan
