@@ -9,7 +9,7 @@ RACE_PKGS   := ./...
 FUZZTIME    ?= 30s
 STRESS_COUNT ?= 20
 
-.PHONY: all build demo examples test bench fuzz stress conformance lint clean
+.PHONY: all build demo examples test test-kernel bench fuzz stress conformance lint clean
 
 all: build
 
@@ -50,6 +50,15 @@ test: lint
 	$(GO) test -race -tags kflexfault -count=1 -run 'TestHolderCancelledAwaitingLink' ./serve || status=1; \
 	$(GO) run ./internal/hostprobe/summary $(FEATURE_LOG); \
 	exit $$status
+
+# The tests that need BPF arenas, where this host refuses them: Debian's
+# backports kernel (Linux 6.12) in qemu, KVM where it boots, TCG otherwise, with
+# the test binaries in its initramfs; fails if a test fails or if the VM's
+# kernel refuses (or a test skips) BPF programs or arenas. Not part of make
+# test. Downloads are cached in bin/vm. KFLEX_VM_PKGS, KFLEX_VM_RUN and the
+# others: see internal/vmtest/run.sh.
+test-kernel:
+	GO=$(GO) internal/vmtest/run.sh
 
 lint:
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi

@@ -53,8 +53,9 @@ var layers = []layer{
 	// 8: harnesses over the whole runtime: measurements, stress runs,
 	// programs users copy (examples/: Go clients of C extensions), this test.
 	{"8", []string{"bench", "stress/...", "examples/...", "internal/layers"}},
-	// 9: the commands, and make test's summary of the host's features.
-	{"9", []string{"cmd/...", "internal/hostprobe/summary"}},
+	// 9: the commands, make test's summary of the host's features, and the
+	// /init of make test-kernel's VM.
+	{"9", []string{"cmd/...", "internal/hostprobe/summary", "internal/vmtest/..."}},
 }
 
 type layer struct {
