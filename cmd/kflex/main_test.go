@@ -216,8 +216,20 @@ func TestBench(t *testing.T) {
 	require.NoError(t, json.Unmarshal([]byte(stdout), &res))
 	assertSnakeCase(t, stdout)
 	assert.Equal(t, "jit", res.Suite)
-	require.Len(t, res.Rows, len(benchprog.Corpus))
+	// Where the host offers arenas the programs also run in the kernel, and
+	// a row "empty" measures the entry cost of both sides.
+	rows := len(benchprog.Corpus)
+	if testutil.KernelPart(t, hostprobe.Arena, kernel.HaveArena) {
+		rows++
+		require.NotNil(t, res.row("empty"), stdout)
+		assert.Greater(t, res.row("empty")["kernel_ns"], 0.0)
+		assert.Greater(t, res.row("loop")["jit_vs_kernel"], 0.0)
+	}
+	require.Len(t, res.Rows, rows)
 	for _, r := range res.Rows {
+		if r["name"] == "empty" {
+			continue
+		}
 		for _, k := range []string{"jit_ns", "jit_perfmode_ns", "jit_unguarded_ns", "interp_ns", "insns", "speedup"} {
 			assert.Greater(t, r[k], 0.0, "%v %s", r["name"], k)
 		}
@@ -230,7 +242,7 @@ func TestBench(t *testing.T) {
 	code, stdout, stderr = kflex("bench", "jit", "--time", "5ms")
 	require.Equal(t, 0, code, stderr)
 	lines := strings.Split(strings.TrimRight(stdout, "\n"), "\n")
-	require.Len(t, lines, 1+len(benchprog.Corpus), stdout)
+	require.Len(t, lines, 1+rows, stdout)
 	header := strings.Fields(lines[0])
 	for _, c := range []string{"guard_overhead_pct", "insns", "interp_ns", "jit_ns", "jit_perfmode_ns", "jit_unguarded_ns", "speedup"} {
 		assert.Contains(t, header, c, "a column per figure")

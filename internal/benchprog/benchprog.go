@@ -13,7 +13,10 @@
 // cast with addr_space_cast, as the kernel requires of arena pointers; Build
 // drops the casts (within one view of the heap they change nothing) and
 // BuildArena keeps them, so that kflex's executors and the kernel can run the
-// same bytecode.
+// same bytecode. An index is added to a pointer register, never a pointer to
+// an index register: Linux before 7.x refuses arithmetic whose destination is
+// a number and whose source an arena pointer ("pointer arithmetic on arena
+// prohibited", seen on 6.12 and 6.18.15).
 package benchprog
 
 import (
@@ -91,9 +94,10 @@ outer:
 	rsh32 %r3, 22
 	mov %r8, 0
 probe:
-	mov %r4, %r3
-	lsh %r4, 4
-	add %r4, %r6
+	mov %r1, %r3
+	lsh %r1, 4
+	mov %r4, %r6
+	add %r4, %r1
 	ldxdw %r5, [%r4+0]
 	jeq %r5, %r2, found
 	add %r3, 1
@@ -148,9 +152,10 @@ outer:
 	mul32 %r3, 0x9e3779b1
 	rsh32 %r3, 22
 probe:
-	mov %r4, %r3
-	lsh %r4, 4
-	add %r4, %r6
+	mov %r1, %r3
+	lsh %r1, 4
+	mov %r4, %r6
+	add %r4, %r1
 	ldxdw %r5, [%r4+0]
 	add %r0, 1
 	jeq %r5, %r2, store
