@@ -44,7 +44,7 @@ func NewArena(size uint64) (*Arena, error) {
 	if err := arena.CheckSize(size); err != nil {
 		return nil, err
 	}
-	mem, err := arena.Reserve(uintptr(size), GuardSize, 0)
+	mem, err := arena.ReserveShared(uintptr(size), GuardSize)
 	if err != nil {
 		return nil, fmt.Errorf("arena: %w", err)
 	}

@@ -3,7 +3,6 @@ package stress
 import (
 	"fmt"
 	"os"
-	"runtime"
 	"time"
 
 	"github.com/cilium/ebpf"
@@ -171,7 +170,7 @@ func newKernelLocker(k *workerKernel, p *mcs.Process, t *table, rec, off uint64,
 // Lock takes the lock, retrying the kernel's bounded waits. The calling
 // goroutine must be locked to its thread: the node is the thread's.
 func (l *kernelLocker) Lock() error {
-	for {
+	for timeouts := 0; ; {
 		r0, err := l.k.hold.Lock(l.ctx)
 		switch {
 		case err != nil:
@@ -181,8 +180,12 @@ func (l *kernelLocker) Lock() error {
 		case r0 == mcs.LockNotRecoverable:
 			return mcs.ErrNotRecoverable
 		case r0 == mcs.KernelTimedOut:
+			// A kernel thread spinning in BPF is not preempted for the
+			// user-space holder it waits for: back off, more each time,
+			// so that on few CPUs the holder gets to run.
 			l.t.add(l.rec+rKernelTimeouts, 1)
-			runtime.Gosched()
+			time.Sleep(min(50*time.Microsecond<<timeouts, 2*time.Millisecond))
+			timeouts = min(timeouts+1, 6)
 		case r0 == mcs.KernelNodeBusy: // its abandoned node is not yet freed
 			time.Sleep(50 * time.Microsecond)
 		case r0 == mcs.KernelStuck || r0 == mcs.KernelStuckUnheld:

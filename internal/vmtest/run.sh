@@ -6,7 +6,8 @@
 # them there. See README.md ("Tests on a BPF arena, in a VM") and RATIONALE.md.
 #
 # Environment (all optional):
-#   KFLEX_VM_PKGS     packages to test (default: those whose tests need the kernel)
+#   KFLEX_VM_PKGS     packages to test (default: those whose tests need the kernel);
+#                     PKG:PATTERN runs only PKG's tests matching PATTERN
 #   KFLEX_VM_RUN      a -test.run pattern for every package (default: all tests)
 #   KFLEX_VM_KERNEL   the kernel package (default linux-image-6.12.57+deb12-amd64)
 #   KFLEX_VM_ACCEL    kvm or tcg (default: kvm where /dev/kvm opens, else tcg)
@@ -19,7 +20,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 GO=${GO:-go}
 CACHE=$ROOT/bin/vm
-PKGS=${KFLEX_VM_PKGS:-./kernel ./serve ./cmd/kflex ./internal/sys/arena}
+PKGS=${KFLEX_VM_PKGS:-./kernel ./serve ./cmd/kflex ./internal/sys/arena ./stress:TestKillsKernel}
 KERNEL_PKG=${KFLEX_VM_KERNEL:-linux-image-6.12.57+deb12-amd64}
 MEM=${KFLEX_VM_MEM:-4G}
 CPUS=${KFLEX_VM_CPUS:-2}
@@ -110,7 +111,10 @@ cp -r testdata "$stage/kflex/src/testdata"
 : >"$stage/kflex/plan"
 args=(-test.v -test.count=1 "-test.timeout=$TEST_TIMEOUT")
 [ -z "${KFLEX_VM_RUN:-}" ] || args+=("-test.run=$KFLEX_VM_RUN")
-for pkg in $PKGS; do
+for spec in $PKGS; do
+	pkg=${spec%%:*}
+	pargs=("${args[@]}")
+	[ "$pkg" = "$spec" ] || pargs+=("-test.run=${spec#*:}")
 	rel=${pkg#./}
 	dir=$stage/kflex/src/$rel
 	mkdir -p "$dir"
@@ -120,7 +124,7 @@ for pkg in $PKGS; do
 	[ ! -d "$rel/testdata" ] || cp -r "$rel/testdata" "$dir/testdata"
 	(
 		IFS=$'\t'
-		echo "/kflex/src/$rel	/kflex/src/$rel/$bin	${args[*]}"
+		echo "/kflex/src/$rel	/kflex/src/$rel/$bin	${pargs[*]}"
 	) >>"$stage/kflex/plan"
 done
 INITRD=$CACHE/initramfs.cpio.gz

@@ -118,6 +118,30 @@ func Reserve(size, guard, at uintptr) (*Mapping, error) {
 	return &Mapping{Base: base, Size: size, Guard: guard}, nil
 }
 
+// sharedFrom is where ReserveShared looks first: 48 TiB, far below the mmap
+// area at the top of a 47-bit address space, where the kernel puts a free
+// address and where every process's thread stacks and libraries go, and
+// clear of the Go heap's growth from 0xc000000000.
+const sharedFrom = 0x3000_0000_0000
+
+// ReserveShared is Reserve for a new arena whose address other processes,
+// started later, must map too (Open): an arena placed where the kernel
+// likes collided with a thread stack of a process that opened it (seen in
+// kflex stress). It tries a few size-aligned addresses from sharedFrom,
+// then takes the kernel's choice.
+func ReserveShared(size, guard uintptr) (*Mapping, error) {
+	if err := CheckSize(uint64(size)); err != nil {
+		return nil, err
+	}
+	step := max(size, 4<<30)
+	for at := uintptr(sharedFrom); at < sharedFrom+16*step; at += step {
+		if m, err := Reserve(size, guard, at); err == nil {
+			return m, nil
+		}
+	}
+	return Reserve(size, guard, 0)
+}
+
 // Map maps the arena behind fd over the reservation, and scratch memory over
 // its guards. The kernel accepts only the arena's user address and its whole
 // length; MAP_FIXED replaces the reservation there.

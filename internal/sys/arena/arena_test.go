@@ -122,3 +122,21 @@ func TestCheckSize(t *testing.T) {
 		assert.ErrorContains(t, CheckSize(bad), "want a power of two", bad)
 	}
 }
+
+// TestReserveShared: a new arena's address comes from the quiet range above
+// sharedFrom, aligned to its size; a second one, while the first holds its
+// range, takes the next address there.
+func TestReserveShared(t *testing.T) {
+	const size = 1 << 20
+	a, err := ReserveShared(size, guard)
+	require.NoError(t, err)
+	defer a.Close()
+	b, err := ReserveShared(size, guard)
+	require.NoError(t, err)
+	defer b.Close()
+	for _, m := range []*Mapping{a, b} {
+		assert.Zero(t, uintptr(m.Base)%size, "aligned to its size")
+		assert.GreaterOrEqual(t, uintptr(m.Base), uintptr(sharedFrom))
+	}
+	assert.NotEqual(t, a.Base, b.Base)
+}
