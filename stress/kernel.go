@@ -147,30 +147,50 @@ type locker interface {
 
 // kernelLocker takes and releases one lock with the kernel form of the
 // lock (mcs.KernelLock), run in the kernel by BPF_PROG_TEST_RUN on the
-// calling thread, with the thread's own queue node. The kernel form never
-// takes a lock over from a dead holder: it times out (mcs.KernelTimedOut) and
-// is retried here until a Go waiter has taken it over, repaired and released
-// it. Counts go to the thread record: rKernelTimeouts, rKernelUnstuck.
+// calling thread, with the thread's own queue node. The kernel form's waits
+// are bounded (mcs.KernelSpinTimeout) and it never takes a lock over from a
+// dead holder: it times out (mcs.KernelTimedOut) and is retried, backing
+// off; after kernelTries timed-out waits in a row the acquisition is made
+// from Go (m), the user-space retry the kernel form is designed for: a kernel
+// waiter re-queued at the tail each time can starve behind a long queue of
+// slow holders. Counts go to the thread record: rKernelTimeouts,
+// rKernelUnstuck, rKernelFallbacks.
 type kernelLocker struct {
-	k   *workerKernel
-	p   *mcs.Process
-	t   *table
-	rec uint64 // the thread record
-	off uint64 // the lock word's heap offset
-	n   mcs.Node
-	ctx []byte
+	k     *workerKernel
+	p     *mcs.Process
+	m     *mcs.Mutex // the same lock, for the fallback
+	viaGo bool       // the current acquisition was made by m
+	t     *table
+	rec   uint64 // the thread record
+	off   uint64 // the lock word's heap offset
+	n     mcs.Node
+	ctx   []byte
 }
 
-func newKernelLocker(k *workerKernel, p *mcs.Process, t *table, rec, off uint64, n mcs.Node) *kernelLocker {
+// kernelTries is how many timed-out kernel waits in a row make an
+// acquisition fall back to Go.
+const kernelTries = 4
+
+func newKernelLocker(k *workerKernel, p *mcs.Process, t *table, rec, off uint64, n mcs.Node) (*kernelLocker, error) {
+	m, err := p.Mutex(off)
+	if err != nil {
+		return nil, err
+	}
 	h := p.Heap()
-	return &kernelLocker{k: k, p: p, t: t, rec: rec, off: off, n: n, ctx: kernel.LockArgs{Lock: h.Base() + off,
-		Node: n, Held: p.Held(), Base: h.Base(), Table: h.Header().NodeOff}.Context()}
+	return &kernelLocker{k: k, p: p, m: m, t: t, rec: rec, off: off, n: n, ctx: kernel.LockArgs{Lock: h.Base() + off,
+		Node: n, Held: p.Held(), Base: h.Base(), Table: h.Header().NodeOff}.Context()}, nil
 }
 
 // Lock takes the lock, retrying the kernel's bounded waits. The calling
 // goroutine must be locked to its thread: the node is the thread's.
 func (l *kernelLocker) Lock() error {
+	l.viaGo = false
 	for timeouts := 0; ; {
+		if timeouts == kernelTries {
+			l.t.add(l.rec+rKernelFallbacks, 1)
+			l.viaGo = true
+			return l.m.Lock()
+		}
 		r0, err := l.k.hold.Lock(l.ctx)
 		switch {
 		case err != nil:
@@ -184,8 +204,8 @@ func (l *kernelLocker) Lock() error {
 			// user-space holder it waits for: back off, more each time,
 			// so that on few CPUs the holder gets to run.
 			l.t.add(l.rec+rKernelTimeouts, 1)
-			time.Sleep(min(50*time.Microsecond<<timeouts, 2*time.Millisecond))
-			timeouts = min(timeouts+1, 6)
+			time.Sleep(50 * time.Microsecond << timeouts)
+			timeouts++
 		case r0 == mcs.KernelNodeBusy: // its abandoned node is not yet freed
 			time.Sleep(50 * time.Microsecond)
 		case r0 == mcs.KernelStuck || r0 == mcs.KernelStuckUnheld:
@@ -201,11 +221,21 @@ func (l *kernelLocker) Lock() error {
 	}
 }
 
-// Consistent is never needed: the kernel form never reports a dead owner.
-func (l *kernelLocker) Consistent() {}
+// Consistent marks the data consistent after an owner-died result, which
+// only the fallback returns.
+func (l *kernelLocker) Consistent() {
+	if l.viaGo {
+		l.m.Consistent()
+	}
+}
 
-// Unlock releases the lock with the kernel form's mcs_unlock.
+// Unlock releases the lock with the kernel form's mcs_unlock, or from Go
+// if the fallback took it.
 func (l *kernelLocker) Unlock() {
+	if l.viaGo {
+		l.m.Unlock()
+		return
+	}
 	if r0, err := l.k.release.Lock(l.ctx); err != nil || r0 != 0 {
 		// The worker cannot go on holding a lock it could not release: the
 		// parent counts its exit as unaccounted.

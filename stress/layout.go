@@ -67,9 +67,10 @@ const (
 	// A kernel executor's (Config.Kernel): bounded kernel waits that timed
 	// out and were retried, and hand-offs the kernel could not finish that
 	// Go finished (mcs.Process.Unstick).
-	rKernelTimeouts = 72
-	rKernelUnstuck  = 80
-	threadSize      = 128
+	rKernelTimeouts  = 72
+	rKernelUnstuck   = 80
+	rKernelFallbacks = 88 // acquisitions made from Go after kernelTries timeouts
+	threadSize       = 128
 
 	// List object: forward and backward links (heap offsets of the next
 	// object, or of the sentinel's lNext word), a magic word naming its lock.

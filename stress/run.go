@@ -128,10 +128,14 @@ type Report struct {
 	// counted in Acquisitions; KernelTimeouts their bounded waits that
 	// timed out and were retried; KernelUnstuck the hand-offs the kernel
 	// could not finish in its bound and Go finished.
-	KernelAcquisitions uint64  `json:"kernel_acquisitions"`
-	KernelTimeouts     uint64  `json:"kernel_timeouts"`
-	KernelUnstuck      uint64  `json:"kernel_unstuck"`
-	DurationS          float64 `json:"duration_s"`
+	KernelAcquisitions uint64 `json:"kernel_acquisitions"`
+	KernelTimeouts     uint64 `json:"kernel_timeouts"`
+	KernelUnstuck      uint64 `json:"kernel_unstuck"`
+	// KernelFallbacks: acquisitions a kernel executor made from Go after
+	// four timed-out kernel waits in a row (counted in Acquisitions, not
+	// in KernelAcquisitions).
+	KernelFallbacks uint64  `json:"kernel_fallbacks"`
+	DurationS       float64 `json:"duration_s"`
 	// What the victim's goroutines were doing when the signal was sent: the
 	// state the kill aimed at if one was in it, else the first found of
 	// holding, waiting, allocating. A kill counts once.
@@ -709,7 +713,9 @@ func (r *runner) snapshot(start time.Time) Report {
 			rec := r.t.thread(i, th)
 			rep.Acquisitions += r.t.load(rec + rAcquired)
 			if th == 0 && r.cfg.Kernel {
-				rep.KernelAcquisitions += r.t.load(rec + rAcquired)
+				fb := r.t.load(rec + rKernelFallbacks)
+				rep.KernelAcquisitions += r.t.load(rec+rAcquired) - min(fb, r.t.load(rec+rAcquired))
+				rep.KernelFallbacks += fb
 				rep.KernelTimeouts += r.t.load(rec + rKernelTimeouts)
 				rep.KernelUnstuck += r.t.load(rec + rKernelUnstuck)
 			}

@@ -94,7 +94,11 @@ func (t *table) kernelWork(uh *userspace.Heap, k *workerKernel, proc int) error 
 	defer p.GiveNode(n)
 	lockers := make([]locker, t.locks)
 	for i := range lockers {
-		lockers[i] = newKernelLocker(k, p, t, t.thread(proc, 0), t.lock(i)+lWord, n)
+		l, err := newKernelLocker(k, p, t, t.thread(proc, 0), t.lock(i)+lWord, n)
+		if err != nil {
+			return err
+		}
+		lockers[i] = l
 	}
 	return t.work(uh, proc, 0, lockers)
 }

@@ -39,7 +39,8 @@ queue node stays stranded counts as stuck. With --kernel the heap is a BPF
 arena (the host must offer them; --heap is refused) and goroutine 0 of every
 worker is a kernel executor: it takes the locks with the lock's kernel form, run
 in Linux by BPF_PROG_TEST_RUN, retrying the kernel's bounded waits (kernel
-timeouts), and finishing from Go a hand-off the kernel could not (unstuck).
+timeouts), finishing from Go a hand-off the kernel could not (unstuck), and
+taking the lock from Go after four timeouts in a row (fallbacks).
 The seed reproduces
 the parent's schedule of kills, not the OS's timing.
 Recovery latency: from the SIGKILL of a worker holding a lock to the next
@@ -123,8 +124,8 @@ func summary(out io.Writer, r stress.Report) {
 	fmt.Fprintf(out, "  acquisitions  %d (by extensions %d, cancelled %d); longest lock wait %.1f ms\n",
 		r.Acquisitions, r.ExtensionAcquisitions, r.Cancellations, r.MaxWaitMs)
 	if r.KernelAcquisitions > 0 || r.KernelTimeouts > 0 {
-		fmt.Fprintf(out, "  kernel        %d acquisitions in Linux; %d bounded waits timed out and retried, %d hand-offs finished from Go\n",
-			r.KernelAcquisitions, r.KernelTimeouts, r.KernelUnstuck)
+		fmt.Fprintf(out, "  kernel        %d acquisitions in Linux; %d bounded waits timed out and retried, %d hand-offs finished from Go, %d acquisitions made from Go after 4 timeouts\n",
+			r.KernelAcquisitions, r.KernelTimeouts, r.KernelUnstuck, r.KernelFallbacks)
 	}
 	fmt.Fprintf(out, "  orphans       %d objects killed outside the lists, explained by hold words, freed; %d stranded by kills of the runtime while it started\n",
 		r.Orphans, r.StrandedAtStart)
