@@ -48,15 +48,22 @@ test: lint
 	$(GO) test -race -tags kflexfault -count=1 -run 'Kill|Killed|Reap|NotRecoverable|DeadSuccessor' ./mcs || status=1; \
 	echo "# a live successor stopped at a fault point: the runtime's holder waits for its link"; \
 	$(GO) test -race -tags kflexfault -count=1 -run 'TestHolderCancelledAwaitingLink' ./serve || status=1; \
-	$(GO) run ./internal/hostprobe/summary $(FEATURE_LOG); \
+	$(GO) run ./internal/hostprobe/summary $(FEATURE_LOG) | tee $(BIN)/kernel-features.txt; \
+	if grep -q '^kernel feature BPF arena: SKIPPED' $(BIN)/kernel-features.txt; then \
+		echo "# this host refuses BPF arenas: the tests that need them, in a VM that offers them (make test-kernel)"; \
+		KFLEX_VM_PKGS='$(VM_ARENA_TESTS)' GO=$(GO) internal/vmtest/run.sh || status=1; \
+	fi; \
 	exit $$status
 
 # The tests that need BPF arenas, where this host refuses them: Debian's
 # backports kernel (Linux 6.12) in qemu, KVM where it boots, TCG otherwise, with
 # the test binaries in its initramfs; fails if a test fails or if the VM's
-# kernel refuses (or a test skips) BPF programs or arenas. Not part of make
-# test. Downloads are cached in bin/vm. KFLEX_VM_PKGS, KFLEX_VM_RUN and the
-# others: see internal/vmtest/run.sh.
+# kernel refuses (or a test skips) BPF programs or arenas. make test runs
+# VM_ARENA_TESTS this way when the host refused arenas; make test-kernel runs
+# every test of the packages that need the kernel. Downloads are cached in
+# bin/vm. KFLEX_VM_PKGS, KFLEX_VM_RUN and the others: see internal/vmtest/run.sh.
+VM_ARENA_TESTS := ./kernel ./internal/sys/arena ./serve:TestMixedContentionKernel|TestClientsOnArena \
+	./cmd/kflex:TestServe|TestBench ./stress:TestKillsKernel
 test-kernel:
 	GO=$(GO) internal/vmtest/run.sh
 
