@@ -243,9 +243,10 @@ search:
 	mov %r1, %r6
 	mov %r8, 3
 level:
-	mov %r4, %r8
-	lsh %r4, 3
-	add %r4, %r1
+	mov %r9, %r8
+	lsh %r9, 3
+	mov %r4, %r1
+	add %r4, %r9
 step:
 	ldxdw %r3, [%r4+16]
 	addr_space_cast %r3, %r3, 1
@@ -253,9 +254,10 @@ step:
 	ldxdw %r5, [%r3+0]
 	jge %r5, %r2, down
 	mov %r1, %r3
-	mov %r4, %r8
-	lsh %r4, 3
-	add %r4, %r1
+	mov %r9, %r8
+	lsh %r9, 3
+	mov %r4, %r1
+	add %r4, %r9
 	may_goto down
 	ja step
 down:
