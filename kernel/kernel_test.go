@@ -52,8 +52,49 @@ func TestVerifierError(t *testing.T) {
 	assert.Equal(t, unix.EACCES, ve.Errno)
 	assert.Contains(t, ve.Error(), "R5 !read_ok")
 	assert.Greater(t, len(ve.Log), 1)
+	// Rejected on the second path, after the first one ends safe: the kernel
+	// rewinds its log over that path, and what it leaves after the end of
+	// the log is not read as part of it.
+	_, err = Load(assemble(t, `
+		mov %r9, %r1
+		ldxb %r1, [%r9+0]
+		jeq %r1, 0, +11
+		mov %r0, 1
+		mov %r2, 2
+		mov %r3, 3
+		mov %r4, 4
+		mov %r5, 5
+		mov %r6, 6
+		mov %r7, 7
+		mov %r8, 8
+		mov %r1, 9
+		mov %r0, 0
+		exit
+		stb [%r10+0], 0
+		mov %r0, 0
+		exit`), Syscall, nil)
+	require.ErrorAs(t, err, &ve)
+	assert.Contains(t, ve.Error(), "invalid write to stack")
+	assert.Regexp(t, "^processed ", ve.Log[len(ve.Log)-1], "the log ends with its statistics")
 	_, err = LoadRaw([]byte{1, 2, 3}, Syscall, nil)
 	assert.ErrorContains(t, err, "not a positive multiple of 8")
+}
+
+// TestVerifierErrorText: a rejection's text is the reason, as Linux up to 6.18
+// logs it last, and as Linux 7 logs it before its explanation (this log is
+// Linux 7.3.4's).
+func TestVerifierErrorText(t *testing.T) {
+	ve := &VerifierError{Errno: unix.EACCES, Log: []string{"0: R1=ctx() R10=fp0", "0: (bf) r0 = r5", "R5 !read_ok",
+		"processed 1 insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_states 0 mark_read 0"}}
+	assert.Equal(t, "kernel verifier: permission denied: R5 !read_ok", ve.Error())
+	ve.Log = []string{"0: R1=ctx() R10=fp0", "0: (bf) r0 = r5", "R5 !read_ok",
+		"Verification failed: Register Type Safety: Unreadable register", "Reason:",
+		"  R5 has never been initialized on this path, so the verifier cannot use it as an input.",
+		"At:", "  insn 0", "       | ^-- error: R5 is not readable", "  Instruction context:",
+		"  >>> 0 | (bf) r0 = r5", "      1 | (95) exit", "Causal path:", "  no retained diagnostic events on this path",
+		"Suggestion:", "  Initialize R5 on every path before this instruction.",
+		"processed 1 insns (limit 1000000) max_states_per_insn 0 total_states 0 peak_states 0 mark_read 0"}
+	assert.Equal(t, "kernel verifier: permission denied: R5 !read_ok", ve.Error())
 }
 
 // TestAtomicsReachTheKernel runs a compare-and-exchange and a fetch-add built

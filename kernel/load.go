@@ -63,9 +63,20 @@ type VerifierError struct {
 }
 
 func (e *VerifierError) Error() string {
-	// The log ends with the reason, then statistics; show the last informative line.
-	reason := ""
+	// The log ends with the reason, then statistics; show the last
+	// informative line. Since Linux 7 (seen on 7.3.4) the reason is followed
+	// by an explanation, from a line "Verification failed: ..." on (its
+	// sections, the failing instruction's context, a suggestion): the
+	// reason is the line before it, as on earlier kernels.
+	end := len(e.Log)
 	for i := len(e.Log) - 1; i >= 0; i-- {
+		if strings.HasPrefix(e.Log[i], "Verification failed:") {
+			end = i
+			break
+		}
+	}
+	reason := ""
+	for i := end - 1; i >= 0; i-- {
 		l := e.Log[i]
 		if l != "" && !strings.HasPrefix(l, "processed ") && !strings.HasPrefix(l, "verification time") &&
 			!strings.HasPrefix(l, "stack depth") {
@@ -121,7 +132,13 @@ func LoadRaw(raw []byte, typ ProgramType, maps []*ebpf.Map) (*Program, error) {
 		if errno2 == 0 {
 			return nil, fmt.Errorf("load %v program: %w (it loaded with a log; retry)", typ, errno)
 		}
-		lines := strings.Split(strings.TrimRight(string(bytes.TrimRight(log, "\x00")), "\n"), "\n")
+		// The log is a C string: the kernel rewinds it over each path it
+		// verified safe (level 1 keeps the path that failed), leaving that
+		// path's stale text after the NUL, which is not part of the log.
+		if end := bytes.IndexByte(log, 0); end >= 0 {
+			log = log[:end]
+		}
+		lines := strings.Split(strings.TrimRight(string(log), "\n"), "\n")
 		return nil, &VerifierError{Errno: errno2, Log: lines}
 	}
 	runtime.KeepAlive(raw)

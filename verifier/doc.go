@@ -85,7 +85,8 @@
 //	                                                           there on Cancel); one with no way out
 //	                                                           rejected, as Linux does
 //	stack of a call chain         at most 512 bytes for all    512 bytes for each frame (at most 8,
-//	                              its frames together          as in Linux): frames are not sized
+//	                              its frames together          as in Linux up to 6.18; 7.3 allows
+//	                                                           16): frames are not sized
 //	paths                         explored one by one with     joined where paths meet (widening by
 //	                              state pruning                powers of two): one state per join
 //	                                                           point, which prunes what it covers
@@ -95,7 +96,11 @@
 //	                                                           a 64-bit multiplication keeps signed
 //	                                                           bounds only for operands below 2^31
 //	32-bit division and modulo    the result unknown on 64     zero-extended, as every 32-bit result
-//	                              bits (Linux 6.18)
+//	                              bits (Linux 6.12, 6.18;
+//	                              7.3 bounds it, and agrees)
+//	byte swaps                    the result unknown (Linux    the tnum's bits moved with the bytes,
+//	                              6.12, 6.18.15); 7.3 swaps    and the bounds narrowed by it
+//	                              the tnum but not the bounds
 //	acquired references           any path's leak rejected at  allocations only; a lost one rejected
 //	                              exit; tracked per path       where lost, a join of paths holding
 //	                                                           different ones rejected, a subprogram

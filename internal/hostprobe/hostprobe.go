@@ -54,14 +54,34 @@ func (r *Refusal) Error() string {
 
 func (r *Refusal) Unwrap() error { return r.Errno }
 
+// Missing is the host's no to a host tool: the program that is not on the
+// PATH, and how to install it.
+type Missing struct {
+	Feature string
+	Program string // "clang-19"
+	Install string // "apt-get install clang-19"
+	Err     error  // exec.LookPath's answer
+}
+
+func (m *Missing) Error() string {
+	return fmt.Sprintf("%s: %s is not on the PATH (%s)", m.Feature, m.Program, m.Install)
+}
+
+func (m *Missing) Unwrap() error { return m.Err }
+
 // Offered runs the feature's probe once per process and returns nil where the
-// host offers it, a *Refusal where it refuses.
+// host offers it, a *Refusal where its kernel refuses it, a *Missing where a
+// host tool is not installed.
 func (f *Feature) Offered() error {
 	f.once.Do(func() {
 		f.err = f.probe()
 		var r *Refusal
 		if errors.As(f.err, &r) {
 			r.Feature = f.Name
+		}
+		var m *Missing
+		if errors.As(f.err, &m) {
+			m.Feature = f.Name
 		}
 	})
 	return f.err
@@ -71,6 +91,17 @@ func (f *Feature) Offered() error {
 // probe's answer.
 func New(name string, probe func() error) *Feature {
 	return &Feature{Name: name, What: "kernel feature", probe: probe}
+}
+
+// Tool is the host tool program, offered where it is on the PATH; install
+// says how to install it where it is not.
+func Tool(program, install string) *Feature {
+	return &Feature{Name: program, What: "host tool", probe: func() error {
+		if _, err := exec.LookPath(program); err != nil {
+			return &Missing{Program: program, Install: install, Err: err}
+		}
+		return nil
+	}}
 }
 
 // The features kflex's tests ask for.
@@ -88,7 +119,7 @@ var (
 	Realtime = New("real-time scheduling", probeRealtime)
 	// Clang: clang-19 is on the PATH, which builds the C extensions of the
 	// tests (BPF objects).
-	Clang = &Feature{Name: "clang-19", What: "host tool", probe: probeClang}
+	Clang = Tool(ClangName, "apt-get install clang-19")
 )
 
 // All is every feature, in the order the test summary lists them.
@@ -96,13 +127,6 @@ var All = []*Feature{Programs, Arena, SliceExtension, Realtime, Clang}
 
 // ClangName is the C compiler the tests build extensions with.
 const ClangName = "clang-19"
-
-func probeClang() error {
-	if _, err := exec.LookPath(ClangName); err != nil {
-		return fmt.Errorf("%s: not on the PATH (apt-get install clang-19): %w", ClangName, err)
-	}
-	return nil
-}
 
 func probeSliceExtension() error {
 	_, _, errno := unix.RawSyscall6(unix.SYS_PRCTL, unix.PR_RSEQ_SLICE_EXTENSION, unix.PR_RSEQ_SLICE_EXTENSION_GET, 0, 0, 0, 0)
