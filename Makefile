@@ -62,7 +62,7 @@ test: lint
 # VM_ARENA_TESTS this way when the host refused arenas; make test-kernel runs
 # every test of the packages that need the kernel. Downloads are cached in
 # bin/vm. KFLEX_VM_PKGS, KFLEX_VM_RUN and the others: see internal/vmtest/run.sh.
-VM_ARENA_TESTS := ./kernel ./internal/sys/arena ./serve:TestMixedContentionKernel|TestClientsOnArena \
+VM_ARENA_TESTS := ./kernel@kflexfault ./internal/sys/arena ./serve:TestMixedContentionKernel|TestClientsOnArena \
 	./cmd/kflex:TestServe|TestBench ./stress:TestKillsKernel
 test-kernel:
 	GO=$(GO) internal/vmtest/run.sh

@@ -394,8 +394,8 @@ func (w *world) setNode(idx uint32, q QueueNode) {
 	atomic.StoreUint32(n.state(), q.State)
 }
 
-// TestUnstick: after a kernel waiter's KernelStuck (faked: the kernel form
-// cannot run here), Unstick hands the lock's queue on to the successor, which
+// TestUnstick: after a kernel waiter's KernelStuck (faked here; the kernel
+// package's TestKernelStuckDeadSuccessor has the real one, on an arena), Unstick hands the lock's queue on to the successor, which
 // gets the lock, and releases the lock; TestKillAtEveryPoint has the case of
 // a successor that died before linking itself.
 func TestUnstick(t *testing.T) {

@@ -7,7 +7,8 @@
 #
 # Environment (all optional):
 #   KFLEX_VM_PKGS     packages to test (default: those whose tests need the kernel);
-#                     PKG:PATTERN runs only PKG's tests matching PATTERN
+#                     PKG:PATTERN runs only PKG's tests matching PATTERN;
+#                     PKG@TAGS builds PKG's tests with those build tags
 #   KFLEX_VM_RUN      a -test.run pattern for every package (default: all tests)
 #   KFLEX_VM_KERNEL   the kernel package (default linux-image-6.12.57+deb12-amd64)
 #   KFLEX_VM_ACCEL    kvm or tcg (default: kvm where /dev/kvm opens, else tcg)
@@ -115,11 +116,13 @@ for spec in $PKGS; do
 	pkg=${spec%%:*}
 	pargs=("${args[@]}")
 	[ "$pkg" = "$spec" ] || pargs+=("-test.run=${spec#*:}")
+	tags=
+	[ "${pkg%%@*}" = "$pkg" ] || { tags=${pkg#*@}; pkg=${pkg%%@*}; }
 	rel=${pkg#./}
 	dir=$stage/kflex/src/$rel
 	mkdir -p "$dir"
 	bin="$(basename "$rel").test"
-	build test -c -o "$dir/$bin" "$pkg"
+	build test -c -tags "$tags" -o "$dir/$bin" "$pkg"
 	[ -f "$dir/$bin" ] || { say "$pkg has no tests"; continue; }
 	[ ! -d "$rel/testdata" ] || cp -r "$rel/testdata" "$dir/testdata"
 	(
