@@ -48,6 +48,8 @@ test: lint
 	$(GO) test -race -tags kflexfault -count=1 -run 'Kill|Killed|Reap|NotRecoverable|DeadSuccessor' ./mcs || status=1; \
 	echo "# a live successor stopped at a fault point: the runtime's holder waits for its link"; \
 	$(GO) test -race -tags kflexfault -count=1 -run 'TestHolderCancelledAwaitingLink' ./serve || status=1; \
+	echo "# a kernel holder whose successor died before linking (on an arena)"; \
+	KFLEX_FEATURE_LOG=$(abspath $(FEATURE_LOG)) $(GO) test -race -tags kflexfault -count=1 -run 'TestKernelStuckDeadSuccessor' ./kernel || status=1; \
 	$(GO) run ./internal/hostprobe/summary $(FEATURE_LOG) | tee $(BIN)/kernel-features.txt; \
 	if grep -q '^kernel feature BPF arena: SKIPPED' $(BIN)/kernel-features.txt; then \
 		echo "# this host refuses BPF arenas: the tests that need them, in a VM that offers them (make test-kernel)"; \
