@@ -119,6 +119,10 @@ stress: build
 		-run 'TestMultiProcess|TestHammer|TestFIFO|TestKernelMarksDeath|TestAllocHammer|TestListAcrossViews|TestMixedContention|TestKernelLock|TestClientsOnArena|TestLayoutContract|TestKillsKernel' \
 		./mcs ./heap ./userspace ./serve ./kernel ./stress
 	$(BIN)/kflex stress --procs 4 --threads 4 --locks 4 --kills $${STRESS_KILLS:-10000} --json
+	# kills also at the lock's fault points (the MCS window among them): a
+	# build with -tags kflexfault
+	$(GO) build -tags kflexfault -o $(BIN)/kflex-fault ./cmd/kflex
+	$(BIN)/kflex-fault stress --procs 4 --threads 4 --locks 4 --kills $${STRESS_FAULT_KILLS:-3000} --json
 
 # The public bpf_conformance suite's test files through the plugin, both
 # engines: make conformance BPF_CONFORMANCE_TESTS=path/to/bpf_conformance/tests

@@ -149,6 +149,11 @@ qemu() {
 		# emulated machine on a shared host is tens of times slower. The
 		# kernel hands unknown NAME=VALUE parameters to /init as environment.
 		env=" KFLEX_STRESS_MAX_WAIT=20s"
+		# Under TCG the clocksource watchdog can find the TSC unstable,
+		# and the kernel then patches sched_clock's static branch while
+		# the other vCPU runs it: an "Oops: int3" in sched_clock_cpu
+		# killed a run. The emulated TSC is the host's: trust it.
+		env+=" tsc=reliable"
 	fi
 	# qboot, where qemu ships it, boots a -kernel faster than SeaBIOS and
 	# writes nothing to the console.
