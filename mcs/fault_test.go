@@ -160,3 +160,91 @@ func TestBytecodeHolderDeadSuccessor(t *testing.T) {
 	m.Unlock()
 	w.settled(t, off, 0)
 }
+
+// queueLeft queues a node of p's on the lock at off as lockQueued does (prev
+// written, tail swapped, linked behind its predecessor) and leaves it
+// (Leave, as a cancelled extension's executor does): abandoned, its owner
+// alive, its next 0. It returns the node.
+func (w *world) queueLeft(t *testing.T, p *Process, off uint64) Node {
+	t.Helper()
+	n := p.TakeNode()
+	me := n.Index + 1
+	w.setNode(n.Index, QueueNode{State: NodeWaiting, Lock: off})
+	word := w.h.Uint64(off)
+	for {
+		old := atomic.LoadUint64(word)
+		atomic.StoreUint32(p.node(n.Index).prev(), wordTail(old))
+		if atomic.CompareAndSwapUint64(word, old, old&^wordTailMask|uint64(me)<<wordTailShift) {
+			require.NotZero(t, wordTail(old), "queued behind somebody")
+			atomic.StoreUint32(p.node(wordTail(old)-1).next(), me)
+			break
+		}
+	}
+	require.False(t, p.Leave(off, uint64(me)), "a waiting node is abandoned, not freed")
+	return n
+}
+
+// TestBytecodeGranterSkipsToDeadSuccessor: the granter, a JIT extension (or a
+// Go waiter) that takes the lock, finds its successor A abandoned (a live
+// process's node whose executor was cancelled while it waited: Leave) and
+// skips it; behind A, D, a child's node, swapped the tail and was killed
+// before linking itself (FaultSwapped): A.next stays 0. The granter finds D
+// by its prev, as it finds its own unlinked dead successor, skips it too
+// (bytecode grants it, and the next locker steps past the dead head) and
+// returns with the lock. Before, the extension waited for A's link forever in
+// mcs_lock_skip, a loop of the shielded subprogram that neither checks for
+// the dead nor can be cancelled: the lock stayed held by the runtime, every
+// Go waiter behind it stuck, and the runtime would not stop (kflex stress
+// with -tags kflexfault, seed 5).
+func TestBytecodeGranterSkipsToDeadSuccessor(t *testing.T) {
+	if err := jit.Supported(); err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	jp, _ := compileBoth(t, LockOnceProgram)
+	for _, granter := range []string{"jit", "go"} {
+		t.Run(granter, func(t *testing.T) {
+			sc := newScene(t, false)
+			w, off, m := sc.w, sc.off, sc.m
+			var got <-chan int64
+			var first chan error
+			if granter == "jit" {
+				got = w.runExtension(t, jp, off)
+			} else {
+				first = lockAsync(mutex(t, w.p, off), &sc.seq, 1)
+			}
+			tail := w.queuedAfter(t, off, 0)
+			pa, paDone := w.attached(t)
+			a := w.queueLeft(t, pa, off)
+			tail = w.queuedAfter(t, off, tail)
+			x := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultSwapped)
+			requireKilled(t, x)
+			require.NotEqual(t, tail, wordTail(atomic.LoadUint64(w.h.Uint64(off))), "the child swapped itself in behind A")
+			require.Zero(t, pa.QueueNode(a.Index).Next, "and never linked")
+			m.Unlock()
+			if granter == "jit" {
+				select {
+				case r0 := <-got:
+					assert.Equal(t, int64(LockAcquired), r0)
+				case <-time.After(20 * time.Second):
+					word, an := DecodeWord(atomic.LoadUint64(w.h.Uint64(off))), pa.QueueNode(a.Index)
+					// Link D for it, so that it ends before the heap is unmapped.
+					atomic.CompareAndSwapUint32(pa.node(a.Index).next(), 0, word.Tail)
+					<-got
+					t.Fatalf("the extension still skipped A, waiting for its link, 20 s later: word %+v, A %+v", word, an)
+				}
+			} else {
+				require.NoError(t, result(t, first))
+			}
+			// The dead child may be the queue's head now: the next locker
+			// steps past it.
+			require.NoError(t, m.Lock())
+			m.Unlock()
+			assert.True(t, pa.NodeFree(a), "A freed by the granter that skipped it")
+			if pa.NodeFree(a) {
+				pa.GiveNode(a)
+			}
+			paDone()
+			w.settled(t, off, 0)
+		})
+	}
+}
