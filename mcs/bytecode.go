@@ -220,7 +220,9 @@ func saveArgs(call string) string {
 // once the lock is taken, is the result to return (0, or KernelTimedOut for a
 // head that leaves); grants use r6 = the successor's index + 1 and r7 = its
 // node. A head that leaves skips itself as a granter skips an abandoned node:
-// it ends the queue if it is the tail, or grants its successor.
+// it ends the queue if it is the tail, or grants its successor. A skipper
+// moves its own node's next on to the node after the one it skips before it
+// frees that one, as the Go grant does (Reap follows it there).
 const lockTemplate = `
 mcs_lock:
 @only runtime
@@ -368,6 +370,7 @@ mcs_lock_skip:
 mcs_lock_skip_next:
 	ldxw %r8, [%r7+0]
 	jeq %r8, 0, mcs_lock_skip_link
+	stxw [%r2+0], %r8
 	stw [%r7+4], 0
 	mov %r6, %r8
 @retry mcs_lock_grant mcs_lock_stuck

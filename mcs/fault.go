@@ -16,6 +16,12 @@ const (
 	FaultGranted    = "granted"     // holding the lock, the successor granted, node not freed
 )
 
+// FaultSkipped is in the Go grant, in a granter (holding the lock) that has
+// just skipped and freed an abandoned or dead node and is about to go on to
+// the one after it. It is not in FaultPoints, which the stress harness's
+// kill schedule indexes: tests reach it with FaultActionStop.
+const FaultSkipped = "skipped"
+
 // FaultAttachClaimed is the one fault point outside the lock protocol: in
 // Attach, after the designated thread has claimed its owner slot (the CAS of
 // its TID into the liveness word, with the slot's entry as the robust list's

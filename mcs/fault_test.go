@@ -4,6 +4,9 @@ package mcs
 
 import (
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -247,4 +250,142 @@ func TestBytecodeGranterSkipsToDeadSuccessor(t *testing.T) {
 			w.settled(t, off, 0)
 		})
 	}
+}
+
+// grantedOrRescued waits (boundedly) for a lockAsync's result, of a waiter
+// that a granter stuck on node a (waiting for a's link) would never reach:
+// past the bound it links a to the waiter (index+1 wn) itself, so that the
+// granter goes on and a failing test leaves nobody waiting on a heap its
+// cleanup unmaps, and fails.
+func (w *world) grantedOrRescued(t *testing.T, done chan error, a, wn uint32) {
+	t.Helper()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(20 * time.Second):
+		atomic.StoreUint32(w.p.node(a).next(), wn)
+		<-done
+		t.Fatalf("the granter still waited for node %d's link 20 s later", a)
+	}
+}
+
+// TestReapKeepsUnlinkedDeadSuccessors: behind G, a waiter of ours, A is a
+// live process's node that its waiter left (abandoned); D, a child's node,
+// swapped the tail behind A and was killed before linking itself; V, another
+// child's, swapped the tail behind D and was killed the same way; W, a waiter
+// of ours, queued behind V (V.next = W), repaired past V, D and A to G. A.next
+// and D.next are 0, and nothing names V any more. Reap must keep D and V:
+// once the holder unlocks, G, the granter, skips A and finds D by its prev
+// (deadSuccessor), then V by D's, and reaches W. Before, Reap freed V (only
+// D, whose predecessor A a granter could reach, was kept), deadSuccessor did
+// not take D, whose next is 0 and whom nothing queued names, for a queued
+// node, and G waited for A's link forever (the kflexfault stress with kills
+// aimed at the tail-swap window: a wedged lock).
+func TestReapKeepsUnlinkedDeadSuccessors(t *testing.T) {
+	sc := newScene(t, true)
+	w, off, m := sc.w, sc.off, sc.m
+	g := sc.tail
+	pa, paDone := w.attached(t)
+	a := w.queueLeft(t, pa, off)
+	tail := w.queuedAfter(t, off, g)
+	var dead []uint32 // D, V
+	for range 2 {
+		x := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultSwapped)
+		requireKilled(t, x)
+		tail = w.queuedAfter(t, off, tail)
+		dead = append(dead, tail)
+	}
+	third := lockAsync(mutex(t, w.p, off), &sc.seq, 3)
+	wn := w.queuedAfter(t, off, tail)
+	require.Eventually(t, func() bool { return w.p.QueueNode(wn-1).Prev == g }, 20*time.Second, 100*time.Microsecond,
+		"W repaired past V, D and A to G")
+	require.Zero(t, pa.QueueNode(a.Index).Next, "A never linked")
+	require.Zero(t, w.p.QueueNode(dead[0]-1).Next, "D never linked")
+
+	Reap(w.h)
+	for k, name := range []string{"D", "V"} {
+		assert.Equal(t, uint32(NodeAbandoned), w.p.QueueNode(dead[k]-1).State, "%s kept for the granter at A", name)
+	}
+	m.Unlock()
+	w.grantedOrRescued(t, third, a.Index, wn) // G grants W before its Lock returns
+	require.NoError(t, result(t, sc.first))
+	assert.Equal(t, []int{1, 3}, sc.seq)
+	assert.True(t, pa.NodeFree(a), "A freed by the granter that skipped it")
+	if pa.NodeFree(a) {
+		pa.GiveNode(a)
+	}
+	paDone()
+	w.settled(t, off, 0)
+}
+
+// TestReapFollowsGranterPastSkipped: G, a child, takes the lock and grants:
+// its successor B is a live process's node that its waiter left, behind B is
+// A, a child's node, linked and killed (FaultLinked), behind A is D, a child's
+// node, killed between its tail swap and its link (FaultSwapped), and behind
+// D is W, a waiter of ours, which repaired past D, A and B to G. G skips B and
+// frees it, and stops there (FaultSkipped, FaultActionStop), on its way to A.
+// Reap runs. It must keep A and D: G goes on to A and finds D by its prev.
+// Before, G's node still named B, freed, as its next, so nothing Reap
+// follows reached A (dead, abandoned by W): Reap freed A and D, and G,
+// continued, waited for A's link forever.
+func TestReapFollowsGranterPastSkipped(t *testing.T) {
+	sc := newScene(t, false)
+	w, off, m := sc.w, sc.off, sc.m
+	g := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultSkipped, "KFLEX_FAULT_ACTION="+FaultActionStop)
+	gi := w.queuedAfter(t, off, 0)
+	pa, paDone := w.attached(t)
+	b := w.queueLeft(t, pa, off)
+	tail := w.queuedAfter(t, off, gi)
+	var dead []uint32 // A, D
+	for _, pt := range []string{FaultLinked, FaultSwapped} {
+		x := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+pt)
+		requireKilled(t, x)
+		tail = w.queuedAfter(t, off, tail)
+		dead = append(dead, tail)
+	}
+	third := lockAsync(mutex(t, w.p, off), &sc.seq, 3)
+	wn := w.queuedAfter(t, off, tail)
+	require.Eventually(t, func() bool { return w.p.QueueNode(wn-1).Prev == gi }, 20*time.Second, 100*time.Microsecond,
+		"W repaired past D, A and B to G")
+	require.Zero(t, w.p.QueueNode(dead[0]-1).Next, "A's successor D never linked")
+
+	m.Unlock()
+	pid := g.cmd.Process.Pid
+	require.Eventually(t, func() bool { return stopped(t, pid) }, 20*time.Second, 100*time.Microsecond,
+		"G stopped after skipping B")
+	require.True(t, pa.NodeFree(b), "B freed by G")
+	Reap(w.h)
+	for k, name := range []string{"A", "D"} {
+		assert.NotEqual(t, uint32(NodeFree), w.p.QueueNode(dead[k]-1).State, "%s kept for G, on its way to A", name)
+	}
+	// G stops at every skip: keep it going until W has the lock.
+	cont := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-cont:
+				return
+			case <-time.After(time.Millisecond):
+				syscall.Kill(pid, syscall.SIGCONT)
+			}
+		}
+	}()
+	w.grantedOrRescued(t, third, dead[0]-1, wn)
+	close(cont)
+	syscall.Kill(pid, syscall.SIGCONT)
+	assert.Equal(t, "got <nil>", g.line(t))
+	require.True(t, g.wait(t).Success())
+	pa.GiveNode(b)
+	paDone()
+	w.settled(t, off, 0)
+}
+
+// stopped reports whether process pid is stopped by a signal.
+func stopped(t *testing.T, pid int) bool {
+	t.Helper()
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	require.NoError(t, err)
+	// pid (comm) state ...: comm may hold anything but the last ')'.
+	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	return len(fields) > 0 && fields[0] == "T"
 }

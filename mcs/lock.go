@@ -274,7 +274,7 @@ func (m *Mutex) lockQueued() error {
 
 	// We hold the lock. Hand the head of the queue to our successor, if any.
 	if wordTail(w) != me {
-		m.grant(m.successor(node, me))
+		m.grant(node, m.successor(node, me))
 	}
 	fault(FaultGranted)
 	atomic.StoreUint32(node.state(), nodeFree)
@@ -285,7 +285,7 @@ func (m *Mutex) lockQueued() error {
 // leave takes the head (node n, index+1 me) out of the queue without the
 // lock: the next waiter becomes the head, or the queue ends.
 func (m *Mutex) leave(n node, me uint32) {
-	m.grant(m.successor(n, me))
+	m.grant(n, m.successor(n, me))
 	atomic.StoreUint32(n.state(), nodeFree)
 	m.p.nodes <- me - 1
 }
@@ -354,7 +354,13 @@ func (m *Mutex) successor(n node, idx uint32) uint32 {
 // that timed out) or died is skipped: its successor, if it has one, is
 // granted instead, and the node is freed. A node already head took the
 // position itself (its predecessor, skipped, looked dead to it).
-func (m *Mutex) grant(idx uint32) {
+//
+// The granter's own node, from, still queued, says where the walk is: before
+// a skipped node is freed, from's next moves on to the node after it. Reap
+// finds what a granter will visit by following next from the live queued
+// nodes; with from's next still naming a node it freed, the nodes after it
+// were out of reach of that walk while the granter went on to them.
+func (m *Mutex) grant(from node, idx uint32) {
 	for idx != 0 {
 		n := m.p.node(idx - 1)
 		switch s := atomic.LoadUint32(n.state()); s {
@@ -376,7 +382,11 @@ func (m *Mutex) grant(idx uint32) {
 			}
 		default: // abandoned, or freed by the successor that abandoned it
 			next := m.successor(n, idx)
+			if next != 0 {
+				atomic.StoreUint32(from.next(), next)
+			}
 			atomic.CompareAndSwapUint32(n.state(), nodeAbandoned, nodeFree)
+			fault(FaultSkipped)
 			idx = next
 		}
 	}

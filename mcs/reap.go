@@ -92,27 +92,10 @@ func reapNode(h *heap.Heap, i uint32) bool {
 		// head will end the queue past it.
 		return false
 	}
-	if reachable(h, me, lock, wordTail(w)) || awaitedLink(h, n, lock, wordTail(w)) {
+	if reachable(h, me, lock, wordTail(w)) {
 		return false
 	}
 	return atomic.CompareAndSwapUint32(n.state(), s, nodeFree)
-}
-
-// awaitedLink reports whether node n, dead, swapped the tail behind a
-// predecessor it never linked to (the predecessor's next is still 0) that a
-// granter may yet reach: that granter finds n by its prev (deadSuccessor) to
-// go on to whoever is behind n. A waiter that repaired past n moved its own
-// prev beyond it, so nothing else names n; freed, the granter would wait for
-// the link forever.
-func awaitedLink(h *heap.Heap, n node, lock uint64, tail uint32) bool {
-	pred := atomic.LoadUint32(n.prev())
-	hdr := h.Header()
-	if pred == 0 || pred > hdr.MaxProcs*hdr.NodesPerProc {
-		return false
-	}
-	p := nodeAt(h, pred-1)
-	return atomic.LoadUint32(p.state()) != nodeFree && atomic.LoadUint64(p.lock()) == lock &&
-		atomic.LoadUint32(p.next()) == 0 && reachable(h, pred, lock, tail)
 }
 
 // endDeadQueue ends the queue on the lock word at heap offset lock (word, in
@@ -235,17 +218,45 @@ func endDeadQueue(h *heap.Heap, word *uint64, lock uint64, tail uint32) bool {
 // node's next in turn); a waiter repairing around dead predecessors follows
 // prev (and, past an abandoned one, its prev in turn); a newcomer queues
 // behind the tail and so follows the tail's prev chain. A head never looks
-// at its prev again. So the roots are the tail and every live process's
-// queued node on the lock, and the edges are next, and prev of a node that
-// is not the head; a dead node is kept while it is reachable from a root,
-// through nodes of any liveness. Edges between dead nodes alone (two
-// abandoned nodes naming each other, a dead abandoned node naming a dead
-// head) keep nothing: nobody will ever walk them. The walk visits each node
-// once, so it ends whatever cycles a heap holds.
+// at its prev again. A granter at a node whose next is still 0 finds the
+// node behind it by that node's prev, if it died before linking itself
+// (deadSuccessor): a dead node that swapped the tail behind a predecessor it
+// never linked to is named by nothing else once the waiter behind it
+// repaired past it (its prev moved on), and freed, it left the granter
+// waiting for the link forever — and so did a dead node behind that one,
+// unlinked in turn, which deadSuccessor needs to see the first in the queue
+// (the kflexfault stress with kills aimed at that window: runs of such
+// nodes). So the roots are the tail and every live process's queued node on
+// the lock, and the edges are next, prev of a node that is not the head, and,
+// from a node whose next is 0, every queued node on the lock whose prev names
+// it; a dead node is kept while it is reachable from a root, through nodes of
+// any liveness. Edges between dead nodes alone (two abandoned nodes naming
+// each other, a dead abandoned node naming a dead head) keep nothing: nobody
+// will ever walk them. The walk visits each node once, so it ends whatever
+// cycles a heap holds.
+//
+// A granter's own node is a root, and its next follows the walk: the granter
+// moves it on past each node it skips before it frees that node (grant), so
+// that the nodes after a freed one stay in reach.
 func reachable(h *heap.Heap, me uint32, lock uint64, tail uint32) bool {
 	hdr := h.Header()
 	total := hdr.MaxProcs * hdr.NodesPerProc
 	seen := make(map[uint32]bool)
+	var behind map[uint32][]uint32 // prev -> the queued nodes naming it, made on first use
+	namedBy := func(idx uint32) []uint32 {
+		if behind == nil {
+			behind = make(map[uint32][]uint32)
+			for i := range total {
+				x := nodeAt(h, i)
+				if atomic.LoadUint32(x.state()) != nodeFree && atomic.LoadUint64(x.lock()) == lock {
+					if p := atomic.LoadUint32(x.prev()); p != 0 {
+						behind[p] = append(behind[p], i+1)
+					}
+				}
+			}
+		}
+		return behind[idx]
+	}
 	var stack []uint32
 	push := func(idx uint32) {
 		if idx == 0 || idx > total || seen[idx] {
@@ -278,9 +289,15 @@ func reachable(h *heap.Heap, me uint32, lock uint64, tail uint32) bool {
 		if idx == me {
 			return true
 		}
-		push(atomic.LoadUint32(x.next()))
+		next := atomic.LoadUint32(x.next())
+		push(next)
 		if s != nodeHead {
 			push(atomic.LoadUint32(x.prev()))
+		}
+		if next == 0 {
+			for _, b := range namedBy(idx) {
+				push(b)
+			}
 		}
 	}
 	return false

@@ -297,7 +297,8 @@ func (m *Mutex) freeAhead(idx uint32, n node) {
 // deadSuccessor finds the node that swapped the tail after the node with
 // index+1 idx on the lock at heap offset lock and died before linking itself:
 // a node of a dead slot, queued on lock, whose prev is idx, and which really
-// is in the queue (it is the tail, or somebody queued behind it) rather than
+// is in the queue (it is the tail, somebody queued behind it, or somebody
+// abandoned it, which only a waiter behind it or a granter does) rather than
 // one that died before its own swap. It returns its index + 1, or 0.
 func (p *Process) deadSuccessor(idx uint32, lock uint64, tail uint32) uint32 {
 	hdr := p.h.Header()
@@ -311,7 +312,8 @@ func (p *Process) deadSuccessor(idx uint32, lock uint64, tail uint32) uint32 {
 				atomic.LoadUint64(n.lock()) != lock {
 				continue
 			}
-			if tail == i+1 || atomic.LoadUint32(n.next()) != 0 || p.queuedBehind(i+1, lock) {
+			if tail == i+1 || atomic.LoadUint32(n.next()) != 0 || atomic.LoadUint32(n.state()) == nodeAbandoned ||
+				p.queuedBehind(i+1, lock) {
 				return i + 1
 			}
 		}
@@ -373,7 +375,7 @@ func (p *Process) LockCheck(lock, _, idx, held uint64) uint64 {
 	w := atomic.LoadUint64(m.word)
 	switch {
 	case notRecoverable(w):
-		m.grant(m.successor(n, me))
+		m.grant(n, m.successor(n, me))
 		return r0(LockNotRecoverable)
 	case w&wordLocked != 0 && m.p.holderDead(w):
 		nw := takeover(w, held)
@@ -385,7 +387,7 @@ func (p *Process) LockCheck(lock, _, idx, held uint64) uint64 {
 		}
 		p.sawDeath(Polled)
 		if wordTail(w) != me {
-			m.grant(m.successor(n, me))
+			m.grant(n, m.successor(n, me))
 		}
 		return r0(LockOwnerDied)
 	}
@@ -411,7 +413,7 @@ func (p *Process) Unstick(lock uint64, n Node, r0 int32) error {
 	}
 	node := p.node(n.Index)
 	if atomic.LoadUint32(node.state()) != nodeFree {
-		m.grant(m.successor(node, n.Index+1))
+		m.grant(node, m.successor(node, n.Index+1))
 		atomic.StoreUint32(node.state(), nodeFree)
 	}
 	if r0 == KernelStuck {
