@@ -228,8 +228,8 @@ func endDeadQueue(h *heap.Heap, word *uint64, lock uint64, tail uint32) bool {
 // (the kflexfault stress with kills aimed at that window: runs of such
 // nodes). So the roots are the tail and every live process's queued node on
 // the lock, and the edges are next, prev of a node that is not the head, and,
-// from a node whose next is 0, every queued node on the lock whose prev names
-// it; a dead node is kept while it is reachable from a root, through nodes of
+// from a node whose next is 0 and that is not the tail, every queued node on
+// the lock whose prev names it; a dead node is kept while it is reachable from a root, through nodes of
 // any liveness. Edges between dead nodes alone (two abandoned nodes naming
 // each other, a dead abandoned node naming a dead head) keep nothing: nobody
 // will ever walk them. The walk visits each node once, so it ends whatever
@@ -294,7 +294,9 @@ func reachable(h *heap.Heap, me uint32, lock uint64, tail uint32) bool {
 		if s != nodeHead {
 			push(atomic.LoadUint32(x.prev()))
 		}
-		if next == 0 {
+		if next == 0 && idx != tail {
+			// (The tail has nobody behind it: a node naming it is stale, or
+			// died before its own swap.)
 			for _, b := range namedBy(idx) {
 				push(b)
 			}
