@@ -389,3 +389,32 @@ func stopped(t *testing.T, pid int) bool {
 	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
 	return len(fields) > 0 && fields[0] == "T"
 }
+
+// TestReapNodeNeverQueued: a child killed while it set up a node for its
+// first wait (FaultNodeSetUp: its state says waiting, its owner and lock are
+// not written yet), so never swapped into a queue (the cross-process fuzzer
+// found one: node {State:1 Lock:0}), left the node busy, and Reap kept its
+// slot for good. Reap frees the node and the slot.
+func TestReapNodeNeverQueued(t *testing.T) {
+	sc := newScene(t, false)
+	w, off, m := sc.w, sc.off, sc.m
+	x := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultNodeSetUp)
+	requireKilled(t, x)
+	npp := w.h.Header().NodesPerProc
+	var busy []uint32
+	for i := x.slot * npp; i < (x.slot+1)*npp; i++ {
+		if q := w.p.QueueNode(i); q.State != NodeFree {
+			busy = append(busy, i)
+			assert.Equal(t, QueueNode{State: NodeWaiting}, q, "node %d: its state written, nothing else", i)
+		}
+	}
+	require.Len(t, busy, 1, "the child set up one node")
+	require.Zero(t, wordTail(atomic.LoadUint64(w.h.Uint64(off))), "and never queued it")
+	Reap(w.h)
+	assert.Equal(t, uint32(NodeFree), w.p.QueueNode(busy[0]).State, "the node is free")
+	for _, o := range Owners(w.h) {
+		assert.NotEqual(t, x.slot, o.Slot, "the dead slot is reclaimed")
+	}
+	m.Unlock()
+	w.settled(t, off, 0)
+}

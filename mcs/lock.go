@@ -180,6 +180,7 @@ func (m *Mutex) lockQueued() error {
 	node := m.p.node(idx)
 	atomic.StoreUint32(node.next(), 0)
 	atomic.StoreUint32(node.state(), nodeWaiting)
+	fault(FaultNodeSetUp)
 	atomic.StoreUint32(node.owner(), m.p.slot+1)
 	atomic.StoreUint64(node.lock(), m.off)
 	me := idx + 1
