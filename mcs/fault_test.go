@@ -418,3 +418,57 @@ func TestReapNodeNeverQueued(t *testing.T) {
 	m.Unlock()
 	w.settled(t, off, 0)
 }
+
+// TestRepairFreesPastUnlinkedDeadSuccessor: H, a child's waiter, is the
+// queue's head; behind it D, a child's node, swapped the tail and was killed
+// before linking itself (FaultSwapped: H.next stays 0); behind D, A, a live
+// process's node that its waiter left; behind A, E, a JIT extension, whose
+// HelperLockCheck looked through A and D (abandoning D) to H, alive then,
+// and waits (an executor keeps no list of what it looked through). H's
+// child is killed: E's next check replaces the dead head, makes itself the
+// head, and frees the abandoned nodes between H and itself (freeAhead), A
+// included, whose live owner will never free it: the walk goes from H past
+// the hole to D, found by its prev. Before, it started at H's next, 0, and
+// A stayed abandoned for good (with kills aimed at the window, the stress
+// runtime's cancelled executors ran out of nodes).
+func TestRepairFreesPastUnlinkedDeadSuccessor(t *testing.T) {
+	if err := jit.Supported(); err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	jp, _ := compileBoth(t, LockOnceProgram)
+	sc := newScene(t, false)
+	w, off, m := sc.w, sc.off, sc.m
+	h := w.startLocker(t, off, actOnce)
+	hi := w.queuedAfter(t, off, 0)
+	d := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultSwapped)
+	requireKilled(t, d)
+	di := w.queuedAfter(t, off, hi)
+	require.Zero(t, w.p.QueueNode(hi-1).Next, "D never linked")
+	pa, paDone := w.attached(t)
+	a := w.queueLeft(t, pa, off)
+	ai := w.queuedAfter(t, off, di)
+	got := w.runExtension(t, jp, off)
+	ei := w.queuedAfter(t, off, ai)
+	require.Eventually(t, func() bool { return w.p.QueueNode(ei-1).Prev == hi }, 20*time.Second, 100*time.Microsecond,
+		"E looked through A and D to H")
+	h.kill()
+	require.Eventually(t, func() bool { return w.p.QueueNode(ei-1).State == NodeHead }, 20*time.Second, 100*time.Microsecond,
+		"E replaced the dead head")
+	assert.True(t, pa.NodeFree(a), "A freed by E")
+	assert.Equal(t, uint32(NodeFree), w.p.QueueNode(di-1).State, "D freed by E")
+	m.Unlock()
+	select {
+	case r0 := <-got:
+		assert.Equal(t, int64(LockAcquired), r0)
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the extension still waits 20 s later: word %+v", DecodeWord(atomic.LoadUint64(w.h.Uint64(off))))
+	}
+	if pa.NodeFree(a) {
+		pa.GiveNode(a)
+	} else {
+		w.setNode(a.Index, QueueNode{})
+		pa.GiveNode(a)
+	}
+	paDone()
+	w.settled(t, off, 0)
+}

@@ -251,6 +251,12 @@ func (m *Mutex) repair(n node, skipped *[]uint32, how Way) bool {
 		// time: both store head.
 		atomic.CompareAndSwapUint32(n.state(), nodeWaiting, nodeHead)
 		atomic.CompareAndSwapUint32(n.state(), nodeParked, nodeHead)
+		if front == 0 && pred != 0 && atomic.LoadUint64(m.p.node(pred-1).lock()) == m.off {
+			// The node behind pred died before linking itself (the MCS
+			// window), and pred's next stayed 0: the walk starts at that
+			// node, found by its prev, as a granter finds it.
+			front = m.p.deadSuccessor(pred, m.off, wordTail(atomic.LoadUint64(m.word)))
+		}
 		m.freeAhead(front, n)
 		for _, i := range *skipped {
 			// A live owner's abandoned node may have been freed by a granter
@@ -278,7 +284,12 @@ func (m *Mutex) gone(pn node, s uint32) bool {
 // never kept by an executor's lock call — so without this walk the nodes of a
 // live process that abandoned them (a cancelled extension's) would never be
 // freed. The walk stops at anything not abandoned on this lock: a node freed
-// meanwhile may be queued elsewhere already, and its next is not ours.
+// meanwhile may be queued elsewhere already, and its next is not ours. Where
+// a next is still 0 because the node behind died between its tail swap and
+// its link, the walk goes on to that node, found by its prev (deadSuccessor),
+// as a granter does: with kills aimed at that window, the abandoned nodes of
+// cancelled executors behind such holes were never freed, and the runtime
+// ran out of nodes.
 func (m *Mutex) freeAhead(idx uint32, n node) {
 	total := m.p.h.Header().MaxProcs * m.p.h.Header().NodesPerProc
 	for steps := uint32(0); idx != 0 && idx <= total && steps < total; steps++ {
@@ -287,6 +298,9 @@ func (m *Mutex) freeAhead(idx uint32, n node) {
 			return
 		}
 		next := atomic.LoadUint32(x.next())
+		if next == 0 {
+			next = m.p.deadSuccessor(idx, m.off, wordTail(atomic.LoadUint64(m.word)))
+		}
 		if !atomic.CompareAndSwapUint32(x.state(), nodeAbandoned, nodeFree) {
 			return
 		}
