@@ -229,11 +229,11 @@ func endDeadQueue(h *heap.Heap, word *uint64, lock uint64, tail uint32) bool {
 // nodes). So the roots are the tail and every live process's queued node on
 // the lock, and the edges are next, prev of a node that is not the head, and,
 // from a node whose next is 0 and that is not the tail, every queued node on
-// the lock whose prev names it; a dead node is kept while it is reachable from a root, through nodes of
-// any liveness. Edges between dead nodes alone (two abandoned nodes naming
-// each other, a dead abandoned node naming a dead head) keep nothing: nobody
-// will ever walk them. The walk visits each node once, so it ends whatever
-// cycles a heap holds.
+// the lock whose prev names it; a dead node is kept while it is reachable
+// from a root, through nodes of any liveness. Edges between dead nodes alone
+// (two abandoned nodes naming each other, a dead abandoned node naming a dead
+// head) keep nothing: nobody will ever walk them. The walk visits each node
+// once, so it ends whatever cycles a heap holds.
 //
 // A granter's own node is a root, and its next follows the walk: the granter
 // moves it on past each node it skips before it frees that node (grant), so
