@@ -472,3 +472,38 @@ func TestRepairFreesPastUnlinkedDeadSuccessor(t *testing.T) {
 	paDone()
 	w.settled(t, off, 0)
 }
+
+// TestReapEndsDeadQueueFreesHanging: H, a child's waiter, is the queue's
+// head; behind it A, a live process's node that its waiter left; behind A,
+// T, another child's waiter, which looked through A to H (T.prev = H). Both
+// children are killed: from the tail T back along prev to H every node is
+// dead, and Reap ends the queue. A hangs off it by next only, and it must be
+// freed too: its owner lives (a cancelled executor waits for it), and nobody
+// else will ever skip it. Before, Reap freed H and T and left A abandoned
+// for good (with kills aimed at the tail-swap window, the stress runtime
+// leaked such nodes).
+func TestReapEndsDeadQueueFreesHanging(t *testing.T) {
+	sc := newScene(t, false)
+	w, off, m := sc.w, sc.off, sc.m
+	h := w.startLocker(t, off, actOnce)
+	hi := w.queuedAfter(t, off, 0)
+	pa, paDone := w.attached(t)
+	a := w.queueLeft(t, pa, off)
+	ai := w.queuedAfter(t, off, hi)
+	x := w.startLocker(t, off, actOnce)
+	ti := w.queuedAfter(t, off, ai)
+	require.Eventually(t, func() bool { return w.p.QueueNode(ti-1).Prev == hi }, 20*time.Second, 100*time.Microsecond,
+		"T looked through A to H")
+	x.kill()
+	h.kill()
+	Reap(w.h)
+	assert.Zero(t, wordTail(atomic.LoadUint64(w.h.Uint64(off))), "the dead queue ended")
+	assert.True(t, pa.NodeFree(a), "A freed with it")
+	if !pa.NodeFree(a) {
+		w.setNode(a.Index, QueueNode{})
+	}
+	pa.GiveNode(a)
+	paDone()
+	m.Unlock()
+	w.settled(t, off, 0)
+}

@@ -119,7 +119,9 @@ func reapNode(h *heap.Heap, i uint32) bool {
 // inside the queue. Abandoned nodes of dead processes are walked through, as
 // repair walks through them; abandoned nodes the chain skips (a repair moved
 // a prev past them) hang off the chain by next only, and once the queue is
-// ended they are unreachable and reapNode frees them. A live node anywhere
+// ended endDeadQueue frees them (freeHanging): a dead process's would be
+// unreachable and freed by reapNode, but a live process's (a cancelled
+// executor's) nobody else frees. A live node anywhere
 // in the chain, or one that is free, queued elsewhere or out of range (a stale
 // or corrupt link), leaves the queue alone. The walk is bounded by the node
 // table's size: a corrupt heap may hold a cycle.
@@ -196,10 +198,17 @@ func endDeadQueue(h *heap.Heap, word *uint64, lock uint64, tail uint32) bool {
 			break
 		}
 	}
-	// The queue is ours alone now: free its nodes from the states we saw. A
-	// node is freed only if it is still on this lock in that state (its
-	// process is dead, so nobody but another Reap changes it, and that one
-	// frees it too).
+	// The queue is ours alone now. First the abandoned nodes that hang off
+	// the chain by next (a repair moved a prev past them): those of dead
+	// processes reapNode would free as unreachable, but those of live ones
+	// (a cancelled executor's) nobody else will, and their executor waits
+	// for them; then the chain's nodes, from the states we saw. A node is
+	// freed only if it is still on this lock in that state (its process is
+	// dead, so nobody but another Reap changes it, and that one frees it
+	// too).
+	for _, idx := range chain {
+		freeHanging(h, lock, atomic.LoadUint32(nodeAt(h, idx-1).next()))
+	}
 	for k, idx := range chain {
 		x := nodeAt(h, idx-1)
 		if atomic.LoadUint64(x.lock()) == lock {
@@ -207,6 +216,39 @@ func endDeadQueue(h *heap.Heap, word *uint64, lock uint64, tail uint32) bool {
 		}
 	}
 	return true
+}
+
+// freeHanging frees, from the node with index+1 idx along next, the abandoned
+// nodes on the lock at heap offset lock of a queue that endDeadQueue ended:
+// nobody is left to skip them. Where a next is still 0 because the node
+// behind died between its tail swap and its link, it goes on to an abandoned
+// node whose prev names it, as a granter would (deadSuccessor). It stops at
+// anything else: the chain's own nodes (waiting, parked, head), and nodes
+// freed or queued again since.
+func freeHanging(h *heap.Heap, lock uint64, idx uint32) {
+	hdr := h.Header()
+	total := hdr.MaxProcs * hdr.NodesPerProc
+	for steps := uint32(0); idx != 0 && idx <= total && steps < total; steps++ {
+		x := nodeAt(h, idx-1)
+		if atomic.LoadUint64(x.lock()) != lock || atomic.LoadUint32(x.state()) != nodeAbandoned {
+			return
+		}
+		next := atomic.LoadUint32(x.next())
+		if next == 0 {
+			for i := range total {
+				y := nodeAt(h, i)
+				if atomic.LoadUint32(y.prev()) == idx && atomic.LoadUint32(y.state()) == nodeAbandoned &&
+					atomic.LoadUint64(y.lock()) == lock {
+					next = i + 1
+					break
+				}
+			}
+		}
+		if !atomic.CompareAndSwapUint32(x.state(), nodeAbandoned, nodeFree) {
+			return
+		}
+		idx = next
+	}
 }
 
 // reachable reports whether the queue on the lock at heap offset lock, whose
