@@ -507,3 +507,48 @@ func TestReapEndsDeadQueueFreesHanging(t *testing.T) {
 	m.Unlock()
 	w.settled(t, off, 0)
 }
+
+// TestLiveLinkBeforeStaleDeadSuccessor: G, a waiter of ours, takes the
+// lock and waits for its successor S, a child stopped between its tail swap
+// and its link (FaultSwapped, FaultActionStop), to link itself. D, a dead
+// process's node left abandoned on the lock from an earlier use of G's node,
+// names G's node as its prev, with a next. G must wait for S rather than take
+// D for a successor that died before linking: D's queue is over, and G went
+// down it, past S, to a node that never links (the kflexfault stress with
+// kills aimed at the swap window: a granter waited there forever, the lock
+// held). S is let go; G grants it.
+func TestLiveLinkBeforeStaleDeadSuccessor(t *testing.T) {
+	sc := newScene(t, true)
+	w, off, m := sc.w, sc.off, sc.m
+	g := sc.tail
+	offs := w.locks(t, 1)
+	dead := w.killedSlot(t, offs[0])
+	npp := w.h.Header().NodesPerProc
+	d, y := dead*npp, dead*npp+1 // y: free, D's stale next
+	w.setNode(d, QueueNode{Next: y + 1, State: NodeAbandoned, Prev: g, Lock: off})
+	s := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultSwapped, "KFLEX_FAULT_ACTION="+FaultActionStop)
+	si := w.queuedAfter(t, off, g)
+	pid := s.cmd.Process.Pid
+	require.Eventually(t, func() bool { return stopped(t, pid) }, 20*time.Second, 100*time.Microsecond, "S stopped before its link")
+	require.Zero(t, w.p.QueueNode(g-1).Next)
+
+	m.Unlock()
+	require.Eventually(t, func() bool { return DecodeWord(atomic.LoadUint64(w.h.Uint64(off))).Locked }, 20*time.Second,
+		10*time.Microsecond, "G took the lock")
+	time.Sleep(5 * time.Millisecond) // G waits for S's link meanwhile
+	syscall.Kill(pid, syscall.SIGCONT)
+	select {
+	case err := <-sc.first:
+		require.NoError(t, err)
+	case <-time.After(20 * time.Second):
+		atomic.StoreUint32(w.p.node(y).next(), si) // let G go on from where it waits
+		<-sc.first
+		t.Fatalf("G still waited 20 s later: it took the stale dead node for its successor")
+	}
+	assert.Equal(t, "got <nil>", s.line(t))
+	require.True(t, s.wait(t).Success())
+	assert.Equal(t, uint32(NodeAbandoned), w.p.QueueNode(d).State, "D untouched")
+	w.setNode(d, QueueNode{})
+	w.setNode(y, QueueNode{})
+	w.settled(t, off, 0)
+}

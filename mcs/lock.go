@@ -158,6 +158,10 @@ const (
 	// (the holder, or its predecessor) every deathEvery polls, and after
 	// every park.
 	deathEvery = 64
+	// patience: a granter waiting for a link looks for a dead successor in
+	// its place only while no live one is about to link (deadSuccessor)
+	// for its first patience polls.
+	patience = 256 * spinIters
 )
 
 // lockSlow is not inlined into Lock: that would take Lock over the inlining
@@ -338,7 +342,7 @@ func (m *Mutex) successor(n node, idx uint32) uint32 {
 			continue
 		}
 		if spins >= spinIters && spins%spinIters == 0 {
-			if s := m.p.deadSuccessor(idx, m.off, wordTail(w)); s != 0 {
+			if s := m.p.deadSuccessor(idx, m.off, wordTail(w), spins < patience); s != 0 {
 				atomic.CompareAndSwapUint32(n.next(), 0, s)
 				continue
 			}

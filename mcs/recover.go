@@ -255,7 +255,7 @@ func (m *Mutex) repair(n node, skipped *[]uint32, how Way) bool {
 			// The node behind pred died before linking itself (the MCS
 			// window), and pred's next stayed 0: the walk starts at that
 			// node, found by its prev, as a granter finds it.
-			front = m.p.deadSuccessor(pred, m.off, wordTail(atomic.LoadUint64(m.word)))
+			front = m.p.deadSuccessor(pred, m.off, wordTail(atomic.LoadUint64(m.word)), false)
 		}
 		m.freeAhead(front, n)
 		for _, i := range *skipped {
@@ -299,7 +299,7 @@ func (m *Mutex) freeAhead(idx uint32, n node) {
 		}
 		next := atomic.LoadUint32(x.next())
 		if next == 0 {
-			next = m.p.deadSuccessor(idx, m.off, wordTail(atomic.LoadUint64(m.word)))
+			next = m.p.deadSuccessor(idx, m.off, wordTail(atomic.LoadUint64(m.word)), false)
 		}
 		if !atomic.CompareAndSwapUint32(x.state(), nodeAbandoned, nodeFree) {
 			return
@@ -311,11 +311,27 @@ func (m *Mutex) freeAhead(idx uint32, n node) {
 // deadSuccessor finds the node that swapped the tail after the node with
 // index+1 idx on the lock at heap offset lock and died before linking itself:
 // a node of a dead slot, queued on lock, whose prev is idx, and which really
-// is in the queue (it is the tail, somebody queued behind it, or somebody
-// abandoned it, which only a waiter behind it or a granter does) rather than
+// is in the queue (it is the tail, or somebody queued behind it) rather than
 // one that died before its own swap. It returns its index + 1, or 0.
-func (p *Process) deadSuccessor(idx uint32, lock uint64, tail uint32) uint32 {
+//
+// It returns 0 while a live node on lock whose prev is idx is named by no
+// node's next: a successor between its swap and its link (an executor's
+// thread preempted there), which links itself. A dead node naming idx may be
+// stale, left from an earlier use of the node idx names (its process reuses
+// it at once, on the same lock), and linking it would send the granter down
+// a queue that is over, past the live successor (the kflexfault stress with
+// kills aimed at the swap window: a granter waited at the end of that queue
+// forever). A live node whose prev a repair moved to idx is named by the
+// next of the node it linked itself behind, and does not hold this up.
+//
+// patient false skips that wait: a live node whose prev a repair moved to idx
+// past a node freed and reused since is named by no next either, and the Go
+// granter stops waiting for it after a while (successor).
+func (p *Process) deadSuccessor(idx uint32, lock uint64, tail uint32, patient bool) uint32 {
 	hdr := p.h.Header()
+	if patient && p.linking(idx, lock) {
+		return 0
+	}
 	for s := range hdr.MaxProcs {
 		if !slotDead(atomic.LoadUint32(p.liveWord(s))) {
 			continue
@@ -326,13 +342,45 @@ func (p *Process) deadSuccessor(idx uint32, lock uint64, tail uint32) uint32 {
 				atomic.LoadUint64(n.lock()) != lock {
 				continue
 			}
-			if tail == i+1 || atomic.LoadUint32(n.next()) != 0 || atomic.LoadUint32(n.state()) == nodeAbandoned ||
-				p.queuedBehind(i+1, lock) {
+			if tail == i+1 || atomic.LoadUint32(n.next()) != 0 || p.queuedBehind(i+1, lock) {
 				return i + 1
 			}
 		}
 	}
 	return 0
+}
+
+// linking reports whether a live process's node queued on lock has the node
+// with index+1 idx as its prev and is named by no node's next: it swapped the
+// tail behind idx and has not linked itself yet.
+func (p *Process) linking(idx uint32, lock uint64) bool {
+	hdr := p.h.Header()
+	total := hdr.MaxProcs * hdr.NodesPerProc
+	for s := range hdr.MaxProcs {
+		if slotDead(atomic.LoadUint32(p.liveWord(s))) {
+			continue
+		}
+		for i := s * hdr.NodesPerProc; i < (s+1)*hdr.NodesPerProc; i++ {
+			n := p.node(i)
+			if atomic.LoadUint32(n.prev()) != idx || atomic.LoadUint64(n.lock()) != lock {
+				continue
+			}
+			if st := atomic.LoadUint32(n.state()); st != nodeWaiting && st != nodeParked {
+				continue
+			}
+			named := false
+			for j := range total {
+				if atomic.LoadUint32(p.node(j).next()) == i+1 {
+					named = true
+					break
+				}
+			}
+			if !named {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // queuedBehind reports whether some queued node on lock has the node with
@@ -373,7 +421,7 @@ func (p *Process) LockCheck(lock, _, idx, held uint64) uint64 {
 		// found by its prev, and linked on its behalf; the holder then
 		// grants it, and the grant skips it.
 		if atomic.LoadUint32(n.next()) == 0 {
-			if s := p.deadSuccessor(me, off, wordTail(atomic.LoadUint64(m.word))); s != 0 {
+			if s := p.deadSuccessor(me, off, wordTail(atomic.LoadUint64(m.word)), true); s != 0 {
 				atomic.CompareAndSwapUint32(n.next(), 0, s)
 			}
 		}
