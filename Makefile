@@ -48,8 +48,6 @@ test: lint
 	$(GO) test -race -tags kflexfault -count=1 -run 'Kill|Killed|Reap|NotRecoverable|DeadSuccessor' ./mcs || status=1; \
 	echo "# a live successor stopped at a fault point: the runtime's holder waits for its link"; \
 	$(GO) test -race -tags kflexfault -count=1 -run 'TestHolderCancelledAwaitingLink' ./serve || status=1; \
-	echo "# kills aimed at the tail-swap window, on one lock with the runtime's cancelled executors"; \
-	$(GO) test -race -tags kflexfault -count=1 -run 'TestKillsInSwapWindow' ./stress || status=1; \
 	$(GO) run ./internal/hostprobe/summary $(FEATURE_LOG); \
 	exit $$status
 
