@@ -74,7 +74,7 @@ lint:
 	$(GO) vet ./...
 	GOARCH=arm64 $(GO) vet ./...   # other architectures build, with the interpreter
 	$(GO) vet -tags kflextrace ./jit/interp ./verifier
-	$(GO) vet -tags kflexfault ./mcs ./serve
+	$(GO) vet -tags kflexfault ./mcs ./serve ./stress
 	$(GO) run $(STATICCHECK) ./...
 
 # Benchmarks, with the robust pthread mutex baseline built from C and run in the

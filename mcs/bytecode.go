@@ -162,6 +162,16 @@ func lockText(t target, d time.Duration) string {
 				RelaxEvery-1, f[1], saveArgs(fmt.Sprintf("\tmov %%r4, 0\n\tcall %#x", HelperLockCheck)), f[1])
 		case len(f) > 0 && f[0] == "@link":
 			fmt.Fprintf(&b, "\tmay_goto %s\n\tja %s\n", f[2], f[1])
+		case len(f) > 0 && f[0] == "@skiplink" && t == forRuntime:
+			// A granter skipping node r6 (r7) waits for whoever is behind it
+			// to link itself. Every RelaxEvery rounds (counted at [r10-56])
+			// HelperLockCheck, held bits 0, for that node finds a successor
+			// of its that died before linking, by its prev, and links it, as
+			// @link does for the holder's own node.
+			fmt.Fprintf(&b, "\tldxdw %%r8, [%%r10-56]\n\tadd %%r8, 1\n\tstxdw [%%r10-56], %%r8\n\tand %%r8, %d\n\tjne %%r8, 0, %s\n%s\n\tja %s\n",
+				RelaxEvery-1, f[1], saveArgs(fmt.Sprintf("\tmov %%r2, %%r7\n\tmov %%r3, %%r6\n\tmov %%r4, 0\n\tcall %#x", HelperLockCheck)), f[1])
+		case len(f) > 0 && f[0] == "@skiplink":
+			fmt.Fprintf(&b, "\tmay_goto %s\n\tja %s\n", f[2], f[1])
 		case len(f) > 0 && f[0] == "@retry" && t == forRuntime:
 			fmt.Fprintf(&b, "\tja %s\n", f[1])
 		case len(f) > 0 && f[0] == "@retry":
@@ -200,6 +210,9 @@ func saveArgs(call string) string {
 // may_goto); "@link LOOP STUCK" ends the holder's wait for its successor's
 // link (Runtime: HelperLockCheck with held bits 0 every RelaxEvery rounds,
 // which links a successor that died before linking; Kernel: as @retry);
+// "@skiplink LOOP STUCK" ends a granter's wait for the link behind a node it
+// skips (r6, r7), the same way for that node (Runtime: its counter at
+// [r10-56], which the runtime form's slow path zeroes);
 // "@deadline" sets the kernel form's deadline at [r10-48]; "call
 // @wake" and "call @slice_yield" call HelperWake and HelperSliceYield.
 //
@@ -207,7 +220,9 @@ func saveArgs(call string) string {
 // once the lock is taken, is the result to return (0, or KernelTimedOut for a
 // head that leaves); grants use r6 = the successor's index + 1 and r7 = its
 // node. A head that leaves skips itself as a granter skips an abandoned node:
-// it ends the queue if it is the tail, or grants its successor.
+// it ends the queue if it is the tail, or grants its successor. A skipper
+// moves its own node's next on to the node after the one it skips before it
+// frees that one, as the Go grant does (Reap follows it there).
 const lockTemplate = `
 mcs_lock:
 @only runtime
@@ -221,6 +236,9 @@ mcs_lock_fast:
 	jne %r0, 0, mcs_lock_slow
 	exit
 mcs_lock_slow:
+@only runtime
+	stdw [%r10-56], 0
+@end
 @only kernel
 	ldxw %r0, [%r2+4]
 	jeq %r0, 0, mcs_lock_node_free
@@ -351,10 +369,13 @@ mcs_lock_skip:
 	ja mcs_lock_done
 mcs_lock_skip_next:
 	ldxw %r8, [%r7+0]
-	jeq %r8, 0, mcs_lock_skip_again
+	jeq %r8, 0, mcs_lock_skip_link
+	stxw [%r2+0], %r8
 	stw [%r7+4], 0
 	mov %r6, %r8
 @retry mcs_lock_grant mcs_lock_stuck
+mcs_lock_skip_link:
+@skiplink mcs_lock_skip mcs_lock_stuck
 mcs_lock_skip_again:
 @retry mcs_lock_skip mcs_lock_stuck
 mcs_lock_done:

@@ -77,7 +77,7 @@ func (p *Process) Leave(lock, idx uint64) bool {
 		case s == nodeHead || atomic.LoadUint32(n.prev()) == 0:
 			// The head (a node that found no predecessor keeps its waiting
 			// state): hand the position on.
-			m.grant(m.successor(n, me))
+			m.grant(n, m.successor(n, me))
 			atomic.StoreUint32(n.state(), nodeFree)
 			return true
 		case atomic.CompareAndSwapUint32(n.state(), s, nodeAbandoned):

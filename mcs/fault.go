@@ -16,6 +16,19 @@ const (
 	FaultGranted    = "granted"     // holding the lock, the successor granted, node not freed
 )
 
+// FaultNodeSetUp is in a Go waiter's setup of its node, after the node's
+// state says waiting and before its lock field is written: a waiter killed
+// there was never queued (TestReapNodeNeverQueued). Like FaultSkipped, it is
+// not in FaultPoints.
+const FaultNodeSetUp = "node-set-up"
+
+// FaultSkipped is in the Go grant, in a granter (holding the lock) that has
+// just skipped and freed an abandoned or dead node and is about to go on to
+// the one after it. It is not in FaultPoints, which the stress harness's
+// kill schedule indexes (adding points would change every seed's schedule):
+// tests reach it with FaultActionStop.
+const FaultSkipped = "skipped"
+
 // FaultAttachClaimed is the one fault point outside the lock protocol: in
 // Attach, after the designated thread has claimed its owner slot (the CAS of
 // its TID into the liveness word, with the slot's entry as the robust list's

@@ -4,6 +4,9 @@ package mcs
 
 import (
 	"fmt"
+	"os"
+	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -158,5 +161,394 @@ func TestBytecodeHolderDeadSuccessor(t *testing.T) {
 	// The dead child is the queue's head now: the next locker steps past it.
 	require.NoError(t, m.Lock())
 	m.Unlock()
+	w.settled(t, off, 0)
+}
+
+// queueLeft queues a node of p's on the lock at off as lockQueued does (prev
+// written, tail swapped, linked behind its predecessor) and leaves it
+// (Leave, as a cancelled extension's executor does): abandoned, its owner
+// alive, its next 0. It returns the node.
+func (w *world) queueLeft(t *testing.T, p *Process, off uint64) Node {
+	t.Helper()
+	n := p.TakeNode()
+	me := n.Index + 1
+	w.setNode(n.Index, QueueNode{State: NodeWaiting, Lock: off})
+	word := w.h.Uint64(off)
+	for {
+		old := atomic.LoadUint64(word)
+		atomic.StoreUint32(p.node(n.Index).prev(), wordTail(old))
+		if atomic.CompareAndSwapUint64(word, old, old&^wordTailMask|uint64(me)<<wordTailShift) {
+			require.NotZero(t, wordTail(old), "queued behind somebody")
+			atomic.StoreUint32(p.node(wordTail(old)-1).next(), me)
+			break
+		}
+	}
+	require.False(t, p.Leave(off, uint64(me)), "a waiting node is abandoned, not freed")
+	return n
+}
+
+// TestBytecodeGranterSkipsToDeadSuccessor: the granter, a JIT extension (or a
+// Go waiter) that takes the lock, finds its successor A abandoned (a live
+// process's node whose executor was cancelled while it waited: Leave) and
+// skips it; behind A, D, a child's node, swapped the tail and was killed
+// before linking itself (FaultSwapped): A.next stays 0. The granter finds D
+// by its prev, as it finds its own unlinked dead successor, skips it too
+// (bytecode grants it, and the next locker steps past the dead head) and
+// returns with the lock. Before, the extension waited for A's link forever in
+// mcs_lock_skip, a loop of the shielded subprogram that neither checks for
+// the dead nor can be cancelled: the lock stayed held by the runtime, every
+// Go waiter behind it stuck, and the runtime would not stop (kflex stress
+// with -tags kflexfault, seed 5).
+func TestBytecodeGranterSkipsToDeadSuccessor(t *testing.T) {
+	if err := jit.Supported(); err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	jp, _ := compileBoth(t, LockOnceProgram)
+	for _, granter := range []string{"jit", "go"} {
+		t.Run(granter, func(t *testing.T) {
+			sc := newScene(t, false)
+			w, off, m := sc.w, sc.off, sc.m
+			var got <-chan int64
+			var first chan error
+			if granter == "jit" {
+				got = w.runExtension(t, jp, off)
+			} else {
+				first = lockAsync(mutex(t, w.p, off), &sc.seq, 1)
+			}
+			tail := w.queuedAfter(t, off, 0)
+			pa, paDone := w.attached(t)
+			a := w.queueLeft(t, pa, off)
+			tail = w.queuedAfter(t, off, tail)
+			x := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultSwapped)
+			requireKilled(t, x)
+			require.NotEqual(t, tail, wordTail(atomic.LoadUint64(w.h.Uint64(off))), "the child swapped itself in behind A")
+			require.Zero(t, pa.QueueNode(a.Index).Next, "and never linked")
+			m.Unlock()
+			if granter == "jit" {
+				select {
+				case r0 := <-got:
+					assert.Equal(t, int64(LockAcquired), r0)
+				case <-time.After(20 * time.Second):
+					word, an := DecodeWord(atomic.LoadUint64(w.h.Uint64(off))), pa.QueueNode(a.Index)
+					// Link D for it, so that it ends before the heap is unmapped.
+					atomic.CompareAndSwapUint32(pa.node(a.Index).next(), 0, word.Tail)
+					<-got
+					t.Fatalf("the extension still skipped A, waiting for its link, 20 s later: word %+v, A %+v", word, an)
+				}
+			} else {
+				require.NoError(t, result(t, first))
+			}
+			// The dead child may be the queue's head now: the next locker
+			// steps past it.
+			require.NoError(t, m.Lock())
+			m.Unlock()
+			assert.True(t, pa.NodeFree(a), "A freed by the granter that skipped it")
+			if pa.NodeFree(a) {
+				pa.GiveNode(a)
+			}
+			paDone()
+			w.settled(t, off, 0)
+		})
+	}
+}
+
+// grantedOrRescued waits (boundedly) for a lockAsync's result, of a waiter
+// that a granter stuck on node a (waiting for a's link) would never reach:
+// past the bound it links a to the waiter (index+1 wn) itself, so that the
+// granter goes on and a failing test leaves nobody waiting on a heap its
+// cleanup unmaps, and fails.
+func (w *world) grantedOrRescued(t *testing.T, done chan error, a, wn uint32) {
+	t.Helper()
+	select {
+	case err := <-done:
+		require.NoError(t, err)
+	case <-time.After(20 * time.Second):
+		atomic.StoreUint32(w.p.node(a).next(), wn)
+		<-done
+		t.Fatalf("the granter still waited for node %d's link 20 s later", a)
+	}
+}
+
+// TestReapKeepsUnlinkedDeadSuccessors: behind G, a waiter of ours, A is a
+// live process's node that its waiter left (abandoned); D, a child's node,
+// swapped the tail behind A and was killed before linking itself; V, another
+// child's, swapped the tail behind D and was killed the same way; W, a waiter
+// of ours, queued behind V (V.next = W), repaired past V, D and A to G. A.next
+// and D.next are 0, and nothing names V any more. Reap must keep D and V:
+// once the holder unlocks, G, the granter, skips A and finds D by its prev
+// (deadSuccessor), then V by D's, and reaches W. Before, Reap freed V (only
+// D, whose predecessor A a granter could reach, was kept), deadSuccessor did
+// not take D, whose next is 0 and whom nothing queued names, for a queued
+// node, and G waited for A's link forever (the kflexfault stress with kills
+// aimed at the tail-swap window: a wedged lock).
+func TestReapKeepsUnlinkedDeadSuccessors(t *testing.T) {
+	sc := newScene(t, true)
+	w, off, m := sc.w, sc.off, sc.m
+	g := sc.tail
+	pa, paDone := w.attached(t)
+	a := w.queueLeft(t, pa, off)
+	tail := w.queuedAfter(t, off, g)
+	var dead []uint32 // D, V
+	for range 2 {
+		x := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultSwapped)
+		requireKilled(t, x)
+		tail = w.queuedAfter(t, off, tail)
+		dead = append(dead, tail)
+	}
+	third := lockAsync(mutex(t, w.p, off), &sc.seq, 3)
+	wn := w.queuedAfter(t, off, tail)
+	require.Eventually(t, func() bool { return w.p.QueueNode(wn-1).Prev == g }, 20*time.Second, 100*time.Microsecond,
+		"W repaired past V, D and A to G")
+	require.Zero(t, pa.QueueNode(a.Index).Next, "A never linked")
+	require.Zero(t, w.p.QueueNode(dead[0]-1).Next, "D never linked")
+
+	Reap(w.h)
+	for k, name := range []string{"D", "V"} {
+		assert.Equal(t, uint32(NodeAbandoned), w.p.QueueNode(dead[k]-1).State, "%s kept for the granter at A", name)
+	}
+	m.Unlock()
+	w.grantedOrRescued(t, third, a.Index, wn) // G grants W before its Lock returns
+	require.NoError(t, result(t, sc.first))
+	assert.Equal(t, []int{1, 3}, sc.seq)
+	assert.True(t, pa.NodeFree(a), "A freed by the granter that skipped it")
+	if pa.NodeFree(a) {
+		pa.GiveNode(a)
+	}
+	paDone()
+	w.settled(t, off, 0)
+}
+
+// TestReapFollowsGranterPastSkipped: G, a child, takes the lock and grants:
+// its successor B is a live process's node that its waiter left, behind B is
+// A, a child's node, linked and killed (FaultLinked), behind A is D, a child's
+// node, killed between its tail swap and its link (FaultSwapped), and behind
+// D is W, a waiter of ours, which repaired past D, A and B to G. G skips B and
+// frees it, and stops there (FaultSkipped, FaultActionStop), on its way to A.
+// Reap runs. It must keep A and D: G goes on to A and finds D by its prev.
+// Before, G's node still named B, freed, as its next, so nothing Reap
+// follows reached A (dead, abandoned by W): Reap freed A and D, and G,
+// continued, waited for A's link forever.
+func TestReapFollowsGranterPastSkipped(t *testing.T) {
+	sc := newScene(t, false)
+	w, off, m := sc.w, sc.off, sc.m
+	g := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultSkipped, "KFLEX_FAULT_ACTION="+FaultActionStop)
+	gi := w.queuedAfter(t, off, 0)
+	pa, paDone := w.attached(t)
+	b := w.queueLeft(t, pa, off)
+	tail := w.queuedAfter(t, off, gi)
+	var dead []uint32 // A, D
+	for _, pt := range []string{FaultLinked, FaultSwapped} {
+		x := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+pt)
+		requireKilled(t, x)
+		tail = w.queuedAfter(t, off, tail)
+		dead = append(dead, tail)
+	}
+	third := lockAsync(mutex(t, w.p, off), &sc.seq, 3)
+	wn := w.queuedAfter(t, off, tail)
+	require.Eventually(t, func() bool { return w.p.QueueNode(wn-1).Prev == gi }, 20*time.Second, 100*time.Microsecond,
+		"W repaired past D, A and B to G")
+	require.Zero(t, w.p.QueueNode(dead[0]-1).Next, "A's successor D never linked")
+
+	m.Unlock()
+	pid := g.cmd.Process.Pid
+	require.Eventually(t, func() bool { return stopped(t, pid) }, 20*time.Second, 100*time.Microsecond,
+		"G stopped after skipping B")
+	require.True(t, pa.NodeFree(b), "B freed by G")
+	Reap(w.h)
+	for k, name := range []string{"A", "D"} {
+		assert.NotEqual(t, uint32(NodeFree), w.p.QueueNode(dead[k]-1).State, "%s kept for G, on its way to A", name)
+	}
+	// G stops at every skip: keep it going until W has the lock.
+	cont := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-cont:
+				return
+			case <-time.After(time.Millisecond):
+				syscall.Kill(pid, syscall.SIGCONT)
+			}
+		}
+	}()
+	w.grantedOrRescued(t, third, dead[0]-1, wn)
+	close(cont)
+	syscall.Kill(pid, syscall.SIGCONT)
+	assert.Equal(t, "got <nil>", g.line(t))
+	require.True(t, g.wait(t).Success())
+	pa.GiveNode(b)
+	paDone()
+	w.settled(t, off, 0)
+}
+
+// stopped reports whether process pid is stopped by a signal.
+func stopped(t *testing.T, pid int) bool {
+	t.Helper()
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	require.NoError(t, err)
+	// pid (comm) state ...: comm may hold anything but the last ')'.
+	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	return len(fields) > 0 && fields[0] == "T"
+}
+
+// TestReapNodeNeverQueued: a child killed while it set up a node for its
+// first wait (FaultNodeSetUp: its state says waiting, its owner and lock are
+// not written yet), so never swapped into a queue (the cross-process fuzzer
+// found one: node {State:1 Lock:0}), left the node busy, and Reap kept its
+// slot for good. Reap frees the node and the slot.
+func TestReapNodeNeverQueued(t *testing.T) {
+	sc := newScene(t, false)
+	w, off, m := sc.w, sc.off, sc.m
+	x := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultNodeSetUp)
+	requireKilled(t, x)
+	npp := w.h.Header().NodesPerProc
+	var busy []uint32
+	for i := x.slot * npp; i < (x.slot+1)*npp; i++ {
+		if q := w.p.QueueNode(i); q.State != NodeFree {
+			busy = append(busy, i)
+			assert.Equal(t, QueueNode{State: NodeWaiting}, q, "node %d: its state written, nothing else", i)
+		}
+	}
+	require.Len(t, busy, 1, "the child set up one node")
+	require.Zero(t, wordTail(atomic.LoadUint64(w.h.Uint64(off))), "and never queued it")
+	Reap(w.h)
+	assert.Equal(t, uint32(NodeFree), w.p.QueueNode(busy[0]).State, "the node is free")
+	for _, o := range Owners(w.h) {
+		assert.NotEqual(t, x.slot, o.Slot, "the dead slot is reclaimed")
+	}
+	m.Unlock()
+	w.settled(t, off, 0)
+}
+
+// TestRepairFreesPastUnlinkedDeadSuccessor: H, a child's waiter, is the
+// queue's head; behind it D, a child's node, swapped the tail and was killed
+// before linking itself (FaultSwapped: H.next stays 0); behind D, A, a live
+// process's node that its waiter left; behind A, E, a JIT extension, whose
+// HelperLockCheck looked through A and D (abandoning D) to H, alive then,
+// and waits (an executor keeps no list of what it looked through). H's
+// child is killed: E's next check replaces the dead head, makes itself the
+// head, and frees the abandoned nodes between H and itself (freeAhead), A
+// included, whose live owner will never free it: the walk goes from H past
+// the hole to D, found by its prev. Before, it started at H's next, 0, and
+// A stayed abandoned for good (with kills aimed at the window, the stress
+// runtime's cancelled executors ran out of nodes).
+func TestRepairFreesPastUnlinkedDeadSuccessor(t *testing.T) {
+	if err := jit.Supported(); err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	jp, _ := compileBoth(t, LockOnceProgram)
+	sc := newScene(t, false)
+	w, off, m := sc.w, sc.off, sc.m
+	h := w.startLocker(t, off, actOnce)
+	hi := w.queuedAfter(t, off, 0)
+	d := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultSwapped)
+	requireKilled(t, d)
+	di := w.queuedAfter(t, off, hi)
+	require.Zero(t, w.p.QueueNode(hi-1).Next, "D never linked")
+	pa, paDone := w.attached(t)
+	a := w.queueLeft(t, pa, off)
+	ai := w.queuedAfter(t, off, di)
+	got := w.runExtension(t, jp, off)
+	ei := w.queuedAfter(t, off, ai)
+	require.Eventually(t, func() bool { return w.p.QueueNode(ei-1).Prev == hi }, 20*time.Second, 100*time.Microsecond,
+		"E looked through A and D to H")
+	h.kill()
+	require.Eventually(t, func() bool { return w.p.QueueNode(ei-1).State == NodeHead }, 20*time.Second, 100*time.Microsecond,
+		"E replaced the dead head")
+	assert.True(t, pa.NodeFree(a), "A freed by E")
+	assert.Equal(t, uint32(NodeFree), w.p.QueueNode(di-1).State, "D freed by E")
+	m.Unlock()
+	select {
+	case r0 := <-got:
+		assert.Equal(t, int64(LockAcquired), r0)
+	case <-time.After(20 * time.Second):
+		t.Fatalf("the extension still waits 20 s later: word %+v", DecodeWord(atomic.LoadUint64(w.h.Uint64(off))))
+	}
+	if pa.NodeFree(a) {
+		pa.GiveNode(a)
+	} else {
+		w.setNode(a.Index, QueueNode{})
+		pa.GiveNode(a)
+	}
+	paDone()
+	w.settled(t, off, 0)
+}
+
+// TestReapEndsDeadQueueFreesHanging: H, a child's waiter, is the queue's
+// head; behind it A, a live process's node that its waiter left; behind A,
+// T, another child's waiter, which looked through A to H (T.prev = H). Both
+// children are killed: from the tail T back along prev to H every node is
+// dead, and Reap ends the queue. A hangs off it by next only, and it must be
+// freed too: its owner lives (a cancelled executor waits for it), and nobody
+// else will ever skip it. Before, Reap freed H and T and left A abandoned
+// for good (with kills aimed at the tail-swap window, the stress runtime
+// leaked such nodes).
+func TestReapEndsDeadQueueFreesHanging(t *testing.T) {
+	sc := newScene(t, false)
+	w, off, m := sc.w, sc.off, sc.m
+	h := w.startLocker(t, off, actOnce)
+	hi := w.queuedAfter(t, off, 0)
+	pa, paDone := w.attached(t)
+	a := w.queueLeft(t, pa, off)
+	ai := w.queuedAfter(t, off, hi)
+	x := w.startLocker(t, off, actOnce)
+	ti := w.queuedAfter(t, off, ai)
+	require.Eventually(t, func() bool { return w.p.QueueNode(ti-1).Prev == hi }, 20*time.Second, 100*time.Microsecond,
+		"T looked through A to H")
+	x.kill()
+	h.kill()
+	Reap(w.h)
+	assert.Zero(t, wordTail(atomic.LoadUint64(w.h.Uint64(off))), "the dead queue ended")
+	assert.True(t, pa.NodeFree(a), "A freed with it")
+	if !pa.NodeFree(a) {
+		w.setNode(a.Index, QueueNode{})
+	}
+	pa.GiveNode(a)
+	paDone()
+	m.Unlock()
+	w.settled(t, off, 0)
+}
+
+// TestLiveLinkBeforeStaleDeadSuccessor: G, a waiter of ours, takes the
+// lock and waits for its successor S, a child stopped between its tail swap
+// and its link (FaultSwapped, FaultActionStop), to link itself. D, a dead
+// process's node left abandoned on the lock from an earlier use of G's node,
+// names G's node as its prev, with a next. G must wait for S rather than take
+// D for a successor that died before linking: D's queue is over, and G went
+// down it, past S, to a node that never links (the kflexfault stress with
+// kills aimed at the swap window: a granter waited there forever, the lock
+// held). S is let go; G grants it.
+func TestLiveLinkBeforeStaleDeadSuccessor(t *testing.T) {
+	sc := newScene(t, true)
+	w, off, m := sc.w, sc.off, sc.m
+	g := sc.tail
+	offs := w.locks(t, 1)
+	dead := w.killedSlot(t, offs[0])
+	npp := w.h.Header().NodesPerProc
+	d, y := dead*npp, dead*npp+1 // y: free, D's stale next
+	w.setNode(d, QueueNode{Next: y + 1, State: NodeAbandoned, Prev: g, Lock: off})
+	s := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultSwapped, "KFLEX_FAULT_ACTION="+FaultActionStop)
+	si := w.queuedAfter(t, off, g)
+	pid := s.cmd.Process.Pid
+	require.Eventually(t, func() bool { return stopped(t, pid) }, 20*time.Second, 100*time.Microsecond, "S stopped before its link")
+	require.Zero(t, w.p.QueueNode(g-1).Next)
+
+	m.Unlock()
+	require.Eventually(t, func() bool { return DecodeWord(atomic.LoadUint64(w.h.Uint64(off))).Locked }, 20*time.Second,
+		10*time.Microsecond, "G took the lock")
+	time.Sleep(5 * time.Millisecond) // G waits for S's link meanwhile
+	syscall.Kill(pid, syscall.SIGCONT)
+	select {
+	case err := <-sc.first:
+		require.NoError(t, err)
+	case <-time.After(20 * time.Second):
+		atomic.StoreUint32(w.p.node(y).next(), si) // let G go on from where it waits
+		<-sc.first
+		t.Fatalf("G still waited 20 s later: it took the stale dead node for its successor")
+	}
+	assert.Equal(t, "got <nil>", s.line(t))
+	require.True(t, s.wait(t).Success())
+	assert.Equal(t, uint32(NodeAbandoned), w.p.QueueNode(d).State, "D untouched")
+	w.setNode(d, QueueNode{})
+	w.setNode(y, QueueNode{})
 	w.settled(t, off, 0)
 }

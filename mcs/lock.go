@@ -158,6 +158,10 @@ const (
 	// (the holder, or its predecessor) every deathEvery polls, and after
 	// every park.
 	deathEvery = 64
+	// patience: a granter waiting for a link looks for a dead successor in
+	// its place only while no live one is about to link (deadSuccessor)
+	// for its first patience polls.
+	patience = 256 * spinIters
 )
 
 // lockSlow is not inlined into Lock: that would take Lock over the inlining
@@ -180,6 +184,7 @@ func (m *Mutex) lockQueued() error {
 	node := m.p.node(idx)
 	atomic.StoreUint32(node.next(), 0)
 	atomic.StoreUint32(node.state(), nodeWaiting)
+	fault(FaultNodeSetUp)
 	atomic.StoreUint32(node.owner(), m.p.slot+1)
 	atomic.StoreUint64(node.lock(), m.off)
 	me := idx + 1
@@ -274,7 +279,7 @@ func (m *Mutex) lockQueued() error {
 
 	// We hold the lock. Hand the head of the queue to our successor, if any.
 	if wordTail(w) != me {
-		m.grant(m.successor(node, me))
+		m.grant(node, m.successor(node, me))
 	}
 	fault(FaultGranted)
 	atomic.StoreUint32(node.state(), nodeFree)
@@ -285,7 +290,7 @@ func (m *Mutex) lockQueued() error {
 // leave takes the head (node n, index+1 me) out of the queue without the
 // lock: the next waiter becomes the head, or the queue ends.
 func (m *Mutex) leave(n node, me uint32) {
-	m.grant(m.successor(n, me))
+	m.grant(n, m.successor(n, me))
 	atomic.StoreUint32(n.state(), nodeFree)
 	m.p.nodes <- me - 1
 }
@@ -337,7 +342,7 @@ func (m *Mutex) successor(n node, idx uint32) uint32 {
 			continue
 		}
 		if spins >= spinIters && spins%spinIters == 0 {
-			if s := m.p.deadSuccessor(idx, m.off, wordTail(w)); s != 0 {
+			if s := m.p.deadSuccessor(idx, m.off, wordTail(w), spins < patience); s != 0 {
 				atomic.CompareAndSwapUint32(n.next(), 0, s)
 				continue
 			}
@@ -354,7 +359,13 @@ func (m *Mutex) successor(n node, idx uint32) uint32 {
 // that timed out) or died is skipped: its successor, if it has one, is
 // granted instead, and the node is freed. A node already head took the
 // position itself (its predecessor, skipped, looked dead to it).
-func (m *Mutex) grant(idx uint32) {
+//
+// The granter's own node, from, still queued, says where the walk is: before
+// a skipped node is freed, from's next moves on to the node after it. Reap
+// finds what a granter will visit by following next from the live queued
+// nodes; with from's next still naming a node it freed, the nodes after it
+// were out of reach of that walk while the granter went on to them.
+func (m *Mutex) grant(from node, idx uint32) {
 	for idx != 0 {
 		n := m.p.node(idx - 1)
 		switch s := atomic.LoadUint32(n.state()); s {
@@ -376,7 +387,11 @@ func (m *Mutex) grant(idx uint32) {
 			}
 		default: // abandoned, or freed by the successor that abandoned it
 			next := m.successor(n, idx)
+			if next != 0 {
+				atomic.StoreUint32(from.next(), next)
+			}
 			atomic.CompareAndSwapUint32(n.state(), nodeAbandoned, nodeFree)
+			fault(FaultSkipped)
 			idx = next
 		}
 	}

@@ -92,27 +92,10 @@ func reapNode(h *heap.Heap, i uint32) bool {
 		// head will end the queue past it.
 		return false
 	}
-	if reachable(h, me, lock, wordTail(w)) || awaitedLink(h, n, lock, wordTail(w)) {
+	if reachable(h, me, lock, wordTail(w)) {
 		return false
 	}
 	return atomic.CompareAndSwapUint32(n.state(), s, nodeFree)
-}
-
-// awaitedLink reports whether node n, dead, swapped the tail behind a
-// predecessor it never linked to (the predecessor's next is still 0) that a
-// granter may yet reach: that granter finds n by its prev (deadSuccessor) to
-// go on to whoever is behind n. A waiter that repaired past n moved its own
-// prev beyond it, so nothing else names n; freed, the granter would wait for
-// the link forever.
-func awaitedLink(h *heap.Heap, n node, lock uint64, tail uint32) bool {
-	pred := atomic.LoadUint32(n.prev())
-	hdr := h.Header()
-	if pred == 0 || pred > hdr.MaxProcs*hdr.NodesPerProc {
-		return false
-	}
-	p := nodeAt(h, pred-1)
-	return atomic.LoadUint32(p.state()) != nodeFree && atomic.LoadUint64(p.lock()) == lock &&
-		atomic.LoadUint32(p.next()) == 0 && reachable(h, pred, lock, tail)
 }
 
 // endDeadQueue ends the queue on the lock word at heap offset lock (word, in
@@ -136,7 +119,9 @@ func awaitedLink(h *heap.Heap, n node, lock uint64, tail uint32) bool {
 // inside the queue. Abandoned nodes of dead processes are walked through, as
 // repair walks through them; abandoned nodes the chain skips (a repair moved
 // a prev past them) hang off the chain by next only, and once the queue is
-// ended they are unreachable and reapNode frees them. A live node anywhere
+// ended endDeadQueue frees them (freeHanging): a dead process's would be
+// unreachable and freed by reapNode, but a live process's (a cancelled
+// executor's) nobody else frees. A live node anywhere
 // in the chain, or one that is free, queued elsewhere or out of range (a stale
 // or corrupt link), leaves the queue alone. The walk is bounded by the node
 // table's size: a corrupt heap may hold a cycle.
@@ -213,10 +198,17 @@ func endDeadQueue(h *heap.Heap, word *uint64, lock uint64, tail uint32) bool {
 			break
 		}
 	}
-	// The queue is ours alone now: free its nodes from the states we saw. A
-	// node is freed only if it is still on this lock in that state (its
-	// process is dead, so nobody but another Reap changes it, and that one
-	// frees it too).
+	// The queue is ours alone now. First the abandoned nodes that hang off
+	// the chain by next (a repair moved a prev past them): those of dead
+	// processes reapNode would free as unreachable, but those of live ones
+	// (a cancelled executor's) nobody else will, and their executor waits
+	// for them; then the chain's nodes, from the states we saw. A node is
+	// freed only if it is still on this lock in that state (its process is
+	// dead, so nobody but another Reap changes it, and that one frees it
+	// too).
+	for _, idx := range chain {
+		freeHanging(h, lock, atomic.LoadUint32(nodeAt(h, idx-1).next()))
+	}
 	for k, idx := range chain {
 		x := nodeAt(h, idx-1)
 		if atomic.LoadUint64(x.lock()) == lock {
@@ -224,6 +216,39 @@ func endDeadQueue(h *heap.Heap, word *uint64, lock uint64, tail uint32) bool {
 		}
 	}
 	return true
+}
+
+// freeHanging frees, from the node with index+1 idx along next, the abandoned
+// nodes on the lock at heap offset lock of a queue that endDeadQueue ended:
+// nobody is left to skip them. Where a next is still 0 because the node
+// behind died between its tail swap and its link, it goes on to an abandoned
+// node whose prev names it, as a granter would (deadSuccessor). It stops at
+// anything else: the chain's own nodes (waiting, parked, head), and nodes
+// freed or queued again since.
+func freeHanging(h *heap.Heap, lock uint64, idx uint32) {
+	hdr := h.Header()
+	total := hdr.MaxProcs * hdr.NodesPerProc
+	for steps := uint32(0); idx != 0 && idx <= total && steps < total; steps++ {
+		x := nodeAt(h, idx-1)
+		if atomic.LoadUint64(x.lock()) != lock || atomic.LoadUint32(x.state()) != nodeAbandoned {
+			return
+		}
+		next := atomic.LoadUint32(x.next())
+		if next == 0 {
+			for i := range total {
+				y := nodeAt(h, i)
+				if atomic.LoadUint32(y.prev()) == idx && atomic.LoadUint32(y.state()) == nodeAbandoned &&
+					atomic.LoadUint64(y.lock()) == lock {
+					next = i + 1
+					break
+				}
+			}
+		}
+		if !atomic.CompareAndSwapUint32(x.state(), nodeAbandoned, nodeFree) {
+			return
+		}
+		idx = next
+	}
 }
 
 // reachable reports whether the queue on the lock at heap offset lock, whose
@@ -235,17 +260,45 @@ func endDeadQueue(h *heap.Heap, word *uint64, lock uint64, tail uint32) bool {
 // node's next in turn); a waiter repairing around dead predecessors follows
 // prev (and, past an abandoned one, its prev in turn); a newcomer queues
 // behind the tail and so follows the tail's prev chain. A head never looks
-// at its prev again. So the roots are the tail and every live process's
-// queued node on the lock, and the edges are next, and prev of a node that
-// is not the head; a dead node is kept while it is reachable from a root,
-// through nodes of any liveness. Edges between dead nodes alone (two
-// abandoned nodes naming each other, a dead abandoned node naming a dead
+// at its prev again. A granter at a node whose next is still 0 finds the
+// node behind it by that node's prev, if it died before linking itself
+// (deadSuccessor): a dead node that swapped the tail behind a predecessor it
+// never linked to is named by nothing else once the waiter behind it
+// repaired past it (its prev moved on), and freed, it left the granter
+// waiting for the link forever — and so did a dead node behind that one,
+// unlinked in turn, which deadSuccessor needs to see the first in the queue
+// (the kflexfault stress with kills aimed at that window: runs of such
+// nodes). So the roots are the tail and every live process's queued node on
+// the lock, and the edges are next, prev of a node that is not the head, and,
+// from a node whose next is 0 and that is not the tail, every queued node on
+// the lock whose prev names it; a dead node is kept while it is reachable
+// from a root, through nodes of any liveness. Edges between dead nodes alone
+// (two abandoned nodes naming each other, a dead abandoned node naming a dead
 // head) keep nothing: nobody will ever walk them. The walk visits each node
 // once, so it ends whatever cycles a heap holds.
+//
+// A granter's own node is a root, and its next follows the walk: the granter
+// moves it on past each node it skips before it frees that node (grant), so
+// that the nodes after a freed one stay in reach.
 func reachable(h *heap.Heap, me uint32, lock uint64, tail uint32) bool {
 	hdr := h.Header()
 	total := hdr.MaxProcs * hdr.NodesPerProc
 	seen := make(map[uint32]bool)
+	var behind map[uint32][]uint32 // prev -> the queued nodes naming it, made on first use
+	namedBy := func(idx uint32) []uint32 {
+		if behind == nil {
+			behind = make(map[uint32][]uint32)
+			for i := range total {
+				x := nodeAt(h, i)
+				if atomic.LoadUint32(x.state()) != nodeFree && atomic.LoadUint64(x.lock()) == lock {
+					if p := atomic.LoadUint32(x.prev()); p != 0 {
+						behind[p] = append(behind[p], i+1)
+					}
+				}
+			}
+		}
+		return behind[idx]
+	}
 	var stack []uint32
 	push := func(idx uint32) {
 		if idx == 0 || idx > total || seen[idx] {
@@ -278,9 +331,17 @@ func reachable(h *heap.Heap, me uint32, lock uint64, tail uint32) bool {
 		if idx == me {
 			return true
 		}
-		push(atomic.LoadUint32(x.next()))
+		next := atomic.LoadUint32(x.next())
+		push(next)
 		if s != nodeHead {
 			push(atomic.LoadUint32(x.prev()))
+		}
+		if next == 0 && idx != tail {
+			// (The tail has nobody behind it: a node naming it is stale, or
+			// died before its own swap.)
+			for _, b := range namedBy(idx) {
+				push(b)
+			}
 		}
 	}
 	return false

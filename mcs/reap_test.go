@@ -106,25 +106,6 @@ func TestReapKeepsQueueWithLiveNode(t *testing.T) {
 	}
 }
 
-// TestReapNodeNeverQueued: a process killed while it set up a node for its
-// first wait — state waiting written, not yet its owner and lock, so never
-// swapped into a queue (the cross-process fuzzer found one: node {State:1
-// Lock:0}) — left the node busy, and Reap kept its slot for good. Reap
-// frees the node and the slot.
-func TestReapNodeNeverQueued(t *testing.T) {
-	w := newWorld(t, 1<<20)
-	offs := w.locks(t, 1)
-	dead := w.killedSlot(t, offs[0])
-	n := dead*w.h.Header().NodesPerProc + 1 // a node the child never used
-	require.Zero(t, w.p.QueueNode(n).Lock)
-	atomic.StoreUint32(w.p.node(n).state(), nodeWaiting)
-	Reap(w.h)
-	assert.Equal(t, uint32(NodeFree), w.p.QueueNode(n).State, "the node is free")
-	for _, o := range Owners(w.h) {
-		assert.NotEqual(t, dead, o.Slot, "the dead slot is reclaimed")
-	}
-}
-
 // TestReapKeepsUnlinkedDeadSuccessor: D, a dead process's node, swapped the
 // tail behind A (an abandoned node of a live process) and died before linking
 // itself (A.next stays 0); W, behind D, repaired past D and A (its prev now

@@ -251,6 +251,12 @@ func (m *Mutex) repair(n node, skipped *[]uint32, how Way) bool {
 		// time: both store head.
 		atomic.CompareAndSwapUint32(n.state(), nodeWaiting, nodeHead)
 		atomic.CompareAndSwapUint32(n.state(), nodeParked, nodeHead)
+		if front == 0 && pred != 0 && atomic.LoadUint64(m.p.node(pred-1).lock()) == m.off {
+			// The node behind pred died before linking itself (the MCS
+			// window), and pred's next stayed 0: the walk starts at that
+			// node, found by its prev, as a granter finds it.
+			front = m.p.deadSuccessor(pred, m.off, wordTail(atomic.LoadUint64(m.word)), false)
+		}
 		m.freeAhead(front, n)
 		for _, i := range *skipped {
 			// A live owner's abandoned node may have been freed by a granter
@@ -278,7 +284,12 @@ func (m *Mutex) gone(pn node, s uint32) bool {
 // never kept by an executor's lock call — so without this walk the nodes of a
 // live process that abandoned them (a cancelled extension's) would never be
 // freed. The walk stops at anything not abandoned on this lock: a node freed
-// meanwhile may be queued elsewhere already, and its next is not ours.
+// meanwhile may be queued elsewhere already, and its next is not ours. Where
+// a next is still 0 because the node behind died between its tail swap and
+// its link, the walk goes on to that node, found by its prev (deadSuccessor),
+// as a granter does: with kills aimed at that window, the abandoned nodes of
+// cancelled executors behind such holes were never freed, and the runtime
+// ran out of nodes.
 func (m *Mutex) freeAhead(idx uint32, n node) {
 	total := m.p.h.Header().MaxProcs * m.p.h.Header().NodesPerProc
 	for steps := uint32(0); idx != 0 && idx <= total && steps < total; steps++ {
@@ -287,6 +298,9 @@ func (m *Mutex) freeAhead(idx uint32, n node) {
 			return
 		}
 		next := atomic.LoadUint32(x.next())
+		if next == 0 {
+			next = m.p.deadSuccessor(idx, m.off, wordTail(atomic.LoadUint64(m.word)), false)
+		}
 		if !atomic.CompareAndSwapUint32(x.state(), nodeAbandoned, nodeFree) {
 			return
 		}
@@ -299,8 +313,25 @@ func (m *Mutex) freeAhead(idx uint32, n node) {
 // a node of a dead slot, queued on lock, whose prev is idx, and which really
 // is in the queue (it is the tail, or somebody queued behind it) rather than
 // one that died before its own swap. It returns its index + 1, or 0.
-func (p *Process) deadSuccessor(idx uint32, lock uint64, tail uint32) uint32 {
+//
+// It returns 0 while a live node on lock whose prev is idx is named by no
+// node's next: a successor between its swap and its link (an executor's
+// thread preempted there), which links itself. A dead node naming idx may be
+// stale, left from an earlier use of the node idx names (its process reuses
+// it at once, on the same lock), and linking it would send the granter down
+// a queue that is over, past the live successor (the kflexfault stress with
+// kills aimed at the swap window: a granter waited at the end of that queue
+// forever). A live node whose prev a repair moved to idx is named by the
+// next of the node it linked itself behind, and does not hold this up.
+//
+// patient false skips that wait: a live node whose prev a repair moved to idx
+// past a node freed and reused since is named by no next either, and the Go
+// granter stops waiting for it after a while (successor).
+func (p *Process) deadSuccessor(idx uint32, lock uint64, tail uint32, patient bool) uint32 {
 	hdr := p.h.Header()
+	if patient && p.linking(idx, lock) {
+		return 0
+	}
 	for s := range hdr.MaxProcs {
 		if !slotDead(atomic.LoadUint32(p.liveWord(s))) {
 			continue
@@ -317,6 +348,39 @@ func (p *Process) deadSuccessor(idx uint32, lock uint64, tail uint32) uint32 {
 		}
 	}
 	return 0
+}
+
+// linking reports whether a live process's node queued on lock has the node
+// with index+1 idx as its prev and is named by no node's next: it swapped the
+// tail behind idx and has not linked itself yet.
+func (p *Process) linking(idx uint32, lock uint64) bool {
+	hdr := p.h.Header()
+	total := hdr.MaxProcs * hdr.NodesPerProc
+	for s := range hdr.MaxProcs {
+		if slotDead(atomic.LoadUint32(p.liveWord(s))) {
+			continue
+		}
+		for i := s * hdr.NodesPerProc; i < (s+1)*hdr.NodesPerProc; i++ {
+			n := p.node(i)
+			if atomic.LoadUint32(n.prev()) != idx || atomic.LoadUint64(n.lock()) != lock {
+				continue
+			}
+			if st := atomic.LoadUint32(n.state()); st != nodeWaiting && st != nodeParked {
+				continue
+			}
+			named := false
+			for j := range total {
+				if atomic.LoadUint32(p.node(j).next()) == i+1 {
+					named = true
+					break
+				}
+			}
+			if !named {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // queuedBehind reports whether some queued node on lock has the node with
@@ -357,7 +421,7 @@ func (p *Process) LockCheck(lock, _, idx, held uint64) uint64 {
 		// found by its prev, and linked on its behalf; the holder then
 		// grants it, and the grant skips it.
 		if atomic.LoadUint32(n.next()) == 0 {
-			if s := p.deadSuccessor(me, off, wordTail(atomic.LoadUint64(m.word))); s != 0 {
+			if s := p.deadSuccessor(me, off, wordTail(atomic.LoadUint64(m.word)), true); s != 0 {
 				atomic.CompareAndSwapUint32(n.next(), 0, s)
 			}
 		}
@@ -373,7 +437,7 @@ func (p *Process) LockCheck(lock, _, idx, held uint64) uint64 {
 	w := atomic.LoadUint64(m.word)
 	switch {
 	case notRecoverable(w):
-		m.grant(m.successor(n, me))
+		m.grant(n, m.successor(n, me))
 		return r0(LockNotRecoverable)
 	case w&wordLocked != 0 && m.p.holderDead(w):
 		nw := takeover(w, held)
@@ -385,7 +449,7 @@ func (p *Process) LockCheck(lock, _, idx, held uint64) uint64 {
 		}
 		p.sawDeath(Polled)
 		if wordTail(w) != me {
-			m.grant(m.successor(n, me))
+			m.grant(n, m.successor(n, me))
 		}
 		return r0(LockOwnerDied)
 	}
@@ -411,7 +475,7 @@ func (p *Process) Unstick(lock uint64, n Node, r0 int32) error {
 	}
 	node := p.node(n.Index)
 	if atomic.LoadUint32(node.state()) != nodeFree {
-		m.grant(m.successor(node, n.Index+1))
+		m.grant(node, m.successor(node, n.Index+1))
 		atomic.StoreUint32(node.state(), nodeFree)
 	}
 	if r0 == KernelStuck {
