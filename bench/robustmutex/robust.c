@@ -5,9 +5,14 @@
 //   robust uncontended N        ns per lock+unlock, one thread
 //   robust procs P SECONDS      P processes on one lock: combined ops/s
 //   robust threads T SECONDS    T threads of one process on one lock: ops/s
-//   robust kill N               N times: a child process holds the lock and is
+//   robust kill N [THREADS [MB]]
+//                               N times: a child process holds the lock and is
 //                               SIGKILLed while a thread of this process waits
-//                               for it; p50 and p99 of SIGKILL -> EOWNERDEAD, µs
+//                               for it; p50 and p99 of SIGKILL -> EOWNERDEAD, µs.
+//                               THREADS: idle threads the child starts first,
+//                               MB: memory it touches first (a Go holder has
+//                               several threads and an RSS of about 12 MB:
+//                               its exit takes longer), default 0 and 0
 //
 // Every mode checks the protected counter for lost updates and exits 1 on any.
 #define _GNU_SOURCE
@@ -113,7 +118,14 @@ static int cmpd(const void *a, const void *b) {
 	return x < y ? -1 : x > y;
 }
 
-static int kill_mode(long n) {
+static void *idle_thread(void *arg) {
+	(void)arg;
+	for (;;)
+		pause();
+	return NULL;
+}
+
+static int kill_mode(long n, long threads, long mb) {
 	struct shared *s = setup();
 	double *lat = calloc(n, sizeof *lat);
 	for (long i = 0; i < n; i++) {
@@ -125,6 +137,13 @@ static int kill_mode(long n) {
 		}
 		pid_t pid = fork();
 		if (pid == 0) {
+			char *mem = malloc(mb << 20);
+			for (long b = 0; mem && b < mb << 20; b += 4096)
+				mem[b] = 1;
+			for (long t = 0; t < threads; t++) {
+				pthread_t idle;
+				pthread_create(&idle, NULL, idle_thread, NULL);
+			}
 			lock(s);
 			write(p[1], "h", 1);
 			for (;;)
@@ -151,13 +170,13 @@ static int kill_mode(long n) {
 		lat[i] = (k.got - t0) * 1e6;
 	}
 	qsort(lat, n, sizeof *lat, cmpd);
-	printf("robust-pthread kill n=%ld p50_us=%.1f p99_us=%.1f\n", n, lat[n / 2], lat[n * 99 / 100]);
+	printf("robust-pthread kill n=%ld threads=%ld mb=%ld p50_us=%.1f p99_us=%.1f\n", n, threads, mb, lat[n / 2], lat[n * 99 / 100]);
 	return 0;
 }
 
 int main(int argc, char **argv) {
-	if (argc == 3 && strcmp(argv[1], "kill") == 0)
-		return kill_mode(atol(argv[2]) > 0 ? atol(argv[2]) : 1);
+	if (argc >= 3 && argc <= 5 && strcmp(argv[1], "kill") == 0)
+		return kill_mode(atol(argv[2]) > 0 ? atol(argv[2]) : 1, argc >= 4 ? atol(argv[3]) : 0, argc == 5 ? atol(argv[4]) : 0);
 	if (argc == 3 && strcmp(argv[1], "uncontended") == 0) {
 		struct shared *s = setup();
 		long n = atol(argv[2]);
@@ -216,6 +235,6 @@ int main(int argc, char **argv) {
 		       hi ? (double)lo / hi : 0);
 		return check(s);
 	}
-	fprintf(stderr, "usage: robust uncontended N | procs P SECONDS | threads T SECONDS | kill N\n");
+	fprintf(stderr, "usage: robust uncontended N | procs P SECONDS | threads T SECONDS | kill N [THREADS [MB]]\n");
 	return 2;
 }

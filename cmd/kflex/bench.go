@@ -41,8 +41,10 @@ ratio net of each side's entry cost).
 recovery: SIGKILL of a Go lock holder (a child process) -> the next waiter has
 the lock (with the owner-died result), p50_us and p99_us over --kills kills,
 for a Go waiter (row go) and a JIT extension waiting in a runtime (row jit),
-and, in the same run, glibc's robust mutex (row glibc) measured by --robust
-(bench/robustmutex, built by make bench) when it exists. took_p50_us and
+and, in the same run, glibc's robust mutex measured by --robust
+(bench/robustmutex, built by make bench) when it exists: with its own holder,
+a forked child of one thread (row glibc), and with a holder the shape of a Go
+process, 4 more threads and 12 MB touched (row glibc_go_sized). took_p50_us and
 took_p99_us time the kill to the moment the waiter took the lock over (for the
 JIT waiter, before its program and Invoke return), wake_* a Go waiter's wake,
 seen_* and parks_* how waiters learned of the deaths; realtime_liveness is 1
@@ -166,23 +168,33 @@ func runBenchHolder(args []string, _ io.Writer) error {
 	return bench.HoldAndWait(args[0], lock)
 }
 
-// robustKill adds glibc's robust mutex figures (glibc.p50_us and .p99_us)
-// from the baseline binary's kill mode, or says on stderr why not.
+// robustKill adds glibc's robust mutex figures from the baseline binary's
+// kill mode, or says on stderr why not: glibc.p50_us and .p99_us with the
+// binary's own holder (a forked child: one thread, a few pages), and
+// glibc_go_sized.* with a holder the shape of a Go process (4 more threads,
+// 12 MB touched): the kernel's teardown of a dead holder's address space
+// delays the waiter's wake on a kernel without full preemption, so the
+// holder's shape matters (RATIONALE.md).
 func robustKill(p *progress, bin string, kills int, figures map[string]float64) error {
 	if _, err := os.Stat(bin); err != nil {
 		p.note("kflex bench: no glibc comparison: %v (make bench builds it)", err)
 		return nil
 	}
-	p.phase(fmt.Sprintf("SIGKILL of a glibc robust mutex's holder, %d kills", kills))
-	out, err := exec.Command(bin, "kill", strconv.Itoa(kills)).Output()
-	if err != nil {
-		return fmt.Errorf("%s kill: %w", bin, err)
+	for _, h := range []struct {
+		row         string
+		threads, mb int
+	}{{"glibc", 0, 0}, {"glibc_go_sized", 4, 12}} {
+		p.phase(fmt.Sprintf("SIGKILL of a glibc robust mutex's holder (%d more threads, %d MB), %d kills", h.threads, h.mb, kills))
+		out, err := exec.Command(bin, "kill", strconv.Itoa(kills), strconv.Itoa(h.threads), strconv.Itoa(h.mb)).Output()
+		if err != nil {
+			return fmt.Errorf("%s kill: %w", bin, err)
+		}
+		var n, threads, mb int
+		var p50, p99 float64
+		if _, err := fmt.Sscanf(string(out), "robust-pthread kill n=%d threads=%d mb=%d p50_us=%g p99_us=%g", &n, &threads, &mb, &p50, &p99); err != nil {
+			return fmt.Errorf("%s kill: %q: %w", bin, out, err)
+		}
+		figures[h.row+".p50_us"], figures[h.row+".p99_us"] = p50, p99
 	}
-	var n int
-	var p50, p99 float64
-	if _, err := fmt.Sscanf(string(out), "robust-pthread kill n=%d p50_us=%g p99_us=%g", &n, &p50, &p99); err != nil {
-		return fmt.Errorf("%s kill: %q: %w", bin, out, err)
-	}
-	figures["glibc.p50_us"], figures["glibc.p99_us"] = p50, p99
 	return nil
 }
