@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/exec"
+	"strconv"
 	"testing"
 	"time"
 
@@ -129,13 +130,19 @@ func TestConfigErrors(t *testing.T) {
 // a BPF arena, and is killed with its worker. Where the host refuses arenas,
 // Run must say so.
 func TestKillsKernel(t *testing.T) {
-	cfg := Config{Procs: 4, Threads: 4, Locks: 4, Kills: 200, Runtime: true, Kernel: true, MaxWait: maxWait(t), Command: workerCommand(t)}
+	kills := 200
+	if v := os.Getenv("KFLEX_STRESS_KILLS"); v != "" { // a longer run (make test-kernel: KFLEX_VM_ENV)
+		var err error
+		kills, err = strconv.Atoi(v)
+		require.NoError(t, err, "KFLEX_STRESS_KILLS")
+	}
+	cfg := Config{Procs: 4, Threads: 4, Locks: 4, Kills: kills, Runtime: true, Kernel: true, MaxWait: maxWait(t), Command: workerCommand(t)}
 	if hostprobe.Arena.Offered() != nil {
 		_, err := Run(context.Background(), cfg)
 		assert.ErrorContains(t, err, "kernel executors", "a host without arenas gets an error naming what failed")
 	}
 	testutil.Kernel(t, hostprobe.Arena, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute+time.Duration(kills)*time.Second)
 	defer cancel()
 	rep, err := Run(ctx, cfg)
 	require.NoError(t, err)

@@ -15,6 +15,8 @@
 #   KFLEX_VM_MEM, KFLEX_VM_CPUS   default 4G and 2
 #   KFLEX_VM_TIMEOUT  seconds before the VM is stopped (default 3600)
 #   KFLEX_VM_TEST_TIMEOUT  go test's -test.timeout per package (default 20m)
+#   KFLEX_VM_ENV      NAME=VALUE words for the tests' environment in the VM
+#                     (KFLEX_VM_ENV=KFLEX_STRESS_KILLS=2000, say)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
@@ -139,7 +141,7 @@ say "initramfs $(du -h "$INITRD" | cut -f1) ready after $(elapsed "$t0")"
 LOG=$CACHE/console.log
 # qemu ACCEL INITRD SECONDS [INIT-ARGS...]: boot with the console on stdout.
 qemu() {
-	local accel=$1 initrd=$2 limit=$3 cpu=host opts= env=
+	local accel=$1 initrd=$2 limit=$3 cpu=host opts= env=${KFLEX_VM_ENV:+ $KFLEX_VM_ENV}
 	shift 3
 	if [ "$accel" = tcg ]; then
 		# Both vCPUs translated in threads of their own, and a translation
