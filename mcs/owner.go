@@ -158,12 +158,13 @@ func (p *Process) liveness(ready chan<- error) {
 	atomic.StoreUint32(p.h.Uint32(p.record(ownerPID)), uint32(os.Getpid()))
 	p.gen = atomic.AddUint32(p.h.Uint32(p.record(ownerGen)), 1)
 	atomic.StoreUint64(p.h.Uint64(p.record(ownerSince)), uint64(time.Now().UnixNano()))
-	p.realtime = setRealtime(true) == nil
+	before, err := enterRealtime()
+	p.realtime = err == nil
 	ready <- nil
 
 	<-p.stop
 	if p.realtime {
-		setRealtime(false) // the loop below may spin against a waiter on the word
+		leaveRealtime(before) // the loop below may spin against a waiter on the word
 	}
 	// Detach: empty the list first, so that this thread's exit marks nothing,
 	// then free the slot.
@@ -187,19 +188,34 @@ func freeSlot(lw *uint32, live uint32) bool {
 	return true
 }
 
-// setRealtime moves the calling thread into SCHED_FIFO at the lowest
-// real-time priority, or back to SCHED_NORMAL. The designated thread sleeps in
-// it: it costs nothing until the process dies, and then the thread runs its
-// exit, which marks the liveness word, ahead of every ordinary thread, the
-// dying process's many among them (RATIONALE.md: "Why does the designated
-// thread sleep at a real-time priority?"). Without CAP_SYS_NICE or an
-// RLIMIT_RTPRIO the kernel refuses and the thread stays as it was.
-func setRealtime(on bool) error {
-	attr := unix.SchedAttr{Policy: unix.SCHED_NORMAL}
-	if on {
-		// RESET_ON_FORK: a thread it ever clones starts ordinary.
-		attr = unix.SchedAttr{Policy: unix.SCHED_FIFO, Priority: 1, Flags: unix.SCHED_FLAG_RESET_ON_FORK}
+// enterRealtime moves the calling thread into SCHED_FIFO at the lowest
+// real-time priority and returns its attributes before, for leaveRealtime.
+// The designated thread sleeps in it: it costs nothing until the process
+// dies, and then the thread runs its exit, which marks the liveness word,
+// ahead of every ordinary thread, the dying process's many among them
+// (RATIONALE.md: "Why does the designated thread sleep at a real-time
+// priority?"). Without CAP_SYS_NICE or an RLIMIT_RTPRIO the kernel refuses and
+// the thread stays as it was. RESET_ON_FORK: a thread it ever clones starts
+// ordinary.
+func enterRealtime() (*unix.SchedAttr, error) {
+	before, err := unix.SchedGetAttr(0, 0)
+	if err != nil {
+		return nil, err
 	}
+	rt := unix.SchedAttr{Policy: unix.SCHED_FIFO, Priority: 1, Flags: unix.SCHED_FLAG_RESET_ON_FORK}
+	if err := unix.SchedSetAttr(0, &rt, 0); err != nil {
+		return nil, err
+	}
+	return before, nil
+}
+
+// leaveRealtime gives the calling thread back the attributes before, its
+// policy and nice value, keeping RESET_ON_FORK: a thread without
+// CAP_SYS_NICE may not clear that flag, nor lower its nice value, and the
+// kernel would refuse the whole change (sched_setattr(2)).
+func leaveRealtime(before *unix.SchedAttr) error {
+	attr := *before
+	attr.Flags |= unix.SCHED_FLAG_RESET_ON_FORK
 	return unix.SchedSetAttr(0, &attr, 0)
 }
 
