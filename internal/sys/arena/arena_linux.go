@@ -118,11 +118,13 @@ func Reserve(size, guard, at uintptr) (*Mapping, error) {
 	return &Mapping{Base: base, Size: size, Guard: guard}, nil
 }
 
-// sharedFrom is where ReserveShared looks first: 48 TiB, far below the mmap
+// sharedFrom is where ReserveShared looks first: 64 TiB, far below the mmap
 // area at the top of a 47-bit address space, where the kernel puts a free
-// address and where every process's thread stacks and libraries go, and
-// clear of the Go heap's growth from 0xc000000000.
-const sharedFrom = 0x3000_0000_0000
+// address and where every process's thread stacks and libraries go; clear of
+// the Go heap's growth from 0xc000000000, and of the race detector's shadow
+// (from 32 TiB) and metadata (from 48 TiB), so that a process built with
+// -race can open an arena that one built without it created.
+const sharedFrom = 0x4000_0000_0000
 
 // ReserveShared is Reserve for a new arena whose address other processes,
 // started later, must map too (Open): an arena placed where the kernel
