@@ -1,6 +1,7 @@
 package stress
 
 import (
+	"errors"
 	"fmt"
 	"os"
 	"time"
@@ -150,7 +151,8 @@ type locker interface {
 // calling thread, with the thread's own queue node. The kernel form's waits
 // are bounded (mcs.KernelSpinTimeout) and it never takes a lock over from a
 // dead holder: it times out (mcs.KernelTimedOut) and is retried, backing
-// off; after kernelTries timed-out waits in a row the acquisition is made
+// off; after kernelTries timed-out waits (or refusals of a node still
+// abandoned elsewhere, mcs.KernelNodeBusy) in a row the acquisition is made
 // from Go (m), the user-space retry the kernel form is designed for: a kernel
 // waiter re-queued at the tail each time can starve behind a long queue of
 // slow holders. Counts go to the thread record: rKernelTimeouts,
@@ -185,11 +187,14 @@ func newKernelLocker(k *workerKernel, p *mcs.Process, t *table, rec, off uint64,
 // goroutine must be locked to its thread: the node is the thread's.
 func (l *kernelLocker) Lock() error {
 	l.viaGo = false
-	for timeouts := 0; ; {
-		if timeouts == kernelTries {
-			l.t.add(l.rec+rKernelFallbacks, 1)
+	for tries := 0; ; {
+		if tries == kernelTries {
 			l.viaGo = true
-			return l.m.Lock()
+			err := l.m.Lock()
+			if err == nil || errors.Is(err, mcs.ErrOwnerDied) {
+				l.t.add(l.rec+rKernelFallbacks, 1)
+			}
+			return err
 		}
 		r0, err := l.k.hold.Lock(l.ctx)
 		switch {
@@ -199,15 +204,17 @@ func (l *kernelLocker) Lock() error {
 			return nil
 		case r0 == mcs.LockNotRecoverable:
 			return mcs.ErrNotRecoverable
-		case r0 == mcs.KernelTimedOut:
-			// A kernel thread spinning in BPF is not preempted for the
-			// user-space holder it waits for: back off, more each time,
-			// so that on few CPUs the holder gets to run.
-			l.t.add(l.rec+rKernelTimeouts, 1)
-			time.Sleep(50 * time.Microsecond << timeouts)
-			timeouts++
-		case r0 == mcs.KernelNodeBusy: // its abandoned node is not yet freed
-			time.Sleep(50 * time.Microsecond)
+		case r0 == mcs.KernelTimedOut || r0 == mcs.KernelNodeBusy:
+			// Timed out, or the thread's node is still abandoned in a
+			// queue from an earlier timeout (freed only when someone
+			// passes it there). A kernel thread spinning in BPF is not
+			// preempted for the user-space holder it waits for: back off,
+			// more each time, so that on few CPUs the holder gets to run.
+			if r0 == mcs.KernelTimedOut {
+				l.t.add(l.rec+rKernelTimeouts, 1)
+			}
+			time.Sleep(50 * time.Microsecond << tries)
+			tries++
 		case r0 == mcs.KernelStuck || r0 == mcs.KernelStuckUnheld:
 			// The hand-off the kernel could not finish, done from Go; the
 			// lock is released and taken again from the start.

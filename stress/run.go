@@ -713,8 +713,11 @@ func (r *runner) snapshot(start time.Time) Report {
 			rec := r.t.thread(i, th)
 			rep.Acquisitions += r.t.load(rec + rAcquired)
 			if th == 0 && r.cfg.Kernel {
-				fb := r.t.load(rec + rKernelFallbacks)
-				rep.KernelAcquisitions += r.t.load(rec+rAcquired) - min(fb, r.t.load(rec+rAcquired))
+				// A fallback is counted as its lock call returns, the
+				// acquisition a moment later: a kill between leaves one
+				// more fallback than acquisitions.
+				fb, acq := r.t.load(rec+rKernelFallbacks), r.t.load(rec+rAcquired)
+				rep.KernelAcquisitions += acq - min(fb, acq)
 				rep.KernelFallbacks += fb
 				rep.KernelTimeouts += r.t.load(rec + rKernelTimeouts)
 				rep.KernelUnstuck += r.t.load(rec + rKernelUnstuck)

@@ -46,24 +46,33 @@ func TestKills(t *testing.T) {
 		kills = 100
 	}
 	cfg := Config{Procs: 4, Threads: 4, Locks: 4, Kills: kills, Runtime: true, MaxWait: maxWait(t), Command: workerCommand(t)}
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	rep, err := Run(ctx, cfg)
-	require.NoError(t, err)
-	t.Logf("%+v", rep)
-	assert.Equal(t, kills, rep.Kills)
-	assert.Zero(t, rep.Violations)
-	assert.Zero(t, rep.Stuck)
-	assert.Zero(t, rep.LeakedObjects)
-	assert.Zero(t, rep.Unaccounted)
-	knownBugs(t, rep)
-	assert.NotZero(t, rep.Recoveries, "kills of holders were recovered")
+	rep := runSound(t, cfg, 2*time.Minute)
 	assert.NotZero(t, rep.Repaired, "some kills tore the data, and it was repaired")
 	assert.NotZero(t, rep.KilledHolding)
 	assert.NotZero(t, rep.Acquisitions)
 	assert.NotZero(t, rep.ExtensionAcquisitions, "the runtime's extensions took the locks")
 	assert.NotZero(t, rep.Cancellations, "the runtime's extensions were cancelled")
 	assert.NotZero(t, rep.KilledRuntime, "the runtime's process was killed too")
+}
+
+// runSound runs cfg within limit and checks what every kill run must show:
+// all its kills, no violation, nobody stuck, nothing leaked, every worker
+// accounted for, and recoveries of killed holders.
+func runSound(t *testing.T, cfg Config, limit time.Duration) Report {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), limit)
+	defer cancel()
+	rep, err := Run(ctx, cfg)
+	require.NoError(t, err)
+	t.Logf("%+v", rep)
+	assert.Equal(t, cfg.Kills, rep.Kills)
+	assert.Zero(t, rep.Violations)
+	assert.Zero(t, rep.Stuck)
+	assert.Zero(t, rep.LeakedObjects)
+	assert.Zero(t, rep.Unaccounted)
+	knownBugs(t, rep)
+	assert.NotZero(t, rep.Recoveries, "kills of holders were recovered")
+	return rep
 }
 
 // maxWaitEnv is the liveness bound of the kill tests where the default (2 s)
@@ -142,18 +151,7 @@ func TestKillsKernel(t *testing.T) {
 		assert.ErrorContains(t, err, "kernel executors", "a host without arenas gets an error naming what failed")
 	}
 	testutil.Kernel(t, hostprobe.Arena, nil)
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute+time.Duration(kills)*time.Second)
-	defer cancel()
-	rep, err := Run(ctx, cfg)
-	require.NoError(t, err)
-	t.Logf("%+v", rep)
-	assert.Equal(t, cfg.Kills, rep.Kills)
-	assert.Zero(t, rep.Violations)
-	assert.Zero(t, rep.Stuck)
-	assert.Zero(t, rep.LeakedObjects)
-	assert.Zero(t, rep.Unaccounted)
-	knownBugs(t, rep)
-	assert.NotZero(t, rep.Recoveries, "kills of holders were recovered")
+	rep := runSound(t, cfg, 2*time.Minute+time.Duration(kills)*time.Second)
 	assert.NotZero(t, rep.KernelAcquisitions, "the kernel executors took the locks")
 	assert.NotZero(t, rep.ExtensionAcquisitions, "the runtime's extensions took the locks")
 }

@@ -91,7 +91,14 @@ func (t *table) kernelWork(uh *userspace.Heap, k *workerKernel, proc int) error 
 	defer runtime.UnlockOSThread()
 	p := uh.Process()
 	n := p.TakeNode()
-	defer p.GiveNode(n)
+	defer func() {
+		// A node left abandoned in a queue (a timeout just before the
+		// stop) is freed by whoever passes it, or by Reap once this
+		// process is gone: only a free node goes back.
+		if p.QueueNode(n.Index).State == 0 {
+			p.GiveNode(n)
+		}
+	}()
 	lockers := make([]locker, t.locks)
 	for i := range lockers {
 		l, err := newKernelLocker(k, p, t, t.thread(proc, 0), t.lock(i)+lWord, n)
