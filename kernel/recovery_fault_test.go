@@ -49,11 +49,16 @@ func TestKernelStuckDeadSuccessor(t *testing.T) {
 		n := w.p.TakeNode()
 		c := w.startArenaChild(t, off, "KFLEX_FAULT="+mcs.FaultSwapped)
 		require.NoError(t, mu.Lock())
-		result := make(chan int32, 1)
+		type lockResult struct {
+			r0  int32
+			err error
+		}
+		result := make(chan lockResult, 1)
 		go func() {
 			runtime.LockOSThread() // the node is this thread's
 			defer runtime.UnlockOSThread()
-			result <- run(t, hold, w.ctx(off, n))
+			r0, err := hold.Lock(w.ctx(off, n))
+			result <- lockResult{r0, err}
 		}()
 		require.True(t, spinUntil(func() bool { return tail() == n.Index+1 }, 5*time.Second), "the kernel program queued")
 		queued := time.Now()
@@ -61,13 +66,26 @@ func TestKernelStuckDeadSuccessor(t *testing.T) {
 		// Released as soon as another node is the tail: the child kills
 		// itself right after its swap and never links, dead or not yet
 		// when the kernel program takes the lock.
+		// Not required: if the kernel program's deadline passed first the
+		// tail may stay 0, and the round is settled below.
 		spinUntil(func() bool { tl := tail(); return tl != n.Index+1 && tl != 0 }, 5*time.Second)
 		mu.Unlock()
-		<-c.done
+		select {
+		case <-c.done:
+		case <-time.After(20 * time.Second):
+			t.Fatal("the child did not die at its fault point within 20 s")
+		}
 		ws, _ := c.cmd.ProcessState.Sys().(syscall.WaitStatus)
 		require.True(t, ws.Signaled() && ws.Signal() == syscall.SIGKILL, "the child died at its fault point: %v", c.cmd.ProcessState)
 
-		switch r0 := <-result; r0 {
+		var res lockResult
+		select {
+		case res = <-result:
+		case <-time.After(20 * time.Second):
+			t.Fatal("the kernel program did not return within 20 s") // may_goto bounds it to ~250 ms
+		}
+		require.NoError(t, res.err)
+		switch r0 := res.r0; r0 {
 		case mcs.KernelStuck:
 			t.Logf("round %d: KernelStuck %v after the kernel program queued", round, time.Since(queued))
 			require.NoError(t, w.p.Unstick(off, n, mcs.KernelStuck))

@@ -23,7 +23,7 @@ ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 cd "$ROOT"
 GO=${GO:-go}
 CACHE=$ROOT/bin/vm
-PKGS=${KFLEX_VM_PKGS:-./kernel ./serve ./cmd/kflex ./internal/sys/arena ./stress:TestKillsKernel}
+PKGS=${KFLEX_VM_PKGS:-./kernel@kflexfault ./serve ./cmd/kflex ./internal/sys/arena ./stress:TestKillsKernel}
 KERNEL_PKG=${KFLEX_VM_KERNEL:-linux-image-6.12.57+deb12-amd64}
 MEM=${KFLEX_VM_MEM:-4G}
 CPUS=${KFLEX_VM_CPUS:-2}
@@ -45,6 +45,10 @@ command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 command -v cpio >/dev/null || need+=(cpio)
 command -v gzip >/dev/null || need+=(gzip)
 if [ ${#need[@]} -gt 0 ]; then
+	if [ "$(id -u)" != 0 ]; then
+		say "FAIL: ${need[*]} missing, and only root installs them here (apt-get install ${need[*]}; or KFLEX_VM=0 make test to leave the arena tests out)"
+		exit 1
+	fi
 	say "installing ${need[*]}"
 	apt_install "${need[@]}"
 fi
@@ -67,8 +71,17 @@ if [ ! -s "$VMLINUZ" ]; then
 	EOF
 	aptopts=(-o "Dir::Etc::SourceList=$apt/sources.list" -o Dir::Etc::SourceParts=/dev/null
 		-o "Dir::State::Lists=$apt/lists" -o "Dir::Cache=$apt/cache" -o Dir::State::Status=/dev/null)
-	say "downloading $KERNEL_PKG (bookworm-backports, trixie-backports)"
 	apt-get "${aptopts[@]}" update -q >/dev/null
+	# Backports keep a few versions of a kernel: when the default one is gone,
+	# the newest 6.12 (set KFLEX_VM_KERNEL to insist on one).
+	if [ -z "${KFLEX_VM_KERNEL:-}" ] && ! apt-cache "${aptopts[@]}" show "$KERNEL_PKG" >/dev/null 2>&1; then
+		newest=$(apt-cache "${aptopts[@]}" pkgnames linux-image-6.12. | grep -E '^linux-image-6\.12\.[0-9]+\+deb12-amd64$' | sort -V | tail -1)
+		[ -n "$newest" ] || { say "no linux-image-6.12.*+deb12-amd64 in bookworm-backports"; exit 1; }
+		say "$KERNEL_PKG is no longer in bookworm-backports: $newest instead"
+		KERNEL_PKG=$newest
+		VMLINUZ=$CACHE/$KERNEL_PKG.vmlinuz
+	fi
+	say "downloading $KERNEL_PKG (bookworm-backports, trixie-backports)"
 	dl=$(mktemp -d)
 	chown _apt "$dl" 2>/dev/null || true # apt's sandbox user downloads there
 	(cd "$dl" && apt-get "${aptopts[@]}" download -q "$KERNEL_PKG")
@@ -123,7 +136,7 @@ for spec in $PKGS; do
 	rel=${pkg#./}
 	dir=$stage/kflex/src/$rel
 	mkdir -p "$dir"
-	bin="$(basename "$rel").test"
+	bin="$(basename "$rel")${tags:+-${tags//[^a-z0-9]/-}}.test"
 	build test -c -tags "$tags" -o "$dir/$bin" "$pkg"
 	[ -f "$dir/$bin" ] || { say "$pkg has no tests"; continue; }
 	[ ! -d "$rel/testdata" ] || cp -r "$rel/testdata" "$dir/testdata"
