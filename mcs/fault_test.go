@@ -4,9 +4,6 @@ package mcs
 
 import (
 	"fmt"
-	"os"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -351,7 +348,7 @@ func TestReapFollowsGranterPastSkipped(t *testing.T) {
 
 	m.Unlock()
 	pid := g.cmd.Process.Pid
-	require.Eventually(t, func() bool { return stopped(t, pid) }, 20*time.Second, 100*time.Microsecond,
+	require.Eventually(t, func() bool { return testutil.Stopped(t, pid) }, 20*time.Second, 100*time.Microsecond,
 		"G stopped after skipping B")
 	require.True(t, pa.NodeFree(b), "B freed by G")
 	Reap(w.h)
@@ -378,16 +375,6 @@ func TestReapFollowsGranterPastSkipped(t *testing.T) {
 	pa.GiveNode(b)
 	paDone()
 	w.settled(t, off, 0)
-}
-
-// stopped reports whether process pid is stopped by a signal.
-func stopped(t *testing.T, pid int) bool {
-	t.Helper()
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	require.NoError(t, err)
-	// pid (comm) state ...: comm may hold anything but the last ')'.
-	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
-	return len(fields) > 0 && fields[0] == "T"
 }
 
 // TestReapNodeNeverQueued: a child killed while it set up a node for its
@@ -529,7 +516,7 @@ func TestLiveLinkBeforeStaleDeadSuccessor(t *testing.T) {
 	s := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultSwapped, "KFLEX_FAULT_ACTION="+FaultActionStop)
 	si := w.queuedAfter(t, off, g)
 	pid := s.cmd.Process.Pid
-	require.Eventually(t, func() bool { return stopped(t, pid) }, 20*time.Second, 100*time.Microsecond, "S stopped before its link")
+	require.Eventually(t, func() bool { return testutil.Stopped(t, pid) }, 20*time.Second, 100*time.Microsecond, "S stopped before its link")
 	require.Zero(t, w.p.QueueNode(g-1).Next)
 
 	m.Unlock()

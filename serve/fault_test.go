@@ -5,8 +5,6 @@ package serve_test
 import (
 	"context"
 	"os"
-	"strconv"
-	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -16,6 +14,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kflex-go/kflex/abi"
+	"github.com/kflex-go/kflex/internal/testutil"
 	"github.com/kflex-go/kflex/mcs"
 )
 
@@ -61,7 +60,7 @@ func TestHolderCancelledAwaitingLink(t *testing.T) {
 				st, _ := child.Wait()
 				exited <- st
 			}()
-			require.Eventually(t, func() bool { return state().Tail != ext && stopped(t, child.Pid) },
+			require.Eventually(t, func() bool { return state().Tail != ext && testutil.Stopped(t, child.Pid) },
 				20*time.Second, 100*time.Microsecond, "the child never stopped behind the extension")
 			succ := state().Tail
 
@@ -78,7 +77,7 @@ func TestHolderCancelledAwaitingLink(t *testing.T) {
 				case <-time.After(time.Millisecond):
 				}
 			}
-			require.True(t, stopped(t, child.Pid), "the child is still stopped")
+			require.True(t, testutil.Stopped(t, child.Pid), "the child is still stopped")
 			s := state()
 			require.True(t, s.Locked && s.Owner == executor && s.Tail == succ, "the extension holds the lock: %+v", s)
 
@@ -100,14 +99,4 @@ func TestHolderCancelledAwaitingLink(t *testing.T) {
 			tablesSettled(t, h, rt.Process(), 2)
 		})
 	}
-}
-
-// stopped reports whether process pid is stopped by a signal.
-func stopped(t *testing.T, pid int) bool {
-	t.Helper()
-	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
-	require.NoError(t, err)
-	// pid (comm) state ...: comm may hold anything but the last ')'.
-	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
-	return len(fields) > 0 && fields[0] == "T"
 }

@@ -110,3 +110,16 @@ func Alternate(b *testing.B, batch int, runs ...func()) []float64 {
 	}
 	return ns
 }
+
+// Stopped reports whether process pid is stopped by a signal (state T in
+// /proc/PID/stat): a child a test stopped at a chosen point.
+func Stopped(t testing.TB, pid int) bool {
+	t.Helper()
+	stat, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/stat")
+	if err != nil {
+		t.Fatalf("process %d: %v", pid, err)
+	}
+	// pid (comm) state ...: comm may hold anything but the last ')'.
+	fields := strings.Fields(string(stat[strings.LastIndexByte(string(stat), ')')+1:]))
+	return len(fields) > 0 && fields[0] == "T"
+}
