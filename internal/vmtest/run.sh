@@ -163,7 +163,7 @@ qemu() {
 		# The kill tests' liveness bound (2 s by default) is wall time; an
 		# emulated machine on a shared host is tens of times slower. The
 		# kernel hands unknown NAME=VALUE parameters to /init as environment.
-		env=" KFLEX_STRESS_MAX_WAIT=20s"
+		env+=" KFLEX_STRESS_MAX_WAIT=20s"
 		# Under TCG the clocksource watchdog can find the TSC unstable,
 		# and the kernel then patches sched_clock's static branch while
 		# the other vCPU runs it: an "Oops: int3" in sched_clock_cpu
