@@ -10,7 +10,8 @@
 #                     PKG:PATTERN runs only PKG's tests matching PATTERN;
 #                     PKG@TAGS builds PKG's tests with those build tags
 #   KFLEX_VM_RUN      a -test.run pattern for every package (default: all tests)
-#   KFLEX_VM_KERNEL   the kernel package (default linux-image-6.12.57+deb12-amd64)
+#   KFLEX_VM_KERNEL   the kernel package (default linux-image-6.12.57+deb12-cloud-amd64,
+#                     Debian's kernel for virtual machines: 34 MB, not 106)
 #   KFLEX_VM_ACCEL    kvm or tcg (default: kvm where /dev/kvm opens, else tcg)
 #   KFLEX_VM_MEM, KFLEX_VM_CPUS   default 4G and 2
 #   KFLEX_VM_TIMEOUT  seconds before the VM is stopped (default 3600)
@@ -24,7 +25,7 @@ cd "$ROOT"
 GO=${GO:-go}
 CACHE=$ROOT/bin/vm
 PKGS=${KFLEX_VM_PKGS:-./kernel@kflexfault ./serve ./cmd/kflex ./internal/sys/arena ./stress:TestKillsKernel}
-KERNEL_PKG=${KFLEX_VM_KERNEL:-linux-image-6.12.57+deb12-amd64}
+KERNEL_PKG=${KFLEX_VM_KERNEL:-linux-image-6.12.57+deb12-cloud-amd64}
 MEM=${KFLEX_VM_MEM:-4G}
 CPUS=${KFLEX_VM_CPUS:-2}
 TIMEOUT=${KFLEX_VM_TIMEOUT:-3600}
@@ -75,8 +76,8 @@ if [ ! -s "$VMLINUZ" ]; then
 	# Backports keep a few versions of a kernel: when the default one is gone,
 	# the newest 6.12 (set KFLEX_VM_KERNEL to insist on one).
 	if [ -z "${KFLEX_VM_KERNEL:-}" ] && ! apt-cache "${aptopts[@]}" show "$KERNEL_PKG" >/dev/null 2>&1; then
-		newest=$(apt-cache "${aptopts[@]}" pkgnames linux-image-6.12. | grep -E '^linux-image-6\.12\.[0-9]+\+deb12-amd64$' | sort -V | tail -1)
-		[ -n "$newest" ] || { say "no linux-image-6.12.*+deb12-amd64 in bookworm-backports"; exit 1; }
+		newest=$(apt-cache "${aptopts[@]}" pkgnames linux-image-6.12. | grep -E '^linux-image-6\.12\.[0-9]+\+deb12-cloud-amd64$' | sort -V | tail -1)
+		[ -n "$newest" ] || { say "no linux-image-6.12.*+deb12-cloud-amd64 in bookworm-backports"; exit 1; }
 		say "$KERNEL_PKG is no longer in bookworm-backports: $newest instead"
 		KERNEL_PKG=$newest
 		VMLINUZ=$CACHE/$KERNEL_PKG.vmlinuz
