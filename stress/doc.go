@@ -56,4 +56,14 @@
 // incarnation kills itself when one of its goroutines reaches it (the MCS
 // window between the tail swap and the link, among others), which no timing
 // of a signal from outside hits reliably.
+//
+// # Executors
+//
+// With Config.Runtime the extension runtime runs as a process of its own
+// (runtime.go): its JIT and interpreting executors run an extension that
+// takes the same locks and keeps the same invariants, are cancelled at
+// random, and the process is killed and restarted like a worker. With
+// Config.Kernel the heap is a BPF arena, inherited by every process with the
+// kernel lock programs the parent loaded once, and goroutine 0 of every
+// worker takes the locks with the lock's kernel form, in Linux (kernel.go).
 package stress
