@@ -222,7 +222,10 @@ func saveArgs(call string) string {
 // node. A head that leaves skips itself as a granter skips an abandoned node:
 // it ends the queue if it is the tail, or grants its successor. A skipper
 // moves its own node's next on to the node after the one it skips before it
-// frees that one, as the Go grant does (Reap follows it there).
+// frees that one, as the Go grant does (Reap follows it there). In the
+// runtime form, a skipper waiting for the link behind a node that is free
+// (a waiter behind it made itself the head past it, and freed it: the Go
+// grant's follow) is done: the head position is taken.
 const lockTemplate = `
 mcs_lock:
 @only runtime
@@ -375,6 +378,10 @@ mcs_lock_skip_next:
 	mov %r6, %r8
 @retry mcs_lock_grant mcs_lock_stuck
 mcs_lock_skip_link:
+@only runtime
+	ldxw %r8, [%r7+4]
+	jeq %r8, 0, mcs_lock_done
+@end
 @skiplink mcs_lock_skip mcs_lock_stuck
 mcs_lock_skip_again:
 @retry mcs_lock_skip mcs_lock_stuck

@@ -539,3 +539,70 @@ func TestLiveLinkBeforeStaleDeadSuccessor(t *testing.T) {
 	w.setNode(y, QueueNode{})
 	w.settled(t, off, 0)
 }
+
+// TestGranterStopsWhereRepairTookOver: G, a child, takes the lock and
+// grants: its successor P is a live process's node that its waiter left,
+// and behind P is Q, another. G skips P, frees it, and stops there
+// (FaultSkipped, FaultActionStop), on its way to Q. Then D, a child's node,
+// swaps the tail behind Q and is killed before linking itself
+// (FaultSwapped: Q.next stays 0), and W, a waiter of ours, queues behind D.
+// W's repair abandons D, looks through Q to P, finds P gone (freed, its
+// owner alive: a live granter handing the head position past it), makes
+// itself the head, and frees what it passed: Q and D. G, let go, reaches Q
+// freed by W: the head position is W's, and G's grant is over. Before, G
+// waited for Q's link forever, D (whom deadSuccessor would have found by
+// its prev) being free: the lock stayed held and W waited for it (the
+// kflexfault stress with kills aimed at FaultSwapped: an executor granter
+// waiting on a free node, the lock's tail 0).
+func TestGranterStopsWhereRepairTookOver(t *testing.T) {
+	sc := newScene(t, false)
+	w, off, m := sc.w, sc.off, sc.m
+	g := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultSkipped, "KFLEX_FAULT_ACTION="+FaultActionStop)
+	gi := w.queuedAfter(t, off, 0)
+	pa, paDone := w.attached(t)
+	p := w.queueLeft(t, pa, off)
+	tail := w.queuedAfter(t, off, gi)
+	q := w.queueLeft(t, pa, off)
+	tail = w.queuedAfter(t, off, tail)
+
+	m.Unlock()
+	pid := g.cmd.Process.Pid
+	require.Eventually(t, func() bool { return stopped(t, pid) }, 20*time.Second, 100*time.Microsecond,
+		"G stopped after skipping P")
+	require.True(t, pa.NodeFree(p), "P freed by G")
+	require.Equal(t, uint32(NodeAbandoned), pa.QueueNode(q.Index).State, "Q not reached yet")
+
+	x := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultSwapped)
+	requireKilled(t, x)
+	di := w.queuedAfter(t, off, tail)
+	require.Zero(t, pa.QueueNode(q.Index).Next, "D never linked")
+	third := lockAsync(mutex(t, w.p, off), &sc.seq, 3)
+	wn := w.queuedAfter(t, off, di)
+	require.Eventually(t, func() bool { return w.p.QueueNode(wn-1).State == NodeHead }, 20*time.Second, 100*time.Microsecond,
+		"W repaired past D and Q to P, gone, and made itself the head")
+	assert.True(t, pa.NodeFree(q), "Q freed by W")
+	assert.Equal(t, uint32(NodeFree), w.p.QueueNode(di-1).State, "D freed by W")
+
+	// G stops at every skip: keep it going until W has the lock.
+	cont := make(chan struct{})
+	go func() {
+		for {
+			select {
+			case <-cont:
+				return
+			case <-time.After(time.Millisecond):
+				syscall.Kill(pid, syscall.SIGCONT)
+			}
+		}
+	}()
+	w.grantedOrRescued(t, third, q.Index, wn)
+	close(cont)
+	syscall.Kill(pid, syscall.SIGCONT)
+	assert.Equal(t, "got <nil>", g.line(t))
+	require.True(t, g.wait(t).Success())
+	assert.Equal(t, []int{3}, sc.seq)
+	pa.GiveNode(p)
+	pa.GiveNode(q)
+	paDone()
+	w.settled(t, off, 0)
+}

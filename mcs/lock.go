@@ -330,14 +330,32 @@ func (m *Mutex) waitHead(n node, me uint32) {
 // successor that died in the window between its tail swap and its link is
 // found by its prev (deadSuccessor) and linked on its behalf.
 func (m *Mutex) successor(n node, idx uint32) uint32 {
+	next, _ := m.follow(n, idx, false)
+	return next
+}
+
+// follow is successor for a granter's own node (skipping false), or for an
+// abandoned node it skips (skipping true): then it gives up, reporting
+// false, once that node is no longer abandoned. Only a party that took the
+// head position past the node frees it under the granter: a waiter behind
+// it whose repair found a node ahead gone (freed by this very granter,
+// which skipped it on its way here) and made itself the head, freeing what
+// it passed (this node, and a node behind it that died before linking
+// itself, by whose prev deadSuccessor would have found it), or Reap ending
+// a queue nobody alive was in. Either way nobody is left for this granter
+// to grant.
+func (m *Mutex) follow(n node, idx uint32, skipping bool) (uint32, bool) {
 	for spins := 0; ; spins++ {
+		if skipping && atomic.LoadUint32(n.state()) != nodeAbandoned {
+			return 0, false
+		}
 		if next := atomic.LoadUint32(n.next()); next != 0 {
-			return next
+			return next, true
 		}
 		w := atomic.LoadUint64(m.word)
 		if wordTail(w) == idx {
 			if atomic.CompareAndSwapUint64(m.word, w, w&^(wordTailMask|wordHeadBits)) {
-				return 0
+				return 0, true
 			}
 			continue
 		}
@@ -385,8 +403,11 @@ func (m *Mutex) grant(from node, idx uint32) {
 				}
 				return
 			}
-		default: // abandoned, or freed by the successor that abandoned it
-			next := m.successor(n, idx)
+		default: // abandoned, or freed by a successor that took the head position
+			next, ok := m.follow(n, idx, true)
+			if !ok {
+				return // the position was taken past n (follow)
+			}
 			if next != 0 {
 				atomic.StoreUint32(from.next(), next)
 			}

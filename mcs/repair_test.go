@@ -9,6 +9,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kflex-go/kflex/internal/sys/futex"
+	"github.com/kflex-go/kflex/jit"
 )
 
 // The tests here build, node by node (setNode), queues that deaths and
@@ -238,6 +239,88 @@ func TestRepairLeavesRequeuedPredecessor(t *testing.T) {
 			atomic.StoreUint64(w.h.Uint64(off), 0)
 			w.p.GiveNode(en)
 			w.p.GiveNode(wn)
+		})
+	}
+}
+
+// TestGranterStopsAtFreedNode: G, the granter, a JIT extension (or a Go
+// waiter), takes the lock; its successor P is a live process's node that
+// its waiter left, and P's next is Q, which W, a waiter behind, has freed:
+// W looked through Q to P just after G had freed P on an earlier walk
+// (TestGranterStopsWhereRepairTookOver has the race for real), found P
+// gone, made itself the head, and freed what it passed. Q's next is 0 (the
+// node behind it died before linking itself, and W freed that one too). G
+// skips P and reaches Q, free: the head position is W's, and G's grant is
+// over. Before, G waited for Q's link forever: the JIT in its skip loop,
+// which nothing cancels, the Go granter in successor.
+func TestGranterStopsAtFreedNode(t *testing.T) {
+	if err := jit.Supported(); err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	jp, _ := compileBoth(t, LockOnceProgram)
+	for _, granter := range []string{"jit", "go"} {
+		t.Run(granter, func(t *testing.T) {
+			sc := newScene(t, false)
+			w, off, m := sc.w, sc.off, sc.m
+			var got <-chan int64
+			var first chan error
+			if granter == "jit" {
+				got = w.runExtension(t, jp, off)
+			} else {
+				first = lockAsync(mutex(t, w.p, off), &sc.seq, 1)
+			}
+			g := w.queuedAfter(t, off, 0)
+			pa, paDone := w.attached(t)
+			q, wn := pa.TakeNode(), w.p.TakeNode()
+			p := w.left(t, pa, off, g, q.Index+1)
+			atomic.StoreUint32(w.p.node(g-1).next(), p.Index+1) // P's link
+			w.setNode(q.Index, QueueNode{Prev: p.Index + 1, Lock: off})
+			w.setNode(wn.Index, QueueNode{State: NodeHead, Prev: p.Index + 1, Lock: off})
+			word := w.h.Uint64(off)
+			for {
+				old := atomic.LoadUint64(word)
+				if atomic.CompareAndSwapUint64(word, old, old&^wordTailMask|uint64(wn.Index+1)<<wordTailShift) {
+					break
+				}
+			}
+
+			m.Unlock()
+			rescue := func() {
+				atomic.StoreUint32(pa.node(q.Index).next(), wn.Index+1) // let G go on to W
+			}
+			if granter == "jit" {
+				select {
+				case r0 := <-got:
+					assert.Equal(t, int64(LockAcquired), r0)
+				case <-time.After(20 * time.Second):
+					rescue()
+					<-got
+					t.Fatalf("the extension still waited for Q's link 20 s later: word %+v", DecodeWord(atomic.LoadUint64(word)))
+				}
+			} else {
+				select {
+				case err := <-first:
+					require.NoError(t, err)
+				case <-time.After(20 * time.Second):
+					rescue()
+					<-first
+					t.Fatalf("G still waited for Q's link 20 s later: word %+v", DecodeWord(atomic.LoadUint64(word)))
+				}
+			}
+			assert.True(t, pa.NodeFree(p), "P freed by G")
+			assert.Equal(t, uint32(NodeHead), w.p.QueueNode(wn.Index).State, "W still the head")
+			assert.Equal(t, DecodeWord(uint64(wn.Index+1)<<wordTailShift), DecodeWord(atomic.LoadUint64(word)),
+				"the lock free, W the tail")
+
+			// W takes the lock, the tail, and ends the queue; it unlocks.
+			w.setNode(wn.Index, QueueNode{})
+			atomic.StoreUint64(word, 0)
+			w.setNode(p.Index, QueueNode{})
+			pa.GiveNode(p)
+			pa.GiveNode(q)
+			w.p.GiveNode(wn)
+			paDone()
+			w.settled(t, off, 0)
 		})
 	}
 }
