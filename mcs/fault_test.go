@@ -567,7 +567,7 @@ func TestGranterStopsWhereRepairTookOver(t *testing.T) {
 
 	m.Unlock()
 	pid := g.cmd.Process.Pid
-	require.Eventually(t, func() bool { return stopped(t, pid) }, 20*time.Second, 100*time.Microsecond,
+	require.Eventually(t, func() bool { return testutil.Stopped(t, pid) }, 20*time.Second, 100*time.Microsecond,
 		"G stopped after skipping P")
 	require.True(t, pa.NodeFree(p), "P freed by G")
 	require.Equal(t, uint32(NodeAbandoned), pa.QueueNode(q.Index).State, "Q not reached yet")
