@@ -45,7 +45,7 @@ test: lint
 	echo "# the interpreter's trace hook: every register of every generated run checked against the verifier's analysis"; \
 	$(GO) test -tags kflextrace -count=1 ./jit/interp ./verifier || status=1; \
 	echo "# the lock's fault points: a child killed at every step of the protocol"; \
-	$(GO) test -race -tags kflexfault -count=1 -run 'Kill|Killed|Reap|NotRecoverable|DeadSuccessor' ./mcs || status=1; \
+	$(GO) test -race -tags kflexfault -count=1 -run 'Kill|Killed|Reap|NotRecoverable|DeadSuccessor|Granter' ./mcs || status=1; \
 	echo "# a live successor stopped at a fault point: the runtime's holder waits for its link"; \
 	$(GO) test -race -tags kflexfault -count=1 -run 'TestHolderCancelledAwaitingLink' ./serve || status=1; \
 	echo "# a kernel holder whose successor died before linking (on an arena)"; \
