@@ -148,6 +148,10 @@ func probeRealtime() error {
 			errc <- &Refusal{Call: "sched_setattr(SCHED_FIFO, 1)", Errno: errno}
 			return
 		}
+		// Back to normal too: a goroutine locked to the main thread
+		// parks that thread at its end instead of ending it.
+		attr = unix.SchedAttr{Size: unix.SizeofSchedAttr, Policy: unix.SCHED_NORMAL}
+		unix.RawSyscall(unix.SYS_SCHED_SETATTR, 0, uintptr(unsafe.Pointer(&attr)), 0)
 		errc <- nil
 	}()
 	return <-errc
