@@ -231,14 +231,65 @@ func TestBytecodeWaiterBehindDead(t *testing.T) {
 			if first != nil {
 				require.NoError(t, result(t, first))
 			}
-			select {
-			case r0 := <-got:
-				assert.Equal(t, int64(LockAcquired), r0)
-			case <-time.After(20 * time.Second):
-				t.Fatalf("the extension still waits 20 s later: word %+v", DecodeWord(atomic.LoadUint64(w.h.Uint64(off))))
-			}
+			w.extensionAcquired(t, got, off, "waits", nil)
 			w.settled(t, off, 0)
 		})
+	}
+}
+
+// extensionAcquired waits for the r0 of an extension runExtension started on
+// the lock at off and checks that it took the lock. If it has not returned
+// after 20 s, rescue (if not nil) lets it end before the heap is unmapped,
+// and the test fails saying what the extension still waited for.
+func (w *world) extensionAcquired(t *testing.T, got <-chan int64, off uint64, waitsFor string, rescue func()) {
+	t.Helper()
+	select {
+	case r0 := <-got:
+		assert.Equal(t, int64(LockAcquired), r0)
+	case <-time.After(20 * time.Second):
+		word := DecodeWord(atomic.LoadUint64(w.h.Uint64(off)))
+		if rescue != nil {
+			rescue()
+			<-got
+		}
+		t.Fatalf("the extension still %s 20 s later: word %+v", waitsFor, word)
+	}
+}
+
+// granter is the first of a lock's queue in the granter tests: a JIT
+// extension (got) or a Go waiter of this process (first).
+type granter struct {
+	got   <-chan int64
+	first chan error
+}
+
+// startGranter queues a granter of kind "jit" or "go" on sc's lock, behind
+// sc's hold.
+func startGranter(t *testing.T, sc *scene, jp *jit.Program, kind string) granter {
+	if kind == "jit" {
+		return granter{got: sc.w.runExtension(t, jp, sc.off)}
+	}
+	return granter{first: lockAsync(mutex(t, sc.w.p, sc.off), &sc.seq, 1)}
+}
+
+// acquired checks that the granter took the lock (extensionAcquired; a Go
+// granter within 20 s, rescued the same way).
+func (g granter) acquired(t *testing.T, w *world, off uint64, waitsFor string, rescue func()) {
+	t.Helper()
+	if g.got != nil {
+		w.extensionAcquired(t, g.got, off, waitsFor, rescue)
+		return
+	}
+	select {
+	case err := <-g.first:
+		require.NoError(t, err)
+	case <-time.After(20 * time.Second):
+		word := DecodeWord(atomic.LoadUint64(w.h.Uint64(off)))
+		if rescue != nil {
+			rescue()
+			<-g.first
+		}
+		t.Fatalf("the Go granter still %s 20 s later: word %+v", waitsFor, word)
 	}
 }
 

@@ -149,12 +149,7 @@ func TestBytecodeHolderDeadSuccessor(t *testing.T) {
 	requireKilled(t, x)
 	require.NotEqual(t, tail, wordTail(atomic.LoadUint64(w.h.Uint64(off))), "the child swapped itself in")
 	m.Unlock()
-	select {
-	case r0 := <-got:
-		assert.Equal(t, int64(LockAcquired), r0)
-	case <-time.After(20 * time.Second):
-		t.Fatalf("the extension still waits for its dead successor 20 s later: word %+v", DecodeWord(atomic.LoadUint64(w.h.Uint64(off))))
-	}
+	w.extensionAcquired(t, got, off, "waits for its dead successor", nil)
 	// The dead child is the queue's head now: the next locker steps past it.
 	require.NoError(t, m.Lock())
 	m.Unlock()
@@ -205,13 +200,7 @@ func TestBytecodeGranterSkipsToDeadSuccessor(t *testing.T) {
 		t.Run(granter, func(t *testing.T) {
 			sc := newScene(t, false)
 			w, off, m := sc.w, sc.off, sc.m
-			var got <-chan int64
-			var first chan error
-			if granter == "jit" {
-				got = w.runExtension(t, jp, off)
-			} else {
-				first = lockAsync(mutex(t, w.p, off), &sc.seq, 1)
-			}
+			g := startGranter(t, sc, jp, granter)
 			tail := w.queuedAfter(t, off, 0)
 			pa, paDone := w.attached(t)
 			a := w.queueLeft(t, pa, off)
@@ -221,20 +210,11 @@ func TestBytecodeGranterSkipsToDeadSuccessor(t *testing.T) {
 			require.NotEqual(t, tail, wordTail(atomic.LoadUint64(w.h.Uint64(off))), "the child swapped itself in behind A")
 			require.Zero(t, pa.QueueNode(a.Index).Next, "and never linked")
 			m.Unlock()
-			if granter == "jit" {
-				select {
-				case r0 := <-got:
-					assert.Equal(t, int64(LockAcquired), r0)
-				case <-time.After(20 * time.Second):
-					word, an := DecodeWord(atomic.LoadUint64(w.h.Uint64(off))), pa.QueueNode(a.Index)
-					// Link D for it, so that it ends before the heap is unmapped.
-					atomic.CompareAndSwapUint32(pa.node(a.Index).next(), 0, word.Tail)
-					<-got
-					t.Fatalf("the extension still skipped A, waiting for its link, 20 s later: word %+v, A %+v", word, an)
-				}
-			} else {
-				require.NoError(t, result(t, first))
-			}
+			g.acquired(t, w, off, "skipped A, waiting for its link,", func() {
+				t.Logf("A: %+v", pa.QueueNode(a.Index))
+				// Link D for it, so that it ends before the heap is unmapped.
+				atomic.CompareAndSwapUint32(pa.node(a.Index).next(), 0, DecodeWord(atomic.LoadUint64(w.h.Uint64(off))).Tail)
+			})
 			// The dead child may be the queue's head now: the next locker
 			// steps past it.
 			require.NoError(t, m.Lock())
@@ -444,12 +424,7 @@ func TestRepairFreesPastUnlinkedDeadSuccessor(t *testing.T) {
 	assert.True(t, pa.NodeFree(a), "A freed by E")
 	assert.Equal(t, uint32(NodeFree), w.p.QueueNode(di-1).State, "D freed by E")
 	m.Unlock()
-	select {
-	case r0 := <-got:
-		assert.Equal(t, int64(LockAcquired), r0)
-	case <-time.After(20 * time.Second):
-		t.Fatalf("the extension still waits 20 s later: word %+v", DecodeWord(atomic.LoadUint64(w.h.Uint64(off))))
-	}
+	w.extensionAcquired(t, got, off, "waits", nil)
 	if pa.NodeFree(a) {
 		pa.GiveNode(a)
 	} else {

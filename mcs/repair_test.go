@@ -262,13 +262,7 @@ func TestGranterStopsAtFreedNode(t *testing.T) {
 		t.Run(granter, func(t *testing.T) {
 			sc := newScene(t, false)
 			w, off, m := sc.w, sc.off, sc.m
-			var got <-chan int64
-			var first chan error
-			if granter == "jit" {
-				got = w.runExtension(t, jp, off)
-			} else {
-				first = lockAsync(mutex(t, w.p, off), &sc.seq, 1)
-			}
+			gr := startGranter(t, sc, jp, granter)
 			g := w.queuedAfter(t, off, 0)
 			pa, paDone := w.attached(t)
 			q, wn := pa.TakeNode(), w.p.TakeNode()
@@ -285,28 +279,9 @@ func TestGranterStopsAtFreedNode(t *testing.T) {
 			}
 
 			m.Unlock()
-			rescue := func() {
+			gr.acquired(t, w, off, "waited for Q's link", func() {
 				atomic.StoreUint32(pa.node(q.Index).next(), wn.Index+1) // let G go on to W
-			}
-			if granter == "jit" {
-				select {
-				case r0 := <-got:
-					assert.Equal(t, int64(LockAcquired), r0)
-				case <-time.After(20 * time.Second):
-					rescue()
-					<-got
-					t.Fatalf("the extension still waited for Q's link 20 s later: word %+v", DecodeWord(atomic.LoadUint64(word)))
-				}
-			} else {
-				select {
-				case err := <-first:
-					require.NoError(t, err)
-				case <-time.After(20 * time.Second):
-					rescue()
-					<-first
-					t.Fatalf("G still waited for Q's link 20 s later: word %+v", DecodeWord(atomic.LoadUint64(word)))
-				}
-			}
+			})
 			assert.True(t, pa.NodeFree(p), "P freed by G")
 			assert.Equal(t, uint32(NodeHead), w.p.QueueNode(wn.Index).State, "W still the head")
 			assert.Equal(t, DecodeWord(uint64(wn.Index+1)<<wordTailShift), DecodeWord(atomic.LoadUint64(word)),
