@@ -28,11 +28,28 @@ const (
 	arenaPath = "arena"
 )
 
-// kernelRun is the parent's arena and kernel programs (Config.Kernel).
-type kernelRun struct {
+// arenaLocks is a run's arena and the kernel lock programs, as the parent
+// made them or a worker inherited them.
+type arenaLocks struct {
 	a             *kernel.Arena
 	hold, release *kernel.KernelLocker
-	files         []*os.File // duplicates of their descriptors, for ExtraFiles
+}
+
+// close releases the programs and the arena (after the heap's Close).
+func (k *arenaLocks) close() {
+	for _, l := range []*kernel.KernelLocker{k.hold, k.release} {
+		if l != nil {
+			l.Close()
+		}
+	}
+	k.a.Close()
+}
+
+// kernelRun is the parent's arenaLocks (Config.Kernel), with duplicates of
+// their descriptors for the workers' ExtraFiles.
+type kernelRun struct {
+	arenaLocks
+	files []*os.File
 }
 
 // newKernelRun creates the arena, formats the heap in it and loads the lock
@@ -42,7 +59,7 @@ func newKernelRun(size uint64, opts *heap.Options) (*kernelRun, *heap.Heap, erro
 	if err != nil {
 		return nil, nil, fmt.Errorf("kernel executors: %w", err)
 	}
-	k := &kernelRun{a: a}
+	k := &kernelRun{arenaLocks: arenaLocks{a: a}}
 	h, err := a.NewHeap(opts)
 	if err == nil {
 		k.hold, err = kernel.LoadLockProgram(a, kernel.LockHold, mcs.KernelSpinTimeout)
@@ -77,29 +94,19 @@ func fdOf(l *kernel.KernelLocker) int {
 	return l.FD()
 }
 
-// close releases the programs and the arena (after the heap's Close).
+// close releases the descriptors' duplicates, the programs and the arena
+// (after the heap's Close).
 func (k *kernelRun) close() {
 	for _, f := range k.files {
 		f.Close()
 	}
-	for _, l := range []*kernel.KernelLocker{k.hold, k.release} {
-		if l != nil {
-			l.Close()
-		}
-	}
-	k.a.Close()
-}
-
-// workerKernel is a worker's view of the parent's kernelRun.
-type workerKernel struct {
-	a             *kernel.Arena
-	hold, release *kernel.KernelLocker
+	k.arenaLocks.close()
 }
 
 // openWorkerHeap opens the run's heap in a worker: the file at path, or, for
 // arenaPath, the arena and lock programs it inherited. close releases what it
 // opened after the heap's own Close.
-func openWorkerHeap(path string) (h *heap.Heap, k *workerKernel, close func(), err error) {
+func openWorkerHeap(path string) (h *heap.Heap, k *arenaLocks, close func(), err error) {
 	if path != arenaPath {
 		h, err := heap.Open(path, nil)
 		return h, nil, func() {}, err
@@ -108,26 +115,18 @@ func openWorkerHeap(path string) (h *heap.Heap, k *workerKernel, close func(), e
 	if err != nil {
 		return nil, nil, nil, fmt.Errorf("inherited arena: %w", err)
 	}
-	k = &workerKernel{a: a}
+	k = &arenaLocks{a: a}
 	if k.hold, err = inheritedProgram(holdFD); err == nil {
 		k.release, err = inheritedProgram(releaseFD)
 	}
 	if err == nil {
 		h, err = a.OpenHeap()
 	}
-	close = func() {
-		for _, l := range []*kernel.KernelLocker{k.hold, k.release} {
-			if l != nil {
-				l.Close()
-			}
-		}
-		a.Close()
-	}
 	if err != nil {
-		close()
+		k.close()
 		return nil, nil, nil, err
 	}
-	return h, k, close, nil
+	return h, k, k.close, nil
 }
 
 func inheritedProgram(fd int) (*kernel.KernelLocker, error) {
@@ -158,7 +157,7 @@ type locker interface {
 // slow holders. Counts go to the thread record: rKernelTimeouts,
 // rKernelUnstuck, rKernelFallbacks.
 type kernelLocker struct {
-	k     *workerKernel
+	k     *arenaLocks
 	p     *mcs.Process
 	m     *mcs.Mutex // the same lock, for the fallback
 	viaGo bool       // the current acquisition was made by m
@@ -173,7 +172,7 @@ type kernelLocker struct {
 // acquisition fall back to Go.
 const kernelTries = 4
 
-func newKernelLocker(k *workerKernel, p *mcs.Process, t *table, rec, off uint64, n mcs.Node) (*kernelLocker, error) {
+func newKernelLocker(k *arenaLocks, p *mcs.Process, t *table, rec, off uint64, n mcs.Node) (*kernelLocker, error) {
 	m, err := p.Mutex(off)
 	if err != nil {
 		return nil, err

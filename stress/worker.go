@@ -86,7 +86,7 @@ func orphaned() {
 
 // kernelWork is goroutine 0 of a worker with kernel executors: work, taking
 // and releasing the locks with the kernel form of the lock on this thread.
-func (t *table) kernelWork(uh *userspace.Heap, k *workerKernel, proc int) error {
+func (t *table) kernelWork(uh *userspace.Heap, k *arenaLocks, proc int) error {
 	runtime.LockOSThread() // the queue node is this thread's
 	defer runtime.UnlockOSThread()
 	p := uh.Process()
