@@ -223,7 +223,22 @@ func (h *Heap) settle(rec uint64, id *identity, err error) error {
 
 // takeOver finishes a dead holder's critical section: it replays the redo log
 // if one is committed (an uncommitted one changed nothing visible).
+//
+// A class lock's holder takes the page lock inside it for a new slab, and that
+// step's log stores the slab in the class's spare word. Had the holder died
+// there, the page lock still holds a log that writes a word of this class: a
+// taker that read the spare word first would take a second slab (the first
+// leaks), or carve the spare and see a later page-lock taker's replay put it
+// back (carved twice). So the class's taker settles the page lock first, taking
+// it in the usual order (class, then pages) and replaying what the dead left.
 func (h *Heap) takeOver(rec uint64, dead Holder) error {
+	if pages := h.hdr.AllocOff + asPageLock; rec != pages {
+		id, err := h.lock(pages)
+		if err != nil {
+			return fmt.Errorf("take over %s from dead %s: %w", h.lockName(rec), dead, err)
+		}
+		h.unlock(pages, id)
+	}
 	if err := h.replay(rec); err != nil {
 		return fmt.Errorf("take over %s from dead %s: %w", h.lockName(rec), dead, err)
 	}

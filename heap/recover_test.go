@@ -50,19 +50,25 @@ func TestAllocatorKill(t *testing.T) {
 		return
 	}
 	// delta is what the step, once committed, changes in the live objects.
+	// A slab is taken under two locks (the class's, then the pages'): the
+	// survivor comes to them either way round, through the page lock first
+	// (a large allocation) or through the class lock (a small one).
 	ops := []struct {
-		op    string
-		delta int
-	}{{"large", 1}, {"unlarge", -1}, {"slab", 0}, {"refill", 0}, {"flush", 0}, {"drain", 0},
-		{"direct-alloc", 1}, {"direct-free", -1}}
+		name, op   string
+		delta      int
+		smallFirst bool
+	}{{"large", "large", 1, false}, {"unlarge", "unlarge", -1, false}, {"slab", "slab", 0, false},
+		{"slab-class-first", "slab", 0, true}, {"refill", "refill", 0, false}, {"flush", "flush", 0, false},
+		{"drain", "drain", 0, false}, {"direct-alloc", "direct-alloc", 1, false},
+		{"direct-free", "direct-free", -1, false}}
 	for _, o := range ops {
 		for _, stage := range stages {
-			t.Run(o.op+"/"+stage, func(t *testing.T) {
+			t.Run(o.name+"/"+stage, func(t *testing.T) {
 				delta := 0
 				if stage != "locked" && stage != "logged" {
 					delta = o.delta
 				}
-				killAt(t, o.op, stage, delta)
+				killAt(t, o.op, stage, delta, o.smallFirst)
 			})
 		}
 	}
@@ -83,7 +89,7 @@ func attachedHeap(t *testing.T, params heap.Params) (*heap.Heap, string) {
 	return h, path
 }
 
-func killAt(t *testing.T, op, stage string, delta int) {
+func killAt(t *testing.T, op, stage string, delta int, smallFirst bool) {
 	params := heap.Params{Size: 4 << 20}
 	direct := strings.HasPrefix(op, "direct-")
 	if direct {
@@ -115,7 +121,11 @@ func killAt(t *testing.T, op, stage string, delta int) {
 	requireKilled(t, cmd, last)
 	require.GreaterOrEqual(t, live, 0, "child reported nothing")
 
-	allocBoth(t, h)
+	if smallFirst {
+		allocBoth(t, h, 256, 64, 3*heap.PageSize)
+	} else {
+		allocBoth(t, h)
+	}
 	reapAndCheck(t, h, stray+live+delta)
 	rep, err := h.Inspect()
 	require.NoError(t, err)
@@ -154,14 +164,17 @@ func requireKilled(t *testing.T, cmd *exec.Cmd, last string) {
 }
 
 // allocBoth allocates and frees a large object and a small one of each class
-// the kill tests use, within a time bound: whatever lock the child held is
-// taken over on the way.
-func allocBoth(t *testing.T, h *heap.Heap) {
+// the kill tests use (or the sizes given, in their order), within a time bound:
+// whatever lock the child held is taken over on the way.
+func allocBoth(t *testing.T, h *heap.Heap, sizes ...uint64) {
 	t.Helper()
+	if len(sizes) == 0 {
+		sizes = []uint64{3 * heap.PageSize, 64, 256}
+	}
 	done := make(chan error, 1)
 	go func() {
 		var err error
-		for _, size := range []uint64{3 * heap.PageSize, 64, 256} {
+		for _, size := range sizes {
 			var off uint64
 			if off, err = h.Alloc(size); err == nil {
 				err = h.Free(off)
