@@ -6,3 +6,7 @@ package mcs
 const FaultInjection = false
 
 func fault(string) {}
+
+// OnFault sets what the process does at its armed fault point just before it
+// kills itself; without the kflexfault tag there are no fault points.
+func OnFault(func()) {}

@@ -16,7 +16,13 @@ var (
 	// faultStop: KFLEX_FAULT_ACTION=stop freezes the process at the point
 	// instead (SIGSTOP); it goes on from there when it gets SIGCONT.
 	faultStop = os.Getenv("KFLEX_FAULT_ACTION") == FaultActionStop
+	onFault   func()
 )
+
+// OnFault sets what the process does at its armed fault point just before it
+// kills itself: a harness that also kills it from outside marks there which
+// death it was. Set it before the process can reach the point.
+func OnFault(f func()) { onFault = f }
 
 // fault kills (or stops) the process at point pt if KFLEX_FAULT names it.
 func fault(pt string) {
@@ -29,6 +35,9 @@ func fault(pt string) {
 		syscall.Tgkill(os.Getpid(), syscall.Gettid(), syscall.SIGSTOP)
 		runtime.UnlockOSThread()
 		return
+	}
+	if onFault != nil {
+		onFault()
 	}
 	syscall.Kill(os.Getpid(), syscall.SIGKILL)
 	select {}

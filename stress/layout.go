@@ -70,7 +70,10 @@ const (
 	rKernelTimeouts  = 72
 	rKernelUnstuck   = 80
 	rKernelFallbacks = 88 // acquisitions made from Go after kernelTries timeouts
-	threadSize       = 128
+	// rFaulted (goroutine 0's record): the worker reached its armed fault
+	// point and is killing itself.
+	rFaulted   = 96
+	threadSize = 128
 
 	// List object: forward and backward links (heap offsets of the next
 	// object, or of the sentinel's lNext word), a magic word naming its lock.

@@ -505,6 +505,13 @@ func (r *runner) kill(i int, aim uint64) {
 		r.settleRuntime(w, state, at, before, rt)
 		return
 	}
+	if r.t.load(r.t.thread(i, 0)+rFaulted) != 0 {
+		// It died at its fault point, perhaps long before (what the aim
+		// read was a dead process's last word, and a lock it held may be
+		// recovered already, before the counts in before).
+		r.settle(i, w, killFault, 0, nil)
+		return
+	}
 	r.settle(i, w, state, at, before)
 }
 
@@ -595,7 +602,7 @@ func (r *runner) settle(i int, w *worker, state, at uint64, before []uint64) {
 		default:
 			r.orphanOK[x]++
 		}
-		for _, f := range []uint64{rState, rWaitSince, rHeldLock, rHold} {
+		for _, f := range []uint64{rState, rWaitSince, rHeldLock, rHold, rFaulted} {
 			r.t.store(rec+f, 0)
 		}
 	}
@@ -670,6 +677,9 @@ func (r *runner) scan() {
 	t := now()
 	bound := uint64(r.cfg.MaxWait.Nanoseconds())
 	for i := range r.cfg.Procs {
+		if r.t.load(r.t.thread(i, 0)+rFaulted) != 0 {
+			continue // dead at its fault point: its waits ended there (settle clears them)
+		}
 		for th := range r.t.threads {
 			rec := r.t.thread(i, th)
 			if s := r.t.load(rec + rWaitSince); s != 0 && t > s && t-s > bound && !r.stuck[[2]uint64{rec, s}] {

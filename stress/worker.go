@@ -56,6 +56,10 @@ func WorkerMain() error {
 	if t.load(t.off+tKernel) != 0 && k == nil {
 		return fmt.Errorf("stress worker %d: the run has kernel executors, but the heap %s is not in a BPF arena", proc, path)
 	}
+	// The parent may aim a kill at this process as it dies at its fault
+	// point: the mark tells the parent the death was the fault's, and
+	// everything it reads of this process may be from before it.
+	mcs.OnFault(func() { t.store(t.thread(proc, 0)+rFaulted, 1) })
 	go orphaned()
 	var wg sync.WaitGroup
 	errs := make([]error, t.threads)
