@@ -12,6 +12,7 @@ import (
 	"slices"
 	"sort"
 	"strconv"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"time"
@@ -498,7 +499,7 @@ func (r *runner) kill(i int, aim uint64) {
 	select {
 	case <-w.done:
 	case <-time.After(r.cfg.MaxWait):
-		r.problem("worker %d (pid %d) still running %v after SIGKILL", i, w.cmd.Process.Pid, r.cfg.MaxWait)
+		r.problem("worker %d (pid %d) still running %v after SIGKILL; its threads: %s", i, w.cmd.Process.Pid, r.cfg.MaxWait, threadStates(w.cmd.Process.Pid))
 		<-w.done
 	}
 	if isRuntime {
@@ -756,4 +757,26 @@ func (r *runner) snapshot(start time.Time) Report {
 	}
 	rep.DurationS = time.Since(start).Seconds()
 	return rep
+}
+
+// threadStates describes what each thread of process pid is doing, from
+// /proc: its state letter and the kernel function it sleeps in, for a
+// process that does not die.
+func threadStates(pid int) string {
+	dir := fmt.Sprintf("/proc/%d/task", pid)
+	tasks, err := os.ReadDir(dir)
+	if err != nil {
+		return err.Error()
+	}
+	var b strings.Builder
+	for _, t := range tasks {
+		stat, _ := os.ReadFile(filepath.Join(dir, t.Name(), "stat"))
+		state := "?"
+		if _, rest, ok := strings.Cut(string(stat), ") "); ok && rest != "" {
+			state = rest[:1]
+		}
+		wchan, _ := os.ReadFile(filepath.Join(dir, t.Name(), "wchan"))
+		fmt.Fprintf(&b, "%s %s %s; ", t.Name(), state, wchan)
+	}
+	return strings.TrimSuffix(b.String(), "; ")
 }
