@@ -8,6 +8,7 @@ BIN         := bin
 RACE_PKGS   := ./...
 FUZZTIME    ?= 30s
 STRESS_COUNT ?= 20
+WINDOW_COUNT ?= 5
 
 .PHONY: all build demo examples test test-kernel bench fuzz stress conformance lint clean
 
@@ -116,6 +117,7 @@ fuzz:
 	$(GO) test -run '^$$' -fuzz '^FuzzDecode$$' -fuzztime $(FUZZTIME) ./internal/sys/wire
 	$(GO) test -run '^$$' -fuzz '^FuzzKernelDiff$$' -fuzztime $(FUZZTIME) -parallel 1 ./kernel
 	$(GO) test -run '^$$' -fuzz '^FuzzCrossProcess$$' -fuzztime $(FUZZTIME) ./stress
+	$(GO) test -tags kflexfault -run '^$$' -fuzz '^FuzzCrossProcess$$' -fuzztime $(FUZZTIME) ./stress
 
 # Longer runs of the multi-process and hammer tests, then kflex stress: 10,000
 # SIGKILLs of 4 worker processes (STRESS_KILLS=N to change), recovery checked.
@@ -123,6 +125,10 @@ stress: build
 	CGO_ENABLED=1 $(GO) test -race -count $(STRESS_COUNT) -timeout 60m \
 		-run 'TestMultiProcess|TestHammer|TestFIFO|TestKernelMarksDeath|TestAllocHammer|TestListAcrossViews|TestMixedContention|TestKernelLock|TestClientsOnArena|TestLayoutContract|TestKillsKernel' \
 		./mcs ./heap ./userspace ./serve ./kernel ./stress
+	# every kill in the MCS window (runtime executors cancelled on the same
+	# lock), and the cross-process corpus with its fault points armed
+	KFLEX_SWAP_WINDOW=1 $(GO) test -tags kflexfault -count $(WINDOW_COUNT) -timeout 30m \
+		-run 'TestKillsInSwapWindow|FuzzCrossProcess' ./stress
 	$(BIN)/kflex stress --procs 4 --threads 4 --locks 4 --kills $${STRESS_KILLS:-10000} --json
 	# kills also at the lock's fault points (the MCS window among them): a
 	# build with -tags kflexfault
