@@ -581,3 +581,74 @@ func TestGranterStopsWhereRepairTookOver(t *testing.T) {
 	paDone()
 	w.settled(t, off, 0)
 }
+
+// TestDeadSuccessorFirstInQueue: G, the granter, a JIT extension (or a Go
+// waiter), is the first in the queue; D, a child's node, swapped the tail
+// behind it and was killed before linking itself (FaultSwapped); A, a live
+// process's node, queued behind D, repaired past D (abandoning it) to G and
+// was then left (a cancelled executor); W, the node of a child killed
+// earlier (a lower owner slot than D's), queued behind A, moved its prev past
+// A to G too, and died: the queue's tail. Both D and W are dead nodes naming
+// G as their prev. G takes the lock and finds its successor by prev
+// (deadSuccessor): it must take D, the first in the queue, and skip D, A
+// and W. Before, it took the first it found in slot order, W, skipped W and
+// ended the queue, and A, a live process's abandoned node, was never freed
+// (the kflexfault stress with kills aimed at the swap window: leaked
+// executors' nodes, traced to this link).
+func TestDeadSuccessorFirstInQueue(t *testing.T) {
+	if err := jit.Supported(); err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	jp, _ := compileBoth(t, LockOnceProgram)
+	for _, granter := range []string{"jit", "go"} {
+		t.Run(granter, func(t *testing.T) {
+			sc := newScene(t, false)
+			w, off, m := sc.w, sc.off, sc.m
+			npp := w.h.Header().NodesPerProc
+			low := w.killedSlot(t, w.locks(t, 1)[0])
+			gr := startGranter(t, sc, jp, granter)
+			g := w.queuedAfter(t, off, 0)
+			x := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultSwapped)
+			requireKilled(t, x)
+			d := w.queuedAfter(t, off, g)
+			require.Greater(t, (d-1)/npp, low, "D's slot is after W's")
+			require.Zero(t, w.p.QueueNode(g-1).Next, "D never linked")
+
+			// A queues behind D, repairs past it to G, and leaves.
+			pa, paDone := w.attached(t)
+			a := pa.TakeNode()
+			w.setNode(a.Index, QueueNode{State: NodeWaiting, Prev: d, Lock: off})
+			word := w.h.Uint64(off)
+			require.True(t, atomic.CompareAndSwapUint64(word, atomic.LoadUint64(word), atomic.LoadUint64(word)&^wordTailMask|uint64(a.Index+1)<<wordTailShift))
+			atomic.StoreUint32(w.p.node(d-1).next(), a.Index+1)
+			require.Zero(t, pa.LockCheck(w.h.Base()+off, 0, uint64(a.Index)+1, pa.Held()), "A waits behind G")
+			require.Equal(t, g, pa.QueueNode(a.Index).Prev, "A repaired past D to G")
+			require.Equal(t, uint32(NodeAbandoned), w.p.QueueNode(d-1).State, "D abandoned by A's repair")
+			require.False(t, pa.Leave(off, uint64(a.Index)+1))
+
+			// W, of the earlier dead slot, behind A, its prev moved past A to G.
+			wn := low * npp
+			w.setNode(wn, QueueNode{State: NodeAbandoned, Prev: g, Lock: off})
+			atomic.StoreUint32(pa.node(a.Index).next(), wn+1)
+			for {
+				old := atomic.LoadUint64(word)
+				if atomic.CompareAndSwapUint64(word, old, old&^wordTailMask|uint64(wn+1)<<wordTailShift) {
+					break
+				}
+			}
+
+			m.Unlock()
+			gr.acquired(t, w, off, "waited for G's link", func() {
+				atomic.CompareAndSwapUint32(w.p.node(g-1).next(), 0, d)
+			})
+			assert.True(t, pa.NodeFree(a), "A freed by the granter that skipped it")
+			assert.Equal(t, uint32(NodeFree), w.p.QueueNode(d-1).State, "D freed by the granter")
+			assert.Equal(t, uint32(NodeFree), w.p.QueueNode(wn).State, "W freed by the granter")
+			if pa.NodeFree(a) {
+				pa.GiveNode(a)
+			}
+			paDone()
+			w.settled(t, off, 0)
+		})
+	}
+}

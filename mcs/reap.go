@@ -235,14 +235,17 @@ func freeHanging(h *heap.Heap, lock uint64, idx uint32) {
 		}
 		next := atomic.LoadUint32(x.next())
 		if next == 0 {
+			// The first in the queue of those naming it (firstOf): the others
+			// moved their prev to it past that one.
+			var found []uint32
 			for i := range total {
 				y := nodeAt(h, i)
 				if atomic.LoadUint32(y.prev()) == idx && atomic.LoadUint32(y.state()) == nodeAbandoned &&
 					atomic.LoadUint64(y.lock()) == lock {
-					next = i + 1
-					break
+					found = append(found, i+1)
 				}
 			}
+			next = firstOf(h, idx, lock, found)
 		}
 		if !atomic.CompareAndSwapUint32(x.state(), nodeAbandoned, nodeFree) {
 			return

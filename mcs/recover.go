@@ -327,11 +327,22 @@ func (m *Mutex) freeAhead(idx uint32, n node) {
 // patient false skips that wait: a live node whose prev a repair moved to idx
 // past a node freed and reused since is named by no next either, and the Go
 // granter stops waiting for it after a while (successor).
+//
+// More than one dead node may name idx: the one that swapped the tail behind
+// it, and nodes behind that one whose prev a repair moved to idx past it
+// (and past abandoned nodes after it) before they died themselves. The one
+// returned is the first in the queue, behind none of the others (firstOf):
+// taking a later one skipped the nodes between, and the abandoned nodes of
+// live processes among them (a cancelled executor's) were never freed (the
+// kflexfault stress with kills aimed at the swap window: a dead node of a
+// lower slot, whose prev had moved past a dead unlinked node and an
+// executor's abandoned one, was linked behind the granter in their place).
 func (p *Process) deadSuccessor(idx uint32, lock uint64, tail uint32, patient bool) uint32 {
 	hdr := p.h.Header()
 	if patient && p.linking(idx, lock) {
 		return 0
 	}
+	var found []uint32
 	for s := range hdr.MaxProcs {
 		if !slotDead(atomic.LoadUint32(p.liveWord(s))) {
 			continue
@@ -343,11 +354,81 @@ func (p *Process) deadSuccessor(idx uint32, lock uint64, tail uint32, patient bo
 				continue
 			}
 			if tail == i+1 || atomic.LoadUint32(n.next()) != 0 || p.queuedBehind(i+1, lock) {
-				return i + 1
+				found = append(found, i+1)
 			}
 		}
 	}
-	return 0
+	return firstOf(p.h, idx, lock, found)
+}
+
+// firstOf returns, of the nodes found (index + 1, each naming the node with
+// index+1 idx as its prev, on the lock at heap offset lock), the first in
+// the queue: one that is behind none of the others. A node is behind another
+// if a walk from that one reaches it along the edges that lead back from a
+// node to those queued after it: its next, and (where a next is still 0) the
+// nodes naming it as their prev, every one of which swapped the tail after
+// it or moved its prev to it from further back. The walk stays on nodes
+// queued on lock and does not pass idx. If stale links (a node freed and
+// queued again) leave every one behind another, the first found is taken.
+func firstOf(h *heap.Heap, idx uint32, lock uint64, found []uint32) uint32 {
+	if len(found) < 2 {
+		if len(found) == 0 {
+			return 0
+		}
+		return found[0]
+	}
+	hdr := h.Header()
+	total := hdr.MaxProcs * hdr.NodesPerProc
+	var behind map[uint32][]uint32 // prev -> the queued nodes naming it, made on first use
+	namedBy := func(x uint32) []uint32 {
+		if behind == nil {
+			behind = make(map[uint32][]uint32)
+			for i := range total {
+				y := nodeAt(h, i)
+				if atomic.LoadUint32(y.state()) != nodeFree && atomic.LoadUint64(y.lock()) == lock {
+					if q := atomic.LoadUint32(y.prev()); q != 0 {
+						behind[q] = append(behind[q], i+1)
+					}
+				}
+			}
+		}
+		return behind[x]
+	}
+	later := make(map[uint32]bool) // found nodes behind another found node
+	for _, f := range found {
+		seen := map[uint32]bool{f: true, idx: true}
+		stack := []uint32{f}
+		push := func(x uint32) {
+			if x != 0 && x <= total && !seen[x] {
+				seen[x] = true
+				stack = append(stack, x)
+			}
+		}
+		for len(stack) > 0 {
+			x := stack[len(stack)-1]
+			stack = stack[:len(stack)-1]
+			if x != f {
+				later[x] = true
+			}
+			n := nodeAt(h, x-1)
+			if atomic.LoadUint32(n.state()) == nodeFree || atomic.LoadUint64(n.lock()) != lock {
+				continue
+			}
+			if next := atomic.LoadUint32(n.next()); next != 0 {
+				push(next)
+				continue
+			}
+			for _, b := range namedBy(x) {
+				push(b)
+			}
+		}
+	}
+	for _, f := range found {
+		if !later[f] {
+			return f
+		}
+	}
+	return found[0]
 }
 
 // linking reports whether a live process's node queued on lock has the node

@@ -169,6 +169,71 @@ func TestRepairFreesAbandonedAhead(t *testing.T) {
 	}
 }
 
+// TestRepairFreesFromFirstDeadSuccessor: G, a dead child's node, is the
+// queue's head, and its next is 0: D, behind it, swapped the tail and died
+// before linking itself. Behind D, A, a live process's node its waiter
+// left after repairing past D (abandoned) to G; behind A, V, the node of a
+// child killed earlier (a lower owner slot than D's), which moved its prev
+// past A to G too and died; behind V our waiter N. N repairs: past V to G,
+// a dead head, which it replaces; the walk that frees what it passed starts
+// at G's successor, found by prev (deadSuccessor), and must start at D, the
+// first in the queue, not V, the first in slot order: from V it freed only
+// V, and A, a live process's abandoned node, was never freed (the
+// kflexfault stress with kills aimed at the swap window, traced: leaked
+// executors' nodes). N is a Go waiter (skipper) or an executor's node
+// (LockCheck).
+func TestRepairFreesFromFirstDeadSuccessor(t *testing.T) {
+	for _, via := range []string{"executor", "skipper"} {
+		t.Run(via, func(t *testing.T) {
+			w := newWorld(t, 1<<20)
+			offs := w.locks(t, 3)
+			off := offs[0]
+			npp := w.h.Header().NodesPerProc
+			v := w.killedSlot(t, offs[1]) * npp
+			g := w.killedSlot(t, offs[2]) * npp
+			d := g + 1
+			require.Greater(t, d, v, "D's slot is after V's")
+			pa, paDone := w.attached(t)
+			a := w.left(t, pa, off, g+1, 0)
+			w.setNode(g, QueueNode{State: NodeHead, Lock: off})
+			w.setNode(d, QueueNode{Next: a.Index + 1, State: NodeAbandoned, Prev: g + 1, Lock: off})
+			n := w.p.TakeNode()
+			w.setNode(a.Index, QueueNode{Next: v + 1, State: NodeAbandoned, Prev: g + 1, Lock: off})
+			w.setNode(v, QueueNode{Next: n.Index + 1, State: NodeAbandoned, Prev: g + 1, Lock: off})
+
+			if via == "executor" {
+				w.setNode(n.Index, QueueNode{State: NodeWaiting, Prev: v + 1, Lock: off})
+				atomic.StoreUint64(w.h.Uint64(off), uint64(n.Index+1)<<wordTailShift)
+				require.Equal(t, uint64(1), w.p.LockCheck(w.h.Base()+off, 0, uint64(n.Index)+1, w.p.Held()), "N made itself the head")
+				assert.True(t, pa.NodeFree(a), "A freed by N")
+				require.True(t, w.p.Leave(off, uint64(n.Index)+1), "N, the head and the tail, ends the queue")
+				w.p.GiveNode(n)
+			} else {
+				// The Go waiter queues with a node of its own: N's place is
+				// taken by a node of the process that the test sets up as
+				// lockQueued would (its prev V, the tail swapped to it).
+				w.p.GiveNode(n)
+				atomic.StoreUint64(w.h.Uint64(off), uint64(v+1)<<wordTailShift)
+				var seq []int
+				w.repaired(t, off, lockAsync(mutex(t, w.p, off), &seq, 1))
+				assert.Equal(t, []int{1}, seq)
+				assert.True(t, pa.NodeFree(a), "A freed by N")
+			}
+			for _, x := range []struct {
+				name string
+				idx  uint32
+			}{{"G", g}, {"D", d}, {"V", v}} {
+				assert.Equal(t, uint32(NodeFree), w.p.QueueNode(x.idx).State, "%s freed by N", x.name)
+			}
+			if pa.NodeFree(a) {
+				pa.GiveNode(a)
+			}
+			paDone()
+			w.settled(t, off, 0)
+		})
+	}
+}
+
 // TestRepairLeavesRequeuedPredecessor: W, a Go waiter, was granted the head
 // by E, an executor of its own process, which freed its node and at once
 // queued it again on the same lock for its next lock call (mcs_lock writes

@@ -22,11 +22,13 @@ import (
 // dead nodes behind cancelled executors' abandoned ones. Nobody is stuck,
 // nothing leaks. Before the fixes it found (TestBytecodeGranterSkipsToDeadSuccessor,
 // TestReapKeepsUnlinkedDeadSuccessors, TestReapFollowsGranterPastSkipped,
-// TestRepairFreesPastUnlinkedDeadSuccessor, TestReapEndsDeadQueueFreesHanging),
-// most runs wedged the lock or leaked executors' nodes; the default
-// schedule, whose kills aim there about once in eleven, rarely did. A few
-// runs in a hundred still fail (a lock stuck, or a cancelled executor's
-// nodes leaked: not understood yet), so it runs only when asked:
+// TestRepairFreesPastUnlinkedDeadSuccessor, TestReapEndsDeadQueueFreesHanging,
+// TestDeadSuccessorFirstInQueue), most runs wedged the lock or leaked
+// executors' nodes; the default schedule, whose kills aim there about once
+// in eleven, rarely did. A few runs in a hundred still fail, leaking a
+// cancelled executor's nodes (traced: the walks that free abandoned nodes a
+// waiter passed, cut short by the walker's death or by Reap freeing dead
+// nodes ahead of them), so it runs only when asked:
 //
 //	KFLEX_SWAP_WINDOW=1 go test -tags kflexfault -run TestKillsInSwapWindow ./stress
 func TestKillsInSwapWindow(t *testing.T) {
