@@ -14,6 +14,7 @@ import (
 
 	"github.com/kflex-go/kflex/internal/hostprobe"
 	"github.com/kflex-go/kflex/internal/testutil"
+	"github.com/kflex-go/kflex/mcs"
 )
 
 func TestMain(m *testing.M) { testutil.Main(m) }
@@ -65,7 +66,14 @@ func runSound(t *testing.T, cfg Config, limit time.Duration) Report {
 	rep, err := Run(ctx, cfg)
 	require.NoError(t, err)
 	t.Logf("%+v", rep)
-	assert.Equal(t, cfg.Kills, rep.Kills)
+	if mcs.FaultInjection {
+		// A worker armed at a fault point may still reach it as the run
+		// stops: one more kill per worker at most.
+		assert.GreaterOrEqual(t, rep.Kills, cfg.Kills)
+		assert.LessOrEqual(t, rep.Kills, cfg.Kills+cfg.Procs)
+	} else {
+		assert.Equal(t, cfg.Kills, rep.Kills)
+	}
 	assert.Zero(t, rep.Violations)
 	assert.Zero(t, rep.Stuck)
 	assert.Zero(t, rep.LeakedObjects)
