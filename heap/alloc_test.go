@@ -7,6 +7,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/stretchr/testify/assert"
 	"github.com/stretchr/testify/require"
@@ -252,4 +253,36 @@ func (h *Heap) markBit(off uint64) error {
 		return ErrCorruptHeap
 	}
 	return nil
+}
+
+// TestClassTakeoverWaitsForPageLock: a class lock whose holder is dead is
+// taken over only after the page lock is settled (settlePages). When the page
+// lock cannot be had (its holder neither releases it nor can be declared
+// dead), the allocation fails with ErrLockStuck and leaves the class lock as
+// it was, the dead holder's, for a later taker; once the page lock is free,
+// that taker takes the class lock over.
+func TestClassTakeoverWaitsForPageLock(t *testing.T) {
+	defer SetStuckAfter(50 * time.Millisecond)()
+	h := newTestHeap(t, 4<<20)
+	class := h.classState(classOf(256), csLock)
+	pages := h.hdr.AllocOff + asPageLock
+	dead := attachedIdent(3, 1) | lwHeld                            // slot 3's record is free: dead
+	stuck := uint64(identUnattached)<<lwIdentShift | 1<<32 | lwHeld // pid 1, unattached: unknown
+	atomic.StoreUint64(h.Uint64(class), dead)
+	atomic.StoreUint64(h.Uint64(pages), stuck)
+
+	_, err := h.Alloc(256)
+	require.ErrorIs(t, err, ErrLockStuck)
+	assert.ErrorContains(t, err, "256-byte class lock")
+	assert.Equal(t, dead, atomic.LoadUint64(h.Uint64(class)), "the class lock changed hands without the page lock settled")
+	assert.Zero(t, h.load(class+lrTakeovers))
+
+	atomic.StoreUint64(h.Uint64(pages), 0)
+	off, err := h.Alloc(256)
+	require.NoError(t, err)
+	require.NoError(t, h.Free(off))
+	assert.Equal(t, uint64(1), h.load(class+lrTakeovers))
+	assert.Zero(t, atomic.LoadUint64(h.Uint64(class)))
+	_, err = h.Check()
+	require.NoError(t, err)
 }

@@ -193,6 +193,9 @@ func (h *Heap) lockSlow(rec uint64, id *identity) error {
 			return fmt.Errorf("%w: %s word %#x: %v", ErrCorruptHeap, h.lockName(rec), v, err)
 		}
 		if h.liveness(o) == Dead {
+			if err := h.settlePages(rec, o); err != nil {
+				return err
+			}
 			if atomic.CompareAndSwapUint64(w, v, id.word|lwSleepers) {
 				return h.settle(rec, id, h.takeOver(rec, o))
 			}
@@ -221,24 +224,33 @@ func (h *Heap) settle(rec uint64, id *identity, err error) error {
 	return err
 }
 
-// takeOver finishes a dead holder's critical section: it replays the redo log
-// if one is committed (an uncommitted one changed nothing visible).
-//
+// settlePages prepares the takeover of the lock at rec from its dead holder.
 // A class lock's holder takes the page lock inside it for a new slab, and that
 // step's log stores the slab in the class's spare word. Had the holder died
 // there, the page lock still holds a log that writes a word of this class: a
 // taker that read the spare word first would take a second slab (the first
 // leaks), or carve the spare and see a later page-lock taker's replay put it
-// back (carved twice). So the class's taker settles the page lock first, taking
-// it in the usual order (class, then pages) and replaying what the dead left.
-func (h *Heap) takeOver(rec uint64, dead Holder) error {
-	if pages := h.hdr.AllocOff + asPageLock; rec != pages {
-		id, err := h.lock(pages)
-		if err != nil {
-			return fmt.Errorf("take over %s from dead %s: %w", h.lockName(rec), dead, err)
-		}
-		h.unlock(pages, id)
+// back (carved twice). So the class's taker settles the page lock first,
+// taking it in the usual order (class, then pages) and replaying what the dead
+// left. It does so before it takes the class lock over, so that a page lock it
+// cannot get (ErrLockStuck) leaves the class lock as it was, still the dead
+// holder's, for the next taker.
+func (h *Heap) settlePages(rec uint64, dead Holder) error {
+	pages := h.hdr.AllocOff + asPageLock
+	if rec == pages {
+		return nil
 	}
+	id, err := h.lock(pages)
+	if err != nil {
+		return fmt.Errorf("take over %s from dead %s: %w", h.lockName(rec), dead, err)
+	}
+	h.unlock(pages, id)
+	return nil
+}
+
+// takeOver finishes a dead holder's critical section: it replays the redo log
+// if one is committed (an uncommitted one changed nothing visible).
+func (h *Heap) takeOver(rec uint64, dead Holder) error {
 	if err := h.replay(rec); err != nil {
 		return fmt.Errorf("take over %s from dead %s: %w", h.lockName(rec), dead, err)
 	}
