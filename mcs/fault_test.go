@@ -421,8 +421,10 @@ func TestRepairFreesPastUnlinkedDeadSuccessor(t *testing.T) {
 	h.kill()
 	require.Eventually(t, func() bool { return w.p.QueueNode(ei-1).State == NodeHead }, 20*time.Second, 100*time.Microsecond,
 		"E replaced the dead head")
-	assert.True(t, pa.NodeFree(a), "A freed by E")
-	assert.Equal(t, uint32(NodeFree), w.p.QueueNode(di-1).State, "D freed by E")
+	// E frees what it passed after it says head (repair: head, then the walk).
+	assert.Eventually(t, func() bool { return pa.NodeFree(a) }, 20*time.Second, 100*time.Microsecond, "A freed by E")
+	assert.Eventually(t, func() bool { return w.p.QueueNode(di-1).State == NodeFree }, 20*time.Second, 100*time.Microsecond,
+		"D freed by E")
 	m.Unlock()
 	w.extensionAcquired(t, got, off, "waits", nil)
 	if pa.NodeFree(a) {
@@ -555,8 +557,10 @@ func TestGranterStopsWhereRepairTookOver(t *testing.T) {
 	wn := w.queuedAfter(t, off, di)
 	require.Eventually(t, func() bool { return w.p.QueueNode(wn-1).State == NodeHead }, 20*time.Second, 100*time.Microsecond,
 		"W repaired past D and Q to P, gone, and made itself the head")
-	assert.True(t, pa.NodeFree(q), "Q freed by W")
-	assert.Equal(t, uint32(NodeFree), w.p.QueueNode(di-1).State, "D freed by W")
+	// W frees what it passed after it says head (repair: head, then the walk).
+	assert.Eventually(t, func() bool { return pa.NodeFree(q) }, 20*time.Second, 100*time.Microsecond, "Q freed by W")
+	assert.Eventually(t, func() bool { return w.p.QueueNode(di-1).State == NodeFree }, 20*time.Second, 100*time.Microsecond,
+		"D freed by W")
 
 	// G stops at every skip: keep it going until W has the lock.
 	cont := make(chan struct{})
