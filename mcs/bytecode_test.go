@@ -263,6 +263,22 @@ type granter struct {
 	first chan error
 }
 
+// eachGranter runs f as a subtest for a JIT granter and for a Go one, each on
+// a scene of its own: start queues the granter on sc's lock, behind sc's hold,
+// when f is ready for it. Without the JIT the test is skipped.
+func eachGranter(t *testing.T, f func(t *testing.T, sc *scene, start func() granter)) {
+	if err := jit.Supported(); err != nil {
+		t.Skipf("skipped: %v", err)
+	}
+	jp, _ := compileBoth(t, LockOnceProgram)
+	for _, kind := range []string{"jit", "go"} {
+		t.Run(kind, func(t *testing.T) {
+			sc := newScene(t, false)
+			f(t, sc, func() granter { return startGranter(t, sc, jp, kind) })
+		})
+	}
+}
+
 // startGranter queues a granter of kind "jit" or "go" on sc's lock, behind
 // sc's hold.
 func startGranter(t *testing.T, sc *scene, jp *jit.Program, kind string) granter {

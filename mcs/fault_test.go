@@ -192,41 +192,34 @@ func (w *world) queueLeft(t *testing.T, p *Process, off uint64) Node {
 // Go waiter behind it stuck, and the runtime would not stop (kflex stress
 // with -tags kflexfault, seed 5).
 func TestBytecodeGranterSkipsToDeadSuccessor(t *testing.T) {
-	if err := jit.Supported(); err != nil {
-		t.Skipf("skipped: %v", err)
-	}
-	jp, _ := compileBoth(t, LockOnceProgram)
-	for _, granter := range []string{"jit", "go"} {
-		t.Run(granter, func(t *testing.T) {
-			sc := newScene(t, false)
-			w, off, m := sc.w, sc.off, sc.m
-			g := startGranter(t, sc, jp, granter)
-			tail := w.queuedAfter(t, off, 0)
-			pa, paDone := w.attached(t)
-			a := w.queueLeft(t, pa, off)
-			tail = w.queuedAfter(t, off, tail)
-			x := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultSwapped)
-			requireKilled(t, x)
-			require.NotEqual(t, tail, wordTail(atomic.LoadUint64(w.h.Uint64(off))), "the child swapped itself in behind A")
-			require.Zero(t, pa.QueueNode(a.Index).Next, "and never linked")
-			m.Unlock()
-			g.acquired(t, w, off, "skipped A, waiting for its link,", func() {
-				t.Logf("A: %+v", pa.QueueNode(a.Index))
-				// Link D for it, so that it ends before the heap is unmapped.
-				atomic.CompareAndSwapUint32(pa.node(a.Index).next(), 0, DecodeWord(atomic.LoadUint64(w.h.Uint64(off))).Tail)
-			})
-			// The dead child may be the queue's head now: the next locker
-			// steps past it.
-			require.NoError(t, m.Lock())
-			m.Unlock()
-			assert.True(t, pa.NodeFree(a), "A freed by the granter that skipped it")
-			if pa.NodeFree(a) {
-				pa.GiveNode(a)
-			}
-			paDone()
-			w.settled(t, off, 0)
+	eachGranter(t, func(t *testing.T, sc *scene, start func() granter) {
+		w, off, m := sc.w, sc.off, sc.m
+		g := start()
+		tail := w.queuedAfter(t, off, 0)
+		pa, paDone := w.attached(t)
+		a := w.queueLeft(t, pa, off)
+		tail = w.queuedAfter(t, off, tail)
+		x := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultSwapped)
+		requireKilled(t, x)
+		require.NotEqual(t, tail, wordTail(atomic.LoadUint64(w.h.Uint64(off))), "the child swapped itself in behind A")
+		require.Zero(t, pa.QueueNode(a.Index).Next, "and never linked")
+		m.Unlock()
+		g.acquired(t, w, off, "skipped A, waiting for its link,", func() {
+			t.Logf("A: %+v", pa.QueueNode(a.Index))
+			// Link D for it, so that it ends before the heap is unmapped.
+			atomic.CompareAndSwapUint32(pa.node(a.Index).next(), 0, DecodeWord(atomic.LoadUint64(w.h.Uint64(off))).Tail)
 		})
-	}
+		// The dead child may be the queue's head now: the next locker
+		// steps past it.
+		require.NoError(t, m.Lock())
+		m.Unlock()
+		assert.True(t, pa.NodeFree(a), "A freed by the granter that skipped it")
+		if pa.NodeFree(a) {
+			pa.GiveNode(a)
+		}
+		paDone()
+		w.settled(t, off, 0)
+	})
 }
 
 // grantedOrRescued waits (boundedly) for a lockAsync's result, of a waiter
@@ -600,59 +593,52 @@ func TestGranterStopsWhereRepairTookOver(t *testing.T) {
 // (the kflexfault stress with kills aimed at the swap window: leaked
 // executors' nodes, traced to this link).
 func TestDeadSuccessorFirstInQueue(t *testing.T) {
-	if err := jit.Supported(); err != nil {
-		t.Skipf("skipped: %v", err)
-	}
-	jp, _ := compileBoth(t, LockOnceProgram)
-	for _, granter := range []string{"jit", "go"} {
-		t.Run(granter, func(t *testing.T) {
-			sc := newScene(t, false)
-			w, off, m := sc.w, sc.off, sc.m
-			npp := w.h.Header().NodesPerProc
-			low := w.killedSlot(t, w.locks(t, 1)[0])
-			gr := startGranter(t, sc, jp, granter)
-			g := w.queuedAfter(t, off, 0)
-			x := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultSwapped)
-			requireKilled(t, x)
-			d := w.queuedAfter(t, off, g)
-			require.Greater(t, (d-1)/npp, low, "D's slot is after W's")
-			require.Zero(t, w.p.QueueNode(g-1).Next, "D never linked")
+	eachGranter(t, func(t *testing.T, sc *scene, start func() granter) {
+		w, off, m := sc.w, sc.off, sc.m
+		npp := w.h.Header().NodesPerProc
+		low := w.killedSlot(t, w.locks(t, 1)[0])
+		gr := start()
+		g := w.queuedAfter(t, off, 0)
+		x := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultSwapped)
+		requireKilled(t, x)
+		d := w.queuedAfter(t, off, g)
+		require.Greater(t, (d-1)/npp, low, "D's slot is after W's")
+		require.Zero(t, w.p.QueueNode(g-1).Next, "D never linked")
 
-			// A queues behind D, repairs past it to G, and leaves.
-			pa, paDone := w.attached(t)
-			a := pa.TakeNode()
-			w.setNode(a.Index, QueueNode{State: NodeWaiting, Prev: d, Lock: off})
-			word := w.h.Uint64(off)
-			require.True(t, atomic.CompareAndSwapUint64(word, atomic.LoadUint64(word), atomic.LoadUint64(word)&^wordTailMask|uint64(a.Index+1)<<wordTailShift))
-			atomic.StoreUint32(w.p.node(d-1).next(), a.Index+1)
-			require.Zero(t, pa.LockCheck(w.h.Base()+off, 0, uint64(a.Index)+1, pa.Held()), "A waits behind G")
-			require.Equal(t, g, pa.QueueNode(a.Index).Prev, "A repaired past D to G")
-			require.Equal(t, uint32(NodeAbandoned), w.p.QueueNode(d-1).State, "D abandoned by A's repair")
-			require.False(t, pa.Leave(off, uint64(a.Index)+1))
+		// A queues behind D, repairs past it to G, and leaves.
+		pa, paDone := w.attached(t)
+		a := pa.TakeNode()
+		w.setNode(a.Index, QueueNode{State: NodeWaiting, Prev: d, Lock: off})
+		word := w.h.Uint64(off)
+		require.True(t, atomic.CompareAndSwapUint64(word, atomic.LoadUint64(word), atomic.LoadUint64(word)&^wordTailMask|uint64(a.Index+1)<<wordTailShift))
+		atomic.StoreUint32(w.p.node(d-1).next(), a.Index+1)
+		require.Zero(t, pa.LockCheck(w.h.Base()+off, 0, uint64(a.Index)+1, pa.Held()), "A waits behind G")
+		require.Equal(t, g, pa.QueueNode(a.Index).Prev, "A repaired past D to G")
+		require.Equal(t, uint32(NodeAbandoned), w.p.QueueNode(d-1).State, "D abandoned by A's repair")
+		require.False(t, pa.Leave(off, uint64(a.Index)+1))
 
-			// W, of the earlier dead slot, behind A, its prev moved past A to G.
-			wn := low * npp
-			w.setNode(wn, QueueNode{State: NodeAbandoned, Prev: g, Lock: off})
-			atomic.StoreUint32(pa.node(a.Index).next(), wn+1)
-			for {
-				old := atomic.LoadUint64(word)
-				if atomic.CompareAndSwapUint64(word, old, old&^wordTailMask|uint64(wn+1)<<wordTailShift) {
-					break
-				}
+		// W, of the earlier dead slot, behind A, its prev moved past A to G.
+		wn := low * npp
+		w.setNode(wn, QueueNode{State: NodeAbandoned, Prev: g, Lock: off})
+		atomic.StoreUint32(pa.node(a.Index).next(), wn+1)
+		for {
+			old := atomic.LoadUint64(word)
+			if atomic.CompareAndSwapUint64(word, old, old&^wordTailMask|uint64(wn+1)<<wordTailShift) {
+				break
 			}
+		}
 
-			m.Unlock()
-			gr.acquired(t, w, off, "waited for G's link", func() {
-				atomic.CompareAndSwapUint32(w.p.node(g-1).next(), 0, d)
-			})
-			assert.True(t, pa.NodeFree(a), "A freed by the granter that skipped it")
-			assert.Equal(t, uint32(NodeFree), w.p.QueueNode(d-1).State, "D freed by the granter")
-			assert.Equal(t, uint32(NodeFree), w.p.QueueNode(wn).State, "W freed by the granter")
-			if pa.NodeFree(a) {
-				pa.GiveNode(a)
-			}
-			paDone()
-			w.settled(t, off, 0)
+		m.Unlock()
+		gr.acquired(t, w, off, "waited for G's link", func() {
+			atomic.CompareAndSwapUint32(w.p.node(g-1).next(), 0, d)
 		})
-	}
+		assert.True(t, pa.NodeFree(a), "A freed by the granter that skipped it")
+		assert.Equal(t, uint32(NodeFree), w.p.QueueNode(d-1).State, "D freed by the granter")
+		assert.Equal(t, uint32(NodeFree), w.p.QueueNode(wn).State, "W freed by the granter")
+		if pa.NodeFree(a) {
+			pa.GiveNode(a)
+		}
+		paDone()
+		w.settled(t, off, 0)
+	})
 }

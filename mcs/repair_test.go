@@ -9,7 +9,6 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kflex-go/kflex/internal/sys/futex"
-	"github.com/kflex-go/kflex/jit"
 )
 
 // The tests here build, node by node (setNode), queues that deaths and
@@ -319,48 +318,41 @@ func TestRepairLeavesRequeuedPredecessor(t *testing.T) {
 // over. Before, G waited for Q's link forever: the JIT in its skip loop,
 // which nothing cancels, the Go granter in successor.
 func TestGranterStopsAtFreedNode(t *testing.T) {
-	if err := jit.Supported(); err != nil {
-		t.Skipf("skipped: %v", err)
-	}
-	jp, _ := compileBoth(t, LockOnceProgram)
-	for _, granter := range []string{"jit", "go"} {
-		t.Run(granter, func(t *testing.T) {
-			sc := newScene(t, false)
-			w, off, m := sc.w, sc.off, sc.m
-			gr := startGranter(t, sc, jp, granter)
-			g := w.queuedAfter(t, off, 0)
-			pa, paDone := w.attached(t)
-			q, wn := pa.TakeNode(), w.p.TakeNode()
-			p := w.left(t, pa, off, g, q.Index+1)
-			atomic.StoreUint32(w.p.node(g-1).next(), p.Index+1) // P's link
-			w.setNode(q.Index, QueueNode{Prev: p.Index + 1, Lock: off})
-			w.setNode(wn.Index, QueueNode{State: NodeHead, Prev: p.Index + 1, Lock: off})
-			word := w.h.Uint64(off)
-			for {
-				old := atomic.LoadUint64(word)
-				if atomic.CompareAndSwapUint64(word, old, old&^wordTailMask|uint64(wn.Index+1)<<wordTailShift) {
-					break
-				}
+	eachGranter(t, func(t *testing.T, sc *scene, start func() granter) {
+		w, off, m := sc.w, sc.off, sc.m
+		gr := start()
+		g := w.queuedAfter(t, off, 0)
+		pa, paDone := w.attached(t)
+		q, wn := pa.TakeNode(), w.p.TakeNode()
+		p := w.left(t, pa, off, g, q.Index+1)
+		atomic.StoreUint32(w.p.node(g-1).next(), p.Index+1) // P's link
+		w.setNode(q.Index, QueueNode{Prev: p.Index + 1, Lock: off})
+		w.setNode(wn.Index, QueueNode{State: NodeHead, Prev: p.Index + 1, Lock: off})
+		word := w.h.Uint64(off)
+		for {
+			old := atomic.LoadUint64(word)
+			if atomic.CompareAndSwapUint64(word, old, old&^wordTailMask|uint64(wn.Index+1)<<wordTailShift) {
+				break
 			}
+		}
 
-			m.Unlock()
-			gr.acquired(t, w, off, "waited for Q's link", func() {
-				atomic.StoreUint32(pa.node(q.Index).next(), wn.Index+1) // let G go on to W
-			})
-			assert.True(t, pa.NodeFree(p), "P freed by G")
-			assert.Equal(t, uint32(NodeHead), w.p.QueueNode(wn.Index).State, "W still the head")
-			assert.Equal(t, DecodeWord(uint64(wn.Index+1)<<wordTailShift), DecodeWord(atomic.LoadUint64(word)),
-				"the lock free, W the tail")
-
-			// W takes the lock, the tail, and ends the queue; it unlocks.
-			w.setNode(wn.Index, QueueNode{})
-			atomic.StoreUint64(word, 0)
-			w.setNode(p.Index, QueueNode{})
-			pa.GiveNode(p)
-			pa.GiveNode(q)
-			w.p.GiveNode(wn)
-			paDone()
-			w.settled(t, off, 0)
+		m.Unlock()
+		gr.acquired(t, w, off, "waited for Q's link", func() {
+			atomic.StoreUint32(pa.node(q.Index).next(), wn.Index+1) // let G go on to W
 		})
-	}
+		assert.True(t, pa.NodeFree(p), "P freed by G")
+		assert.Equal(t, uint32(NodeHead), w.p.QueueNode(wn.Index).State, "W still the head")
+		assert.Equal(t, DecodeWord(uint64(wn.Index+1)<<wordTailShift), DecodeWord(atomic.LoadUint64(word)),
+			"the lock free, W the tail")
+
+		// W takes the lock, the tail, and ends the queue; it unlocks.
+		w.setNode(wn.Index, QueueNode{})
+		atomic.StoreUint64(word, 0)
+		w.setNode(p.Index, QueueNode{})
+		pa.GiveNode(p)
+		pa.GiveNode(q)
+		w.p.GiveNode(wn)
+		paDone()
+		w.settled(t, off, 0)
+	})
 }
