@@ -287,21 +287,7 @@ func reachable(h *heap.Heap, me uint32, lock uint64, tail uint32) bool {
 	hdr := h.Header()
 	total := hdr.MaxProcs * hdr.NodesPerProc
 	seen := make(map[uint32]bool)
-	var behind map[uint32][]uint32 // prev -> the queued nodes naming it, made on first use
-	namedBy := func(idx uint32) []uint32 {
-		if behind == nil {
-			behind = make(map[uint32][]uint32)
-			for i := range total {
-				x := nodeAt(h, i)
-				if atomic.LoadUint32(x.state()) != nodeFree && atomic.LoadUint64(x.lock()) == lock {
-					if p := atomic.LoadUint32(x.prev()); p != 0 {
-						behind[p] = append(behind[p], i+1)
-					}
-				}
-			}
-		}
-		return behind[idx]
-	}
+	namedBy := namedByPrev(h, lock)
 	var stack []uint32
 	push := func(idx uint32) {
 		if idx == 0 || idx > total || seen[idx] {
@@ -348,6 +334,29 @@ func reachable(h *heap.Heap, me uint32, lock uint64, tail uint32) bool {
 		}
 	}
 	return false
+}
+
+// namedByPrev returns what lists the nodes queued on the lock at heap offset
+// lock (index + 1) whose prev names the node with index+1 idx: the edges back
+// from a node whose next is still 0 to those queued after it. The index is
+// built by one scan of the node table, on first use (most walks never need it).
+func namedByPrev(h *heap.Heap, lock uint64) func(idx uint32) []uint32 {
+	var behind map[uint32][]uint32 // prev -> the queued nodes naming it
+	return func(idx uint32) []uint32 {
+		if behind == nil {
+			behind = make(map[uint32][]uint32)
+			hdr := h.Header()
+			for i := range hdr.MaxProcs * hdr.NodesPerProc {
+				x := nodeAt(h, i)
+				if atomic.LoadUint32(x.state()) != nodeFree && atomic.LoadUint64(x.lock()) == lock {
+					if p := atomic.LoadUint32(x.prev()); p != 0 {
+						behind[p] = append(behind[p], i+1)
+					}
+				}
+			}
+		}
+		return behind[idx]
+	}
 }
 
 // named reports whether a waiting node names a node with index+1 in [lo, hi)

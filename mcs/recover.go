@@ -379,21 +379,7 @@ func firstOf(h *heap.Heap, idx uint32, lock uint64, found []uint32) uint32 {
 	}
 	hdr := h.Header()
 	total := hdr.MaxProcs * hdr.NodesPerProc
-	var behind map[uint32][]uint32 // prev -> the queued nodes naming it, made on first use
-	namedBy := func(x uint32) []uint32 {
-		if behind == nil {
-			behind = make(map[uint32][]uint32)
-			for i := range total {
-				y := nodeAt(h, i)
-				if atomic.LoadUint32(y.state()) != nodeFree && atomic.LoadUint64(y.lock()) == lock {
-					if q := atomic.LoadUint32(y.prev()); q != 0 {
-						behind[q] = append(behind[q], i+1)
-					}
-				}
-			}
-		}
-		return behind[x]
-	}
+	namedBy := namedByPrev(h, lock)
 	later := make(map[uint32]bool) // found nodes behind another found node
 	for _, f := range found {
 		seen := map[uint32]bool{f: true, idx: true}
