@@ -54,10 +54,17 @@ func (p *Process) Abandon(lock, held uint64) error {
 // Leave takes an executor's node (index + 1 idx) out of the queue of the
 // lock at lock (any view), without the lock, for an extension cancelled while
 // it waited in mcs_lock (its helper, HelperLockCheck, calls this instead of
-// LockCheck). A waiting node is abandoned: the granter that reaches it skips
-// and frees it. The head hands its position on, or ends the queue. Leave
-// reports whether the node is free now; if not, a granter frees it later and
-// the executor must not queue with it until then.
+// LockCheck). The head hands its position on, or ends the queue. A waiting
+// node stays queued, and a goroutine of this process waits in it in the
+// extension's place (stand) and hands the head position on as soon as it
+// comes. Leave reports whether the node is free now; if not, it is freed
+// later and the executor must not queue with it until then (NodeFree).
+//
+// The node is not marked abandoned, as a kernel waiter that times out marks
+// its own, for whoever passes it to free: with waiters dying around it, those
+// parties were sometimes killed or cut short on the way, and a cancelled
+// executor's node stayed abandoned for good (RATIONALE.md). Its own process
+// frees it instead, after its grant, as every waiter's.
 func (p *Process) Leave(lock, idx uint64) bool {
 	off := lock & p.h.Mask()
 	hdr := p.h.Header()
@@ -67,23 +74,40 @@ func (p *Process) Leave(lock, idx uint64) bool {
 	m := &Mutex{p: p, word: p.h.Uint64(off), off: off}
 	me := uint32(idx)
 	n := p.node(me - 1)
-	for {
-		s := atomic.LoadUint32(n.state())
-		switch {
-		case s == nodeFree:
-			return true
-		case s == nodeAbandoned:
-			return false
-		case s == nodeHead || atomic.LoadUint32(n.prev()) == 0:
-			// The head (a node that found no predecessor keeps its waiting
-			// state): hand the position on.
-			m.grant(n, m.successor(n, me))
-			atomic.StoreUint32(n.state(), nodeFree)
-			return true
-		case atomic.CompareAndSwapUint32(n.state(), s, nodeAbandoned):
-			return false
-		}
+	switch s := atomic.LoadUint32(n.state()); {
+	case s == nodeFree:
+		return true
+	case s == nodeAbandoned:
+		return false
+	case s == nodeHead || atomic.LoadUint32(n.prev()) == 0:
+		// The head (a node that found no predecessor keeps its waiting
+		// state): hand the position on.
+		m.handOn(n, me)
+		return true
 	}
+	p.stand(m, n, me)
+	return false
+}
+
+// stand waits in node n (index+1 me), queued on m, in the place of the
+// executor that queued it, until it is the head, and then hands the position
+// on. A stand-in that Detach stops first abandons the node: once the process
+// is gone, the node is a dead waiter's, and the recovery protocol frees it.
+func (p *Process) stand(m *Mutex, n node, me uint32) {
+	p.standing.Add(1)
+	go func() {
+		defer p.standing.Done()
+		if m.waitHead(n, me, p.quit) {
+			m.handOn(n, me)
+		}
+	}()
+}
+
+// handOn hands the head position of node n (index+1 me), which does not hold
+// the lock, to the node behind it, or ends the queue, and frees n.
+func (m *Mutex) handOn(n node, me uint32) {
+	m.grant(n, m.successor(n, me))
+	atomic.StoreUint32(n.state(), nodeFree)
 }
 
 // NodeFree reports whether node n is out of every queue, so that its

@@ -31,7 +31,10 @@
 // bytecode waiters spin (their loops are cancellation points and relax through
 // a helper). Kernel waiters spin against a deadline and, when it passes, leave
 // the queue: a waiting node is marked abandoned, which every granter skips and
-// frees; a head passes its position on. While the head is off CPU a newcomer
+// frees; a head passes its position on. An extension cancelled while it waits
+// leaves its node to a stand-in, a goroutine of its runtime's that waits in it
+// and passes the head position on when it comes (Leave). While the head is
+// off CPU a newcomer
 // may take a free lock ahead of the queue (RATIONALE.md says why); queued
 // waiters are never reordered.
 //

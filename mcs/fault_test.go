@@ -156,26 +156,13 @@ func TestBytecodeHolderDeadSuccessor(t *testing.T) {
 	w.settled(t, off, 0)
 }
 
-// queueLeft queues a node of p's on the lock at off as lockQueued does (prev
-// written, tail swapped, linked behind its predecessor) and leaves it
-// (Leave, as a cancelled extension's executor does): abandoned, its owner
-// alive, its next 0. It returns the node.
+// queueLeft queues a node of p's on the lock at off behind somebody
+// (queueBehind) and leaves it as a kernel waiter that times out does
+// (timeOut): abandoned, its owner alive, its next 0. It returns the node.
 func (w *world) queueLeft(t *testing.T, p *Process, off uint64) Node {
 	t.Helper()
-	n := p.TakeNode()
-	me := n.Index + 1
-	w.setNode(n.Index, QueueNode{State: NodeWaiting, Lock: off})
-	word := w.h.Uint64(off)
-	for {
-		old := atomic.LoadUint64(word)
-		atomic.StoreUint32(p.node(n.Index).prev(), wordTail(old))
-		if atomic.CompareAndSwapUint64(word, old, old&^wordTailMask|uint64(me)<<wordTailShift) {
-			require.NotZero(t, wordTail(old), "queued behind somebody")
-			atomic.StoreUint32(p.node(wordTail(old)-1).next(), me)
-			break
-		}
-	}
-	require.False(t, p.Leave(off, uint64(me)), "a waiting node is abandoned, not freed")
+	n := w.queueBehind(t, p, off)
+	timeOut(t, p, n)
 	return n
 }
 
@@ -615,7 +602,7 @@ func TestDeadSuccessorFirstInQueue(t *testing.T) {
 		require.Zero(t, pa.LockCheck(w.h.Base()+off, 0, uint64(a.Index)+1, pa.Held()), "A waits behind G")
 		require.Equal(t, g, pa.QueueNode(a.Index).Prev, "A repaired past D to G")
 		require.Equal(t, uint32(NodeAbandoned), w.p.QueueNode(d-1).State, "D abandoned by A's repair")
-		require.False(t, pa.Leave(off, uint64(a.Index)+1))
+		timeOut(t, pa, a)
 
 		// W, of the earlier dead slot, behind A, its prev moved past A to G.
 		wn := low * npp

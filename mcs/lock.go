@@ -214,7 +214,7 @@ func (m *Mutex) lockQueued() error {
 		// if we died here, finds us by our prev (deadSuccessor).
 		atomic.StoreUint32(m.p.node(pred-1).next(), me)
 		fault(FaultLinked)
-		m.waitHead(node, me)
+		m.waitHead(node, me, nil)
 	}
 	fault(FaultHead)
 	// We are the head, and running: bits left by an earlier head (one that
@@ -290,23 +290,29 @@ func (m *Mutex) lockQueued() error {
 // leave takes the head (node n, index+1 me) out of the queue without the
 // lock: the next waiter becomes the head, or the queue ends.
 func (m *Mutex) leave(n node, me uint32) {
-	m.grant(n, m.successor(n, me))
-	atomic.StoreUint32(n.state(), nodeFree)
+	m.handOn(n, me)
 	m.p.nodes <- me - 1
 }
 
 // waitHead waits until the predecessor makes this node (index+1 me) the queue
-// head, or, the predecessor having died, until repair puts it there.
-func (m *Mutex) waitHead(n node, me uint32) {
+// head, or, the predecessor having died, until repair puts it there, and
+// reports true. A stand-in (stand) passes quit: once it is closed, waitHead
+// abandons the node instead, if it is not the head yet, and reports false.
+func (m *Mutex) waitHead(n node, me uint32, quit <-chan struct{}) bool {
 	var skipped []uint32 // dead predecessors abandoned on the way
 	how := Polled
 	for spins := 0; ; {
 		s := atomic.LoadUint32(n.state())
 		if s == nodeHead {
-			return
+			return true
 		}
-		if spins%deathEvery == 0 && m.repair(n, &skipped, how) {
-			return
+		if spins%deathEvery == 0 {
+			if m.repair(n, &skipped, how) {
+				return true
+			}
+			if quitting(quit) && atomic.CompareAndSwapUint32(n.state(), s, nodeAbandoned) {
+				return false
+			}
 		}
 		if spins < spinIters {
 			how = Polled
@@ -322,6 +328,16 @@ func (m *Mutex) waitHead(n node, me uint32) {
 		// either a grant or the predecessor's death wakes us.
 		how = m.p.park2(n.state(), nodeParked, m.p.nodeOwner(atomic.LoadUint32(n.prev())))
 		spins = 0
+	}
+}
+
+// quitting reports whether quit is closed (never, for nil).
+func quitting(quit <-chan struct{}) bool {
+	select {
+	case <-quit:
+		return true
+	default:
+		return false
 	}
 }
 

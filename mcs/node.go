@@ -42,7 +42,9 @@ const (
 //     predecessor instead.
 //
 // A node's owner moves it free -> waiting, waiting <-> parked, and, once it
-// holds the lock or leaves the queue, -> free.
+// holds the lock or leaves the queue, -> free; a kernel waiter whose deadline
+// passes, and a cancelled executor's stand-in stopped by Detach, waiting or
+// parked -> abandoned.
 const (
 	nodeFree      = 0 // not queued
 	nodeWaiting   = 1 // queued behind a predecessor, running (spinning)

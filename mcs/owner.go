@@ -6,6 +6,7 @@ import (
 	"math"
 	"os"
 	"runtime"
+	"sync"
 	"sync/atomic"
 	"time"
 	"unsafe"
@@ -48,6 +49,9 @@ type Process struct {
 	realtime bool          // the designated thread sleeps at a real-time priority
 	counts   waitCounts    // how waits ended (WaitStats)
 
+	standing sync.WaitGroup // stand-ins waiting in cancelled executors' nodes (stand)
+	quit     chan struct{}  // closed by Detach: stand-ins abandon their nodes
+
 	stop chan struct{}
 	done chan struct{}
 	gone atomic.Bool
@@ -58,7 +62,7 @@ type Process struct {
 // reports this process's death in the heap, whatever the cause. Detach gives the
 // slot back.
 func Attach(h *heap.Heap) (*Process, error) {
-	p := &Process{h: h, park: parkTimeout, stop: make(chan struct{}), done: make(chan struct{})}
+	p := &Process{h: h, park: parkTimeout, quit: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
 	if !h.SharedFutexes() {
 		p.park = localParkTimeout
 	}
@@ -246,11 +250,15 @@ func (p *Process) Held() uint64 { return held(p.slot, p.gen) }
 func (p *Process) Heap() *heap.Heap { return p.h }
 
 // Detach gives the owner slot back. The caller must hold no lock and have no
-// goroutine waiting for one.
+// goroutine waiting for one. Stand-ins still waiting in cancelled executors'
+// nodes (Leave) abandon them first: the recovery protocol frees them once the
+// process is gone, as any dead waiter's.
 func (p *Process) Detach() error {
 	if p.gone.Swap(true) {
 		return nil
 	}
+	close(p.quit)
+	p.standing.Wait()
 	p.h.UnbindOwner(p.slot) // before the slot is free, which would read as death
 	close(p.stop)
 	<-p.done

@@ -542,8 +542,7 @@ func (p *Process) Unstick(lock uint64, n Node, r0 int32) error {
 	}
 	node := p.node(n.Index)
 	if atomic.LoadUint32(node.state()) != nodeFree {
-		m.grant(node, m.successor(node, n.Index+1))
-		atomic.StoreUint32(node.state(), nodeFree)
+		m.handOn(node, n.Index+1)
 	}
 	if r0 == KernelStuck {
 		m.Unlock()

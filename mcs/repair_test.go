@@ -27,15 +27,23 @@ func (w *world) attached(t *testing.T) (p *Process, done func()) {
 }
 
 // left is a node of p's, queued on the lock at off behind the node with
-// index+1 prev and then left (Leave, as a cancelled extension's executor
-// leaves): abandoned, its owner alive.
+// index+1 prev and then left as a kernel waiter that times out leaves it:
+// abandoned, its owner alive.
 func (w *world) left(t *testing.T, p *Process, off uint64, prev, next uint32) Node {
 	t.Helper()
 	n := p.TakeNode()
 	w.setNode(n.Index, QueueNode{Next: next, State: NodeWaiting, Prev: prev, Lock: off})
-	require.False(t, p.Leave(off, uint64(n.Index)+1), "a waiting node is abandoned, not freed")
-	require.Equal(t, uint32(NodeAbandoned), p.QueueNode(n.Index).State)
+	timeOut(t, p, n)
 	return n
+}
+
+// timeOut abandons p's waiting node n as the kernel form of mcs_lock does
+// when its deadline passes (mcs_lock_abandon): the one way left for a live
+// process's node to be abandoned in a queue (Leave stands in for a
+// cancelled executor instead).
+func timeOut(t *testing.T, p *Process, n Node) {
+	t.Helper()
+	require.True(t, atomic.CompareAndSwapUint32(p.node(n.Index).state(), nodeWaiting, nodeAbandoned), "the node was waiting")
 }
 
 // killedSlot is the owner slot of a child that attached and was SIGKILLed

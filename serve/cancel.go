@@ -140,9 +140,10 @@ func (e *executor) mem() interp.Memory {
 	return e.m
 }
 
-// retireNode sets e's node aside, abandoned in a queue until a granter frees
-// it, and gives e another one if the process has one free; otherwise e keeps
-// its node and reclaim waits for it.
+// retireNode sets e's node aside, in a queue until its stand-in has handed
+// the head position on and freed it (mcs.Process.Leave), and gives e another
+// one if the process has one free; otherwise e keeps its node and reclaim
+// waits for it.
 func (rt *Runtime) retireNode(e *executor) {
 	if n, ok := rt.proc.TryTakeNode(); ok {
 		e.busy = append(e.busy, e.node)
@@ -150,17 +151,16 @@ func (rt *Runtime) retireNode(e *executor) {
 	}
 }
 
-// reclaimWait bounds how long an executor whose node is still abandoned in a
-// queue waits for a granter to free it.
+// reclaimWait bounds how long an executor whose node is still in a queue
+// waits for its stand-in to free it.
 const reclaimWait = 100 * time.Millisecond
 
-// reclaim gives back the nodes e retired that granters have freed, and makes
-// sure e has a free node for its next call: its own once a granter frees it,
+// reclaim gives back the nodes e retired that their stand-ins have freed, and
+// makes sure e has a free node for its next call: its own once it is freed,
 // or a spare. It reports false when neither came within reclaimWait: the
-// queue that holds e's node has nobody passing it on for now (the waiters
-// ahead of it and the holder died, and nobody queued since; or many
-// cancellations in a stalled queue used every spare), and e leaves the pool
-// until it does (rejoin).
+// head position has not reached e's node yet (a holder keeps the lock long,
+// and many cancellations in its queue used every spare), and e leaves the
+// pool until it does (rejoin).
 func (rt *Runtime) reclaim(e *executor) bool {
 	deadline := time.Now().Add(reclaimWait)
 	for spins := 0; !rt.reclaimNow(e); spins++ {

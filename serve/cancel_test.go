@@ -297,9 +297,11 @@ func TestClientCancels(t *testing.T) {
 }
 
 // TestExecutorRejoinsPool: an executor cancelled while it waits behind a
-// live waiter leaves its node abandoned in the queue; with no spare node
-// (one node per process) it leaves the pool — invocations then find no
-// executor — and comes back once the queue passes on and frees its node.
+// live waiter leaves its node in the queue, where a stand-in of the
+// runtime's waits in its place (not abandoned); with no spare node (one node
+// per process) it leaves the pool — invocations then find no executor — and
+// comes back once the head position reaches the stand-in, which hands it on
+// and frees the node.
 func TestExecutorRejoinsPool(t *testing.T) {
 	if err := jit.Supported(); err != nil {
 		t.Skipf("skipped: %v", err)
@@ -336,13 +338,14 @@ func TestExecutorRejoinsPool(t *testing.T) {
 	require.Eventually(t, func() bool { return tail() != head }, 10*time.Second, 100*time.Microsecond, "the extension queues behind the waiter")
 	cancel()
 	require.ErrorIs(t, <-invoked, abi.ErrCancelled)
-	assert.Equal(t, 1, rt.Stuck(), "its node abandoned behind a live waiter and no spare: the executor is out of the pool")
+	assert.Equal(t, 1, rt.Stuck(), "its node still queued behind a live waiter and no spare: the executor is out of the pool")
+	assert.Contains(t, []uint32{mcs.NodeWaiting, mcs.NodeParked}, p.QueueNode(tail()-1).State, "the node waits, stood in for")
 	short, done := context.WithTimeout(context.Background(), 50*time.Millisecond)
 	_, err = rt.Invoke(short, "lockonce", h.Base()+off)
 	done()
 	require.ErrorIs(t, err, abi.ErrCancelled, "no executor to run it")
 
-	m.Unlock() // the waiter takes the lock, and its unlock skips and frees the abandoned node
+	m.Unlock() // the waiter takes the lock and grants the stand-in, which ends the queue and frees the node
 	require.NoError(t, <-waited)
 	require.Eventually(t, func() bool { return rt.Stuck() == 0 }, 5*time.Second, time.Millisecond, "the executor rejoins the pool")
 	r0, err := rt.Invoke(context.Background(), "lockonce", h.Base()+off)

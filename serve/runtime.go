@@ -120,8 +120,9 @@ type executor struct {
 	// offsets), the check against which a cancelled invocation's
 	// allocations, read from its frames, are freed.
 	allocs map[uint64]struct{}
-	// Nodes this executor left abandoned in a queue when cancelled: a
-	// granter frees them, and then they go back to the process.
+	// Nodes this executor left in a queue when cancelled: a stand-in waits
+	// in each (mcs.Process.Leave) and frees it once it has handed the head
+	// position on, and then they go back to the process.
 	busy []mcs.Node
 	// stuck: its node stayed in a queue and no spare was free (reclaim); it
 	// is out of the pool until rejoin finds a free node for it.
@@ -534,7 +535,7 @@ func (rt *Runtime) run(ctx context.Context, ps *progStats, arg, dataLen uint64, 
 	if !rt.reclaim(e) {
 		e.stuck = true
 		rt.stuck.Add(1)
-		rt.log.Warn("an executor leaves the pool until its queue node is passed on: it is still abandoned in the queue of a lock nobody passes on, and no spare is free", "node", e.node.Index)
+		rt.log.Warn("an executor leaves the pool until its queue node is passed on: it is still in the queue of a lock nobody passes on, and no spare is free", "node", e.node.Index)
 	}
 	err = rt.unwatch(r, err)
 	if rerr != nil { // after unwatch, whose *cancel.Error says only where and why it stopped
@@ -576,9 +577,9 @@ func (rt *Runtime) SliceStatus() rseq.Status {
 }
 
 // Stuck is how many executors are out of the pool: cancelled in a lock's
-// queue, their node stayed abandoned there, no granter came to free it and
-// no spare node was left (reclaim); each comes back once one is free
-// (rejoin).
+// queue, their node stayed there, the head position did not come to it to be
+// handed on, and no spare node was left (reclaim); each comes back once one
+// is free (rejoin).
 func (rt *Runtime) Stuck() int { return int(rt.stuck.Load()) }
 
 // SliceYields counts how often extensions gave back an extended time slice.
@@ -640,8 +641,9 @@ func (rt *Runtime) Close() error {
 		}
 		rt.h.FreeOwned(e.area)
 		freePrivateRseq(e.private)
-		// A node still abandoned in a queue stays there: once this process
-		// detaches, the recovery protocol treats it as a dead waiter's.
+		// A node still in a queue stays there: Detach stops its stand-in,
+		// which abandons it, and once this process is gone the recovery
+		// protocol frees it as a dead waiter's.
 		for _, n := range append(e.busy, e.node) {
 			if rt.proc.NodeFree(n) {
 				rt.proc.GiveNode(n)
