@@ -283,7 +283,45 @@ func freeHanging(h *heap.Heap, lock uint64, idx uint32) {
 // A granter's own node is a root, and its next follows the walk: the granter
 // moves it on past each node it skips before it frees that node (grant), so
 // that the nodes after a freed one stay in reach.
+//
+// The walk is not atomic: it reads the roots first and the nodes after, and
+// a granter moves on meanwhile. One that moved its next from a node to the
+// one after it, and then freed the first, between the walk's reads of the
+// two, hid from the walk every node ahead of it, and Reap freed them: dead
+// nodes that the granter needs to find the node behind them (deadSuccessor),
+// which then waited at their predecessor forever (the kflexfault stress with
+// kills aimed at the MCS window, traced: Reap freed the last of three
+// unlinked dead nodes as the runtime's granter stepped onto the first). Every
+// step that hides nodes from the walk changes a root or the tail first (a
+// granter's next, a repairing waiter's prev, a node's state as it leaves the
+// queue, the tail as a queue ends or grows), so a walk that finds nothing is
+// believed only if the roots and the tail read the same after it; otherwise
+// it is tried again, and after a few tries the node is kept, for a later Reap.
 func reachable(h *heap.Heap, me uint32, lock uint64, tail uint32) bool {
+	for range 4 {
+		if found, stable := reachOnce(h, me, lock, tail); found || stable {
+			return found
+		}
+	}
+	return true
+}
+
+// reachVisited, if set (by tests), is called after each node reachOnce
+// visits: where another party's step lands between two of its reads.
+var reachVisited func(idx uint32)
+
+// rootAt is what reachOnce read of a root: a live process's queued node.
+type rootAt struct{ idx, state, next, prev uint32 }
+
+func (r rootAt) same(h *heap.Heap) bool {
+	x := nodeAt(h, r.idx-1)
+	return atomic.LoadUint32(x.state()) == r.state && atomic.LoadUint32(x.next()) == r.next &&
+		atomic.LoadUint32(x.prev()) == r.prev
+}
+
+// reachOnce is one walk of reachable's: whether it found me, and whether
+// the roots and the lock's tail read the same after it as before.
+func reachOnce(h *heap.Heap, me uint32, lock uint64, tail uint32) (found, stable bool) {
 	hdr := h.Header()
 	total := hdr.MaxProcs * hdr.NodesPerProc
 	seen := make(map[uint32]bool)
@@ -297,6 +335,7 @@ func reachable(h *heap.Heap, me uint32, lock uint64, tail uint32) bool {
 		stack = append(stack, idx)
 	}
 	push(tail)
+	var roots []rootAt
 	for s := range hdr.MaxProcs {
 		live := atomic.LoadUint32(h.Uint32(h.OwnerRecord(s, heap.OwnerLive)))
 		if slotDead(live) {
@@ -304,7 +343,9 @@ func reachable(h *heap.Heap, me uint32, lock uint64, tail uint32) bool {
 		}
 		for i := s * hdr.NodesPerProc; i < (s+1)*hdr.NodesPerProc; i++ {
 			x := nodeAt(h, i)
-			if atomic.LoadUint32(x.state()) != nodeFree && atomic.LoadUint64(x.lock()) == lock {
+			r := rootAt{idx: i + 1, state: atomic.LoadUint32(x.state()), next: atomic.LoadUint32(x.next()), prev: atomic.LoadUint32(x.prev())}
+			if r.state != nodeFree && atomic.LoadUint64(x.lock()) == lock {
+				roots = append(roots, r)
 				push(i + 1)
 			}
 		}
@@ -318,7 +359,7 @@ func reachable(h *heap.Heap, me uint32, lock uint64, tail uint32) bool {
 			continue // not in this queue: its fields are stale
 		}
 		if idx == me {
-			return true
+			return true, true // (stable or not: kept either way)
 		}
 		next := atomic.LoadUint32(x.next())
 		push(next)
@@ -332,8 +373,19 @@ func reachable(h *heap.Heap, me uint32, lock uint64, tail uint32) bool {
 				push(b)
 			}
 		}
+		if reachVisited != nil {
+			reachVisited(idx)
+		}
 	}
-	return false
+	if wordTail(atomic.LoadUint64(h.Uint64(lock))) != tail {
+		return false, false
+	}
+	for _, r := range roots {
+		if !r.same(h) {
+			return false, false
+		}
+	}
+	return false, true
 }
 
 // namedByPrev returns what lists the nodes queued on the lock at heap offset

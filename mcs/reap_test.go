@@ -134,3 +134,52 @@ func TestReapKeepsUnlinkedDeadSuccessor(t *testing.T) {
 	atomic.StoreUint64(w.h.Uint64(off), 0)
 	Reap(w.h)
 }
+
+// TestReapWalkSeesGranterStep: X, a live granter, is the head; behind it P
+// and A, a dead process's nodes, abandoned (A linked behind P, its next 0);
+// D, dead too, swapped the tail behind A and died before linking (a
+// repair abandoned it); W, a live waiter, linked behind D and repaired its
+// prev past them to X. The granter finds D only by its prev (deadSuccessor),
+// so Reap must keep D. Reap's walk reads X's next (P), and then, before it
+// reaches P, the granter steps over P: its next moves on to A, and P is
+// freed. A walk that believed what it read found P free and D out of reach,
+// and freed D; the granter then waited at A forever (the kflexfault stress
+// with kills aimed at the MCS window, traced). The walk sees X changed under
+// it, walks again, and keeps D.
+func TestReapWalkSeesGranterStep(t *testing.T) {
+	w := newWorld(t, 1<<20)
+	offs := w.locks(t, 2)
+	off := offs[0]
+	npp := w.h.Header().NodesPerProc
+	dead := w.killedSlot(t, offs[1])
+	me := w.p.Slot() * npp
+	x, wn := me+1, me+2
+	d, p, a := dead*npp, dead*npp+1, dead*npp+2 // D first: Reap judges it before P and A
+	w.setNode(x, QueueNode{Next: p + 1, State: NodeHead, Lock: off})
+	w.setNode(p, QueueNode{Next: a + 1, State: NodeAbandoned, Prev: x + 1, Lock: off})
+	w.setNode(a, QueueNode{State: NodeAbandoned, Prev: p + 1, Lock: off})
+	w.setNode(d, QueueNode{Next: wn + 1, State: NodeAbandoned, Prev: a + 1, Lock: off})
+	w.setNode(wn, QueueNode{State: NodeWaiting, Prev: x + 1, Lock: off})
+	atomic.StoreUint64(w.h.Uint64(off), wordLocked|uint64(wn+1)<<wordTailShift)
+
+	stepped := false
+	reachVisited = func(idx uint32) {
+		if idx == x+1 && !stepped {
+			stepped = true
+			atomic.StoreUint32(w.p.node(x).next(), a+1) // the granter's step over P
+			atomic.StoreUint32(w.p.node(p).state(), nodeFree)
+		}
+	}
+	t.Cleanup(func() { reachVisited = nil })
+	Reap(w.h)
+	require.True(t, stepped, "the granter stepped during Reap's walk")
+	assert.Equal(t, uint32(NodeAbandoned), w.p.QueueNode(d).State, "D is kept for the granter at A")
+	assert.Equal(t, uint32(NodeAbandoned), w.p.QueueNode(a).State, "A is kept for the granter")
+
+	reachVisited = nil
+	for _, n := range []uint32{x, wn, d, p, a} {
+		w.setNode(n, QueueNode{})
+	}
+	atomic.StoreUint64(w.h.Uint64(off), 0)
+	Reap(w.h)
+}
