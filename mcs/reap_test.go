@@ -114,13 +114,8 @@ func TestReapKeepsQueueWithLiveNode(t *testing.T) {
 // Reap must keep D, and its slot, until then. Before, Reap freed D as
 // unreachable and the granter waited for A's link forever.
 func TestReapKeepsUnlinkedDeadSuccessor(t *testing.T) {
-	w := newWorld(t, 1<<20)
-	offs := w.locks(t, 2)
-	off := offs[0]
-	npp := w.h.Header().NodesPerProc
-	dead := w.killedSlot(t, offs[1])
-	me := w.p.Slot() * npp
-	x, a, wn, d := me+1, me+2, me+3, dead*npp+1
+	w, off, me, dead := deadSlotScene(t)
+	x, a, wn, d := me+1, me+2, me+3, dead+1
 	w.setNode(x, QueueNode{Next: a + 1, State: NodeHead, Lock: off})
 	w.setNode(a, QueueNode{State: NodeAbandoned, Prev: x + 1, Lock: off})
 	w.setNode(d, QueueNode{Next: wn + 1, State: NodeAbandoned, Prev: a + 1, Lock: off})
@@ -128,7 +123,22 @@ func TestReapKeepsUnlinkedDeadSuccessor(t *testing.T) {
 	atomic.StoreUint64(w.h.Uint64(off), uint64(wn+1)<<wordTailShift)
 	Reap(w.h)
 	assert.Equal(t, uint32(NodeAbandoned), w.p.QueueNode(d).State, "D is kept for the granter at A")
-	for _, n := range []uint32{x, a, wn, d} {
+	w.clear(off, x, a, wn, d)
+}
+
+// deadSlotScene is a fresh world with a free lock at off, and the first node
+// indices of this process's range (mine) and of a killed child's (dead).
+func deadSlotScene(t *testing.T) (w *world, off uint64, mine, dead uint32) {
+	w = newWorld(t, 1<<20)
+	offs := w.locks(t, 2)
+	npp := w.h.Header().NodesPerProc
+	return w, offs[0], w.p.Slot() * npp, w.killedSlot(t, offs[1]) * npp
+}
+
+// clear frees the nodes a test set up by hand and the lock word at off, and
+// reaps the dead slots.
+func (w *world) clear(off uint64, nodes ...uint32) {
+	for _, n := range nodes {
 		w.setNode(n, QueueNode{})
 	}
 	atomic.StoreUint64(w.h.Uint64(off), 0)
@@ -147,14 +157,9 @@ func TestReapKeepsUnlinkedDeadSuccessor(t *testing.T) {
 // with kills aimed at the MCS window, traced). The walk sees X changed under
 // it, walks again, and keeps D.
 func TestReapWalkSeesGranterStep(t *testing.T) {
-	w := newWorld(t, 1<<20)
-	offs := w.locks(t, 2)
-	off := offs[0]
-	npp := w.h.Header().NodesPerProc
-	dead := w.killedSlot(t, offs[1])
-	me := w.p.Slot() * npp
+	w, off, me, dead := deadSlotScene(t)
 	x, wn := me+1, me+2
-	d, p, a := dead*npp, dead*npp+1, dead*npp+2 // D first: Reap judges it before P and A
+	d, p, a := dead, dead+1, dead+2 // D first: Reap judges it before P and A
 	w.setNode(x, QueueNode{Next: p + 1, State: NodeHead, Lock: off})
 	w.setNode(p, QueueNode{Next: a + 1, State: NodeAbandoned, Prev: x + 1, Lock: off})
 	w.setNode(a, QueueNode{State: NodeAbandoned, Prev: p + 1, Lock: off})
@@ -177,9 +182,5 @@ func TestReapWalkSeesGranterStep(t *testing.T) {
 	assert.Equal(t, uint32(NodeAbandoned), w.p.QueueNode(a).State, "A is kept for the granter")
 
 	reachVisited = nil
-	for _, n := range []uint32{x, wn, d, p, a} {
-		w.setNode(n, QueueNode{})
-	}
-	atomic.StoreUint64(w.h.Uint64(off), 0)
-	Reap(w.h)
+	w.clear(off, x, wn, d, p, a)
 }

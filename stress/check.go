@@ -76,7 +76,7 @@ func (r *runner) finish(start time.Time) {
 		}
 	}
 	if n := r.t.load(r.t.off + tRtStuck); n > 0 {
-		r.problem("%d of the runtime's executors were still out of its pool 2 s after the stop: their queue node stayed abandoned", n)
+		r.problem("%d of the runtime's executors were still out of its pool 2 s after the stop: their queue node was never passed on", n)
 	}
 	r.objects(listed)
 	if sum, err := r.h.Check(); err != nil {

@@ -208,7 +208,7 @@ func runtimeMain(path string) error {
 	}
 	if n := rt.Stuck(); n > 0 {
 		t.add(t.off+tRtStuck, uint64(n))
-		fmt.Fprintf(os.Stderr, "stress runtime: %d executors still out of the pool 2 s after the stop: their queue node stayed abandoned\n", n)
+		fmt.Fprintf(os.Stderr, "stress runtime: %d executors still out of the pool 2 s after the stop: their queue node was never passed on\n", n)
 	}
 	return nil
 }

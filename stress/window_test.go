@@ -19,16 +19,16 @@ import (
 // TestKillsInSwapWindow: every kill arms mcs's FaultSwapped in a worker (its
 // next incarnation dies between its tail swap and its link) on one lock that
 // the runtime's executors take too and are cancelled on: runs of unlinked
-// dead nodes behind cancelled executors' abandoned ones. Nobody is stuck,
-// nothing leaks. Before the fixes it found (TestBytecodeGranterSkipsToDeadSuccessor,
+// dead nodes among cancelled executors' nodes. Nobody is stuck, nothing
+// leaks. Before the fixes it found (TestBytecodeGranterSkipsToDeadSuccessor,
 // TestReapKeepsUnlinkedDeadSuccessors, TestReapFollowsGranterPastSkipped,
 // TestRepairFreesPastUnlinkedDeadSuccessor, TestReapEndsDeadQueueFreesHanging,
-// TestDeadSuccessorFirstInQueue), most runs wedged the lock or leaked
+// TestDeadSuccessorFirstInQueue, TestLeaveStandsIn,
+// TestReapWalkSeesGranterStep), most runs wedged the lock or leaked
 // executors' nodes; the default schedule, whose kills aim there about once
-// in eleven, rarely did. A few runs in a hundred still fail, leaking a
-// cancelled executor's nodes (traced: the walks that free abandoned nodes a
-// waiter passed, cut short by the walker's death or by Reap freeing dead
-// nodes ahead of them), so it runs only when asked:
+// in eleven, rarely did. Until cancelled executors' nodes got stand-ins
+// (mcs.Process.Leave), a few runs in a hundred still leaked them, so it runs
+// only when asked:
 //
 //	KFLEX_SWAP_WINDOW=1 go test -tags kflexfault -run TestKillsInSwapWindow ./stress
 func TestKillsInSwapWindow(t *testing.T) {
