@@ -58,7 +58,8 @@ func (p *Process) Abandon(lock, held uint64) error {
 // node stays queued, and a goroutine of this process waits in it in the
 // extension's place (stand) and hands the head position on as soon as it
 // comes. Leave reports whether the node is free now; if not, it is freed
-// later and the executor must not queue with it until then (NodeFree).
+// later and the executor must not queue with it until then (NodeFree). It
+// must not run concurrently with Detach.
 //
 // The node is not marked abandoned, as a kernel waiter that times out marks
 // its own, for whoever passes it to free: with waiters dying around it, those
@@ -91,8 +92,9 @@ func (p *Process) Leave(lock, idx uint64) bool {
 
 // stand waits in node n (index+1 me), queued on m, in the place of the
 // executor that queued it, until it is the head, and then hands the position
-// on. A stand-in that Detach stops first abandons the node: once the process
-// is gone, the node is a dead waiter's, and the recovery protocol frees it.
+// on. A stand-in that Detach stops first abandons the node, and Detach leaves
+// the slot marked dead: the node is a dead waiter's, which the recovery
+// protocol frees.
 func (p *Process) stand(m *Mutex, n node, me uint32) {
 	p.standing.Add(1)
 	go func() {
@@ -104,8 +106,15 @@ func (p *Process) stand(m *Mutex, n node, me uint32) {
 }
 
 // handOn hands the head position of node n (index+1 me), which does not hold
-// the lock, to the node behind it, or ends the queue, and frees n.
+// the lock, to the node behind it, or ends the queue, and frees n. Running as
+// the head, it clears the bits an earlier head (asleep, or granted while
+// asleep) left in the word, as a head that takes the lock does: left set, they
+// let newcomers barge past a successor that never clears them (a bytecode
+// head spins without looking at them).
 func (m *Mutex) handOn(n node, me uint32) {
+	if atomic.LoadUint64(m.word)&wordHeadBits != 0 {
+		atomic.AndUint64(m.word, ^uint64(wordHeadBits))
+	}
 	m.grant(n, m.successor(n, me))
 	atomic.StoreUint32(n.state(), nodeFree)
 }

@@ -54,12 +54,20 @@ func TestLeaveStandsIn(t *testing.T) {
 }
 
 // TestDetachAbandonsStandIn: pa detaches while N's stand-in waits. Detach
-// stops the stand-in, which abandons N: a dead process's node now, which F's
-// grant skips and frees on its way to W.
+// stops the stand-in, which abandons N, and leaves pa's slot marked dead, not
+// free: N is a dead process's node, which F's grant skips and frees on its
+// way to W, and Reap frees the slot after it. A process attaching meanwhile
+// gets another slot. Before, the slot was freed at once, and the next Attach
+// queued N elsewhere while this queue still named it.
 func TestDetachAbandonsStandIn(t *testing.T) {
 	sc := newStandScene(t)
 	sc.paDone()
 	assert.Equal(t, uint32(NodeAbandoned), atomic.LoadUint32(sc.pa.node(sc.n.Index).state()), "N abandoned by its stopped stand-in")
+	live := atomic.LoadUint32(sc.w.p.liveWord(sc.pa.Slot()))
+	assert.True(t, live != 0 && slotDead(live), "pa's slot is marked dead while N is queued: %#x", live)
+	pb, pbDone := sc.w.attached(t)
+	assert.NotEqual(t, sc.pa.Slot(), pb.Slot(), "a new process does not get the slot whose node is still queued")
+	pbDone()
 	sc.m.Unlock()
 	require.NoError(t, result(t, sc.first))
 	require.NoError(t, result(t, sc.second))
@@ -85,4 +93,34 @@ func (w *world) queueBehind(t *testing.T, p *Process, off uint64) Node {
 			return n
 		}
 	}
+}
+
+// TestLeaveHeadClearsHeadBits: N, the head, left asleep-and-woken bits in
+// the word (head sleeping, wake pending) when its extension is cancelled;
+// behind it S waits as a bytecode waiter does, which never clears them.
+// Leave hands the head position to S and clears the bits, as a head that
+// runs does. Before, they stayed set, and newcomers barged past S until it
+// took the lock.
+func TestLeaveHeadClearsHeadBits(t *testing.T) {
+	sc := newScene(t, false)
+	w, off := sc.w, sc.off
+	pa, paDone := w.attached(t)
+	n, s := pa.TakeNode(), pa.TakeNode()
+	w.setNode(n.Index, QueueNode{Next: s.Index + 1, State: NodeHead, Lock: off})
+	w.setNode(s.Index, QueueNode{State: NodeWaiting, Prev: n.Index + 1, Lock: off})
+	word := w.h.Uint64(off)
+	atomic.OrUint64(word, wordHeadBits|uint64(s.Index+1)<<wordTailShift)
+
+	require.True(t, pa.Leave(off, uint64(n.Index)+1), "the head leaves at once")
+	assert.Zero(t, atomic.LoadUint64(word)&wordHeadBits, "no head bits left for newcomers to barge on")
+	assert.Equal(t, uint32(NodeHead), pa.QueueNode(s.Index).State, "S is the head")
+	assert.True(t, pa.NodeFree(n))
+
+	w.setNode(s.Index, QueueNode{})
+	atomic.AndUint64(word, ^uint64(wordTailMask))
+	sc.m.Unlock()
+	pa.GiveNode(n)
+	pa.GiveNode(s)
+	paDone()
+	w.settled(t, off, 0)
 }

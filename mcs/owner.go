@@ -171,10 +171,44 @@ func (p *Process) liveness(ready chan<- error) {
 		leaveRealtime(before) // the loop below may spin against a waiter on the word
 	}
 	// Detach: empty the list first, so that this thread's exit marks nothing,
-	// then free the slot.
+	// then free the slot. But a slot with a node still in a queue (a
+	// stand-in's, abandoned as Detach stopped it) is marked dead instead, as
+	// the kernel marks a dead process's: Reap frees it once nobody needs that
+	// node. Freed now, it was claimed by the next Attach, which queued its
+	// nodes on other locks while the old queue still named them, and a grant
+	// down that queue made one of them a second head.
 	atomic.StoreUint64(&head.next, headAddr)
 	lw := p.h.Uint32(p.record(ownerLive))
+	if p.queued() {
+		markDead(lw)
+		return
+	}
 	for !freeSlot(lw, atomic.LoadUint32(lw)) { // a waiter may be setting FUTEX_WAITERS
+	}
+}
+
+// queued reports whether a node of this process's is in a queue.
+func (p *Process) queued() bool {
+	n := p.h.Header().NodesPerProc
+	for i := p.slot * n; i < (p.slot+1)*n; i++ {
+		if atomic.LoadUint32(p.node(i).state()) != nodeFree {
+			return true
+		}
+	}
+	return false
+}
+
+// markDead marks liveness word lw as the kernel marks a dead thread's
+// (FUTEX_OWNER_DIED, keeping FUTEX_WAITERS), and wakes whoever sleeps on it.
+func markDead(lw *uint32) {
+	for {
+		v := atomic.LoadUint32(lw)
+		if atomic.CompareAndSwapUint32(lw, v, v&futex.Waiters|futex.OwnerDied) {
+			if v&futex.Waiters != 0 {
+				futex.Wake(lw, math.MaxInt32)
+			}
+			return
+		}
 	}
 }
 
@@ -250,9 +284,10 @@ func (p *Process) Held() uint64 { return held(p.slot, p.gen) }
 func (p *Process) Heap() *heap.Heap { return p.h }
 
 // Detach gives the owner slot back. The caller must hold no lock and have no
-// goroutine waiting for one. Stand-ins still waiting in cancelled executors'
-// nodes (Leave) abandon them first: the recovery protocol frees them once the
-// process is gone, as any dead waiter's.
+// goroutine waiting for one or leaving a queue (Leave). Stand-ins still
+// waiting in cancelled executors' nodes (Leave) abandon them first, and the
+// slot is then left marked dead rather than free: the recovery protocol
+// frees those nodes as a dead waiter's, and Reap the slot after them.
 func (p *Process) Detach() error {
 	if p.gone.Swap(true) {
 		return nil

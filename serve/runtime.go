@@ -642,8 +642,8 @@ func (rt *Runtime) Close() error {
 		rt.h.FreeOwned(e.area)
 		freePrivateRseq(e.private)
 		// A node still in a queue stays there: Detach stops its stand-in,
-		// which abandons it, and once this process is gone the recovery
-		// protocol frees it as a dead waiter's.
+		// which abandons it, and leaves the slot marked dead; the recovery
+		// protocol frees the node as a dead waiter's, and Reap the slot.
 		for _, n := range append(e.busy, e.node) {
 			if rt.proc.NodeFree(n) {
 				rt.proc.GiveNode(n)
