@@ -120,8 +120,8 @@ func reapNode(h *heap.Heap, i uint32) bool {
 // repair walks through them; abandoned nodes the chain skips (a repair moved
 // a prev past them) hang off the chain by next only, and once the queue is
 // ended endDeadQueue frees them (freeHanging): a dead process's would be
-// unreachable and freed by reapNode, but a live process's (a cancelled
-// executor's) nobody else frees. A live node anywhere
+// unreachable and freed by reapNode, but a live process's (a kernel waiter's
+// that timed out) nobody else frees. A live node anywhere
 // in the chain, or one that is free, queued elsewhere or out of range (a stale
 // or corrupt link), leaves the queue alone. The walk is bounded by the node
 // table's size: a corrupt heap may hold a cycle.
@@ -201,8 +201,8 @@ func endDeadQueue(h *heap.Heap, word *uint64, lock uint64, tail uint32) bool {
 	// The queue is ours alone now. First the abandoned nodes that hang off
 	// the chain by next (a repair moved a prev past them): those of dead
 	// processes reapNode would free as unreachable, but those of live ones
-	// (a cancelled executor's) nobody else will, and their executor waits
-	// for them; then the chain's nodes, from the states we saw. A node is
+	// (a kernel waiter's that timed out) nobody else will, and their thread
+	// waits for them; then the chain's nodes, from the states we saw. A node is
 	// freed only if it is still on this lock in that state (its process is
 	// dead, so nobody but another Reap changes it, and that one frees it
 	// too).
@@ -291,12 +291,22 @@ func freeHanging(h *heap.Heap, lock uint64, idx uint32) {
 // nodes that the granter needs to find the node behind them (deadSuccessor),
 // which then waited at their predecessor forever (the kflexfault stress with
 // kills aimed at the MCS window, traced: Reap freed the last of three
-// unlinked dead nodes as the runtime's granter stepped onto the first). Every
-// step that hides nodes from the walk changes a root or the tail first (a
-// granter's next, a repairing waiter's prev, a node's state as it leaves the
-// queue, the tail as a queue ends or grows), so a walk that finds nothing is
-// believed only if the roots and the tail read the same after it; otherwise
-// it is tried again, and after a few tries the node is kept, for a later Reap.
+// unlinked dead nodes as the runtime's granter stepped onto the first). A
+// granter's step changes a root first (its next), as do a repairing waiter's
+// (its prev) and a node's leaving (its state), and a queue that ends or grows
+// changes the tail; so a walk that finds nothing is believed only if the roots
+// and the tail read the same after it; otherwise it is tried again, and after
+// a few tries the node is kept, for a later Reap.
+//
+// One party keeps its place in no root: a waiter that replaced a dead head
+// and walks over what it passed (freeAhead). Between freeing that head and
+// saying head it is still waiting with the freed node as its prev, and the
+// walk follows the edge it will walk, that node's next. Once it says head, its
+// walk's position is in its registers only: Reap may free dead nodes ahead of
+// it, the walk ends at the first, and an abandoned node of a live process
+// after it (a kernel waiter's that timed out) is left. Live processes' nodes
+// are abandoned only by kernel waiters (cancelled executors' get stand-ins),
+// so that leak is theirs alone.
 func reachable(h *heap.Heap, me uint32, lock uint64, tail uint32) bool {
 	for range 4 {
 		if found, stable := reachOnce(h, me, lock, tail); found || stable {
@@ -336,6 +346,7 @@ func reachOnce(h *heap.Heap, me uint32, lock uint64, tail uint32) (found, stable
 	}
 	push(tail)
 	var roots []rootAt
+	waitsBehind := make(map[uint32]bool) // the prevs of live waiting nodes
 	for s := range hdr.MaxProcs {
 		live := atomic.LoadUint32(h.Uint32(h.OwnerRecord(s, heap.OwnerLive)))
 		if slotDead(live) {
@@ -347,6 +358,9 @@ func reachOnce(h *heap.Heap, me uint32, lock uint64, tail uint32) (found, stable
 			if r.state != nodeFree && atomic.LoadUint64(x.lock()) == lock {
 				roots = append(roots, r)
 				push(i + 1)
+				if r.state == nodeWaiting || r.state == nodeParked {
+					waitsBehind[r.prev] = true
+				}
 			}
 		}
 	}
@@ -355,8 +369,17 @@ func reachOnce(h *heap.Heap, me uint32, lock uint64, tail uint32) (found, stable
 		stack = stack[:len(stack)-1]
 		x := nodeAt(h, idx-1)
 		s := atomic.LoadUint32(x.state())
-		if s == nodeFree || atomic.LoadUint64(x.lock()) != lock {
+		if atomic.LoadUint64(x.lock()) != lock {
 			continue // not in this queue: its fields are stale
+		}
+		if s == nodeFree {
+			// A live waiter whose predecessor is free walks on from that
+			// node's next (repair): a dead head it replaced, freed before
+			// the waiter says head and walks over what it passed.
+			if waitsBehind[idx] {
+				push(atomic.LoadUint32(x.next()))
+			}
+			continue
 		}
 		if idx == me {
 			return true, true // (stable or not: kept either way)

@@ -184,3 +184,27 @@ func TestReapWalkSeesGranterStep(t *testing.T) {
 	reachVisited = nil
 	w.clear(off, x, wn, d, p, a)
 }
+
+// TestReapFollowsFreedHeadToWalk: W, a live waiter, has just replaced P, a
+// dead head: it freed P and has yet to say head and walk over what it passed
+// from P's next: X1 and X2, a dead process's, and K, a live kernel waiter's
+// node that timed out (X2's prev was moved to P by its own repair, K's prev
+// names X2, and W's was moved past them all to P). Only P's next names X1.
+// Reap must keep X1 for W's walk, which a free node ends; before, it freed
+// X1 as out of reach, the walk ended at once, and K (with X2, which K names,
+// and so its slot) was left for good.
+func TestReapFollowsFreedHeadToWalk(t *testing.T) {
+	w, off, me, dead := deadSlotScene(t)
+	wn, k := me+1, me+2
+	p, x1, x2 := dead, dead+1, dead+2
+	w.setNode(p, QueueNode{Next: x1 + 1, Lock: off}) // freed by W's repair
+	w.setNode(x1, QueueNode{Next: x2 + 1, State: NodeAbandoned, Prev: p + 1, Lock: off})
+	w.setNode(x2, QueueNode{Next: k + 1, State: NodeAbandoned, Prev: p + 1, Lock: off})
+	w.setNode(k, QueueNode{Next: wn + 1, State: NodeAbandoned, Prev: x2 + 1, Lock: off})
+	w.setNode(wn, QueueNode{State: NodeWaiting, Prev: p + 1, Lock: off})
+	atomic.StoreUint64(w.h.Uint64(off), wordLocked|uint64(wn+1)<<wordTailShift)
+
+	Reap(w.h)
+	assert.Equal(t, uint32(NodeAbandoned), w.p.QueueNode(x1).State, "X1 is kept for W's walk")
+	w.clear(off, wn, k, p, x1, x2)
+}

@@ -182,7 +182,7 @@ func (m *Mutex) repair(n node, skipped *[]uint32, how Way) bool {
 			dead := m.p.nodeDead(pred)
 			// A live predecessor will grant us, or skip us past abandoned
 			// nodes, unless it is itself abandoned: a waiter that left (a
-			// kernel waiter that timed out, a cancelled extension) acts no
+			// kernel waiter that timed out, a stand-in Detach stopped) acts no
 			// more, alive or not, so we look through it to what is ahead of
 			// it.
 			if !dead && s != nodeAbandoned {
@@ -282,14 +282,16 @@ func (m *Mutex) gone(pn node, s uint32) bool {
 // that skipped them on its way forward (its prev moved past them) keeps the
 // list of what it skipped only in its own memory — lost if it died, and
 // never kept by an executor's lock call — so without this walk the nodes of a
-// live process that abandoned them (a cancelled extension's) would never be
-// freed. The walk stops at anything not abandoned on this lock: a node freed
-// meanwhile may be queued elsewhere already, and its next is not ours. Where
-// a next is still 0 because the node behind died between its tail swap and
-// its link, the walk goes on to that node, found by its prev (deadSuccessor),
-// as a granter does: with kills aimed at that window, the abandoned nodes of
-// cancelled executors behind such holes were never freed, and the runtime
-// ran out of nodes.
+// live process that abandoned them (a kernel waiter's that timed out) would
+// never be freed. The walk stops at anything not abandoned on this lock: a
+// node freed meanwhile may be queued elsewhere already, and its next is not
+// ours. Where a next is still 0 because the node behind died between its tail
+// swap and its link, the walk goes on to that node, found by its prev
+// (deadSuccessor), as a granter does: with kills aimed at that window, the
+// abandoned nodes behind such holes were never freed. Reap may free dead
+// nodes on the way while the walk goes (its position is in no node), and the
+// walk then stops at the first: a timed-out kernel waiter's node after it is
+// left abandoned (RATIONALE.md, Reap's walk).
 func (m *Mutex) freeAhead(idx uint32, n node) {
 	total := m.p.h.Header().MaxProcs * m.p.h.Header().NodesPerProc
 	for steps := uint32(0); idx != 0 && idx <= total && steps < total; steps++ {
