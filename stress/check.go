@@ -179,6 +179,7 @@ func (r *runner) audit(l int) ([]uint64, bool) {
 	case err = <-res:
 	case <-time.After(r.cfg.MaxWait):
 		r.rep.Stuck++
+		r.waiting = true
 		r.problem("the parent waits for lock %d over %v with every worker gone: %+v", l, r.cfg.MaxWait, mcs.DecodeWord(r.t.load(rec+lWord)))
 		return nil, false
 	}

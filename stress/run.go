@@ -253,6 +253,10 @@ type runner struct {
 	// rtStartKills are kills of the runtime before it said its slot: each
 	// may strand one owned object in flight (finish).
 	rtStartKills int
+	// waiting: a goroutine of the parent's is still in a lock's queue (an
+	// audit that gave up): the heap stays mapped and the slot attached,
+	// since unmapping it under that waiter would crash the process.
+	waiting bool
 }
 
 // Run runs the stress test that cfg describes until its kills or duration are
@@ -288,8 +292,12 @@ func Run(ctx context.Context, cfg Config) (Report, error) {
 	if r.k != nil {
 		defer r.k.close() // after the heap's Close
 	}
-	defer r.h.Close()
-	defer r.p.Detach()
+	defer func() {
+		if !r.waiting {
+			r.p.Detach()
+			r.h.Close()
+		}
+	}()
 	start := time.Now()
 	err := r.loop(ctx, start)
 	r.stop()
