@@ -208,3 +208,27 @@ func TestReapFollowsFreedHeadToWalk(t *testing.T) {
 	assert.Equal(t, uint32(NodeAbandoned), w.p.QueueNode(x1).State, "X1 is kept for W's walk")
 	w.clear(off, wn, k, p, x1, x2)
 }
+
+// TestDeadSuccessorSkipsStaleHead: X holds the lock and waits for its
+// successor's link. D, a dead process's node, swapped the tail behind X and
+// died before linking (W, behind it, repaired past it to X). S, of a dead
+// process too, also names X as its prev, but from an earlier use of X's node:
+// S was granted the head behind that earlier X, and its process died before
+// it freed its node. deadSuccessor takes D. It took S, first in slot order,
+// which was head already, so the granter stopped there (a node already head
+// took the position itself): D and W were left behind, W's prev named X's
+// node, and once that node was queued again behind W, three queued nodes
+// waited for each other (the swap-window stress with stand-ins, traced).
+func TestDeadSuccessorSkipsStaleHead(t *testing.T) {
+	w, off, me, dead := deadSlotScene(t)
+	x, wn, gone := me+1, me+2, me+3
+	s, d := dead, dead+1 // S first in slot order
+	w.setNode(x, QueueNode{State: NodeHead, Lock: off})
+	w.setNode(s, QueueNode{Next: gone + 1, State: NodeHead, Prev: x + 1, Lock: off})
+	w.setNode(d, QueueNode{Next: wn + 1, State: NodeAbandoned, Prev: x + 1, Lock: off})
+	w.setNode(wn, QueueNode{State: NodeWaiting, Prev: x + 1, Lock: off})
+	atomic.StoreUint64(w.h.Uint64(off), wordLocked|uint64(wn+1)<<wordTailShift)
+
+	assert.Equal(t, d+1, w.p.deadSuccessor(x+1, off, wn+1, false), "D, not the stale head S")
+	w.clear(off, x, wn, s, d)
+}

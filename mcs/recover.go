@@ -326,6 +326,15 @@ func (m *Mutex) freeAhead(idx uint32, n node) {
 // forever). A live node whose prev a repair moved to idx is named by the
 // next of the node it linked itself behind, and does not hold this up.
 //
+// A dead node that is the head is not one: the head position came to it
+// along a link, or it took it past dead predecessors itself, either way after
+// it linked, so it names idx from an earlier use of that node (it died before
+// it freed its own node). Taking it, the granter stopped there (a node already
+// head took the position itself) and left the real one behind (the
+// swap-window stress with stand-ins, traced: the waiter behind named the
+// granter's node, which was then queued again behind that waiter, and three
+// queued nodes waited for each other).
+//
 // patient false skips that wait: a live node whose prev a repair moved to idx
 // past a node freed and reused since is named by no next either, and the Go
 // granter stops waiting for it after a while (successor).
@@ -351,8 +360,8 @@ func (p *Process) deadSuccessor(idx uint32, lock uint64, tail uint32, patient bo
 		}
 		for i := s * hdr.NodesPerProc; i < (s+1)*hdr.NodesPerProc; i++ {
 			n := p.node(i)
-			if atomic.LoadUint32(n.state()) == nodeFree || atomic.LoadUint32(n.prev()) != idx ||
-				atomic.LoadUint64(n.lock()) != lock {
+			if st := atomic.LoadUint32(n.state()); st == nodeFree || st == nodeHead ||
+				atomic.LoadUint32(n.prev()) != idx || atomic.LoadUint64(n.lock()) != lock {
 				continue
 			}
 			if tail == i+1 || atomic.LoadUint32(n.next()) != 0 || p.queuedBehind(i+1, lock) {
