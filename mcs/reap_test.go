@@ -232,3 +232,25 @@ func TestDeadSuccessorSkipsStaleHead(t *testing.T) {
 	assert.Equal(t, d+1, w.p.deadSuccessor(x+1, off, wn+1, false), "D, not the stale head S")
 	w.clear(off, x, wn, s, d)
 }
+
+// TestRepairStalePrevBehind: W, a live waiter, finds its predecessor D dead
+// and abandoned; D's prev names X's node from an earlier use, and X's node is
+// queued again since, behind W (its prev names W). Looking through D to X, W
+// would wait for a node that waits for W. It takes the head position instead:
+// what D's prev named has left the queue.
+func TestRepairStalePrevBehind(t *testing.T) {
+	w, off, me, dead := deadSlotScene(t)
+	wn, x := me+1, me+2
+	d := dead
+	w.setNode(d, QueueNode{Next: wn + 1, State: NodeAbandoned, Prev: x + 1, Lock: off})
+	w.setNode(wn, QueueNode{State: NodeWaiting, Prev: d + 1, Lock: off})
+	w.setNode(x, QueueNode{State: NodeWaiting, Prev: wn + 1, Lock: off})
+	atomic.StoreUint64(w.h.Uint64(off), wordLocked|uint64(x+1)<<wordTailShift)
+
+	m := mutex(t, w.p, off)
+	var skipped []uint32
+	assert.True(t, m.repair(w.p.node(wn), &skipped, Polled), "W is the head")
+	assert.Equal(t, uint32(NodeHead), w.p.QueueNode(wn).State)
+	assert.Equal(t, []uint32{d + 1}, skipped)
+	w.clear(off, wn, x, d)
+}

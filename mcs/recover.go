@@ -239,7 +239,14 @@ func (m *Mutex) repair(n node, skipped *[]uint32, how Way) bool {
 					fallthrough
 				default: // abandoned: wait behind its predecessor
 					*skipped = append(*skipped, pred)
-					atomic.StoreUint32(n.prev(), atomic.LoadUint32(pn.prev()))
+					ahead := atomic.LoadUint32(pn.prev())
+					if m.behind(ahead, n) {
+						// A stale prev: it names a node queued again since,
+						// behind us. What it named has left the queue: we
+						// have no predecessor.
+						ahead = 0
+					}
+					atomic.StoreUint32(n.prev(), ahead)
 					continue
 				}
 			}
@@ -268,6 +275,32 @@ func (m *Mutex) repair(n node, skipped *[]uint32, how Way) bool {
 		}
 		return true
 	}
+}
+
+// behind reports whether the node with index+1 idx waits, directly or through
+// the prevs of queued nodes on this lock, for node n: whether it is behind n.
+// A prev is the tail that its node's swap replaced, or moved by a repair to
+// one further ahead, so in one queue the prevs lead only forward; a dead
+// node's prev may name a node freed and queued again since (executors reuse
+// theirs at once, on the same lock), and a waiter that looked through the dead
+// node to it waited for a node behind it. With the nodes between waiting for
+// it in turn, the queue waited for itself (the swap-window stress with
+// stand-ins, traced: a dead worker's node named an executor's node's earlier
+// use, and a stand-in's repair made its own node its prev).
+func (m *Mutex) behind(idx uint32, n node) bool {
+	hdr := m.p.h.Header()
+	total := hdr.MaxProcs * hdr.NodesPerProc
+	for steps := uint32(0); idx != 0 && idx <= total && steps < total; steps++ {
+		x := m.p.node(idx - 1)
+		if x.p == n.p {
+			return true
+		}
+		if s := atomic.LoadUint32(x.state()); s == nodeFree || s == nodeHead || atomic.LoadUint64(x.lock()) != m.off {
+			return false // out of the queue, or its head (whose prev nobody reads)
+		}
+		idx = atomic.LoadUint32(x.prev())
+	}
+	return false
 }
 
 // gone reports whether node pn, seen in state s, has left this lock's queue:
