@@ -47,6 +47,8 @@ test: lint
 	$(GO) test -tags kflextrace -count=1 ./jit/interp ./verifier || status=1; \
 	echo "# the lock's fault points: a child killed at every step of the protocol"; \
 	$(GO) test -race -tags kflexfault -count=1 -run 'Kill|Killed|Reap|NotRecoverable|DeadSuccessor|Granter' ./mcs || status=1; \
+	echo "# kills aimed at the MCS window, on the lock the runtime's executors are cancelled on"; \
+	$(GO) test -tags kflexfault -count=1 -run 'TestKillsInSwapWindow' ./stress || status=1; \
 	echo "# a live successor stopped at a fault point: the runtime's holder waits for its link"; \
 	$(GO) test -race -tags kflexfault -count=1 -run 'TestHolderCancelledAwaitingLink' ./serve || status=1; \
 	echo "# a kernel holder whose successor died before linking (on an arena)"; \
@@ -127,7 +129,7 @@ stress: build
 		./mcs ./heap ./userspace ./serve ./kernel ./stress
 	# every kill in the MCS window (runtime executors cancelled on the same
 	# lock), and the cross-process corpus with its fault points armed
-	KFLEX_SWAP_WINDOW=1 $(GO) test -tags kflexfault -count $(WINDOW_COUNT) -timeout 30m \
+	$(GO) test -tags kflexfault -count $(WINDOW_COUNT) -timeout 30m \
 		-run 'TestKillsInSwapWindow|FuzzCrossProcess' ./stress
 	$(BIN)/kflex stress --procs 4 --threads 4 --locks 4 --kills $${STRESS_KILLS:-10000} --json
 	# kills also at the lock's fault points (the MCS window among them): a
