@@ -254,3 +254,35 @@ func TestRepairStalePrevBehind(t *testing.T) {
 	assert.Equal(t, []uint32{d + 1}, skipped)
 	w.clear(off, wn, x, d)
 }
+
+// TestFreeAheadPassesReapedDeadNode: W replaced P, a dead head, and walks
+// over what it passed (freeAhead) from X1: then Y and Z, a dead process's
+// nodes, and K, a live kernel waiter's node that timed out. Z's prev was
+// moved to X1 by its own repair, K's names Z. Reap runs while the walk is at
+// X1 (it has read X1's next and freed X1): the walk's position is in no root,
+// Y is named by nothing Reap follows, and Reap frees it. The walk passes Y,
+// free and dead, along its next, and frees Z and K. It used to end at Y, and K
+// (and Z, which K names, and so its slot) was left for good. Found by review.
+func TestFreeAheadPassesReapedDeadNode(t *testing.T) {
+	w, off, me, dead := deadSlotScene(t)
+	y, x1, z, p := dead, dead+1, dead+2, dead+3
+	k, wn := me+1, me+2
+	w.setNode(p, QueueNode{Next: x1 + 1, Lock: off})
+	w.setNode(x1, QueueNode{Next: y + 1, State: NodeAbandoned, Prev: p + 1, Lock: off})
+	w.setNode(y, QueueNode{Next: z + 1, State: NodeAbandoned, Prev: x1 + 1, Lock: off})
+	w.setNode(z, QueueNode{Next: k + 1, State: NodeAbandoned, Prev: x1 + 1, Lock: off})
+	w.setNode(k, QueueNode{Next: wn + 1, State: NodeAbandoned, Prev: z + 1, Lock: off})
+	w.setNode(wn, QueueNode{State: NodeHead, Prev: p + 1, Lock: off})
+	atomic.StoreUint64(w.h.Uint64(off), wordLocked|uint64(wn+1)<<wordTailShift)
+
+	// The walk's first step, at X1, as Reap finds it.
+	atomic.StoreUint32(w.p.node(x1).state(), nodeFree)
+	Reap(w.h)
+	require.Equal(t, uint32(NodeFree), w.p.QueueNode(y).State, "Reap freed Y, out of its reach")
+
+	m := mutex(t, w.p, off)
+	m.freeAhead(y+1, w.p.node(wn))
+	assert.Equal(t, uint32(NodeFree), w.p.QueueNode(z).State, "Z freed by the walk")
+	assert.Equal(t, uint32(NodeFree), w.p.QueueNode(k).State, "K freed by the walk")
+	w.clear(off, y, x1, z, p, k, wn)
+}

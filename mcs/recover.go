@@ -321,27 +321,42 @@ func (m *Mutex) gone(pn node, s uint32) bool {
 // ours. Where a next is still 0 because the node behind died between its tail
 // swap and its link, the walk goes on to that node, found by its prev
 // (deadSuccessor), as a granter does: with kills aimed at that window, the
-// abandoned nodes behind such holes were never freed. Reap may free dead
-// nodes on the way while the walk goes (its position is in no node), and the
-// walk then stops at the first: a timed-out kernel waiter's node after it is
-// left abandoned (RATIONALE.md, Reap's walk).
+// abandoned nodes behind such holes were never freed.
+//
+// A dead process's node that is free already does not end the walk: Reap
+// frees dead nodes ahead of it while it goes (its position is in no node Reap
+// starts from), and ending there left a timed-out kernel waiter's node after
+// them abandoned for good (TestFreeAheadPassesReapedDeadNode). The walk passes
+// such a node along its next, which its process set in this queue: a dead
+// process's node is queued again only after Reap frees its slot, which waits
+// for its nodes, and a new process attaches to it; nodeDead says neither has
+// happened.
 func (m *Mutex) freeAhead(idx uint32, n node) {
 	total := m.p.h.Header().MaxProcs * m.p.h.Header().NodesPerProc
 	for steps := uint32(0); idx != 0 && idx <= total && steps < total; steps++ {
 		x := m.p.node(idx - 1)
-		if x.p == n.p || atomic.LoadUint64(x.lock()) != m.off || atomic.LoadUint32(x.state()) != nodeAbandoned {
+		if x.p == n.p || atomic.LoadUint64(x.lock()) != m.off {
+			return
+		}
+		s := atomic.LoadUint32(x.state())
+		if s != nodeAbandoned && !m.reaped(idx, s) {
 			return
 		}
 		next := atomic.LoadUint32(x.next())
 		if next == 0 {
 			next = m.p.deadSuccessor(idx, m.off, wordTail(atomic.LoadUint64(m.word)), false)
 		}
-		if !atomic.CompareAndSwapUint32(x.state(), nodeAbandoned, nodeFree) {
+		if s == nodeAbandoned && !atomic.CompareAndSwapUint32(x.state(), nodeAbandoned, nodeFree) &&
+			!m.reaped(idx, atomic.LoadUint32(x.state())) {
 			return
 		}
 		idx = next
 	}
 }
+
+// reaped reports whether the node with index+1 idx, seen in state s, is a
+// dead process's that is free: its fields are as its process left them.
+func (m *Mutex) reaped(idx, s uint32) bool { return s == nodeFree && m.p.nodeDead(idx) }
 
 // deadSuccessor finds the node that swapped the tail after the node with
 // index+1 idx on the lock at heap offset lock and died before linking itself:
