@@ -302,11 +302,8 @@ func freeHanging(h *heap.Heap, lock uint64, idx uint32) {
 // and walks over what it passed (freeAhead). Between freeing that head and
 // saying head it is still waiting with the freed node as its prev, and the
 // walk follows the edge it will walk, that node's next. Once it says head, its
-// walk's position is in its registers only: Reap may free dead nodes ahead of
-// it, the walk ends at the first, and an abandoned node of a live process
-// after it (a kernel waiter's that timed out) is left. Live processes' nodes
-// are abandoned only by kernel waiters (cancelled executors' get stand-ins),
-// so that leak is theirs alone.
+// walk's position is in its registers only, and Reap may free dead nodes
+// ahead of it: the walk passes those (freeAhead).
 func reachable(h *heap.Heap, me uint32, lock uint64, tail uint32) bool {
 	for range 4 {
 		if found, stable := reachOnce(h, me, lock, tail); found || stable {
