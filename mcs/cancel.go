@@ -106,15 +106,10 @@ func (p *Process) stand(m *Mutex, n node, me uint32) {
 }
 
 // handOn hands the head position of node n (index+1 me), which does not hold
-// the lock, to the node behind it, or ends the queue, and frees n. Running as
-// the head, it clears the bits an earlier head (asleep, or granted while
-// asleep) left in the word, as a head that takes the lock does: left set, they
-// let newcomers barge past a successor that never clears them (a bytecode
-// head spins without looking at them).
+// the lock, to the node behind it, or ends the queue, and frees n. It runs as
+// the head, and clears the head bits as a head that takes the lock does.
 func (m *Mutex) handOn(n node, me uint32) {
-	if atomic.LoadUint64(m.word)&wordHeadBits != 0 {
-		atomic.AndUint64(m.word, ^uint64(wordHeadBits))
-	}
+	m.clearHeadBits()
 	m.grant(n, m.successor(n, me))
 	atomic.StoreUint32(n.state(), nodeFree)
 }

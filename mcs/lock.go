@@ -217,11 +217,7 @@ func (m *Mutex) lockQueued() error {
 		m.waitHead(node, me, nil)
 	}
 	fault(FaultHead)
-	// We are the head, and running: bits left by an earlier head (one that
-	// slept, or died) are ours to clear.
-	if atomic.LoadUint64(m.word)&wordHeadBits != 0 {
-		atomic.AndUint64(m.word, ^uint64(wordHeadBits))
-	}
+	m.clearHeadBits()
 
 	// Wait for the holder to release, or to die, then take the lock. If we
 	// are still the tail, the queue empties; otherwise the tail stays.
@@ -285,6 +281,16 @@ func (m *Mutex) lockQueued() error {
 	atomic.StoreUint32(node.state(), nodeFree)
 	m.p.nodes <- idx
 	return err
+}
+
+// clearHeadBits is for a head that runs: the bits an earlier head (one that
+// slept, was granted while asleep, or died) left in the word are its to clear.
+// Left set, they let newcomers barge past a head that never clears them (a
+// bytecode head spins without looking at them).
+func (m *Mutex) clearHeadBits() {
+	if atomic.LoadUint64(m.word)&wordHeadBits != 0 {
+		atomic.AndUint64(m.word, ^uint64(wordHeadBits))
+	}
 }
 
 // leave takes the head (node n, index+1 me) out of the queue without the
