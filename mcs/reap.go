@@ -351,13 +351,15 @@ func reachOnce(h *heap.Heap, me uint32, lock uint64, tail uint32) (found, stable
 		}
 		for i := s * hdr.NodesPerProc; i < (s+1)*hdr.NodesPerProc; i++ {
 			x := nodeAt(h, i)
-			r := rootAt{idx: i + 1, state: atomic.LoadUint32(x.state()), next: atomic.LoadUint32(x.next()), prev: atomic.LoadUint32(x.prev())}
-			if r.state != nodeFree && atomic.LoadUint64(x.lock()) == lock {
-				roots = append(roots, r)
-				push(i + 1)
-				if r.state == nodeWaiting || r.state == nodeParked {
-					waitsBehind[r.prev] = true
-				}
+			st := atomic.LoadUint32(x.state())
+			if st == nodeFree || atomic.LoadUint64(x.lock()) != lock {
+				continue
+			}
+			r := rootAt{idx: i + 1, state: st, next: atomic.LoadUint32(x.next()), prev: atomic.LoadUint32(x.prev())}
+			roots = append(roots, r)
+			push(i + 1)
+			if st == nodeWaiting || st == nodeParked {
+				waitsBehind[r.prev] = true
 			}
 		}
 	}
