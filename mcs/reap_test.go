@@ -60,14 +60,10 @@ func TestReapEndsDeadSleepingQueue(t *testing.T) {
 func TestReapKeepsQueueWithLiveNode(t *testing.T) {
 	for _, live := range []string{"waiter", "head"} {
 		t.Run(live, func(t *testing.T) {
-			w := newWorld(t, 1<<20)
-			offs := w.locks(t, 2)
-			off := offs[0]
-			npp := w.h.Header().NodesPerProc
-			dead := w.killedSlot(t, offs[1])
+			w, off, _, dead := deadSlotScene(t)
 			pl, plDone := w.attached(t)
 			l := pl.TakeNode()
-			d0, d1 := dead*npp, dead*npp+1
+			d0, d1 := dead, dead+1
 			var idx []uint32
 			if live == "waiter" {
 				// D0 (dead head) <- L (live, waiting) <- D1 (dead, parked: tail)

@@ -136,11 +136,7 @@ func TestRepairPastGonePredecessor(t *testing.T) {
 func TestRepairFreesAbandonedAhead(t *testing.T) {
 	for _, via := range []string{"executor", "skipper"} {
 		t.Run(via, func(t *testing.T) {
-			w := newWorld(t, 1<<20)
-			offs := w.locks(t, 2)
-			off := offs[0]
-			dead := w.killedSlot(t, offs[1])
-			d := dead * w.h.Header().NodesPerProc // D, and S after it
+			w, off, _, d := deadSlotScene(t) // D, and S after it
 			pa, paDone := w.attached(t)
 			a := w.left(t, pa, off, d+1, 0)
 			w.setNode(d, QueueNode{Next: a.Index + 1, State: NodeHead, Lock: off})
