@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -28,18 +29,19 @@ const (
 	roleRuntime = "serve-runtime" // a runtime invoking lockOnce on KFLEX_LOCK; says "invoking"
 	roleWaiter  = "serve-waiter"  // attaches, says "locking", queues for KFLEX_LOCK, waits to be killed
 	roleOnce    = "serve-once"    // attaches, says "locking", locks KFLEX_LOCK (owner died: repairs), unlocks, exits
+	roleStandIn = "serve-standin" // a runtime whose lockOnce, queued on KFLEX_LOCK, is cancelled; says "standing" while the stand-in waits
 )
 
 // TestRecoveryChild is the child of the recovery tests; run directly it does
 // nothing.
 func TestRecoveryChild(t *testing.T) {
 	role := testutil.Role()
-	if role != roleHolder && role != roleRuntime && role != roleWaiter && role != roleOnce {
+	if role != roleHolder && role != roleRuntime && role != roleWaiter && role != roleOnce && role != roleStandIn {
 		t.Skip("child process of the recovery tests")
 	}
 	h, err := heap.Open(os.Getenv("KFLEX_HEAP"), nil)
 	require.NoError(t, err)
-	defer h.Close()
+	t.Cleanup(func() { h.Close() }) // after the runtime's Close, a cleanup registered later
 	off := testutil.EnvUint(t, "KFLEX_LOCK")
 	if role == roleHolder || role == roleWaiter || role == roleOnce {
 		p, err := mcs.Attach(h)
@@ -65,8 +67,40 @@ func TestRecoveryChild(t *testing.T) {
 		return
 	}
 	rt := lockRuntime(t, h, serve.Options{JIT: 1})
+	if role == roleStandIn {
+		standIn(t, h, rt, off)
+		return
+	}
 	fmt.Println("invoking")
 	rt.Invoke(context.Background(), "lockonce", h.Base()+off) // killed while it waits
+}
+
+// standIn is roleStandIn's body: it queues lockOnce on the lock at off,
+// cancels it once its node is the queue's tail, and says "standing" when
+// Invoke has returned and the node still waits, a stand-in in it
+// (mcs.Process.Leave), asleep if KFLEX_PARKED is 1. It is killed long before
+// its minute is up.
+func standIn(t *testing.T, h *heap.Heap, rt *serve.Runtime, off uint64) {
+	ctx, cancel := context.WithCancel(context.Background())
+	invoked := make(chan error, 1)
+	go func() { _, err := rt.Invoke(ctx, "lockonce", h.Base()+off); invoked <- err }()
+	ours := func(tail uint32) bool {
+		return tail != 0 && (tail-1)/h.Header().NodesPerProc == rt.Process().Slot()
+	}
+	var node uint32
+	require.Eventually(t, func() bool {
+		node = mcs.DecodeWord(atomic.LoadUint64(h.Uint64(off))).Tail
+		return ours(node)
+	}, 20*time.Second, 100*time.Microsecond, "the extension never queued")
+	cancel()
+	require.ErrorIs(t, <-invoked, abi.ErrCancelled)
+	require.Contains(t, []uint32{mcs.NodeWaiting, mcs.NodeParked}, rt.Process().QueueNode(node-1).State, "the cancelled executor's node still queued, stood in for")
+	if os.Getenv("KFLEX_PARKED") == "1" {
+		require.Eventually(t, func() bool { return rt.Process().QueueNode(node-1).State == mcs.NodeParked },
+			10*time.Second, 50*time.Microsecond, "the stand-in never fell asleep")
+	}
+	fmt.Println("standing")
+	time.Sleep(time.Minute)
 }
 
 // lockRuntime is a runtime on h running lockOnce, closed with the test.
@@ -101,17 +135,26 @@ func startChild(t *testing.T, role, path string, off uint64, first string, env .
 		cmd.Process.Signal(syscall.SIGKILL)
 		cmd.Wait()
 	})
-	line := make(chan string, 1)
+	lines := make(chan string, 64)
 	go func() {
 		sc := bufio.NewScanner(out)
-		sc.Scan()
-		line <- sc.Text()
 		for sc.Scan() {
+			select {
+			case lines <- sc.Text():
+			default: // nobody reads past the first line unless it was wrong
+			}
 		}
+		close(lines)
 	}()
 	select {
-	case l := <-line:
-		require.Equal(t, first, l)
+	case l := <-lines:
+		if l != first {
+			said := []string{l}
+			for l := range lines {
+				said = append(said, l)
+			}
+			t.Fatalf("child %s said %q first, not %q:\n%s", role, l, first, strings.Join(said, "\n"))
+		}
 	case <-time.After(20 * time.Second):
 		t.Fatal("child said nothing for 20 s")
 	}
@@ -222,17 +265,7 @@ func TestRuntimeKilledWhileQueued(t *testing.T) {
 func TestAbandonedBehindDead(t *testing.T) {
 	h, path, off := recoveryWorld(t)
 	word := h.Uint64(off)
-	tail := func() uint64 { return *word >> 32 }
-	waitTail := func(what string, from uint64) uint64 {
-		deadline := time.Now().Add(10 * time.Second)
-		for tail() == from {
-			if time.Now().After(deadline) {
-				t.Fatalf("%s never queued: word %#x", what, *word)
-			}
-			time.Sleep(100 * time.Microsecond)
-		}
-		return tail()
-	}
+	waitTail := func(what string, from uint32) uint32 { return waitTail(t, h, off, what, from) }
 	holder := startChild(t, roleHolder, path, off, "held")
 	waiter := startChild(t, roleWaiter, path, off, "locking")
 	qd := waitTail("the child waiter", 0)
@@ -262,5 +295,99 @@ func TestAbandonedBehindDead(t *testing.T) {
 		m.Unlock()
 	case <-time.After(10 * time.Second):
 		t.Fatalf("the Go waiter behind the abandoned node never got the lock: word %#x", *word)
+	}
+}
+
+// waitTail waits until the tail of the lock at off is no longer from (a
+// newcomer queued) and returns it.
+func waitTail(t *testing.T, h *heap.Heap, off uint64, what string, from uint32) uint32 {
+	t.Helper()
+	var tail uint32
+	require.Eventually(t, func() bool {
+		tail = mcs.DecodeWord(atomic.LoadUint64(h.Uint64(off))).Tail
+		return tail != from
+	}, 10*time.Second, 100*time.Microsecond, "%s never queued: word %#x", what, atomic.LoadUint64(h.Uint64(off)))
+	return tail
+}
+
+// TestRuntimeKilledWhileStandInWaits: a runtime is SIGKILLed while a
+// stand-in waits in its cancelled executor's node (mcs.Process.Leave), in
+// the middle of a queue behind a live Go holder or at its tail. (A stand-in
+// waits only behind a live waiter: a cancelled head hands its position on
+// at once, and a stand-in that becomes the head does the same.) The
+// stand-in's node is then a dead waiter's: the live waiters pass it and get
+// the lock in turn (no owner died: the holder lives and unlocks), newcomers
+// (Go and an extension) lock, and the dead runtime's slot, nodes and heap
+// objects are recovered.
+func TestRuntimeKilledWhileStandInWaits(t *testing.T) {
+	for _, c := range []struct {
+		name          string
+		before, after int  // live Go waiters queued ahead of the stand-in, and behind it
+		parked        bool // killed while the stand-in sleeps
+	}{{"middle", 1, 1, false}, {"middle, parked", 1, 1, true}, {"tail, parked", 1, 0, true}, {"third of five", 2, 2, false}} {
+		t.Run(c.name, func(t *testing.T) {
+			h, path, off := recoveryWorld(t)
+			p, err := mcs.Attach(h)
+			require.NoError(t, err)
+			defer p.Detach()
+			m, err := p.Mutex(off)
+			require.NoError(t, err)
+			require.NoError(t, m.Lock())
+			live := h.Stats().LiveObjects
+
+			waited := make(chan error, c.before+c.after)
+			var tail uint32
+			queue := func(n int) {
+				for range n {
+					go func() {
+						err := m.Lock()
+						if err == nil {
+							m.Unlock()
+						}
+						waited <- err
+					}()
+					tail = waitTail(t, h, off, "a Go waiter", tail)
+				}
+			}
+			queue(c.before)
+			runtime := startChild(t, roleStandIn, path, off, "standing", fmt.Sprintf("KFLEX_PARKED=%d", map[bool]int{true: 1}[c.parked]))
+			tail = mcs.DecodeWord(atomic.LoadUint64(h.Uint64(off))).Tail
+			queue(c.after)
+			require.NoError(t, runtime.Signal(syscall.SIGKILL))
+			runtime.Wait()
+
+			m.Unlock()
+			for range c.before + c.after {
+				select {
+				case err := <-waited:
+					require.NoError(t, err, "the holder lived and unlocked: no owner died")
+				case <-time.After(20 * time.Second):
+					t.Fatalf("a Go waiter still waits 20 s after the unlock: word %+v", mcs.DecodeWord(atomic.LoadUint64(h.Uint64(off))))
+				}
+			}
+			locked := make(chan error, 1)
+			go func() {
+				err := m.Lock()
+				if err == nil {
+					m.Unlock()
+				}
+				locked <- err
+			}()
+			select {
+			case err := <-locked:
+				require.NoError(t, err)
+			case <-time.After(20 * time.Second):
+				t.Fatalf("a newcomer hangs: word %+v", mcs.DecodeWord(atomic.LoadUint64(h.Uint64(off))))
+			}
+			_, err = h.Reap()
+			require.NoError(t, err)
+			assert.Equal(t, live, h.Stats().LiveObjects, "the dead runtime's executor stacks and rseq areas are back in the heap")
+			rt := lockRuntime(t, h, serve.Options{JIT: 1})
+			r0, err := rt.Invoke(context.Background(), "lockonce", h.Base()+off)
+			require.NoError(t, err)
+			assert.Zero(t, r0)
+			assert.Zero(t, atomic.LoadUint64(h.Uint64(off)), "the lock is free")
+			tablesSettled(t, h, p, 2)
+		})
 	}
 }
