@@ -60,12 +60,16 @@ func (p *Process) liveWord(slot uint32) *uint32 {
 }
 
 // holderDead reports whether the holder named by the held lock word w is dead.
+// A held word that names no process (owner 0, or beyond the owner table) is
+// garbage, since every executor's held bits name its slot (held): its holder
+// is taken for dead, so the lock passes on with the owner-died result rather
+// than leaving every locker waiting for a release that never comes.
 func (p *Process) holderDead(w uint64) bool {
-	o := wordOwner(w)
-	if o == 0 {
-		return false // free, or held with no owner recorded: nobody to judge
+	if w&wordLocked == 0 {
+		return false // free: nobody to judge
 	}
-	if o > p.h.Header().MaxProcs {
+	o := wordOwner(w)
+	if o == 0 || o > p.h.Header().MaxProcs {
 		return true // nobody: a corrupt word
 	}
 	live, gen := p.h.OwnerLiveness(o - 1)

@@ -16,6 +16,7 @@ import (
 	"github.com/stretchr/testify/require"
 
 	"github.com/kflex-go/kflex/internal/testutil"
+	"github.com/kflex-go/kflex/jit"
 )
 
 // The tests here kill child processes (re-executions of the test binary,
@@ -410,4 +411,50 @@ func TestUnstick(t *testing.T) {
 	require.True(t, c.wait(t).Success())
 	assert.Error(t, w.p.Unstick(off, n, KernelTimedOut))
 	w.settled(t, off, 0)
+}
+
+// TestHeldByNobody: a lock word that reads held but names no process (owner
+// 0, or a slot beyond the owner table: garbage, since every executor's held
+// bits name its slot) is taken over with the owner-died result, by a
+// newcomer, by a waiter queued when the word went bad, and by an extension,
+// instead of everyone waiting for a release that never comes.
+func TestHeldByNobody(t *testing.T) {
+	w := newWorld(t, 1<<20)
+	for _, bad := range []uint64{wordLocked, wordLocked | 5<<wordGenShift, wordLocked | uint64(w.h.Header().MaxProcs+1)<<wordOwnerShift} {
+		t.Run(fmt.Sprintf("%#x", bad), func(t *testing.T) {
+			off := w.locks(t, 1)[0]
+			word := w.h.Uint64(off)
+			m := mutex(t, w.p, off)
+
+			var seq []int
+			atomic.StoreUint64(word, bad)
+			require.ErrorIs(t, result(t, lockAsync(m, &seq, 0)), ErrOwnerDied, "a newcomer")
+			require.Zero(t, atomic.LoadUint64(word), "repaired and unlocked")
+
+			require.NoError(t, m.Lock())
+			done := lockAsync(mutex(t, w.p, off), &seq, 1)
+			w.queuedAfter(t, off, 0)
+			for { // the held bits go bad under the queue
+				v := atomic.LoadUint64(word)
+				if atomic.CompareAndSwapUint64(word, v, v&^wordHeldMask|bad) {
+					break
+				}
+			}
+			require.ErrorIs(t, result(t, done), ErrOwnerDied, "the queued waiter")
+			require.Zero(t, atomic.LoadUint64(word), "repaired and unlocked, the queue gone with it")
+
+			if err := jit.Supported(); err != nil {
+				t.Skipf("the extension's part skipped: %v", err)
+			}
+			jp, _ := compileBoth(t, LockOnceProgram)
+			atomic.StoreUint64(word, bad)
+			select {
+			case r0 := <-w.runExtension(t, jp, off):
+				assert.Equal(t, int64(LockOwnerDied), r0, "an extension")
+			case <-time.After(20 * time.Second):
+				t.Fatalf("the extension still waits 20 s later: word %+v", DecodeWord(atomic.LoadUint64(word)))
+			}
+			assert.Zero(t, atomic.LoadUint64(word), "repaired and unlocked")
+		})
+	}
 }

@@ -30,13 +30,33 @@ const (
 	roleWaiter  = "serve-waiter"  // attaches, says "locking", queues for KFLEX_LOCK, waits to be killed
 	roleOnce    = "serve-once"    // attaches, says "locking", locks KFLEX_LOCK (owner died: repairs), unlocks, exits
 	roleStandIn = "serve-standin" // a runtime whose lockOnce, queued on KFLEX_LOCK, is cancelled; says "standing" while the stand-in waits
+	roleHolds   = "serve-holds"   // a runtime whose extension takes KFLEX_LOCK and loops; says "holding"
 )
+
+// lockAndLoop takes the lock whose address is its context's first word and
+// loops until it is stopped; its unlock is never reached (kflex's verifier
+// wants one on every path, and the lock's address in a callee-saved
+// register while it is held, for a cancellation to release it).
+var lockAndLoop = `
+	mov %r9, %r1
+	ldxdw %r7, [%r9+0]
+	mov %r1, %r7` + abi.LockCall + `
+	mov %r6, 1
+loop:
+	add %r6, 1
+	jne %r6, 0, loop
+	mov %r1, %r7` + abi.UnlockCall + `
+	mov %r0, 0
+	exit
+` + mcs.BytecodeLock
 
 // TestRecoveryChild is the child of the recovery tests; run directly it does
 // nothing.
 func TestRecoveryChild(t *testing.T) {
 	role := testutil.Role()
-	if role != roleHolder && role != roleRuntime && role != roleWaiter && role != roleOnce && role != roleStandIn {
+	switch role {
+	case roleHolder, roleRuntime, roleWaiter, roleOnce, roleStandIn, roleHolds:
+	default:
 		t.Skip("child process of the recovery tests")
 	}
 	h, err := heap.Open(os.Getenv("KFLEX_HEAP"), nil)
@@ -64,6 +84,16 @@ func TestRecoveryChild(t *testing.T) {
 		require.NoError(t, m.Lock())
 		fmt.Println("held")
 		time.Sleep(time.Minute) // killed long before
+		return
+	}
+	if role == roleHolds {
+		rt := runtimeOn(t, h, map[string]string{"lockloop": lockAndLoop}, serve.Options{JIT: 1, Budget: -1})
+		go rt.Invoke(context.Background(), "lockloop", h.Base()+off) // killed while it holds the lock
+		require.Eventually(t, func() bool {
+			return mcs.DecodeWord(atomic.LoadUint64(h.Uint64(off))).Owner == rt.Process().Slot()+1
+		}, 20*time.Second, 100*time.Microsecond, "the extension never took the lock")
+		fmt.Println("holding")
+		time.Sleep(time.Minute)
 		return
 	}
 	rt := lockRuntime(t, h, serve.Options{JIT: 1})
@@ -387,6 +417,88 @@ func TestRuntimeKilledWhileStandInWaits(t *testing.T) {
 			require.NoError(t, err)
 			assert.Zero(t, r0)
 			assert.Zero(t, atomic.LoadUint64(h.Uint64(off)), "the lock is free")
+			tablesSettled(t, h, p, 2)
+		})
+	}
+}
+
+// TestRuntimeKilledHoldingLock: a runtime is SIGKILLed while its extension
+// holds a lock (and loops), with a Go waiter and an extension of another
+// runtime queued behind it in either order. The first of them takes the
+// lock over with the owner-died result (ErrOwnerDied, or mcs_lock's
+// LockOwnerDied), repairs and unlocks; the second then gets it plainly; the
+// dead runtime's slot, nodes and heap objects (executor stacks, rseq areas)
+// are recovered.
+func TestRuntimeKilledHoldingLock(t *testing.T) {
+	for _, goFirst := range []bool{true, false} {
+		t.Run(map[bool]string{true: "go waiter first", false: "extension first"}[goFirst], func(t *testing.T) {
+			h, path, off := recoveryWorld(t)
+			rt := lockRuntime(t, h, serve.Options{JIT: 1})
+			p, err := mcs.Attach(h)
+			require.NoError(t, err)
+			defer p.Detach()
+			m, err := p.Mutex(off)
+			require.NoError(t, err)
+			live := h.Stats().LiveObjects
+			holder := startChild(t, roleHolds, path, off, "holding")
+
+			locked := make(chan error, 1)
+			lockGo := func() {
+				go func() {
+					err := m.Lock()
+					if errors.Is(err, mcs.ErrOwnerDied) {
+						m.Consistent()
+					}
+					if err == nil || errors.Is(err, mcs.ErrOwnerDied) {
+						m.Unlock()
+					}
+					locked <- err
+				}()
+			}
+			invoked := make(chan int64, 1)
+			lockExt := func() {
+				go func() {
+					r0, err := rt.Invoke(context.Background(), "lockonce", h.Base()+off)
+					assert.NoError(t, err)
+					invoked <- int64(r0)
+				}()
+			}
+			tail := mcs.DecodeWord(atomic.LoadUint64(h.Uint64(off))).Tail // 0: held, nobody queued
+			if goFirst {
+				lockGo()
+				tail = waitTail(t, h, off, "the Go waiter", tail)
+				lockExt()
+				waitTail(t, h, off, "the extension", tail)
+			} else {
+				lockExt()
+				tail = waitTail(t, h, off, "the extension", tail)
+				lockGo()
+				waitTail(t, h, off, "the Go waiter", tail)
+			}
+			require.NoError(t, holder.Signal(syscall.SIGKILL))
+			holder.Wait()
+
+			var goErr error
+			var r0 int64
+			for range 2 {
+				select {
+				case goErr = <-locked:
+				case r0 = <-invoked:
+				case <-time.After(20 * time.Second):
+					t.Fatalf("a waiter still waits 20 s after the holder's runtime died: word %+v", mcs.DecodeWord(atomic.LoadUint64(h.Uint64(off))))
+				}
+			}
+			if goFirst {
+				assert.ErrorIs(t, goErr, mcs.ErrOwnerDied)
+				assert.Zero(t, r0, "the Go waiter repaired the lock: the extension gets it plainly")
+			} else {
+				assert.Equal(t, int64(mcs.LockOwnerDied), r0)
+				assert.NoError(t, goErr, "the extension repaired the lock: the Go waiter gets it plainly")
+			}
+			assert.Zero(t, atomic.LoadUint64(h.Uint64(off)), "the lock is free")
+			_, err = h.Reap()
+			require.NoError(t, err)
+			assert.Equal(t, live, h.Stats().LiveObjects, "the dead runtime's executor stacks and rseq areas are back in the heap")
 			tablesSettled(t, h, p, 2)
 		})
 	}
