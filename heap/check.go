@@ -84,26 +84,38 @@ func (k *checker) overlay(e [2]uint64) {
 	}
 }
 
-// Check verifies the allocator's invariants: lock words and redo logs parse
-// and no live process holds a lock; the page map agrees with the free bitmap
-// and the page counters; each class's slabs, carving position and counters
-// agree; free lists stay inside their class's carved objects, are acyclic and
-// as long as counted; cache slots have valid owners and hold their class's
-// objects; and every carved object is either allocated (its bit set) or in
-// exactly one free list or cache, with no object bit set anywhere else. A
-// dead holder's committed step is checked as applied and a dead cache's
-// in-flight top object as free: what recovery will do. Check takes no lock and
-// is meant for a heap no live process is changing. The error names the first
-// violation (a *FieldError).
+// Check verifies the owner table and the allocator's invariants: owner slots'
+// liveness words, live slots' PIDs and owned-object registries parse; lock
+// words and redo logs parse and no live process holds a lock; the page map
+// agrees with the free bitmap and the page counters; each class's slabs,
+// carving position and counters agree; free lists stay inside their class's
+// carved objects, are acyclic and as long as counted; cache slots have valid
+// owners and hold their class's objects; and every carved object is either
+// allocated (its bit set) or in exactly one free list or cache, with no object
+// bit set anywhere else. A dead holder's committed step is checked as applied
+// and a dead cache's in-flight top object as free: what recovery will do.
+// Check takes no lock and is meant for a heap no live process is changing. The
+// error names the first violation (a *FieldError). The lock queues' node
+// table is mcs's to check (mcs.CheckNodes).
 func (h *Heap) Check() (CheckSummary, error) {
 	k := &checker{h: h, over: map[uint64]uint64{}, seen: map[uint64]bool{}, inFlight: map[uint64]bool{}}
 	k.sum.Size = h.hdr.Size
-	for _, step := range []func() error{k.locks, k.pageMap, k.classes, k.caches, k.objects} {
+	for _, step := range []func() error{k.owners, k.locks, k.pageMap, k.classes, k.caches, k.objects} {
 		if err := step(); err != nil {
 			return CheckSummary{}, err
 		}
 	}
 	return k.sum, nil
+}
+
+// owners checks every owner slot's record (checkOwner).
+func (k *checker) owners() error {
+	for s := range k.h.hdr.Params.MaxProcs {
+		if err := k.h.checkOwner(s, true); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 func (k *checker) locks() error {

@@ -107,7 +107,7 @@ func (h *Heap) inspectLock(rec uint64) (LockReport, [][2]uint64, error) {
 }
 
 // Inspect reports the allocator's locks, its claimed cache slots and its
-// statistics. It takes no lock and never waits; what does not parse comes back
+// statistics, and checks the owner slots' liveness words. It takes no lock and never waits; what does not parse comes back
 // as errors (FieldError) joined, next to everything that did.
 func (h *Heap) Inspect() (Report, error) {
 	var rep Report
@@ -142,6 +142,7 @@ func (h *Heap) Inspect() (Report, error) {
 		rep.Caches = append(rep.Caches, c)
 	}
 	for slot := range h.hdr.Params.MaxProcs {
+		errs = append(errs, h.checkOwner(slot, false))
 		o, err := h.inspectOwned(slot)
 		errs = append(errs, err)
 		if o.Objects > 0 {
@@ -168,9 +169,10 @@ func (h *Heap) inspectOwned(slot uint32) (OwnedReport, error) {
 	return r, err
 }
 
-// checkState is the check of attaching: each allocator word that must parse on
-// its own, whatever other processes are doing — lock words, redo log lengths,
-// cache slot owners and counts, free list heads and carving bounds — read once.
+// checkState is the check of attaching: each word that must parse on its own,
+// whatever other processes are doing — the allocator's lock words, redo log
+// lengths, cache slot owners and counts, free list heads and carving bounds,
+// and the owner slots' liveness words — read once.
 // It names the first that does not.
 func (h *Heap) checkState() error {
 	for rec := range h.lockRecords() {
@@ -186,6 +188,11 @@ func (h *Heap) checkState() error {
 	}
 	if err := h.classFields(); err != nil {
 		return err
+	}
+	for s := range h.hdr.Params.MaxProcs {
+		if err := h.checkOwner(s, false); err != nil {
+			return err
+		}
 	}
 	for i := range uint64(h.hdr.Params.Caches) {
 		slot := h.hdr.CacheOff + i*cacheSlotSize

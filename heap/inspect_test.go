@@ -158,6 +158,9 @@ func FuzzHeapInspect(f *testing.F) {
 				assert.Error(t, ierr, "attach refuses (%v), Inspect finds nothing", serr)
 				assert.Error(t, cerr, "attach refuses (%v), Check passes", serr)
 			}
+			if ierr != nil {
+				assert.Error(t, cerr, "Inspect finds what does not parse (%v), Check passes", ierr)
+			}
 			_ = fmt.Sprint(rep)
 		})
 		within(t, 10*time.Second, "allocation", func() {

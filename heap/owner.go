@@ -1,6 +1,7 @@
 package heap
 
 import (
+	"fmt"
 	"sync/atomic"
 	"time"
 
@@ -41,6 +42,44 @@ func (h *Heap) OwnerRecord(s uint32, field uint64) uint64 {
 // OwnerLiveness reads owner slot s: its liveness word and its generation.
 func (h *Heap) OwnerLiveness(s uint32) (live, gen uint32) {
 	return atomic.LoadUint32(h.Uint32(h.OwnerRecord(s, OwnerLive))), atomic.LoadUint32(h.Uint32(h.OwnerRecord(s, OwnerGen)))
+}
+
+// pidMax is the kernel's PID_MAX_LIMIT on 64-bit machines: no thread or
+// process ID is larger.
+const pidMax = 1 << 22
+
+// validLiveness reports whether w is a value a liveness word takes: 0 (a free
+// slot), the TID of a designated thread (FUTEX_WAITERS perhaps set), or the
+// dead mark, OWNER_DIED with no TID (the kernel clears the TID as it marks a
+// dead thread's word, and mcs's markDead does the same).
+func validLiveness(w uint32) bool {
+	tid := w & futex.TIDMask
+	if w&futex.OwnerDied != 0 {
+		return tid == 0
+	}
+	return w == 0 || tid != 0 && tid <= pidMax
+}
+
+// checkOwner checks owner slot s's liveness word, the one field of the record
+// that other processes rely on whatever else they are doing (Open checks it);
+// full adds what holds on a heap no process is changing (Check): a live
+// slot's PID, and the registry of its owned objects.
+func (h *Heap) checkOwner(s uint32, full bool) error {
+	live := atomic.LoadUint32(h.Uint32(h.OwnerRecord(s, OwnerLive)))
+	if !validLiveness(live) {
+		return fieldErr(h.OwnerRecord(s, OwnerLive), fmt.Sprintf("owner slot %d liveness word", s),
+			"%#x is neither free (0), a thread ID nor the dead mark", live)
+	}
+	if !full {
+		return nil
+	}
+	if live != 0 && !OwnerDead(live) {
+		if pid := atomic.LoadUint32(h.Uint32(h.OwnerRecord(s, OwnerPID))); pid == 0 || pid > pidMax {
+			return fieldErr(h.OwnerRecord(s, OwnerPID), fmt.Sprintf("owner slot %d PID", s), "%d names no process", pid)
+		}
+	}
+	_, err := h.inspectOwned(s)
+	return err
 }
 
 // OwnerDead reports whether the occupant of slot s is known to be dead: the

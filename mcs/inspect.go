@@ -1,6 +1,11 @@
 package mcs
 
-import "sync/atomic"
+import (
+	"fmt"
+	"sync/atomic"
+
+	"github.com/kflex-go/kflex/heap"
+)
 
 // LockState is a lock word decoded, as diagnostics and the cross-executor
 // layout tests read it.
@@ -43,4 +48,65 @@ func (p *Process) QueueNode(idx uint32) QueueNode {
 	n := p.node(idx)
 	return QueueNode{Next: atomic.LoadUint32(n.next()), State: atomic.LoadUint32(n.state()),
 		Owner: atomic.LoadUint32(n.owner()), Prev: atomic.LoadUint32(n.prev()), Lock: atomic.LoadUint64(n.lock())}
+}
+
+// CheckNodes verifies the node table of the heap h, as the heap stands when
+// no process is changing it, without attaching: every node's state is a node
+// state, and every node in a queue names a waiter's slot that is not free
+// (Reap frees a slot only once its nodes are out of every queue), a lock word
+// inside the heap's pages, and a predecessor and successor inside the table;
+// the lock word it queues on names a tail inside the table and, if held, a
+// holder's slot (held). It reads each word once and returns every violation
+// it finds, in node order, each a *heap.FieldError.
+func CheckNodes(h *heap.Heap) []error {
+	hdr := h.Header()
+	total := hdr.MaxProcs * hdr.NodesPerProc
+	var errs []error
+	at := func(idx uint32, field uint64) uint64 { return hdr.NodeOff + uint64(idx)*heap.NodeSize + field }
+	bad := func(off uint64, field, format string, args ...any) {
+		errs = append(errs, &heap.FieldError{Offset: off, Field: field, Problem: fmt.Sprintf(format, args...)})
+	}
+	words := map[uint64]bool{}
+	for i := range total {
+		n := nodeAt(h, i)
+		st := atomic.LoadUint32(n.state())
+		if st == nodeFree {
+			continue
+		}
+		if st > nodeAbandoned {
+			bad(at(i, nodeState), fmt.Sprintf("queue node %d state", i), "%d is no node state", st)
+			continue
+		}
+		owner := fmt.Sprintf("queue node %d owner", i)
+		if o := atomic.LoadUint32(n.owner()); o == 0 || o > hdr.MaxProcs {
+			bad(at(i, nodeOwner), owner, "%d names no owner slot (slot + 1, at most %d)", o, hdr.MaxProcs)
+		} else if live, _ := h.OwnerLiveness(o - 1); live == 0 {
+			bad(at(i, nodeOwner), owner, "slot %d, which is free: a queued node's slot is freed only after the node", o-1)
+		}
+		for _, f := range []struct {
+			at   uint64
+			name string
+		}{{nodeNext, "next"}, {nodePrev, "prev"}} {
+			if v := atomic.LoadUint32(h.Uint32(at(i, f.at))); v > total {
+				bad(at(i, f.at), fmt.Sprintf("queue node %d %s", i, f.name), "index + 1 %d, the table has %d nodes", v, total)
+			}
+		}
+		off := atomic.LoadUint64(n.lock())
+		if off%8 != 0 || off < hdr.PagesOff || off > hdr.Size-8 {
+			bad(at(i, nodeLock), fmt.Sprintf("queue node %d lock", i), "offset %#x is not an 8-byte aligned word in [%#x, %#x)", off, hdr.PagesOff, hdr.Size)
+			continue
+		}
+		if words[off] {
+			continue
+		}
+		words[off] = true
+		w := atomic.LoadUint64(h.Uint64(off))
+		word := fmt.Sprintf("lock word queued on by node %d", i)
+		if t := wordTail(w); t > total {
+			bad(off, word, "%#x: tail %d, the table has %d nodes", w, t, total)
+		} else if o := wordOwner(w); w&wordLocked != 0 && (o == 0 || o > hdr.MaxProcs) {
+			bad(off, word, "%#x: held by no process (owner %d)", w, o)
+		}
+	}
+	return errs
 }

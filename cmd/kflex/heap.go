@@ -22,7 +22,7 @@ func runHeap(args []string, out io.Writer) error {
 	const doc = `Subcommands:
   create [--size SIZE] PATH   create a heap file (SIZE a power of two: 1M ... 64G; default 256M)
   info [--json] PATH          print a heap's header, owner table, allocator state and locks
-  check [--json] PATH         verify the allocator's invariants; exit 1 naming the first violation`
+  check [--json] PATH         verify the owner table, the allocator and the queue nodes; exit 1 naming the first violation`
 	if len(args) == 0 {
 		return fmt.Errorf("heap: %w: missing subcommand (create, info or check)", errUsage)
 	}
@@ -143,7 +143,7 @@ func heapInfo(args []string, out io.Writer) error {
 		CreatorPID: hdr.CreatorPID, Params: hdr.Params, Layout: hdr.Layout,
 		Owners: owners(h), Alloc: rep.Stats, Locks: rep.Locks, Caches: rep.Caches, Owned: rep.Owned}
 	in.Nodes, in.LockWords = queues(h)
-	for _, e := range unjoin(rerr) {
+	for _, e := range append(unjoin(rerr), mcs.CheckNodes(h)...) {
 		in.Problems = append(in.Problems, e.Error())
 	}
 	if asJSON {
@@ -156,7 +156,7 @@ func heapInfo(args []string, out io.Writer) error {
 		printInfo(out, &in, hdr)
 	}
 	if len(in.Problems) > 0 {
-		return fmt.Errorf("heap %s: %d allocator words do not parse, first: %s", in.Path, len(in.Problems), in.Problems[0])
+		return fmt.Errorf("heap %s: words that do not parse: %d; first: %s", in.Path, len(in.Problems), in.Problems[0])
 	}
 	return nil
 }
@@ -259,12 +259,15 @@ type checkResult struct {
 }
 
 func heapCheck(args []string, out io.Writer) error {
-	h, path, asJSON, err := openInspect("heap check", "Verify the allocator's invariants in the heap at PATH (meant for a heap no live process is changing). Takes no lock; exits 1 naming the first violation.", args, out)
+	h, path, asJSON, err := openInspect("heap check", "Verify the owner table, the allocator's invariants and the lock queues' node table in the heap at PATH (meant for a heap no live process is changing). Takes no lock; exits 1 naming the first violation.", args, out)
 	if err != nil {
 		return err
 	}
 	defer h.Close()
 	sum, cerr := h.Check()
+	if nodes := mcs.CheckNodes(h); cerr == nil && len(nodes) > 0 {
+		cerr = nodes[0]
+	}
 	res := checkResult{Path: path, OK: cerr == nil}
 	if cerr == nil {
 		res.Summary = &sum

@@ -120,7 +120,7 @@ func TestHeapInfoAllocatorLocks(t *testing.T) {
 	code, stdout, stderr = kflexWithin(t, "heap", "info", path)
 	assert.Equal(t, 1, code)
 	assert.Contains(t, stdout, fmt.Sprintf("does not parse: pages lock word at %#x: 0xdeadbeefdeadbeef has reserved bits", hdr.AllocOff))
-	assert.Contains(t, stderr, "1 allocator words do not parse")
+	assert.Contains(t, stderr, "words that do not parse: 1;")
 	code, _, stderr = kflexWithin(t, "heap", "check", path)
 	assert.Equal(t, 1, code)
 	assert.Contains(t, stderr, "pages lock word")
@@ -169,4 +169,87 @@ func TestNodeLayout(t *testing.T) {
 	assert.Contains(t, stdout, fmt.Sprintf("lock %#x: held by slot %d, queue tail node %d", off, p.Slot(), n.Index))
 	m.Unlock()
 	<-done
+}
+
+// TestHeapCheckOwnersAndNodes: garbage in the owner table or the queue node
+// table, behind a valid header and allocator, is named (field and offset) by
+// heap check and heap info, both exiting 1, and by an attach, which refuses
+// a liveness word that is neither free, a thread ID nor the dead mark.
+func TestHeapCheckOwnersAndNodes(t *testing.T) {
+	owner := func(hdr heap.Header, s uint32, field uint64) uint64 {
+		return hdr.OwnerOff + uint64(s)*heap.OwnerRecordSize + field
+	}
+	node := func(hdr heap.Header, i uint64) uint64 { return hdr.NodeOff + i*heap.NodeSize }
+	for _, c := range []struct {
+		name     string
+		poke     func(path string, hdr heap.Header) (field string, at uint64)
+		info     bool // heap info names it too (it checks what must parse whatever processes do)
+		attachOK bool
+	}{
+		{"liveness word", func(path string, hdr heap.Header) (string, uint64) {
+			poke(t, path, owner(hdr, 2, heap.OwnerLive), 0x0101_0101_0101_0101)
+			return "owner slot 2 liveness word", owner(hdr, 2, heap.OwnerLive)
+		}, true, false},
+		{"dead mark with a TID", func(path string, hdr heap.Header) (string, uint64) {
+			poke(t, path, owner(hdr, 0, heap.OwnerLive), 1234<<32|0x4000_04d2)
+			return "owner slot 0 liveness word", owner(hdr, 0, heap.OwnerLive)
+		}, true, false},
+		{"live slot's PID", func(path string, hdr heap.Header) (string, uint64) {
+			poke(t, path, owner(hdr, 1, heap.OwnerLive), 0xffff_ffff<<32|1234) // TID 1234, PID 2^32-1
+			return "owner slot 1 PID", owner(hdr, 1, heap.OwnerPID)
+		}, false, true},
+		{"node state", func(path string, hdr heap.Header) (string, uint64) {
+			poke(t, path, node(hdr, 5), 9<<32)
+			return "queue node 5 state", node(hdr, 5) + 4
+		}, true, true},
+		{"node of a free slot", func(path string, hdr heap.Header) (string, uint64) {
+			poke(t, path, node(hdr, 3), uint64(mcs.NodeWaiting)<<32)
+			poke(t, path, node(hdr, 3)+8, 1) // owner slot 0 + 1, free
+			poke(t, path, node(hdr, 3)+16, hdr.Size-8) // in the last page, free
+			return "queue node 3 owner", node(hdr, 3) + 8
+		}, true, true},
+		{"lock word held by nobody", func(path string, hdr heap.Header) (string, uint64) {
+			poke(t, path, owner(hdr, 0, heap.OwnerLive), 1234<<32|1234) // a live-looking slot 0
+			poke(t, path, node(hdr, 3), uint64(mcs.NodeWaiting)<<32)
+			poke(t, path, node(hdr, 3)+8, 1)
+			poke(t, path, node(hdr, 3)+16, hdr.Size-8)
+			poke(t, path, hdr.Size-8, 4<<32|1) // locked, owner 0, tail node 3
+			return "lock word queued on by node 3", hdr.Size - 8
+		}, true, true},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			path, hdr := usedHeapFile(t)
+			field, at := c.poke(path, hdr)
+			want := fmt.Sprintf("%s at %#x: ", field, at)
+
+			code, stdout, stderr := kflexWithin(t, "heap", "check", path)
+			assert.Equal(t, 1, code, stdout)
+			assert.Contains(t, stderr, want)
+			code, stdout, _ = kflexWithin(t, "heap", "check", "--json", path)
+			assert.Equal(t, 1, code)
+			var res checkResult
+			require.NoError(t, json.Unmarshal([]byte(stdout), &res))
+			assert.False(t, res.OK)
+			assert.Equal(t, field, res.Field)
+			assert.Equal(t, at, *res.Offset)
+
+			code, stdout, stderr = kflexWithin(t, "heap", "info", path)
+			if c.info {
+				assert.Equal(t, 1, code)
+				assert.Contains(t, stdout, "does not parse: "+want)
+				assert.Contains(t, stderr, "words that do not parse: ")
+			} else {
+				assert.Equal(t, 0, code, stderr)
+			}
+
+			h, err := heap.Open(path, nil)
+			if c.attachOK {
+				require.NoError(t, err)
+				h.Close()
+				return
+			}
+			require.ErrorIs(t, err, heap.ErrCorruptHeap)
+			assert.Contains(t, err.Error(), want)
+		})
+	}
 }
