@@ -204,7 +204,7 @@ func TestHeapCheckOwnersAndNodes(t *testing.T) {
 		}, true, true},
 		{"node of a free slot", func(path string, hdr heap.Header) (string, uint64) {
 			poke(t, path, node(hdr, 3), uint64(mcs.NodeWaiting)<<32)
-			poke(t, path, node(hdr, 3)+8, 1) // owner slot 0 + 1, free
+			poke(t, path, node(hdr, 3)+8, 1)           // owner slot 0 + 1, free
 			poke(t, path, node(hdr, 3)+16, hdr.Size-8) // in the last page, free
 			return "queue node 3 owner", node(hdr, 3) + 8
 		}, true, true},
