@@ -29,6 +29,17 @@ const FaultNodeSetUp = "node-set-up"
 // tests reach it with FaultActionStop.
 const FaultSkipped = "skipped"
 
+// FaultGrantBits is in the Go grant, in a granter (holding the lock) that has
+// set the head bits for a parked successor and not yet made it the head: it
+// dies holding the lock, with the bits set for a head that never was.
+// FaultWakePending is in the Go unlock, in an unlocker that has released the
+// lock and set the wake-pending bit for a sleeping head, and not yet issued
+// the wake it promised. Neither is in FaultPoints (see FaultSkipped).
+const (
+	FaultGrantBits   = "grant-head-bits"
+	FaultWakePending = "wake-pending"
+)
+
 // FaultAttachClaimed is the one fault point outside the lock protocol: in
 // Attach, after the designated thread has claimed its owner slot (the CAS of
 // its TID into the liveness word, with the slot's entry as the robust list's

@@ -418,6 +418,7 @@ func (m *Mutex) grant(from node, idx uint32) {
 			}
 			if s == nodeParked {
 				atomic.OrUint64(m.word, wordHeadBits)
+				fault(FaultGrantBits)
 			}
 			if atomic.CompareAndSwapUint32(n.state(), s, nodeHead) {
 				if s == nodeParked {
@@ -468,6 +469,7 @@ func (m *Mutex) unlockSlow() {
 		}
 		if atomic.CompareAndSwapUint64(m.word, w, nw) {
 			if wake {
+				fault(FaultWakePending)
 				futex.Wake(lowHalf(m.word), 1)
 			}
 			return

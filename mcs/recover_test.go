@@ -29,7 +29,7 @@ const childLocker = "mcs-locker"
 // "slot N" once attached, then:
 const (
 	actHold  = "hold"  // lock, print "held", wait to be killed
-	actOnce  = "once"  // lock (waiting if need be), print "got <error>", repair, unlock, exit
+	actOnce  = "once"  // lock (waiting if need be), print "got <error>", repair, hold KFLEX_HOLD (a duration, if set), unlock, exit
 	actStorm = "storm" // two goroutines run stormer until KFLEX_STOP's word is set
 )
 
@@ -63,6 +63,11 @@ func TestLockerChild(t *testing.T) {
 		fmt.Printf("got %v\n", err)
 		if errors.Is(err, ErrOwnerDied) {
 			m.Consistent()
+		}
+		if hold := os.Getenv("KFLEX_HOLD"); hold != "" {
+			d, err := time.ParseDuration(hold)
+			require.NoError(t, err)
+			time.Sleep(d)
 		}
 		if !errors.Is(err, ErrNotRecoverable) {
 			m.Unlock()
