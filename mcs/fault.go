@@ -25,8 +25,7 @@ const FaultNodeSetUp = "node-set-up"
 // FaultSkipped is in the Go grant, in a granter (holding the lock) that has
 // just skipped and freed an abandoned or dead node and is about to go on to
 // the one after it. It is not in FaultPoints, which the stress harness's
-// kill schedule indexes (adding points would change every seed's schedule):
-// tests reach it with FaultActionStop.
+// kill schedule indexes (adding points would change every seed's schedule).
 const FaultSkipped = "skipped"
 
 // FaultGrantBits is in the Go grant, in a granter (holding the lock) that has
@@ -34,10 +33,17 @@ const FaultSkipped = "skipped"
 // dies holding the lock, with the bits set for a head that never was.
 // FaultWakePending is in the Go unlock, in an unlocker that has released the
 // lock and set the wake-pending bit for a sleeping head, and not yet issued
-// the wake it promised. Neither is in FaultPoints (see FaultSkipped).
+// the wake it promised.
+// FaultRepairAbandoned and FaultRepairHead are in a waiter's repair around a
+// dead predecessor: after it marked the predecessor abandoned and before it
+// queued behind the predecessor's predecessor; and after it made itself the
+// head and before it freed the nodes it passed. None of these four is in
+// FaultPoints (see FaultSkipped).
 const (
-	FaultGrantBits   = "grant-head-bits"
-	FaultWakePending = "wake-pending"
+	FaultGrantBits       = "grant-head-bits"
+	FaultWakePending     = "wake-pending"
+	FaultRepairAbandoned = "repair-abandoned"
+	FaultRepairHead      = "repair-head"
 )
 
 // FaultAttachClaimed is the one fault point outside the lock protocol: in

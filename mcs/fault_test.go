@@ -701,3 +701,44 @@ func TestKillAfterSkipping(t *testing.T) {
 	assert.Equal(t, []int{3}, sc.seq)
 	w.settled(t, off, 0)
 }
+
+// TestKillRepairing kills a child waiter in its repair around dead
+// predecessors: after it marked a dead waiter's node abandoned (behind a
+// waiter of ours that lives: FaultRepairAbandoned), or after it made itself
+// the head, past a dead waiter and a dead head, and before it freed what it
+// passed (FaultRepairHead). Our waiter behind it repairs around the dead
+// nodes and gets the lock in turn (no owner died: we lived); nothing the dead
+// children left stays behind.
+func TestKillRepairing(t *testing.T) {
+	for _, c := range []struct {
+		point string
+		ahead bool     // a waiter of ours queued first
+		dead  []string // children queued next, each killed at its point
+	}{
+		{FaultRepairAbandoned, true, []string{FaultLinked}},
+		{FaultRepairHead, false, []string{FaultHead, FaultLinked}},
+	} {
+		t.Run(c.point, func(t *testing.T) {
+			sc := newScene(t, c.ahead)
+			w, off, tail := sc.w, sc.off, sc.tail
+			for _, pt := range append(c.dead, c.point) {
+				x := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+pt)
+				tail = w.queuedAfter(t, off, tail)
+				requireKilled(t, x)
+			}
+			third := lockAsync(mutex(t, w.p, off), &sc.seq, 3)
+			w.queuedAfter(t, off, tail)
+			sc.m.Unlock()
+			if c.ahead {
+				require.NoError(t, result(t, sc.first))
+			}
+			require.NoError(t, result(t, third))
+			if c.ahead {
+				assert.Equal(t, []int{1, 3}, sc.seq)
+			} else {
+				assert.Equal(t, []int{3}, sc.seq)
+			}
+			w.settled(t, off, 0)
+		})
+	}
+}

@@ -239,6 +239,7 @@ func (m *Mutex) repair(n node, skipped *[]uint32, how Way) bool {
 					if !atomic.CompareAndSwapUint32(pn.state(), s, nodeAbandoned) {
 						continue
 					}
+					fault(FaultRepairAbandoned)
 					m.p.wakeDeath(m.p.nodeOwner(pred))
 					fallthrough
 				default: // abandoned: wait behind its predecessor
@@ -262,6 +263,7 @@ func (m *Mutex) repair(n node, skipped *[]uint32, how Way) bool {
 		// time: both store head.
 		atomic.CompareAndSwapUint32(n.state(), nodeWaiting, nodeHead)
 		atomic.CompareAndSwapUint32(n.state(), nodeParked, nodeHead)
+		fault(FaultRepairHead)
 		if front == 0 && pred != 0 && atomic.LoadUint64(m.p.node(pred-1).lock()) == m.off {
 			// The node behind pred died before linking itself (the MCS
 			// window), and pred's next stayed 0: the walk starts at that
