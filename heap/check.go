@@ -96,7 +96,7 @@ func (k *checker) overlay(e [2]uint64) {
 // and a dead cache's in-flight top object as free: what recovery will do.
 // Check takes no lock and is meant for a heap no live process is changing. The
 // error names the first violation (a *FieldError). The lock queues' node
-// table is mcs's to check (mcs.CheckNodes).
+// table is mcs's to check (mcs.CheckLocks).
 func (h *Heap) Check() (CheckSummary, error) {
 	k := &checker{h: h, over: map[uint64]uint64{}, seen: map[uint64]bool{}, inFlight: map[uint64]bool{}}
 	k.sum.Size = h.hdr.Size

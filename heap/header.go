@@ -13,7 +13,7 @@ var Magic = [8]byte{'K', 'F', 'L', 'E', 'X', 'H', 'P', 0}
 
 // Version is the layout version this package reads and writes. Any change to the
 // header, the owner or node tables, or the allocator's metadata bumps it.
-const Version = 2
+const Version = 3
 
 // Limits on the size of a heap.
 const (
@@ -47,8 +47,9 @@ const (
 	hdrObjBitsOff   = 104 // u64: one bit per 8-byte granule: "an object starts here"
 	hdrFreeBitsOff  = 112 // u64: one bit per page: "this page is free"
 	hdrPagesOff     = 120 // u64: first page the allocator hands out
-	hdrChecksum     = 128 // u32: CRC-32C of bytes [0, hdrChecksum)
-	hdrEnd          = 132
+	hdrLockDirOff   = 128 // u64: the owner slots' lock directories (since version 3)
+	hdrChecksum     = 136 // u32: CRC-32C of bytes [0, hdrChecksum)
+	hdrEnd          = 140
 
 	// Root words: mutable, outside the checksum. Applications keep the canonical
 	// pointers to their top-level structures here, so another process can find them.
@@ -75,6 +76,7 @@ type Layout struct {
 	ObjBitsOff  uint64 `json:"obj_bits_off"`
 	FreeBitsOff uint64 `json:"free_bits_off"`
 	PagesOff    uint64 `json:"pages_off"`
+	LockDirOff  uint64 `json:"lock_dir_off"`
 }
 
 // Header is the decoded first page of a heap file.
@@ -141,6 +143,7 @@ func (p Params) layout() Layout {
 	}
 	l.OwnerOff = place(uint64(p.MaxProcs) * OwnerRecordSize)
 	l.NodeOff = place(uint64(p.MaxProcs) * uint64(p.NodesPerProc) * NodeSize)
+	l.LockDirOff = place(uint64(p.MaxProcs) * LockDirPerProc * 8)
 	l.AllocOff = place(allocStateSize)
 	l.CacheOff = place(uint64(p.Caches) * cacheSlotSize)
 	l.PageMapOff = place(pages * 4)
@@ -179,6 +182,7 @@ func (h *Header) encode(b []byte) {
 	le.PutUint64(b[hdrObjBitsOff:], h.ObjBitsOff)
 	le.PutUint64(b[hdrFreeBitsOff:], h.FreeBitsOff)
 	le.PutUint64(b[hdrPagesOff:], h.PagesOff)
+	le.PutUint64(b[hdrLockDirOff:], h.LockDirOff)
 	le.PutUint32(b[hdrChecksum:], crc32.Checksum(b[:hdrChecksum], castagnoli))
 }
 
@@ -239,6 +243,7 @@ func ParseHeader(b []byte, fileSize int64) (Header, error) {
 		AllocOff: le.Uint64(b[hdrAllocOff:]), CacheOff: le.Uint64(b[hdrCacheOff:]),
 		PageMapOff: le.Uint64(b[hdrPageMapOff:]), ObjBitsOff: le.Uint64(b[hdrObjBitsOff:]),
 		FreeBitsOff: le.Uint64(b[hdrFreeBitsOff:]), PagesOff: le.Uint64(b[hdrPagesOff:]),
+		LockDirOff: le.Uint64(b[hdrLockDirOff:]),
 	}
 	if stored != h.Layout {
 		return h, fmt.Errorf("%w: layout %+v does not follow from its parameters (%+v)", ErrCorrupt, stored, h.Layout)

@@ -138,3 +138,18 @@ func (a *allocator) rename(cur, next *identity) {
 		atomic.CompareAndSwapUint64(a.h.Uint64(s.off+csOwner), cur.word, next.word)
 	}
 }
+
+// Each owner slot has a lock directory, at Layout.LockDirOff: LockDirPerProc
+// u64 entries, each the heap offset of a lock word its process uses (0:
+// empty), which heap info shows held, queued or owner-died whatever becomes
+// of the process. The process enters a word once, with one store into an
+// empty entry (mcs.Process.Mutex), so a kill leaves no half-made entry; it
+// clears its entries as it detaches, and the reaper of a dead process's slot
+// clears them before freeing the slot: a free slot's directory is empty.
+const LockDirPerProc = 64
+
+// LockDirEntry is the heap offset of entry i of owner slot s's lock
+// directory.
+func (h *Heap) LockDirEntry(s, i uint32) uint64 {
+	return h.hdr.LockDirOff + (uint64(s)*LockDirPerProc+uint64(i))*8
+}

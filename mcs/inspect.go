@@ -50,15 +50,17 @@ func (p *Process) QueueNode(idx uint32) QueueNode {
 		Owner: atomic.LoadUint32(n.owner()), Prev: atomic.LoadUint32(n.prev()), Lock: atomic.LoadUint64(n.lock())}
 }
 
-// CheckNodes verifies the node table of the heap h, as the heap stands when
-// no process is changing it, without attaching: every node's state is a node
-// state, and every node in a queue names a waiter's slot that is not free
-// (Reap frees a slot only once its nodes are out of every queue), a lock word
-// inside the heap's pages, and a predecessor and successor inside the table;
-// the lock word it queues on names a tail inside the table and, if held, a
-// holder's slot (held). It reads each word once and returns every violation
-// it finds, in node order, each a *heap.FieldError.
-func CheckNodes(h *heap.Heap) []error {
+// CheckLocks verifies, as the heap h stands when no process is changing it
+// and without attaching, the node table, the lock directories and the lock
+// words they name. Every node's state is a node state, and every node in a
+// queue names a waiter's slot that is not free (Reap frees a slot only once
+// its nodes are out of every queue), a lock word inside the heap's pages, and
+// a predecessor and successor inside the table. Every directory entry names a
+// word in the pages, and a free slot's directory is empty. Each lock word
+// named names a tail inside the table and, if held, a holder's slot (held).
+// It reads each word once and returns every violation it finds, nodes first,
+// each a *heap.FieldError.
+func CheckLocks(h *heap.Heap) []error {
 	hdr := h.Header()
 	total := hdr.MaxProcs * hdr.NodesPerProc
 	var errs []error
@@ -67,6 +69,18 @@ func CheckNodes(h *heap.Heap) []error {
 		errs = append(errs, &heap.FieldError{Offset: off, Field: field, Problem: fmt.Sprintf(format, args...)})
 	}
 	words := map[uint64]bool{}
+	word := func(off uint64, field string) {
+		if words[off] {
+			return
+		}
+		words[off] = true
+		w := atomic.LoadUint64(h.Uint64(off))
+		if t := wordTail(w); t > total {
+			bad(off, field, "%#x: tail %d, the table has %d nodes", w, t, total)
+		} else if o := wordOwner(w); w&wordLocked != 0 && (o == 0 || o > hdr.MaxProcs) {
+			bad(off, field, "%#x: held by no process (owner %d)", w, o)
+		}
+	}
 	for i := range total {
 		n := nodeAt(h, i)
 		st := atomic.LoadUint32(n.state())
@@ -92,21 +106,11 @@ func CheckNodes(h *heap.Heap) []error {
 			}
 		}
 		off := atomic.LoadUint64(n.lock())
-		if off%8 != 0 || off < hdr.PagesOff || off > hdr.Size-8 {
+		if !lockOffValid(hdr, off) {
 			bad(at(i, nodeLock), fmt.Sprintf("queue node %d lock", i), "offset %#x is not an 8-byte aligned word in [%#x, %#x)", off, hdr.PagesOff, hdr.Size)
 			continue
 		}
-		if words[off] {
-			continue
-		}
-		words[off] = true
-		w := atomic.LoadUint64(h.Uint64(off))
-		word := fmt.Sprintf("lock word queued on by node %d", i)
-		if t := wordTail(w); t > total {
-			bad(off, word, "%#x: tail %d, the table has %d nodes", w, t, total)
-		} else if o := wordOwner(w); w&wordLocked != 0 && (o == 0 || o > hdr.MaxProcs) {
-			bad(off, word, "%#x: held by no process (owner %d)", w, o)
-		}
+		word(off, fmt.Sprintf("lock word queued on by node %d", i))
 	}
-	return errs
+	return append(errs, checkDirs(h, word)...)
 }

@@ -33,12 +33,16 @@ type Mutex struct {
 
 // Mutex returns a handle on the lock word at heap offset off, which must be
 // 8-byte aligned and inside the allocatable part of the heap. A fresh lock word
-// is zero.
+// is zero. The word is listed in this process's slot's lock directory (the
+// first heap.LockDirPerProc words it has a Mutex on), where heap info finds it
+// held, queued or owner-died whatever becomes of the process; that costs one
+// store the first time, and nothing on Lock and Unlock.
 func (p *Process) Mutex(off uint64) (*Mutex, error) {
 	hdr := p.h.Header()
 	if off%8 != 0 || off < hdr.PagesOff || off > hdr.Size-8 {
 		return nil, fmt.Errorf("mcs: lock word offset %#x: not 8-byte aligned inside [%#x, %#x)", off, hdr.PagesOff, hdr.Size)
 	}
+	p.enter(off)
 	return &Mutex{p: p, word: p.h.Uint64(off), off: off, held: p.Held()}, nil
 }
 

@@ -49,6 +49,9 @@ type Process struct {
 	realtime bool          // the designated thread sleeps at a real-time priority
 	counts   waitCounts    // how waits ended (WaitStats)
 
+	dirMu sync.Mutex
+	dir   dir // the slot's lock directory (lockdir.go)
+
 	standing sync.WaitGroup // stand-ins waiting in cancelled executors' nodes (stand)
 	quit     chan struct{}  // closed by Detach: stand-ins abandon their nodes
 
@@ -62,7 +65,8 @@ type Process struct {
 // reports this process's death in the heap, whatever the cause. Detach gives the
 // slot back.
 func Attach(h *heap.Heap) (*Process, error) {
-	p := &Process{h: h, park: parkTimeout, quit: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
+	p := &Process{h: h, park: parkTimeout, quit: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{}),
+		dir: dir{words: map[uint64]bool{}}}
 	if !h.SharedFutexes() {
 		p.park = localParkTimeout
 	}
@@ -183,6 +187,7 @@ func (p *Process) liveness(ready chan<- error) {
 		markDead(lw)
 		return
 	}
+	clearDir(p.h, p.slot)
 	for !freeSlot(lw, atomic.LoadUint32(lw)) { // a waiter may be setting FUTEX_WAITERS
 	}
 }

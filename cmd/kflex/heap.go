@@ -97,6 +97,9 @@ type info struct {
 	Owned      []heap.OwnedReport `json:"owned_objects"`
 	Nodes      []queuedNode       `json:"queued_nodes"`
 	LockWords  []queuedLock       `json:"queued_locks"`
+	Busy       []lockWord         `json:"lock_words"`      // listed or queued on, and not free
+	WordsRead  int                `json:"lock_words_read"` // lock words the directories and queues name
+	FullDirs   []uint32           `json:"full_lock_directories"`
 	Problems   []string           `json:"problems,omitempty"` // what does not parse
 }
 
@@ -143,12 +146,14 @@ func heapInfo(args []string, out io.Writer) error {
 		CreatorPID: hdr.CreatorPID, Params: hdr.Params, Layout: hdr.Layout,
 		Owners: owners(h), Alloc: rep.Stats, Locks: rep.Locks, Caches: rep.Caches, Owned: rep.Owned}
 	in.Nodes, in.LockWords = queues(h)
-	for _, e := range append(unjoin(rerr), mcs.CheckNodes(h)...) {
+	in.Busy, in.WordsRead, in.FullDirs = lockWords(h, in.LockWords)
+	for _, e := range append(unjoin(rerr), mcs.CheckLocks(h)...) {
 		in.Problems = append(in.Problems, e.Error())
 	}
 	if asJSON {
 		in.Owners, in.Locks, in.Caches = nonNil(in.Owners), nonNil(in.Locks), nonNil(in.Caches)
 		in.Nodes, in.LockWords = nonNil(in.Nodes), nonNil(in.LockWords)
+		in.Busy, in.FullDirs = nonNil(in.Busy), nonNil(in.FullDirs)
 		if err := writeJSON(out, in); err != nil {
 			return err
 		}
@@ -236,12 +241,20 @@ func printInfo(out io.Writer, in *info, hdr heap.Header) {
 	if s.LargeRuns > 0 {
 		fmt.Fprintf(out, "  large: %d runs, %d pages\n", s.LargeRuns, s.LargePages)
 	}
+	fmt.Fprintf(out, "lock words: %d listed by processes or queued on, %d not free\n", in.WordsRead, len(in.Busy))
+	for _, l := range in.Busy {
+		holder := ""
+		if l.Holder != "" {
+			holder = " (holder " + l.Holder + ")"
+		}
+		fmt.Fprintf(out, "  lock %#x: %s%s\n", l.Offset, l.Word, holder)
+	}
+	for _, s := range in.FullDirs {
+		fmt.Fprintf(out, "  slot %d's lock directory is full (%d words): lock words it uses beyond those are not listed\n", s, heap.LockDirPerProc)
+	}
 	fmt.Fprintf(out, "queued lock nodes: %d\n", len(in.Nodes))
 	for _, n := range in.Nodes {
 		fmt.Fprintf(out, "  node %d (slot %d): %s on lock %#x, next %s\n", n.Index, n.Slot, n.State, n.Lock, n.nextString())
-	}
-	for _, l := range in.LockWords {
-		fmt.Fprintf(out, "  lock %#x: %s\n", l.Offset, l.Word)
 	}
 	for _, p := range in.Problems {
 		fmt.Fprintf(out, "does not parse: %s\n", p)
@@ -265,7 +278,7 @@ func heapCheck(args []string, out io.Writer) error {
 	}
 	defer h.Close()
 	sum, cerr := h.Check()
-	if nodes := mcs.CheckNodes(h); cerr == nil && len(nodes) > 0 {
+	if nodes := mcs.CheckLocks(h); cerr == nil && len(nodes) > 0 {
 		cerr = nodes[0]
 	}
 	res := checkResult{Path: path, OK: cerr == nil}

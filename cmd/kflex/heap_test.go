@@ -1,11 +1,14 @@
 package main
 
 import (
+	"bufio"
 	"encoding/binary"
 	"encoding/json"
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -166,7 +169,7 @@ func TestNodeLayout(t *testing.T) {
 	code, stdout, stderr := kflexWithin(t, "heap", "info", path)
 	require.Equal(t, 0, code, stderr)
 	assert.Contains(t, stdout, fmt.Sprintf("on lock %#x, next none linked", off))
-	assert.Contains(t, stdout, fmt.Sprintf("lock %#x: held by slot %d, queue tail node %d", off, p.Slot(), n.Index))
+	assert.Contains(t, stdout, fmt.Sprintf("lock %#x: held by slot %d gen %d, queue tail node %d", off, p.Slot(), p.Gen()&0xfff, n.Index))
 	m.Unlock()
 	<-done
 }
@@ -252,4 +255,70 @@ func TestHeapCheckOwnersAndNodes(t *testing.T) {
 			assert.Contains(t, err.Error(), want)
 		})
 	}
+}
+
+// TestHeapInfoDeadHolder: a process that holds a lock with nobody queued is
+// SIGKILLed. No queue node names the lock word, but the process's lock
+// directory does: heap info shows it held by the dead slot, whose holder the
+// next locker takes it over from. Once the slot is reaped its directory is
+// empty (heap check says a free slot's must be), and the word, listed by this
+// process's Mutex, reads free after the takeover.
+func TestHeapInfoDeadHolder(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "h")
+	h, err := heap.Create(path, &heap.Options{Params: heap.Params{Size: 1 << 20}})
+	require.NoError(t, err)
+	defer h.Close()
+	off, err := h.Alloc(8)
+	require.NoError(t, err)
+	*h.Uint64(off) = 0
+
+	holder := exec.Command(os.Args[0], "bench-holder", path, fmt.Sprint(off))
+	out, err := holder.StdoutPipe()
+	require.NoError(t, err)
+	require.NoError(t, holder.Start())
+	t.Cleanup(func() { holder.Process.Kill(); holder.Wait() })
+	line, err := bufio.NewReader(out).ReadString('\n')
+	require.NoError(t, err)
+	require.Equal(t, "held\n", line)
+	require.NoError(t, holder.Process.Kill())
+	holder.Wait()
+	slot := mcs.DecodeWord(atomic.LoadUint64(h.Uint64(off))).Owner - 1
+	require.True(t, mcs.WaitDeath(h, slot, 5*time.Second), "the kernel marked the holder's slot dead")
+
+	code, stdout, stderr := kflexWithin(t, "heap", "info", path)
+	require.Equal(t, 0, code, stderr)
+	assert.Contains(t, stdout, "lock words: 1 listed by processes or queued on, 1 not free")
+	assert.Regexp(t, fmt.Sprintf(`lock %#x: held by slot %d gen \d+ \(holder dead: the next locker takes it over`, off, slot), stdout)
+	code, stdout, _ = kflexWithin(t, "heap", "info", "--json", path)
+	require.Equal(t, 0, code)
+	var in info
+	require.NoError(t, json.Unmarshal([]byte(stdout), &in))
+	require.Len(t, in.Busy, 1)
+	assert.Equal(t, off, in.Busy[0].Offset)
+	assert.Contains(t, in.Busy[0].Holder, "dead")
+	code, _, stderr = kflexWithin(t, "heap", "check", path)
+	assert.Equal(t, 0, code, stderr)
+
+	p, err := mcs.Attach(h)
+	require.NoError(t, err)
+	defer p.Detach()
+	require.Equal(t, 1, mcs.Reap(h), "the dead slot reaped")
+	m, err := p.Mutex(off)
+	require.NoError(t, err)
+	require.ErrorIs(t, m.Lock(), mcs.ErrOwnerDied)
+	m.Consistent()
+	m.Unlock()
+	code, stdout, stderr = kflexWithin(t, "heap", "info", path)
+	require.Equal(t, 0, code, stderr)
+	assert.Contains(t, stdout, "lock words: 1 listed by processes or queued on, 0 not free")
+	code, _, stderr = kflexWithin(t, "heap", "check", path)
+	assert.Equal(t, 0, code, stderr)
+
+	// A free slot's directory naming a word: garbage, or a reaper that freed
+	// the slot first.
+	free := (p.Slot() + 1) % h.Header().MaxProcs
+	poke(t, path, h.LockDirEntry(free, 3), off)
+	code, _, stderr = kflexWithin(t, "heap", "check", path)
+	assert.Equal(t, 1, code)
+	assert.Contains(t, stderr, fmt.Sprintf("owner slot %d lock directory entry 3 at %#x: %#x, in a free slot's directory", free, h.LockDirEntry(free, 3), off))
 }

@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"sort"
 	"sync/atomic"
 
@@ -81,11 +82,15 @@ func queues(h *heap.Heap) ([]queuedNode, []queuedLock) {
 
 func describeWord(s mcs.LockState) string {
 	d := "free"
-	if s.Locked {
+	switch {
+	case s.Locked:
 		d = "held"
 		if s.Owner != 0 {
-			d += fmt.Sprintf(" by slot %d", s.Owner-1)
+			d += fmt.Sprintf(" by slot %d gen %d", s.Owner-1, s.Gen)
 		}
+	case s.OwnerDied:
+		d = "NOT RECOVERABLE (a holder that took it over unlocked without Consistent)"
+		s.OwnerDied = false
 	}
 	if s.Tail != 0 {
 		d += fmt.Sprintf(", queue tail node %d", s.Tail-1)
@@ -99,4 +104,42 @@ func describeWord(s mcs.LockState) string {
 		}
 	}
 	return d
+}
+
+// lockWord is a lock word that a lock directory or a queued node names, and
+// that is not free: held, queued on, or not recoverable.
+type lockWord struct {
+	Offset uint64 `json:"offset"`
+	Raw    uint64 `json:"raw"`
+	Word   string `json:"word"`
+	Holder string `json:"holder,omitempty"` // alive, or dead (the next locker takes it over)
+}
+
+// lockWords reads the lock words the owner slots' lock directories and the
+// queued nodes name (queued), once each, and returns those that are not
+// free, how many words were read, and the slots whose directory is full.
+func lockWords(h *heap.Heap, queued []queuedLock) (busy []lockWord, read int, full []uint32) {
+	offs, full := mcs.DirectoryLocks(h)
+	for _, q := range queued {
+		offs = append(offs, q.Offset)
+	}
+	slices.Sort(offs)
+	offs = slices.Compact(offs)
+	for _, off := range offs {
+		w := atomic.LoadUint64(h.Uint64(off))
+		if w == 0 {
+			continue
+		}
+		s := mcs.DecodeWord(w)
+		l := lockWord{Offset: off, Raw: w, Word: describeWord(s)}
+		if s.Locked && s.Owner != 0 && s.Owner <= h.Header().MaxProcs {
+			live, gen := h.OwnerLiveness(s.Owner - 1)
+			l.Holder = "alive"
+			if live == 0 || heap.OwnerDead(live) || gen&0xfff != s.Gen {
+				l.Holder = "dead: the next locker takes it over (owner died)"
+			}
+		}
+		busy = append(busy, l)
+	}
+	return busy, len(offs), full
 }
