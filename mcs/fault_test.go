@@ -637,69 +637,69 @@ func (w *world) parkedAt(t *testing.T, idx uint32) {
 		10*time.Second, 50*time.Microsecond, "node %d never fell asleep", idx-1)
 }
 
-// TestKillUnlockingBeforeWake: a child unlocks with our waiter asleep as the
-// queue's head, sets the wake-pending bit and dies before the wake it
-// promised (FaultWakePending). The waiter, asleep on the holder's liveness
-// word too, wakes at the death and takes the lock, released normally (no
-// owner died), and clears the bits; the lock is then usable by everyone.
-func TestKillUnlockingBeforeWake(t *testing.T) {
-	sc := newScene(t, false)
-	w, off := sc.w, sc.off
-	x := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultWakePending, "KFLEX_HOLD=200ms")
-	tail := w.queuedAfter(t, off, 0)
-	third := lockAsync(mutex(t, w.p, off), &sc.seq, 3)
-	w.queuedAfter(t, off, tail)
-	sc.m.Unlock() // the child takes the lock and grants our waiter the head, which then sleeps on the word
-	require.Eventually(t, func() bool {
-		s := DecodeWord(atomic.LoadUint64(w.h.Uint64(off)))
-		return s.Locked && s.HeadSleeping
-	}, 10*time.Second, 50*time.Microsecond, "our waiter never slept as the head")
-	requireKilled(t, x)
-	require.NoError(t, result(t, third))
-	assert.Equal(t, []int{3}, sc.seq)
-	w.settled(t, off, 0)
-}
-
-// TestKillGrantingParked: a child takes the lock and, granting our parked
-// waiter the head, sets the head bits and dies before the grant
-// (FaultGrantBits). Our waiter, not yet the head, wakes at the death, takes
-// the position past the dead node and the lock over (owner died); the bits
-// the dead granter set do not survive it.
-func TestKillGrantingParked(t *testing.T) {
-	sc := newScene(t, false)
-	w, off := sc.w, sc.off
-	x := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultGrantBits)
-	tail := w.queuedAfter(t, off, 0)
-	third := lockAsync(mutex(t, w.p, off), &sc.seq, 3)
-	mine := w.queuedAfter(t, off, tail)
-	w.parkedAt(t, mine)
-	sc.m.Unlock()
-	requireKilled(t, x)
-	require.ErrorIs(t, result(t, third), ErrOwnerDied)
-	assert.Equal(t, []int{3}, sc.seq)
-	w.settled(t, off, 0)
-}
-
-// TestKillAfterSkipping: a child granter, holding the lock, skips a dead
-// waiter's node (another child, killed once linked), frees it and dies
-// before going on to our waiter behind it (FaultSkipped). Our waiter, whose
-// predecessor is now a freed node of a dead process, takes the head position
-// and the lock over (owner died).
-func TestKillAfterSkipping(t *testing.T) {
-	sc := newScene(t, false)
-	w, off := sc.w, sc.off
-	g := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultSkipped)
-	tail := w.queuedAfter(t, off, 0)
-	d := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultLinked)
-	tail = w.queuedAfter(t, off, tail)
-	requireKilled(t, d)
-	third := lockAsync(mutex(t, w.p, off), &sc.seq, 3)
-	w.queuedAfter(t, off, tail)
-	sc.m.Unlock()
-	requireKilled(t, g)
-	require.ErrorIs(t, result(t, third), ErrOwnerDied)
-	assert.Equal(t, []int{3}, sc.seq)
-	w.settled(t, off, 0)
+// TestKillGrantingOrUnlocking kills a child holding the lock as it hands it
+// on to our waiter queued behind it:
+//
+//   - wake-pending: it unlocks with our waiter asleep as the queue's head,
+//     sets the wake-pending bit and dies before the wake it promised. The
+//     waiter, asleep on the holder's liveness word too, wakes at the death
+//     and takes the lock, released normally (no owner died), and clears the
+//     bits.
+//   - grant-head-bits: granting our parked waiter the head, it sets the head
+//     bits and dies before the grant. Our waiter, not yet the head, wakes at
+//     the death and takes the position past the dead node and the lock over
+//     (owner died); the bits the dead granter set do not survive it.
+//   - skipped: it skips a dead waiter's node (another child, killed once
+//     linked), frees it and dies before going on to our waiter. Our waiter,
+//     whose predecessor is now a freed node of a dead process, takes the
+//     head position and the lock over (owner died).
+//
+// The lock is then usable by everyone, and the tables are as they began.
+func TestKillGrantingOrUnlocking(t *testing.T) {
+	for _, c := range []struct {
+		point     string
+		env       []string
+		dead      []string // children queued behind it, each killed at its point
+		parked    bool     // our waiter asleep in the queue before we unlock
+		headSleep bool     // our waiter asleep as the head before the child dies
+		ownerDied bool
+	}{
+		{point: FaultWakePending, env: []string{"KFLEX_HOLD=200ms"}, headSleep: true},
+		{point: FaultGrantBits, parked: true, ownerDied: true},
+		{point: FaultSkipped, dead: []string{FaultLinked}, ownerDied: true},
+	} {
+		t.Run(c.point, func(t *testing.T) {
+			sc := newScene(t, false)
+			w, off := sc.w, sc.off
+			x := w.startLocker(t, off, actOnce, append(c.env, "KFLEX_FAULT="+c.point)...)
+			tail := w.queuedAfter(t, off, 0)
+			for _, pt := range c.dead {
+				d := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+pt)
+				tail = w.queuedAfter(t, off, tail)
+				requireKilled(t, d)
+			}
+			third := lockAsync(mutex(t, w.p, off), &sc.seq, 3)
+			mine := w.queuedAfter(t, off, tail)
+			if c.parked {
+				w.parkedAt(t, mine)
+			}
+			sc.m.Unlock() // the child takes the lock and hands it on
+			if c.headSleep {
+				require.Eventually(t, func() bool {
+					s := DecodeWord(atomic.LoadUint64(w.h.Uint64(off)))
+					return s.Locked && s.HeadSleeping
+				}, 10*time.Second, 50*time.Microsecond, "our waiter never slept as the head")
+			}
+			requireKilled(t, x)
+			if err := result(t, third); c.ownerDied {
+				require.ErrorIs(t, err, ErrOwnerDied)
+			} else {
+				require.NoError(t, err)
+			}
+			assert.Equal(t, []int{3}, sc.seq)
+			w.settled(t, off, 0)
+		})
+	}
 }
 
 // TestKillRepairing kills a child waiter in its repair around dead

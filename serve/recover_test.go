@@ -33,23 +33,6 @@ const (
 	roleHolds   = "serve-holds"   // a runtime whose extension takes KFLEX_LOCK and loops; says "holding"
 )
 
-// lockAndLoop takes the lock whose address is its context's first word and
-// loops until it is stopped; its unlock is never reached (kflex's verifier
-// wants one on every path, and the lock's address in a callee-saved
-// register while it is held, for a cancellation to release it).
-var lockAndLoop = `
-	mov %r9, %r1
-	ldxdw %r7, [%r9+0]
-	mov %r1, %r7` + abi.LockCall + `
-	mov %r6, 1
-loop:
-	add %r6, 1
-	jne %r6, 0, loop
-	mov %r1, %r7` + abi.UnlockCall + `
-	mov %r0, 0
-	exit
-` + mcs.BytecodeLock
-
 // TestRecoveryChild is the child of the recovery tests; run directly it does
 // nothing.
 func TestRecoveryChild(t *testing.T) {
@@ -87,7 +70,7 @@ func TestRecoveryChild(t *testing.T) {
 		return
 	}
 	if role == roleHolds {
-		rt := runtimeOn(t, h, map[string]string{"lockloop": lockAndLoop}, serve.Options{JIT: 1, Budget: -1})
+		rt := runtimeOn(t, h, map[string]string{"lockloop": lockHolding("")}, serve.Options{JIT: 1, Budget: -1})
 		go rt.Invoke(context.Background(), "lockloop", h.Base()+off) // killed while it holds the lock
 		require.Eventually(t, func() bool {
 			return mcs.DecodeWord(atomic.LoadUint64(h.Uint64(off))).Owner == rt.Process().Slot()+1
@@ -152,6 +135,19 @@ func recoveryWorld(t *testing.T) (*heap.Heap, string, uint64) {
 	require.NoError(t, err)
 	*h.Uint64(off) = 0
 	return h, path, off
+}
+
+// heldWorld is recoveryWorld with this process attached (p) and holding the
+// lock (m); live is the heap's live objects then.
+func heldWorld(t *testing.T) (h *heap.Heap, path string, off uint64, p *mcs.Process, m *mcs.Mutex, live uint64) {
+	h, path, off = recoveryWorld(t)
+	p, err := mcs.Attach(h)
+	require.NoError(t, err)
+	t.Cleanup(func() { p.Detach() }) // before recoveryWorld's h.Close
+	m, err = p.Mutex(off)
+	require.NoError(t, err)
+	require.NoError(t, m.Lock())
+	return h, path, off, p, m, h.Stats().LiveObjects
 }
 
 // startChild starts a recovery child in role, with extra environment, and
@@ -248,20 +244,24 @@ func TestExtensionWaitsHolderKilled(t *testing.T) {
 // the dead runtime's node, slot and heap objects (executor stacks, rseq
 // areas: AllocOwned) are recovered.
 func TestRuntimeKilledWhileQueued(t *testing.T) {
-	h, path, off := recoveryWorld(t)
-	p, err := mcs.Attach(h)
-	require.NoError(t, err)
-	defer p.Detach()
-	m, err := p.Mutex(off)
-	require.NoError(t, err)
-	require.NoError(t, m.Lock())
-	live := h.Stats().LiveObjects
+	h, path, off, p, m, live := heldWorld(t)
 	runtime := startChild(t, roleRuntime, path, off, "invoking")
 	require.Eventually(t, func() bool { return atomic.LoadUint64(h.Uint64(off))>>32 != 0 },
 		20*time.Second, 100*time.Microsecond, "the extension never queued")
 	require.NoError(t, runtime.Signal(syscall.SIGKILL))
 	runtime.Wait()
 	m.Unlock()
+	runtimeRecovered(t, h, p, m, off, live, 2)
+}
+
+// runtimeRecovered checks the end of a test that killed a runtime: a Go
+// newcomer locks the lock at off (m, of p), the dead runtime's heap objects
+// (executor stacks, rseq areas: owned objects) are back in the heap once
+// reaped (live objects as before it started), an extension of a new runtime
+// locks too and leaves the lock free, and keep processes are attached (that
+// runtime among them), with every queue node free.
+func runtimeRecovered(t *testing.T, h *heap.Heap, p *mcs.Process, m *mcs.Mutex, off, live uint64, keep int) {
+	t.Helper()
 	done := make(chan error, 1)
 	go func() {
 		err := m.Lock()
@@ -276,15 +276,15 @@ func TestRuntimeKilledWhileQueued(t *testing.T) {
 	case <-time.After(20 * time.Second):
 		t.Fatalf("a later locker hangs: word %+v", mcs.DecodeWord(atomic.LoadUint64(h.Uint64(off))))
 	}
-	_, err = h.Reap()
+	_, err := h.Reap()
 	require.NoError(t, err)
 	assert.Equal(t, live, h.Stats().LiveObjects, "the dead runtime's executor stacks and rseq areas (owned objects) are back in the heap")
 	rt := lockRuntime(t, h, serve.Options{JIT: 1})
 	r0, err := rt.Invoke(context.Background(), "lockonce", h.Base()+off)
 	require.NoError(t, err)
 	assert.Zero(t, r0)
-	assert.Zero(t, atomic.LoadUint64(h.Uint64(off)))
-	tablesSettled(t, h, p, 2)
+	assert.Zero(t, atomic.LoadUint64(h.Uint64(off)), "the lock is free")
+	tablesSettled(t, h, p, keep)
 }
 
 // TestAbandonedBehindDead: an extension cancelled while it waits leaves its
@@ -356,15 +356,7 @@ func TestRuntimeKilledWhileStandInWaits(t *testing.T) {
 		parked        bool // killed while the stand-in sleeps
 	}{{"middle", 1, 1, false}, {"middle, parked", 1, 1, true}, {"tail, parked", 1, 0, true}, {"third of five", 2, 2, false}} {
 		t.Run(c.name, func(t *testing.T) {
-			h, path, off := recoveryWorld(t)
-			p, err := mcs.Attach(h)
-			require.NoError(t, err)
-			defer p.Detach()
-			m, err := p.Mutex(off)
-			require.NoError(t, err)
-			require.NoError(t, m.Lock())
-			live := h.Stats().LiveObjects
-
+			h, path, off, p, m, live := heldWorld(t)
 			waited := make(chan error, c.before+c.after)
 			var tail uint32
 			queue := func(n int) {
@@ -395,29 +387,7 @@ func TestRuntimeKilledWhileStandInWaits(t *testing.T) {
 					t.Fatalf("a Go waiter still waits 20 s after the unlock: word %+v", mcs.DecodeWord(atomic.LoadUint64(h.Uint64(off))))
 				}
 			}
-			locked := make(chan error, 1)
-			go func() {
-				err := m.Lock()
-				if err == nil {
-					m.Unlock()
-				}
-				locked <- err
-			}()
-			select {
-			case err := <-locked:
-				require.NoError(t, err)
-			case <-time.After(20 * time.Second):
-				t.Fatalf("a newcomer hangs: word %+v", mcs.DecodeWord(atomic.LoadUint64(h.Uint64(off))))
-			}
-			_, err = h.Reap()
-			require.NoError(t, err)
-			assert.Equal(t, live, h.Stats().LiveObjects, "the dead runtime's executor stacks and rseq areas are back in the heap")
-			rt := lockRuntime(t, h, serve.Options{JIT: 1})
-			r0, err := rt.Invoke(context.Background(), "lockonce", h.Base()+off)
-			require.NoError(t, err)
-			assert.Zero(t, r0)
-			assert.Zero(t, atomic.LoadUint64(h.Uint64(off)), "the lock is free")
-			tablesSettled(t, h, p, 2)
+			runtimeRecovered(t, h, p, m, off, live, 2)
 		})
 	}
 }
@@ -496,10 +466,7 @@ func TestRuntimeKilledHoldingLock(t *testing.T) {
 				assert.NoError(t, goErr, "the extension repaired the lock: the Go waiter gets it plainly")
 			}
 			assert.Zero(t, atomic.LoadUint64(h.Uint64(off)), "the lock is free")
-			_, err = h.Reap()
-			require.NoError(t, err)
-			assert.Equal(t, live, h.Stats().LiveObjects, "the dead runtime's executor stacks and rseq areas are back in the heap")
-			tablesSettled(t, h, p, 2)
+			runtimeRecovered(t, h, p, m, off, live, 3) // p, rt and runtimeRecovered's
 		})
 	}
 }
