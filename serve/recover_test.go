@@ -204,31 +204,42 @@ func tablesSettled(t *testing.T, h *heap.Heap, p *mcs.Process, keep int) {
 }
 
 // TestExtensionWaitsHolderKilled: a Go holder in a child process is SIGKILLed
-// while an extension (JIT, then interpreter) waits for its lock in the
-// runtime: Invoke returns the owner-died code, and the lock is free.
+// while two extensions (JIT, then interpreter) wait for its lock in the
+// runtime, one in each of its executors: the runtime answers meanwhile
+// (Status, Running), both Invokes return, the first with the owner-died code
+// and the second, after the first repaired and unlocked, plainly; the lock is
+// free and usable again.
 func TestExtensionWaitsHolderKilled(t *testing.T) {
-	for _, o := range []serve.Options{{JIT: 1}, {Interpreted: 1}} {
-		t.Run(fmt.Sprintf("jit=%d", o.JIT), func(t *testing.T) {
+	for _, o := range []serve.Options{{JIT: 2}, {Interpreted: 2}} {
+		t.Run(map[bool]string{true: "jit", false: "interpreter"}[o.JIT > 0], func(t *testing.T) {
 			h, path, off := recoveryWorld(t)
 			rt := lockRuntime(t, h, o)
 			holder := startChild(t, roleHolder, path, off, "held")
-			got := make(chan int64, 1)
-			go func() {
-				r0, err := rt.Invoke(context.Background(), "lockonce", h.Base()+off)
-				assert.NoError(t, err)
-				got <- int64(r0)
-			}()
-			require.Eventually(t, func() bool { return atomic.LoadUint64(h.Uint64(off))>>32 != 0 },
-				20*time.Second, 100*time.Microsecond, "the extension never queued")
+			got := make(chan int64, 2)
+			tail := uint32(0)
+			for range 2 {
+				go func() {
+					r0, err := rt.Invoke(context.Background(), "lockonce", h.Base()+off)
+					assert.NoError(t, err)
+					got <- int64(r0)
+				}()
+				tail = waitTail(t, h, off, "an extension", tail)
+			}
+			assert.Len(t, rt.Running(), 2, "both executors wait")
+			assert.Equal(t, 2, rt.Status().Busy, "the runtime answers while both wait")
 			killed := time.Now()
 			require.NoError(t, holder.Signal(syscall.SIGKILL))
-			select {
-			case r0 := <-got:
-				assert.Equal(t, int64(mcs.LockOwnerDied), r0)
-				t.Logf("SIGKILL of the holder -> Invoke returned: %v", time.Since(killed))
-			case <-time.After(20 * time.Second):
-				t.Fatal("Invoke still waits 20 s after the holder died")
+			var r0s []int64
+			for range 2 {
+				select {
+				case r0 := <-got:
+					r0s = append(r0s, r0)
+				case <-time.After(20 * time.Second):
+					t.Fatal("an Invoke still waits 20 s after the holder died")
+				}
 			}
+			t.Logf("SIGKILL of the holder -> both Invokes returned: %v", time.Since(killed))
+			assert.Equal(t, []int64{mcs.LockOwnerDied, 0}, r0s, "the first takes it over, the second gets it plainly")
 			assert.Zero(t, atomic.LoadUint64(h.Uint64(off)), "repaired and unlocked")
 			r0, err := rt.Invoke(context.Background(), "lockonce", h.Base()+off)
 			require.NoError(t, err)
