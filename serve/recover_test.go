@@ -239,7 +239,7 @@ func TestExtensionWaitsHolderKilled(t *testing.T) {
 				}
 			}
 			t.Logf("SIGKILL of the holder -> both Invokes returned: %v", time.Since(killed))
-			assert.Equal(t, []int64{mcs.LockOwnerDied, 0}, r0s, "the first takes it over, the second gets it plainly")
+			assert.ElementsMatch(t, []int64{mcs.LockOwnerDied, 0}, r0s, "one takes it over, the other then gets it plainly")
 			assert.Zero(t, atomic.LoadUint64(h.Uint64(off)), "repaired and unlocked")
 			r0, err := rt.Invoke(context.Background(), "lockonce", h.Base()+off)
 			require.NoError(t, err)
