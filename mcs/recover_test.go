@@ -212,7 +212,8 @@ func (w *world) queuedAfter(t *testing.T, off uint64, tail uint32) uint32 {
 
 // settled checks the end state of a recovery test: the lock word at off is
 // want, every child's process is gone from the owner table once reaped, every
-// queue node is free, and this process and a new child can take the lock.
+// queue node is free, and this process and a new child can take the lock;
+// then heap.Check and CheckLocks find nothing wrong.
 func (w *world) settled(t *testing.T, off uint64, want uint64) {
 	t.Helper()
 	assert.Equal(t, want, atomic.LoadUint64(w.h.Uint64(off)), "lock word")
@@ -233,6 +234,10 @@ func (w *world) settled(t *testing.T, off uint64, want uint64) {
 	assert.Equal(t, "got <nil>", c.line(t))
 	require.True(t, c.wait(t).Success())
 	assert.Zero(t, atomic.LoadUint64(w.h.Uint64(off)))
+	Reap(w.h)
+	_, err := w.h.Check()
+	assert.NoError(t, err, "the allocator and owner table")
+	assert.Empty(t, CheckLocks(w.h), "the node table and lock directories")
 }
 
 // TestHolderKilledGoWaiter: a Go holder in a child is SIGKILLed while a Go

@@ -188,7 +188,8 @@ func startChild(t *testing.T, role, path string, off uint64, first string, env .
 }
 
 // tablesSettled checks that, once reaped, only the processes in keep are
-// attached and every queue node is free.
+// attached and every queue node is free, and that heap.Check and
+// mcs.CheckLocks find nothing wrong.
 func tablesSettled(t *testing.T, h *heap.Heap, p *mcs.Process, keep int) {
 	mcs.Reap(h)
 	assert.Len(t, mcs.Owners(h), keep, "attached processes")
@@ -201,6 +202,9 @@ func tablesSettled(t *testing.T, h *heap.Heap, p *mcs.Process, keep int) {
 	}
 	// The runtime's executors hold one node each, free while not queued.
 	assert.Zero(t, busy, "queue nodes in use")
+	_, err := h.Check()
+	assert.NoError(t, err, "the allocator and owner table")
+	assert.Empty(t, mcs.CheckLocks(h), "the node table and lock directories")
 }
 
 // TestExtensionWaitsHolderKilled: a Go holder in a child process is SIGKILLed
