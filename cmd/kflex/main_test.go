@@ -669,3 +669,26 @@ func assertSnakeCase(t *testing.T, out string) {
 	}
 	walk("", v)
 }
+
+// TestBenchRecoveryGlibc builds the robust-mutex baseline (bench/robustmutex,
+// as make bench does) and checks that kflex bench recovery measures glibc's
+// robust mutex in the same run, with both of its holders.
+func TestBenchRecoveryGlibc(t *testing.T) {
+	cc, err := exec.LookPath("cc")
+	if err != nil {
+		t.Skipf("skipped: no C compiler to build the baseline: %v", err)
+	}
+	bin := filepath.Join(t.TempDir(), "robust-pthread")
+	src := filepath.Join(testutil.ModuleRoot(t), "bench", "robustmutex", "robust.c")
+	out, err := exec.Command(cc, "-O2", "-Wall", "-pthread", "-o", bin, src).CombinedOutput()
+	require.NoError(t, err, "%s", out)
+	code, stdout, stderr := kflex("bench", "--kills", "5", "--robust", bin, "recovery", "--json")
+	require.Equal(t, 0, code, stderr)
+	var res benchResult
+	require.NoError(t, json.Unmarshal([]byte(stdout), &res))
+	for _, w := range []string{"go", "jit", "glibc", "glibc_go_sized"} {
+		require.NotNil(t, res.row(w), "row %s: %s", w, stdout)
+		assert.Greater(t, res.row(w)["p50_us"], 0.0, w)
+		assert.GreaterOrEqual(t, res.row(w)["p99_us"], res.row(w)["p50_us"], w)
+	}
+}
