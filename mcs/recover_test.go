@@ -251,7 +251,8 @@ func TestHolderKilledGoWaiter(t *testing.T) {
 	var seq []int
 	done := lockAsync(mutex(t, w.p, off), &seq, 1)
 	w.queuedAfter(t, off, 0)
-	time.Sleep(20 * time.Millisecond) // asleep by now
+	require.Eventually(t, func() bool { return DecodeWord(atomic.LoadUint64(w.h.Uint64(off))).HeadSleeping },
+		10*time.Second, 50*time.Microsecond, "the waiter, the queue's head, never fell asleep")
 	killed := time.Now()
 	c.kill()
 	require.ErrorIs(t, result(t, done), ErrOwnerDied)
