@@ -23,7 +23,7 @@ type CheckSummary struct {
 }
 
 func (s CheckSummary) String() string {
-	return fmt.Sprintf("ok: %d of %d pages free, %d large runs (%d pages), %d slabs: %d live objects, %d free, %d cached in %d slots (%d of dead processes); %d locks held by dead processes",
+	return fmt.Sprintf("ok: %d of %d pages free, %d large runs (%d pages), %d slabs: %d live objects, %d free, %d cached in %d slots (%d of dead processes); %d allocator locks held by dead processes",
 		s.FreePages, s.Pages, s.LargeRuns, s.LargePages, s.Slabs, s.Live, s.Free, s.Cached, s.Caches, s.DeadCaches, s.Recover)
 }
 

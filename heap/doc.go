@@ -22,6 +22,8 @@
 //	                    at 512, NumRoots mutable root words for applications
 //	Layout.OwnerOff     owner table: MaxProcs records of 64 bytes (package mcs)
 //	Layout.NodeOff      MCS queue nodes: MaxProcs × NodesPerProc × 64 bytes (mcs)
+//	Layout.LockDirOff   lock directories: MaxProcs × LockDirPerProc u64 entries,
+//	                    the lock words each slot's process uses (owner.go, mcs)
 //	Layout.AllocOff     allocator state: the page lock's record (lock word and
 //	                    redo log), page counters, per class a lock record
 //	                    and the class's pool

@@ -173,7 +173,7 @@ func OpenIn(base unsafe.Pointer, size uint64, name string) (*Heap, error) {
 	}
 	h := &Heap{name: name, m: m, hdr: hdr}
 	if err := h.checkState(); err != nil {
-		return nil, fileErr(name, fmt.Errorf("allocator state: %w", err))
+		return nil, fileErr(name, fmt.Errorf("heap state: %w", err))
 	}
 	return h, nil
 }
@@ -276,7 +276,7 @@ func open(f *os.File, name string, opts *Options) (*Heap, error) {
 	h := &Heap{name: name, file: f, m: m, hdr: hdr}
 	if err := h.checkState(); err != nil && !opts.Inspect {
 		m.unmap()
-		return nil, fileErr(name, fmt.Errorf("allocator state: %w", err))
+		return nil, fileErr(name, fmt.Errorf("heap state: %w", err))
 	}
 	return h, nil
 }

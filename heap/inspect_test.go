@@ -103,7 +103,7 @@ func TestCorruptBody(t *testing.T) {
 			defer h.Close()
 			_, err := OpenFD(h.Fd(), nil)
 			if tc.attach != "" {
-				assert.ErrorContains(t, err, "allocator state: ")
+				assert.ErrorContains(t, err, "heap state: ")
 				assert.ErrorContains(t, err, tc.attach)
 				assert.ErrorIs(t, err, ErrCorruptHeap)
 			} else {

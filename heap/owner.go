@@ -44,9 +44,9 @@ func (h *Heap) OwnerLiveness(s uint32) (live, gen uint32) {
 	return atomic.LoadUint32(h.Uint32(h.OwnerRecord(s, OwnerLive))), atomic.LoadUint32(h.Uint32(h.OwnerRecord(s, OwnerGen)))
 }
 
-// pidMax is the kernel's PID_MAX_LIMIT on 64-bit machines: no thread or
-// process ID is larger.
-const pidMax = 1 << 22
+// pidLimit is the kernel's PID_MAX_LIMIT on 64-bit machines: every thread
+// and process ID is below it.
+const pidLimit = 1 << 22
 
 // validLiveness reports whether w is a value a liveness word takes: 0 (a free
 // slot), the TID of a designated thread (FUTEX_WAITERS perhaps set), or the
@@ -57,7 +57,7 @@ func validLiveness(w uint32) bool {
 	if w&futex.OwnerDied != 0 {
 		return tid == 0
 	}
-	return w == 0 || tid != 0 && tid <= pidMax
+	return w == 0 || tid != 0 && tid < pidLimit
 }
 
 // checkOwner checks owner slot s's liveness word, the one field of the record
@@ -74,7 +74,7 @@ func (h *Heap) checkOwner(s uint32, full bool) error {
 		return nil
 	}
 	if live != 0 && !OwnerDead(live) {
-		if pid := atomic.LoadUint32(h.Uint32(h.OwnerRecord(s, OwnerPID))); pid == 0 || pid > pidMax {
+		if pid := atomic.LoadUint32(h.Uint32(h.OwnerRecord(s, OwnerPID))); pid == 0 || pid >= pidLimit {
 			return fieldErr(h.OwnerRecord(s, OwnerPID), fmt.Sprintf("owner slot %d PID", s), "%d names no process", pid)
 		}
 	}
@@ -140,12 +140,14 @@ func (a *allocator) rename(cur, next *identity) {
 }
 
 // Each owner slot has a lock directory, at Layout.LockDirOff: LockDirPerProc
-// u64 entries, each the heap offset of a lock word its process uses (0:
-// empty), which heap info shows held, queued or owner-died whatever becomes
-// of the process. The process enters a word once, with one store into an
-// empty entry (mcs.Process.Mutex), so a kill leaves no half-made entry; it
-// clears its entries as it detaches, and the reaper of a dead process's slot
-// clears them before freeing the slot: a free slot's directory is empty.
+// u64 entries, each gen<<48 | the heap offset of a lock word the slot's
+// process uses (gen: the low 16 bits of the slot's generation when it listed
+// it; 0: empty), which heap info shows held, queued or owner-died. Only the
+// slot's occupant writes its directory (mcs.Process.Mutex, Detach and
+// Attach), each entry with one store, so a kill leaves no half-made entry and
+// no reaper races an occupant. An entry outlives a dead occupant: the slot's
+// next occupant drops, as it attaches, those whose word its dead lister no
+// longer holds.
 const LockDirPerProc = 64
 
 // LockDirEntry is the heap offset of entry i of owner slot s's lock

@@ -662,15 +662,22 @@ func TestKillGrantingOrUnlocking(t *testing.T) {
 		dead      []string // children queued behind it, each killed at its point
 		parked    bool     // our waiter asleep in the queue before we unlock
 		headSleep bool     // our waiter asleep as the head before the child dies
+		longPark  bool     // our waiter wakes only when woken: by a wake, or at the death
 		ownerDied bool
 	}{
-		{point: FaultWakePending, env: []string{"KFLEX_HOLD=200ms"}, headSleep: true},
+		{point: FaultWakePending, env: []string{"KFLEX_HOLD=200ms"}, headSleep: true, longPark: true},
 		{point: FaultGrantBits, parked: true, ownerDied: true},
 		{point: FaultSkipped, dead: []string{FaultLinked}, ownerDied: true},
 	} {
 		t.Run(c.point, func(t *testing.T) {
 			sc := newScene(t, false)
 			w, off := sc.w, sc.off
+			if c.longPark {
+				// Not the 10 ms timeout: the waiter must still sleep when the
+				// child unlocks (or the unlock has no wake to promise), and
+				// must wake at the death, not at a timeout.
+				w.p.park = time.Hour
+			}
 			x := w.startLocker(t, off, actOnce, append(c.env, "KFLEX_FAULT="+c.point)...)
 			tail := w.queuedAfter(t, off, 0)
 			for _, pt := range c.dead {

@@ -11,6 +11,7 @@ import (
 // layout tests read it.
 type LockState struct {
 	Locked, OwnerDied, HeadSleeping, WakePending bool
+	Abandoned                                    bool   // held, given up by a cancelled extension (Abandon): the next locker takes it over
 	Owner                                        uint32 // holder's process slot + 1 (0: none)
 	Gen                                          uint32 // low 12 bits of the holder slot's generation
 	Tail                                         uint32 // index + 1 of the last queued node (0: no queue)
@@ -22,6 +23,7 @@ func DecodeWord(w uint64) LockState {
 		Locked: w&wordLocked != 0, OwnerDied: w&wordOwnerDied != 0,
 		HeadSleeping: w&wordHeadSleeping != 0, WakePending: w&wordWakePending != 0,
 		Owner: wordOwner(w), Gen: wordGen(w), Tail: wordTail(w),
+		Abandoned: w&wordLocked != 0 && wordOwner(w) == abandonedOwner,
 	}
 }
 
@@ -52,14 +54,16 @@ func (p *Process) QueueNode(idx uint32) QueueNode {
 
 // CheckLocks verifies, as the heap h stands when no process is changing it
 // and without attaching, the node table, the lock directories and the lock
-// words they name. Every node's state is a node state, and every node in a
-// queue names a waiter's slot that is not free (Reap frees a slot only once
-// its nodes are out of every queue), a lock word inside the heap's pages, and
-// a predecessor and successor inside the table. Every directory entry names a
-// word in the pages, and a free slot's directory is empty. Each lock word
-// named names a tail inside the table and, if held, a holder's slot (held).
-// It reads each word once and returns every violation it finds, nodes first,
-// each a *heap.FieldError.
+// words the queues are on. Every node's state is a node state, and every
+// node in a queue names a waiter's slot that is not free (Reap frees a slot
+// only once its nodes are out of every queue), a lock word inside the heap's
+// pages, and a predecessor and successor inside the table; a node that names
+// no lock was never queued (its process died setting it up, before it
+// joined: Reap frees it). The lock word a queue is on names a tail inside the
+// table and, if held, a holder: a slot in the table, or a cancelled
+// extension's abandoned mark (Abandon). Every directory entry names a word in
+// the pages (checkDirs). It reads each word once and returns every violation
+// it finds, nodes first, each a *heap.FieldError.
 func CheckLocks(h *heap.Heap) []error {
 	hdr := h.Header()
 	total := hdr.MaxProcs * hdr.NodesPerProc
@@ -69,7 +73,7 @@ func CheckLocks(h *heap.Heap) []error {
 		errs = append(errs, &heap.FieldError{Offset: off, Field: field, Problem: fmt.Sprintf(format, args...)})
 	}
 	words := map[uint64]bool{}
-	word := func(off uint64, field string) {
+	word := func(off uint64, field string) { // a lock word a queue is on
 		if words[off] {
 			return
 		}
@@ -77,7 +81,7 @@ func CheckLocks(h *heap.Heap) []error {
 		w := atomic.LoadUint64(h.Uint64(off))
 		if t := wordTail(w); t > total {
 			bad(off, field, "%#x: tail %d, the table has %d nodes", w, t, total)
-		} else if o := wordOwner(w); w&wordLocked != 0 && (o == 0 || o > hdr.MaxProcs) {
+		} else if o := wordOwner(w); w&wordLocked != 0 && (o == 0 || o > hdr.MaxProcs && o != abandonedOwner) {
 			bad(off, field, "%#x: held by no process (owner %d)", w, o)
 		}
 	}
@@ -90,6 +94,10 @@ func CheckLocks(h *heap.Heap) []error {
 		if st > nodeAbandoned {
 			bad(at(i, nodeState), fmt.Sprintf("queue node %d state", i), "%d is no node state", st)
 			continue
+		}
+		off := atomic.LoadUint64(n.lock())
+		if off == 0 {
+			continue // never queued (reapNode)
 		}
 		owner := fmt.Sprintf("queue node %d owner", i)
 		if o := atomic.LoadUint32(n.owner()); o == 0 || o > hdr.MaxProcs {
@@ -105,12 +113,11 @@ func CheckLocks(h *heap.Heap) []error {
 				bad(at(i, f.at), fmt.Sprintf("queue node %d %s", i, f.name), "index + 1 %d, the table has %d nodes", v, total)
 			}
 		}
-		off := atomic.LoadUint64(n.lock())
 		if !lockOffValid(hdr, off) {
 			bad(at(i, nodeLock), fmt.Sprintf("queue node %d lock", i), "offset %#x is not an 8-byte aligned word in [%#x, %#x)", off, hdr.PagesOff, hdr.Size)
 			continue
 		}
 		word(off, fmt.Sprintf("lock word queued on by node %d", i))
 	}
-	return append(errs, checkDirs(h, word)...)
+	return append(errs, checkDirs(h)...)
 }

@@ -65,8 +65,7 @@ type Process struct {
 // reports this process's death in the heap, whatever the cause. Detach gives the
 // slot back.
 func Attach(h *heap.Heap) (*Process, error) {
-	p := &Process{h: h, park: parkTimeout, quit: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{}),
-		dir: dir{words: map[uint64]bool{}}}
+	p := &Process{h: h, park: parkTimeout, quit: make(chan struct{}), stop: make(chan struct{}), done: make(chan struct{})}
 	if !h.SharedFutexes() {
 		p.park = localParkTimeout
 	}
@@ -76,6 +75,7 @@ func Attach(h *heap.Heap) (*Process, error) {
 		<-p.done
 		return nil, fmt.Errorf("attach to heap %s: %w", h.Name(), err)
 	}
+	p.openDir()
 	h.BindOwner(p.slot) // the allocator's locks and caches name the slot from now on
 	n := h.Header().NodesPerProc
 	p.nodes = make(chan uint32, n)
@@ -187,7 +187,6 @@ func (p *Process) liveness(ready chan<- error) {
 		markDead(lw)
 		return
 	}
-	clearDir(p.h, p.slot)
 	for !freeSlot(lw, atomic.LoadUint32(lw)) { // a waiter may be setting FUTEX_WAITERS
 	}
 }
@@ -300,6 +299,7 @@ func (p *Process) Detach() error {
 	close(p.quit)
 	p.standing.Wait()
 	p.h.UnbindOwner(p.slot) // before the slot is free, which would read as death
+	p.closeDir()
 	close(p.stop)
 	<-p.done
 	return nil

@@ -49,10 +49,6 @@ func Reap(h *heap.Heap) int {
 			continue
 		}
 		lw := h.Uint32(h.OwnerRecord(s, heap.OwnerLive))
-		if !heap.OwnerDead(atomic.LoadUint32(lw)) {
-			continue
-		}
-		clearDir(h, s)
 		if live := atomic.LoadUint32(lw); heap.OwnerDead(live) && freeSlot(lw, live) {
 			freed++
 		}

@@ -97,8 +97,9 @@ type info struct {
 	Owned      []heap.OwnedReport `json:"owned_objects"`
 	Nodes      []queuedNode       `json:"queued_nodes"`
 	LockWords  []queuedLock       `json:"queued_locks"`
-	Busy       []lockWord         `json:"lock_words"`      // listed or queued on, and not free
-	WordsRead  int                `json:"lock_words_read"` // lock words the directories and queues name
+	Busy       []lockWord         `json:"lock_words"`       // listed or queued on, and not free
+	WordsRead  int                `json:"lock_words_read"`  // lock words the directories and queues name
+	WordsOther int                `json:"lock_words_other"` // of those, words that read as no lock word now
 	FullDirs   []uint32           `json:"full_lock_directories"`
 	Problems   []string           `json:"problems,omitempty"` // what does not parse
 }
@@ -146,7 +147,7 @@ func heapInfo(args []string, out io.Writer) error {
 		CreatorPID: hdr.CreatorPID, Params: hdr.Params, Layout: hdr.Layout,
 		Owners: owners(h), Alloc: rep.Stats, Locks: rep.Locks, Caches: rep.Caches, Owned: rep.Owned}
 	in.Nodes, in.LockWords = queues(h)
-	in.Busy, in.WordsRead, in.FullDirs = lockWords(h, in.LockWords)
+	in.Busy, in.WordsRead, in.WordsOther, in.FullDirs = lockWords(h, in.LockWords)
 	for _, e := range append(unjoin(rerr), mcs.CheckLocks(h)...) {
 		in.Problems = append(in.Problems, e.Error())
 	}
@@ -242,6 +243,9 @@ func printInfo(out io.Writer, in *info, hdr heap.Header) {
 		fmt.Fprintf(out, "  large: %d runs, %d pages\n", s.LargeRuns, s.LargePages)
 	}
 	fmt.Fprintf(out, "lock words: %d listed by processes or queued on, %d not free\n", in.WordsRead, len(in.Busy))
+	if in.WordsOther > 0 {
+		fmt.Fprintf(out, "  %d listed words read as no lock word now (freed with their object since, presumably)\n", in.WordsOther)
+	}
 	for _, l := range in.Busy {
 		holder := ""
 		if l.Holder != "" {

@@ -117,7 +117,7 @@ func TestHeapInfoAllocatorLocks(t *testing.T) {
 	assert.Contains(t, stdout, "pages: held by slot 3 gen 7 (dead)")
 	code, stdout, _ = kflexWithin(t, "heap", "check", path)
 	require.Equal(t, 0, code)
-	assert.Contains(t, stdout, "1 locks held by dead processes")
+	assert.Contains(t, stdout, "1 allocator locks held by dead processes")
 
 	poke(t, path, hdr.AllocOff, 0xdead_beef_dead_beef)
 	code, stdout, stderr = kflexWithin(t, "heap", "info", path)
@@ -260,9 +260,9 @@ func TestHeapCheckOwnersAndNodes(t *testing.T) {
 // TestHeapInfoDeadHolder: a process that holds a lock with nobody queued is
 // SIGKILLed. No queue node names the lock word, but the process's lock
 // directory does: heap info shows it held by the dead slot, whose holder the
-// next locker takes it over from. Once the slot is reaped its directory is
-// empty (heap check says a free slot's must be), and the word, listed by this
-// process's Mutex, reads free after the takeover.
+// next locker takes it over from, and still does after the slot is reaped
+// (the entry stays until the lock is taken over). After the takeover, the
+// word reads free. heap check names a directory entry outside the pages.
 func TestHeapInfoDeadHolder(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "h")
 	h, err := heap.Create(path, &heap.Options{Params: heap.Params{Size: 1 << 20}})
@@ -303,6 +303,9 @@ func TestHeapInfoDeadHolder(t *testing.T) {
 	require.NoError(t, err)
 	defer p.Detach()
 	require.Equal(t, 1, mcs.Reap(h), "the dead slot reaped")
+	code, stdout, stderr = kflexWithin(t, "heap", "info", path)
+	require.Equal(t, 0, code, stderr)
+	assert.Regexp(t, fmt.Sprintf(`lock %#x: held by slot %d gen \d+ \(holder dead`, off, slot), stdout, "still listed once the slot is reaped")
 	m, err := p.Mutex(off)
 	require.NoError(t, err)
 	require.ErrorIs(t, m.Lock(), mcs.ErrOwnerDied)
@@ -314,11 +317,9 @@ func TestHeapInfoDeadHolder(t *testing.T) {
 	code, _, stderr = kflexWithin(t, "heap", "check", path)
 	assert.Equal(t, 0, code, stderr)
 
-	// A free slot's directory naming a word: garbage, or a reaper that freed
-	// the slot first.
-	free := (p.Slot() + 1) % h.Header().MaxProcs
-	poke(t, path, h.LockDirEntry(free, 3), off)
+	// An entry naming no word in the pages: garbage.
+	poke(t, path, h.LockDirEntry(5, 3), 7)
 	code, _, stderr = kflexWithin(t, "heap", "check", path)
 	assert.Equal(t, 1, code)
-	assert.Contains(t, stderr, fmt.Sprintf("owner slot %d lock directory entry 3 at %#x: %#x, in a free slot's directory", free, h.LockDirEntry(free, 3), off))
+	assert.Contains(t, stderr, fmt.Sprintf("owner slot 5 lock directory entry 3 at %#x: 0x7: offset 0x7 is not an 8-byte aligned word", h.LockDirEntry(5, 3)))
 }

@@ -83,6 +83,8 @@ func queues(h *heap.Heap) ([]queuedNode, []queuedLock) {
 func describeWord(s mcs.LockState) string {
 	d := "free"
 	switch {
+	case s.Abandoned:
+		d = "held, ABANDONED by a cancelled extension (the next locker takes it over: owner died)"
 	case s.Locked:
 		d = "held"
 		if s.Owner != 0 {
@@ -117,8 +119,11 @@ type lockWord struct {
 
 // lockWords reads the lock words the owner slots' lock directories and the
 // queued nodes name (queued), once each, and returns those that are not
-// free, how many words were read, and the slots whose directory is full.
-func lockWords(h *heap.Heap, queued []queuedLock) (busy []lockWord, read int, full []uint32) {
+// free, how many words were read, how many of those read as no lock word (a
+// listed word whose object was freed since, and that holds other data now),
+// and the slots whose directory is full.
+func lockWords(h *heap.Heap, queued []queuedLock) (busy []lockWord, read, other int, full []uint32) {
+	hdr := h.Header()
 	offs, full := mcs.DirectoryLocks(h)
 	for _, q := range queued {
 		offs = append(offs, q.Offset)
@@ -131,8 +136,13 @@ func lockWords(h *heap.Heap, queued []queuedLock) (busy []lockWord, read int, fu
 			continue
 		}
 		s := mcs.DecodeWord(w)
+		named := s.Owner >= 1 && s.Owner <= hdr.MaxProcs
+		if s.Tail > hdr.MaxProcs*hdr.NodesPerProc || s.Locked && !named && !s.Abandoned || !s.Locked && (s.Owner != 0 || s.Gen != 0) {
+			other++
+			continue
+		}
 		l := lockWord{Offset: off, Raw: w, Word: describeWord(s)}
-		if s.Locked && s.Owner != 0 && s.Owner <= h.Header().MaxProcs {
+		if s.Locked && named {
 			live, gen := h.OwnerLiveness(s.Owner - 1)
 			l.Holder = "alive"
 			if live == 0 || heap.OwnerDead(live) || gen&0xfff != s.Gen {
@@ -141,5 +151,5 @@ func lockWords(h *heap.Heap, queued []queuedLock) (busy []lockWord, read int, fu
 		}
 		busy = append(busy, l)
 	}
-	return busy, len(offs), full
+	return busy, len(offs), other, full
 }
