@@ -46,11 +46,15 @@ const (
 	FaultRepairHead      = "repair-head"
 )
 
-// FaultAttachClaimed is the one fault point outside the lock protocol: in
+// FaultAttachClaimed is a fault point outside the lock protocol: in
 // Attach, after the designated thread has claimed its owner slot (the CAS of
 // its TID into the liveness word, with the slot's entry as the robust list's
 // list_op_pending) and before it links the entry into its robust list.
 const FaultAttachClaimed = "attach-claimed"
+
+// FaultDetachUnlisted is in Detach, outside the lock protocol too: after the
+// designated thread emptied its robust list and before it freed its slot.
+const FaultDetachUnlisted = "detach-unlisted"
 
 // FaultActionStop, as KFLEX_FAULT_ACTION, stops the process at its fault
 // point instead of killing it.

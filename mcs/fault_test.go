@@ -130,6 +130,26 @@ func TestKilledInAttach(t *testing.T) {
 	w.settled(t, off, 0)
 }
 
+// TestKilledInDetach kills a child inside Detach, after its designated
+// thread emptied its robust list and before it freed its slot
+// (FaultDetachUnlisted). The slot's entry is the list's list_op_pending
+// there, so the kernel marks the word at the death: the slot reads dead and
+// Reap gives it back. Before, with nothing pending, the slot named the dead
+// thread and read alive for good.
+func TestKilledInDetach(t *testing.T) {
+	w := newWorld(t, 1<<20)
+	off := w.locks(t, 1)[0]
+	for range 3 {
+		c := w.startLocker(t, off, actOnce, "KFLEX_FAULT="+FaultDetachUnlisted)
+		assert.Equal(t, "got <nil>", c.line(t))
+		requireKilled(t, c)
+		assert.True(t, WaitDeath(w.h, c.slot, 5*time.Second), "the kernel marked slot %d dead: %+v", c.slot, Owners(w.h))
+		assert.Equal(t, 1, Reap(w.h), "the dead slot given back")
+		assert.Len(t, Owners(w.h), 1)
+	}
+	w.settled(t, off, 0)
+}
+
 // TestBytecodeHolderDeadSuccessor: a JIT extension that took the lock waits
 // for the successor that swapped itself in behind it to link itself; the
 // successor, a child, was killed in between (FaultSwapped). The extension's

@@ -174,14 +174,23 @@ func (p *Process) liveness(ready chan<- error) {
 	if p.realtime {
 		leaveRealtime(before) // the loop below may spin against a waiter on the word
 	}
-	// Detach: empty the list first, so that this thread's exit marks nothing,
-	// then free the slot. But a slot with a node still in a queue (a
-	// stand-in's, abandoned as Detach stopped it) is marked dead instead, as
-	// the kernel marks a dead process's: Reap frees it once nobody needs that
-	// node. Freed now, it was claimed by the next Attach, which queued its
-	// nodes on other locks while the old queue still named them, and a grant
-	// down that queue made one of them a second head.
+	// Detach: empty the list, so that this thread's exit marks nothing, then
+	// free the slot, with list_op_pending naming the slot's entry meanwhile,
+	// as in the claim above. A death before the free marks the slot dead
+	// (the kernel treats the pending entry like a listed one); a death after
+	// it touches nothing (the word no longer holds this thread's TID). With
+	// the list emptied first and nothing pending, a death in between left the
+	// slot naming a dead thread, alive for good (TestKilledInDetach).
+	//
+	// A slot with a node still in a queue (a stand-in's, abandoned as Detach
+	// stopped it) is marked dead instead, as the kernel marks a dead
+	// process's: Reap frees it once nobody needs that node. Freed now, it was
+	// claimed by the next Attach, which queued its nodes on other locks while
+	// the old queue still named them, and a grant down that queue made one of
+	// them a second head.
+	atomic.StoreUint64(&head.listOpPending, uint64(uintptr(p.h.At(p.record(ownerRobust)))))
 	atomic.StoreUint64(&head.next, headAddr)
+	fault(FaultDetachUnlisted)
 	lw := p.h.Uint32(p.record(ownerLive))
 	if p.queued() {
 		markDead(lw)
@@ -189,6 +198,7 @@ func (p *Process) liveness(ready chan<- error) {
 	}
 	for !freeSlot(lw, atomic.LoadUint32(lw)) { // a waiter may be setting FUTEX_WAITERS
 	}
+	atomic.StoreUint64(&head.listOpPending, 0)
 }
 
 // queued reports whether a node of this process's is in a queue.
