@@ -25,6 +25,11 @@ const (
 	// predecessor died); LockOwnerDied or LockNotRecoverable, which mcs_lock
 	// returns as they are (the helper has handed the queue's head on).
 	HelperLockCheck = 0x4b460004
+	// HelperFault exists only in builds with the kflexfault tag (tests): the
+	// bytecode lock's fault points call it with the point's number in r1
+	// (mcs.FaultHelper), and it kills the process when KFLEX_FAULT names
+	// that point. Other builds neither emit nor accept the call.
+	HelperFault = 0x4b460005
 	// HelperAlloc: r1 = size → r0 = a heap pointer (the runtime's view), or
 	// 0 when it cannot allocate.
 	HelperAlloc = 0x4b460010
@@ -99,7 +104,7 @@ type Prototype struct {
 // number (each helper handles 0).
 func Prototypes() map[int32]Prototype {
 	number := []Arg{ArgNumber}
-	return map[int32]Prototype{
+	protos := map[int32]Prototype{
 		HelperAlloc:      {Name: "alloc", Args: number, Ret: RetHeapOrNull},
 		HelperFree:       {Name: "free", Args: number},
 		HelperTime:       {Name: "time"},
@@ -110,4 +115,8 @@ func Prototypes() map[int32]Prototype {
 		HelperRelax:      {Name: "relax"},
 		HelperLockCheck:  {Name: "lock_check", Args: []Arg{ArgNumber, ArgNumber, ArgNumber, ArgNumber}},
 	}
+	if faultHelper {
+		protos[HelperFault] = Prototype{Name: "fault", Args: number}
+	}
+	return protos
 }

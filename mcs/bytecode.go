@@ -2,6 +2,7 @@ package mcs
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -153,6 +154,13 @@ func lockText(t target, d time.Duration) string {
 		case len(f) > 0 && f[0] == "@spin":
 			fmt.Fprintf(&b, "%s\n\tldxdw %%r6, [%%r10-48]\n\tjgt %%r0, %%r6, %s\n\tmay_goto %s\n\tja %s\n",
 				saveArgs("\tcall 5"), f[2], f[2], f[1])
+		case len(f) == 2 && f[0] == "@fault":
+			// A fault point (fault.go): only in the runtime form of a
+			// kflexfault build whose KFLEX_FAULT names it, so that no other
+			// process's lock calls HelperFault, which only the runtime offers.
+			if id := slices.Index(bytecodeFaults, f[1]); t == forRuntime && id >= 0 && f[1] == faultArmed() {
+				fmt.Fprintf(&b, "%s\n", saveArgs(fmt.Sprintf("\tmov %%r1, %d\n\tcall %#x", id+1, abi.HelperFault)))
+			}
 		case len(f) > 0 && f[0] == "@link" && t == forRuntime:
 			// The holder waits for its successor to link itself. Every
 			// RelaxEvery rounds HelperLockCheck (held bits 0: the holder's call)
@@ -213,7 +221,9 @@ func saveArgs(call string) string {
 // "@skiplink LOOP STUCK" ends a granter's wait for the link behind a node it
 // skips (r6, r7), the same way for that node (Runtime: its counter at
 // [r10-56], which the runtime form's slow path zeroes);
-// "@deadline" sets the kernel form's deadline at [r10-48]; "call
+// "@deadline" sets the kernel form's deadline at [r10-48]; "@fault POINT" is
+// a fault point (HelperFault, in the runtime form of a kflexfault build whose
+// KFLEX_FAULT names it); "call
 // @wake" and "call @slice_yield" call HelperWake and HelperSliceYield.
 //
 // Registers in mcs_lock after the fast path: r6-r9 and r0 are scratch; r4,
@@ -278,11 +288,13 @@ mcs_lock_swap:
 mcs_lock_queued:
 	rsh %r9, 32
 	jeq %r9, 0, mcs_lock_head
+@fault swapped
 	sub %r9, 1
 	lsh %r9, 6
 	mov %r6, %r5
 	add %r6, %r9
 	stxw [%r6+0], %r3
+@fault linked
 mcs_lock_wait:
 	ldxw %r0, [%r2+4]
 	jeq %r0, 3, mcs_lock_head

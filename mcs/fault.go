@@ -62,3 +62,16 @@ const FaultActionStop = "stop"
 
 // FaultPoints lists the fault points in protocol order.
 var FaultPoints = []string{FaultSwapped, FaultLinked, FaultParked, FaultHead, FaultHeadParked, FaultTaken, FaultGranted}
+
+// bytecodeFaults are the fault points of the bytecode lock (its runtime
+// form), by number - 1: in a build with the kflexfault tag whose KFLEX_FAULT
+// names one, the lock calls HelperFault with its number there (lockText's
+// "@fault"); otherwise nothing is emitted.
+var bytecodeFaults = []string{FaultSwapped, FaultLinked}
+
+// FaultHelper is HelperFault: the bytecode lock at its fault point number id.
+func FaultHelper(id uint64) {
+	if id >= 1 && id <= uint64(len(bytecodeFaults)) {
+		fault(bytecodeFaults[id-1])
+	}
+}

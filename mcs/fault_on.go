@@ -42,3 +42,6 @@ func fault(pt string) {
 	syscall.Kill(os.Getpid(), syscall.SIGKILL)
 	select {}
 }
+
+// faultArmed is the fault point KFLEX_FAULT names.
+func faultArmed() string { return faultAt }

@@ -351,7 +351,7 @@ func TestHeaderIsABI(t *testing.T) {
 		require.NoError(t, err)
 		declared[m[1]] = n
 	}
-	lockOwn := map[int32]bool{abi.HelperWake: true, abi.HelperSliceYield: true, abi.HelperRelax: true, abi.HelperLockCheck: true}
+	lockOwn := map[int32]bool{abi.HelperWake: true, abi.HelperSliceYield: true, abi.HelperRelax: true, abi.HelperLockCheck: true, abi.HelperFault: true}
 	want := map[string]int64{}
 	for id, p := range abi.Prototypes() {
 		if !lockOwn[id] {

@@ -100,3 +100,55 @@ func TestHolderCancelledAwaitingLink(t *testing.T) {
 		})
 	}
 }
+
+// TestRuntimeKilledInBytecodeWindow kills a runtime inside its extension's
+// mcs_lock (the bytecode lock's fault points: HelperFault), queued behind a
+// Go waiter of ours: after the tail swap and before the link to that waiter
+// (the MCS window), or just after the link. Our waiter, once we unlock, finds
+// the dead node behind it (by its prev, where it never linked) and passes it;
+// a Go waiter queued behind the dead node gets the lock after it (no owner
+// died: nobody died holding it); the dead runtime's slot, nodes and objects
+// are recovered.
+func TestRuntimeKilledInBytecodeWindow(t *testing.T) {
+	for _, point := range []string{mcs.FaultSwapped, mcs.FaultLinked} {
+		t.Run(point, func(t *testing.T) {
+			h, path, off, p, m, live := heldWorld(t)
+			got := make(chan error, 2)
+			lockGo := func() {
+				go func() {
+					err := m.Lock()
+					if err == nil {
+						m.Unlock()
+					}
+					got <- err
+				}()
+			}
+			lockGo()
+			first := waitTail(t, h, off, "our first waiter", 0)
+			tail := first
+			runtime := startChild(t, roleRuntime, path, off, "invoking", "KFLEX_FAULT="+point)
+			st, err := runtime.Wait()
+			require.NoError(t, err)
+			ws, _ := st.Sys().(syscall.WaitStatus)
+			require.True(t, ws.Signaled() && ws.Signal() == syscall.SIGKILL, "the runtime died at its extension's fault point: %v", st)
+			tail = waitTail(t, h, off, "the extension", tail)
+			if point == mcs.FaultSwapped {
+				assert.Zero(t, p.QueueNode(first-1).Next, "our first waiter's node: nobody linked behind it")
+			} else {
+				assert.Equal(t, tail, p.QueueNode(first-1).Next, "our first waiter's node: the extension linked behind it")
+			}
+			lockGo()
+			waitTail(t, h, off, "our second waiter", tail)
+			m.Unlock()
+			for range 2 {
+				select {
+				case err := <-got:
+					require.NoError(t, err)
+				case <-time.After(20 * time.Second):
+					t.Fatalf("a waiter still waits 20 s after the unlock: word %+v", mcs.DecodeWord(atomic.LoadUint64(h.Uint64(off))))
+				}
+			}
+			runtimeRecovered(t, h, p, m, off, live, 2)
+		})
+	}
+}

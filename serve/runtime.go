@@ -355,6 +355,12 @@ func (rt *Runtime) release(e *executor) {
 // helpers are executor e's helpers.
 func (rt *Runtime) helpers(e *executor) map[int32]interp.Helper {
 	hs := rt.baseHelpers(e)
+	if mcs.FaultInjection { // kflexfault builds: the bytecode lock's fault points
+		hs[abi.HelperFault] = func(_ interp.Memory, id, _, _, _, _ uint64) (uint64, error) {
+			mcs.FaultHelper(id)
+			return 0, nil
+		}
+	}
 	if rt.metrics != nil {
 		rt.metrics.watchWaits(rt, e, hs)
 	}
