@@ -76,21 +76,11 @@ func TestLockDirectory(t *testing.T) {
 // node whose process died setting it up, before it named a lock; and a
 // listed word whose object was freed and holds other data now.
 func TestCheckLocksLegalStates(t *testing.T) {
-	w := newWorld(t, 1<<20)
-	off := w.locks(t, 1)[0]
-	m := mutex(t, w.p, off)
-	require.NoError(t, m.Lock())
-	var seq []int
-	done := lockAsync(mutex(t, w.p, off), &seq, 1)
-	w.queuedAfter(t, off, 0)
-	require.NoError(t, w.p.Abandon(w.h.Base()+off, w.p.Held()))
-	require.ErrorIs(t, result(t, done), ErrOwnerDied)
-	require.NoError(t, m.Lock()) // held again, with a queue behind, while the word reads abandoned
-	done = lockAsync(mutex(t, w.p, off), &seq, 2)
-	w.queuedAfter(t, off, 0)
+	sc := newScene(t, true) // held, a waiter of ours queued
+	w, off := sc.w, sc.off
 	require.NoError(t, w.p.Abandon(w.h.Base()+off, w.p.Held()))
 	assert.Empty(t, CheckLocks(w.h), "an abandoned lock, queued on")
-	require.ErrorIs(t, result(t, done), ErrOwnerDied)
+	require.ErrorIs(t, result(t, sc.first), ErrOwnerDied)
 
 	n := w.p.node(w.p.Slot()*w.h.Header().NodesPerProc + 5)
 	atomic.StoreUint32(n.state(), nodeWaiting) // set up, lock not yet named
