@@ -400,6 +400,23 @@ func (r *runner) start(i int, fault string) error {
 	return nil
 }
 
+// runtimeOnce waits, before the first kill of the runtime that finds it
+// has never taken a lock, until it has (for at most runtimeOnceWait): where
+// the runtime starts slowly (under an emulator, the kernel tests' VM), a
+// run's kills could otherwise all land before any incarnation of it runs an
+// extension, and the run would exercise no extension at all (seen in 1 of 6
+// runs of TestKillsKernel). Only the timing changes: the seed's choices stay
+// the same.
+func (r *runner) runtimeOnce() {
+	for deadline := time.Now().Add(runtimeOnceWait); r.t.load(r.t.off+tRtAcquired) == 0 && time.Now().Before(deadline); {
+		time.Sleep(time.Millisecond)
+	}
+}
+
+// runtimeOnceWait bounds runtimeOnce: a runtime that takes no lock in that
+// long is broken, and the run's report says so (no extension acquisitions).
+const runtimeOnceWait = 20 * time.Second
+
 // loop kills and restarts workers until the run is over.
 func (r *runner) loop(ctx context.Context, start time.Time) error {
 	c := r.cfg
@@ -414,6 +431,9 @@ func (r *runner) loop(ctx context.Context, start time.Time) error {
 		victim := r.sched.intN(len(r.workers)) // c.Procs: the runtime
 		aim := r.sched.intN(len(aims))
 		r.pause(r.sched.delay(c.MaxDelay))
+		if victim == c.Procs {
+			r.runtimeOnce()
+		}
 		if err := r.watch(); err != nil {
 			return err
 		}
