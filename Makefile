@@ -50,7 +50,7 @@ test: lint
 	echo "# kills aimed at the MCS window, on the lock the runtime's executors are cancelled on"; \
 	$(GO) test -tags kflexfault -count=1 -run 'TestKillsInSwapWindow' ./stress || status=1; \
 	echo "# a live successor stopped at a fault point: the runtime's holder waits for its link"; \
-	$(GO) test -race -tags kflexfault -count=1 -run 'TestHolderCancelledAwaitingLink|TestRuntimeKilledInBytecodeWindow' ./serve || status=1; \
+	$(GO) test -race -tags kflexfault -count=1 -run 'TestHolderCancelledAwaitingLink|TestRuntimeKilledInBytecodeLock' ./serve || status=1; \
 	echo "# a kernel holder whose successor died before linking (on an arena)"; \
 	KFLEX_FEATURE_LOG=$(abspath $(FEATURE_LOG)) $(GO) test -race -tags kflexfault -count=1 -run 'TestKernelStuckDeadSuccessor' ./kernel || status=1; \
 	$(GO) run ./internal/hostprobe/summary $(FEATURE_LOG) >$(BIN)/kernel-features.txt || status=1; \

@@ -154,12 +154,19 @@ func lockText(t target, d time.Duration) string {
 		case len(f) > 0 && f[0] == "@spin":
 			fmt.Fprintf(&b, "%s\n\tldxdw %%r6, [%%r10-48]\n\tjgt %%r0, %%r6, %s\n\tmay_goto %s\n\tja %s\n",
 				saveArgs("\tcall 5"), f[2], f[2], f[1])
-		case len(f) == 2 && f[0] == "@fault":
+		case len(f) >= 2 && f[0] == "@fault":
 			// A fault point (fault.go): only in the runtime form of a
 			// kflexfault build whose KFLEX_FAULT names it, so that no other
 			// process's lock calls HelperFault, which only the runtime offers.
 			if id := slices.Index(bytecodeFaults, f[1]); t == forRuntime && id >= 0 && f[1] == faultArmed() {
-				fmt.Fprintf(&b, "%s\n", saveArgs(fmt.Sprintf("\tmov %%r1, %d\n\tcall %#x", id+1, abi.HelperFault)))
+				regs := []int{1, 2, 3, 4, 5}
+				if len(f) > 2 {
+					regs = nil
+					for _, r := range f[2:] {
+						regs = append(regs, int(r[len(r)-1]-'0'))
+					}
+				}
+				fmt.Fprintf(&b, "%s\n", saveRegs(fmt.Sprintf("\tmov %%r1, %d\n\tcall %#x", id+1, abi.HelperFault), regs))
 			}
 		case len(f) > 0 && f[0] == "@link" && t == forRuntime:
 			// The holder waits for its successor to link itself. Every
@@ -198,13 +205,17 @@ var helperNames = strings.NewReplacer("@wake", fmt.Sprintf("%#x", HelperWake), "
 
 // saveArgs wraps a helper call made inside mcs_lock, keeping mcs_lock's
 // arguments r1-r5 (which a call clobbers) in its stack frame.
-func saveArgs(call string) string {
+func saveArgs(call string) string { return saveRegs(call, []int{1, 2, 3, 4, 5}) }
+
+// saveRegs wraps call in the save and restore of registers regs (of r1-r5),
+// each in its slot of saveArgs.
+func saveRegs(call string, regs []int) string {
 	var b strings.Builder
-	for r := 1; r <= 5; r++ {
+	for _, r := range regs {
 		fmt.Fprintf(&b, "\tstxdw [%%r10-%d], %%r%d\n", 8*r, r)
 	}
 	b.WriteString(call + "\n")
-	for r := 1; r <= 5; r++ {
+	for _, r := range regs {
 		fmt.Fprintf(&b, "\tldxdw %%r%d, [%%r10-%d]\n", r, 8*r)
 	}
 	return strings.TrimSuffix(b.String(), "\n")
@@ -223,7 +234,8 @@ func saveArgs(call string) string {
 // [r10-56], which the runtime form's slow path zeroes);
 // "@deadline" sets the kernel form's deadline at [r10-48]; "@fault POINT" is
 // a fault point (HelperFault, in the runtime form of a kflexfault build whose
-// KFLEX_FAULT names it); "call
+// KFLEX_FAULT names it), saving r1-r5 around the call, or the registers
+// listed after POINT ("@fault granted r2 r4"); "call
 // @wake" and "call @slice_yield" call HelperWake and HelperSliceYield.
 //
 // Registers in mcs_lock after the fast path: r6-r9 and r0 are scratch; r4,
@@ -300,6 +312,7 @@ mcs_lock_wait:
 	jeq %r0, 3, mcs_lock_head
 @spin mcs_lock_wait mcs_lock_abandon
 mcs_lock_head:
+@fault head
 	ldxdw %r9, [%r1+0]
 	mov %r6, %r9
 	and %r6, 3
@@ -326,6 +339,7 @@ mcs_lock_take:
 	jeq %r0, %r9, mcs_lock_taken
 @retry mcs_lock_head mcs_lock_leave
 mcs_lock_taken:
+@fault taken
 	mov %r4, 0
 	rsh %r9, 32
 	jeq %r9, %r3, mcs_lock_done
@@ -398,6 +412,7 @@ mcs_lock_skip_link:
 mcs_lock_skip_again:
 @retry mcs_lock_skip mcs_lock_stuck
 mcs_lock_done:
+@fault granted r2 r4
 	stw [%r2+4], 0
 	mov %r0, %r4
 	exit

@@ -67,7 +67,7 @@ var FaultPoints = []string{FaultSwapped, FaultLinked, FaultParked, FaultHead, Fa
 // form), by number - 1: in a build with the kflexfault tag whose KFLEX_FAULT
 // names one, the lock calls HelperFault with its number there (lockText's
 // "@fault"); otherwise nothing is emitted.
-var bytecodeFaults = []string{FaultSwapped, FaultLinked}
+var bytecodeFaults = []string{FaultSwapped, FaultLinked, FaultHead, FaultTaken, FaultGranted}
 
 // FaultHelper is HelperFault: the bytecode lock at its fault point number id.
 func FaultHelper(id uint64) {

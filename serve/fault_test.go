@@ -4,6 +4,7 @@ package serve_test
 
 import (
 	"context"
+	"errors"
 	"os"
 	"sync/atomic"
 	"syscall"
@@ -101,52 +102,98 @@ func TestHolderCancelledAwaitingLink(t *testing.T) {
 	}
 }
 
-// TestRuntimeKilledInBytecodeWindow kills a runtime inside its extension's
-// mcs_lock (the bytecode lock's fault points: HelperFault), queued behind a
-// Go waiter of ours: after the tail swap and before the link to that waiter
-// (the MCS window), or just after the link. Our waiter, once we unlock, finds
-// the dead node behind it (by its prev, where it never linked) and passes it;
-// a Go waiter queued behind the dead node gets the lock after it (no owner
-// died: nobody died holding it); the dead runtime's slot, nodes and objects
-// are recovered.
-func TestRuntimeKilledInBytecodeWindow(t *testing.T) {
-	for _, point := range []string{mcs.FaultSwapped, mcs.FaultLinked} {
-		t.Run(point, func(t *testing.T) {
+// TestRuntimeKilledInBytecodeLock kills a runtime inside its extension's
+// mcs_lock, at each of the bytecode lock's fault points (HelperFault), with
+// Go waiters of ours around it:
+//
+//   - swapped, behind a waiter of ours: after the tail swap, before the link
+//     (the MCS window). Our waiter, once we unlock, finds the dead node
+//     behind it by its prev and passes it.
+//   - linked, behind a waiter of ours: linked, not yet the head.
+//   - head: the queue's head, waiting for our unlock.
+//   - taken: it took the lock at our unlock, and has not granted the waiter
+//     behind it.
+//   - granted: it took the lock and granted the waiter behind it, and has
+//     not freed its node.
+//
+// Our waiter behind it gets the lock, taken over (owner died) where the
+// runtime died holding it; the dead runtime's slot, nodes and objects are
+// recovered.
+func TestRuntimeKilledInBytecodeLock(t *testing.T) {
+	for _, c := range []struct {
+		point       string
+		ahead       bool // a waiter of ours queued ahead of the extension
+		afterUnlock bool // the runtime reaches its point once we unlock
+		ownerDied   bool // and dies holding the lock
+	}{
+		{point: mcs.FaultSwapped, ahead: true},
+		{point: mcs.FaultLinked, ahead: true},
+		{point: mcs.FaultHead},
+		{point: mcs.FaultTaken, afterUnlock: true, ownerDied: true},
+		{point: mcs.FaultGranted, afterUnlock: true, ownerDied: true},
+	} {
+		t.Run(c.point, func(t *testing.T) {
 			h, path, off, p, m, live := heldWorld(t)
-			got := make(chan error, 2)
-			lockGo := func() {
+			lockGo := func() chan error {
+				got := make(chan error, 1)
 				go func() {
 					err := m.Lock()
-					if err == nil {
+					if errors.Is(err, mcs.ErrOwnerDied) {
+						m.Consistent()
+					}
+					if err == nil || errors.Is(err, mcs.ErrOwnerDied) {
 						m.Unlock()
 					}
 					got <- err
 				}()
+				return got
 			}
-			lockGo()
-			first := waitTail(t, h, off, "our first waiter", 0)
-			tail := first
-			runtime := startChild(t, roleRuntime, path, off, "invoking", "KFLEX_FAULT="+point)
-			st, err := runtime.Wait()
-			require.NoError(t, err)
-			ws, _ := st.Sys().(syscall.WaitStatus)
-			require.True(t, ws.Signaled() && ws.Signal() == syscall.SIGKILL, "the runtime died at its extension's fault point: %v", st)
-			tail = waitTail(t, h, off, "the extension", tail)
-			if point == mcs.FaultSwapped {
-				assert.Zero(t, p.QueueNode(first-1).Next, "our first waiter's node: nobody linked behind it")
-			} else {
-				assert.Equal(t, tail, p.QueueNode(first-1).Next, "our first waiter's node: the extension linked behind it")
-			}
-			lockGo()
-			waitTail(t, h, off, "our second waiter", tail)
-			m.Unlock()
-			for range 2 {
+			result := func(got chan error) error {
 				select {
 				case err := <-got:
-					require.NoError(t, err)
+					return err
 				case <-time.After(20 * time.Second):
-					t.Fatalf("a waiter still waits 20 s after the unlock: word %+v", mcs.DecodeWord(atomic.LoadUint64(h.Uint64(off))))
+					t.Fatalf("a waiter still waits 20 s later: word %+v", mcs.DecodeWord(atomic.LoadUint64(h.Uint64(off))))
+					return nil
 				}
+			}
+			died := func(runtime *os.Process) {
+				st, err := runtime.Wait()
+				require.NoError(t, err)
+				ws, _ := st.Sys().(syscall.WaitStatus)
+				require.True(t, ws.Signaled() && ws.Signal() == syscall.SIGKILL, "the runtime died at its extension's fault point: %v", st)
+			}
+			var ahead chan error
+			tail, first := uint32(0), uint32(0)
+			if c.ahead {
+				ahead = lockGo()
+				first = waitTail(t, h, off, "our first waiter", 0)
+				tail = first
+			}
+			runtime := startChild(t, roleRuntime, path, off, "invoking", "KFLEX_FAULT="+c.point)
+			tail = waitTail(t, h, off, "the extension", tail)
+			if !c.afterUnlock {
+				died(runtime)
+				switch c.point {
+				case mcs.FaultSwapped:
+					assert.Zero(t, p.QueueNode(first-1).Next, "our first waiter's node: nobody linked behind it")
+				case mcs.FaultLinked:
+					assert.Equal(t, tail, p.QueueNode(first-1).Next, "our first waiter's node: the extension linked behind it")
+				}
+			}
+			behind := lockGo()
+			waitTail(t, h, off, "our waiter behind", tail)
+			m.Unlock()
+			if c.afterUnlock {
+				died(runtime)
+			}
+			if ahead != nil {
+				require.NoError(t, result(ahead))
+			}
+			if err := result(behind); c.ownerDied {
+				require.ErrorIs(t, err, mcs.ErrOwnerDied)
+			} else {
+				require.NoError(t, err)
 			}
 			runtimeRecovered(t, h, p, m, off, live, 2)
 		})

@@ -448,7 +448,7 @@ func (r *runner) loop(ctx context.Context, start time.Time) error {
 		}
 		if victim == c.Procs {
 			// The runtime's lock is bytecode. It has fault points too
-			// (mcs.FaultHelper; TestRuntimeKilledInBytecodeWindow), but the
+			// (mcs.FaultHelper; TestRuntimeKilledInBytecodeLock), but the
 			// harness does not account for a runtime's death at its own
 			// point (OnFault is a Go worker's): none is armed there.
 			fault = ""
