@@ -4,7 +4,6 @@ package serve_test
 
 import (
 	"context"
-	"errors"
 	"os"
 	"sync/atomic"
 	"syscall"
@@ -134,20 +133,6 @@ func TestRuntimeKilledInBytecodeLock(t *testing.T) {
 	} {
 		t.Run(c.point, func(t *testing.T) {
 			h, path, off, p, m, live := heldWorld(t)
-			lockGo := func() chan error {
-				got := make(chan error, 1)
-				go func() {
-					err := m.Lock()
-					if errors.Is(err, mcs.ErrOwnerDied) {
-						m.Consistent()
-					}
-					if err == nil || errors.Is(err, mcs.ErrOwnerDied) {
-						m.Unlock()
-					}
-					got <- err
-				}()
-				return got
-			}
 			result := func(got chan error) error {
 				select {
 				case err := <-got:
@@ -166,7 +151,7 @@ func TestRuntimeKilledInBytecodeLock(t *testing.T) {
 			var ahead chan error
 			tail, first := uint32(0), uint32(0)
 			if c.ahead {
-				ahead = lockGo()
+				ahead = lockAsync(m)
 				first = waitTail(t, h, off, "our first waiter", 0)
 				tail = first
 			}
@@ -181,7 +166,7 @@ func TestRuntimeKilledInBytecodeLock(t *testing.T) {
 					assert.Equal(t, tail, p.QueueNode(first-1).Next, "our first waiter's node: the extension linked behind it")
 				}
 			}
-			behind := lockGo()
+			behind := lockAsync(m)
 			waitTail(t, h, off, "our waiter behind", tail)
 			m.Unlock()
 			if c.afterUnlock {

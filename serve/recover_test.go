@@ -137,6 +137,23 @@ func recoveryWorld(t *testing.T) (*heap.Heap, string, uint64) {
 	return h, path, off
 }
 
+// lockAsync locks m in a goroutine, repairs (Consistent) if its holder died,
+// unlocks, and sends Lock's error.
+func lockAsync(m *mcs.Mutex) chan error {
+	got := make(chan error, 1)
+	go func() {
+		err := m.Lock()
+		if errors.Is(err, mcs.ErrOwnerDied) {
+			m.Consistent()
+		}
+		if err == nil || errors.Is(err, mcs.ErrOwnerDied) {
+			m.Unlock()
+		}
+		got <- err
+	}()
+	return got
+}
+
 // heldWorld is recoveryWorld with this process attached (p) and holding the
 // lock (m); live is the heap's live objects then.
 func heldWorld(t *testing.T) (h *heap.Heap, path string, off uint64, p *mcs.Process, m *mcs.Mutex, live uint64) {
@@ -427,19 +444,8 @@ func TestRuntimeKilledHoldingLock(t *testing.T) {
 			live := h.Stats().LiveObjects
 			holder := startChild(t, roleHolds, path, off, "holding")
 
-			locked := make(chan error, 1)
-			lockGo := func() {
-				go func() {
-					err := m.Lock()
-					if errors.Is(err, mcs.ErrOwnerDied) {
-						m.Consistent()
-					}
-					if err == nil || errors.Is(err, mcs.ErrOwnerDied) {
-						m.Unlock()
-					}
-					locked <- err
-				}()
-			}
+			var locked chan error
+			lockGo := func() { locked = lockAsync(m) }
 			invoked := make(chan int64, 1)
 			lockExt := func() {
 				go func() {
