@@ -22,6 +22,7 @@ type Heap struct {
 	m      *mapping
 	hdr    Header
 	closed atomic.Bool
+	users  atomic.Int32 // attached processes (BindOwner, UnbindOwner) that use this view
 
 	allocOnce sync.Once
 	alloc     *allocator
@@ -281,8 +282,18 @@ func open(f *os.File, name string, opts *Options) (*Heap, error) {
 	return h, nil
 }
 
-// Close unmaps this view and closes the file. It is safe to call more than once.
+// ErrInUse is Close's error while attached processes (mcs.Attach) use this
+// view: unmapped under them, the heap would fault them at their next access.
+var ErrInUse = errors.New("heap in use")
+
+// Close unmaps this view and closes the file. It is safe to call more than
+// once. While attached processes still use the view (mcs.Process, a
+// serve.Runtime) it changes nothing and returns an error wrapping ErrInUse:
+// detach them, or close the runtime, first.
 func (h *Heap) Close() error {
+	if n := h.users.Load(); n > 0 && !h.closed.Load() {
+		return fileErr(h.name, fmt.Errorf("close: %w: %d attached processes use it (Detach them first)", ErrInUse, n))
+	}
 	if h.closed.Swap(true) {
 		return nil
 	}

@@ -95,6 +95,7 @@ func OwnerDead(live uint32) bool { return live&futex.OwnerDied != 0 }
 // what dead processes left in the allocator (Reap); what it cannot reap, on a
 // corrupt heap, allocation reports.
 func (h *Heap) BindOwner(slot uint32) {
+	h.users.Add(1)
 	a := h.allocator()
 	a.mu.Lock()
 	cur := a.id.Load()
@@ -114,6 +115,7 @@ func (h *Heap) BindOwner(slot uint32) {
 // UnbindOwner waits until no allocator lock is held under the slot's name, so
 // that nobody takes one over from a process that merely detached.
 func (h *Heap) UnbindOwner(slot uint32) {
+	defer h.users.Add(-1)
 	a := h.allocator()
 	if s, _, ok := a.boundSlot(); ok && s == slot {
 		h.endOwned(slot) // errors: a registry overwritten in the heap, which Check reports

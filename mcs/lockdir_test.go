@@ -1,6 +1,7 @@
 package mcs
 
 import (
+	"path/filepath"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -90,4 +91,26 @@ func TestCheckLocksLegalStates(t *testing.T) {
 	atomic.StoreUint64(w.h.Uint64(off), 1) // the object freed, the word reused for data
 	assert.Empty(t, CheckLocks(w.h), "a listed word that holds data now")
 	atomic.StoreUint64(w.h.Uint64(off), 0)
+}
+
+// TestCloseWhileAttached: closing a heap while a process is attached to it
+// (here, or a serve.Runtime's) changes nothing and says so (heap.ErrInUse);
+// unmapped, the heap used to fault the process at its next access (seen as
+// a SIGSEGV in Runtime.Close after the heap's Close). After Detach, Close
+// unmaps it.
+func TestCloseWhileAttached(t *testing.T) {
+	h, err := heap.Create(filepath.Join(t.TempDir(), "heap"), &heap.Options{Params: heap.Params{Size: 1 << 20}})
+	require.NoError(t, err)
+	p, err := Attach(h)
+	require.NoError(t, err)
+	off, err := h.Alloc(8)
+	require.NoError(t, err)
+	*h.Uint64(off) = 0
+	require.ErrorIs(t, h.Close(), heap.ErrInUse)
+	m := mutex(t, p, off)
+	require.NoError(t, m.Lock(), "the heap is still mapped")
+	m.Unlock()
+	require.NoError(t, p.Detach())
+	require.NoError(t, h.Close())
+	require.NoError(t, h.Close(), "a second Close is harmless")
 }
