@@ -29,7 +29,7 @@ const abandonedOwner = 0xffff
 func (p *Process) Abandon(lock, held uint64) error {
 	off := lock & p.h.Mask()
 	hdr := p.h.Header()
-	if off%8 != 0 || off < hdr.PagesOff || off > hdr.Size-8 {
+	if !lockOffValid(hdr, off) {
 		return fmt.Errorf("mcs: abandon %#x: not a lock word in the heap", lock)
 	}
 	word := p.h.Uint64(off)
@@ -69,7 +69,7 @@ func (p *Process) Abandon(lock, held uint64) error {
 func (p *Process) Leave(lock, idx uint64) bool {
 	off := lock & p.h.Mask()
 	hdr := p.h.Header()
-	if off%8 != 0 || off < hdr.PagesOff || off > hdr.Size-8 || idx == 0 || idx > uint64(hdr.MaxProcs*hdr.NodesPerProc) {
+	if !lockOffValid(hdr, off) || idx == 0 || idx > uint64(hdr.MaxProcs*hdr.NodesPerProc) {
 		return true // names nothing: nothing queued
 	}
 	m := &Mutex{p: p, word: p.h.Uint64(off), off: off}

@@ -39,11 +39,17 @@ type Mutex struct {
 // store the first time, and nothing on Lock and Unlock.
 func (p *Process) Mutex(off uint64) (*Mutex, error) {
 	hdr := p.h.Header()
-	if off%8 != 0 || off < hdr.PagesOff || off > hdr.Size-8 {
+	if !lockOffValid(hdr, off) {
 		return nil, fmt.Errorf("mcs: lock word offset %#x: not 8-byte aligned inside [%#x, %#x)", off, hdr.PagesOff, hdr.Size)
 	}
 	p.enter(off)
 	return &Mutex{p: p, word: p.h.Uint64(off), off: off, held: p.Held()}, nil
+}
+
+// lockOffValid reports whether off can be a lock word's offset: an 8-byte
+// aligned word in the heap's pages.
+func lockOffValid(hdr heap.Header, off uint64) bool {
+	return off%8 == 0 && off >= hdr.PagesOff && off <= hdr.Size-8
 }
 
 // Offset is the heap offset of the lock word.

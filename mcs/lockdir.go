@@ -127,12 +127,6 @@ func DirectoryLocks(h *heap.Heap) (offs []uint64, full []uint32) {
 	return offs, full
 }
 
-// lockOffValid reports whether off can be a lock word's offset: an 8-byte
-// aligned word in the heap's pages.
-func lockOffValid(hdr heap.Header, off uint64) bool {
-	return off%8 == 0 && off >= hdr.PagesOff && off <= hdr.Size-8
-}
-
 // checkDirs verifies that every lock directory entry names a word in the
 // pages. What the word holds is not checked: it may have been freed with the
 // object around it since it was listed.

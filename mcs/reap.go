@@ -73,7 +73,7 @@ func reapNode(h *heap.Heap, i uint32) bool {
 		// its first wait, after the state and before the lock.
 		return atomic.CompareAndSwapUint32(n.state(), s, nodeFree)
 	}
-	if lock%8 != 0 || lock < hdr.PagesOff || lock > hdr.Size-8 {
+	if !lockOffValid(hdr, lock) {
 		return false // not a node the lock wrote: leave it alone
 	}
 	word := h.Uint64(lock)

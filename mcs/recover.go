@@ -541,7 +541,7 @@ func (p *Process) LockCheck(lock, _, idx, held uint64) uint64 {
 	runtime.Gosched()
 	hdr := p.h.Header()
 	off := lock & p.h.Mask()
-	if off%8 != 0 || off < hdr.PagesOff || off > hdr.Size-8 || idx == 0 || idx > uint64(hdr.MaxProcs*hdr.NodesPerProc) {
+	if !lockOffValid(hdr, off) || idx == 0 || idx > uint64(hdr.MaxProcs*hdr.NodesPerProc) {
 		return 0
 	}
 	m := &Mutex{p: p, word: p.h.Uint64(off), off: off, held: held}
