@@ -16,7 +16,7 @@ import (
 
 // abandonedOwner is the owner field of an abandoned lock: a slot + 1 beyond
 // every owner table (MaxProcs is at most 1<<16 - 2), so that every waiter's
-// holderDead reads it as a dead holder and takes the lock over.
+// HolderDead reads it as a dead holder and takes the lock over.
 const abandonedOwner = 0xffff
 
 // Abandon gives up the lock at lock (an address in any view) that this

@@ -79,10 +79,8 @@ func CheckLocks(h *heap.Heap) []error {
 		}
 		words[off] = true
 		w := atomic.LoadUint64(h.Uint64(off))
-		if t := wordTail(w); t > total {
-			bad(off, field, "%#x: tail %d, the table has %d nodes", w, t, total)
-		} else if o := wordOwner(w); w&wordLocked != 0 && (o == 0 || o > hdr.MaxProcs && o != abandonedOwner) {
-			bad(off, field, "%#x: held by no process (owner %d)", w, o)
+		if problem := wordProblem(hdr, w); problem != "" {
+			bad(off, field, "%#x: %s", w, problem)
 		}
 	}
 	for i := range total {
@@ -120,4 +118,25 @@ func CheckLocks(h *heap.Heap) []error {
 		word(off, fmt.Sprintf("lock word queued on by node %d", i))
 	}
 	return append(errs, checkDirs(h)...)
+}
+
+// wordProblem says what makes w no lock word of a heap with header hdr, or
+// "": a tail beyond the node table, or held bits that name no holder (owner
+// 0, or beyond the owner table and not Abandon's mark).
+func wordProblem(hdr heap.Header, w uint64) string {
+	if t, total := wordTail(w), hdr.MaxProcs*hdr.NodesPerProc; t > total {
+		return fmt.Sprintf("tail %d, the table has %d nodes", t, total)
+	}
+	if o := wordOwner(w); w&wordLocked != 0 && (o == 0 || o > hdr.MaxProcs && o != abandonedOwner) {
+		return fmt.Sprintf("held by no process (owner %d)", o)
+	}
+	return ""
+}
+
+// ReadsAsLock reports whether w reads as a lock word of h in a state a lock
+// can be in: wordProblem finds nothing, and a free word carries no holder's
+// bits (an unlock clears them with the locked bit). heap info counts a listed
+// word that does not apart: its object was freed since, presumably.
+func ReadsAsLock(h *heap.Heap, w uint64) bool {
+	return wordProblem(h.Header(), w) == "" && (w&wordLocked != 0 || w&(wordGenMask|wordOwnerMask) == 0)
 }

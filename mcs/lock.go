@@ -106,7 +106,7 @@ func (m *Mutex) try(w uint64) (attempt, error) {
 		return retry, nil
 	case notRecoverable(w):
 		return busy, ErrNotRecoverable
-	case w&wordLocked != 0 && wordTail(w) == 0 && m.p.holderDead(w):
+	case w&wordLocked != 0 && wordTail(w) == 0 && HolderDead(m.p.h, w):
 		if m.takeOver(w, takeover(w, m.held)) {
 			m.p.sawDeath(Polled)
 			return taken, ErrOwnerDied
@@ -249,7 +249,7 @@ func (m *Mutex) lockQueued() error {
 			}
 			continue
 		}
-		if spins%deathEvery == 0 && m.p.holderDead(w) {
+		if spins%deathEvery == 0 && HolderDead(m.p.h, w) {
 			nw := takeover(w, m.held)
 			if wordTail(w) == me {
 				nw &^= wordTailMask

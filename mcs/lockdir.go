@@ -68,8 +68,7 @@ func (p *Process) openDir() {
 		off, gen := e&dirOffMask, uint32(e>>dirGenShift)
 		keep := lockOffValid(hdr, off) && gen != p.gen&0xffff
 		if keep {
-			w := atomic.LoadUint64(p.h.Uint64(off))
-			keep = w&wordLocked != 0 && wordOwner(w) == p.slot+1 && wordGen(w) == gen&0xfff
+			keep = atomic.LoadUint64(p.h.Uint64(off))&wordHeldMask == held(p.slot, gen)
 		}
 		if keep && i == p.dir.next {
 			p.dir.next++

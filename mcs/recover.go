@@ -59,20 +59,23 @@ func (p *Process) liveWord(slot uint32) *uint32 {
 	return p.h.Uint32(p.h.OwnerRecord(slot, heap.OwnerLive))
 }
 
-// holderDead reports whether the holder named by the held lock word w is dead.
-// A held word that names no process (owner 0, or beyond the owner table) is
-// garbage, since every executor's held bits name its slot (held): its holder
-// is taken for dead, so the lock passes on with the owner-died result rather
-// than leaving every locker waiting for a release that never comes.
-func (p *Process) holderDead(w uint64) bool {
+// HolderDead reports whether the holder named by lock word w, a word of heap
+// h, is dead: its slot is marked dead or free, or attached again since (the
+// generation differs). A free word has no holder (false). A held word that
+// names no process (owner 0, or beyond the owner table: Abandon's mark, or
+// garbage, since every executor's held bits name its slot) counts as a dead
+// holder's, so the lock passes on with the owner-died result rather than
+// leaving every locker waiting for a release that never comes. heap info
+// reads lock words with it too.
+func HolderDead(h *heap.Heap, w uint64) bool {
 	if w&wordLocked == 0 {
 		return false // free: nobody to judge
 	}
 	o := wordOwner(w)
-	if o == 0 || o > p.h.Header().MaxProcs {
+	if o == 0 || o > h.Header().MaxProcs {
 		return true // nobody: a corrupt word
 	}
-	live, gen := p.h.OwnerLiveness(o - 1)
+	live, gen := h.OwnerLiveness(o - 1)
 	return slotDead(live) || gen&0xfff != wordGen(w)
 }
 
@@ -571,7 +574,7 @@ func (p *Process) LockCheck(lock, _, idx, held uint64) uint64 {
 	case notRecoverable(w):
 		m.grant(n, m.successor(n, me))
 		return r0(LockNotRecoverable)
-	case w&wordLocked != 0 && m.p.holderDead(w):
+	case w&wordLocked != 0 && HolderDead(m.p.h, w):
 		nw := takeover(w, held)
 		if wordTail(w) == me {
 			nw &^= wordTailMask

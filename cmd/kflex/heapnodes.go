@@ -123,7 +123,6 @@ type lockWord struct {
 // listed word whose object was freed since, and that holds other data now),
 // and the slots whose directory is full.
 func lockWords(h *heap.Heap, queued []queuedLock) (busy []lockWord, read, other int, full []uint32) {
-	hdr := h.Header()
 	offs, full := mcs.DirectoryLocks(h)
 	for _, q := range queued {
 		offs = append(offs, q.Offset)
@@ -135,17 +134,15 @@ func lockWords(h *heap.Heap, queued []queuedLock) (busy []lockWord, read, other 
 		if w == 0 {
 			continue
 		}
-		s := mcs.DecodeWord(w)
-		named := s.Owner >= 1 && s.Owner <= hdr.MaxProcs
-		if s.Tail > hdr.MaxProcs*hdr.NodesPerProc || s.Locked && !named && !s.Abandoned || !s.Locked && (s.Owner != 0 || s.Gen != 0) {
+		if !mcs.ReadsAsLock(h, w) {
 			other++
 			continue
 		}
+		s := mcs.DecodeWord(w)
 		l := lockWord{Offset: off, Raw: w, Word: describeWord(s)}
-		if s.Locked && named {
-			live, gen := h.OwnerLiveness(s.Owner - 1)
+		if s.Locked && !s.Abandoned { // a holder in the owner table (ReadsAsLock)
 			l.Holder = "alive"
-			if live == 0 || heap.OwnerDead(live) || gen&0xfff != s.Gen {
+			if mcs.HolderDead(h, w) {
 				l.Holder = "dead: the next locker takes it over (owner died)"
 			}
 		}
